@@ -1,0 +1,12 @@
+# The allocator's image: the package and its console script, pinned to the tested versions.
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml constraints.txt README.md ./
+COPY schemas ./schemas
+COPY allocator ./allocator
+COPY governors ./governors
+COPY projections ./projections
+COPY migrations ./migrations
+RUN pip install --no-cache-dir -c constraints.txt . && useradd --create-home allocator
+USER allocator
+ENTRYPOINT ["allocator"]

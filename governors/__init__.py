@@ -1,0 +1,1 @@
+"""The risk governors: their rules, limits and state fold. They override the optimisation; profit never moves them."""

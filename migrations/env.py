@@ -1,0 +1,61 @@
+"""Alembic environment: where the projection schema is migrated (a URL, and a PostgreSQL schema if named)."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from alembic import context
+from sqlalchemy import Connection, create_engine, text
+
+from projections.tables import metadata
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def _option(name: str) -> str | None:
+    # Precedence: a value set in code (allocator db upgrade, tests), then `-x name=...`, then the ini file.
+    config = context.config
+    value = config.attributes.get(name) or context.get_x_argument(as_dictionary=True).get(name)
+    if value is None and name == "url":
+        value = config.get_main_option("sqlalchemy.url") or os.environ.get("DATABASE_URL")
+    return None if value is None else str(value)
+
+
+def _run(connection: Connection, schema: str | None) -> None:
+    if schema is not None and connection.dialect.name == "postgresql":
+        if not _SCHEMA_NAME.match(schema):
+            raise ValueError(f"schema name {schema!r} must match {_SCHEMA_NAME.pattern}")
+        connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        connection.execute(text(f'SET search_path TO "{schema}"'))
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        version_table_schema=schema if connection.dialect.name == "postgresql" else None,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    schema = _option("schema")
+    connection = context.config.attributes.get("connection")
+    if connection is not None:
+        _run(connection, schema)
+        return
+    url = _option("url")
+    if not url:
+        raise SystemExit("no database: set DATABASE_URL or pass -x url=postgresql+psycopg://...")
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            _run(conn, schema)
+    finally:
+        engine.dispose()
+
+
+if context.is_offline_mode():
+    raise SystemExit("offline (--sql) migrations are not supported: run against a database")
+run_migrations_online()

@@ -1,0 +1,316 @@
+"""The one Avro codec for the log: single-object encoding by default, Confluent wire format with a registry."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import struct
+import types
+import typing
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from functools import cache
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import fastavro
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from schemas.events import EVENT_TYPES, Event
+
+SCHEMA_DIR = Path(__file__).resolve().parent
+NAMESPACE = "capital.allocator"
+SINGLE_OBJECT_MARKER = b"\xc3\x01"
+_CONFLUENT_MAGIC = 0
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
+
+E = TypeVar("E", bound=Event)
+
+
+class UndecodableMessage(Exception):
+    """Bytes on the log that are not a known event: they go to the dead letters, the consumer moves on."""
+
+    def __init__(self, reason: str, *, topic: str = "", partition: int = -1, offset: int = -1) -> None:
+        self.reason = reason
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        super().__init__(f"undecodable message at {topic or '?'}[{partition}]@{offset}: {reason}")
+
+
+class EventCodec(Protocol):
+    """What a log adapter needs: events to bytes and back. `topic` names the subject and the error's place."""
+
+    def encode(self, event: Event, topic: str = "") -> bytes: ...
+
+    def decode(self, data: bytes, topic: str = "", partition: int = -1, offset: int = -1) -> Event: ...
+
+
+# --- schemas --------------------------------------------------------------------------------------------
+
+
+def schema_path(event_type: type[Event]) -> Path:
+    return SCHEMA_DIR / f"{event_type.__name__}.avsc"
+
+
+@cache
+def _raw_schema_text(name: str) -> str:
+    return (SCHEMA_DIR / f"{name}.avsc").read_text(encoding="utf-8")
+
+
+def load_schema(event_type: type[Event]) -> dict[str, Any]:
+    """The released schema of an event type, as JSON (a fresh copy the caller may change)."""
+    loaded: dict[str, Any] = json.loads(_raw_schema_text(event_type.__name__))
+    return loaded
+
+
+def schema_fingerprint(schema: Mapping[str, Any]) -> bytes:
+    """The 8 bytes single-object encoding puts after C3 01: CRC-64-AVRO of the parsing canonical form."""
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(dict(schema)), "CRC-64-AVRO"))
+
+
+def _parse(schema: Mapping[str, Any]) -> Any:
+    # Each file is self-contained, so each gets its own name space: two files may both define `Side`.
+    return fastavro.parse_schema(dict(schema), named_schemas={})
+
+
+def _full_name(schema: Mapping[str, Any]) -> str:
+    name = str(schema["name"])
+    return name if "." in name else f"{schema.get('namespace', NAMESPACE)}.{name}"
+
+
+# --- dataclass <-> Avro record ---------------------------------------------------------------------------
+
+
+def _millis(value: Any) -> int:
+    if isinstance(value, datetime):
+        return (value - _EPOCH) // _ONE_MS
+    return int(value)
+
+
+def _decoder(tp: Any) -> Callable[[Any], Any]:
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        dec = _decoder(inner[0])
+        return lambda v: None if v is None else dec(v)
+    if origin is tuple:
+        item = _decoder(typing.get_args(tp)[0])
+        return lambda v: tuple(item(x) for x in v)
+    if origin is dict:
+        val = _decoder(typing.get_args(tp)[1])
+        return lambda v: {str(k): val(x) for k, x in v.items()}
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return tp
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _record_decoder(tp)
+    if tp is int:
+        return _millis
+    if tp is float:
+        return float
+    if tp is str:
+        return str
+    raise TypeError(f"no Avro decoder for {tp!r}")
+
+
+def _encoder(tp: Any) -> Callable[[Any], Any]:
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        enc = _encoder(inner[0])
+        return lambda v: None if v is None else enc(v)
+    if origin is tuple:
+        item = _encoder(typing.get_args(tp)[0])
+        return lambda v: [item(x) for x in v]
+    if origin is dict:
+        val = _encoder(typing.get_args(tp)[1])
+        return lambda v: {str(k): val(x) for k, x in v.items()}
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return lambda v: v.value
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _record_encoder(tp)
+    if tp is float:
+        return float
+    if tp in (int, str):
+        return lambda v: v
+    raise TypeError(f"no Avro encoder for {tp!r}")
+
+
+@cache
+def _record_decoder(cls: type[Any]) -> Callable[[Mapping[str, Any]], Any]:
+    hints = typing.get_type_hints(cls)
+    fields = [(f.name, _decoder(hints[f.name])) for f in dataclasses.fields(cls)]
+
+    def decode(record: Mapping[str, Any]) -> Any:
+        return cls(*[dec(record[name]) for name, dec in fields])
+
+    return decode
+
+
+@cache
+def _record_encoder(cls: type[Any]) -> Callable[[Any], dict[str, Any]]:
+    hints = typing.get_type_hints(cls)
+    fields = [(f.name, _encoder(hints[f.name])) for f in dataclasses.fields(cls)]
+
+    def encode(obj: Any) -> dict[str, Any]:
+        return {name: enc(getattr(obj, name)) for name, enc in fields}
+
+    return encode
+
+
+def to_record(event: Event) -> dict[str, Any]:
+    """An event as the plain dict fastavro writes (enums as symbols, tuples as lists)."""
+    encoder: Callable[[Any], dict[str, Any]] = _record_encoder(typing.cast(Hashable, type(event)))
+    return encoder(event)
+
+
+def from_record(event_type: type[E], record: Mapping[str, Any]) -> E:
+    """The event a decoded Avro record (a dict) stands for."""
+    result: E = _record_decoder(typing.cast(Hashable, event_type))(record)
+    return result
+
+
+# --- single-object encoding ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Writer:
+    event_type: type[Event]
+    parsed: Any
+
+
+class SingleObjectCodec:
+    """Avro single-object encoding (C3 01, 8-byte CRC-64-AVRO fingerprint, body): no registry needed.
+
+    Readers use the current schemas of this package. `writer_schemas` adds other versions of the records
+    (older or newer) whose data this codec must read; Avro's resolution rules map them onto the current one.
+    """
+
+    def __init__(self, writer_schemas: Iterable[Mapping[str, Any]] = ()) -> None:
+        self._by_type: dict[type[Event], tuple[bytes, Any]] = {}
+        self._by_name: dict[str, type[Event]] = {}
+        self._writers: dict[bytes, _Writer] = {}
+        for event_type in EVENT_TYPES:
+            raw = load_schema(event_type)
+            parsed = _parse(raw)
+            fp = schema_fingerprint(raw)
+            self._by_type[event_type] = (SINGLE_OBJECT_MARKER + fp, parsed)
+            self._by_name[_full_name(raw)] = event_type
+            self._writers[fp] = _Writer(event_type, parsed)
+        for other in writer_schemas:
+            name = _full_name(other)
+            if name not in self._by_name:
+                raise ValueError(f"writer schema {name} is not a record this codec reads")
+            self._writers[schema_fingerprint(other)] = _Writer(self._by_name[name], _parse(other))
+
+    def header(self, event_type: type[Event]) -> bytes:
+        """The 10 bytes every message of this type starts with."""
+        return self._by_type[event_type][0]
+
+    def encode(self, event: Event, topic: str = "") -> bytes:
+        header, parsed = self._by_type[type(event)]
+        out = io.BytesIO()
+        out.write(header)
+        fastavro.schemaless_writer(out, parsed, to_record(event))
+        return out.getvalue()
+
+    def decode(self, data: bytes, topic: str = "", partition: int = -1, offset: int = -1) -> Event:
+        def bad(reason: str) -> UndecodableMessage:
+            return UndecodableMessage(reason, topic=topic, partition=partition, offset=offset)
+
+        if data is None:
+            raise bad("empty message (no value)")
+        if len(data) < 10 or data[:2] != SINGLE_OBJECT_MARKER:
+            raise bad(f"not Avro single-object encoding (starts with {bytes(data[:2]).hex() or 'nothing'})")
+        fp = bytes(data[2:10])
+        writer = self._writers.get(fp)
+        if writer is None:
+            raise bad(f"unknown schema fingerprint {fp.hex()}")
+        _, reader = self._by_type[writer.event_type]
+        body = io.BytesIO(data[10:])
+        try:
+            record = typing.cast(dict[str, Any], fastavro.schemaless_reader(body, writer.parsed, reader))
+            if body.tell() != len(data) - 10:
+                raise ValueError(f"{len(data) - 10 - body.tell()} trailing bytes after the record")
+            return from_record(writer.event_type, record)
+        except UndecodableMessage:
+            raise
+        except Exception as exc:  # any decoding failure is the message's fault, never the consumer's
+            raise bad(f"{writer.event_type.__name__} body does not decode: {type(exc).__name__}: {exc}") from exc
+
+
+# --- Confluent wire format -------------------------------------------------------------------------------
+
+
+class RegistryCodec:
+    """Confluent wire format (magic 0, 4-byte schema id, body) through confluent_kafka's registry serializers.
+
+    Subjects follow the topic-record strategy, so one topic may carry several record types.
+    """
+
+    def __init__(self, url: str, extra_config: Mapping[str, Any] | None = None) -> None:
+        from confluent_kafka.schema_registry import SchemaRegistryClient, topic_record_subject_name_strategy
+        from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+
+        # new_client gives the in-process mock for mock:// URLs (tests, demos), a REST client otherwise
+        self._client = SchemaRegistryClient.new_client({"url": url, **(extra_config or {})})
+        conf = {"auto.register.schemas": True, "subject.name.strategy": topic_record_subject_name_strategy}
+        self._serializers: dict[type[Event], Any] = {}
+        self._deserializers: dict[str, tuple[type[Event], Any]] = {}
+        for event_type in EVENT_TYPES:
+            text = json.dumps(load_schema(event_type))
+            self._serializers[event_type] = AvroSerializer(
+                self._client, text, to_dict=lambda obj, _ctx: to_record(obj), conf=conf
+            )
+            self._deserializers[_full_name(load_schema(event_type))] = (
+                event_type,
+                AvroDeserializer(self._client, text),
+            )
+        self._names_by_id: dict[int, str] = {}
+
+    def encode(self, event: Event, topic: str = "") -> bytes:
+        from confluent_kafka.serialization import MessageField, SerializationContext
+
+        data: bytes = self._serializers[type(event)](event, SerializationContext(topic, MessageField.VALUE))
+        return data
+
+    def _record_name(self, schema_id: int) -> str:
+        name = self._names_by_id.get(schema_id)
+        if name is None:
+            schema = self._client.get_schema(schema_id)
+            name = _full_name(json.loads(schema.schema_str or "{}"))
+            self._names_by_id[schema_id] = name
+        return name
+
+    def decode(self, data: bytes, topic: str = "", partition: int = -1, offset: int = -1) -> Event:
+        from confluent_kafka.serialization import MessageField, SerializationContext
+
+        def bad(reason: str) -> UndecodableMessage:
+            return UndecodableMessage(reason, topic=topic, partition=partition, offset=offset)
+
+        if data is None or len(data) < 5 or data[0] != _CONFLUENT_MAGIC:
+            raise bad("not Confluent wire format (magic byte 0 and a schema id)")
+        (schema_id,) = struct.unpack(">I", data[1:5])
+        try:
+            name = self._record_name(schema_id)
+        except Exception as exc:
+            raise bad(f"unknown schema id {schema_id}: {exc}") from exc
+        known = self._deserializers.get(name)
+        if known is None:
+            raise bad(f"schema id {schema_id} is record {name}, not an event of ours")
+        event_type, deserializer = known
+        try:
+            record = deserializer(data, SerializationContext(topic, MessageField.VALUE))
+            return from_record(event_type, record)
+        except Exception as exc:
+            raise bad(f"{event_type.__name__} body does not decode: {exc}") from exc
+
+
+def make_codec(schema_registry_url: str | None = None) -> EventCodec:
+    """Single-object encoding unless a schema registry URL is configured."""
+    if schema_registry_url:
+        return RegistryCodec(schema_registry_url)
+    return SingleObjectCodec()

@@ -1,0 +1,158 @@
+"""Fixtures for the real services: Kafka and PostgreSQL from the environment, testcontainers, or a clear skip.
+
+Where the services come from, in order:
+1. `KAFKA_BOOTSTRAP_SERVERS` / `DATABASE_URL` (what `make test` sets after `infra/services.sh up`);
+2. testcontainers, when a Docker engine answers;
+3. neither: the tests that need them skip with a message saying how to start them — unless
+   `REQUIRE_SERVICES=1` (set by `make test` and CI), where a missing service is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import pytest
+from sqlalchemy import Engine, create_engine, event, text
+
+HOW_TO_START = (
+    "start the services with `infra/services.sh up` and export what `infra/services.sh env` prints "
+    "(or run `make test`, which does both), or install a Docker engine for testcontainers"
+)
+
+
+def _services_required() -> bool:
+    return os.environ.get("REQUIRE_SERVICES", "") not in ("", "0", "false", "no")
+
+
+def _missing(what: str, why: str) -> None:
+    message = f"{what} is not available ({why}); {HOW_TO_START}"
+    if _services_required():
+        pytest.fail(f"REQUIRE_SERVICES is set and {message}", pytrace=False)
+    pytest.skip(message)
+
+
+def _docker_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="session")
+def _containers() -> Iterator[ExitStack]:
+    with ExitStack() as stack:
+        yield stack
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(_containers: ExitStack) -> str:
+    """Bootstrap servers of a real Apache Kafka broker that answers."""
+    from confluent_kafka.admin import AdminClient
+
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        if not _docker_available():
+            _missing("Kafka", "KAFKA_BOOTSTRAP_SERVERS is unset and no Docker engine answers")
+        from testcontainers.kafka import KafkaContainer
+
+        container = _containers.enter_context(KafkaContainer().with_kraft())
+        bootstrap = str(container.get_bootstrap_server())
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        admin.list_topics(timeout=15)
+    except Exception as exc:
+        # A configured broker that does not answer is a broken setup, not a reason to skip.
+        pytest.fail(f"Kafka at {bootstrap} does not answer: {exc}", pytrace=False)
+    return bootstrap
+
+
+@pytest.fixture(scope="session")
+def database_url(_containers: ExitStack) -> str:
+    """SQLAlchemy URL (psycopg 3 driver) of a real PostgreSQL database that answers."""
+    url = os.environ.get("DATABASE_URL")
+    if not url:
+        if not _docker_available():
+            _missing("PostgreSQL", "DATABASE_URL is unset and no Docker engine answers")
+        from testcontainers.postgres import PostgresContainer
+
+        container = _containers.enter_context(PostgresContainer("postgres:16", driver="psycopg"))
+        url = str(container.get_connection_url())
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+    except Exception as exc:
+        pytest.fail(f"PostgreSQL at {engine.url.render_as_string()} does not answer: {exc}", pytrace=False)
+    finally:
+        engine.dispose()
+    return url
+
+
+def _test_slug(request: pytest.FixtureRequest) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")[:30]
+    return f"{slug}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def make_topic(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Iterator[Callable[..., str]]:
+    """Creates topics private to this test (unique names) and deletes them afterwards."""
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
+
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    created: list[str] = []
+
+    def make(base: str = "t", partitions: int = 1) -> str:
+        name = f"test.{_test_slug(request)}.{base}"
+        futures = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        futures[name].result(timeout=30)
+        created.append(name)
+        return name
+
+    yield make
+    if created:
+        for future in admin.delete_topics(created, operation_timeout=30).values():
+            future.result(timeout=60)
+
+
+@dataclass(frozen=True)
+class DbSchema:
+    """A PostgreSQL schema private to one test, and an engine whose connections use it."""
+
+    name: str
+    engine: Engine
+    url: str
+
+
+@pytest.fixture
+def db_schema(database_url: str, request: pytest.FixtureRequest) -> Iterator[DbSchema]:
+    """A fresh schema for this test (dropped afterwards), so tests never see each other's rows."""
+    name = f"t_{_test_slug(request)}"
+    admin = create_engine(database_url)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{name}"'))
+    engine = create_engine(database_url)
+
+    @event.listens_for(engine, "connect")
+    def _use_schema(dbapi_connection: object, _record: object) -> None:
+        cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+        cursor.execute(f'SET search_path TO "{name}"')
+        cursor.close()
+        dbapi_connection.commit()  # type: ignore[attr-defined]
+
+    try:
+        yield DbSchema(name=name, engine=engine, url=database_url)
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+        admin.dispose()
