@@ -1,0 +1,165 @@
+"""Validation of proposals at the boundary (SPEC §2): every violation becomes a reason that names the field."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from schemas.events import Proposal, Reason, ReasonCode, Side
+
+PROPOSAL_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Proposal))
+MAX_ID_LENGTH = 128
+
+
+@dataclass(frozen=True)
+class InvalidProposal:
+    """A proposal that cannot be sized: what could be read of it, and why it is rejected."""
+
+    proposal_id: str
+    agent_id: str
+    market_id: str
+    side: Side | None
+    reasons: tuple[Reason, ...]
+
+
+Submitted = Proposal | InvalidProposal
+
+
+def _problem(field: str, message: str) -> Reason:
+    return Reason(ReasonCode.INVALID_FIELD, f"{field}: {message}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _number_problem(field: str, value: Any, low: float, high: float, low_open: bool, high_open: bool) -> Reason | None:
+    if not _is_number(value):
+        return _problem(field, f"must be a number, got {value!r}")
+    x = float(value)
+    if math.isnan(x):
+        return _problem(field, "must be a number, got NaN")
+    if math.isinf(x):
+        return _problem(field, f"must be finite, got {x}")
+    below = x <= low if low_open else x < low
+    above = x >= high if high_open else x > high
+    if below or above:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        high_text = "inf" if math.isinf(high) else f"{high:g}"
+        return _problem(field, f"must be in {left}{low:g}, {high_text}{right}, got {x!r}")
+    return None
+
+
+def field_problems(raw: Mapping[str, Any]) -> list[Reason]:
+    """Every problem of one proposal's fields, in field order; empty when the proposal is well formed."""
+    problems: list[Reason] = []
+    for name in sorted(set(raw) - set(PROPOSAL_FIELDS)):
+        problems.append(_problem(name, "is not a field of Proposal"))
+    for name in PROPOSAL_FIELDS:
+        if name not in raw:
+            problems.append(_problem(name, "is missing"))
+    present = {k: v for k, v in raw.items() if k in PROPOSAL_FIELDS}
+
+    pid = present.get("proposal_id")
+    if "proposal_id" in present and (not isinstance(pid, str) or not 1 <= len(pid) <= MAX_ID_LENGTH):
+        problems.append(_problem("proposal_id", f"must be a string of 1-{MAX_ID_LENGTH} characters, got {pid!r}"))
+    for name in ("agent_id", "market_id", "correlation_key"):
+        if name in present and (not isinstance(present[name], str) or not present[name]):
+            problems.append(_problem(name, f"must be a non-empty string, got {present[name]!r}"))
+    if "strategy_tag" in present and not isinstance(present["strategy_tag"], str):
+        problems.append(_problem("strategy_tag", f"must be a string, got {present['strategy_tag']!r}"))
+    if "side" in present and present["side"] not in ("BUY", "SELL"):
+        problems.append(_problem("side", f"must be BUY or SELL, got {present['side']!r}"))
+    if "price" in present and present["price"] is not None:
+        problem = _number_problem("price", present["price"], 0.0, 1.0, True, True)
+        if problem:
+            problems.append(problem)
+    checks: tuple[tuple[str, float, float, bool, bool], ...] = (
+        ("expected_profit", 0.0, math.inf, True, True),
+        ("confidence", 0.0, 1.0, True, False),
+        ("requested_size", 0.0, math.inf, True, True),
+        ("min_size", 0.0, math.inf, True, True),
+        ("execution_risk", 0.0, 1.0, False, True),
+        ("urgency", 0.0, math.inf, True, True),
+    )
+    for name, low, high, low_open, high_open in checks:
+        if name in present:
+            problem = _number_problem(name, present[name], low, high, low_open, high_open)
+            if problem:
+                problems.append(problem)
+    requested: Any = present.get("requested_size")
+    minimum: Any = present.get("min_size")
+    if _is_number(requested) and _is_number(minimum) and math.isfinite(requested) and minimum > requested:
+        problems.append(_problem("min_size", f"must not exceed requested_size {requested!r}, got {minimum!r}"))
+    created = present.get("created_at")
+    if "created_at" in present and (not isinstance(created, int) or isinstance(created, bool) or created < 0):
+        problems.append(
+            _problem("created_at", f"must be milliseconds since the epoch (an integer >= 0), got {created!r}")
+        )
+    return problems
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def parse_proposal(raw: Mapping[str, Any], fallback_id: str) -> Submitted:
+    """A well-formed `Proposal`, or an `InvalidProposal` naming every bad field (never an exception)."""
+    problems = field_problems(raw)
+    if problems:
+        pid = raw.get("proposal_id")
+        side = raw.get("side")
+        return InvalidProposal(
+            proposal_id=pid if isinstance(pid, str) and pid else fallback_id,
+            agent_id=_text(raw.get("agent_id")),
+            market_id=_text(raw.get("market_id")),
+            side=Side(side) if side in ("BUY", "SELL") else None,
+            reasons=tuple(problems),
+        )
+    price = raw["price"]
+    return Proposal(
+        proposal_id=raw["proposal_id"],
+        agent_id=raw["agent_id"],
+        strategy_tag=raw["strategy_tag"],
+        market_id=raw["market_id"],
+        side=Side(raw["side"]),
+        price=None if price is None else float(price),
+        expected_profit=float(raw["expected_profit"]),
+        confidence=float(raw["confidence"]),
+        requested_size=float(raw["requested_size"]),
+        min_size=float(raw["min_size"]),
+        execution_risk=float(raw["execution_risk"]),
+        urgency=float(raw["urgency"]),
+        correlation_key=raw["correlation_key"],
+        created_at=int(raw["created_at"]),
+    )
+
+
+def validate(proposal: Proposal) -> Submitted:
+    """Checks a decoded proposal (Avro guarantees the types, not the ranges)."""
+    raw = {name: getattr(proposal, name) for name in PROPOSAL_FIELDS}
+    raw["side"] = proposal.side.value
+    result = parse_proposal(raw, proposal.proposal_id or "<empty proposal_id>")
+    return proposal if isinstance(result, Proposal) else result
+
+
+def lifetime_ms(proposal: Proposal, opportunity_window_ms: int) -> float:
+    """How long a proposal stays valid after created_at: min(1/urgency, opportunity window) (SPEC §3)."""
+    return min(1000.0 / proposal.urgency, float(opportunity_window_ms))
+
+
+def is_expired(proposal: Proposal, as_of_ms: int, opportunity_window_ms: int) -> bool:
+    """Expired once its age exceeds its lifetime (age equal to the lifetime is still pending)."""
+    return as_of_ms - proposal.created_at > lifetime_ms(proposal, opportunity_window_ms)
+
+
+def priority(proposal: Proposal) -> float:
+    """SPEC §5: ep·conf / (max(execution_risk, 0.01)·(1 + 1/urgency)): urgent and reliable trades come first."""
+    return (
+        proposal.expected_profit
+        * proposal.confidence
+        / (max(proposal.execution_risk, 0.01) * (1.0 + 1.0 / proposal.urgency))
+    )

@@ -1,0 +1,45 @@
+"""Configuration: the SPEC's defaults, and errors that name the key (a typo never switches a limit off)."""
+
+from __future__ import annotations
+
+import pytest
+
+from allocator.config import AllocatorConfig, ConfigError
+
+
+def test_defaults_are_the_spec_numbers() -> None:
+    c = AllocatorConfig()
+    assert (c.position_cap, c.market_cap, c.group_cap, c.kill_switch_drawdown) == (0.02, 0.10, 0.05, 0.15)
+    assert (c.failure_rate_limit, c.failure_window, c.failure_min_samples) == (0.30, 50, 20)
+    assert (c.cvar_alpha, c.cvar_limit, c.scenario_count, c.solver_time_limit_ms) == (0.95, 0.05, 2000, 250.0)
+
+
+def test_an_unknown_key_is_an_error_that_names_it() -> None:
+    with pytest.raises(ConfigError, match="position_cpa"):
+        AllocatorConfig.from_mapping({"position_cpa": 0.5})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("position_cap", 0.0, "position_cap"),
+        ("market_cap", 1.5, "market_cap"),
+        ("cvar_alpha", 1.0, "cvar_alpha"),
+        ("scenario_count", 2.5, "scenario_count"),
+        ("failure_window", True, "failure_window"),
+        ("group_caps", {"k": -1}, "group_caps"),
+        ("agents", "alpha", "agents"),
+        ("kill_switch_drawdown", float("nan"), "kill_switch_drawdown"),
+    ],
+)
+def test_bad_values_name_their_key(key: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        AllocatorConfig.from_mapping({key: value})
+
+
+def test_the_hash_changes_with_any_value_and_not_with_key_order() -> None:
+    a = AllocatorConfig.from_mapping({"position_cap": 0.01, "agents": ["a", "b"]})
+    b = AllocatorConfig.from_mapping({"agents": ["a", "b"], "position_cap": 0.01})
+    assert a.config_hash == b.config_hash
+    assert a.config_hash != AllocatorConfig().config_hash
+    assert a.replace(group_caps={"k": 5000.0}).group_caps == {"k": 5000.0}
