@@ -1,0 +1,239 @@
+"""The event log interface: what a consume-transform-produce loop needs, the same on Kafka and on the embedded log."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol, Self
+
+Clock = Callable[[], int]
+"""Milliseconds since the Unix epoch; adapters take one so tests and replays can pin record timestamps."""
+
+# Kafka's own rule for topic names; the embedded log keeps it too, so a name that works there works in production.
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
+def wall_clock_ms() -> int:
+    """The default clock: the machine's wall clock in epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class TopicPartition:
+    """One partition of one topic: the unit that has offsets."""
+
+    topic: str
+    partition: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One committed record as a reader sees it. `key` and `value` are opaque bytes (None when absent)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+    @property
+    def topic_partition(self) -> TopicPartition:
+        return TopicPartition(self.topic, self.partition)
+
+    @property
+    def next_offset(self) -> int:
+        """The offset to commit once this record is processed: offsets name the NEXT record to read."""
+        return self.offset + 1
+
+
+class LogError(Exception):
+    """The log refused or failed an operation; the message says which and why."""
+
+
+class FencedError(LogError):
+    """This instance may no longer write: a newer instance with the same transactional id took over (or the client
+    hit another fatal error). Nothing of the current transaction becomes visible. The caller must stop."""
+
+
+class AbortableError(LogError):
+    """The current transaction failed but the instance is still usable: call `abort()`, then
+    `rewind_to_committed()` so the same input is read again, then `begin()` and redo the work."""
+
+
+class EventLog(Protocol):
+    """A partitioned, append-only log of opaque byte records with atomic transactions.
+
+    Offsets are per partition and always name the NEXT record to read: a position, a committed group offset and
+    an end offset of N all mean "records 0..N-1 are behind". Readers see committed records only (Kafka's
+    read_committed), in offset order within each partition; there is no ordering across partitions.
+
+    One instance holds at most one reader (its consumer group is fixed at construction) and one writer, which is
+    either plain (`produce` + `flush`) or transactional (`init_transactions`, then `begin` / `produce` / `commit`
+    or `abort` repeatedly). Misuse (bad arguments, calls in the wrong state) raises ValueError or LogError at once.
+    An instance is meant for one thread; processes and threads that share a log each open their own.
+    """
+
+    # --- topics -------------------------------------------------------------------------------------------
+
+    def create_topics(self, names: Iterable[str], partitions: int = 1) -> None:
+        """Creates the topics that do not exist yet. A topic that exists with another partition count raises
+        LogError: the partition count decides where keys land, so it is never changed behind the caller's back."""
+        ...
+
+    # --- reading ------------------------------------------------------------------------------------------
+
+    def assign(self, topics: Iterable[str]) -> None:
+        """Reads every partition of these topics from now on (replacing any earlier assignment), starting at this
+        instance's group's committed offset, or at the beginning of a partition the group never committed.
+        There is no group membership or rebalancing: one reader per book owns its input."""
+        ...
+
+    def assignment(self) -> list[TopicPartition]:
+        """The partitions `assign` gave this reader, in a stable order."""
+        ...
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """The next `poll` reads `tp` from `offset` (an assigned partition; offset >= 0)."""
+        ...
+
+    def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
+        """Returns up to `max_records` committed records as soon as at least one is available, or an empty list
+        after `timeout_s`. Records of one partition come in offset order and each poll continues where the last
+        one stopped; the reader's position moves past everything returned."""
+        ...
+
+    def position(self, tp: TopicPartition) -> int:
+        """The next offset this reader will read from an assigned partition. After reading everything it equals
+        the partition's end offset (Kafka's position also skips transaction markers and aborted records)."""
+        ...
+
+    def committed(self, group: str) -> dict[TopicPartition, int]:
+        """The next offsets `group` has committed, for every partition it ever committed (any group may be read)."""
+        ...
+
+    def end_offsets(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
+        """For every partition of these topics, the offset after the last committed record (Kafka's last stable
+        offset): what a reader that wants to replay everything committed so far must reach. Kafka writes a
+        transaction's commit markers just after `commit` returns, so a commit may show here a moment later."""
+        ...
+
+    def rewind_to_committed(self) -> None:
+        """Moves every assigned partition back to the group's committed offset (or the beginning): after an
+        `abort`, the aborted transaction's input is read again, so none of it is lost or processed twice."""
+        ...
+
+    # --- writing ------------------------------------------------------------------------------------------
+
+    def init_transactions(self, transactional_id: str) -> None:
+        """Makes this writer transactional under `transactional_id`, once, before anything is produced. Any older
+        instance with the same id is fenced: its open transaction never becomes visible and its next commit
+        raises FencedError."""
+        ...
+
+    def begin(self) -> None:
+        """Starts a transaction (transactional writers only; one at a time)."""
+        ...
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        *,
+        timestamp_ms: int | None = None,
+    ) -> None:
+        """Appends a record. Without `partition`, a keyed record goes to crc32(key) % partitions (the same
+        partition on both adapters) and an unkeyed one anywhere. Without `timestamp_ms`, the adapter's clock
+        stamps it now. Transactional writers must be inside `begin` ... `commit`; plain writers must `flush`."""
+        ...
+
+    def commit(self, consumed: Mapping[TopicPartition, int] | None = None, group: str | None = None) -> None:
+        """Commits the transaction: its records become visible and, when given, `group`'s next offsets become
+        `consumed`, all or nothing. `group` must be this instance's group. Raises AbortableError (abort, rewind,
+        retry) or FencedError (stop); either way nothing of the transaction is visible."""
+        ...
+
+    def abort(self) -> None:
+        """Discards the open transaction: none of its records or offsets ever become visible. The reader's
+        position does not move back by itself: call `rewind_to_committed()`."""
+        ...
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Waits until every plainly produced record is durably in the log, or raises LogError naming what was
+        not delivered. (A transactional writer's records become visible at `commit`, not here.)"""
+        ...
+
+    def close(self) -> None:
+        """Aborts an open transaction, flushes plain records, releases connections. Calling it again does nothing."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+# --- argument checks both adapters share, so both reject the same misuse with the same words ----------------------
+
+
+def check_topic_name(name: str) -> str:
+    if not isinstance(name, str) or _TOPIC_NAME.fullmatch(name) is None or name in (".", ".."):
+        raise ValueError(f"topic name {name!r} is invalid: use 1-249 characters from a-z, A-Z, 0-9, '.', '_', '-'")
+    return name
+
+
+def check_partitions(partitions: int) -> int:
+    if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
+        raise ValueError(f"partitions must be a positive integer, got {partitions!r}")
+    return partitions
+
+
+def check_payload(value: bytes | None, key: bytes | None, timestamp_ms: int | None) -> None:
+    if value is not None and not isinstance(value, bytes):
+        raise TypeError(f"record value must be bytes or None, got {type(value).__name__}")
+    if key is not None and not isinstance(key, bytes):
+        raise TypeError(f"record key must be bytes or None, got {type(key).__name__}")
+    # Kafka reads a timestamp of 0 as "now", so only positive ones mean the same thing on both adapters.
+    if timestamp_ms is not None and (isinstance(timestamp_ms, bool) or not isinstance(timestamp_ms, int)):
+        raise TypeError(f"timestamp_ms must be an int (epoch milliseconds), got {type(timestamp_ms).__name__}")
+    if timestamp_ms is not None and timestamp_ms <= 0:
+        raise ValueError(f"timestamp_ms must be positive epoch milliseconds, got {timestamp_ms}")
+
+
+def check_poll(max_records: int, timeout_s: float) -> None:
+    if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
+        raise ValueError(f"max_records must be a positive integer, got {max_records!r}")
+    if timeout_s < 0:
+        raise ValueError(f"timeout_s must not be negative, got {timeout_s}")
+
+
+def check_offset(tp: TopicPartition, offset: int) -> int:
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"offset for {tp} must be a non-negative integer, got {offset!r}")
+    return offset
+
+
+def check_commit(
+    consumed: Mapping[TopicPartition, int] | None, group: str | None, own_group: str | None
+) -> dict[TopicPartition, int]:
+    """The offsets to commit with the transaction (empty when none), after checking they belong together."""
+    if consumed is None and group is None:
+        return {}
+    if consumed is None or group is None:
+        raise ValueError(
+            f"commit() needs consumed offsets and their group together, got consumed={consumed!r}, group={group!r}"
+        )
+    if group != own_group:
+        raise ValueError(
+            f"commit() can store offsets only for this log's consumer group {own_group!r}, not for {group!r}"
+        )
+    return {tp: check_offset(tp, offset) for tp, offset in consumed.items()}

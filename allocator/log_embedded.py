@@ -1,0 +1,496 @@
+"""The embedded event log: Kafka's partitions, transactions and zombie fencing on one SQLite file, no services."""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from allocator.eventlog import (
+    AbortableError,
+    Clock,
+    FencedError,
+    LogError,
+    Record,
+    TopicPartition,
+    check_commit,
+    check_offset,
+    check_partitions,
+    check_payload,
+    check_poll,
+    check_topic_name,
+    wall_clock_ms,
+)
+
+log = logging.getLogger(__name__)
+
+metadata = MetaData()
+
+records_table = Table(
+    "records",
+    metadata,
+    Column("topic", String, nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("key", LargeBinary, nullable=True),
+    Column("value", LargeBinary, nullable=True),
+    Column("timestamp_ms", BigInteger, nullable=False),
+    PrimaryKeyConstraint("topic", "partition", "offset"),
+)
+
+topics_table = Table(
+    "topics",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("partitions", Integer, nullable=False),
+)
+
+group_offsets_table = Table(
+    "group_offsets",
+    metadata,
+    Column("group", String, nullable=False),
+    Column("topic", String, nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("next_offset", BigInteger, nullable=False),
+    PrimaryKeyConstraint("group", "topic", "partition"),
+)
+
+producers_table = Table(
+    "producers",
+    metadata,
+    Column("transactional_id", String, primary_key=True),
+    Column("epoch", BigInteger, nullable=False),
+)
+
+# An execution option, not SQL: it tells the "begin" hook below to take SQLite's write lock up front.
+_WRITE = "eventlog_write"
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A produced record waiting for its commit (or flush), which gives it an offset."""
+
+    topic: str
+    partition: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+class EmbeddedEventLog:
+    """An `EventLog` on one SQLite file that several processes may open at once (WAL mode, busy timeout).
+
+    A transaction buffers its records in memory; `commit` writes them, with the group's offsets, in one SQLite
+    transaction, which is what makes them atomic. Offsets are assigned there, contiguous per partition. Each
+    `init_transactions` bumps the transactional id's epoch; a commit whose epoch is no longer the newest writes
+    nothing and raises FencedError, which is how a zombie allocator is kept from publishing.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        group: str | None = None,
+        *,
+        clock: Clock = wall_clock_ms,
+        busy_timeout_s: float = 30.0,
+        poll_interval_s: float = 0.02,
+    ) -> None:
+        self.path = Path(path)
+        self.group = group
+        self._clock = clock
+        self._poll_interval_s = poll_interval_s
+        self._engine = create_engine(f"sqlite:///{self.path}")
+        self._install_sqlite_hooks(busy_timeout_s)
+        self._closed = False
+        self._partition_counts: dict[str, int] = {}
+        self._assignment: list[TopicPartition] = []
+        self._positions: dict[TopicPartition, int] = {}
+        self._next_first = 0
+        self._transactional_id: str | None = None
+        self._epoch = -1
+        self._in_transaction = False
+        self._fenced = False
+        self._pending: list[_Pending] = []
+        with self._db("create the log tables"), self._write() as conn:
+            metadata.create_all(conn)
+
+    def _install_sqlite_hooks(self, busy_timeout_s: float) -> None:
+        busy_ms = int(busy_timeout_s * 1000)
+
+        @event.listens_for(self._engine, "connect")
+        def _configure(dbapi_connection: Any, _record: Any) -> None:
+            # Take transaction control from the sqlite3 module (it would BEGIN lazily, and never IMMEDIATE); the
+            # "begin" hook below issues BEGIN itself. This is SQLAlchemy's documented recipe for pysqlite.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
+                # WAL: readers (the projector, a test) never block the writer, and they see committed rows only.
+                cursor.execute("PRAGMA journal_mode = WAL")
+                # A commit that returned survives a crash or power loss, like a Kafka write acknowledged by all.
+                cursor.execute("PRAGMA synchronous = FULL")
+            finally:
+                cursor.close()
+
+        @event.listens_for(self._engine, "begin")
+        def _begin(conn: Connection) -> None:
+            # Writers lock at BEGIN: reading the epoch or the last offset and then writing must not interleave
+            # with another process's writer, and a deferred transaction that upgrades later fails rather than waits.
+            immediate = bool(conn.get_execution_options().get(_WRITE, False))
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    # --- plumbing -----------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _db(self, what: str) -> Iterator[None]:
+        """Turns database failures into LogError naming the operation and the file."""
+        try:
+            yield
+        except SQLAlchemyError as exc:
+            raise LogError(f"embedded log {self.path}: could not {what}: {exc}") from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._engine.connect() as conn:
+            conn.execution_options(**{_WRITE: True})
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._engine.connect() as conn, conn.begin():
+            yield conn
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogError(f"embedded log {self.path} is closed")
+
+    def _partition_count(self, conn: Connection, topic: str) -> int:
+        count = self._partition_counts.get(topic)
+        if count is None:
+            found = conn.execute(
+                select(topics_table.c.partitions).where(topics_table.c.name == topic)
+            ).scalar_one_or_none()
+            if found is None:
+                raise LogError(f"topic {topic!r} does not exist in {self.path}: create it with create_topics() first")
+            count = self._partition_counts[topic] = int(found)
+        return count
+
+    def _partitions_of(self, names: Iterable[str]) -> list[TopicPartition]:
+        wanted = [check_topic_name(name) for name in names]
+        with self._db("read topics"), self._read() as conn:
+            return [TopicPartition(t, p) for t in wanted for p in range(self._partition_count(conn, t))]
+
+    def _check_assigned(self, tp: TopicPartition) -> None:
+        if tp not in self._positions:
+            assigned = ", ".join(map(str, self._assignment)) or "nothing"
+            raise LogError(f"{tp} is not assigned to this reader (assigned: {assigned})")
+
+    def _start_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        stored = self.committed(self.group) if self.group is not None else {}
+        return {tp: stored.get(tp, 0) for tp in tps}
+
+    # --- topics -------------------------------------------------------------------------------------------
+
+    def create_topics(self, names: Iterable[str], partitions: int = 1) -> None:
+        self._check_open()
+        wanted = [check_topic_name(name) for name in names]
+        check_partitions(partitions)
+        with self._db("create topics"), self._write() as conn:
+            for name in wanted:
+                existing = conn.execute(
+                    select(topics_table.c.partitions).where(topics_table.c.name == name)
+                ).scalar_one_or_none()
+                if existing is None:
+                    conn.execute(insert(topics_table).values(name=name, partitions=partitions))
+                elif existing != partitions:
+                    raise LogError(f"topic {name!r} already exists with {existing} partitions, not {partitions}")
+                self._partition_counts[name] = partitions
+
+    # --- reading ------------------------------------------------------------------------------------------
+
+    def assign(self, topics: Iterable[str]) -> None:
+        self._check_open()
+        tps = self._partitions_of(topics)
+        self._positions = self._start_offsets(tps)
+        self._assignment = tps
+        self._next_first = 0
+
+    def assignment(self) -> list[TopicPartition]:
+        return list(self._assignment)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._check_open()
+        self._check_assigned(tp)
+        self._positions[tp] = check_offset(tp, offset)
+
+    def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
+        self._check_open()
+        check_poll(max_records, timeout_s)
+        if not self._assignment:
+            raise LogError("poll() before assign(): this reader has no partitions")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = self._read_available(max_records)
+            if found or time.monotonic() >= deadline:
+                return found
+            time.sleep(min(self._poll_interval_s, max(0.0, deadline - time.monotonic())))
+
+    def _read_available(self, max_records: int) -> list[Record]:
+        # Start each poll at the next partition in turn, so one busy partition cannot starve the others.
+        n = len(self._assignment)
+        order = [self._assignment[(self._next_first + i) % n] for i in range(n)]
+        self._next_first = (self._next_first + 1) % n
+        found: list[Record] = []
+        with self._db("read records"), self._read() as conn:
+            for tp in order:
+                room = max_records - len(found)
+                if room == 0:
+                    break
+                rows = conn.execute(
+                    select(
+                        records_table.c.offset, records_table.c.key, records_table.c.value, records_table.c.timestamp_ms
+                    )
+                    .where(
+                        records_table.c.topic == tp.topic,
+                        records_table.c.partition == tp.partition,
+                        records_table.c.offset >= self._positions[tp],
+                    )
+                    .order_by(records_table.c.offset)
+                    .limit(room)
+                ).all()
+                for offset, key, value, timestamp_ms in rows:
+                    found.append(Record(tp.topic, tp.partition, int(offset), key, value, int(timestamp_ms)))
+                if rows:
+                    self._positions[tp] = int(rows[-1][0]) + 1
+        return found
+
+    def position(self, tp: TopicPartition) -> int:
+        self._check_open()
+        self._check_assigned(tp)
+        return self._positions[tp]
+
+    def committed(self, group: str) -> dict[TopicPartition, int]:
+        self._check_open()
+        with self._db(f"read the offsets of group {group!r}"), self._read() as conn:
+            rows = conn.execute(
+                select(
+                    group_offsets_table.c.topic, group_offsets_table.c.partition, group_offsets_table.c.next_offset
+                ).where(group_offsets_table.c.group == group)
+            ).all()
+        return {TopicPartition(str(t), int(p)): int(o) for t, p, o in rows}
+
+    def end_offsets(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
+        self._check_open()
+        tps = self._partitions_of(topics)
+        names = sorted({tp.topic for tp in tps})
+        with self._db("read end offsets"), self._read() as conn:
+            rows = conn.execute(
+                select(records_table.c.topic, records_table.c.partition, func.max(records_table.c.offset))
+                .where(records_table.c.topic.in_(names))
+                .group_by(records_table.c.topic, records_table.c.partition)
+            ).all()
+        last = {TopicPartition(str(t), int(p)): int(o) for t, p, o in rows}
+        return {tp: last[tp] + 1 if tp in last else 0 for tp in tps}
+
+    def rewind_to_committed(self) -> None:
+        self._check_open()
+        self._positions = self._start_offsets(self._assignment)
+
+    # --- writing ------------------------------------------------------------------------------------------
+
+    def init_transactions(self, transactional_id: str) -> None:
+        self._check_open()
+        if not transactional_id:
+            raise ValueError("transactional_id must be a non-empty string")
+        if self._transactional_id is not None:
+            raise LogError(f"init_transactions() was already called (transactional id {self._transactional_id!r})")
+        if self._pending:
+            raise LogError("init_transactions() must come before any produce(): plain records are still unflushed")
+        with self._db(f"register transactional id {transactional_id!r}"), self._write() as conn:
+            current = conn.execute(
+                select(producers_table.c.epoch).where(producers_table.c.transactional_id == transactional_id)
+            ).scalar_one_or_none()
+            epoch = 0 if current is None else int(current) + 1
+            conn.execute(
+                sqlite_insert(producers_table)
+                .values(transactional_id=transactional_id, epoch=epoch)
+                .on_conflict_do_update(index_elements=[producers_table.c.transactional_id], set_={"epoch": epoch})
+            )
+        self._transactional_id = transactional_id
+        self._epoch = epoch
+
+    def _check_writer(self) -> None:
+        self._check_open()
+        if self._fenced:
+            raise FencedError(
+                f"transactional id {self._transactional_id!r} (epoch {self._epoch}) was fenced by a newer instance"
+            )
+
+    def begin(self) -> None:
+        self._check_writer()
+        if self._transactional_id is None:
+            raise LogError("begin() needs a transactional writer: call init_transactions() first")
+        if self._in_transaction:
+            raise LogError("begin() while a transaction is open: commit() or abort() it first")
+        self._in_transaction = True
+        self._pending = []
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        *,
+        timestamp_ms: int | None = None,
+    ) -> None:
+        self._check_writer()
+        check_payload(value, key, timestamp_ms)
+        if self._transactional_id is not None and not self._in_transaction:
+            raise LogError("produce() on a transactional writer outside a transaction: call begin() first")
+        count = self._partition_counts.get(check_topic_name(topic))
+        if count is None:
+            with self._db(f"look up topic {topic!r}"), self._read() as conn:
+                count = self._partition_count(conn, topic)
+        if partition is None:
+            # CRC-32 of the key is also librdkafka's consistent partitioner: a key lands on the same partition here
+            # and on Kafka, so a book's events stay in one partition on both.
+            partition = zlib.crc32(key) % count if key is not None else 0
+        elif not 0 <= partition < count:
+            raise ValueError(f"partition {partition} does not exist: topic {topic!r} has partitions 0..{count - 1}")
+        stamp = timestamp_ms if timestamp_ms is not None else self._clock()
+        self._pending.append(_Pending(topic, partition, key, value, stamp))
+
+    def _append(self, conn: Connection, pending: list[_Pending]) -> None:
+        next_offsets: dict[tuple[str, int], int] = {}
+        rows: list[dict[str, Any]] = []
+        for item in pending:
+            where = (item.topic, item.partition)
+            if where not in next_offsets:
+                last = conn.execute(
+                    select(func.max(records_table.c.offset)).where(
+                        records_table.c.topic == item.topic, records_table.c.partition == item.partition
+                    )
+                ).scalar_one()
+                next_offsets[where] = 0 if last is None else int(last) + 1
+            offset = next_offsets[where]
+            next_offsets[where] = offset + 1
+            rows.append(
+                {
+                    "topic": item.topic,
+                    "partition": item.partition,
+                    "offset": offset,
+                    "key": item.key,
+                    "value": item.value,
+                    "timestamp_ms": item.timestamp_ms,
+                }
+            )
+        if rows:
+            conn.execute(insert(records_table), rows)
+
+    def commit(self, consumed: Mapping[TopicPartition, int] | None = None, group: str | None = None) -> None:
+        self._check_writer()
+        offsets = check_commit(consumed, group, self.group)
+        if not self._in_transaction:
+            raise LogError("commit() without an open transaction: call begin() first")
+        try:
+            with self._write() as conn:
+                newest = conn.execute(
+                    select(producers_table.c.epoch).where(producers_table.c.transactional_id == self._transactional_id)
+                ).scalar_one_or_none()
+                if newest != self._epoch:
+                    # Raising inside the transaction rolls it back: the zombie's records and offsets never land.
+                    raise FencedError(
+                        f"transactional id {self._transactional_id!r}: this instance has epoch {self._epoch} but "
+                        f"epoch {newest} took over; its transaction is discarded and it must stop"
+                    )
+                self._append(conn, self._pending)
+                for tp, next_offset in offsets.items():
+                    conn.execute(
+                        sqlite_insert(group_offsets_table)
+                        .values(group=group, topic=tp.topic, partition=tp.partition, next_offset=next_offset)
+                        .on_conflict_do_update(
+                            index_elements=[
+                                group_offsets_table.c.group,
+                                group_offsets_table.c.topic,
+                                group_offsets_table.c.partition,
+                            ],
+                            set_={"next_offset": next_offset},
+                        )
+                    )
+        except FencedError:
+            self._fenced = True
+            self._in_transaction = False
+            self._pending = []
+            raise
+        except OperationalError as exc:
+            # Typically the busy timeout ran out behind another writer. Nothing was written; the caller aborts,
+            # rewinds and redoes the cycle, exactly as after a Kafka abortable error.
+            raise AbortableError(f"embedded log {self.path}: commit failed, nothing was written: {exc}") from exc
+        except SQLAlchemyError as exc:
+            raise LogError(f"embedded log {self.path}: commit failed, nothing was written: {exc}") from exc
+        self._in_transaction = False
+        self._pending = []
+
+    def abort(self) -> None:
+        self._check_writer()
+        if not self._in_transaction:
+            raise LogError("abort() without an open transaction")
+        self._in_transaction = False
+        self._pending = []
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        # `timeout_s` is accepted for the interface; SQLite's busy timeout bounds how long a write waits here.
+        self._check_open()
+        if self._transactional_id is not None or not self._pending:
+            return
+        with self._db(f"write {len(self._pending)} records"), self._write() as conn:
+            self._append(conn, self._pending)
+        self._pending = []
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            if self._in_transaction:
+                log.warning("closing %s with an open transaction: it is aborted", self.path)
+                self._in_transaction = False
+                self._pending = []
+            self.flush()
+        finally:
+            self._closed = True
+            self._engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,525 @@
+"""The Kafka event log: the `EventLog` interface on confluent-kafka, with transactions, fencing and the rewind."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    IsolationLevel,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+)
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+from confluent_kafka.cimpl import NewTopic
+
+from allocator.eventlog import (
+    AbortableError,
+    Clock,
+    FencedError,
+    LogError,
+    Record,
+    TopicPartition,
+    check_commit,
+    check_offset,
+    check_partitions,
+    check_payload,
+    check_poll,
+    check_topic_name,
+    wall_clock_ms,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# confluent-kafka neither declares the OffsetSpec export (the ignore above) nor annotates its factories.
+_EARLIEST: Any = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
+_LATEST: Any = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+
+# Consumer error events that will not heal by themselves; librdkafka recovers from the others (a broker restart,
+# a lost connection) on its own, so those are logged and the reader keeps going.
+_PERMANENT_CONSUMER_ERRORS = frozenset(
+    {
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+    }
+)
+
+
+def _kafka_error(exc: KafkaException) -> KafkaError | None:
+    first = exc.args[0] if exc.args else None
+    return first if isinstance(first, KafkaError) else None
+
+
+def _translate(what: str, exc: KafkaException) -> LogError:
+    """The notes' mapping: fatal (fenced included) → stop, requires-abort → abort and rewind, else a plain failure."""
+    err = _kafka_error(exc)
+    if err is not None and err.fatal():
+        return FencedError(f"{what}: fatal Kafka error, this instance must stop (fenced by a newer one?): {err}")
+    if err is not None and err.txn_requires_abort():
+        return AbortableError(f"{what}: the transaction failed and must be aborted, then the input rewound: {err}")
+    return LogError(f"{what} failed: {exc}")
+
+
+class KafkaEventLog:
+    """An `EventLog` on Apache Kafka: one Consumer (read_committed, manual assignment, never auto-commits) and one
+    Producer (idempotent; transactional after `init_transactions`), both created on first use.
+
+    Retriable Kafka errors are retried a bounded number of times; then errors become FencedError (fatal,
+    including being fenced), AbortableError (the transaction must be aborted) or LogError.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        group: str | None = None,
+        *,
+        clock: Clock = wall_clock_ms,
+        timeout_s: float = 30.0,
+        transaction_timeout_ms: int = 60_000,
+        retries: int = 5,
+        retry_backoff_s: float = 0.2,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        if retries < 1:
+            raise ValueError(f"retries must be at least 1, got {retries}")
+        self.group = group
+        self._clock = clock
+        self._timeout_s = timeout_s
+        self._transaction_timeout_ms = transaction_timeout_ms
+        self._retries = retries
+        self._retry_backoff_s = retry_backoff_s
+        self._base: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, **(config or {})}
+        self._admin: Any = None
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._transactional_id: str | None = None
+        self._in_transaction = False
+        self._fatal: FencedError | None = None
+        self._delivery_errors: list[str] = []
+        self._assignment: list[TopicPartition] = []
+        # Where each partition was (re)assigned to start: the position until the consumer reports its own.
+        self._start: dict[TopicPartition, int] = {}
+        self._offsets_sent: set[TopicPartition] = set()
+        self._closed = False
+
+    # --- plumbing -----------------------------------------------------------------------------------------
+
+    def _call(self, what: str, operation: Callable[[], T]) -> T:
+        """Runs a Kafka call, retrying retriable errors a bounded number of times, translating the rest."""
+        for attempt in range(1, self._retries + 1):
+            try:
+                return operation()
+            except KafkaException as exc:
+                err = _kafka_error(exc)
+                retriable = err is not None and err.retriable() and not err.fatal() and not err.txn_requires_abort()
+                if not retriable or attempt == self._retries:
+                    translated = _translate(what, exc)
+                    if isinstance(translated, FencedError) and self._transactional_id is not None:
+                        self._fatal = translated
+                    raise translated from exc
+                log.warning("%s: retriable Kafka error (attempt %d of %d): %s", what, attempt, self._retries, err)
+                time.sleep(self._retry_backoff_s * attempt)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogError("this Kafka event log is closed")
+
+    def _admin_client(self) -> Any:
+        if self._admin is None:
+            self._admin = AdminClient(dict(self._base))
+        return self._admin
+
+    def _consumer_client(self) -> Any:
+        if self._consumer is None:
+            self._consumer = Consumer(
+                {
+                    **self._base,
+                    # A reader without a group still needs a group.id; it never commits, so a private one is safe.
+                    "group.id": self.group if self.group is not None else f"eventlog-reader-{uuid.uuid4().hex}",
+                    "isolation.level": "read_committed",
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "auto.offset.reset": "earliest",
+                }
+            )
+        return self._consumer
+
+    def _producer_config(self) -> dict[str, Any]:
+        return {
+            **self._base,
+            "enable.idempotence": True,
+            # CRC-32 of the key, like the embedded log: a key lands on the same partition on both adapters.
+            "partitioner": "consistent_random",
+        }
+
+    def _producer_client(self) -> Any:
+        if self._producer is None:
+            self._producer = Producer(self._producer_config())
+        return self._producer
+
+    def _check_writer(self) -> None:
+        self._check_open()
+        if self._fatal is not None:
+            raise FencedError(f"this instance already failed fatally and must stop: {self._fatal}")
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._delivery_errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+
+    def _partitions_of(self, names: Iterable[str]) -> list[TopicPartition]:
+        wanted = [check_topic_name(name) for name in names]
+        found: list[TopicPartition] = []
+        for name in wanted:
+            count = self._partition_count(name)
+            if count is None:
+                raise LogError(f"topic {name!r} does not exist: create it with create_topics() first")
+            found.extend(TopicPartition(name, p) for p in range(count))
+        return found
+
+    def _partition_count(self, name: str) -> int | None:
+        """The topic's partition count from fresh metadata, or None when the broker does not know the topic."""
+        metadata = self._call(
+            f"read metadata of topic {name!r}", lambda: self._admin_client().list_topics(topic=name, timeout=10)
+        )
+        topic = metadata.topics.get(name)
+        if topic is None or topic.error is not None or not topic.partitions:
+            return None
+        return len(topic.partitions)
+
+    def _fetch_committed(self, group: str, tps: Iterable[TopicPartition] | None) -> dict[TopicPartition, int]:
+        """The group's stable committed offsets, for `tps` or (None) every partition the group committed.
+
+        A transactional offset commit is pending until the coordinator has written its markers; the broker then
+        answers UNSTABLE_OFFSET_COMMIT for the partition, so it is asked again until the answer is stable.
+        """
+        request = None if tps is None else [KafkaTopicPartition(tp.topic, tp.partition) for tp in tps]
+
+        def ask() -> Any:
+            futures = self._admin_client().list_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions(group, request)], require_stable=True, request_timeout=self._timeout_s
+            )
+            return futures[group].result()
+
+        deadline = time.monotonic() + self._timeout_s
+        while True:
+            answer = self._call(f"read committed offsets of group {group!r}", ask)
+            unstable = [p for p in answer.topic_partitions if p.error is not None]
+            if not unstable:
+                return {
+                    TopicPartition(p.topic, p.partition): int(p.offset)
+                    for p in answer.topic_partitions
+                    if p.offset >= 0
+                }
+            if time.monotonic() >= deadline or any(
+                p.error.code() != KafkaError.UNSTABLE_OFFSET_COMMIT for p in unstable
+            ):
+                raise LogError(f"reading committed offsets of group {group!r} failed: {unstable[0].error}")
+            time.sleep(0.05)
+
+    def _list_offsets(self, tps: list[TopicPartition], spec: Any) -> dict[TopicPartition, int]:
+        if not tps:
+            return {}
+        request = {KafkaTopicPartition(tp.topic, tp.partition): spec for tp in tps}
+
+        def ask() -> dict[TopicPartition, int]:
+            futures = self._admin_client().list_offsets(
+                request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=self._timeout_s
+            )
+            return {TopicPartition(k.topic, k.partition): int(f.result().offset) for k, f in futures.items()}
+
+        return self._call("list offsets", ask)
+
+    def _reassign(self, starts: dict[TopicPartition, int]) -> None:
+        # Seeking right after assign() fails ("erroneous state") until fetching has started, and re-assigning
+        # without unassign() keeps the old position visible; unassign + assign with explicit offsets is exact.
+        consumer = self._consumer_client()
+        ordered = [tp for tp in self._assignment if tp in starts]
+        self._call("unassign partitions", consumer.unassign)
+        self._call(
+            "assign partitions",
+            lambda: consumer.assign([KafkaTopicPartition(tp.topic, tp.partition, starts[tp]) for tp in ordered]),
+        )
+        self._start = dict(starts)
+
+    def _committed_or_beginning(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        stored = self._fetch_committed(self.group, tps) if self.group is not None and tps else {}
+        missing = [tp for tp in tps if tp not in stored]
+        beginnings = self._list_offsets(missing, _EARLIEST)
+        return {tp: stored[tp] if tp in stored else beginnings[tp] for tp in tps}
+
+    def _check_assigned(self, tp: TopicPartition) -> None:
+        if tp not in self._start:
+            assigned = ", ".join(map(str, self._assignment)) or "nothing"
+            raise LogError(f"{tp} is not assigned to this reader (assigned: {assigned})")
+
+    # --- topics -------------------------------------------------------------------------------------------
+
+    def create_topics(self, names: Iterable[str], partitions: int = 1) -> None:
+        self._check_open()
+        wanted = [check_topic_name(name) for name in names]
+        check_partitions(partitions)
+        if not wanted:
+            return
+        admin = self._admin_client()
+        # Replication factor -1: the broker's default, so one local broker and a production cluster both work.
+        futures = self._call(
+            "create topics",
+            lambda: admin.create_topics(
+                [NewTopic(name, num_partitions=partitions, replication_factor=-1) for name in wanted],
+                operation_timeout=self._timeout_s,
+            ),
+        )
+        for name, future in futures.items():
+            try:
+                future.result(timeout=self._timeout_s)
+            except KafkaException as exc:
+                err = _kafka_error(exc)
+                if err is None or err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise _translate(f"create topic {name!r}", exc) from exc
+        # A new topic's metadata reaches the brokers a moment after creation; wait, and check existing ones.
+        deadline = time.monotonic() + self._timeout_s
+        for name in wanted:
+            while (count := self._partition_count(name)) is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if count is None:
+                raise LogError(f"topic {name!r} was created but its metadata did not appear in {self._timeout_s}s")
+            if count != partitions:
+                raise LogError(f"topic {name!r} already exists with {count} partitions, not {partitions}")
+
+    # --- reading ------------------------------------------------------------------------------------------
+
+    def assign(self, topics: Iterable[str]) -> None:
+        self._check_open()
+        tps = self._partitions_of(topics)
+        self._assignment = tps
+        self._reassign(self._committed_or_beginning(tps))
+
+    def assignment(self) -> list[TopicPartition]:
+        return list(self._assignment)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._check_open()
+        self._check_assigned(tp)
+        starts = {other: self.position(other) for other in self._assignment}
+        starts[tp] = check_offset(tp, offset)
+        self._reassign(starts)
+
+    def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
+        self._check_open()
+        check_poll(max_records, timeout_s)
+        if not self._assignment:
+            raise LogError("poll() before assign(): this reader has no partitions")
+        consumer = self._consumer_client()
+        deadline = time.monotonic() + timeout_s
+        found: list[Record] = []
+        while True:
+            # consume(n, timeout) waits for all n or the timeout; wait for the first message only, then take
+            # what is already fetched, so a poll returns as soon as something is there.
+            first = consumer.poll(max(0.0, deadline - time.monotonic()))
+            if first is not None:
+                rest = consumer.consume(max_records - 1, timeout=0) if max_records > 1 else []
+                for message in [first, *rest]:
+                    record = self._to_record(message)
+                    if record is not None:
+                        found.append(record)
+            if found or time.monotonic() >= deadline:
+                return found
+
+    def _to_record(self, message: Message) -> Record | None:
+        err = message.error()
+        if err is None:
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            if topic is None or partition is None or offset is None:
+                raise LogError(f"Kafka delivered a record without its position: {topic}[{partition}]@{offset}")
+            _, timestamp_ms = message.timestamp()
+            return Record(topic, partition, offset, message.key(), message.value(), int(timestamp_ms))
+        if err.code() == KafkaError._PARTITION_EOF:
+            return None  # reaching the end of a partition is news, not a failure
+        if err.fatal():
+            raise FencedError(f"the Kafka consumer failed fatally and must stop: {err}")
+        if err.code() in _PERMANENT_CONSUMER_ERRORS:
+            raise LogError(f"reading {message.topic()}[{message.partition()}] failed: {err}")
+        log.warning("Kafka consumer error (the client retries by itself): %s", err)
+        return None
+
+    def position(self, tp: TopicPartition) -> int:
+        self._check_open()
+        self._check_assigned(tp)
+        [reported] = self._call(
+            f"read the position of {tp}",
+            lambda: self._consumer_client().position([KafkaTopicPartition(tp.topic, tp.partition)]),
+        )
+        # Invalid (negative) until the first message or marker after (re)assignment; then the consumer's own
+        # position is the truth, because it also steps over transaction markers and aborted records.
+        return int(reported.offset) if reported.offset >= 0 else self._start[tp]
+
+    def committed(self, group: str) -> dict[TopicPartition, int]:
+        self._check_open()
+        found = self._fetch_committed(group, None)
+        # Listing "every partition" skips a partition whose first commit is still pending, so partitions this
+        # instance reads or has committed are always asked for by name as well.
+        known = set(self._assignment) | (self._offsets_sent if group == self.group else set())
+        if known - set(found):
+            found.update(self._fetch_committed(group, sorted(known | set(found), key=str)))
+        return found
+
+    def end_offsets(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
+        self._check_open()
+        return self._list_offsets(self._partitions_of(topics), _LATEST)
+
+    def rewind_to_committed(self) -> None:
+        self._check_open()
+        if self._assignment:
+            self._reassign(self._committed_or_beginning(self._assignment))
+
+    # --- writing ------------------------------------------------------------------------------------------
+
+    def init_transactions(self, transactional_id: str) -> None:
+        self._check_writer()
+        if not transactional_id:
+            raise ValueError("transactional_id must be a non-empty string")
+        if self._transactional_id is not None:
+            raise LogError(f"init_transactions() was already called (transactional id {self._transactional_id!r})")
+        if self._producer is not None:
+            raise LogError("init_transactions() must come before any produce() on this log")
+        producer = Producer(
+            {
+                **self._producer_config(),
+                "transactional.id": transactional_id,
+                "transaction.timeout.ms": self._transaction_timeout_ms,
+            }
+        )
+        self._producer = producer
+        self._transactional_id = transactional_id
+        self._call(f"init transactions for {transactional_id!r}", lambda: producer.init_transactions(self._timeout_s))
+
+    def begin(self) -> None:
+        self._check_writer()
+        if self._transactional_id is None:
+            raise LogError("begin() needs a transactional writer: call init_transactions() first")
+        if self._in_transaction:
+            raise LogError("begin() while a transaction is open: commit() or abort() it first")
+        self._call("begin a transaction", self._producer_client().begin_transaction)
+        self._in_transaction = True
+        self._delivery_errors = []
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        *,
+        timestamp_ms: int | None = None,
+    ) -> None:
+        self._check_writer()
+        check_payload(value, key, timestamp_ms)
+        check_topic_name(topic)
+        if self._transactional_id is not None and not self._in_transaction:
+            raise LogError("produce() on a transactional writer outside a transaction: call begin() first")
+        producer = self._producer_client()
+        stamp = timestamp_ms if timestamp_ms is not None else self._clock()
+        extra: dict[str, Any] = {} if partition is None else {"partition": partition}
+        for _ in range(self._retries):
+            try:
+                producer.produce(topic, value=value, key=key, timestamp=stamp, on_delivery=self._on_delivery, **extra)
+                break
+            except BufferError:
+                # The local queue is full: serve delivery reports to make room, then try again.
+                producer.poll(self._retry_backoff_s)
+            except KafkaException as exc:
+                raise _translate(f"produce to {topic!r}", exc) from exc
+        else:
+            raise LogError(f"produce to {topic!r}: the producer queue stayed full after {self._retries} attempts")
+        producer.poll(0)
+
+    def commit(self, consumed: Mapping[TopicPartition, int] | None = None, group: str | None = None) -> None:
+        self._check_writer()
+        offsets = check_commit(consumed, group, self.group)
+        if not self._in_transaction:
+            raise LogError("commit() without an open transaction: call begin() first")
+        producer = self._producer_client()
+        if offsets:
+            positions = [KafkaTopicPartition(tp.topic, tp.partition, offset) for tp, offset in offsets.items()]
+            metadata = self._consumer_client().consumer_group_metadata()
+            self._call(
+                "send consumed offsets to the transaction",
+                lambda: producer.send_offsets_to_transaction(positions, metadata, self._timeout_s),
+            )
+            self._offsets_sent.update(offsets)
+        try:
+            self._call("commit the transaction", lambda: producer.commit_transaction(self._timeout_s))
+        except AbortableError as exc:
+            if not self._delivery_errors:
+                raise
+            # Name the records that failed: the generic error only says "see individual delivery reports".
+            shown = "; ".join(self._delivery_errors[:3])
+            raise AbortableError(f"{exc}; {len(self._delivery_errors)} undelivered, e.g. {shown}") from exc
+        self._in_transaction = False
+
+    def abort(self) -> None:
+        self._check_writer()
+        if not self._in_transaction:
+            raise LogError("abort() without an open transaction")
+        producer = self._producer_client()
+        self._call("abort the transaction", lambda: producer.abort_transaction(self._timeout_s))
+        self._in_transaction = False
+        self._delivery_errors = []
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        self._check_open()
+        if self._producer is None:
+            return
+        remaining = int(self._producer.flush(timeout_s))
+        failures, self._delivery_errors = self._delivery_errors, []
+        if remaining:
+            raise LogError(f"{remaining} records were not delivered within {timeout_s}s")
+        if failures and self._transactional_id is None:
+            raise LogError(f"{len(failures)} records were not delivered, first: {failures[0]}")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._producer is not None and self._fatal is None:
+                if self._in_transaction:
+                    # Closing mid-transaction must not leave it open: read_committed readers would stall behind
+                    # it until the coordinator's timeout.
+                    log.warning("closing with an open transaction: it is aborted")
+                    self._producer.abort_transaction(self._timeout_s)
+                    self._in_transaction = False
+                remaining = int(self._producer.flush(self._timeout_s))
+                if remaining:
+                    raise LogError(f"closing: {remaining} records were not delivered within {self._timeout_s}s")
+        except KafkaException as exc:
+            raise _translate("close the producer", exc) from exc
+        finally:
+            if self._consumer is not None:
+                self._consumer.close()
+            self._consumer = None
+            self._producer = None
+            self._admin = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
