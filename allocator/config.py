@@ -38,6 +38,10 @@ class AllocatorConfig:
     # SPEC §3: cycles and lifetimes
     cycle_interval_s: float = 1.0
     opportunity_window_s: float = 300.0
+    # The book: its starting cash, when a cycle runs early, and how long capital stays reserved for a fill
+    initial_cash: float = 100_000.0
+    max_pending: int = 1_000
+    fill_timeout_s: float = 300.0
     # SPEC §4 and §8: tail risk and the default risk model
     cvar_alpha: float = 0.95
     cvar_limit: float = 0.05
@@ -72,6 +76,9 @@ class AllocatorConfig:
         _check_positive("min_window_s", self.min_window_s)
         _check_positive("cycle_interval_s", self.cycle_interval_s)
         _check_positive("opportunity_window_s", self.opportunity_window_s)
+        _check_positive("initial_cash", self.initial_cash)
+        _check_positive_int("max_pending", self.max_pending)
+        _check_positive("fill_timeout_s", self.fill_timeout_s)
         if self.min_window_s > self.opportunity_window_s:
             raise ConfigError("min_window_s: must not exceed opportunity_window_s")
         if not 0.0 < self.cvar_alpha < 1.0:

@@ -1,0 +1,495 @@
+"""One allocation cycle, pure: (portfolio, governor state, submitted proposals, config, seed) -> one Decision."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from allocator import scenarios as risk
+from allocator.config import AllocatorConfig
+from allocator.netting import net_opposites
+from allocator.problem import AllocationProblem, Solution, cvar, portfolio_losses
+from allocator.validation import InvalidProposal, Submitted, is_expired, lifetime_ms, priority
+from allocator.verify import verify_decision
+from projections.portfolio import Portfolio
+from schemas.events import (
+    Allocation,
+    AllocationStatus,
+    Decision,
+    GovernorState,
+    InputPosition,
+    Order,
+    Proposal,
+    Reason,
+    ReasonCode,
+    Side,
+    SolverPath,
+)
+
+FloatArray = npt.NDArray[np.float64]
+SEED_MASK = (1 << 63) - 1  # Avro's long is signed: keep the 64-bit seed's low 63 bits
+
+
+@dataclass(frozen=True)
+class SuppliedScenarios:
+    """Scenario returns given by the caller instead of the default risk model (SPEC §8, last sentence)."""
+
+    returns: Mapping[str, tuple[float, ...]]
+    book_losses: tuple[float, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.book_losses)
+
+
+@dataclass(frozen=True)
+class CycleRequest:
+    decision_id: str
+    book_id: str
+    cycle: int
+    as_of: int
+    portfolio: Portfolio
+    governor_state: GovernorState
+    window_ms: int
+    submitted: tuple[Submitted, ...]
+    config: AllocatorConfig
+    governor_reason: str | None = None
+    inputs: tuple[InputPosition, ...] = ()
+    scenarios: SuppliedScenarios | None = None
+
+
+@dataclass(frozen=True)
+class CycleOutcome:
+    decision: Decision
+    solution: Solution | None
+    timed_out: bool  # the solve hit its time limit: what the solver-timeout monitor counts
+    problem: AllocationProblem | None = field(default=None, repr=False)
+    column_ids: tuple[str, ...] = ()  # the proposal id of each column of `problem`
+
+
+@dataclass
+class _Entry:
+    """The working record of one submitted proposal during the cycle."""
+
+    submitted: Submitted
+    status: AllocationStatus | None = None
+    reasons: list[Reason] = field(default_factory=list)
+    size: float = 0.0
+    netted: float = 0.0
+    residual: float = 0.0
+    upper: float = 0.0
+    column: int = -1
+
+    @property
+    def proposal_id(self) -> str:
+        return self.submitted.proposal_id
+
+    def finish(self, status: AllocationStatus, *reasons: Reason) -> None:
+        self.status = status
+        self.reasons.extend(reasons)
+
+
+def deduplicate(items: Iterable[tuple[Submitted, Any]]) -> list[Submitted]:
+    """SPEC §2: a repeat with identical content is ignored; one with different content is REJECTED DUPLICATE.
+
+    `items` pairs each submission with its raw content (anything JSON can render) to compare repeats by.
+    """
+    seen: dict[str, str] = {}
+    out: list[Submitted] = []
+    for submitted, raw in items:
+        content = json.dumps(raw, sort_keys=True, default=str)
+        pid = submitted.proposal_id
+        if pid in seen:
+            if seen[pid] == content:
+                continue
+            out.append(
+                InvalidProposal(
+                    pid,
+                    submitted.agent_id,
+                    submitted.market_id,
+                    submitted.side,
+                    (Reason(ReasonCode.DUPLICATE, f"proposal_id {pid!r} was already received with other content"),),
+                )
+            )
+            continue
+        seen[pid] = content
+        out.append(submitted)
+    return out
+
+
+def _reason(code: ReasonCode, detail: str | None = None) -> Reason:
+    return Reason(code, detail)
+
+
+Solver = Callable[[AllocationProblem, float, float], Solution]
+"""(problem, time limit in seconds, relative gap) -> solution; the fast path unless a caller picks another."""
+
+
+def default_solver(problem: AllocationProblem, time_limit_s: float, rel_gap: float) -> Solution:
+    from allocator.highs_banner import silence_highs_banner
+    from allocator.solver_fast import FastSettings, solve_fast
+
+    silence_highs_banner()
+    return solve_fast(problem, time_limit_s=time_limit_s, settings=FastSettings(mip_rel_gap=rel_gap))
+
+
+def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutcome:
+    """Decide every submitted proposal. Raises `DecisionInvariantError` only on a bug, never on bad input."""
+    solve = solver or default_solver
+    config = request.config
+    portfolio = request.portfolio
+    equity = portfolio.equity
+    entries = [_Entry(s) for s in request.submitted]
+
+    # 1. Validity, agents, risk inputs, expiry (SPEC §2, §3).
+    pending: list[_Entry] = []
+    for e in entries:
+        s = e.submitted
+        if isinstance(s, InvalidProposal):
+            e.finish(AllocationStatus.REJECTED, *s.reasons)
+        elif config.agents is not None and s.agent_id not in config.agents:
+            e.finish(AllocationStatus.REJECTED, _reason(ReasonCode.UNKNOWN_AGENT, f"agent {s.agent_id!r}"))
+        elif request.scenarios is None and s.price is None:
+            e.finish(
+                AllocationStatus.REJECTED,
+                _reason(ReasonCode.INVALID_FIELD, "price: null needs caller-supplied scenario returns"),
+            )
+        elif request.scenarios is not None and len(request.scenarios.returns.get(s.proposal_id, ())) != (
+            request.scenarios.count
+        ):
+            e.finish(
+                AllocationStatus.REJECTED,
+                _reason(
+                    ReasonCode.INVALID_FIELD,
+                    f"scenarios.returns[{s.proposal_id!r}]: needs {request.scenarios.count} returns",
+                ),
+            )
+        elif is_expired(s, request.as_of, request.window_ms):
+            age = request.as_of - s.created_at
+            e.finish(
+                AllocationStatus.EXPIRED,
+                _reason(ReasonCode.EXPIRED, f"age {age} ms > lifetime {lifetime_ms(s, request.window_ms):.0f} ms"),
+            )
+        else:
+            pending.append(e)
+
+    # 2. Governors override everything else (SPEC §7): HALTED outranks PAUSED.
+    if request.governor_state is GovernorState.HALTED:
+        for e in pending:
+            e.finish(AllocationStatus.REJECTED, _reason(ReasonCode.KILL_SWITCH, request.governor_reason))
+        return _outcome(request, entries, None, None, False)
+    if request.governor_state is GovernorState.PAUSED:
+        for e in pending:
+            e.finish(AllocationStatus.DEFERRED, _reason(ReasonCode.PAUSED, request.governor_reason))
+        return _outcome(request, entries, None, None, False)
+
+    # 3. Netting of opposite sides in one market (SPEC §6).
+    proposals = {e.proposal_id: e.submitted for e in pending if isinstance(e.submitted, Proposal)}
+    netted = net_opposites(proposals.values(), priority)
+    candidates: list[_Entry] = []
+    for e in pending:
+        n = netted[e.proposal_id]
+        e.netted, e.residual = n.netted_size, n.residual
+        p = n.proposal
+        if n.residual <= 0.0:
+            e.finish(AllocationStatus.NETTED)
+        elif n.residual < p.min_size:
+            e.finish(
+                AllocationStatus.REJECTED,
+                _reason(
+                    ReasonCode.BELOW_MIN_AFTER_NETTING,
+                    f"residual {n.residual:.2f} after netting {n.netted_size:.2f} is below min_size {p.min_size:.2f}",
+                ),
+            )
+        else:
+            candidates.append(e)
+
+    # 4. Per-proposal caps (SPEC §4.2, §4.3): a cap below the min size rejects with that cap's code.
+    market_held = portfolio.market_exposure()
+    group_held = portfolio.group_exposure()
+    market_limit = config.market_cap * equity
+    sized: list[_Entry] = []
+    cap_reasons: dict[str, list[Reason]] = {}
+    for e in candidates:
+        cand = _proposal(e)
+        caps = {
+            ReasonCode.POSITION_CAP: config.position_cap * equity,
+            ReasonCode.MARKET_CAP: _market_room(market_held.get(cand.market_id, 0.0), cand.side.sign, market_limit),
+            ReasonCode.GROUP_CAP: _group_limit(config, cand.correlation_key, equity)
+            - group_held.get(cand.correlation_key, 0.0),
+        }
+        blocking = [code for code, room in caps.items() if room < cand.min_size]
+        if blocking:
+            code = blocking[0]
+            e.finish(
+                AllocationStatus.REJECTED,
+                _reason(code, f"room {max(caps[code], 0.0):.2f} is below min_size {cand.min_size:.2f}"),
+            )
+            continue
+        e.upper = min(e.residual, *caps.values())
+        cap_reasons[e.proposal_id] = [
+            _reason(code, f"capped at {room:.2f}") for code, room in caps.items() if room < e.residual
+        ]
+        sized.append(e)
+
+    if not sized:
+        return _outcome(request, entries, None, None, False)
+
+    # 5. The optimisation (SPEC §4) over the candidates, in a fixed order: priority, then id.
+    sized.sort(key=lambda e: (-priority(_proposal(e)), e.proposal_id))
+    for column, e in enumerate(sized):
+        e.column = column
+    seed = risk.seed_from_decision_id(request.decision_id) & SEED_MASK
+    returns, book = _scenarios(request, [_proposal(e) for e in sized], seed)
+    cvar_limit = config.cvar_limit * equity
+    book_cvar = cvar(book, config.cvar_alpha)
+    problem = _problem(request, sized, returns, book, max(cvar_limit, book_cvar), market_held, group_held)
+    solution = solve(problem, config.solver_time_limit_ms / 1000.0, config.mip_rel_gap)
+    sizes = _snap(solution.sizes, problem)
+
+    # 6. Statuses, and for each cut or deferred proposal the constraint that stopped it.
+    for e in sized:
+        p = _proposal(e)
+        size = float(sizes[e.column])
+        e.size = size
+        if size <= 0.0:
+            e.finish(AllocationStatus.DEFERRED, *_blocked_by(problem, sizes, e.column, p.min_size, book_cvar))
+        elif size >= e.residual * (1.0 - 1e-9):
+            e.size = e.residual
+            e.finish(AllocationStatus.FUNDED)
+        else:
+            reasons = list(cap_reasons[e.proposal_id]) if size >= e.upper * (1.0 - 1e-9) else []
+            if size < e.upper * (1.0 - 1e-9):
+                reasons += _blocked_by(problem, sizes, e.column, e.upper, book_cvar)
+            e.finish(AllocationStatus.CUT, *reasons)
+
+    timed_out = solution.path is not SolverPath.MIP_OPTIMAL
+    outcome = _outcome(request, entries, solution, problem, timed_out, seed=seed)
+    verify_decision(request, outcome.decision, problem, {e.proposal_id: e.column for e in sized})
+    return replace(outcome, column_ids=tuple(e.proposal_id for e in sized))
+
+
+def _proposal(e: _Entry) -> Proposal:
+    assert isinstance(e.submitted, Proposal)
+    return e.submitted
+
+
+def _market_room(held: float, direction: int, limit: float) -> float:
+    """How far a trade in `direction` may move a market's signed exposure: to the cap on its side, never
+    further out if the market already breaches (a trade against a held position always has room)."""
+    if direction > 0:
+        return max(max(limit, held) - held, 0.0)
+    return max(held - min(-limit, held), 0.0)
+
+
+def _group_limit(config: AllocatorConfig, key: str, equity: float) -> float:
+    return float(config.group_caps.get(key, config.group_cap * equity))
+
+
+def _market_index(
+    request: CycleRequest, proposals: Sequence[Proposal]
+) -> tuple[list[str], dict[str, int], list[int], int]:
+    """Markets in a fixed order (sorted ids) and the correlation key each belongs to for the risk model."""
+    key_of: dict[str, str] = {}
+    for p in sorted(proposals, key=lambda p: p.proposal_id):
+        key_of.setdefault(p.market_id, p.correlation_key)
+    for pos in request.portfolio.positions:
+        key_of.setdefault(pos.market_id, pos.correlation_key)
+    markets = sorted(key_of)
+    keys = sorted(set(key_of.values()))
+    key_index = {k: i for i, k in enumerate(keys)}
+    return markets, {m: i for i, m in enumerate(markets)}, [key_index[key_of[m]] for m in markets], len(keys)
+
+
+def _scenarios(request: CycleRequest, proposals: Sequence[Proposal], seed: int) -> tuple[FloatArray, FloatArray]:
+    """Per-unit returns (S x n) of the candidates and the book's losses (S), supplied or from the default model."""
+    supplied = request.scenarios
+    if supplied is not None:
+        returns = np.array([supplied.returns[p.proposal_id] for p in proposals], dtype=np.float64).T
+        return returns.reshape(supplied.count, len(proposals)), np.asarray(supplied.book_losses, dtype=np.float64)
+    config = request.config
+    _, index, market_key, n_keys = _market_index(request, proposals)
+    uniforms = risk.market_uniforms(
+        market_key,
+        n_keys,
+        config.scenario_count,
+        seed,
+        within_key_correlation=config.within_key_correlation,
+        common_correlation=config.common_correlation,
+        tail_dof=config.tail_dof,
+    )
+    price = np.array([p.price for p in proposals], dtype=np.float64)
+    edge = np.array([p.expected_profit for p in proposals], dtype=np.float64)
+    side = np.array([p.side.sign for p in proposals], dtype=np.int64)
+    columns = uniforms[:, [index[p.market_id] for p in proposals]]
+    returns = risk.stake_returns(columns, price, risk.win_probability(price, edge), side)
+    positions = request.portfolio.positions
+    if not positions:
+        return returns, np.zeros(config.scenario_count)
+    book = risk.book_losses(
+        uniforms,
+        np.array([index[p.market_id] for p in positions], dtype=np.int64),
+        np.array([p.side.sign for p in positions], dtype=np.int64),
+        np.array([p.size for p in positions], dtype=np.float64),
+        np.array([p.price for p in positions], dtype=np.float64),
+    )
+    return returns, book
+
+
+def _problem(
+    request: CycleRequest,
+    sized: Sequence[_Entry],
+    returns: FloatArray,
+    book: FloatArray,
+    cvar_bound: float,
+    market_held: Mapping[str, float],
+    group_held: Mapping[str, float],
+) -> AllocationProblem:
+    config = request.config
+    equity = request.portfolio.equity
+    proposals = [_proposal(e) for e in sized]
+    markets = sorted({p.market_id for p in proposals})
+    groups = sorted({p.correlation_key for p in proposals})
+    m_index = {m: i for i, m in enumerate(markets)}
+    g_index = {g: i for i, g in enumerate(groups)}
+    return AllocationProblem(
+        value=np.array([p.expected_profit * p.confidence for p in proposals]),
+        lower=np.array([p.min_size for p in proposals]),
+        upper=np.array([e.upper for e in sized]),
+        priority=np.array([priority(p) for p in proposals]),
+        group=np.array([g_index[p.correlation_key] for p in proposals]),
+        group_room=np.array([_group_limit(config, g, equity) - group_held.get(g, 0.0) for g in groups]),
+        market=np.array([m_index[p.market_id] for p in proposals]),
+        direction=np.array([p.side.sign for p in proposals]),
+        market_held=np.array([market_held.get(m, 0.0) for m in markets]),
+        market_limit=config.market_cap * equity,
+        capital=request.portfolio.available,
+        returns=returns,
+        book_losses=book,
+        cvar_alpha=config.cvar_alpha,
+        cvar_bound=cvar_bound,
+    )
+
+
+def _snap(raw: FloatArray, problem: AllocationProblem) -> FloatArray:
+    """Clean solver noise: sizes within 1e-9 relative of 0, the min size or the upper bound become exactly that.
+
+    Rounding moves only toward a bound the solver already met within its tolerance; the verification that
+    follows checks the snapped sizes, so this can never hide a violation.
+    """
+    sizes = np.array(raw, dtype=np.float64)
+    scale = np.maximum(problem.upper, 1.0)
+    sizes[np.abs(sizes) <= 1e-9 * scale] = 0.0
+    near_upper = np.abs(sizes - problem.upper) <= 1e-9 * scale
+    sizes[near_upper] = problem.upper[near_upper]
+    near_lower = (sizes > 0) & (np.abs(sizes - problem.lower) <= 1e-9 * scale)
+    sizes[near_lower] = problem.lower[near_lower]
+    return sizes
+
+
+def _blocked_by(
+    problem: AllocationProblem, sizes: FloatArray, column: int, target: float, book_cvar: float
+) -> list[Reason]:
+    """Which constraints would break if this candidate were raised to `target` with the others unchanged."""
+    trial = np.array(sizes, dtype=np.float64)
+    trial[column] = target
+    reasons: list[Reason] = []
+    tol = 1e-9 * max(1.0, problem.capital)
+    if trial.sum() > max(problem.capital, 0.0) + tol:
+        reasons.append(_reason(ReasonCode.CAPITAL, f"needs {trial.sum():.2f} of available {problem.capital:.2f}"))
+    group = problem.group[column]
+    in_group = problem.group == group
+    if trial[in_group].sum() > max(problem.group_room[group], 0.0) + tol:
+        reasons.append(_reason(ReasonCode.GROUP_CAP, f"group room {max(problem.group_room[group], 0.0):.2f}"))
+    market = problem.market[column]
+    in_market = problem.market == market
+    held = problem.market_held[market]
+    exposure = held + float((problem.direction[in_market] * trial[in_market]).sum())
+    low, high = min(-problem.market_limit, held), max(problem.market_limit, held)
+    if exposure > high + tol or exposure < low - tol:
+        reasons.append(_reason(ReasonCode.MARKET_CAP, f"market exposure would reach {exposure:.2f}"))
+    bound = max(problem.cvar_bound, book_cvar)
+    tail = cvar(portfolio_losses(problem, trial), problem.cvar_alpha)
+    if tail > bound * (1.0 + 1e-9) + 1e-9:
+        reasons.append(_reason(ReasonCode.CVAR_LIMIT, f"CVaR would reach {tail:.2f} of limit {bound:.2f}"))
+    return reasons
+
+
+def _ordered(entries: Sequence[_Entry]) -> list[_Entry]:
+    """Funded and cut first in descending priority (executors work them in that order), then the rest as given."""
+    funded = [e for e in entries if e.status in (AllocationStatus.FUNDED, AllocationStatus.CUT)]
+    funded.sort(key=lambda e: (-priority(_proposal(e)), e.proposal_id))
+    return funded + [e for e in entries if e.status not in (AllocationStatus.FUNDED, AllocationStatus.CUT)]
+
+
+def _outcome(
+    request: CycleRequest,
+    entries: Sequence[_Entry],
+    solution: Solution | None,
+    problem: AllocationProblem | None,
+    timed_out: bool,
+    seed: int | None = None,
+) -> CycleOutcome:
+    allocations: list[Allocation] = []
+    net: dict[str, float] = {}
+    for e in _ordered(entries):
+        assert e.status is not None, f"proposal {e.proposal_id} left undecided"
+        s = e.submitted
+        allocations.append(
+            Allocation(
+                proposal_id=s.proposal_id,
+                agent_id=s.agent_id,
+                market_id=s.market_id,
+                side=s.side,
+                size=e.size,
+                netted_size=e.netted,
+                status=e.status,
+                reasons=tuple(e.reasons),
+            )
+        )
+        if e.size > 0 and s.side is not None:
+            net[s.market_id] = net.get(s.market_id, 0.0) + s.side.sign * e.size
+    orders = tuple(
+        Order(market, Side.BUY if amount > 0 else Side.SELL, abs(amount))
+        for market, amount in sorted(net.items())
+        if amount != 0.0
+    )
+    if seed is None:
+        seed = risk.seed_from_decision_id(request.decision_id) & SEED_MASK
+    # The objective of the sizes actually decided (after snapping), not the solver's own figure.
+    objective = math.fsum(
+        e.size * _proposal(e).expected_profit * _proposal(e).confidence for e in entries if e.size > 0
+    )
+    gap = solution.gap if solution is not None and math.isfinite(solution.gap) else None
+    decision = Decision(
+        decision_id=request.decision_id,
+        book_id=request.book_id,
+        cycle=request.cycle,
+        decided_at=request.as_of,
+        inputs=request.inputs,
+        config_version=request.config.config_version,
+        config_hash=request.config.config_hash,
+        scenario_seed=seed,
+        governor_state=request.governor_state,
+        opportunity_window_ms=request.window_ms,
+        equity=request.portfolio.equity,
+        available=request.portfolio.available,
+        high_water_mark=request.portfolio.high_water_mark,
+        solver_path=_path(solution),
+        solve_ms=solution.solve_seconds * 1000.0 if solution is not None else 0.0,
+        objective=objective,
+        gap=gap,
+        allocations=tuple(allocations),
+        orders=orders,
+    )
+    return CycleOutcome(decision, solution, timed_out, problem)
+
+
+def _path(solution: Solution | None) -> SolverPath:
+    return SolverPath.NOT_RUN if solution is None else solution.path

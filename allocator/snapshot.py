@@ -1,0 +1,229 @@
+"""The snapshot file of `allocator allocate`: the portfolio as the fold sees it, read and checked at the edge."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from allocator.config import AllocatorConfig, ConfigError
+from allocator.cycle import CycleRequest, SuppliedScenarios, deduplicate
+from allocator.validation import InvalidProposal, Submitted, parse_proposal
+from governors.rules import failure_pause_triggered, failure_rate, kill_switch_triggered
+from projections.portfolio import Portfolio, Position
+from schemas.events import Decision, GovernorState, Reason, ReasonCode, Side
+
+TOP_LEVEL_KEYS = frozenset(
+    {"as_of", "equity", "available", "high_water_mark", "executions", "positions", "proposals", "scenarios", "config"}
+)
+POSITION_KEYS = ("market_id", "side", "size", "price", "correlation_key")
+
+
+class SnapshotError(ValueError):
+    """A snapshot that cannot be decided at all: the message names the file and the problem."""
+
+
+def _number(where: str, value: Any, *, minimum: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise SnapshotError(f"{where}: must be a finite number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise SnapshotError(f"{where}: must be >= {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def _integer(where: str, value: Any, *, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SnapshotError(f"{where}: must be a whole number >= {minimum}, got {value!r}")
+    return value
+
+
+def _position(i: int, raw: Any) -> Position:
+    where = f"positions[{i}]"
+    if not isinstance(raw, Mapping):
+        raise SnapshotError(f"{where}: must be an object")
+    missing = [k for k in POSITION_KEYS if k not in raw]
+    extra = sorted(set(raw) - set(POSITION_KEYS))
+    if missing or extra:
+        raise SnapshotError(
+            f"{where}: " + "; ".join([*(f"{k} is missing" for k in missing), *(f"{k} is unknown" for k in extra)])
+        )
+    for key in ("market_id", "correlation_key"):
+        if not isinstance(raw[key], str) or not raw[key]:
+            raise SnapshotError(f"{where}.{key}: must be a non-empty string, got {raw[key]!r}")
+    if raw["side"] not in ("BUY", "SELL"):
+        raise SnapshotError(f"{where}.side: must be BUY or SELL, got {raw['side']!r}")
+    price = _number(f"{where}.price", raw["price"])
+    if not 0.0 < price < 1.0:
+        raise SnapshotError(f"{where}.price: must be in (0, 1), got {price!r}")
+    return Position(
+        market_id=raw["market_id"],
+        side=Side(raw["side"]),
+        size=_number(f"{where}.size", raw["size"], minimum=0.0),
+        price=price,
+        correlation_key=raw["correlation_key"],
+    )
+
+
+def _scenarios(raw: Any, has_positions: bool) -> SuppliedScenarios:
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("returns"), Mapping):
+        raise SnapshotError('scenarios: must be an object with "returns": {proposal_id: [returns]}')
+    extra = sorted(set(raw) - {"returns", "book_losses"})
+    if extra:
+        raise SnapshotError(f"scenarios: unknown key(s) {', '.join(extra)}")
+    returns: dict[str, tuple[float, ...]] = {}
+    lengths: set[int] = set()
+    for pid, row in raw["returns"].items():
+        if not isinstance(row, list) or not row:
+            raise SnapshotError(f"scenarios.returns[{pid!r}]: must be a non-empty list of numbers")
+        returns[str(pid)] = tuple(_number(f"scenarios.returns[{pid!r}][{j}]", x) for j, x in enumerate(row))
+        lengths.add(len(row))
+    if "book_losses" in raw:
+        book_raw = raw["book_losses"]
+        if not isinstance(book_raw, list) or not book_raw:
+            raise SnapshotError("scenarios.book_losses: must be a non-empty list of numbers")
+        book = tuple(_number(f"scenarios.book_losses[{j}]", x) for j, x in enumerate(book_raw))
+        lengths.add(len(book))
+    elif has_positions:
+        raise SnapshotError("scenarios.book_losses: required when positions are held and scenarios are supplied")
+    else:
+        book = ()
+    if len(lengths) > 1:
+        raise SnapshotError(
+            f"scenarios: every list must have the same number of scenarios, got lengths {sorted(lengths)}"
+        )
+    if not lengths:
+        raise SnapshotError("scenarios: no scenarios given")
+    count = lengths.pop()
+    return SuppliedScenarios(returns=returns, book_losses=book or (0.0,) * count)
+
+
+def parse_snapshot(data: Any, decision_id: str) -> CycleRequest:
+    """A cycle request from a decoded snapshot; raises `SnapshotError` naming the first problem."""
+    if not isinstance(data, Mapping):
+        raise SnapshotError("the snapshot must be a JSON object")
+    unknown = sorted(set(data) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise SnapshotError(f"unknown key(s): {', '.join(unknown)}")
+    for key in ("as_of", "equity", "proposals"):
+        if key not in data:
+            raise SnapshotError(f"{key}: is missing")
+    try:
+        config = AllocatorConfig.from_mapping(data.get("config") or {})
+    except ConfigError as exc:
+        raise SnapshotError(f"config: {exc}") from exc
+    if "config" in data and not isinstance(data["config"], Mapping):
+        raise SnapshotError("config: must be an object")
+
+    as_of = _integer("as_of", data["as_of"])
+    equity = _number("equity", data["equity"])
+    raw_positions = data.get("positions", [])
+    if not isinstance(raw_positions, list):
+        raise SnapshotError("positions: must be a list")
+    positions = tuple(_position(i, p) for i, p in enumerate(raw_positions))
+    available = (
+        _number("available", data["available"])
+        if "available" in data
+        else equity - math.fsum(p.size for p in positions)
+    )
+    hwm = _number("high_water_mark", data["high_water_mark"]) if "high_water_mark" in data else equity
+
+    reports = failures = 0
+    if "executions" in data:
+        ex = data["executions"]
+        if not isinstance(ex, Mapping) or set(ex) - {"reports", "failures"}:
+            raise SnapshotError('executions: must be {"reports": N, "failures": N}')
+        reports = _integer("executions.reports", ex.get("reports", 0))
+        failures = _integer("executions.failures", ex.get("failures", 0))
+        if failures > reports:
+            raise SnapshotError(f"executions.failures: {failures} is more than the {reports} reports")
+
+    raw_proposals = data["proposals"]
+    if not isinstance(raw_proposals, list):
+        raise SnapshotError("proposals: must be a list")
+    parsed: list[tuple[Submitted, Any]] = []
+    for i, raw in enumerate(raw_proposals):
+        where = f"proposals[{i}]"
+        if isinstance(raw, Mapping):
+            parsed.append((parse_proposal(raw, where), raw))
+        else:
+            reason = Reason(ReasonCode.INVALID_FIELD, f"{where}: must be an object, got {type(raw).__name__}")
+            parsed.append((InvalidProposal(where, "", "", None, (reason,)), raw))
+
+    scenarios = _scenarios(data["scenarios"], bool(positions)) if "scenarios" in data else None
+
+    state, why = GovernorState.ACTIVE, None
+    if kill_switch_triggered(equity, hwm, config.kill_switch_drawdown):
+        state = GovernorState.HALTED
+        why = f"drawdown {1 - equity / hwm:.2%} >= {config.kill_switch_drawdown:.0%}"
+    elif failure_pause_triggered(reports, failures, config.failure_rate_limit, config.failure_min_samples):
+        state = GovernorState.PAUSED
+        why = f"failure rate {failure_rate(reports, failures):.1%} > {config.failure_rate_limit:.0%}"
+
+    return CycleRequest(
+        decision_id=decision_id,
+        book_id="snapshot",
+        cycle=1,
+        as_of=as_of,
+        portfolio=Portfolio(equity=equity, available=available, high_water_mark=hwm, positions=positions),
+        governor_state=state,
+        governor_reason=why,
+        window_ms=round(config.opportunity_window_s * 1000),
+        submitted=tuple(deduplicate(parsed)),
+        config=config,
+        scenarios=scenarios,
+    )
+
+
+def load_snapshot(path: Path) -> CycleRequest:
+    """Read a snapshot file; the decision id is derived from its content, so equal files decide equally."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise SnapshotError(f"{path}: no such file") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SnapshotError(f"{path}: cannot be read: {exc}") from exc
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise SnapshotError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except SnapshotError as exc:
+        raise SnapshotError(f"{path}: {exc}") from exc
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    decision_id = "snapshot-" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+    try:
+        return parse_snapshot(data, decision_id)
+    except SnapshotError as exc:
+        raise SnapshotError(f"{path}: {exc}") from exc
+
+
+def _reject_constant(name: str) -> float:
+    # JSON has no NaN or Infinity; Python's parser would accept them. A proposal field holding one is
+    # rejected by validation, so map them to the float and let the field checks name the field.
+    return float(name.replace("Infinity", "inf"))
+
+
+def decision_json(decision: Decision, *, timing: bool = True) -> dict[str, Any]:
+    """The CLI's JSON rendering of a decision (statuses and reason codes exactly as the SPEC names them)."""
+    return {
+        "decision_id": decision.decision_id,
+        "governor_state": decision.governor_state.value,
+        "solver_path": decision.solver_path.value,
+        "objective": decision.objective,
+        "gap": decision.gap,
+        "solve_ms": decision.solve_ms if timing else None,
+        "allocations": [
+            {
+                "proposal_id": a.proposal_id,
+                "size": a.size,
+                "netted_size": a.netted_size,
+                "status": a.status.value,
+                "reasons": [r.code.value for r in a.reasons],
+                "details": [r.detail for r in a.reasons if r.detail],
+            }
+            for a in decision.allocations
+        ],
+        "orders": [{"market_id": o.market_id, "side": o.side.value, "size": o.size} for o in decision.orders],
+    }
