@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from allocator.backends import LogSettings
+    from schemas.codec import EventCodec
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -13,7 +18,12 @@ EXIT_USAGE = 2
 
 def _cmd_schemas(args: argparse.Namespace) -> int:
     from schemas.codec import load_schema, schema_fingerprint, schema_path
+    from schemas.docs import schemas_markdown
     from schemas.events import EVENT_TYPES
+
+    if args.markdown:
+        sys.stdout.write(schemas_markdown())
+        return EXIT_OK
 
     print(f"{'record':<18} {'fingerprint (CRC-64-AVRO)':<26} file")
     for event_type in EVENT_TYPES:
@@ -36,6 +46,190 @@ def _cmd_db_upgrade(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_allocate(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from allocator.cycle import run_cycle
+    from allocator.snapshot import SnapshotError, decision_json, load_snapshot
+
+    try:
+        request = load_snapshot(Path(args.snapshot))
+    except SnapshotError as exc:
+        print(f"allocator allocate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    outcome = run_cycle(request)
+    print(json.dumps(decision_json(outcome.decision, timing=not args.no_timing), indent=args.indent))
+    return EXIT_OK
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import time
+
+    from allocator.backends import LogSettings, load_config
+    from allocator.config import ConfigError
+    from allocator.eventlog import FencedError, LogError
+    from allocator.sequencer import Topics
+    from allocator.service import AllocatorService, group_of
+    from schemas.codec import make_codec
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"allocator serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    settings = LogSettings.resolve(args.kafka, args.log)
+    stop = {"now": False}
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    deadline = time.monotonic() + args.duration if args.duration else None
+    log = settings.open(group_of(args.book))
+    reader = settings.open()
+    service = AllocatorService(
+        log, reader, make_codec(args.schema_registry), args.book, config, Topics(args.topic_prefix),
+        say=lambda line: print(line, flush=True),
+    )  # fmt: skip
+    print(f"allocator serve: book {args.book} on {settings.describe()}", flush=True)
+    try:
+        service.start()
+        published = service.run(
+            lambda: (
+                stop["now"]
+                or (deadline is not None and time.monotonic() >= deadline)
+                or (args.max_cycles is not None and service.state.cycle >= args.max_cycles)
+            )
+        )
+    except FencedError as exc:
+        print(f"allocator serve: another instance took over book {args.book}; stopping ({exc})", file=sys.stderr)
+        return 3
+    except LogError as exc:
+        print(f"allocator serve: the log failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        reader.close()
+        log.close()
+    print(f"allocator serve: stopped after {published} decisions (cycle {service.state.cycle})", flush=True)
+    return EXIT_OK
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from allocator.audit import audit_log, summary_table, write_report
+    from allocator.backends import LogSettings, load_config
+    from allocator.config import ConfigError
+    from allocator.sequencer import Topics
+    from schemas.codec import make_codec
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"allocator audit: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    settings = LogSettings.resolve(args.kafka, args.log)
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % 50 == 0:
+            print(f"\raudited {done}/{total} decisions", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    with settings.open() as reader:
+        report = audit_log(reader, make_codec(args.schema_registry), Topics(args.topic_prefix), config, progress)
+    print(summary_table(report))
+    write_report(report, args.report)
+    print(f"report written to {args.report}")
+    return EXIT_FAILURE if report.mismatches else EXIT_OK
+
+
+def _projector_setup(args: argparse.Namespace) -> tuple[LogSettings, list[str], EventCodec]:
+    from allocator.backends import LogSettings
+    from allocator.sequencer import Topics
+    from schemas.codec import make_codec
+
+    topics = Topics(args.topic_prefix)
+    return (
+        LogSettings.resolve(args.kafka, args.log),
+        [*topics.inputs, *topics.outputs],
+        make_codec(args.schema_registry),
+    )
+
+
+def _cmd_project(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    from projections.database import DEFAULT_EMBEDDED_DATABASE, engine_for
+    from projections.migrate import upgrade
+    from projections.projector import Projector, StaleProjectorError
+
+    settings, topic_names, codec = _projector_setup(args)
+    url = args.database or os.environ.get("DATABASE_URL") or DEFAULT_EMBEDDED_DATABASE
+    upgrade(url, schema=args.schema)
+    engine = engine_for(url, args.schema)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+    with settings.open() as log:
+        projector = Projector(log, engine, codec, topic_names, say=lambda line: print(line, flush=True))
+        projector.start()
+        print(f"allocator project: {settings.describe()} -> {engine.url.render_as_string()}", flush=True)
+        try:
+            stats = projector.run(lambda: stop["now"])
+        except StaleProjectorError as exc:
+            print(f"allocator project: {exc}", file=sys.stderr)
+            return 3
+    print(f"allocator project: stopped after {stats.records} events in {stats.batches} batches", flush=True)
+    return EXIT_OK
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    import os
+    import time
+    from pathlib import Path
+
+    from projections.database import DEFAULT_EMBEDDED_DATABASE, fresh_schema
+    from projections.projector import Projector
+
+    settings, topic_names, codec = _projector_setup(args)
+    url = args.database or os.environ.get("DATABASE_URL") or DEFAULT_EMBEDDED_DATABASE
+    if url.startswith("sqlite:///") and args.schema is None:
+        target = Path(url.removeprefix("sqlite:///"))
+        if target.exists():
+            target.unlink()  # a replay starts from nothing
+    engine = fresh_schema(url, args.schema)
+    started = time.monotonic()
+    with settings.open() as log:
+        ends = log.end_offsets(topic_names)
+        total = sum(ends.values())
+        projector = Projector(
+            log,
+            engine,
+            codec,
+            topic_names,
+            consumer="projector",
+            batch_size=args.batch_size,
+            say=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+        projector.start()
+        while not projector.caught_up(ends):
+            projector.step(timeout_s=0.5)
+            done = projector.stats.records
+            rate = done / max(time.monotonic() - started, 1e-9)
+            eta = (total - done) / rate if rate > 0 else float("inf")
+            width = 30
+            filled = int(width * done / total) if total else width
+            print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} events, {rate:,.0f}/s, ETA {eta:,.0f} s",
+                  end="", file=sys.stderr, flush=True)  # fmt: skip
+    elapsed = time.monotonic() - started
+    print(file=sys.stderr)
+    print(f"replayed {projector.stats.records} events into {engine.url.render_as_string()}"
+          + (f" schema {args.schema}" if args.schema else "") + f" in {elapsed:.1f} s "
+          f"({projector.stats.records / max(elapsed, 1e-9):,.0f} events/s)")  # fmt: skip
+    return EXIT_OK
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from allocator.demo import run_demo
 
@@ -49,6 +243,75 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+
+    allocate = sub.add_parser(
+        "allocate",
+        help="decide one snapshot: print one JSON decision on stdout",
+        description="Decide one snapshot file (the portfolio, pending proposals, optional scenarios and "
+        "config) and print the decision as JSON. Exit 0 on a decision, 2 when the file is missing or malformed.",
+    )
+    allocate.add_argument("snapshot", help="path of the snapshot JSON file")
+    allocate.add_argument(
+        "--no-timing",
+        action="store_true",
+        help="print solve_ms as null, so equal snapshots give byte-identical output",
+    )
+    allocate.add_argument("--indent", type=int, default=None, help="pretty-print with this indent")
+    allocate.set_defaults(handler=_cmd_allocate)
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the allocator service for one book (Kafka, or the embedded log)",
+        description="Consume proposals, fills, marks and commands; decide every cycle; publish each decision "
+        "with its governor events and dead letters in one transaction. Uses Kafka when --kafka or "
+        "KAFKA_BOOTSTRAP_SERVERS is set, else the embedded log file. Exit 3 when another instance took over.",
+    )
+    serve.add_argument("--book", default="main", help="the book (wallet) to allocate (default: main)")
+    serve.add_argument("--kafka", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
+    serve.add_argument(
+        "--log", help="embedded log file when no Kafka (default: $ALLOCATOR_LOG or allocator-log.sqlite)"
+    )
+    serve.add_argument(
+        "--topic-prefix", default="allocator", help="topic names are PREFIX.proposals, ... (default: allocator)"
+    )
+    serve.add_argument("--config", help="JSON file of configuration keys (default: the SPEC's defaults)")
+    serve.add_argument("--schema-registry", help="schema registry URL (default: single-object encoding)")
+    serve.add_argument("--max-cycles", type=int, help="stop after this cycle number")
+    serve.add_argument("--duration", type=float, help="stop after this many seconds")
+    serve.set_defaults(handler=_cmd_serve)
+
+    audit = sub.add_parser(
+        "audit",
+        help="re-run every recorded decision on the state it saw and compare; exit 1 on any mismatch",
+    )
+    audit.add_argument("--kafka", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
+    audit.add_argument(
+        "--log", help="embedded log file when no Kafka (default: $ALLOCATOR_LOG or allocator-log.sqlite)"
+    )
+    audit.add_argument("--topic-prefix", default="allocator", help="topic prefix of the book (default: allocator)")
+    audit.add_argument("--config", help="the JSON configuration the allocator ran with")
+    audit.add_argument("--schema-registry", help="schema registry URL (default: single-object encoding)")
+    audit.add_argument("--report", default="audit-report.json", help="JSON report path (default: audit-report.json)")
+    audit.set_defaults(handler=_cmd_audit)
+
+    for name, help_text in (
+        ("project", "project every topic of the book into the database (PostgreSQL, or an SQLite file)"),
+        ("replay", "rebuild every projection from offset 0 into a fresh schema (or SQLite file), with progress"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument(
+            "--database", help="SQLAlchemy URL (default: $DATABASE_URL, else sqlite:///allocator-projections.sqlite)"
+        )
+        p.add_argument("--schema", help="PostgreSQL schema (replay drops and recreates it)")
+        p.add_argument("--kafka", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
+        p.add_argument(
+            "--log", help="embedded log file when no Kafka (default: $ALLOCATOR_LOG or allocator-log.sqlite)"
+        )
+        p.add_argument("--topic-prefix", default="allocator", help="topic prefix of the book (default: allocator)")
+        p.add_argument("--schema-registry", help="schema registry URL (default: single-object encoding)")
+        if name == "replay":
+            p.add_argument("--batch-size", type=int, default=5_000, help="events per database transaction")
+        p.set_defaults(handler=_cmd_project if name == "project" else _cmd_replay)
 
     demo = sub.add_parser("demo", help="run the main job on the embedded default (no services needed)")
     demo.add_argument("--out", default="demo-report", help="folder for the demo's output (default: demo-report)")
@@ -65,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(handler=_cmd_db_upgrade)
 
     schemas = sub.add_parser("schemas", help="list the wire contract's records and their fingerprints")
+    schemas.add_argument("--markdown", action="store_true", help="print the reference page (docs/schemas.md)")
     schemas.set_defaults(handler=_cmd_schemas)
     return parser
 

@@ -1,4 +1,9 @@
-"""`allocator demo`: the pieces that exist, end to end on the embedded default, with no services."""
+"""`allocator demo`: the pieces that exist, end to end on the embedded log, with no services.
+
+Five seeded agents send proposals in waves; the allocator service decides each wave and publishes its
+decision in one transaction; a toy executor fills what was funded (some fills fail); a toy market moves the
+marks; at the end the service is restarted (its state rebuilt from the log) and every decision is audited.
+"""
 
 from __future__ import annotations
 
@@ -7,36 +12,37 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from sqlalchemy import create_engine, func, insert, select
-
-from projections import tables
-from projections.migrate import upgrade
-from schemas.codec import SingleObjectCodec, UndecodableMessage
-from schemas.events import Proposal, Side
+from allocator.audit import audit_log, summary_table
+from allocator.config import AllocatorConfig
+from allocator.log_embedded import EmbeddedEventLog
+from allocator.sequencer import Topics, read_records
+from allocator.service import AllocatorService, group_of
+from schemas.codec import SingleObjectCodec
+from schemas.events import AllocationStatus, DeadLetter, Decision, Fill, FillStatus, PnlMark, Proposal, Side
 
 AGENTS = {
-    # agent: (strategy, markets it trades, correlation key, typical edge)
-    "arbitrageur": ("structural-arb", ["fed-cut-dec", "fed-cut-jan"], "fed", 0.02),
-    "bayesian": ("bayes-directional", ["rain-nyc", "rain-sf"], "weather", 0.05),
-    "market-maker": ("inventory", ["game-1", "game-2", "game-3"], "sports", 0.015),
-    "momentum": ("news-momentum", ["ceo-exit", "merger-close"], "corporate", 0.06),
-    "elections": ("cross-state", ["state-pa", "state-mi", "state-wi"], "national-election", 0.04),
+    # agent: (strategy, markets it trades, correlation key, typical edge, all-or-nothing)
+    "arbitrageur": ("structural-arb", ["fed-cut-dec", "fed-cut-jan"], "fed", 0.02, True),
+    "bayesian": ("bayes-directional", ["rain-nyc", "rain-sf"], "weather", 0.05, False),
+    "market-maker": ("inventory", ["game-1", "game-2", "game-3"], "sports", 0.015, False),
+    "momentum": ("news-momentum", ["ceo-exit", "merger-close"], "corporate", 0.06, False),
+    "elections": ("cross-state", ["state-pa", "state-mi", "state-wi"], "national-election", 0.04, False),
 }
 START_MS = 1_790_000_000_000
+BOOK = "demo"
 
 
-def simulate_proposals(seed: int, count: int) -> list[Proposal]:
-    """A seeded stream of proposals from the five agents (deterministic: same seed, same proposals)."""
+def simulate_proposals(seed: int, count: int, start_ms: int = START_MS) -> list[Proposal]:
+    """A seeded stream of proposals from the five agents (same seed, same proposals)."""
     rng = random.Random(seed)
     out: list[Proposal] = []
     for i in range(count):
         agent = rng.choice(sorted(AGENTS))
-        strategy, markets, key, edge = AGENTS[agent]
+        strategy, markets, key, edge, all_or_nothing = AGENTS[agent]
         requested = round(rng.uniform(300, 4000), 2)
-        all_or_nothing = agent == "arbitrageur"
         out.append(
             Proposal(
-                proposal_id=f"{agent}-{i:05d}",
+                proposal_id=f"{agent}-{start_ms}-{i:05d}",
                 agent_id=agent,
                 strategy_tag=strategy,
                 market_id=rng.choice(markets),
@@ -49,73 +55,104 @@ def simulate_proposals(seed: int, count: int) -> list[Proposal]:
                 execution_risk=round(rng.uniform(0.01, 0.2), 3),
                 urgency=round(rng.uniform(0.01, 1.0), 3),
                 correlation_key=key,
-                created_at=START_MS + i * 50,
+                created_at=start_ms + i * 20,
             )
         )
     return out
 
 
-def run_demo(out_dir: str, seed: int = 7, count: int = 500) -> int:
+def run_demo(out_dir: str, seed: int = 7, waves: int = 8, per_wave: int = 40) -> int:
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    path = out / "log.sqlite"
+    for stale in out.glob("log.sqlite*"):
+        stale.unlink()
     codec = SingleObjectCodec()
-    topic = "allocator.proposals"
+    topics = Topics(BOOK)
+    config = AllocatorConfig.from_mapping({"scenario_count": 1000, "agents": sorted(AGENTS)})
+    rng = random.Random(seed)
+    print(f"embedded log: {path}")
 
-    proposals = simulate_proposals(seed, count)
-    wire = [codec.encode(p, topic) for p in proposals]
-    wire.insert(len(wire) // 2, wire[0][:-5])  # one message damaged in transit: it must be accounted for
-    print(
-        f"[1/3] {len(proposals)} proposals from {len(AGENTS)} agents, Avro single-object encoded "
-        f"({sum(map(len, wire))} bytes, one of them damaged)"
-    )
-
-    database = out / "projections.sqlite"
-    database.unlink(missing_ok=True)
-    url = f"sqlite:///{database}"
-    upgrade(url)
-    engine = create_engine(url)
-    decoded: list[dict[str, object]] = []
-    dead: list[dict[str, object]] = []
-    for offset, data in enumerate(wire):
-        try:
-            event = codec.decode(data, topic, 0, offset)
-        except UndecodableMessage as exc:
-            dead.append({"topic": topic, "partition": 0, "offset": offset, "error": exc.reason, "payload": data})
-            continue
-        assert isinstance(event, Proposal)
-        row = {f: getattr(event, f) for f in Proposal.__dataclass_fields__}
-        row["side"] = event.side.value
-        decoded.append({**row, "log_topic": topic, "log_partition": 0, "log_offset": offset})
-    with engine.begin() as conn:
-        conn.execute(insert(tables.proposals), decoded)
-        if dead:
-            conn.execute(insert(tables.dead_letters), dead)
-        conn.execute(
-            insert(tables.consumed_offsets),
-            [{"consumer": "demo", "topic": topic, "partition": 0, "next_offset": len(wire)}],
+    log, reader = EmbeddedEventLog(path, group_of(BOOK)), EmbeddedEventLog(path)
+    agents = EmbeddedEventLog(path)
+    service = AllocatorService(log, reader, codec, BOOK, config, topics, say=lambda _: None)
+    service.start()
+    statuses: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    decisions: list[Decision] = []
+    marks = {m: rng.uniform(0.3, 0.7) for _, ms, _, _, _ in AGENTS.values() for m in ms}
+    clock = START_MS
+    for wave in range(waves):
+        proposals = simulate_proposals(seed * 1000 + wave, per_wave, start_ms=clock)
+        for p in proposals:
+            agents.produce(topics.proposals, codec.encode(p, topics.proposals), key=p.market_id.encode(),
+                           timestamp_ms=p.created_at)  # fmt: skip
+        if wave == waves // 2:
+            agents.produce(topics.proposals, b"\x00not avro", timestamp_ms=clock + 900)  # damaged in transit
+        for market in marks:  # the market moves a little every wave
+            marks[market] = min(0.95, max(0.05, marks[market] + rng.gauss(0, 0.03)))
+            agents.produce(topics.pnl, codec.encode(PnlMark(market, round(marks[market], 4), clock + 950)),
+                           timestamp_ms=clock + 950)  # fmt: skip
+        agents.flush()
+        while service.poll(0.05):
+            pass
+        decision = service.cycle().decision
+        decisions.append(decision)
+        for a in decision.allocations:
+            statuses[a.status.value] += 1
+            reasons.update(r.code.value for r in a.reasons)
+        # the executor fills what was funded; about one in eight fills fails at the venue
+        for i, a in enumerate(x for x in decision.allocations if x.size > 0):
+            failed = rng.random() < 0.125
+            fill = Fill(
+                f"fill-{decision.cycle}-{i}", decision.decision_id, a.proposal_id, a.market_id, a.side or Side.BUY,
+                a.size, 0.0 if failed else a.size, round(marks[a.market_id] if a.side is Side.BUY
+                else 1 - marks[a.market_id], 4), 0.0 if failed else round(a.size * 0.001, 2),
+                FillStatus.FAILED if failed else FillStatus.FILLED, "venue rejected" if failed else None,
+                clock + 990,
+            )  # fmt: skip
+            agents.produce(topics.fills, codec.encode(fill, topics.fills), timestamp_ms=fill.time)
+        agents.flush()
+        book = service.state.portfolio
+        funded = sum(1 for a in decision.allocations if a.size > 0)
+        print(
+            f"[{wave + 1}/{waves}] cycle {decision.cycle}: {len(decision.allocations)} decided, {funded} funded, "
+            f"{decision.solver_path.value} in {decision.solve_ms:.0f} ms; equity {book.equity:,.0f}, "
+            f"reserved {book.reserved:,.0f}, governor {decision.governor_state.value}"
         )
-    print(f"[2/3] projected into {database}: {len(decoded)} proposals, {len(dead)} dead letter(s)")
+        clock += 1_000
+    while service.poll(0.05):
+        pass
+    if service.buffer:
+        decisions.append(service.cycle().decision)
+    live = service.state.portfolio
+    for closing in (agents, reader, log):
+        closing.close()
 
-    with engine.connect() as conn:
-        per_agent = conn.execute(
-            select(
-                tables.proposals.c.agent_id,
-                func.count(),
-                func.sum(tables.proposals.c.requested_size),
-            )
-            .group_by(tables.proposals.c.agent_id)
-            .order_by(tables.proposals.c.agent_id)
-        ).all()
-        letters = conn.execute(select(tables.dead_letters.c.offset, tables.dead_letters.c.error)).all()
-    engine.dispose()
-    keys = Counter(p.correlation_key for p in proposals)
-    print("[3/3] what the agents asked for")
-    print(f"  {'agent':<14} {'proposals':>9} {'requested':>14}")
-    for agent, n, total in per_agent:
-        print(f"  {agent:<14} {n:>9} {total:>14,.2f}")
-    print(f"  correlation keys: {', '.join(f'{k} ({n})' for k, n in sorted(keys.items()))}")
-    for offset, error in letters:
-        print(f"  dead letter at {topic}[0]@{offset}: {error}")
-    print(f"done in {time.perf_counter() - started:.2f} s; output in {out}/")
-    return 0
+    restarted = AllocatorService(
+        EmbeddedEventLog(path, group_of(BOOK)), EmbeddedEventLog(path), codec, BOOK, config, topics,
+        say=lambda _: None,
+    )  # fmt: skip
+    restarted.start()
+    same = abs(restarted.state.portfolio.equity - live.equity) < 1e-6 and restarted.state.cycle == len(decisions)
+    print(f"restart: state rebuilt from the log {'matches' if same else 'DOES NOT match'} the live state")
+
+    with EmbeddedEventLog(path) as audit_reader:
+        report = audit_log(audit_reader, codec, topics, config)
+        letters = read_records(audit_reader, [topics.deadletter], audit_reader.end_offsets([topics.deadletter]))
+    for record in letters:
+        assert record.value is not None
+        letter = codec.decode(record.value)
+        if isinstance(letter, DeadLetter):
+            print(f"dead letter: {letter.topic}[{letter.partition}]@{letter.offset}: {letter.error}")
+    print("audit:")
+    print(summary_table(report))
+
+    print("\nwhat happened to the proposals")
+    for status in AllocationStatus:
+        if statuses[status.value]:
+            print(f"  {status.value:<9} {statuses[status.value]:>5}")
+    print("  reasons: " + ", ".join(f"{code} {n}" for code, n in reasons.most_common()))
+    print(f"done in {time.perf_counter() - started:.1f} s")
+    return 0 if same and not report.mismatches else 1

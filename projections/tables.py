@@ -6,6 +6,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Double,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -63,6 +64,7 @@ decisions = Table(
     Column("opportunity_window_ms", BigInteger, nullable=False),
     Column("equity", Double, nullable=False),
     Column("available", Double, nullable=False),
+    Column("high_water_mark", Double, nullable=False),
     Column("solver_path", String(32), nullable=False),
     Column("solve_ms", Double, nullable=False),
     Column("objective", Double, nullable=False),
@@ -159,3 +161,44 @@ dead_letters = Table(
     Column("payload", LargeBinary, nullable=True, comment="The original bytes, unchanged."),
     UniqueConstraint("topic", "partition", "offset", name="uq_dead_letters_position"),
 )
+
+marks = Table(
+    "marks",
+    metadata,
+    Column("log_topic", String(249), nullable=False),
+    Column("log_partition", Integer, nullable=False),
+    Column("log_offset", BigInteger, nullable=False),
+    Column("market_id", Text, nullable=False, index=True),
+    Column("mark_price", Double, nullable=False),
+    Column("time", BigInteger, nullable=False),
+    PrimaryKeyConstraint("log_topic", "log_partition", "log_offset"),
+)
+# Alembic names it ix_marks_market in the migration; keep the same name here.
+marks.indexes.clear()
+Index("ix_marks_market", marks.c.market_id)
+
+resolutions = Table(
+    "resolutions",
+    metadata,
+    Column("market_id", String(249), primary_key=True),
+    Column("outcome", String(8), nullable=False),
+    Column("time", BigInteger, nullable=False),
+)
+
+equity_history = Table(
+    "equity_history",
+    metadata,
+    Column("decision_id", String(128), primary_key=True),
+    Column("book_id", Text, nullable=False),
+    Column("cycle", BigInteger, nullable=False),
+    Column("time", BigInteger, nullable=False),
+    Column("equity", Double, nullable=False),
+    Column("available", Double, nullable=False),
+    Column("high_water_mark", Double, nullable=False),
+    Column("drawdown", Double, nullable=False),
+    Column("governor_state", String(16), nullable=False),
+)
+
+# Views (created by migration 0002; read with text() or reflected tables): latest_marks, positions,
+# exposure_by_market, exposure_by_key.
+VIEWS = ("latest_marks", "positions", "exposure_by_market", "exposure_by_key")

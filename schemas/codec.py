@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
 import struct
 import types
 import typing
+import warnings
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from enum import Enum
@@ -113,6 +115,8 @@ def _decoder(tp: Any) -> Callable[[Any], Any]:
         return float
     if tp is str:
         return str
+    if tp is bytes:
+        return bytes
     raise TypeError(f"no Avro decoder for {tp!r}")
 
 
@@ -134,7 +138,7 @@ def _encoder(tp: Any) -> Callable[[Any], Any]:
         return _record_encoder(tp)
     if tp is float:
         return float
-    if tp in (int, str):
+    if tp in (int, str, bytes):
         return lambda v: v
     raise TypeError(f"no Avro encoder for {tp!r}")
 
@@ -252,8 +256,14 @@ class RegistryCodec:
     """
 
     def __init__(self, url: str, extra_config: Mapping[str, Any] | None = None) -> None:
-        from confluent_kafka.schema_registry import SchemaRegistryClient, topic_record_subject_name_strategy
-        from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+        with warnings.catch_warnings():
+            # The registry client imports authlib's httpx integration, which warns about itself on import and
+            # forces its warnings to "always" process-wide; inside this block both stay local.
+            with contextlib.suppress(ImportError):
+                import authlib.deprecate  # noqa: F401  (its import installs the "always" filter first)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from confluent_kafka.schema_registry import SchemaRegistryClient, topic_record_subject_name_strategy
+            from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 
         # new_client gives the in-process mock for mock:// URLs (tests, demos), a REST client otherwise
         self._client = SchemaRegistryClient.new_client({"url": url, **(extra_config or {})})

@@ -174,6 +174,7 @@ class Decision:
     opportunity_window_ms: int
     equity: float
     available: float
+    high_water_mark: float
     solver_path: SolverPath
     solve_ms: float
     objective: float
@@ -206,7 +207,17 @@ class ControlCommand:
     time: int
 
 
-Event = Proposal | Fill | PnlMark | MarketResolution | Decision | GovernorEvent | ControlCommand
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    topic: str
+    partition: int
+    offset: int
+    error: str
+    payload: bytes | None
+    time: int
+
+
+Event = Proposal | Fill | PnlMark | MarketResolution | Decision | GovernorEvent | ControlCommand | DeadLetter
 
 EVENT_TYPES: tuple[type[Event], ...] = (
     Proposal,
@@ -216,5 +227,6 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     Decision,
     GovernorEvent,
     ControlCommand,
+    DeadLetter,
 )
 """Every top-level record on the log; each has a schema file `<ClassName>.avsc` beside this module."""

@@ -137,10 +137,11 @@ class DbSchema:
 def db_schema(database_url: str, request: pytest.FixtureRequest) -> Iterator[DbSchema]:
     """A fresh schema for this test (dropped afterwards), so tests never see each other's rows."""
     name = f"t_{_test_slug(request)}"
-    admin = create_engine(database_url)
+    # pre_ping: a test may restart the server, which kills pooled connections
+    admin = create_engine(database_url, pool_pre_ping=True)
     with admin.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{name}"'))
-    engine = create_engine(database_url)
+    engine = create_engine(database_url, pool_pre_ping=True)
 
     @event.listens_for(engine, "connect")
     def _use_schema(dbapi_connection: object, _record: object) -> None:

@@ -31,6 +31,8 @@ def for_type(tp: Any, name: str = "") -> st.SearchStrategy[Any]:
         return events(tp)
     if tp is str:
         return st.text(max_size=24)
+    if tp is bytes:
+        return st.binary(max_size=32)
     if tp is float:
         return finite
     if tp is int:

@@ -52,8 +52,10 @@ def test_db_upgrade_on_sqlite(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_demo_runs_with_no_services(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--out", str(tmp_path / "report")]) == 0
     out = capsys.readouterr().out
-    assert "dead letter" in out
-    assert (tmp_path / "report" / "projections.sqlite").exists()
+    assert "restart: state rebuilt from the log matches the live state" in out
+    assert "0 mismatches" in out
+    assert "dead letter: demo.proposals[0]@" in out
+    assert (tmp_path / "report" / "log.sqlite").exists()
 
 
 def test_compose_file_runs_commands_that_exist() -> None:
@@ -68,3 +70,10 @@ def test_compose_file_runs_commands_that_exist() -> None:
         assert service["command"][0] in _subcommands(), f"compose service {name} runs an unknown command"
         for dependency in service.get("depends_on", {}):
             assert dependency in compose["services"]
+
+
+def test_the_schema_reference_page_is_generated_from_the_schemas() -> None:
+    from schemas.docs import schemas_markdown
+
+    page = (ROOT / "docs" / "schemas.md").read_text(encoding="utf-8")
+    assert page == schemas_markdown(), "docs/schemas.md is stale: allocator schemas --markdown > docs/schemas.md"

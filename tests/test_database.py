@@ -57,7 +57,7 @@ def test_migration_is_idempotent_and_private_to_its_schema(db_schema: DbSchema) 
     with db_schema.engine.begin() as conn:
         upgrade_connection(conn, schema=db_schema.name)
         upgrade_connection(conn, schema=db_schema.name)  # already at head: nothing to do
-        assert conn.execute(text("select version_num from alembic_version")).scalar_one() == "0001"
+        assert conn.execute(text("select version_num from alembic_version")).scalar_one() == "0002"
     public = create_engine(db_schema.url)
     try:
         assert "proposals" not in inspect(public).get_table_names(schema="public")

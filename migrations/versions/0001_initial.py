@@ -62,6 +62,7 @@ def upgrade() -> None:
         sa.Column("opportunity_window_ms", sa.BigInteger, nullable=False),
         sa.Column("equity", sa.Double, nullable=False),
         sa.Column("available", sa.Double, nullable=False),
+        sa.Column("high_water_mark", sa.Double, nullable=False),
         sa.Column("solver_path", sa.String(32), nullable=False),
         sa.Column("solve_ms", sa.Double, nullable=False),
         sa.Column("objective", sa.Double, nullable=False),

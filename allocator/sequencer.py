@@ -1,0 +1,328 @@
+"""The book's sequence: how input batches and decisions fold into state, the same way live, on restart and in audit.
+
+The allocator is the log's sequencer. Each decision records the input position it saw; the inputs between two
+decisions are one batch, folded in a canonical order (log time, then topic, partition, offset) so that the live
+service, a restart and an audit all rebuild exactly the state each decision was made on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from allocator.config import AllocatorConfig, ConfigError
+from allocator.cycle import CycleRequest
+from allocator.eventlog import EventLog, Record, TopicPartition
+from allocator.validation import InvalidProposal, Submitted, validate
+from governors.state import GovernorChange, GovernorLimits
+from projections.portfolio import PortfolioState
+from schemas.codec import EventCodec, UndecodableMessage
+from schemas.events import (
+    ControlCommand,
+    DeadLetter,
+    Decision,
+    Event,
+    Fill,
+    GovernorEvent,
+    GovernorState,
+    InputPosition,
+    MarketResolution,
+    PnlMark,
+    Proposal,
+    Reason,
+    ReasonCode,
+)
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The book's topics, named `<prefix>.<role>`."""
+
+    prefix: str = "allocator"
+
+    @property
+    def proposals(self) -> str:
+        return f"{self.prefix}.proposals"
+
+    @property
+    def fills(self) -> str:
+        return f"{self.prefix}.fills"
+
+    @property
+    def pnl(self) -> str:
+        return f"{self.prefix}.pnl"
+
+    @property
+    def control(self) -> str:
+        return f"{self.prefix}.control"
+
+    @property
+    def decisions(self) -> str:
+        return f"{self.prefix}.decisions"
+
+    @property
+    def governor(self) -> str:
+        return f"{self.prefix}.governor"
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.prefix}.deadletter"
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (self.proposals, self.fills, self.pnl, self.control)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (self.decisions, self.governor, self.deadletter)
+
+    def accepts(self, topic: str) -> tuple[type[Event], ...]:
+        """The event types an input topic may carry; anything else there is a dead letter."""
+        return {
+            self.proposals: (Proposal,),
+            self.fills: (Fill,),
+            self.pnl: (PnlMark, MarketResolution),
+            self.control: (ControlCommand,),
+        }.get(topic, ())
+
+
+def limits_of(config: AllocatorConfig) -> GovernorLimits:
+    return GovernorLimits(
+        kill_switch_drawdown=config.kill_switch_drawdown,
+        failure_rate_limit=config.failure_rate_limit,
+        failure_window=config.failure_window,
+        failure_min_samples=config.failure_min_samples,
+        solver_timeout_trigger=config.solver_timeout_trigger,
+        solver_timeout_window=config.solver_timeout_window,
+        solver_recovery_solves=config.solver_recovery_solves,
+        min_window_ms=round(config.min_window_s * 1000),
+        opportunity_window_ms=round(config.opportunity_window_s * 1000),
+    )
+
+
+@dataclass
+class BookState:
+    """The portfolio fold plus what the sequencer itself remembers."""
+
+    portfolio: PortfolioState
+    positions: dict[TopicPartition, int] = field(default_factory=dict)  # next offset folded, per input partition
+    cycle: int = 0
+
+    @classmethod
+    def new(cls, config: AllocatorConfig) -> BookState:
+        return cls(PortfolioState.new(config.initial_cash, limits_of(config)))
+
+
+@dataclass(frozen=True)
+class Folded:
+    """What folding one batch produced besides the new state."""
+
+    changes: tuple[tuple[GovernorChange, int, str], ...]  # (change, log time, source position)
+    dead_letters: tuple[DeadLetter, ...]
+
+
+def canonical_order(records: Iterable[Record], topics: Topics) -> list[Record]:
+    rank = {t: i for i, t in enumerate(topics.inputs)}
+    return sorted(records, key=lambda r: (r.timestamp_ms, rank.get(r.topic, len(rank)), r.partition, r.offset))
+
+
+def decode(record: Record, codec: EventCodec, topics: Topics) -> Event | DeadLetter:
+    """The record's event, or the dead letter that says why it cannot be one."""
+    try:
+        if record.value is None:
+            raise UndecodableMessage("empty message (no value)", topic=record.topic, partition=record.partition,
+                                     offset=record.offset)  # fmt: skip
+        event = codec.decode(record.value, record.topic, record.partition, record.offset)
+    except UndecodableMessage as exc:
+        return DeadLetter(record.topic, record.partition, record.offset, exc.reason, record.value, record.timestamp_ms)
+    if not isinstance(event, topics.accepts(record.topic)):
+        error = f"a {type(event).__name__} does not belong on {record.topic}"
+        return DeadLetter(record.topic, record.partition, record.offset, error, record.value, record.timestamp_ms)
+    return event
+
+
+def fold_batch(state: BookState, records: Sequence[Record], codec: EventCodec, topics: Topics) -> Folded:
+    """Fold one batch of input records (any order: they are put in the canonical one first)."""
+    changes: list[tuple[GovernorChange, int, str]] = []
+    dead: list[DeadLetter] = []
+    book = state.portfolio
+    for record in canonical_order(records, topics):
+        tp = record.topic_partition
+        state.positions[tp] = max(state.positions.get(tp, 0), record.next_offset)
+        book.last_time = max(book.last_time, record.timestamp_ms)
+        event = decode(record, codec, topics)
+        if isinstance(event, DeadLetter):
+            dead.append(event)
+            continue
+        source = f"{record.topic}/{record.partition}/{record.offset}"
+        for change in book.apply(event):
+            changes.append((change, record.timestamp_ms, source))
+    return Folded(tuple(changes), tuple(dead))
+
+
+def effective_config(base: AllocatorConfig, book: PortfolioState) -> AllocatorConfig:
+    """The configuration with the operators' SET_LIMITS applied; a set that is not valid leaves the base."""
+    if not book.limit_overrides:
+        return base
+    try:
+        return base.replace(**book.limit_overrides)
+    except ConfigError:
+        return base
+
+
+def governor_reason(book: PortfolioState) -> str | None:
+    status = book.governor
+    if status.state is GovernorState.HALTED:
+        return f"kill switch tripped: drawdown {status.drawdown:.2%} from high-water mark {status.high_water_mark:,.2f}"
+    if status.failure_paused:
+        return "paused: execution failure rate above its limit; an operator must RESUME"
+    if status.operator_halted:
+        return "paused by an operator (HALT)"
+    return None
+
+
+def build_request(
+    state: BookState, base: AllocatorConfig, book_id: str, inputs: Mapping[TopicPartition, int]
+) -> CycleRequest:
+    """The request the next cycle decides: run after the batch was folded and stale reservations released."""
+    book = state.portfolio
+    config = effective_config(base, book)
+    pending, conflicts = book.undecided()
+    submitted: list[Submitted] = [validate(p) for p in pending]
+    for p in conflicts:
+        reason = Reason(ReasonCode.DUPLICATE, f"proposal_id {p.proposal_id!r} was already received with other content")
+        submitted.append(InvalidProposal(p.proposal_id, p.agent_id, p.market_id, p.side, (reason,)))
+    cycle = state.cycle + 1
+    return CycleRequest(
+        decision_id=f"{book_id}-{cycle:010d}",
+        book_id=book_id,
+        cycle=cycle,
+        as_of=book.last_time,
+        portfolio=book.portfolio(),
+        governor_state=book.governor.state,
+        governor_reason=governor_reason(book),
+        window_ms=book.governor.window_ms,
+        submitted=tuple(submitted),
+        config=config,
+        inputs=tuple(
+            InputPosition(tp.topic, tp.partition, offset)
+            for tp, offset in sorted(inputs.items(), key=lambda kv: (kv[0].topic, kv[0].partition))
+        ),
+    )
+
+
+def prepare_cycle(state: BookState, base: AllocatorConfig) -> None:
+    """Release reservations whose fill never came (log time), before the cycle sizes against the book."""
+    config = effective_config(base, state.portfolio)
+    state.portfolio.expire_reservations(state.portfolio.last_time, round(config.fill_timeout_s * 1000))
+
+
+def fold_decision(state: BookState, decision: Decision) -> tuple[GovernorChange, ...]:
+    state.cycle = max(state.cycle, decision.cycle)
+    return state.portfolio.apply(decision)
+
+
+def governor_events(
+    book_id: str, decision_id: str, changes: Sequence[tuple[GovernorChange, int, str]]
+) -> list[GovernorEvent]:
+    """The governor changes of one cycle as events, with ids derived from the decision so a replay names them alike."""
+    return [
+        GovernorEvent(
+            event_id=f"{decision_id}-g{i}",
+            book_id=book_id,
+            governor=change.governor,
+            old_state=change.old_state,
+            new_state=change.new_state,
+            cause=change.cause,
+            measured=change.measured,
+            limit=change.limit,
+            source=source,
+            time=time,
+        )
+        for i, (change, time, source) in enumerate(changes)
+    ]
+
+
+def read_records(reader: EventLog, topic_names: Sequence[str], ends: Mapping[TopicPartition, int]) -> list[Record]:
+    """Every committed record of the topics below `ends` (next offsets), read from the start."""
+    reader.assign(list(topic_names))
+    for tp in reader.assignment():
+        reader.seek(tp, 0)
+    out: list[Record] = []
+    while any(reader.position(tp) < ends.get(tp, 0) for tp in reader.assignment()):
+        for r in reader.poll(max_records=5_000, timeout_s=1.0):
+            if r.offset < ends.get(r.topic_partition, 0):
+                out.append(r)
+    return out
+
+
+def read_decisions(reader: EventLog, codec: EventCodec, topics: Topics) -> list[tuple[Record, Decision]]:
+    """Every committed decision, in log order, with the record it came in."""
+    out: list[tuple[Record, Decision]] = []
+    for r in read_records(reader, [topics.decisions], reader.end_offsets([topics.decisions])):
+        if r.value is not None:
+            event = codec.decode(r.value, r.topic, r.partition, r.offset)
+            if isinstance(event, Decision):
+                out.append((r, event))
+    return out
+
+
+OnDecision = Callable[[BookState, Decision], Decision]
+"""Given the state a recorded decision saw (batch folded, reservations released) and that decision, return the
+decision to fold forward: the recorded one to rebuild, or a recomputed one to audit."""
+OnDuplicate = Callable[[Decision, Decision], None]
+"""Given the decision folded for a cycle and a later record claiming the same cycle."""
+
+
+def replay_decisions(
+    reader: EventLog,
+    codec: EventCodec,
+    topics: Topics,
+    config: AllocatorConfig,
+    on_decision: OnDecision,
+    decisions: Sequence[tuple[Record, Decision]] | None = None,
+    on_duplicate: OnDuplicate | None = None,
+) -> tuple[BookState, int, int]:
+    """Fold the log decision by decision: each decision's recorded input position closes one batch.
+
+    A record claiming a cycle already replayed is never folded; `on_duplicate` sees it beside the decision that
+    was folded for that cycle. Returns the state after the last decision,
+    the number of decisions and of input events folded.
+    """
+    state = BookState.new(config)
+    recorded = list(decisions) if decisions is not None else read_decisions(reader, codec, topics)
+    if not recorded:
+        return state, 0, 0
+    ends: dict[TopicPartition, int] = {}
+    for _, d in recorded:
+        for pos in d.inputs:
+            tp = TopicPartition(pos.topic, pos.partition)
+            ends[tp] = max(ends.get(tp, 0), pos.offset)
+    records = read_records(reader, list(topics.inputs), ends)
+    by_partition: dict[TopicPartition, list[Record]] = {}
+    for r in records:
+        by_partition.setdefault(r.topic_partition, []).append(r)
+    cursor = dict.fromkeys(by_partition, 0)
+    seen: dict[int, Decision] = {}
+    for _, d in recorded:
+        if d.cycle in seen:
+            if on_duplicate is not None:
+                on_duplicate(seen[d.cycle], d)
+            continue
+        batch: list[Record] = []
+        for pos in d.inputs:
+            tp = TopicPartition(pos.topic, pos.partition)
+            rows = by_partition.get(tp, [])
+            i = cursor.get(tp, 0)
+            while i < len(rows) and rows[i].offset < pos.offset:
+                batch.append(rows[i])
+                i += 1
+            cursor[tp] = i
+        fold_batch(state, batch, codec, topics)
+        prepare_cycle(state, config)
+        folded = on_decision(state, d)
+        seen[d.cycle] = folded
+        fold_decision(state, folded)
+        for pos in d.inputs:  # the committed position, markers included
+            state.positions[TopicPartition(pos.topic, pos.partition)] = pos.offset
+    return state, len(seen), len(records)

@@ -1,0 +1,335 @@
+"""The portfolio fold: every event on the log folded into cash, holdings, marks, reservations and pending proposals.
+
+One fold, used unchanged by the allocator service, the projector, replay and audit. It is pure (no I/O, no
+clocks): `apply(event)` changes this small state object in place and returns the governor changes the event
+caused, which the caller stamps into `GovernorEvent`s.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from governors.state import (
+    GovernorChange,
+    GovernorLimits,
+    GovernorStatus,
+    on_command,
+    on_equity,
+    on_execution_report,
+    on_solve,
+)
+from schemas.events import (
+    AllocationStatus,
+    Command,
+    ControlCommand,
+    Decision,
+    Event,
+    Fill,
+    FillStatus,
+    GovernorEvent,
+    MarketResolution,
+    Outcome,
+    PnlMark,
+    Proposal,
+    ReasonCode,
+    Side,
+    SolverPath,
+)
+
+FINAL_STATUSES = frozenset(
+    {AllocationStatus.FUNDED, AllocationStatus.CUT, AllocationStatus.REJECTED, AllocationStatus.NETTED,
+     AllocationStatus.EXPIRED}
+)  # fmt: skip
+
+
+# SET_LIMITS keys that retune the governors, and how each maps onto `GovernorLimits` (seconds become ms).
+_GOVERNOR_KEYS: dict[str, tuple[str, float]] = {
+    "kill_switch_drawdown": ("kill_switch_drawdown", 1.0),
+    "failure_rate_limit": ("failure_rate_limit", 1.0),
+    "failure_window": ("failure_window", 1.0),
+    "failure_min_samples": ("failure_min_samples", 1.0),
+    "solver_timeout_trigger": ("solver_timeout_trigger", 1.0),
+    "solver_timeout_window": ("solver_timeout_window", 1.0),
+    "solver_recovery_solves": ("solver_recovery_solves", 1.0),
+    "min_window_s": ("min_window_ms", 1000.0),
+    "opportunity_window_s": ("opportunity_window_ms", 1000.0),
+}
+
+
+def retune(limits: GovernorLimits, overrides: Mapping[str, float]) -> GovernorLimits:
+    """The limits with an operator's SET_LIMITS applied (keys that are not governor limits are left to others)."""
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key in _GOVERNOR_KEYS:
+            name, scale = _GOVERNOR_KEYS[key]
+            current = getattr(limits, name)
+            changes[name] = type(current)(round(value * scale) if isinstance(current, int) else value * scale)
+    return replace(limits, **changes)
+
+
+@dataclass(frozen=True)
+class Position:
+    """An open position as the cycle sizes against it: the stake's marked value and the contract's mark."""
+
+    market_id: str
+    side: Side
+    size: float
+    price: float
+    correlation_key: str
+
+
+@dataclass(frozen=True)
+class Portfolio:
+    """The book at the start of a cycle: equity E, available capital W, high-water mark, open positions."""
+
+    equity: float
+    available: float
+    high_water_mark: float
+    positions: tuple[Position, ...] = ()
+
+    def market_exposure(self) -> dict[str, float]:
+        """Signed exposure M_m per market: BUY stakes count +, SELL stakes -."""
+        out: dict[str, float] = {}
+        for p in self.positions:
+            out[p.market_id] = out.get(p.market_id, 0.0) + p.side.sign * p.size
+        return out
+
+    def group_exposure(self) -> dict[str, float]:
+        """Gross exposure X_k held under each correlation key."""
+        out: dict[str, float] = {}
+        for p in self.positions:
+            out[p.correlation_key] = out.get(p.correlation_key, 0.0) + abs(p.size)
+        return out
+
+
+@dataclass
+class Holding:
+    """Contracts held in one market on one side; each pays 1 if that side wins."""
+
+    market_id: str
+    side: Side
+    contracts: float
+    cost: float
+    correlation_key: str
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Capital set aside for a funded allocation until its fill arrives."""
+
+    decision_id: str
+    proposal_id: str
+    market_id: str
+    side: Side
+    size: float
+    correlation_key: str
+    decided_at: int
+
+
+def _content_hash(proposal: Proposal) -> int:
+    """A fingerprint of a proposal's content to tell an identical re-send from a conflicting one.
+
+    Python's hash of the frozen record: fast, and only ever compared within one process (the fold is rebuilt
+    from the log in each), so its per-process salt does not matter; 64 bits make a false "identical" negligible.
+    """
+    return hash(proposal)
+
+
+@dataclass
+class PortfolioState:
+    """What the book holds and owes, as the log says. Start from `PortfolioState.new(initial_cash, limits)`."""
+
+    limits: GovernorLimits
+    cash: float
+    governor: GovernorStatus
+    holdings: dict[tuple[str, Side], Holding] = field(default_factory=dict)
+    marks: dict[str, float] = field(default_factory=dict)  # YES price per market
+    reservations: dict[tuple[str, str], Reservation] = field(default_factory=dict)
+    pending: dict[str, Proposal] = field(default_factory=dict)  # received, undecided, in arrival order
+    conflicts: dict[str, Proposal] = field(default_factory=dict)  # an id re-sent with other content: DUPLICATE
+    seen: dict[str, int] = field(default_factory=dict)  # proposal id -> content hash, for duplicates
+    limit_overrides: dict[str, float] = field(default_factory=dict)  # SET_LIMITS so far, key by key
+    keys: dict[str, str] = field(default_factory=dict)  # proposal id -> correlation key of funded proposals
+    last_time: int = 0  # the latest log time folded (set by the sequencer): a cycle's `as_of`
+    cycles: int = 0
+    last_decision_id: str | None = None
+
+    @classmethod
+    def new(cls, initial_cash: float, limits: GovernorLimits) -> PortfolioState:
+        return cls(limits=limits, cash=initial_cash, governor=GovernorStatus.initial(initial_cash, limits))
+
+    # --- derived values ----------------------------------------------------------------------------------
+
+    def contract_mark(self, market_id: str, side: Side, fallback: float) -> float:
+        """Current price of the contract a side holds: the YES mark for BUY, 1 - mark for SELL."""
+        yes = self.marks.get(market_id)
+        if yes is None:
+            return fallback
+        return yes if side is Side.BUY else 1.0 - yes
+
+    def holding_value(self, h: Holding) -> float:
+        average_price = h.cost / h.contracts if h.contracts > 0 else 0.0
+        return h.contracts * self.contract_mark(h.market_id, h.side, average_price)
+
+    @property
+    def equity(self) -> float:
+        return self.cash + math.fsum(self.holding_value(h) for h in self.holdings.values())
+
+    @property
+    def reserved(self) -> float:
+        return math.fsum(r.size for r in self.reservations.values())
+
+    @property
+    def available(self) -> float:
+        """W = E - value of open positions - reservations = cash - reservations."""
+        return self.cash - self.reserved
+
+    def portfolio(self) -> Portfolio:
+        """The view the cycle sizes against. Reservations count as positions for the caps and the risk model."""
+        positions: list[Position] = []
+        for h in sorted(self.holdings.values(), key=lambda h: (h.market_id, h.side.value)):
+            value = self.holding_value(h)
+            if value <= 0:
+                continue
+            mark = self.contract_mark(h.market_id, h.side, h.cost / h.contracts if h.contracts else 0.5)
+            positions.append(Position(h.market_id, h.side, value, min(max(mark, 1e-6), 1 - 1e-6), h.correlation_key))
+        for r in sorted(self.reservations.values(), key=lambda r: (r.decision_id, r.proposal_id)):
+            mark = self.contract_mark(r.market_id, r.side, 0.5)
+            positions.append(Position(r.market_id, r.side, r.size, min(max(mark, 1e-6), 1 - 1e-6), r.correlation_key))
+        return Portfolio(
+            equity=self.equity,
+            available=self.available,
+            high_water_mark=self.governor.high_water_mark,
+            positions=tuple(positions),
+        )
+
+    def undecided(self) -> tuple[list[Proposal], list[Proposal]]:
+        """What the next decision must name: the pending proposals, and the conflicting re-sends to reject."""
+        return list(self.pending.values()), list(self.conflicts.values())
+
+    # --- the fold ----------------------------------------------------------------------------------------
+
+    def apply(self, event: Event) -> tuple[GovernorChange, ...]:
+        """Fold one event. Returns the governor changes it caused (empty for most events)."""
+        if isinstance(event, Proposal):
+            self._on_proposal(event)
+            return ()
+        if isinstance(event, Decision):
+            return self._on_decision(event)
+        if isinstance(event, Fill):
+            return self._on_fill(event)
+        if isinstance(event, PnlMark):
+            if not 0.0 <= event.mark_price <= 1.0 or not math.isfinite(event.mark_price):
+                return ()  # an impossible mark is ignored, never folded into equity
+            self.marks[event.market_id] = event.mark_price
+            return self._equity_changed()
+        if isinstance(event, MarketResolution):
+            return self._on_resolution(event)
+        if isinstance(event, ControlCommand):
+            return self._on_command(event)
+        if isinstance(event, GovernorEvent):
+            return ()  # an output of the fold itself: the inputs already rebuilt it
+        raise TypeError(f"no fold for {type(event).__name__}")
+
+    def _on_proposal(self, proposal: Proposal) -> None:
+        pid = proposal.proposal_id
+        digest = _content_hash(proposal)
+        if pid in self.seen:
+            if self.seen[pid] != digest:
+                self.conflicts.setdefault(pid, proposal)
+            return
+        self.seen[pid] = digest
+        self.pending[pid] = proposal
+
+    def _on_decision(self, decision: Decision) -> tuple[GovernorChange, ...]:
+        self.cycles = max(self.cycles, decision.cycle)
+        self.last_decision_id = decision.decision_id
+        for a in decision.allocations:
+            if any(r.code is ReasonCode.DUPLICATE for r in a.reasons):
+                self.conflicts.pop(a.proposal_id, None)  # the re-send, not the original it conflicts with
+                continue
+            if a.status is AllocationStatus.DEFERRED:
+                waiting = self.pending.get(a.proposal_id)
+                if waiting is not None and a.netted_size > 0:
+                    # The matched part is done; only the residual waits for the next cycle.
+                    self.pending[a.proposal_id] = replace(
+                        waiting, requested_size=waiting.requested_size - a.netted_size
+                    )
+                continue
+            proposal = self.pending.pop(a.proposal_id, None)
+            if a.size > 0 and a.side is not None:
+                key = proposal.correlation_key if proposal is not None else a.market_id
+                self.keys[a.proposal_id] = key
+                self.reservations[(decision.decision_id, a.proposal_id)] = Reservation(
+                    decision.decision_id, a.proposal_id, a.market_id, a.side, a.size, key, decision.decided_at
+                )
+        if decision.solver_path is SolverPath.NOT_RUN:
+            return ()
+        timed_out = decision.solver_path is not SolverPath.MIP_OPTIMAL
+        self.governor, changes = on_solve(self.governor, timed_out, self.limits)
+        return changes
+
+    def _on_fill(self, fill: Fill) -> tuple[GovernorChange, ...]:
+        reservation = self.reservations.pop((fill.decision_id, fill.proposal_id), None)
+        changes: list[GovernorChange] = []
+        if fill.filled_size > 0 and fill.status in (FillStatus.FILLED, FillStatus.PARTIAL) and 0 < fill.price < 1:
+            key = reservation.correlation_key if reservation else self.keys.get(fill.proposal_id, fill.market_id)
+            holding = self.holdings.get((fill.market_id, fill.side))
+            if holding is None:
+                holding = Holding(fill.market_id, fill.side, 0.0, 0.0, key)
+                self.holdings[(fill.market_id, fill.side)] = holding
+            holding.contracts += fill.filled_size / fill.price
+            holding.cost += fill.filled_size
+            self.cash -= fill.filled_size
+        if math.isfinite(fill.fee):
+            self.cash -= fill.fee
+        failed = fill.status in (FillStatus.FAILED, FillStatus.REJECTED)
+        self.governor, report_changes = on_execution_report(self.governor, failed, self.limits)
+        changes += report_changes
+        changes += self._equity_changed()
+        return tuple(changes)
+
+    def _on_resolution(self, resolution: MarketResolution) -> tuple[GovernorChange, ...]:
+        for side in (Side.BUY, Side.SELL):
+            holding = self.holdings.pop((resolution.market_id, side), None)
+            if holding is None:
+                continue
+            if resolution.outcome is Outcome.VOID:
+                self.cash += holding.cost
+            elif (resolution.outcome is Outcome.YES) == (side is Side.BUY):
+                self.cash += holding.contracts
+        self.marks.pop(resolution.market_id, None)
+        return self._equity_changed()
+
+    def _on_command(self, command: ControlCommand) -> tuple[GovernorChange, ...]:
+        if command.command is Command.SET_LIMITS and command.limits:
+            self.limit_overrides.update(command.limits)
+            self.limits = retune(self.limits, command.limits)
+            return ()
+        self.governor, changes = on_command(self.governor, command.command, command.reason, command.operator_id)
+        return changes
+
+    def _equity_changed(self) -> tuple[GovernorChange, ...]:
+        self.governor, changes = on_equity(self.governor, self.equity, self.limits)
+        return changes
+
+    def expire_reservations(self, now_ms: int, timeout_ms: int) -> list[Reservation]:
+        """Release reservations whose fill never came within `timeout_ms` of their decision (log time)."""
+        stale = [r for r in self.reservations.values() if now_ms - r.decided_at > timeout_ms]
+        for r in stale:
+            del self.reservations[(r.decision_id, r.proposal_id)]
+        return stale
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "cash": self.cash,
+            "equity": self.equity,
+            "available": self.available,
+            "reserved": self.reserved,
+            "holdings": len(self.holdings),
+            "pending": len(self.pending),
+            "governor": self.governor.state.value,
+        }

@@ -1,0 +1,151 @@
+"""The portfolio fold: fills, marks, resolutions, reservations and governors, as the log tells them."""
+
+from __future__ import annotations
+
+import pytest
+
+from governors.state import GovernorChange, GovernorLimits
+from projections.portfolio import PortfolioState
+from schemas.events import (
+    Allocation,
+    AllocationStatus,
+    Command,
+    ControlCommand,
+    Decision,
+    Fill,
+    FillStatus,
+    GovernorState,
+    MarketResolution,
+    Outcome,
+    PnlMark,
+    Proposal,
+    Reason,
+    ReasonCode,
+    Side,
+    SolverPath,
+)
+
+LIMITS = GovernorLimits()
+T = 1_790_000_000_000
+
+
+def proposal(pid: str, market: str = "m", side: Side = Side.BUY, size: float = 1_000.0) -> Proposal:
+    return Proposal(pid, "alpha", "s", market, side, 0.5, 0.04, 0.9, size, 100.0, 0.05, 0.1, "k", T)
+
+
+def decision(cycle: int, *allocations: Allocation, path: SolverPath = SolverPath.MIP_OPTIMAL) -> Decision:
+    return Decision(
+        f"d{cycle}", "book", cycle, T + cycle, (), "1", "h", 1, GovernorState.ACTIVE, 300_000, 0.0, 0.0, 0.0, path,
+        1.0, 0.0, 0.0, allocations, (),
+    )  # fmt: skip
+
+
+def funded(pid: str, size: float, market: str = "m", side: Side = Side.BUY) -> Allocation:
+    return Allocation(pid, "alpha", market, side, size, 0.0, AllocationStatus.FUNDED, ())
+
+
+def fill(pid: str, cycle: int, size: float, price: float, status: FillStatus = FillStatus.FILLED) -> Fill:
+    return Fill(f"f-{pid}", f"d{cycle}", pid, "m", Side.BUY, size, size, price, 1.0, status, None, T + 10)
+
+
+def test_a_funded_allocation_reserves_capital_until_its_fill() -> None:
+    book = PortfolioState.new(100_000.0, LIMITS)
+    book.apply(proposal("p"))
+    assert list(book.pending) == ["p"]
+    book.apply(decision(1, funded("p", 1_000.0)))
+    assert book.pending == {} and book.available == 99_000.0 and book.equity == 100_000.0
+    book.apply(fill("p", 1, 1_000.0, 0.5))
+    assert book.reserved == 0.0
+    assert book.cash == pytest.approx(100_000.0 - 1_000.0 - 1.0)  # stake and fee
+    assert book.holdings[("m", Side.BUY)].contracts == pytest.approx(2_000.0)
+    assert book.equity == pytest.approx(99_999.0)  # held at its fill price until a mark arrives
+    book.apply(PnlMark("m", 0.6, T + 20))
+    assert book.equity == pytest.approx(100_000.0 - 1_001.0 + 2_000 * 0.6)
+
+
+def test_resolution_settles_and_void_refunds() -> None:
+    book = PortfolioState.new(10_000.0, LIMITS)
+    for pid, side in (("yes", Side.BUY), ("no", Side.SELL)):
+        book.apply(proposal(pid, side=side))
+    book.apply(decision(1, funded("yes", 100.0), funded("no", 100.0, side=Side.SELL)))
+    book.apply(Fill("f1", "d1", "yes", "m", Side.BUY, 100.0, 100.0, 0.25, 0.0, FillStatus.FILLED, None, T))
+    book.apply(Fill("f2", "d1", "no", "m", Side.SELL, 100.0, 100.0, 0.75, 0.0, FillStatus.FILLED, None, T))
+    book.apply(MarketResolution("m", Outcome.YES, T + 50))
+    assert book.holdings == {} and book.cash == pytest.approx(10_000.0 - 200.0 + 400.0)
+    other = PortfolioState.new(10_000.0, LIMITS)
+    other.apply(Fill("f3", "d9", "x", "v", Side.BUY, 100.0, 100.0, 0.2, 0.0, FillStatus.FILLED, None, T))
+    other.apply(MarketResolution("v", Outcome.VOID, T))
+    assert other.cash == pytest.approx(10_000.0)
+
+
+def test_marks_that_draw_down_fifteen_percent_trip_the_kill_switch() -> None:
+    book = PortfolioState.new(10_000.0, LIMITS)
+    book.apply(Fill("f", "d", "p", "m", Side.BUY, 5_000.0, 5_000.0, 0.5, 0.0, FillStatus.FILLED, None, T))
+    assert book.apply(PnlMark("m", 0.4, T)) == ()  # equity 9,000: 10% down
+    changes = book.apply(PnlMark("m", 0.35, T))  # equity 8,500: exactly 15% down
+    assert [c.new_state for c in changes] == ["TRIPPED"] and book.governor.kill_switch_tripped
+    book.apply(PnlMark("m", 0.9, T))
+    assert book.governor.kill_switch_tripped  # latched: profit never lifts it
+    book.apply(ControlCommand("c", "risk", Command.RESET_KILL_SWITCH, "reviewed", None, T))
+    assert not book.governor.kill_switch_tripped
+    assert book.governor.high_water_mark == pytest.approx(book.equity)
+
+
+def test_failed_executions_pause_the_book() -> None:
+    book = PortfolioState.new(10_000.0, LIMITS)
+    for i in range(20):
+        status = FillStatus.FAILED if i % 2 else FillStatus.FILLED
+        changes = book.apply(Fill(f"f{i}", "d", f"p{i}", "m", Side.BUY, 10.0, 0.0, 0.5, 0.0, status, None, T))
+    assert [c.new_state for c in changes] == ["PAUSED"]
+    assert book.governor.state is GovernorState.PAUSED
+
+
+def test_duplicates_and_deferrals() -> None:
+    book = PortfolioState.new(10_000.0, LIMITS)
+    book.apply(proposal("p"))
+    book.apply(proposal("p"))  # identical: ignored
+    book.apply(proposal("p", size=2_000.0))  # conflicting: rejected by the next decision
+    pending, conflicts = book.undecided()
+    assert [p.proposal_id for p in pending] == ["p"] and [p.requested_size for p in conflicts] == [2_000.0]
+    deferred = Allocation("p", "alpha", "m", Side.BUY, 0.0, 0.0, AllocationStatus.DEFERRED, ())
+    duplicate = Allocation(
+        "p", "alpha", "m", Side.BUY, 0.0, 0.0, AllocationStatus.REJECTED, (Reason(ReasonCode.DUPLICATE),)
+    )
+    book.apply(decision(1, deferred, duplicate))
+    assert list(book.pending) == ["p"] and book.conflicts == {}  # the original waits, the re-send is gone
+
+
+def test_timed_out_solves_shrink_the_window_through_decisions() -> None:
+    book = PortfolioState.new(10_000.0, LIMITS)
+    changes: tuple[GovernorChange, ...] = ()
+    for cycle in range(1, 4):
+        changes = book.apply(decision(cycle, path=SolverPath.MIP_TIME_LIMIT))
+    assert book.governor.window_ms == 150_000 and changes[0].new_state == "150000"
+
+
+def test_set_limits_retunes_the_governors() -> None:
+    book = PortfolioState.new(10_000.0, LIMITS)
+    book.apply(ControlCommand("c", "risk", Command.SET_LIMITS, "tighter", {"kill_switch_drawdown": 0.05}, T))
+    assert book.limits.kill_switch_drawdown == 0.05 and book.limit_overrides == {"kill_switch_drawdown": 0.05}
+    book.apply(Fill("f", "d", "p", "m", Side.BUY, 1_000.0, 1_000.0, 0.5, 0.0, FillStatus.FILLED, None, T))
+    book.apply(PnlMark("m", 0.2, T))  # equity 9,400: 6% down
+    assert book.governor.state is GovernorState.HALTED
+
+
+def test_reservations_expire_by_log_time() -> None:
+    book = PortfolioState.new(10_000.0, LIMITS)
+    book.apply(proposal("p"))
+    book.apply(decision(1, funded("p", 500.0)))
+    assert book.expire_reservations(T + 1 + 59_999, timeout_ms=60_000) == []
+    assert [r.proposal_id for r in book.expire_reservations(T + 1 + 60_001, timeout_ms=60_000)] == ["p"]
+    assert book.available == 10_000.0
+
+
+def test_a_deferred_proposal_keeps_only_its_residual_after_netting() -> None:
+    book = PortfolioState.new(10_000.0, LIMITS)
+    book.apply(proposal("b", size=1_000.0))
+    book.apply(proposal("s", side=Side.SELL, size=400.0))
+    deferred = Allocation("b", "alpha", "m", Side.BUY, 0.0, 400.0, AllocationStatus.DEFERRED, ())
+    netted = Allocation("s", "alpha", "m", Side.SELL, 0.0, 400.0, AllocationStatus.NETTED, ())
+    book.apply(decision(1, deferred, netted))
+    assert list(book.pending) == ["b"] and book.pending["b"].requested_size == 600.0

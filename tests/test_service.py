@@ -1,0 +1,191 @@
+"""The allocator service on the embedded log: decides batches, publishes once, and rebuilds its state on restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from allocator.config import AllocatorConfig
+from allocator.eventlog import EventLog
+from allocator.log_embedded import EmbeddedEventLog
+from allocator.sequencer import Topics
+from allocator.service import AllocatorService
+from schemas.codec import SingleObjectCodec
+from schemas.events import (
+    AllocationStatus,
+    DeadLetter,
+    Decision,
+    Fill,
+    FillStatus,
+    GovernorEvent,
+    GovernorState,
+    PnlMark,
+    Proposal,
+    Side,
+)
+
+codec = SingleObjectCodec()
+TOPICS = Topics("book1")
+T = 1_790_000_000_000
+# A generous time limit: these tests are about the sequence, not the clock, and the machine may be busy.
+CONFIG = AllocatorConfig.from_mapping({"scenario_count": 300, "solver_time_limit_ms": 10_000})
+
+
+def proposal(i: int, market: str = "m", side: Side = Side.BUY) -> Proposal:
+    return Proposal(f"p{i}", "alpha", "s", f"{market}{i % 7}", side, 0.5, 0.04, 0.9, 800.0, 100.0, 0.05, 0.01,
+                    f"k{i % 3}", T + i)  # fmt: skip
+
+
+def service(path: Path) -> AllocatorService:
+    log = EmbeddedEventLog(path, group="allocator-book1")
+    reader = EmbeddedEventLog(path)
+    svc = AllocatorService(log, reader, codec, "book1", CONFIG, TOPICS, say=lambda _: None)
+    svc.start()
+    return svc
+
+
+def produce(path: Path, topic: str, payloads: list[tuple[bytes, int]]) -> None:
+    with EmbeddedEventLog(path) as log:
+        log.create_topics([topic])
+        for value, ts in payloads:
+            log.produce(topic, value, timestamp_ms=ts)
+        log.flush()
+
+
+def read(path: Path, topic: str) -> list[object]:
+    with EmbeddedEventLog(path) as log:
+        ends = log.end_offsets([topic])
+        log.assign([topic])
+        out: list[object] = []
+        while any(log.position(tp) < end for tp, end in ends.items()):
+            for r in log.poll(1_000, 0.2):
+                assert r.value is not None
+                out.append(codec.decode(r.value, r.topic, r.partition, r.offset))
+        return out
+
+
+def drain(svc: AllocatorService) -> list[Decision]:
+    out = []
+    while svc.poll(0.05):
+        pass
+    if svc.buffer:
+        out.append(svc.cycle().decision)
+    return out
+
+
+def test_every_proposal_is_decided_once_and_bad_bytes_become_dead_letters(tmp_path: Path) -> None:
+    db = tmp_path / "log.sqlite"
+    svc = service(db)
+    good = [(codec.encode(proposal(i)), T + i) for i in range(30)]
+    produce(db, TOPICS.proposals, [*good[:15], (b"garbage", T + 15), *good[15:]])
+    produce(db, TOPICS.proposals, [(codec.encode(PnlMark("m1", 0.5, T)), T + 40)])  # wrong topic for a mark
+    decisions = drain(svc)
+    assert len(decisions) == 1
+    decided = [a.proposal_id for a in decisions[0].allocations]
+    assert sorted(decided) == sorted(f"p{i}" for i in range(30))
+    dead = read(db, TOPICS.deadletter)
+    assert len(dead) == 2 and all(isinstance(d, DeadLetter) for d in dead)
+    assert {d.offset for d in dead if isinstance(d, DeadLetter)} == {15, 31}
+    assert read(db, TOPICS.decisions) == decisions
+
+
+def test_a_restart_rebuilds_the_state_the_last_decision_left(tmp_path: Path) -> None:
+    db = tmp_path / "log.sqlite"
+    svc = service(db)
+    produce(db, TOPICS.proposals, [(codec.encode(proposal(i)), T + i) for i in range(10)])
+    first = drain(svc)[0]
+    funded = [a for a in first.allocations if a.size > 0]
+    assert funded
+    fills = [
+        Fill(
+            f"f{i}",
+            first.decision_id,
+            a.proposal_id,
+            a.market_id,
+            Side.BUY,
+            a.size,
+            a.size,
+            0.5,
+            1.0,
+            FillStatus.FILLED,
+            None,
+            T + 100 + i,
+        )
+        for i, a in enumerate(funded)
+    ]
+    produce(db, TOPICS.fills, [(codec.encode(f), f.time) for f in fills])
+    produce(db, TOPICS.pnl, [(codec.encode(PnlMark(funded[0].market_id, 0.55, T + 200)), T + 200)])
+    drain(svc)
+    live = svc.state.portfolio
+
+    restarted = service(db)
+    rebuilt = restarted.state.portfolio
+    assert rebuilt.cash == pytest.approx(live.cash) and rebuilt.equity == pytest.approx(live.equity)
+    assert rebuilt.reservations == live.reservations and list(rebuilt.pending) == list(live.pending)
+    assert restarted.state.cycle == svc.state.cycle
+    assert restarted.poll(0.1) == 0  # nothing is read twice
+
+
+def test_failed_executions_pause_the_book_and_the_change_is_published(tmp_path: Path) -> None:
+    db = tmp_path / "log.sqlite"
+    svc = service(db)
+    fails = [
+        Fill(f"f{i}", "d", f"x{i}", "m", Side.BUY, 10.0, 0.0, 0.5, 0.0, FillStatus.FAILED, "venue down", T + i)
+        for i in range(20)
+    ]
+    produce(db, TOPICS.fills, [(codec.encode(f), f.time) for f in fails])
+    produce(db, TOPICS.proposals, [(codec.encode(proposal(1)), T + 50)])
+    decision = drain(svc)[0]
+    assert decision.governor_state is GovernorState.PAUSED
+    assert [a.status for a in decision.allocations] == [AllocationStatus.DEFERRED]
+    changes = read(db, TOPICS.governor)
+    assert [(e.governor.value, e.new_state) for e in changes if isinstance(e, GovernorEvent)] == [
+        ("FAILURE_RATE", "PAUSED")
+    ]
+
+
+def test_a_second_instance_fences_the_first(tmp_path: Path) -> None:
+    from allocator.eventlog import FencedError
+
+    db = tmp_path / "log.sqlite"
+    first = service(db)
+    produce(db, TOPICS.proposals, [(codec.encode(proposal(1)), T)])
+    second = service(db)  # takes over the book
+    while first.poll(0.05):
+        pass
+    with pytest.raises(FencedError):
+        first.cycle()
+    assert drain(second)  # the new instance decides
+    assert len(read(db, TOPICS.decisions)) == 1
+
+
+def _unused(log: EventLog) -> None:  # keeps the import honest for type checkers
+    del log
+
+
+def test_audit_passes_on_an_honest_log_and_names_exactly_a_forged_decision(tmp_path: Path) -> None:
+    import dataclasses
+
+    from allocator.audit import audit_log
+
+    db = tmp_path / "log.sqlite"
+    svc = service(db)
+    for batch in range(3):
+        produce(db, TOPICS.proposals, [(codec.encode(proposal(10 * batch + i)), T + 10 * batch + i) for i in range(8)])
+        drain(svc)
+    with EmbeddedEventLog(db) as reader:
+        honest = audit_log(reader, codec, TOPICS, CONFIG)
+    assert [f.verdict for f in honest.findings] == ["MATCH"] * 3
+
+    decisions = [d for d in read(db, TOPICS.decisions) if isinstance(d, Decision)]
+    original = decisions[1]
+    first = original.allocations[0]
+    forged_allocation = dataclasses.replace(first, size=first.size + 1.0)  # one changed number
+    forged = dataclasses.replace(original, allocations=(forged_allocation, *original.allocations[1:]))
+    produce(db, TOPICS.decisions, [(codec.encode(forged), T + 999)])
+    with EmbeddedEventLog(db) as reader:
+        report = audit_log(reader, codec, TOPICS, CONFIG)
+    assert [(f.cycle, f.verdict) for f in report.mismatches] == [(original.cycle, "MISMATCH")]
+    assert report.mismatches[0].offset == 3  # the forged record, not the genuine one at offset 1
+    assert sum(f.verdict == "MATCH" for f in report.findings) == 3
