@@ -315,7 +315,7 @@ def _scenarios(request: CycleRequest, proposals: Sequence[Proposal], seed: int) 
         return returns.reshape(supplied.count, len(proposals)), np.asarray(supplied.book_losses, dtype=np.float64)
     config = request.config
     _, index, market_key, n_keys = _market_index(request, proposals)
-    uniforms = risk.market_uniforms(
+    latents = risk.market_latents(
         market_key,
         n_keys,
         config.scenario_count,
@@ -327,17 +327,19 @@ def _scenarios(request: CycleRequest, proposals: Sequence[Proposal], seed: int) 
     price = np.array([p.price for p in proposals], dtype=np.float64)
     edge = np.array([p.expected_profit for p in proposals], dtype=np.float64)
     side = np.array([p.side.sign for p in proposals], dtype=np.int64)
-    columns = uniforms[:, [index[p.market_id] for p in proposals]]
-    returns = risk.stake_returns(columns, price, risk.win_probability(price, edge), side)
+    columns = latents[:, [index[p.market_id] for p in proposals]]
+    q = risk.win_probability(price, edge)
+    returns = risk.stake_returns(columns, price, q, side, latent_dof=config.tail_dof)
     positions = request.portfolio.positions
     if not positions:
         return returns, np.zeros(config.scenario_count)
     book = risk.book_losses(
-        uniforms,
+        latents,
         np.array([index[p.market_id] for p in positions], dtype=np.int64),
         np.array([p.side.sign for p in positions], dtype=np.int64),
         np.array([p.size for p in positions], dtype=np.float64),
         np.array([p.price for p in positions], dtype=np.float64),
+        latent_dof=config.tail_dof,
     )
     return returns, book
 

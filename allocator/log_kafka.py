@@ -38,6 +38,19 @@ from allocator.eventlog import (
     wall_clock_ms,
 )
 
+# Errors that only mean a new topic's leadership has not reached every broker yet (the admin API's futures
+# report them without the retriable flag): waiting and asking again is the cure.
+_METADATA_LAG = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+    }
+)
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -90,7 +103,7 @@ class KafkaEventLog:
         clock: Clock = wall_clock_ms,
         timeout_s: float = 30.0,
         transaction_timeout_ms: int = 60_000,
-        retries: int = 5,
+        retries: int = 8,
         retry_backoff_s: float = 0.2,
         config: Mapping[str, Any] | None = None,
     ) -> None:
@@ -125,7 +138,12 @@ class KafkaEventLog:
                 return operation()
             except KafkaException as exc:
                 err = _kafka_error(exc)
-                retriable = err is not None and err.retriable() and not err.fatal() and not err.txn_requires_abort()
+                retriable = (
+                    err is not None
+                    and not err.fatal()
+                    and not err.txn_requires_abort()
+                    and (err.retriable() or err.code() in _METADATA_LAG)
+                )
                 if not retriable or attempt == self._retries:
                     translated = _translate(what, exc)
                     if isinstance(translated, FencedError) and self._transactional_id is not None:
