@@ -60,7 +60,8 @@ services-down:
 	infra/services.sh down
 
 bench-solve: $(STAMP)
-	$(BIN)/python benchmarks/bench_solve.py
+	$(BIN)/python -m benchmarks.bench_solve
+	$(BIN)/python -m benchmarks.bench_decision
 
 clean:
 	rm -rf $(VENV) demo-report .pytest_cache .mypy_cache .ruff_cache .hypothesis

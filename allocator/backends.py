@@ -22,8 +22,13 @@ class LogSettings:
 
     @classmethod
     def resolve(cls, kafka: str | None, embedded: str | None) -> LogSettings:
-        bootstrap = kafka or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None
-        return cls(bootstrap, embedded or os.environ.get("ALLOCATOR_LOG", DEFAULT_EMBEDDED_LOG))
+        """Flags first: `--kafka` means Kafka, `--log` the embedded log; then KAFKA_BOOTSTRAP_SERVERS."""
+        path = embedded or os.environ.get("ALLOCATOR_LOG", DEFAULT_EMBEDDED_LOG)
+        if kafka:
+            return cls(kafka, path)
+        if embedded:
+            return cls(None, path)
+        return cls(os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None, path)
 
     def describe(self) -> str:
         return f"Kafka at {self.kafka_bootstrap}" if self.kafka_bootstrap else f"embedded log {self.embedded_path}"

@@ -230,6 +230,63 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_init(args: argparse.Namespace) -> int:
+    from allocator.backends import LogSettings
+    from allocator.sequencer import Topics
+
+    topics = Topics(args.topic_prefix)
+    names = [*topics.inputs, *topics.outputs]
+    settings = LogSettings.resolve(args.kafka, args.log)
+    if settings.kafka_bootstrap is None:
+        with settings.open() as log:
+            log.create_topics(names)
+        print(f"created {len(names)} topics in {settings.describe()}")
+        return EXIT_OK
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import KafkaError, KafkaException, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    # The log is the truth: retained for ever and never compacted (a compacted topic would lose history).
+    retain = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
+    new = [
+        NewTopic(name, num_partitions=args.partitions if name in topics.inputs else 1,
+                 replication_factor=args.replication_factor, config=retain)
+        for name in names
+    ]  # fmt: skip
+    failed = 0
+    for name, future in admin.create_topics(new, operation_timeout=30).items():
+        try:
+            future.result(timeout=60)
+            print(f"created {name}")
+        except KafkaException as exc:
+            error = exc.args[0]
+            if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                print(f"exists  {name}")
+            else:
+                failed += 1
+                print(f"failed  {name}: {exc}", file=sys.stderr)
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _cmd_db_grant_reader(args: argparse.Namespace) -> int:
+    import os
+
+    from projections.database import engine_for
+    from projections.roles import grant_reader
+
+    url = args.database or os.environ.get("DATABASE_URL")
+    if not url:
+        print("allocator db grant-reader: no database: pass --database URL or set DATABASE_URL", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        grant_reader(engine_for(url), args.role, args.schema or "public", args.password)
+    except ValueError as exc:
+        print(f"allocator db grant-reader: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"role {args.role} can read schema {args.schema or 'public'} (SELECT only)")
+    return EXIT_OK
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from allocator.demo import run_demo
 
@@ -294,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--report", default="audit-report.json", help="JSON report path (default: audit-report.json)")
     audit.set_defaults(handler=_cmd_audit)
 
+    init = sub.add_parser("init", help="create the book's topics (retained, never compacted)")
+    init.add_argument("--kafka", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
+    init.add_argument("--log", help="embedded log file when no Kafka (default: $ALLOCATOR_LOG or allocator-log.sqlite)")
+    init.add_argument("--topic-prefix", default="allocator", help="topic prefix of the book (default: allocator)")
+    init.add_argument("--partitions", type=int, default=1, help="partitions of each input topic (default: 1)")
+    init.add_argument("--replication-factor", type=int, default=1, help="replication factor (default: 1)")
+    init.set_defaults(handler=_cmd_init)
+
     for name, help_text in (
         ("project", "project every topic of the book into the database (PostgreSQL, or an SQLite file)"),
         ("replay", "rebuild every projection from offset 0 into a fresh schema (or SQLite file), with progress"),
@@ -326,6 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--schema", help="PostgreSQL schema to migrate into (default: the search path)")
     up.add_argument("--revision", default="head", help="target revision (default: head)")
     up.set_defaults(handler=_cmd_db_upgrade)
+    reader = db_sub.add_parser("grant-reader", help="give a role read-only access to the projections (auditors)")
+    reader.add_argument("role", help="the read-only role")
+    reader.add_argument("--password", help="create the role with this password when it does not exist")
+    reader.add_argument("--database", help="SQLAlchemy URL of the writer (default: $DATABASE_URL)")
+    reader.add_argument("--schema", help="PostgreSQL schema (default: public)")
+    reader.set_defaults(handler=_cmd_db_grant_reader)
 
     schemas = sub.add_parser("schemas", help="list the wire contract's records and their fingerprints")
     schemas.add_argument("--markdown", action="store_true", help="print the reference page (docs/schemas.md)")

@@ -12,8 +12,6 @@ import yaml
 from allocator.cli import build_parser, main, subcommands
 
 ROOT = Path(__file__).resolve().parent.parent
-# serve and project arrive with the runtime; until then compose keeps them behind the `runtime` profile.
-NOT_YET_RUNNABLE_PROFILES = {"runtime"}
 
 
 def _subcommands() -> set[str]:
@@ -60,12 +58,12 @@ def test_demo_runs_with_no_services(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_compose_file_runs_commands_that_exist() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
-    assert {"kafka", "postgres", "serve", "project"} <= set(compose["services"])
+    assert {"kafka", "postgres", "init", "migrate", "serve", "project"} <= set(compose["services"])
     kafka_env = compose["services"]["kafka"]["environment"]
     assert kafka_env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"] == "1"
     assert kafka_env["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"] == "1"
     for name, service in compose["services"].items():
-        if "build" not in service or NOT_YET_RUNNABLE_PROFILES & set(service.get("profiles", [])):
+        if "build" not in service:
             continue
         assert service["command"][0] in _subcommands(), f"compose service {name} runs an unknown command"
         for dependency in service.get("depends_on", {}):
@@ -77,3 +75,13 @@ def test_the_schema_reference_page_is_generated_from_the_schemas() -> None:
 
     page = (ROOT / "docs" / "schemas.md").read_text(encoding="utf-8")
     assert page == schemas_markdown(), "docs/schemas.md is stale: allocator schemas --markdown > docs/schemas.md"
+
+
+def test_init_creates_the_books_topics_on_the_embedded_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from allocator.log_embedded import EmbeddedEventLog
+
+    path = tmp_path / "log.sqlite"
+    assert main(["init", "--log", str(path), "--topic-prefix", "b"]) == 0
+    with EmbeddedEventLog(path) as log:
+        ends = log.end_offsets([f"b.{role}" for role in ("proposals", "fills", "pnl", "control", "decisions")])
+    assert len(ends) == 5

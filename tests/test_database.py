@@ -74,3 +74,38 @@ def test_migrate_then_write_and_read_rows_on_sqlite(tmp_path: Path) -> None:
         _no_drift(engine)
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_the_auditor_role_reads_and_cannot_write(db_schema: DbSchema) -> None:
+    import uuid
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ProgrammingError
+
+    from projections.database import engine_for
+    from projections.roles import grant_reader
+
+    upgrade(db_schema.url, schema=db_schema.name)
+    _write_and_read(db_schema.engine)
+    role = f"auditor_{uuid.uuid4().hex[:8]}"
+    grant_reader(db_schema.engine, role, db_schema.name, password="read-only 'secret'")
+    url = (
+        make_url(db_schema.url).set(username=role, password="read-only 'secret'").render_as_string(hide_password=False)
+    )
+    auditor = engine_for(url, db_schema.name)
+    try:
+        with auditor.connect() as conn:
+            assert conn.execute(select(tables.proposals.c.proposal_id)).scalars().all() == ["p-1"]
+        with pytest.raises(ProgrammingError, match="permission denied"), auditor.begin() as conn:
+            conn.execute(tables.proposals.delete())
+    finally:
+        auditor.dispose()
+        with db_schema.engine.begin() as conn:
+            s, r = f'"{db_schema.name}"', f'"{role}"'
+            conn.execute(text(f"ALTER DEFAULT PRIVILEGES IN SCHEMA {s} REVOKE SELECT ON TABLES FROM {r}"))
+            conn.execute(text(f"REVOKE ALL ON ALL TABLES IN SCHEMA {s} FROM {r}"))
+            conn.execute(text(f"REVOKE ALL ON SCHEMA {s} FROM {r}"))
+            database = make_url(db_schema.url).database
+            conn.execute(text(f'REVOKE ALL ON DATABASE "{database}" FROM {r}'))
+            conn.execute(text(f"DROP ROLE {r}"))

@@ -189,3 +189,42 @@ def test_audit_passes_on_an_honest_log_and_names_exactly_a_forged_decision(tmp_p
     assert [(f.cycle, f.verdict) for f in report.mismatches] == [(original.cycle, "MISMATCH")]
     assert report.mismatches[0].offset == 3  # the forged record, not the genuine one at offset 1
     assert sum(f.verdict == "MATCH" for f in report.findings) == 3
+
+
+def test_every_message_in_is_accounted_for_once(tmp_path: Path) -> None:
+    """Good, malformed and invalid messages: each ends in exactly one decision allocation or one dead letter."""
+    import dataclasses
+    import math
+
+    db = tmp_path / "log.sqlite"
+    svc = service(db)
+    good = [proposal(i) for i in range(40)]
+    invalid = [
+        dataclasses.replace(proposal(100), proposal_id="bad-nan", expected_profit=math.nan),
+        dataclasses.replace(proposal(101), proposal_id="bad-price", price=1.5),
+        dataclasses.replace(proposal(102), proposal_id="bad-min", min_size=10_000.0),
+        dataclasses.replace(proposal(103), proposal_id="bad-urgency", urgency=0.0),
+    ]
+    malformed = [b"", b"\xc3\x01" + b"\x00" * 8, codec.encode(proposal(104))[:-3], b'{"json": 1}']
+    messages: list[tuple[bytes, int]] = [(codec.encode(p), T + i) for i, p in enumerate([*good, *invalid])]
+    for j, junk in enumerate(malformed):
+        messages.insert(7 * j + 3, (junk, T + 500 + j))
+    produce(db, TOPICS.proposals, messages)
+    decisions = drain(svc)
+    while True:  # deferred proposals are decided again; keep going until nothing new arrives
+        more = drain(svc)
+        if not more:
+            break
+        decisions += more
+    final = {AllocationStatus.FUNDED, AllocationStatus.CUT, AllocationStatus.REJECTED, AllocationStatus.NETTED,
+             AllocationStatus.EXPIRED}  # fmt: skip
+    named = [a.proposal_id for d in decisions for a in d.allocations if a.status in final or d is decisions[-1]]
+    dead = [d for d in read(db, TOPICS.deadletter) if isinstance(d, DeadLetter)]
+    assert len(named) == len(set(named)) == len(good) + len(invalid)
+    assert sorted(d.offset for d in dead) == sorted(i for i, (v, _) in enumerate(messages) if v in malformed)
+    assert len(named) + len(dead) == len(messages)
+    rejected = {a.proposal_id: a for d in decisions for a in d.allocations if a.proposal_id.startswith("bad-")}
+    assert all(a.status is AllocationStatus.REJECTED for a in rejected.values())
+    assert {a.reasons[0].detail.split(":")[0] for a in rejected.values() if a.reasons[0].detail} == {
+        "expected_profit", "price", "min_size", "urgency"
+    }  # fmt: skip

@@ -1,0 +1,116 @@
+"""Benchmark whole decisions — validation to decision — through `run_cycle`; prints a table.
+
+Where `bench_solve` times the solvers on ready-made problems, this times what an operator waits for: validating
+the proposals, netting, caps, drawing the risk model's scenarios, the solve, statuses and the independent check.
+
+Run from the repository root:  python -m benchmarks.bench_decision [--instances K] [--cells 100x2000,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+from allocator.config import AllocatorConfig
+from allocator.cycle import CycleRequest, run_cycle
+from allocator.highs_banner import silence_highs_banner
+from projections.portfolio import Portfolio
+from schemas.events import GovernorState, Proposal, Side
+
+CELLS = [(n, s) for n in (20, 100, 200, 1000) for s in (1000, 2000, 5000)]
+AS_OF = 1_790_000_000_000
+
+
+def request(n: int, scenario_count: int, seed: int, time_limit_ms: float) -> CycleRequest:
+    """Binary bets like the solver benchmark's: price 0.15-0.85, edge 1-9%, requests 300-4,000, min 10-100%,
+    about n/5 correlation keys, one market per proposal, equity 100,000."""
+    rng = random.Random(seed)
+    keys = max(1, n // 5)
+    proposals = []
+    for i in range(n):
+        requested = rng.uniform(300, 4_000)
+        proposals.append(
+            Proposal(
+                proposal_id=f"p{i}",
+                agent_id=f"a{i % 5}",
+                strategy_tag="bench",
+                market_id=f"m{i}",
+                side=Side.BUY if rng.random() < 0.6 else Side.SELL,
+                price=rng.uniform(0.15, 0.85),
+                expected_profit=rng.uniform(0.01, 0.09),
+                confidence=rng.uniform(0.5, 1.0),
+                requested_size=requested,
+                min_size=requested * rng.uniform(0.1, 1.0),
+                execution_risk=rng.uniform(0.0, 0.3),
+                urgency=rng.uniform(0.01, 1.0),
+                correlation_key=f"k{rng.randrange(keys)}",
+                created_at=AS_OF,
+            )
+        )
+    config = AllocatorConfig.from_mapping({"scenario_count": scenario_count, "solver_time_limit_ms": time_limit_ms})
+    return CycleRequest(
+        decision_id=f"bench-{n}-{scenario_count}-{seed}",
+        book_id="bench",
+        cycle=1,
+        as_of=AS_OF,
+        portfolio=Portfolio(equity=100_000.0, available=100_000.0, high_water_mark=100_000.0),
+        governor_state=GovernorState.ACTIVE,
+        window_ms=300_000,
+        submitted=tuple(proposals),
+        config=config,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--instances", type=int, default=10, help="instances per cell (default 10)")
+    parser.add_argument(
+        "--cells", help="comma-separated NxS cells (default: N in 20,100,200,1000 x S in 1000,2000,5000)"
+    )
+    parser.add_argument("--time-limit-ms", type=float, default=250.0, help="solver_time_limit_ms (default 250)")
+    args = parser.parse_args(argv)
+    cells = [tuple(int(x) for x in c.split("x")) for c in args.cells.split(",")] if args.cells else CELLS
+    silence_highs_banner()
+    header = (
+        f"{'N':>5} {'S':>5} | {'median':>8} {'p95':>8} {'max':>8} | {'paths':<12} {'median gap':>10} {'max gap':>9}"
+    )
+    rows = [header, "-" * len(header)]
+    for n, s in cells:
+        times: list[float] = []
+        gaps: list[float] = []
+        paths: Counter[str] = Counter()
+        for i in range(args.instances):
+            req = request(n, s, 1_000 + i, args.time_limit_ms)
+            started = time.perf_counter()
+            decision = run_cycle(req).decision
+            times.append(time.perf_counter() - started)
+            paths[decision.solver_path.value] += 1
+            gaps.append(decision.gap if decision.gap is not None else float("nan"))
+            print(f"\r{n}x{s}: {i + 1}/{args.instances}", end="", file=sys.stderr, flush=True)
+        print(file=sys.stderr)
+        finite = [g for g in gaps if g == g]
+        short = {"MIP_OPTIMAL": "O", "MIP_TIME_LIMIT": "T", "PRIORITY_FALLBACK": "F"}
+        mix = "/".join(f"{c}{short[p]}" for p, c in sorted(paths.items()))
+        median_gap = statistics.median(finite) if finite else float("nan")
+        max_gap = max(finite) if finite else float("nan")
+        rows.append(
+            f"{n:>5} {s:>5} | {statistics.median(times) * 1000:>6.0f}ms {np.percentile(times, 95) * 1000:>6.0f}ms "
+            f"{max(times) * 1000:>6.0f}ms | {mix:<12} {median_gap:>10.1e} {max_gap:>9.1e}"
+        )
+    print(
+        f"Whole decisions (validation to decision), solver_time_limit_ms={args.time_limit_ms:g}, "
+        f"{args.instances} instances per cell; paths O=MIP_OPTIMAL T=MIP_TIME_LIMIT F=PRIORITY_FALLBACK"
+    )
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
