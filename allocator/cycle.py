@@ -254,19 +254,20 @@ def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutco
     sizes = _snap(solution.sizes, problem)
 
     # 6. Statuses, and for each cut or deferred proposal the constraint that stopped it.
+    losses = portfolio_losses(problem, sizes)
     for e in sized:
         p = _proposal(e)
         size = float(sizes[e.column])
         e.size = size
         if size <= 0.0:
-            e.finish(AllocationStatus.DEFERRED, *_blocked_by(problem, sizes, e.column, p.min_size, book_cvar))
+            e.finish(AllocationStatus.DEFERRED, *_blocked_by(problem, sizes, losses, e.column, p.min_size, book_cvar))
         elif size >= e.residual * (1.0 - 1e-9):
             e.size = e.residual
             e.finish(AllocationStatus.FUNDED)
         else:
             reasons = list(cap_reasons[e.proposal_id]) if size >= e.upper * (1.0 - 1e-9) else []
             if size < e.upper * (1.0 - 1e-9):
-                reasons += _blocked_by(problem, sizes, e.column, e.upper, book_cvar)
+                reasons += _blocked_by(problem, sizes, losses, e.column, e.upper, book_cvar)
             e.finish(AllocationStatus.CUT, *reasons)
 
     timed_out = solution.path is not SolverPath.MIP_OPTIMAL
@@ -395,10 +396,30 @@ def _snap(raw: FloatArray, problem: AllocationProblem) -> FloatArray:
     return sizes
 
 
+def _tail_cvar(losses: FloatArray, alpha: float) -> float:
+    """CVaR of equally likely losses from the worst ceil(k) only (a partial partition, not a full sort)."""
+    count = losses.size
+    k = (1.0 - alpha) * count
+    whole = math.floor(k)
+    fraction = k - whole
+    m = min(count, whole + 1)
+    top = np.sort(-np.partition(-losses, m - 1)[:m])[::-1]  # the m largest losses, largest first
+    total = float(top[:whole].sum()) + (fraction * float(top[whole]) if whole < m else 0.0)
+    return total / k
+
+
 def _blocked_by(
-    problem: AllocationProblem, sizes: FloatArray, column: int, target: float, book_cvar: float
+    problem: AllocationProblem,
+    sizes: FloatArray,
+    losses: FloatArray,
+    column: int,
+    target: float,
+    book_cvar: float,
 ) -> list[Reason]:
-    """Which constraints would break if this candidate were raised to `target` with the others unchanged."""
+    """Which constraints would break if this candidate were raised to `target` with the others unchanged.
+
+    `losses` are the portfolio's scenario losses at `sizes`; raising one size moves them along one column.
+    """
     trial = np.array(sizes, dtype=np.float64)
     trial[column] = target
     reasons: list[Reason] = []
@@ -417,7 +438,8 @@ def _blocked_by(
     if exposure > high + tol or exposure < low - tol:
         reasons.append(_reason(ReasonCode.MARKET_CAP, f"market exposure would reach {exposure:.2f}"))
     bound = max(problem.cvar_bound, book_cvar)
-    tail = cvar(portfolio_losses(problem, trial), problem.cvar_alpha)
+    moved = losses - problem.returns[:, column] * (target - sizes[column])
+    tail = _tail_cvar(moved, problem.cvar_alpha)
     if tail > bound * (1.0 + 1e-9) + 1e-9:
         reasons.append(_reason(ReasonCode.CVAR_LIMIT, f"CVaR would reach {tail:.2f} of limit {bound:.2f}"))
     return reasons

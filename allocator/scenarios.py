@@ -87,7 +87,8 @@ def market_uniforms(
     common_correlation: float = COMMON_CORRELATION,
     tail_dof: float = TAIL_DOF,
 ) -> FloatArray:
-    """The latents of `market_latents` mapped to uniforms by the t CDF: U = t-CDF(X) with tail_dof degrees of freedom.
+    """The latents of `market_latents` mapped to uniforms by the t CDF: U = t-CDF(X), tail_dof degrees of
+    freedom.
 
     The cycle compares latents with t-quantile thresholds instead (`latent_dof=` below): the same events,
     without a CDF evaluation per scenario and market.
