@@ -293,6 +293,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(out_dir=args.out, seed=args.seed)
 
 
+def _log_options(parser: argparse.ArgumentParser, *, registry: bool = True) -> None:
+    """Where the book's log is: the options every command that reads or writes it shares."""
+    parser.add_argument("--kafka", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
+    parser.add_argument(
+        "--log", help="embedded log file when no Kafka (default: $ALLOCATOR_LOG or allocator-log.sqlite)"
+    )
+    parser.add_argument(
+        "--topic-prefix", default="allocator", help="topic names are PREFIX.proposals, ... (default: allocator)"
+    )
+    if registry:
+        parser.add_argument("--schema-registry", help="schema registry URL (default: single-object encoding)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="allocator",
@@ -324,15 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
         "KAFKA_BOOTSTRAP_SERVERS is set, else the embedded log file. Exit 3 when another instance took over.",
     )
     serve.add_argument("--book", default="main", help="the book (wallet) to allocate (default: main)")
-    serve.add_argument("--kafka", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
-    serve.add_argument(
-        "--log", help="embedded log file when no Kafka (default: $ALLOCATOR_LOG or allocator-log.sqlite)"
-    )
-    serve.add_argument(
-        "--topic-prefix", default="allocator", help="topic names are PREFIX.proposals, ... (default: allocator)"
-    )
+    _log_options(serve)
     serve.add_argument("--config", help="JSON file of configuration keys (default: the SPEC's defaults)")
-    serve.add_argument("--schema-registry", help="schema registry URL (default: single-object encoding)")
     serve.add_argument("--max-cycles", type=int, help="stop after this cycle number")
     serve.add_argument("--duration", type=float, help="stop after this many seconds")
     serve.set_defaults(handler=_cmd_serve)
@@ -341,20 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
         "audit",
         help="re-run every recorded decision on the state it saw and compare; exit 1 on any mismatch",
     )
-    audit.add_argument("--kafka", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
-    audit.add_argument(
-        "--log", help="embedded log file when no Kafka (default: $ALLOCATOR_LOG or allocator-log.sqlite)"
-    )
-    audit.add_argument("--topic-prefix", default="allocator", help="topic prefix of the book (default: allocator)")
+    _log_options(audit)
     audit.add_argument("--config", help="the JSON configuration the allocator ran with")
-    audit.add_argument("--schema-registry", help="schema registry URL (default: single-object encoding)")
     audit.add_argument("--report", default="audit-report.json", help="JSON report path (default: audit-report.json)")
     audit.set_defaults(handler=_cmd_audit)
 
     init = sub.add_parser("init", help="create the book's topics (retained, never compacted)")
-    init.add_argument("--kafka", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
-    init.add_argument("--log", help="embedded log file when no Kafka (default: $ALLOCATOR_LOG or allocator-log.sqlite)")
-    init.add_argument("--topic-prefix", default="allocator", help="topic prefix of the book (default: allocator)")
+    _log_options(init, registry=False)
     init.add_argument("--partitions", type=int, default=1, help="partitions of each input topic (default: 1)")
     init.add_argument("--replication-factor", type=int, default=1, help="replication factor (default: 1)")
     init.set_defaults(handler=_cmd_init)
@@ -368,12 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--database", help="SQLAlchemy URL (default: $DATABASE_URL, else sqlite:///allocator-projections.sqlite)"
         )
         p.add_argument("--schema", help="PostgreSQL schema (replay drops and recreates it)")
-        p.add_argument("--kafka", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
-        p.add_argument(
-            "--log", help="embedded log file when no Kafka (default: $ALLOCATOR_LOG or allocator-log.sqlite)"
-        )
-        p.add_argument("--topic-prefix", default="allocator", help="topic prefix of the book (default: allocator)")
-        p.add_argument("--schema-registry", help="schema registry URL (default: single-object encoding)")
+        _log_options(p)
         if name == "replay":
             p.add_argument("--batch-size", type=int, default=5_000, help="events per database transaction")
         p.set_defaults(handler=_cmd_project if name == "project" else _cmd_replay)
