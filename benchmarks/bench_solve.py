@@ -26,7 +26,7 @@ from benchmarks.instances import make_instance
 FULL_CELLS = [(n, s) for n in (20, 100, 200, 1000) for s in (1000, 2000, 5000)]
 QUICK_CELLS = [(20, 1000), (100, 2000)]
 # The reference runs only where it can plausibly finish within its limit (measurements note: ~10 s at
-# 100x1000, nothing within 30 s at 500x5000); elsewhere the table says "skipped".
+# 100x1000, nothing within 30 s at 500x5000); elsewhere the table says it was not run.
 DEFAULT_REFERENCE_MAX_CELLS = 200_000
 
 
@@ -87,9 +87,7 @@ def run_cell(
                 warnings.simplefilter("ignore")  # CVXPY warns on every time-out; the path says it already
                 reference = solve_reference(problem, time_limit_s=reference_limit)
             result.reference.append(reference)
-            line += (
-                f" | reference {reference.solve_seconds:.2f}s {reference.path.value} gap {reference.gap:.2e}"
-            )
+            line += f" | reference {reference.solve_seconds:.2f}s {reference.path.value} gap {reference.gap:.2e}"
         print(line, file=sys.stderr, flush=True)
     return result
 
@@ -129,7 +127,7 @@ def format_table(results: Sequence[CellResult], fast_limit: float, reference_lim
             f"{_fmt_gap(_percentile(fast_gap, 50)):>8} {_fmt_gap(_percentile(fast_gap, 100)):>8} | "
         )
         if cell.reference_skipped:
-            row += f"{'skipped (cannot finish within its limit)':>58} | "
+            row += f"{'not run: N*S above --reference-max-cells':>58} | "
         else:
             ref_t = [s.solve_seconds for s in cell.reference]
             ref_gap = [s.gap for s in cell.reference]
@@ -158,16 +156,10 @@ def parse_cells(text: str) -> list[tuple[int, int]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     silence_highs_banner()  # the table goes to stdout; HiGHS's start-up banner must not
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="cells 20x1000 and 100x2000, 3 instances each")
-    parser.add_argument(
-        "--instances", type=int, default=None, help="instances per cell (default 10; quick 3)"
-    )
-    parser.add_argument(
-        "--cells", type=str, default=None, help="comma-separated NxS cells, e.g. 100x2000,1000x5000"
-    )
+    parser.add_argument("--instances", type=int, default=None, help="instances per cell (default 10; quick 3)")
+    parser.add_argument("--cells", type=str, default=None, help="comma-separated NxS cells, e.g. 100x2000,1000x5000")
     parser.add_argument("--fast-limit", type=float, default=DEFAULT_TIME_LIMIT_S, help="fast path budget (s)")
     parser.add_argument("--reference-limit", type=float, default=30.0, help="reference time limit (s)")
     parser.add_argument(
@@ -186,9 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for n, s in cells:
         print(f"cell {n}x{s} ({instances} instances)", file=sys.stderr, flush=True)
         run_reference = 0 < n * s <= args.reference_max_cells
-        results.append(
-            run_cell(n, s, instances, args.fast_limit, args.reference_limit, run_reference, args.seed)
-        )
+        results.append(run_cell(n, s, instances, args.fast_limit, args.reference_limit, run_reference, args.seed))
     print(format_table(results, args.fast_limit, args.reference_limit))
     print(f"(total wall time {time.perf_counter() - started:.0f}s)")
     return 0
