@@ -7,13 +7,14 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 
-.PHONY: help venv demo test lint typecheck unit services-up services-down bench-solve clean
+.PHONY: help venv demo test lint typecheck unit services-up services-down bench-solve bench-stream clean
 
 help:
 	@echo "make demo         run the main job on the embedded default (no services needed)"
 	@echo "make test         start PostgreSQL and Kafka on 127.0.0.1, run ruff, mypy and pytest, stop them"
 	@echo "make unit         the tests that need no services (services tests skip)"
 	@echo "make bench-solve  the solver benchmark (a table of medians and ratios)"
+	@echo "make bench-stream fold, serve and replay throughput on the real services (starts them)"
 	@echo "make services-up / services-down   start or stop the real services by hand"
 
 # Re-install when the project's metadata or the pinned versions change.
@@ -52,6 +53,12 @@ test: $(STAMP)
 	if [ $$status -ne 0 ]; then echo "--- tests failed: the broker's log ends with ---"; infra/kafka.sh logs || true; fi; \
 	echo "make test: $$(( $$(date +%s) - start )) s"; \
 	exit $$status
+
+bench-stream: $(STAMP)
+	@set -euo pipefail; \
+	infra/services.sh up; \
+	eval "$$(infra/services.sh env)"; \
+	$(BIN)/python -m benchmarks.bench_stream
 
 services-up: $(STAMP)
 	infra/services.sh up

@@ -246,11 +246,11 @@ def _cmd_init(args: argparse.Namespace) -> int:
     from confluent_kafka.cimpl import KafkaError, KafkaException, NewTopic
 
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    # The log is the truth: retained for ever and never compacted (a compacted topic would lose history).
-    retain = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
+    from allocator.log_kafka import TOPIC_CONFIG
+
     new = [
         NewTopic(name, num_partitions=args.partitions if name in topics.inputs else 1,
-                 replication_factor=args.replication_factor, config=retain)
+                 replication_factor=args.replication_factor, config=TOPIC_CONFIG)
         for name in names
     ]  # fmt: skip
     failed = 0

@@ -51,6 +51,15 @@ _METADATA_LAG = frozenset(
     }
 )
 
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# The log is the truth: kept for ever, never compacted, and large enough for a decision under a backlog.
+TOPIC_CONFIG = {
+    "cleanup.policy": "delete",
+    "retention.ms": "-1",
+    "retention.bytes": "-1",
+    "max.message.bytes": str(MAX_MESSAGE_BYTES),
+}
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -181,6 +190,8 @@ class KafkaEventLog:
         return {
             **self._base,
             "enable.idempotence": True,
+            # A decision names every pending proposal: under a backlog it outgrows Kafka's 1 MB default.
+            "message.max.bytes": MAX_MESSAGE_BYTES,
             # CRC-32 of the key, like the embedded log: a key lands on the same partition on both adapters.
             "partitioner": "consistent_random",
         }
@@ -298,7 +309,10 @@ class KafkaEventLog:
         futures = self._call(
             "create topics",
             lambda: admin.create_topics(
-                [NewTopic(name, num_partitions=partitions, replication_factor=-1) for name in wanted],
+                [
+                    NewTopic(name, num_partitions=partitions, replication_factor=-1, config=TOPIC_CONFIG)
+                    for name in wanted
+                ],
                 operation_timeout=self._timeout_s,
             ),
         )
