@@ -48,6 +48,7 @@ from sqlalchemy import create_engine, func, select, text
 
 from allocator.log_kafka import KafkaEventLog
 from allocator.sequencer import Topics
+from benchmarks.instances import live_proposal
 from governors.state import GovernorLimits
 from projections import tables
 from projections.database import fresh_schema
@@ -66,7 +67,6 @@ LATENCY_SLACK_S = 0.100  # serve: p99 <= cycle_interval_s + 100 ms
 SERVE_CONFIG: dict[str, Any] = {"scenario_count": 1000, "cycle_interval_s": 1.0, "fill_timeout_s": 2.0}
 MARKETS = 40
 KEYS = 8
-AGENTS = ("arb", "bayes", "mm", "news", "elections")
 T0_MS = 1_790_000_000_000
 codec = SingleObjectCodec()
 
@@ -83,24 +83,8 @@ def now_ms() -> int:
 
 
 def proposal(pid: str, created_at: int, rng: random.Random) -> Proposal:
-    """Like tests/test_crash_safety.py `_proposal`, with urgency 0.1: valid for 10 s after created_at."""
-    requested = round(rng.uniform(200, 2_500), 2)
-    return Proposal(
-        proposal_id=pid,
-        agent_id=rng.choice(AGENTS),
-        strategy_tag="bench-stream",
-        market_id=f"m{rng.randrange(MARKETS)}",
-        side=Side.BUY if rng.random() < 0.6 else Side.SELL,
-        price=round(rng.uniform(0.2, 0.8), 3),
-        expected_profit=round(rng.uniform(0.01, 0.08), 4),
-        confidence=round(rng.uniform(0.5, 1.0), 3),
-        requested_size=requested,
-        min_size=round(requested * rng.uniform(0.1, 1.0), 2),
-        execution_risk=round(rng.uniform(0.0, 0.3), 3),
-        urgency=0.1,
-        correlation_key=f"k{rng.randrange(KEYS)}",
-        created_at=created_at,
-    )
+    """A live proposal (see `benchmarks.instances.live_proposal`), valid for 10 s after created_at."""
+    return live_proposal(pid, created_at, rng, urgency=0.1, strategy_tag="bench-stream")
 
 
 def mark(at: int, rng: random.Random) -> PnlMark:

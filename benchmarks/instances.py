@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import numpy as np
 
 from allocator.problem import AllocationProblem, cvar
 from allocator.scenarios import book_losses, market_uniforms, stake_returns, win_probability
+from schemas.events import Proposal, Side
 
 
 @dataclass(frozen=True)
@@ -100,4 +102,28 @@ def make_instance(
         book_losses=losses0,
         cvar_alpha=config.cvar_alpha,
         cvar_bound=bound,
+    )
+
+
+def live_proposal(
+    pid: str, created_at: int, rng: random.Random, *, urgency: float = 0.5, strategy_tag: str = "synthetic"
+) -> Proposal:
+    """A proposal as a live agent might send it: ~40 markets, ~8 correlation keys, five agents, sizes 200-2,500,
+    min size 10-100% of the request. Used by the crash test and the streaming benchmark alike."""
+    requested = round(rng.uniform(200, 2_500), 2)
+    return Proposal(
+        proposal_id=pid,
+        agent_id=rng.choice(["arb", "bayes", "mm", "news", "elections"]),
+        strategy_tag=strategy_tag,
+        market_id=f"m{rng.randrange(40)}",
+        side=Side.BUY if rng.random() < 0.6 else Side.SELL,
+        price=round(rng.uniform(0.2, 0.8), 3),
+        expected_profit=round(rng.uniform(0.01, 0.08), 4),
+        confidence=round(rng.uniform(0.5, 1.0), 3),
+        requested_size=requested,
+        min_size=round(requested * rng.uniform(0.1, 1.0), 2),
+        execution_risk=round(rng.uniform(0.0, 0.3), 3),
+        urgency=urgency,
+        correlation_key=f"k{rng.randrange(8)}",
+        created_at=created_at,
     )

@@ -28,6 +28,7 @@ from allocator.audit import audit_log
 from allocator.config import AllocatorConfig
 from allocator.log_kafka import KafkaEventLog
 from allocator.sequencer import Topics, read_decisions
+from benchmarks.instances import live_proposal
 from projections import tables
 from projections.database import engine_for, fresh_schema
 from projections.projector import Projector
@@ -94,23 +95,8 @@ def _env(kafka_bootstrap: str) -> dict[str, str]:
 
 
 def _proposal(i: int, now_ms: int, rng: random.Random) -> Proposal:
-    requested = round(rng.uniform(200, 2_500), 2)
-    return Proposal(
-        proposal_id=f"p{i:05d}",
-        agent_id=rng.choice(["arb", "bayes", "mm", "news", "elections"]),
-        strategy_tag="crash-test",
-        market_id=f"m{rng.randrange(40)}",
-        side=Side.BUY if rng.random() < 0.6 else Side.SELL,
-        price=round(rng.uniform(0.2, 0.8), 3),
-        expected_profit=round(rng.uniform(0.01, 0.08), 4),
-        confidence=round(rng.uniform(0.5, 1.0), 3),
-        requested_size=requested,
-        min_size=round(requested * rng.uniform(0.1, 1.0), 2),
-        execution_risk=round(rng.uniform(0.0, 0.3), 3),
-        urgency=0.5,  # a 2 s lifetime: deferred proposals expire soon, so every one reaches a final status
-        correlation_key=f"k{rng.randrange(8)}",
-        created_at=now_ms,
-    )
+    # a 2 s lifetime: deferred proposals expire soon, so every one reaches a final status
+    return live_proposal(f"p{i:05d}", now_ms, rng, urgency=0.5, strategy_tag="crash-test")
 
 
 def _decisions(kafka_bootstrap: str, topics: Topics) -> list[tuple[Any, Decision]]:

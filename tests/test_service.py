@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from allocator.config import AllocatorConfig
-from allocator.eventlog import EventLog
 from allocator.log_embedded import EmbeddedEventLog
 from allocator.sequencer import Topics
 from allocator.service import AllocatorService
@@ -158,10 +157,6 @@ def test_a_second_instance_fences_the_first(tmp_path: Path) -> None:
         first.cycle()
     assert drain(second)  # the new instance decides
     assert len(read(db, TOPICS.decisions)) == 1
-
-
-def _unused(log: EventLog) -> None:  # keeps the import honest for type checkers
-    del log
 
 
 def test_audit_passes_on_an_honest_log_and_names_exactly_a_forged_decision(tmp_path: Path) -> None:
