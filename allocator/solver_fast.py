@@ -105,17 +105,40 @@ class FastSettings:
 
 
 class _Clock:
-    """The wall-clock budget, enforced by our code between HiGHS calls and, through callbacks, inside them."""
+    """The wall-clock budget, enforced by our code between HiGHS calls and, through callbacks, inside them.
+
+    It also remembers whether time ever decided anything — a stage skipped, a loop or a HiGHS run cut short.
+    Only a solve the clock never shaped may be called MIP_OPTIMAL: that is what makes an optimal decision
+    reproducible by the audit on another machine (SPEC §10); a clock-shaped one is MIP_TIME_LIMIT.
+    """
 
     def __init__(self, budget_s: float) -> None:
         self.start = time.perf_counter()
         self.deadline = self.start + max(budget_s, 0.0)
+        self._shaped = [False]  # shared with capped clocks: a sub-budget running out shapes the whole solve
+
+    @property
+    def shaped(self) -> bool:
+        return self._shaped[0]
+
+    def mark_shaped(self) -> None:
+        self._shaped[0] = True
 
     def remaining(self) -> float:
         return self.deadline - time.perf_counter()
 
     def expired(self) -> bool:
-        return time.perf_counter() >= self.deadline
+        if time.perf_counter() >= self.deadline:
+            self.mark_shaped()
+            return True
+        return False
+
+    def allows(self, seconds: float) -> bool:
+        """Whether `seconds` of budget remain; a no shapes the solve."""
+        if self.remaining() >= seconds:
+            return True
+        self.mark_shaped()
+        return False
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -124,6 +147,7 @@ class _Clock:
         """A clock with the same start whose deadline is at most `seconds` after it."""
         sub = _Clock(0.0)
         sub.start, sub.deadline = self.start, min(self.deadline, self.start + seconds)
+        sub._shaped = self._shaped
         return sub
 
 
@@ -138,6 +162,7 @@ def _new_highs(clock: _Clock) -> highspy.Highs:
     # HiGHS's own time_limit can overrun (measured: 48 s against 30 s), so the solves also ask us.
     def interrupt(event: Any) -> None:
         if time.perf_counter() >= clock.deadline:
+            clock.mark_shaped()
             event.interrupt()
 
     h.cbSimplexInterrupt.subscribe(interrupt)
@@ -149,10 +174,13 @@ def _run(h: highspy.Highs, clock: _Clock) -> bool:
     """Run HiGHS with the remaining budget as its time limit; False if there was no time left to start."""
     remaining = clock.remaining()
     if remaining <= 0.0:
+        clock.mark_shaped()
         return False
     # HiGHS compares time_limit with the run time accumulated over all runs of this object, not of this run.
     h.setOptionValue("time_limit", h.getRunTime() + remaining)
     h.run()
+    if h.getModelStatus() in (highspy.HighsModelStatus.kTimeLimit, highspy.HighsModelStatus.kInterrupt):
+        clock.mark_shaped()
     return True
 
 
@@ -688,7 +716,7 @@ def solve_fast(
     # A greedy pass cannot be interrupted: start another only if one more of the first's length fits.
     greedy_seconds = clock.elapsed()
     for order in _greedy_orders(problem):
-        if clock.remaining() < greedy_seconds:
+        if not clock.allows(greedy_seconds):
             break
         greedy.append(greedy_sizes(problem, order))
         best.offer(greedy[-1], SolverPath.MIP_TIME_LIMIT)
@@ -721,7 +749,7 @@ def solve_fast(
 
     # Building the MIP and its root costs tens of ms on these dense models: not worth starting in a sliver. It
     # runs on the full candidate set only, where its bound is a bound for the problem.
-    mip_worth_it = clock.remaining() >= settings.mip_min_share * time_limit_s
+    mip_worth_it = clock.allows(settings.mip_min_share * time_limit_s)
     if (
         model is not None
         and columns.size == n
@@ -781,7 +809,7 @@ def _finish(
     sizes = best.sizes
     assert_feasible(problem, sizes)
     achieved = objective(problem, sizes)
-    path = SolverPath.MIP_OPTIMAL if _closed(bound, best, settings) else best.source
+    path = SolverPath.MIP_OPTIMAL if _closed(bound, best, settings) and not clock.shaped else best.source
     return Solution(
         sizes=sizes,
         path=path,
