@@ -407,8 +407,11 @@ def subcommands(parser: argparse.ArgumentParser) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from allocator.highs_banner import silence_highs_banner
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    silence_highs_banner()  # at the edge: the core's solver must not write to the stdout we print JSON on
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

@@ -14,7 +14,7 @@ import numpy.typing as npt
 from allocator import scenarios as risk
 from allocator.config import AllocatorConfig
 from allocator.netting import net_opposites
-from allocator.problem import AllocationProblem, Solution, cvar, portfolio_losses
+from allocator.problem import AllocationProblem, Solution, cvar, portfolio_losses, tail_count, tail_mean
 from allocator.validation import InvalidProposal, Submitted, is_expired, lifetime_ms, priority
 from allocator.verify import verify_decision
 from projections.portfolio import Portfolio
@@ -68,7 +68,6 @@ class CycleRequest:
 class CycleOutcome:
     decision: Decision
     solution: Solution | None
-    timed_out: bool  # the solve hit its time limit: what the solver-timeout monitor counts
     problem: AllocationProblem | None = field(default=None, repr=False)
     column_ids: tuple[str, ...] = ()  # the proposal id of each column of `problem`
 
@@ -132,10 +131,8 @@ Solver = Callable[[AllocationProblem, float, float], Solution]
 
 
 def default_solver(problem: AllocationProblem, time_limit_s: float, rel_gap: float) -> Solution:
-    from allocator.highs_banner import silence_highs_banner
     from allocator.solver_fast import FastSettings, solve_fast
 
-    silence_highs_banner()
     return solve_fast(problem, time_limit_s=time_limit_s, settings=FastSettings(mip_rel_gap=rel_gap))
 
 
@@ -183,11 +180,11 @@ def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutco
     if request.governor_state is GovernorState.HALTED:
         for e in pending:
             e.finish(AllocationStatus.REJECTED, _reason(ReasonCode.KILL_SWITCH, request.governor_reason))
-        return _outcome(request, entries, None, None, False)
+        return _outcome(request, entries, None, None)
     if request.governor_state is GovernorState.PAUSED:
         for e in pending:
             e.finish(AllocationStatus.DEFERRED, _reason(ReasonCode.PAUSED, request.governor_reason))
-        return _outcome(request, entries, None, None, False)
+        return _outcome(request, entries, None, None)
 
     # 3. Netting of opposite sides in one market (SPEC §6).
     proposals = {e.proposal_id: e.submitted for e in pending if isinstance(e.submitted, Proposal)}
@@ -239,7 +236,7 @@ def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutco
         sized.append(e)
 
     if not sized:
-        return _outcome(request, entries, None, None, False)
+        return _outcome(request, entries, None, None)
 
     # 5. The optimisation (SPEC §4) over the candidates, in a fixed order: priority, then id.
     sized.sort(key=lambda e: (-priority(_proposal(e)), e.proposal_id))
@@ -270,8 +267,7 @@ def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutco
                 reasons += _blocked_by(problem, sizes, losses, e.column, e.upper, book_cvar)
             e.finish(AllocationStatus.CUT, *reasons)
 
-    timed_out = solution.path is not SolverPath.MIP_OPTIMAL
-    outcome = _outcome(request, entries, solution, problem, timed_out, seed=seed)
+    outcome = _outcome(request, entries, solution, problem, seed=seed)
     verify_decision(request, outcome.decision, problem, {e.proposal_id: e.column for e in sized})
     return replace(outcome, column_ids=tuple(e.proposal_id for e in sized))
 
@@ -396,18 +392,6 @@ def _snap(raw: FloatArray, problem: AllocationProblem) -> FloatArray:
     return sizes
 
 
-def _tail_cvar(losses: FloatArray, alpha: float) -> float:
-    """CVaR of equally likely losses from the worst ceil(k) only (a partial partition, not a full sort)."""
-    count = losses.size
-    k = (1.0 - alpha) * count
-    whole = math.floor(k)
-    fraction = k - whole
-    m = min(count, whole + 1)
-    top = np.sort(-np.partition(-losses, m - 1)[:m])[::-1]  # the m largest losses, largest first
-    total = float(top[:whole].sum()) + (fraction * float(top[whole]) if whole < m else 0.0)
-    return total / k
-
-
 def _blocked_by(
     problem: AllocationProblem,
     sizes: FloatArray,
@@ -439,7 +423,7 @@ def _blocked_by(
         reasons.append(_reason(ReasonCode.MARKET_CAP, f"market exposure would reach {exposure:.2f}"))
     bound = max(problem.cvar_bound, book_cvar)
     moved = losses - problem.returns[:, column] * (target - sizes[column])
-    tail = _tail_cvar(moved, problem.cvar_alpha)
+    tail = tail_mean(moved, tail_count(problem.cvar_alpha, moved.shape[0]))
     if tail > bound * (1.0 + 1e-9) + 1e-9:
         reasons.append(_reason(ReasonCode.CVAR_LIMIT, f"CVaR would reach {tail:.2f} of limit {bound:.2f}"))
     return reasons
@@ -457,7 +441,6 @@ def _outcome(
     entries: Sequence[_Entry],
     solution: Solution | None,
     problem: AllocationProblem | None,
-    timed_out: bool,
     seed: int | None = None,
 ) -> CycleOutcome:
     allocations: list[Allocation] = []
@@ -512,7 +495,7 @@ def _outcome(
         allocations=tuple(allocations),
         orders=orders,
     )
-    return CycleOutcome(decision, solution, timed_out, problem)
+    return CycleOutcome(decision, solution, problem)
 
 
 def _path(solution: Solution | None) -> SolverPath:

@@ -107,6 +107,8 @@ class BookState:
     portfolio: PortfolioState
     positions: dict[TopicPartition, int] = field(default_factory=dict)  # next offset folded, per input partition
     cycle: int = 0
+    # Validation of each pending proposal, kept while it waits: a deferred proposal is not re-checked every cycle.
+    validated: dict[Proposal, Submitted] = field(default_factory=dict)
 
     @classmethod
     def new(cls, config: AllocatorConfig) -> BookState:
@@ -188,7 +190,8 @@ def build_request(
     book = state.portfolio
     config = effective_config(base, book)
     pending, conflicts = book.undecided()
-    submitted: list[Submitted] = [validate(p) for p in pending]
+    state.validated = {p: state.validated.get(p) or validate(p) for p in pending}
+    submitted: list[Submitted] = list(state.validated.values())
     for p in conflicts:
         reason = Reason(ReasonCode.DUPLICATE, f"proposal_id {p.proposal_id!r} was already received with other content")
         submitted.append(InvalidProposal(p.proposal_id, p.agent_id, p.market_id, p.side, (reason,)))

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
 
 from alembic import context
 from sqlalchemy import Connection, create_engine, text
 
+from projections.database import check_schema
 from projections.tables import metadata
-
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 def _option(name: str) -> str | None:
@@ -24,8 +22,7 @@ def _option(name: str) -> str | None:
 
 def _run(connection: Connection, schema: str | None) -> None:
     if schema is not None and connection.dialect.name == "postgresql":
-        if not _SCHEMA_NAME.match(schema):
-            raise ValueError(f"schema name {schema!r} must match {_SCHEMA_NAME.pattern}")
+        check_schema(schema)
         connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         connection.execute(text(f'SET search_path TO "{schema}"'))
     context.configure(

@@ -10,13 +10,18 @@ from sqlalchemy import Engine, create_engine, event, text
 from projections.migrate import upgrade
 
 DEFAULT_EMBEDDED_DATABASE = "sqlite:///allocator-projections.sqlite"
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def check_identifier(kind: str, name: str) -> str:
+    """A PostgreSQL name we put in SQL text ourselves (schemas, roles): lower-case, no quoting games."""
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"{kind} name {name!r} must match {_IDENTIFIER.pattern}")
+    return name
 
 
 def check_schema(schema: str) -> str:
-    if not _SCHEMA_NAME.match(schema):
-        raise ValueError(f"schema name {schema!r} must match {_SCHEMA_NAME.pattern}")
-    return schema
+    return check_identifier("schema", schema)
 
 
 def engine_for(url: str, schema: str | None = None) -> Engine:

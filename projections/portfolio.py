@@ -322,14 +322,3 @@ class PortfolioState:
         for r in stale:
             del self.reservations[(r.decision_id, r.proposal_id)]
         return stale
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "cash": self.cash,
-            "equity": self.equity,
-            "available": self.available,
-            "reserved": self.reserved,
-            "holdings": len(self.holdings),
-            "pending": len(self.pending),
-            "governor": self.governor.state.value,
-        }

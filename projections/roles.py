@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import re
-
 from sqlalchemy import Engine, text
 
-_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+from projections.database import check_identifier
 
 
 def _ident(kind: str, value: str) -> str:
-    if not _IDENT.match(value):
-        raise ValueError(f"{kind} {value!r} must match {_IDENT.pattern}")
-    return f'"{value}"'
+    return f'"{check_identifier(kind, value)}"'
 
 
 def grant_reader(engine: Engine, role: str, schema: str = "public", password: str | None = None) -> None:

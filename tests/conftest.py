@@ -19,7 +19,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, text
+
+from projections.database import engine_for
 
 HOW_TO_START = (
     "start the services with `infra/services.sh up` and export what `infra/services.sh env` prints "
@@ -141,14 +143,7 @@ def db_schema(database_url: str, request: pytest.FixtureRequest) -> Iterator[DbS
     admin = create_engine(database_url, pool_pre_ping=True)
     with admin.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{name}"'))
-    engine = create_engine(database_url, pool_pre_ping=True)
-
-    @event.listens_for(engine, "connect")
-    def _use_schema(dbapi_connection: object, _record: object) -> None:
-        cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
-        cursor.execute(f'SET search_path TO "{name}"')
-        cursor.close()
-        dbapi_connection.commit()  # type: ignore[attr-defined]
+    engine = engine_for(database_url, name)  # the projections' own engine: same search path, pre-ping
 
     try:
         yield DbSchema(name=name, engine=engine, url=database_url)
