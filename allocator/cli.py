@@ -288,9 +288,26 @@ def _cmd_db_grant_reader(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from allocator.demo import run_demo
+    from pathlib import Path
 
-    return run_demo(out_dir=args.out, seed=args.seed)
+    from simulation.demo import DemoError, DemoOptions, pick_scenarios, run_demo
+
+    try:
+        options = DemoOptions(
+            out=Path(args.out),
+            seed=args.seed,
+            steps=args.steps,
+            scenarios=pick_scenarios(args.scenario),
+            kafka=args.kafka,
+            database=args.database,
+            scenario_count=args.scenario_count,
+        )
+        if options.steps < 20:
+            raise DemoError(f"--steps {options.steps}: at least 20 (the scenarios are placed in fractions of it)")
+        return run_demo(options, say=lambda line: print(line, flush=True))
+    except DemoError as exc:
+        print(f"allocator demo: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _log_options(parser: argparse.ArgumentParser, *, registry: bool = True) -> None:
@@ -372,9 +389,26 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--batch-size", type=int, default=5_000, help="events per database transaction")
         p.set_defaults(handler=_cmd_project if name == "project" else _cmd_replay)
 
-    demo = sub.add_parser("demo", help="run the main job on the embedded default (no services needed)")
-    demo.add_argument("--out", default="demo-report", help="folder for the demo's output (default: demo-report)")
-    demo.add_argument("--seed", type=int, default=7, help="seed of the simulated agents (default: 7)")
+    demo = sub.add_parser(
+        "demo",
+        help="five agents, one wallet: a simulated session with the allocator and with naive sizing, and a report",
+        description="Run one seeded session of simulated markets, agents, operator and executor twice through "
+        "the real pipeline (service, log, projector): with the allocator, and with naive per-agent sizing. Print "
+        "the two side by side and write a report folder (index.html, PNG plots, CSV tables). Embedded log and "
+        "SQLite unless --kafka / --database are given.",
+    )
+    demo.add_argument("--out", default="demo-report", help="report folder (default: demo-report)")
+    demo.add_argument("--seed", type=int, default=7, help="seed of the world, agents and executor (default: 7)")
+    demo.add_argument("--steps", type=int, default=100, help="steps of 5 s log time, one cycle each (default: 100)")
+    demo.add_argument(
+        "--scenario",
+        action="append",
+        help="stress scenario, repeatable: election-shock (kill switch), broken-executor (failure-rate pause), "
+        "slow-solver (solver-timeout monitor), all (the default), calm (none)",
+    )
+    demo.add_argument("--kafka", help="run on this Kafka broker (fresh topics demo-<time>-<run>.*)")
+    demo.add_argument("--database", help="project into this PostgreSQL URL (schemas demo_allocator, demo_naive)")
+    demo.add_argument("--scenario-count", type=int, default=1000, help="risk-model scenarios per cycle (default 1000)")
     demo.set_defaults(handler=_cmd_demo)
 
     db = sub.add_parser("db", help="manage the projection database")

@@ -16,7 +16,7 @@ from allocator.config import AllocatorConfig
 from allocator.netting import net_opposites
 from allocator.problem import AllocationProblem, Solution, cvar, portfolio_losses, tail_count, tail_mean
 from allocator.validation import InvalidProposal, Submitted, is_expired, lifetime_ms, priority
-from allocator.verify import verify_decision
+from allocator.verify import DecisionInvariantError, verify_decision
 from projections.portfolio import Portfolio
 from schemas.events import (
     Allocation,
@@ -143,38 +143,7 @@ def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutco
     portfolio = request.portfolio
     equity = portfolio.equity
     entries = [_Entry(s) for s in request.submitted]
-
-    # 1. Validity, agents, risk inputs, expiry (SPEC §2, §3).
-    pending: list[_Entry] = []
-    for e in entries:
-        s = e.submitted
-        if isinstance(s, InvalidProposal):
-            e.finish(AllocationStatus.REJECTED, *s.reasons)
-        elif config.agents is not None and s.agent_id not in config.agents:
-            e.finish(AllocationStatus.REJECTED, _reason(ReasonCode.UNKNOWN_AGENT, f"agent {s.agent_id!r}"))
-        elif request.scenarios is None and s.price is None:
-            e.finish(
-                AllocationStatus.REJECTED,
-                _reason(ReasonCode.INVALID_FIELD, "price: null needs caller-supplied scenario returns"),
-            )
-        elif request.scenarios is not None and len(request.scenarios.returns.get(s.proposal_id, ())) != (
-            request.scenarios.count
-        ):
-            e.finish(
-                AllocationStatus.REJECTED,
-                _reason(
-                    ReasonCode.INVALID_FIELD,
-                    f"scenarios.returns[{s.proposal_id!r}]: needs {request.scenarios.count} returns",
-                ),
-            )
-        elif is_expired(s, request.as_of, request.window_ms):
-            age = request.as_of - s.created_at
-            e.finish(
-                AllocationStatus.EXPIRED,
-                _reason(ReasonCode.EXPIRED, f"age {age} ms > lifetime {lifetime_ms(s, request.window_ms):.0f} ms"),
-            )
-        else:
-            pending.append(e)
+    pending = _screen(request, entries)
 
     # 2. Governors override everything else (SPEC §7): HALTED outranks PAUSED.
     if request.governor_state is GovernorState.HALTED:
@@ -270,6 +239,78 @@ def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutco
     outcome = _outcome(request, entries, solution, problem, seed=seed)
     verify_decision(request, outcome.decision, problem, {e.proposal_id: e.column for e in sized})
     return replace(outcome, column_ids=tuple(e.proposal_id for e in sized))
+
+
+def book_cvar(request: CycleRequest) -> float:
+    """CVaR of the book alone (open positions and reservations) under the cycle's risk model and seed."""
+    seed = risk.seed_from_decision_id(request.decision_id) & SEED_MASK
+    _, book = _scenarios(request, [], seed)
+    return cvar(book, request.config.cvar_alpha)
+
+
+def naive_cycle(request: CycleRequest) -> CycleOutcome:
+    """The baseline the demo compares against, not an allocator: each agent sized as if it owned the wallet.
+
+    Every valid, unexpired proposal is funded at its full request, in arrival order, while cash lasts; the
+    last one that fits only in part is cut to the cash left if that reaches its min size. No netting, no caps,
+    no risk budget, and no governor is enforced (the decision says ACTIVE whatever the governors' fold says).
+    The decision is still checked for what a wallet cannot do: spend more cash than it has.
+    """
+    entries = [_Entry(s) for s in request.submitted]
+    cash = max(request.portfolio.available, 0.0)
+    for e in _screen(request, entries):
+        p = _proposal(e)
+        size = min(p.requested_size, cash)
+        if size >= p.requested_size:
+            e.size = size
+            e.finish(AllocationStatus.FUNDED)
+        elif size >= p.min_size:
+            e.size = size
+            e.finish(AllocationStatus.CUT, _reason(ReasonCode.CAPITAL, f"cash left {cash:.2f}"))
+        else:
+            e.finish(AllocationStatus.DEFERRED, _reason(ReasonCode.CAPITAL, f"cash left {cash:.2f}"))
+        cash -= e.size
+    outcome = _outcome(replace(request, governor_state=GovernorState.ACTIVE), entries, None, None)
+    spent = math.fsum(a.size for a in outcome.decision.allocations)
+    if spent > max(request.portfolio.available, 0.0) * (1.0 + 1e-12) + 1e-9:
+        raise DecisionInvariantError(request.decision_id, [f"spent {spent:.2f} of {request.portfolio.available:.2f}"])
+    return outcome
+
+
+def _screen(request: CycleRequest, entries: Sequence[_Entry]) -> list[_Entry]:
+    """Validity, agents, risk inputs, expiry (SPEC §2, §3): finish what fails, return what is still pending."""
+    config = request.config
+    pending: list[_Entry] = []
+    for e in entries:
+        s = e.submitted
+        if isinstance(s, InvalidProposal):
+            e.finish(AllocationStatus.REJECTED, *s.reasons)
+        elif config.agents is not None and s.agent_id not in config.agents:
+            e.finish(AllocationStatus.REJECTED, _reason(ReasonCode.UNKNOWN_AGENT, f"agent {s.agent_id!r}"))
+        elif request.scenarios is None and s.price is None:
+            e.finish(
+                AllocationStatus.REJECTED,
+                _reason(ReasonCode.INVALID_FIELD, "price: null needs caller-supplied scenario returns"),
+            )
+        elif request.scenarios is not None and len(request.scenarios.returns.get(s.proposal_id, ())) != (
+            request.scenarios.count
+        ):
+            e.finish(
+                AllocationStatus.REJECTED,
+                _reason(
+                    ReasonCode.INVALID_FIELD,
+                    f"scenarios.returns[{s.proposal_id!r}]: needs {request.scenarios.count} returns",
+                ),
+            )
+        elif is_expired(s, request.as_of, request.window_ms):
+            age = request.as_of - s.created_at
+            e.finish(
+                AllocationStatus.EXPIRED,
+                _reason(ReasonCode.EXPIRED, f"age {age} ms > lifetime {lifetime_ms(s, request.window_ms):.0f} ms"),
+            )
+        else:
+            pending.append(e)
+    return pending
 
 
 def _proposal(e: _Entry) -> Proposal:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from allocator.config import AllocatorConfig
-from allocator.cycle import run_cycle
+from allocator.cycle import CycleOutcome, CycleRequest, run_cycle
 from allocator.eventlog import AbortableError, EventLog, Record
 from allocator.sequencer import (
     BookState,
@@ -23,6 +23,7 @@ from schemas.codec import EventCodec
 from schemas.events import Decision
 
 Say = Callable[[str], None]
+Decide = Callable[[CycleRequest], CycleOutcome]
 
 
 class ServiceStopped(Exception):
@@ -66,7 +67,9 @@ class AllocatorService:
         topics: Topics,
         say: Say = print,
         clock: Callable[[], float] = time.monotonic,
+        decide: Decide = run_cycle,
     ) -> None:
+        """`decide` is the cycle: the allocator's own, unless a caller (the demo's naive baseline) swaps it."""
         self.log = log
         self.reader = reader
         self.codec = codec
@@ -75,6 +78,7 @@ class AllocatorService:
         self.topics = topics
         self.say = say
         self.clock = clock
+        self.decide = decide
         self.state = BookState.new(config)
         self.buffer: list[Record] = []
         self.pending_proposals = 0
@@ -110,7 +114,7 @@ class AllocatorService:
             prepare_cycle(self.state, self.config)
             inputs = {tp: self.log.position(tp) for tp in self.log.assignment()}
             request = build_request(self.state, self.config, self.book_id, inputs)
-            outcome = run_cycle(request)
+            outcome = self.decide(request)
             decision = outcome.decision
             decision_changes = fold_decision(self.state, decision)
             changes = [*folded.changes, *((c, decision.decided_at, decision.decision_id) for c in decision_changes)]

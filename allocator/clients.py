@@ -1,0 +1,94 @@
+"""The producer and consumer API of a book's log for everyone but the allocator: agents, executors, markets,
+operators (an adapter). Agents only ever propose; executors act on decisions; nobody else touches capital."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from allocator.eventlog import EventLog, TopicPartition
+from allocator.sequencer import Topics
+from schemas.codec import EventCodec
+from schemas.events import Command, ControlCommand, Decision, Event, Fill, MarketResolution, PnlMark, Proposal
+
+
+class ClientError(ValueError):
+    """A client was asked to publish something it must not (the message names the field)."""
+
+
+@dataclass
+class BookClient:
+    """Publishes to one book's input topics. Records are keyed so one market's events stay in order."""
+
+    log: EventLog
+    codec: EventCodec
+    topics: Topics
+
+    def propose(self, proposal: Proposal) -> None:
+        """An agent's proposal. Its content is judged by the allocator (a bad field is REJECTED with the
+        field named), not here: the log keeps what the agent said."""
+        self._send(self.topics.proposals, proposal, proposal.market_id, proposal.created_at)
+
+    def report_fill(self, fill: Fill) -> None:
+        """An executor's report on one allocation of a decision."""
+        self._send(self.topics.fills, fill, fill.market_id, fill.time)
+
+    def mark(self, mark: PnlMark) -> None:
+        if not (math.isfinite(mark.mark_price) and 0.0 <= mark.mark_price <= 1.0):
+            raise ClientError(f"mark_price: {mark.mark_price!r} is not a price in [0, 1] ({mark.market_id})")
+        self._send(self.topics.pnl, mark, mark.market_id, mark.time)
+
+    def resolve(self, resolution: MarketResolution) -> None:
+        self._send(self.topics.pnl, resolution, resolution.market_id, resolution.time)
+
+    def command(self, command: ControlCommand) -> None:
+        """An operator's command; who and why are required, so the log can say it later."""
+        if not command.operator_id.strip():
+            raise ClientError("operator_id: an operator command must say who sent it")
+        if not command.reason.strip():
+            raise ClientError("reason: an operator command must say why")
+        if command.command is Command.SET_LIMITS and not command.limits:
+            raise ClientError("limits: SET_LIMITS needs at least one configuration key")
+        self._send(self.topics.control, command, "operator", command.time)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+    def _send(self, topic: str, event: Event, key: str, time_ms: int) -> None:
+        self.log.produce(topic, self.codec.encode(event, topic), key=key.encode(), timestamp_ms=max(time_ms, 1))
+
+
+class DecisionFeed:
+    """What an executor reads: the book's committed decisions, in order, from where it left off."""
+
+    def __init__(
+        self, log: EventLog, codec: EventCodec, topics: Topics, start: Mapping[TopicPartition, int] | None = None
+    ):
+        self.log = log
+        self.codec = codec
+        self.topics = topics
+        log.assign([topics.decisions])
+        for tp in log.assignment():
+            log.seek(tp, (start or {}).get(tp, 0))
+
+    def poll(self, timeout_s: float = 0.2) -> list[Decision]:
+        out: list[Decision] = []
+        for record in self.log.poll(max_records=500, timeout_s=timeout_s):
+            if record.value is None:
+                continue
+            event = self.codec.decode(record.value, record.topic, record.partition, record.offset)
+            if isinstance(event, Decision):
+                out.append(event)
+        return out
+
+    def drain(self, timeout_s: float = 30.0) -> list[Decision]:
+        """Every decision committed so far that this feed has not returned yet."""
+        ends = self.log.end_offsets([self.topics.decisions])
+        out: list[Decision] = []
+        polls = max(1, int(timeout_s / 0.1))
+        for _ in range(polls):
+            if all(self.log.position(tp) >= end for tp, end in ends.items()):
+                return out
+            out.extend(self.poll(0.1))
+        raise TimeoutError(f"the decision feed did not reach the end of {self.topics.decisions} in {timeout_s} s")

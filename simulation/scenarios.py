@@ -1,0 +1,86 @@
+"""The demo's stress scenarios: each makes one governor fire, and says when and why it should."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from schemas.events import Command, Governor
+from simulation.market import Shock
+
+
+@dataclass(frozen=True)
+class OperatorAction:
+    """A command the scripted operator sends at a step, through the same API as `allocator control`."""
+
+    step: int
+    command: Command
+    reason: str
+    limits: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    story: str
+    governor: Governor  # the governor it is meant to make fire
+    shocks: tuple[Shock, ...] = ()
+    broken: tuple[tuple[int, int, float], ...] = ()  # executor failure windows (from, to, rate)
+    operator: tuple[OperatorAction, ...] = field(default=())
+
+
+def _at(steps: int, fraction: float) -> int:
+    return max(1, round(fraction * steps))
+
+
+def election_shock(steps: int) -> Scenario:
+    shock = _at(steps, 0.8)
+    return Scenario(
+        "election-shock",
+        "Election night comes in far from every poll: the national factor drops 4 log-odds the step before the "
+        "states resolve, and the shock spreads to every other market through the common factor.",
+        Governor.KILL_SWITCH,
+        shocks=(Shock(shock, "national-election", -4.0, common=-1.5, cause="election night upset"),),
+        operator=(
+            OperatorAction(
+                _at(steps, 0.93), Command.RESET_KILL_SWITCH, "election losses booked and reviewed; trading may restart"
+            ),
+        ),
+    )
+
+
+def broken_executor(steps: int) -> Scenario:
+    start, end = _at(steps, 0.25), _at(steps, 0.5)
+    return Scenario(
+        "broken-executor",
+        f"The venue's order gateway breaks from step {start} to step {end}: 90% of orders fail to confirm; an "
+        f"operator resumes at step {_at(steps, 0.52)}, once it is fixed.",
+        Governor.FAILURE_RATE,
+        broken=((start, end, 0.9),),
+        operator=(OperatorAction(_at(steps, 0.52), Command.RESUME, "venue gateway fixed; executor reconnected"),),
+    )
+
+
+def slow_solver(steps: int) -> Scenario:
+    return Scenario(
+        "slow-solver",
+        "An operator squeezes the solver's time budget to 2 ms (an overloaded host) and restores it 20% of the "
+        "session later: solves time out, the opportunity window halves, then doubles back.",
+        Governor.SOLVER_TIMEOUT,
+        operator=(
+            OperatorAction(
+                _at(steps, 0.12),
+                Command.SET_LIMITS,
+                "host overloaded: solver budget cut to 2 ms",
+                {"solver_time_limit_ms": 2.0},
+            ),
+            OperatorAction(
+                _at(steps, 0.32),
+                Command.SET_LIMITS,
+                "host healthy again: budget back to 250 ms",
+                {"solver_time_limit_ms": 250.0},
+            ),
+        ),
+    )
+
+
+SCENARIOS = {"election-shock": election_shock, "broken-executor": broken_executor, "slow-solver": slow_solver}
