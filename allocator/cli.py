@@ -175,8 +175,9 @@ def _cmd_project(args: argparse.Namespace) -> int:
         projector = Projector(log, engine, codec, topic_names, say=lambda line: print(line, flush=True))
         projector.start()
         print(f"allocator project: {settings.describe()} -> {engine.url.render_as_string()}", flush=True)
+        ends = log.end_offsets(topic_names) if args.once else None
         try:
-            stats = projector.run(lambda: stop["now"])
+            stats = projector.run(lambda: stop["now"] or (ends is not None and projector.caught_up(ends)))
         except StaleProjectorError as exc:
             print(f"allocator project: {exc}", file=sys.stderr)
             return 3
@@ -287,6 +288,81 @@ def _cmd_db_grant_reader(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_control(args: argparse.Namespace) -> int:
+    import uuid
+
+    from allocator.clients import BookClient, ClientError
+    from allocator.eventlog import LogError, wall_clock_ms
+    from allocator.sequencer import Topics
+    from schemas.codec import make_codec
+    from schemas.events import Command, ControlCommand
+
+    settings = _log_settings(args)
+    command = ControlCommand(
+        command_id=f"cmd-{uuid.uuid4().hex}",
+        operator_id=args.operator,
+        command=Command(args.action.upper().replace("-", "_")),
+        reason=args.reason,
+        limits=None,
+        time=wall_clock_ms(),
+    )
+    topics = Topics(args.topic_prefix)
+    try:
+        with settings.open() as log:
+            client = BookClient(log, make_codec(args.schema_registry), topics)
+            client.command(command)
+            client.flush()
+    except ClientError as exc:
+        print(f"allocator control: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except LogError as exc:
+        print(f"allocator control: the log refused the command: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"sent {command.command.value} {command.command_id} by {command.operator_id} to {topics.control} on "
+          f"{settings.describe()}; the allocator acts on it in its next cycle")  # fmt: skip
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from allocator.backends import load_config
+    from allocator.config import ConfigError
+    from projections.database import DEFAULT_EMBEDDED_DATABASE, engine_for
+    from projections.status import Caps, format_status, read_status
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"allocator status: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    url = args.database or os.environ.get("DATABASE_URL") or DEFAULT_EMBEDDED_DATABASE
+    caps = Caps(config.kill_switch_drawdown, config.market_cap, config.group_cap, dict(config.group_caps),
+                config.opportunity_window_s)  # fmt: skip
+    engine = engine_for(url, args.schema)
+    try:
+        status = read_status(engine, caps, decisions=args.decisions)
+    except SQLAlchemyError as exc:
+        where = engine.url.render_as_string()
+        problem = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+        print(f"allocator status: cannot read the projection at {where}: {problem} (has `allocator project` run?)",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILURE
+    finally:
+        engine.dispose()
+    print(json.dumps(status, indent=1, default=str) if args.json else format_status(status))
+    return EXIT_OK
+
+
+def _log_settings(args: argparse.Namespace) -> LogSettings:
+    from allocator.backends import LogSettings
+
+    return LogSettings.resolve(args.kafka, args.log)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -387,7 +463,34 @@ def build_parser() -> argparse.ArgumentParser:
         _log_options(p)
         if name == "replay":
             p.add_argument("--batch-size", type=int, default=5_000, help="events per database transaction")
+        else:
+            p.add_argument("--once", action="store_true", help="stop when caught up with the log's end (no tailing)")
         p.set_defaults(handler=_cmd_project if name == "project" else _cmd_replay)
+
+    control = sub.add_parser(
+        "control",
+        help="an operator's command to the governors: halt, resume, reset-kill-switch (who and why are required)",
+        description="Publish a ControlCommand on the book's control topic. The allocator acts on it in its next "
+        "cycle; the command stays in the log and the projection with its operator and reason.",
+    )
+    control.add_argument("action", choices=["halt", "resume", "reset-kill-switch"], help="the command")
+    control.add_argument("--reason", required=True, help="why, in the operator's words")
+    control.add_argument("--operator", required=True, help="who sends it")
+    _log_options(control)
+    control.set_defaults(handler=_cmd_control)
+
+    status = sub.add_parser(
+        "status",
+        help="the book now, from the projection: governors and why, equity and drawdown, exposure against caps",
+    )
+    status.add_argument(
+        "--database", help="SQLAlchemy URL (default: $DATABASE_URL, else sqlite:///allocator-projections.sqlite)"
+    )
+    status.add_argument("--schema", help="PostgreSQL schema of the projection")
+    status.add_argument("--config", help="the JSON configuration the allocator runs with (for the caps shown)")
+    status.add_argument("--decisions", type=int, default=5, help="how many recent decisions to show (default 5)")
+    status.add_argument("--json", action="store_true", help="print the same as JSON")
+    status.set_defaults(handler=_cmd_status)
 
     demo = sub.add_parser(
         "demo",

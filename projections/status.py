@@ -1,0 +1,142 @@
+"""`allocator status`: what the projection says about the book now — governors and why, equity against the kill
+switch, exposure against its caps, the last decisions and operator commands (a read-only adapter)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, desc, func, select, text
+
+from projections import tables
+
+GOVERNORS = ("KILL_SWITCH", "FAILURE_RATE", "OPERATOR", "SOLVER_TIMEOUT")
+
+
+@dataclass(frozen=True)
+class Caps:
+    """The limits to show exposure against (the configuration the allocator runs with)."""
+
+    kill_switch_drawdown: float
+    market_cap: float
+    group_cap: float
+    group_caps: dict[str, float]
+    opportunity_window_s: float
+
+
+def _rows(conn: Any, statement: Any) -> list[dict[str, Any]]:
+    return [dict(r._mapping) for r in conn.execute(statement)]
+
+
+def read_status(engine: Engine, caps: Caps, decisions: int = 5, commands: int = 5) -> dict[str, Any]:
+    """Everything `allocator status` prints, as plain data (also what `--json` prints)."""
+    with engine.connect() as conn:
+        latest_equity = _rows(
+            conn, select(tables.equity_history).order_by(desc(tables.equity_history.c.cycle)).limit(1)
+        )
+        events = _rows(conn, select(tables.governor_events).order_by(tables.governor_events.c.time,
+                                                                     tables.governor_events.c.event_id))  # fmt: skip
+        last = _rows(conn, select(tables.decisions).order_by(desc(tables.decisions.c.cycle)).limit(decisions))
+        funded: dict[str, int] = dict(
+            conn.execute(
+                select(tables.allocations.c.decision_id, func.count())
+                .where(tables.allocations.c.size > 0)
+                .where(tables.allocations.c.decision_id.in_([d["decision_id"] for d in last]))
+                .group_by(tables.allocations.c.decision_id)
+            ).all()
+        )
+        recent = _rows(
+            conn, select(tables.control_commands).order_by(desc(tables.control_commands.c.time)).limit(commands)
+        )
+        markets = _rows(conn, text("SELECT market_id, signed_exposure, gross_exposure FROM exposure_by_market"))
+        keys = _rows(conn, text("SELECT correlation_key, gross_cost FROM exposure_by_key"))
+    latest: dict[str, dict[str, Any]] = {}
+    for e in events:
+        latest[e["governor"]] = e
+    equity = latest_equity[0] if latest_equity else None
+    e_now = float(equity["equity"]) if equity else 0.0
+    governor = "ACTIVE"
+    if latest.get("KILL_SWITCH", {}).get("new_state") == "TRIPPED":
+        governor = "HALTED"
+    elif any(latest.get(g, {}).get("new_state") == "PAUSED" for g in ("FAILURE_RATE", "OPERATOR")):
+        governor = "PAUSED"
+    window_ms = int(last[0]["opportunity_window_ms"]) if last else round(caps.opportunity_window_s * 1000)
+    return {
+        "governor_state": governor,
+        "governors": {g: latest[g] for g in GOVERNORS if g in latest},
+        "equity": equity,
+        "kill_switch_drawdown": caps.kill_switch_drawdown,
+        "opportunity_window_ms": window_ms,
+        "configured_window_ms": round(caps.opportunity_window_s * 1000),
+        "markets": [
+            {**m, "cap": caps.market_cap * e_now} for m in sorted(markets, key=lambda m: -abs(m["signed_exposure"]))
+        ],
+        "keys": [
+            {**k, "cap": caps.group_caps.get(k["correlation_key"], caps.group_cap * e_now)}
+            for k in sorted(keys, key=lambda k: -k["gross_cost"])
+        ],
+        "decisions": [{**d, "funded": funded.get(d["decision_id"], 0)} for d in last],
+        "commands": recent,
+    }
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _share(value: float, cap: float) -> str:
+    return f"{abs(value) / cap:6.0%}" if cap > 0 else "     -"
+
+
+def format_status(status: dict[str, Any]) -> str:
+    out: list[str] = []
+    equity = status["equity"]
+    if not status["decisions"]:
+        return "no decisions in the projection yet (is `allocator project` running against this book's log?)"
+    d0 = status["decisions"][0]
+    out.append(f"book {d0['book_id']}: governor {status['governor_state']}   (projection as of cycle {d0['cycle']}, "
+               f"{_when(d0['decided_at'])})")  # fmt: skip
+    names = {"KILL_SWITCH": "kill switch", "FAILURE_RATE": "failure rate", "OPERATOR": "operator halt",
+             "SOLVER_TIMEOUT": "solver timeout"}  # fmt: skip
+    for g, e in status["governors"].items():
+        out.append(f"  {names[g]:<15} {e['old_state']} -> {e['new_state']:<8} {_when(e['time'])}  {e['cause']}")
+    if not status["governors"]:
+        out.append("  no governor has changed state")
+    out.append(f"  opportunity window {status['opportunity_window_ms'] / 1000:,.0f} s "
+               f"(configured {status['configured_window_ms'] / 1000:,.0f} s)")  # fmt: skip
+    if equity:
+        line = status["kill_switch_drawdown"]
+        dd = float(equity["drawdown"])
+        room = "BEYOND" if dd >= line else f"{line - dd:.2%} away"
+        out.append(f"equity {equity['equity']:,.2f}   high-water mark {equity['high_water_mark']:,.2f}   drawdown "
+                   f"{dd:.2%} (kill switch at {line:.0%}: {room})")  # fmt: skip
+        out.append(f"available {equity['available']:,.2f}")
+    out.append("exposure by market (signed marked value; cap = market_cap x equity)")
+    for m in status["markets"] or []:
+        out.append(f"  {m['market_id']:<28} {m['signed_exposure']:>12,.2f}  cap {m['cap']:>11,.2f}  "
+                   f"{_share(m['signed_exposure'], m['cap'])} of cap")  # fmt: skip
+    if not status["markets"]:
+        out.append("  none")
+    out.append("exposure by correlation key (cost of open positions; cap = group cap)")
+    for k in status["keys"] or []:
+        out.append(f"  {k['correlation_key']:<28} {k['gross_cost']:>12,.2f}  cap {k['cap']:>11,.2f}  "
+                   f"{_share(k['gross_cost'], k['cap'])} of cap")  # fmt: skip
+    if not status["keys"]:
+        out.append("  none")
+    out.append("last decisions")
+    out.append(f"  {'cycle':>7}  {'decided at':<23} {'governor':<8} {'solver path':<17} {'solve ms':>9} {'gap':>9} "
+               f"{'funded':>6}")  # fmt: skip
+    for d in status["decisions"]:
+        gap = "-" if d["gap"] is None else f"{d['gap']:.1e}"
+        out.append(f"  {d['cycle']:>7}  {_when(d['decided_at']):<23} {d['governor_state']:<8} {d['solver_path']:<17} "
+                   f"{d['solve_ms']:>9.1f} {gap:>9} {d['funded']:>6}")  # fmt: skip
+    out.append("operator commands (latest first)")
+    for c in status["commands"]:
+        limits = f" {c['limits']}" if c["limits"] else ""
+        out.append(f"  {_when(c['time'])}  {c['command']:<17} by {c['operator_id']}: {c['reason']}{limits}")
+    if not status["commands"]:
+        out.append("  none")
+    return "\n".join(out)
