@@ -33,14 +33,22 @@ def _at(steps: int, fraction: float) -> int:
 
 
 def election_shock(steps: int) -> Scenario:
-    shock = _at(steps, 0.8)
+    season, shock = _at(steps, 0.55), _at(steps, 0.8)
     return Scenario(
         "election-shock",
-        "Election night comes in far from every poll: the national factor drops 4 log-odds the step before the "
-        "states resolve, and the shock spreads to every other market through the common factor.",
+        f"At step {season} the risk committee loosens the limits for election season (position cap 5%, group cap "
+        f"25%, CVaR budget 25%); at step {shock}, the night before the states resolve, the national result comes "
+        "in far from every poll (the national factor drops 4 log-odds) and the shock spreads to every market "
+        "through the common factor. The kill switch is the last line of defence.",
         Governor.KILL_SWITCH,
         shocks=(Shock(shock, "national-election", -4.0, common=-1.5, cause="election night upset"),),
         operator=(
+            OperatorAction(
+                season,
+                Command.SET_LIMITS,
+                "election season: the risk committee raises the limits",
+                {"position_cap": 0.05, "group_cap": 0.25, "cvar_limit": 0.25},
+            ),
             OperatorAction(
                 _at(steps, 0.93), Command.RESET_KILL_SWITCH, "election losses booked and reviewed; trading may restart"
             ),

@@ -47,13 +47,44 @@ def test_db_upgrade_on_sqlite(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "head" in capsys.readouterr().out
 
 
+def _check_report(out: str, report: Path, *, governors: bool = True) -> None:
+    assert "final equity" in out and "allocator" in out and "naive" in out
+    assert "restart: the state rebuilt from the allocator's log matches the live one" in out
+    page = (report / "index.html").read_text(encoding="utf-8")
+    for png in ("equity.png", "exposure.png", "outcomes.png", "decision_times.png"):
+        assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+        assert f"src='{png}'" in page
+    for run in ("allocator", "naive"):
+        for table in ("cycles", "decisions", "allocations", "governor_events", "control_commands"):
+            assert (report / f"{run}-{table}.csv").stat().st_size > 0
+    if governors:  # 40 steps place every scenario's trigger inside the session
+        assert "KILL_SWITCH" in page and "FAILURE_RATE" in page and "SOLVER_TIMEOUT" in page
+
+
 def test_demo_runs_with_no_services(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--out", str(tmp_path / "report")]) == 0
+    report = tmp_path / "report"
+    assert main(["demo", "--out", str(report), "--steps", "40", "--scenario-count", "300"]) == 0
+    _check_report(capsys.readouterr().out, report)
+    assert (report / "allocator-log.sqlite").exists() and (report / "naive-projection.sqlite").exists()
+
+
+def test_demo_refuses_an_unknown_scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--out", str(tmp_path), "--scenario", "meteor"]) == 2
+    assert "--scenario 'meteor'" in capsys.readouterr().err
+
+
+@pytest.mark.kafka
+@pytest.mark.postgres
+def test_demo_runs_on_kafka_and_postgres(
+    tmp_path: Path, kafka_bootstrap: str, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = tmp_path / "report"
+    argv = ["demo", "--out", str(report), "--steps", "30", "--scenario-count", "300"]
+    assert main([*argv, "--kafka", kafka_bootstrap, "--database", database_url]) == 0
     out = capsys.readouterr().out
-    assert "restart: state rebuilt from the log matches the live state" in out
-    assert "0 mismatches" in out
-    assert "dead letter: demo.proposals[0]@" in out
-    assert (tmp_path / "report" / "log.sqlite").exists()
+    _check_report(out, report, governors=False)
+    assert "Kafka" in out and "schema demo_allocator" in out
+    assert not (report / "allocator-log.sqlite").exists()
 
 
 def test_compose_file_runs_commands_that_exist() -> None:

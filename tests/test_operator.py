@@ -1,0 +1,79 @@
+"""The operator's console end to end, on the embedded default and on Kafka + PostgreSQL: `allocator control`
+publishes, `allocator serve` acts on it, `allocator project` records it, `allocator status` shows who and why."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from allocator.cli import main
+from tests.conftest import DbSchema
+
+
+def _console(capsys: pytest.CaptureFixture[str], log: list[str], db: list[str]) -> None:
+    """halt -> the next decision is PAUSED by the operator; resume -> ACTIVE again; reset when armed -> no change."""
+
+    def run(*argv: str) -> str:
+        capsys.readouterr()
+        assert main(list(argv)) == 0, argv
+        return capsys.readouterr().out
+
+    def status() -> dict[str, object]:
+        result: dict[str, object] = json.loads(run("status", *db, "--json"))
+        return result
+
+    run("init", *log)
+    sent = run("control", "halt", "--reason", "suspicious fills on venue B", "--operator", "alice", *log)
+    assert "sent HALT" in sent
+    run("serve", "--book", "ops", *log, "--max-cycles", "1", "--duration", "60")
+    run("project", *log, *db, "--once")
+    state = status()
+    assert state["governor_state"] == "PAUSED"
+    operator = state["governors"]["OPERATOR"]  # type: ignore[index]
+    assert operator["new_state"] == "PAUSED" and operator["cause"] == "alice: suspicious fills on venue B"
+    assert state["decisions"][0]["governor_state"] == "PAUSED"  # type: ignore[index]
+    text = run("status", *db)
+    assert "governor PAUSED" in text and "HALT" in text and "by alice: suspicious fills on venue B" in text
+
+    run("control", "resume", "--reason", "venue B checked", "--operator", "bob", *log)
+    run("control", "reset-kill-switch", "--reason", "nothing to reset", "--operator", "bob", *log)
+    run("serve", "--book", "ops", *log, "--max-cycles", "2", "--duration", "60")
+    run("project", *log, *db, "--once")
+    state = status()
+    assert state["governor_state"] == "ACTIVE"
+    assert state["governors"]["OPERATOR"]["cause"] == "resumed by bob: venue B checked"  # type: ignore[index]
+    assert "KILL_SWITCH" not in state["governors"]  # type: ignore[operator]  # armed: a reset changes nothing
+    commands = [(c["command"], c["operator_id"], c["reason"]) for c in state["commands"]]  # type: ignore[attr-defined]
+    assert commands == [
+        ("RESET_KILL_SWITCH", "bob", "nothing to reset"),
+        ("RESUME", "bob", "venue B checked"),
+        ("HALT", "alice", "suspicious fills on venue B"),
+    ]
+
+
+def test_operator_console_on_the_embedded_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = ["--log", str(tmp_path / "log.sqlite"), "--topic-prefix", "ops"]
+    _console(capsys, log, ["--database", f"sqlite:///{tmp_path / 'projection.sqlite'}"])
+
+
+@pytest.mark.kafka
+@pytest.mark.postgres
+def test_operator_console_on_kafka_and_postgres(
+    kafka_bootstrap: str, db_schema: DbSchema, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = ["--kafka", kafka_bootstrap, "--topic-prefix", f"ops-{uuid.uuid4().hex[:8]}"]
+    _console(capsys, log, ["--database", db_schema.url, "--schema", db_schema.name])
+
+
+def test_control_refuses_a_command_without_who_or_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = ["--log", str(tmp_path / "log.sqlite")]
+    assert main(["control", "halt", "--reason", "  ", "--operator", "alice", *log]) == 2
+    assert "reason" in capsys.readouterr().err
+
+
+def test_status_says_when_there_is_no_projection(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--database", f"sqlite:///{tmp_path / 'none.sqlite'}"]) == 1
+    assert "has `allocator project` run?" in capsys.readouterr().err
