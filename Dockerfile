@@ -7,6 +7,7 @@ COPY allocator ./allocator
 COPY governors ./governors
 COPY projections ./projections
 COPY migrations ./migrations
+COPY simulation ./simulation
 RUN pip install --no-cache-dir -c constraints.txt . && useradd --create-home allocator
 USER allocator
 ENTRYPOINT ["allocator"]

@@ -33,7 +33,7 @@ def _at(steps: int, fraction: float) -> int:
 
 
 def election_shock(steps: int) -> Scenario:
-    season, shock = _at(steps, 0.55), _at(steps, 0.8)
+    season, shock = _at(steps, 0.7), _at(steps, 0.8)
     return Scenario(
         "election-shock",
         f"At step {season} the risk committee loosens the limits for election season (position cap 5%, group cap "

@@ -50,6 +50,7 @@ def test_db_upgrade_on_sqlite(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def _check_report(out: str, report: Path, *, governors: bool = True) -> None:
     assert "final equity" in out and "allocator" in out and "naive" in out
     assert "restart: the state rebuilt from the allocator's log matches the live one" in out
+    assert "audit: " in out and " 0 mismatches" in out
     page = (report / "index.html").read_text(encoding="utf-8")
     for png in ("equity.png", "exposure.png", "outcomes.png", "decision_times.png"):
         assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
@@ -116,3 +117,12 @@ def test_init_creates_the_books_topics_on_the_embedded_log(tmp_path: Path, capsy
     with EmbeddedEventLog(path) as log:
         ends = log.end_offsets([f"b.{role}" for role in ("proposals", "fills", "pnl", "control", "decisions")])
     assert len(ends) == 5
+
+
+def test_the_image_copies_every_package_it_installs() -> None:
+    import tomllib
+
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"]
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    for top in {p.split(".")[0] for p in packages}:
+        assert f"COPY {top} ./{top}" in dockerfile, f"the Dockerfile does not copy {top}/"

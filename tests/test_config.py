@@ -43,3 +43,12 @@ def test_the_hash_changes_with_any_value_and_not_with_key_order() -> None:
     assert a.config_hash == b.config_hash
     assert a.config_hash != AllocatorConfig().config_hash
     assert a.replace(group_caps={"k": 5000.0}).group_caps == {"k": 5000.0}
+
+
+def test_the_operations_guide_names_every_configuration_key() -> None:
+    from dataclasses import fields
+    from pathlib import Path
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text(encoding="utf-8")
+    missing = [f.name for f in fields(AllocatorConfig) if f"`{f.name}`" not in guide]
+    assert not missing, f"docs/operations.md does not mention {missing}"
