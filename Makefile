@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 .PHONY: help venv demo test lint typecheck unit services-up services-down bench-solve bench-stream clean
 
 help:
-	@echo "make demo         run the main job on the embedded default (no services needed)"
+	@echo "make demo         the simulated session, allocator against naive sizing, report in demo-report/ (no services)"
 	@echo "make test         start PostgreSQL and Kafka on 127.0.0.1, run ruff, mypy and pytest, stop them"
 	@echo "make unit         the tests that need no services (services tests skip)"
 	@echo "make bench-solve  the solver benchmark (a table of medians and ratios)"

@@ -68,6 +68,7 @@ class CycleStats:
     window_ms: int
     solver_path: str
     solve_ms: float
+    decision_ms: float  # the whole cycle, validation to decision (wall clock; the solve is part of it)
     book_cvar: float  # CVaR of the book at the cycle's start under the allocator's risk model (currency)
     cvar_limit: float  # cvar_limit * equity
     exposure: dict[str, float]  # gross exposure by correlation key, reservations included
@@ -102,7 +103,9 @@ class SessionInputs:
 
 def _record(stats: dict[int, CycleStats], step: Callable[[], int], decide: Decide) -> Decide:
     def observed(request: CycleRequest) -> CycleOutcome:
+        started = time.perf_counter()
         outcome = decide(request)
+        decision_ms = (time.perf_counter() - started) * 1000.0
         d, config, equity = outcome.decision, request.config, request.portfolio.equity
         exposure = request.portfolio.group_exposure()
         keys = sorted({*exposure, *(k for p in request.submitted if (k := getattr(p, "correlation_key", None)))})
@@ -117,6 +120,7 @@ def _record(stats: dict[int, CycleStats], step: Callable[[], int], decide: Decid
             window_ms=d.opportunity_window_ms,
             solver_path=d.solver_path.value,
             solve_ms=d.solve_ms,
+            decision_ms=decision_ms,
             book_cvar=book_cvar(request),
             cvar_limit=config.cvar_limit * equity,
             exposure={k: exposure.get(k, 0.0) for k in keys},
