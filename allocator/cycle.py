@@ -62,6 +62,7 @@ class CycleRequest:
     governor_reason: str | None = None
     inputs: tuple[InputPosition, ...] = ()
     scenarios: SuppliedScenarios | None = None
+    resolved_markets: frozenset[str] = frozenset()  # markets the log says have resolved: nothing left to trade
 
 
 @dataclass(frozen=True)
@@ -302,6 +303,8 @@ def _screen(request: CycleRequest, entries: Sequence[_Entry]) -> list[_Entry]:
                     f"scenarios.returns[{s.proposal_id!r}]: needs {request.scenarios.count} returns",
                 ),
             )
+        elif s.market_id in request.resolved_markets:
+            e.finish(AllocationStatus.EXPIRED, _reason(ReasonCode.EXPIRED, f"market {s.market_id!r} has resolved"))
         elif is_expired(s, request.as_of, request.window_ms):
             age = request.as_of - s.created_at
             e.finish(

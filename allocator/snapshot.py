@@ -17,7 +17,18 @@ from projections.portfolio import Portfolio, Position
 from schemas.events import Decision, GovernorState, Reason, ReasonCode, Side
 
 TOP_LEVEL_KEYS = frozenset(
-    {"as_of", "equity", "available", "high_water_mark", "executions", "positions", "proposals", "scenarios", "config"}
+    {
+        "as_of",
+        "equity",
+        "available",
+        "high_water_mark",
+        "executions",
+        "positions",
+        "proposals",
+        "scenarios",
+        "config",
+        "resolved_markets",
+    }
 )
 POSITION_KEYS = ("market_id", "side", "size", "price", "correlation_key")
 
@@ -153,6 +164,9 @@ def parse_snapshot(data: Any, decision_id: str) -> CycleRequest:
             parsed.append((InvalidProposal(where, "", "", None, (reason,)), raw))
 
     scenarios = _scenarios(data["scenarios"], bool(positions)) if "scenarios" in data else None
+    resolved = data.get("resolved_markets", [])
+    if not isinstance(resolved, list) or not all(isinstance(m, str) for m in resolved):
+        raise SnapshotError("resolved_markets: must be a list of market ids")
 
     state, why = GovernorState.ACTIVE, None
     if kill_switch_triggered(equity, hwm, config.kill_switch_drawdown):
@@ -174,6 +188,7 @@ def parse_snapshot(data: Any, decision_id: str) -> CycleRequest:
         submitted=tuple(deduplicate(parsed)),
         config=config,
         scenarios=scenarios,
+        resolved_markets=frozenset(resolved),
     )
 
 

@@ -190,6 +190,16 @@ def test_expiry_at_the_lifetime_boundary() -> None:
     assert by_id(out)["window"].status is AllocationStatus.EXPIRED
 
 
+def test_a_proposal_on_a_market_that_has_resolved_expires_and_says_so() -> None:
+    out = decide(
+        {"proposals": [proposal("late", market_id="m-gone"), proposal("live")], "resolved_markets": ["m-gone"]}
+    )
+    late = by_id(out)["late"]
+    assert late.status is AllocationStatus.EXPIRED and late.size == 0.0
+    assert late.reasons[0].code is ReasonCode.EXPIRED and late.reasons[0].detail == "market 'm-gone' has resolved"
+    assert by_id(out)["live"].status is AllocationStatus.FUNDED
+
+
 def test_unknown_agents_are_rejected_and_without_a_list_every_agent_is_accepted() -> None:
     listed = decide({"proposals": [proposal("a", agent_id="mallory")], "config": {"agents": ["alpha"]}})
     assert codes(by_id(listed)["a"]) == [ReasonCode.UNKNOWN_AGENT]
