@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from allocator.backends import LogSettings
+    from allocator.config import AllocatorConfig
     from schemas.codec import EventCodec
 
 EXIT_OK = 0
@@ -67,19 +68,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import time
 
-    from allocator.backends import LogSettings, load_config
-    from allocator.config import ConfigError
     from allocator.eventlog import FencedError, LogError
     from allocator.sequencer import Topics
     from allocator.service import AllocatorService, group_of
     from schemas.codec import make_codec
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"allocator serve: {exc}", file=sys.stderr)
+    config = _load_config(args, "serve")
+    if config is None:
         return EXIT_USAGE
-    settings = LogSettings.resolve(args.kafka, args.log)
+    settings = _log_settings(args)
     stop = {"now": False}
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -119,17 +116,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_audit(args: argparse.Namespace) -> int:
     from allocator.audit import audit_log, summary_table, write_report
-    from allocator.backends import LogSettings, load_config
-    from allocator.config import ConfigError
     from allocator.sequencer import Topics
     from schemas.codec import make_codec
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"allocator audit: {exc}", file=sys.stderr)
+    config = _load_config(args, "audit")
+    if config is None:
         return EXIT_USAGE
-    settings = LogSettings.resolve(args.kafka, args.log)
+    settings = _log_settings(args)
 
     def progress(done: int, total: int) -> None:
         if done == total or done % 50 == 0:
@@ -144,13 +137,12 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _projector_setup(args: argparse.Namespace) -> tuple[LogSettings, list[str], EventCodec]:
-    from allocator.backends import LogSettings
     from allocator.sequencer import Topics
     from schemas.codec import make_codec
 
     topics = Topics(args.topic_prefix)
     return (
-        LogSettings.resolve(args.kafka, args.log),
+        _log_settings(args),
         [*topics.inputs, *topics.outputs],
         make_codec(args.schema_registry),
     )
@@ -232,12 +224,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    from allocator.backends import LogSettings
     from allocator.sequencer import Topics
 
     topics = Topics(args.topic_prefix)
     names = [*topics.inputs, *topics.outputs]
-    settings = LogSettings.resolve(args.kafka, args.log)
+    settings = _log_settings(args)
     if settings.kafka_bootstrap is None:
         with settings.open() as log:
             log.create_topics(names)
@@ -329,15 +320,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     from sqlalchemy.exc import SQLAlchemyError
 
-    from allocator.backends import load_config
-    from allocator.config import ConfigError
     from projections.database import DEFAULT_EMBEDDED_DATABASE, engine_for
     from projections.status import Caps, format_status, read_status
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"allocator status: {exc}", file=sys.stderr)
+    config = _load_config(args, "status")
+    if config is None:
         return EXIT_USAGE
     url = args.database or os.environ.get("DATABASE_URL") or DEFAULT_EMBEDDED_DATABASE
     caps = Caps(config.kill_switch_drawdown, config.market_cap, config.group_cap, dict(config.group_caps),
@@ -355,6 +342,18 @@ def _cmd_status(args: argparse.Namespace) -> int:
         engine.dispose()
     print(json.dumps(status, indent=1, default=str) if args.json else format_status(status))
     return EXIT_OK
+
+
+def _load_config(args: argparse.Namespace, command: str) -> AllocatorConfig | None:
+    """The --config file, or the defaults; None (after saying why) when it is not a valid configuration."""
+    from allocator.backends import load_config
+    from allocator.config import ConfigError
+
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        print(f"allocator {command}: {exc}", file=sys.stderr)
+        return None
 
 
 def _log_settings(args: argparse.Namespace) -> LogSettings:

@@ -114,18 +114,20 @@ def format_status(status: dict[str, Any]) -> str:
         out.append(f"equity {equity['equity']:,.2f}   high-water mark {equity['high_water_mark']:,.2f}   drawdown "
                    f"{dd:.2%} (kill switch at {line:.0%}: {room})")  # fmt: skip
         out.append(f"available {equity['available']:,.2f}")
-    out.append("exposure by market (signed marked value; cap = market_cap x equity)")
-    for m in status["markets"] or []:
-        out.append(f"  {m['market_id']:<28} {m['signed_exposure']:>12,.2f}  cap {m['cap']:>11,.2f}  "
-                   f"{_share(m['signed_exposure'], m['cap'])} of cap")  # fmt: skip
-    if not status["markets"]:
-        out.append("  none")
-    out.append("exposure by correlation key (cost of open positions; cap = group cap)")
-    for k in status["keys"] or []:
-        out.append(f"  {k['correlation_key']:<28} {k['gross_cost']:>12,.2f}  cap {k['cap']:>11,.2f}  "
-                   f"{_share(k['gross_cost'], k['cap'])} of cap")  # fmt: skip
-    if not status["keys"]:
-        out.append("  none")
+    exposures = (
+        ("exposure by market (signed marked value; cap = market_cap x equity)", status["markets"], "market_id",
+         "signed_exposure"),
+        ("exposure by correlation key (cost of open positions; cap = group cap)", status["keys"], "correlation_key",
+         "gross_cost"),
+    )  # fmt: skip
+    for title, rows, name, value in exposures:
+        out.append(title)
+        for r in rows:
+            out.append(
+                f"  {r[name]:<28} {r[value]:>12,.2f}  cap {r['cap']:>11,.2f}  {_share(r[value], r['cap'])} of cap"
+            )
+        if not rows:
+            out.append("  none")
     out.append("last decisions")
     out.append(f"  {'cycle':>7}  {'decided at':<23} {'governor':<8} {'solver path':<17} {'solve ms':>9} {'gap':>9} "
                f"{'funded':>6}")  # fmt: skip
