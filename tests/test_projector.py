@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, select, text
 
+from allocator.eventlog import Record
 from allocator.log_embedded import EmbeddedEventLog
 from projections import tables
 from projections.database import engine_for, fresh_schema
 from projections.migrate import upgrade
 from projections.projector import Projector, StaleProjectorError, write_batch
 from schemas.codec import SingleObjectCodec
-from schemas.events import Fill, FillStatus, PnlMark, Side
+from schemas.events import DeadLetter, Fill, FillStatus, PnlMark, Side
 from tests.conftest import DbSchema
 from tests.projection_compare import differences, dump
 from tests.test_service import TOPICS, T, drain, produce, proposal, service
@@ -130,3 +133,79 @@ def test_projection_equals_replay_on_postgres(tmp_path: Path, db_schema: DbSchem
         live.dispose()
         with db_schema.engine.begin() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{replay_schema}" CASCADE'))
+
+
+def _records(topic: str, first: int, values: list[bytes]) -> list[Record]:
+    return [Record(topic, 0, first + i, None, value, T + first + i) for i, value in enumerate(values)]
+
+
+def _repeats_keep_the_first_row(engine: Engine) -> None:
+    """Repeated keys, in one batch and across batches, with different content: the first row stays."""
+    p1, p2 = proposal(1), proposal(2)
+    first = _records(TOPICS.proposals, 0, [codec.encode(p1), codec.encode(p2),
+                                           codec.encode(replace(p1, agent_id="second")), b"\x01junk"])  # fmt: skip
+    late = DeadLetter(TOPICS.proposals, 0, 3, "seen again by the allocator", b"\x01junk", T)
+    second = _records(TOPICS.proposals, 4, [codec.encode(replace(p2, confidence=0.1)), codec.encode(proposal(3))])
+    second += _records(TOPICS.deadletter, 0, [codec.encode(late)])
+    offsets = write_batch(engine, "projector", first, codec, {})
+    write_batch(engine, "projector", second, codec, offsets)
+    with engine.connect() as conn:
+        rows = {r.proposal_id: r for r in conn.execute(select(tables.proposals))}
+        dead = conn.execute(select(tables.dead_letters.c.offset, tables.dead_letters.c.error)).all()
+    assert sorted(rows) == ["p1", "p2", "p3"]
+    assert (rows["p1"].agent_id, rows["p1"].log_offset) == ("alpha", 0)
+    assert (rows["p2"].confidence, rows["p2"].log_offset) == (0.9, 1)
+    assert len(dead) == 1 and dead[0].offset == 3 and dead[0].error != late.error
+
+
+def test_repeated_keys_keep_the_first_row_on_sqlite(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'p.sqlite'}"
+    upgrade(url)
+    _repeats_keep_the_first_row(create_engine(url))
+
+
+@pytest.mark.postgres
+def test_repeated_keys_keep_the_first_row_on_postgres(db_schema: DbSchema) -> None:
+    upgrade(db_schema.url, schema=db_schema.name)
+    _repeats_keep_the_first_row(db_schema.engine)
+
+
+@pytest.mark.postgres
+def test_a_projector_whose_connection_is_cut_mid_batch_retries_and_loses_nothing(
+    tmp_path: Path, db_schema: DbSchema
+) -> None:
+    db = tmp_path / "log.sqlite"
+    _book(db)
+    upgrade(db_schema.url, schema=db_schema.name)
+    engine = engine_for(db_schema.url, db_schema.name)
+    cut: list[int] = []
+
+    def cut_the_first_write(conn: Connection) -> None:
+        if cut:
+            return
+        pid = conn.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+        cut.append(pid)
+        with db_schema.engine.begin() as other:
+            other.execute(text("select pg_terminate_backend(:pid)"), {"pid": pid})
+            for _ in range(100):  # until the server has closed it, so the batch meets a dead connection
+                gone = other.execute(text("select count(*) = 0 from pg_stat_activity where pid = :pid"), {"pid": pid})
+                if gone.scalar_one():
+                    break
+                time.sleep(0.05)
+
+    try:
+        with EmbeddedEventLog(db) as log:
+            projector = Projector(log, engine, codec, ALL_TOPICS, batch_size=10_000, say=lambda _: None)
+            projector.start()
+            event.listen(engine, "begin", cut_the_first_write)
+            ends = log.end_offsets(ALL_TOPICS)
+            while not projector.caught_up(ends):
+                projector.step(timeout_s=0.1)
+        replayed = fresh_schema(db_schema.url, db_schema.name + "_r")
+        _project(db, replayed)
+        assert cut and projector.stats.retries == 1
+        assert differences(dump(engine), dump(replayed)) == []
+    finally:
+        engine.dispose()
+        with db_schema.engine.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{db_schema.name}_r" CASCADE'))
