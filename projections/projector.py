@@ -136,28 +136,37 @@ def stored_offsets(engine: Engine, consumer: str) -> dict[tuple[str, int], int]:
         return {(topic, partition): offset for topic, partition, offset in rows}
 
 
-def write_batch(
-    engine: Engine,
-    consumer: str,
-    records: Sequence[LogRecord],
-    codec: EventCodec,
-    known: Mapping[tuple[str, int], int],
-) -> dict[tuple[str, int], int]:
-    """Write the rows of `records` and move the stored offsets forward, in one database transaction.
+@dataclass(frozen=True)
+class Batch:
+    """What a batch of log records becomes: rows per table, and the offset each partition moves to."""
 
-    `known` is where this projector believes each partition stands; if the database says otherwise, another
-    projector wrote meanwhile and this batch rolls back with `StaleProjectorError`. Returns the new offsets.
-    """
-    rows = rows_of(records, codec)
+    rows: Rows
+    moved: dict[tuple[str, int], int]
+    records: int
+
+
+def prepare_batch(records: Sequence[LogRecord], codec: EventCodec) -> Batch:
+    """Decode `records` into rows (no I/O: this half of a batch may run while the previous one is written)."""
     moved: dict[tuple[str, int], int] = {}
     for record in records:
         key = (record.topic, record.partition)
         moved[key] = max(moved.get(key, 0), record.offset + 1)
+    return Batch(rows_of(records, codec), moved, len(records))
+
+
+def store_batch(
+    engine: Engine, consumer: str, batch: Batch, known: Mapping[tuple[str, int], int]
+) -> dict[tuple[str, int], int]:
+    """Write the batch's rows and move the stored offsets forward, in one database transaction.
+
+    `known` is where this projector believes each partition stands; if the database says otherwise, another
+    projector wrote meanwhile and this batch rolls back with `StaleProjectorError`. Returns the new offsets.
+    """
     t = tables.consumed_offsets
     with engine.begin() as conn:
         for table in TABLE_ORDER:
-            insert_ignoring_repeats(conn, table, rows[table])
-        for (topic, partition), offset in sorted(moved.items()):
+            insert_ignoring_repeats(conn, table, batch.rows[table])
+        for (topic, partition), offset in sorted(batch.moved.items()):
             before = known.get((topic, partition))
             if before is None:
                 conn.execute(insert(t), [{"consumer": consumer, "topic": topic, "partition": partition,
@@ -169,7 +178,18 @@ def write_batch(
                 raise StaleProjectorError(
                     f"{topic}[{partition}]: expected stored offset {before}, another projector moved it; rolled back"
                 )
-    return {**known, **moved}
+    return {**known, **batch.moved}
+
+
+def write_batch(
+    engine: Engine,
+    consumer: str,
+    records: Sequence[LogRecord],
+    codec: EventCodec,
+    known: Mapping[tuple[str, int], int],
+) -> dict[tuple[str, int], int]:
+    """`prepare_batch` then `store_batch`: the rows of `records` and their offsets in one transaction."""
+    return store_batch(engine, consumer, prepare_batch(records, codec), known)
 
 
 @dataclass
@@ -216,19 +236,22 @@ class Projector:
         records = self.log.poll(max_records=self.batch_size, timeout_s=timeout_s)
         if not records:
             return 0
+        self._store(prepare_batch(records, self.codec))
+        return len(records)
+
+    def _store(self, batch: Batch) -> None:
         delay = 0.1
         while True:
             try:
-                self.offsets = write_batch(self.engine, self.consumer, records, self.codec, self.offsets)
+                self.offsets = store_batch(self.engine, self.consumer, batch, self.offsets)
                 break
             except OperationalError as exc:
                 self.stats.retries += 1
                 self.say(f"database unavailable ({type(exc.orig).__name__}); retrying in {delay:.1f} s")
                 self.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        self.stats.records += len(records)
+        self.stats.records += batch.records
         self.stats.batches += 1
-        return len(records)
 
     def caught_up(self, ends: Mapping[Any, int]) -> bool:
         return all(self.log.position(tp) >= end for tp, end in ends.items())
@@ -236,4 +259,16 @@ class Projector:
     def run(self, should_stop: Callable[[], bool]) -> ProjectorStats:
         while not should_stop():
             self.step()
+        return self.stats
+
+    def catch_up(
+        self,
+        ends: Mapping[Any, int],
+        on_batch: Callable[[ProjectorStats], None] = lambda _: None,
+        timeout_s: float = 0.5,
+    ) -> ProjectorStats:
+        """Project until every partition's position reaches `ends` (a replay); `on_batch` after each batch."""
+        while not self.caught_up(ends):
+            if self.step(timeout_s):
+                on_batch(self.stats)
         return self.stats
