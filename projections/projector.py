@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, Table, and_, insert, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, insert, select, update
 from sqlalchemy.exc import OperationalError
 
 from projections import tables
@@ -130,10 +130,14 @@ def _decision_rows(d: Decision, record: LogRecord, out: Rows) -> None:
 
 
 def stored_offsets(engine: Engine, consumer: str) -> dict[tuple[str, int], int]:
-    t = tables.consumed_offsets
     with engine.connect() as conn:
-        rows = conn.execute(select(t.c.topic, t.c.partition, t.c.next_offset).where(t.c.consumer == consumer))
-        return {(topic, partition): offset for topic, partition, offset in rows}
+        return stored_offsets_in(conn, consumer)
+
+
+def stored_offsets_in(conn: Connection, consumer: str) -> dict[tuple[str, int], int]:
+    t = tables.consumed_offsets
+    rows = conn.execute(select(t.c.topic, t.c.partition, t.c.next_offset).where(t.c.consumer == consumer))
+    return {(topic, partition): offset for topic, partition, offset in rows}
 
 
 @dataclass(frozen=True)
@@ -163,22 +167,49 @@ def store_batch(
     projector wrote meanwhile and this batch rolls back with `StaleProjectorError`. Returns the new offsets.
     """
     t = tables.consumed_offsets
+    first: list[dict[str, Any]] = []
+    moves: list[dict[str, Any]] = []
+    for (topic, partition), offset in sorted(batch.moved.items()):
+        before = known.get((topic, partition))
+        where = {"w_consumer": consumer, "w_topic": topic, "w_partition": partition, "after": offset}
+        if before is None:
+            first.append(where)
+        else:
+            moves.append({**where, "before": before})
     with engine.begin() as conn:
         for table in TABLE_ORDER:
             insert_ignoring_repeats(conn, table, batch.rows[table])
-        for (topic, partition), offset in sorted(batch.moved.items()):
-            before = known.get((topic, partition))
-            if before is None:
-                conn.execute(insert(t), [{"consumer": consumer, "topic": topic, "partition": partition,
-                                          "next_offset": offset}])  # fmt: skip
-                continue
-            guard = and_(t.c.consumer == consumer, t.c.topic == topic, t.c.partition == partition,
-                         t.c.next_offset == before, t.c.next_offset < offset)  # fmt: skip
-            if conn.execute(update(t).where(guard).values(next_offset=offset)).rowcount != 1:
-                raise StaleProjectorError(
-                    f"{topic}[{partition}]: expected stored offset {before}, another projector moved it; rolled back"
-                )
+        if first:  # a partition this projector never stored: a second projector's insert would conflict
+            conn.execute(
+                insert(t).values(consumer=bindparam("w_consumer"), topic=bindparam("w_topic"),
+                                 partition=bindparam("w_partition"), next_offset=bindparam("after")),
+                first,
+            )  # fmt: skip
+        # One statement for every partition (one round trip); each row moves only from where this projector
+        # believes it stands, and only forward.
+        if moves and conn.execute(_MOVE_OFFSET, moves).rowcount != len(moves):
+            # Which one: the rows this statement moved now hold `after`; one that holds anything else was moved by
+            # another projector (or, indistinguishably, moved by it to the same offset: then name the first).
+            stored = stored_offsets_in(conn, consumer)
+            stale = next((m for m in moves if stored.get((m["w_topic"], m["w_partition"])) != m["after"]), moves[0])
+            raise StaleProjectorError(
+                f"{stale['w_topic']}[{stale['w_partition']}]: expected stored offset {stale['before']}, another "
+                "projector moved it; rolled back"
+            )
     return {**known, **batch.moved}
+
+
+_MOVE_OFFSET = (
+    update(tables.consumed_offsets)
+    .where(
+        tables.consumed_offsets.c.consumer == bindparam("w_consumer"),
+        tables.consumed_offsets.c.topic == bindparam("w_topic"),
+        tables.consumed_offsets.c.partition == bindparam("w_partition"),
+        tables.consumed_offsets.c.next_offset == bindparam("before"),
+        tables.consumed_offsets.c.next_offset < bindparam("after"),
+    )
+    .values(next_offset=bindparam("after"))
+)
 
 
 def write_batch(

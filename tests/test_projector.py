@@ -99,21 +99,38 @@ def test_a_restarted_projector_resumes_at_its_stored_offsets(tmp_path: Path) -> 
     assert stored[TOPICS.proposals] == 21 and again.stats.records > 0
 
 
-def test_a_stale_projector_cannot_move_the_position_back(tmp_path: Path) -> None:
-    db = tmp_path / "log.sqlite"
+def _stale_projector_cannot_move_the_position_back(db: Path, engine: Engine) -> None:
     _book(db)
-    url = f"sqlite:///{tmp_path / 'p.sqlite'}"
-    upgrade(url)
-    engine = create_engine(url)
     with EmbeddedEventLog(db) as log:
-        log.assign([TOPICS.proposals])
-        records = log.poll(5, 0.5)
-    offsets = write_batch(engine, "projector", records[:3], codec, {})
-    write_batch(engine, "projector", records[3:5], codec, offsets)
-    with pytest.raises(StaleProjectorError):
-        write_batch(engine, "projector", records[3:5], codec, offsets)  # believes the old position
+        log.assign([TOPICS.proposals, TOPICS.pnl])
+        records = log.poll(100, 0.5)
+    proposals = [r for r in records if r.topic == TOPICS.proposals]
+    marks = [r for r in records if r.topic == TOPICS.pnl]
+    offsets = write_batch(engine, "projector", proposals[:3] + marks[:1], codec, {})
+    offsets = write_batch(engine, "projector", proposals[3:5] + marks[1:2], codec, offsets)
+    with pytest.raises(StaleProjectorError, match=rf"{TOPICS.proposals}\[0\]: expected stored offset 3"):
+        # believes the old position of the proposals, the right one of the marks
+        stale = {**offsets, (TOPICS.proposals, 0): 3}
+        write_batch(engine, "projector", proposals[3:6] + marks[2:3], codec, stale)
     with engine.connect() as conn:
         assert len(conn.execute(select(tables.proposals)).all()) == 5
+        assert len(conn.execute(select(tables.marks)).all()) == 2
+        stored = dict(
+            conn.execute(select(tables.consumed_offsets.c.topic, tables.consumed_offsets.c.next_offset)).all()
+        )
+    assert stored == {TOPICS.proposals: 5, TOPICS.pnl: 2}
+
+
+def test_a_stale_projector_cannot_move_the_position_back(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'p.sqlite'}"
+    upgrade(url)
+    _stale_projector_cannot_move_the_position_back(tmp_path / "log.sqlite", create_engine(url))
+
+
+@pytest.mark.postgres
+def test_a_stale_projector_cannot_move_the_position_back_on_postgres(tmp_path: Path, db_schema: DbSchema) -> None:
+    upgrade(db_schema.url, schema=db_schema.name)
+    _stale_projector_cannot_move_the_position_back(tmp_path / "log.sqlite", db_schema.engine)
 
 
 @pytest.mark.postgres
