@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -54,11 +55,13 @@ def _book(db: Path) -> None:
     drain(svc)
 
 
-def _project(db: Path, engine: Engine, batch_size: int = 7) -> Projector:
+def _project(db: Path, engine: Engine, batch_size: int = 7, *, pipelined: bool = False) -> Projector:
     with EmbeddedEventLog(db) as log:
         projector = Projector(log, engine, codec, ALL_TOPICS, batch_size=batch_size, say=lambda _: None)
         projector.start()
         ends = log.end_offsets(ALL_TOPICS)
+        if pipelined:
+            projector.catch_up(ends, timeout_s=0.1)
         while not projector.caught_up(ends):
             projector.step(timeout_s=0.1)
     return projector
@@ -226,3 +229,45 @@ def test_a_projector_whose_connection_is_cut_mid_batch_retries_and_loses_nothing
         engine.dispose()
         with db_schema.engine.begin() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{db_schema.name}_r" CASCADE'))
+
+
+def test_catch_up_decoding_while_writing_equals_step_by_step(tmp_path: Path) -> None:
+    db = tmp_path / "log.sqlite"
+    _book(db)
+    stepped, pipelined = (fresh_schema(f"sqlite:///{tmp_path / name}.sqlite", None) for name in ("s", "p"))
+    _project(db, stepped, batch_size=3)
+    interval = sys.getswitchinterval()
+    projector = _project(db, pipelined, batch_size=3, pipelined=True)
+    assert differences(dump(stepped), dump(pipelined)) == []
+    assert projector.stats.batches > 3 and sys.getswitchinterval() == interval  # restored
+
+
+@pytest.mark.postgres
+def test_catch_up_equals_step_by_step_on_postgres(tmp_path: Path, db_schema: DbSchema) -> None:
+    db = tmp_path / "log.sqlite"
+    _book(db)
+    upgrade(db_schema.url, schema=db_schema.name)
+    replayed = fresh_schema(db_schema.url, db_schema.name + "_r")
+    try:
+        _project(db, db_schema.engine, batch_size=4)
+        _project(db, replayed, batch_size=5, pipelined=True)
+        assert differences(dump(db_schema.engine), dump(replayed)) == []
+    finally:
+        replayed.dispose()
+        with db_schema.engine.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{db_schema.name}_r" CASCADE'))
+
+
+def test_catch_up_raises_a_stale_write_and_stores_nothing_after_it(tmp_path: Path) -> None:
+    db = tmp_path / "log.sqlite"
+    _book(db)
+    engine = fresh_schema(f"sqlite:///{tmp_path / 'p.sqlite'}", None)
+    _project(db, engine, batch_size=100)
+    with EmbeddedEventLog(db) as log:
+        stale = Projector(log, engine, codec, ALL_TOPICS, batch_size=3, say=lambda _: None)
+        stale.start()
+        for tp in log.assignment():
+            log.seek(tp, 0)  # as if it had started before the first projector wrote anything
+        with pytest.raises(StaleProjectorError):
+            stale.catch_up(log.end_offsets(ALL_TOPICS), timeout_s=0.1)
+    assert stale.stats.batches == 0
