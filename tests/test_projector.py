@@ -13,11 +13,34 @@ from sqlalchemy import Connection, Engine, create_engine, event, select, text
 from allocator.eventlog import Record
 from allocator.log_embedded import EmbeddedEventLog
 from projections import tables
+from projections.bulk import written_columns
 from projections.database import engine_for, fresh_schema
 from projections.migrate import upgrade
-from projections.projector import Projector, StaleProjectorError, write_batch
+from projections.projector import TABLE_ORDER, Projector, StaleProjectorError, rows_of, write_batch
 from schemas.codec import SingleObjectCodec
-from schemas.events import DeadLetter, Fill, FillStatus, PnlMark, Side
+from schemas.events import (
+    Allocation,
+    AllocationStatus,
+    Command,
+    ControlCommand,
+    DeadLetter,
+    Decision,
+    Event,
+    Fill,
+    FillStatus,
+    Governor,
+    GovernorEvent,
+    GovernorState,
+    InputPosition,
+    MarketResolution,
+    Order,
+    Outcome,
+    PnlMark,
+    Reason,
+    ReasonCode,
+    Side,
+    SolverPath,
+)
 from tests.conftest import DbSchema
 from tests.projection_compare import differences, dump
 from tests.test_service import TOPICS, T, drain, produce, proposal, service
@@ -271,3 +294,86 @@ def test_catch_up_raises_a_stale_write_and_stores_nothing_after_it(tmp_path: Pat
         with pytest.raises(StaleProjectorError):
             stale.catch_up(log.end_offsets(ALL_TOPICS), timeout_s=0.1)
     assert stale.stats.batches == 0
+
+
+def _every_kind_of_record() -> list[Record]:
+    """One record of every event type (a decision with allocations and an order), then undecodable bytes."""
+    decision = Decision(
+        "d1", "book1", 7, T, (InputPosition(TOPICS.proposals, 0, 3),), "v1", "cafe", 42, GovernorState.ACTIVE, 250,
+        900.0, 600.0, 1000.0, SolverPath.MIP_OPTIMAL, 12.5, 3.25, None,
+        (Allocation("p1", "alpha", "m1", Side.SELL, 300.0, 0.0, AllocationStatus.FUNDED, ()),
+         Allocation("p2", "beta", "m2", None, 0.0, 0.0, AllocationStatus.REJECTED,
+                    (Reason(ReasonCode.DUPLICATE, "seen"), Reason(ReasonCode.CAPITAL)))),
+        (Order("m1", Side.SELL, 300.0),),
+    )  # fmt: skip
+    events: list[Event] = [
+        proposal(1),
+        Fill("f1", "d1", "p1", "m1", Side.BUY, 300.0, 150.0, 0.4, 0.15, FillStatus.PARTIAL, "thin book", T + 1),
+        PnlMark("m1", 0.55, T + 2),
+        MarketResolution("m1", Outcome.NO, T + 3),
+        ControlCommand("c1", "risk", Command.SET_LIMITS, "tighter", {"b": 0.2, "a": 0.1}, T + 4),
+        GovernorEvent("g1", "book1", Governor.KILL_SWITCH, "ACTIVE", "HALTED", "drawdown", 0.3, 0.25, "d1", T + 5),
+        DeadLetter("allocator.fills", 2, 9, "bad bytes", b"\x00", T + 6),
+        decision,
+    ]
+    return _records("x.t", 0, [codec.encode(e) for e in events] + [b"\x01junk"])
+
+
+def test_every_event_becomes_rows_whose_columns_hold_its_fields() -> None:
+    """Rows are tuples in table column order: each value must land in the column of its name."""
+    records = _every_kind_of_record()
+    rows = {
+        table.name: [dict(zip(written_columns(table), row, strict=True)) for row in table_rows]
+        for table, table_rows in rows_of(records, codec).items()
+    }
+    at = {"log_topic": "x.t", "log_partition": 0}
+    p = proposal(1)
+    assert rows["proposals"] == [{**{f: getattr(p, f) for f in p.__dataclass_fields__}, "side": "BUY", **at,
+                                  "log_offset": 0}]  # fmt: skip
+    assert rows["fills"] == [{"fill_id": "f1", "decision_id": "d1", "proposal_id": "p1", "market_id": "m1",
+                              "side": "BUY", "requested_size": 300.0, "filled_size": 150.0, "price": 0.4, "fee": 0.15,
+                              "status": "PARTIAL", "reason": "thin book", "time": T + 1}]  # fmt: skip
+    assert rows["marks"] == [{**at, "log_offset": 2, "market_id": "m1", "mark_price": 0.55, "time": T + 2}]
+    assert rows["resolutions"] == [{"market_id": "m1", "outcome": "NO", "time": T + 3}]
+    assert rows["control_commands"] == [
+        {"command_id": "c1", "operator_id": "risk", "command": "SET_LIMITS", "reason": "tighter",
+         "limits": '{"a": 0.1, "b": 0.2}', "time": T + 4}
+    ]  # fmt: skip
+    assert rows["governor_events"] == [
+        {"event_id": "g1", "book_id": "book1", "governor": "KILL_SWITCH", "old_state": "ACTIVE",
+         "new_state": "HALTED", "cause": "drawdown", "measured": 0.3, "limit_value": 0.25, "source": "d1",
+         "time": T + 5}
+    ]  # fmt: skip
+    assert rows["dead_letters"] == [
+        {"topic": "allocator.fills", "partition": 2, "offset": 9, "error": "bad bytes", "payload": b"\x00"},
+        {"topic": "x.t", "partition": 0, "offset": 8, "error": rows["dead_letters"][1]["error"],
+         "payload": b"\x01junk"},
+    ]  # fmt: skip
+    assert rows["decisions"] == [{"decision_id": "d1", "book_id": "book1", "cycle": 7, "decided_at": T,
+                                  "governor_state": "ACTIVE", "opportunity_window_ms": 250, "equity": 900.0,
+                                  "available": 600.0, "high_water_mark": 1000.0, "solver_path": "MIP_OPTIMAL",
+                                  "solve_ms": 12.5, "objective": 3.25, "gap": None, "config_version": "v1",
+                                  "config_hash": "cafe", "scenario_seed": 42, **at, "log_offset": 7}]  # fmt: skip
+    assert rows["allocations"] == [
+        {"decision_id": "d1", "proposal_id": "p1", "rank": 0, "agent_id": "alpha", "market_id": "m1", "side": "SELL",
+         "size": 300.0, "netted_size": 0.0, "status": "FUNDED", "reasons": "", "detail": None},
+        {"decision_id": "d1", "proposal_id": "p2", "rank": 1, "agent_id": "beta", "market_id": "m2", "side": None,
+         "size": 0.0, "netted_size": 0.0, "status": "REJECTED", "reasons": "DUPLICATE,CAPITAL", "detail": "seen"},
+    ]  # fmt: skip
+    assert rows["orders"] == [{"decision_id": "d1", "market_id": "m1", "side": "SELL", "size": 300.0}]
+    assert rows["equity_history"] == [{"decision_id": "d1", "book_id": "book1", "cycle": 7, "time": T,
+                                       "equity": 900.0, "available": 600.0, "high_water_mark": 1000.0,
+                                       "drawdown": pytest.approx(0.1), "governor_state": "ACTIVE"}]  # fmt: skip
+    assert written_columns(tables.dead_letters) == ("topic", "partition", "offset", "error", "payload")
+    assert all(written_columns(t) == tuple(t.columns.keys()) for t in TABLE_ORDER if t is not tables.dead_letters)
+
+
+@pytest.mark.postgres
+def test_every_kind_of_row_reads_back_the_same_from_postgres_and_sqlite(tmp_path: Path, db_schema: DbSchema) -> None:
+    upgrade(db_schema.url, schema=db_schema.name)
+    sqlite = fresh_schema(f"sqlite:///{tmp_path / 'p.sqlite'}", None)
+    for engine in (db_schema.engine, sqlite):
+        write_batch(engine, "projector", _every_kind_of_record(), codec, {})
+    a, b = dump(db_schema.engine), dump(sqlite)
+    assert differences(a, b) == []
+    assert all(a[t.name] for t in TABLE_ORDER)
