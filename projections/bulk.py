@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -78,9 +79,19 @@ _PG_BINARY_TYPES: tuple[tuple[type[Any], str], ...] = (
 )
 
 
+@dataclass(frozen=True)
+class _CopyPlan:
+    """The SQL one table's rows go in by on PostgreSQL."""
+
+    types: list[str]  # each written column's PostgreSQL type, for binary COPY
+    direct: str | None  # COPY straight into the table; None when a failed COPY would use up sequence values
+    create_staging: str
+    copy_staging: str
+    merge_staging: str
+
+
 @cache
-def _pg_plan(table: Table) -> tuple[str, list[str], bool, str, str, str]:
-    """For one table: its COPY, its column types, whether COPY may go straight in, and the staging SQL."""
+def _pg_plan(table: Table) -> _CopyPlan:
     columns = written_columns(table)
     names = ", ".join(quote(c) for c in columns)
     types = []
@@ -92,41 +103,43 @@ def _pg_plan(table: Table) -> tuple[str, list[str], bool, str, str, str]:
         types.append(found)
     target = quote(table.name)  # unqualified: the connection's search_path names the projection schema
     staging = f"pg_temp.{quote('staging_' + table.name)}"
-    direct = f"COPY {target} ({names}) FROM STDIN (FORMAT BINARY)"
-    # The identity column numbers the staged rows in COPY order, so the INSERT keeps the first of a repeat.
-    create = (
-        f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} ON COMMIT DELETE ROWS AS "
-        f"SELECT {names} FROM {target} WITH NO DATA; "
-        f"ALTER TABLE {staging} ADD COLUMN IF NOT EXISTS copy_order bigint GENERATED ALWAYS AS IDENTITY"
+    return _CopyPlan(
+        types=types,
+        direct=f"COPY {target} ({names}) FROM STDIN (FORMAT BINARY)" if table.autoincrement_column is None else None,
+        # Private to the session, emptied at commit; the identity column numbers the staged rows in COPY order,
+        # so the INSERT keeps the first of a repeat as a row-by-row insert would.
+        create_staging=(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} ON COMMIT DELETE ROWS AS "
+            f"SELECT {names} FROM {target} WITH NO DATA; "
+            f"ALTER TABLE {staging} ADD COLUMN IF NOT EXISTS copy_order bigint GENERATED ALWAYS AS IDENTITY"
+        ),
+        copy_staging=f"COPY {staging} ({names}) FROM STDIN (FORMAT BINARY)",
+        merge_staging=(
+            f"INSERT INTO {target} ({names}) SELECT {names} FROM {staging} ORDER BY copy_order "
+            f"ON CONFLICT DO NOTHING; TRUNCATE {staging}"
+        ),
     )
-    staged = f"COPY {staging} ({names}) FROM STDIN (FORMAT BINARY)"
-    merge = (
-        f"INSERT INTO {target} ({names}) SELECT {names} FROM {staging} ORDER BY copy_order "
-        f"ON CONFLICT DO NOTHING; TRUNCATE {staging}"
-    )
-    straight_in = table.autoincrement_column is None
-    return direct if straight_in else "", types, straight_in, create, staged, merge
 
 
 def _copy_ignoring_repeats(conn: Connection, table: Table, rows: Sequence[Row]) -> None:
     import psycopg
 
-    direct, types, straight_in, create, staged, merge = _pg_plan(table)
+    plan = _pg_plan(table)
     driver = conn.connection.driver_connection
     assert isinstance(driver, psycopg.Connection), "the PostgreSQL dialect of the projections is psycopg 3"
-    with _as_sqlalchemy_errors(conn, direct or staged), driver.cursor() as cur:
-        if straight_in:
+    with _as_sqlalchemy_errors(conn, plan.direct or plan.copy_staging), driver.cursor() as cur:
+        if plan.direct is not None:
             cur.execute("SAVEPOINT projector_copy")
             try:
-                _copy(cur, direct, types, rows)
+                _copy(cur, plan.direct, plan.types, rows)
             except psycopg.errors.UniqueViolation:
                 cur.execute("ROLLBACK TO SAVEPOINT projector_copy")
             else:
                 cur.execute("RELEASE SAVEPOINT projector_copy")
                 return
-        cur.execute(create)
-        _copy(cur, staged, types, rows)
-        cur.execute(merge)
+        cur.execute(plan.create_staging)
+        _copy(cur, plan.copy_staging, plan.types, rows)
+        cur.execute(plan.merge_staging)
 
 
 def _copy(cur: Any, statement: str, types: list[str], rows: Sequence[Row]) -> None:

@@ -226,6 +226,12 @@ def write_batch(
     return store_batch(engine, consumer, prepare_batch(records, codec), known)
 
 
+# While the writer waits for the server, the decoding thread holds the GIL; each of a batch's ~15 round trips
+# then waits up to Python's switch interval (5 ms by default) to get it back, which ate the whole overlap in the
+# replay benchmark. 1 ms keeps the writer's turn short; set only while `catch_up` runs.
+WRITER_SWITCH_INTERVAL_S = 0.001
+
+
 @dataclass
 class ProjectorStats:
     records: int = 0
@@ -334,9 +340,3 @@ class Projector:
         finally:
             sys.setswitchinterval(interval)
         return self.stats
-
-
-# While the writer waits for the server, the decoding thread holds the GIL; each of a batch's ~15 round trips
-# then waits up to Python's switch interval (5 ms by default) to get it back, which ate the whole overlap in the
-# replay benchmark. 1 ms keeps the writer's turn short; set only while `catch_up` runs.
-WRITER_SWITCH_INTERVAL_S = 0.001
