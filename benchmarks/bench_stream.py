@@ -747,7 +747,8 @@ def bench_replay(
 
 
 def profile_projector(created: Created, topics: Topics, batch_size: int, top: int) -> None:
-    """cProfile of Projector.step into PostgreSQL: one warm-up batch, then three profiled ones."""
+    """cProfile of Projector.step into PostgreSQL: one warm-up batch, then three profiled ones. `step` is the
+    sequential path (cProfile sees one thread): the timed replay's `catch_up` overlaps its store_batch part."""
     assert created.database_url is not None
     name = f"bench_stream_{uuid.uuid4().hex[:8]}_profile"
     created.schemas.append(name)
