@@ -183,7 +183,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from projections.database import DEFAULT_EMBEDDED_DATABASE, fresh_schema
-    from projections.projector import Projector
+    from projections.projector import Projector, ProjectorStats
 
     settings, topic_names, codec = _projector_setup(args)
     url = args.database or os.environ.get("DATABASE_URL") or DEFAULT_EMBEDDED_DATABASE
@@ -205,16 +205,18 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             say=lambda line: print(line, file=sys.stderr, flush=True),
         )
-        projector.start()
-        while not projector.caught_up(ends):
-            projector.step(timeout_s=0.5)
-            done = projector.stats.records
+
+        def progress(stats: ProjectorStats) -> None:
+            done = stats.records
             rate = done / max(time.monotonic() - started, 1e-9)
             eta = (total - done) / rate if rate > 0 else float("inf")
             width = 30
             filled = int(width * done / total) if total else width
             print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} events, {rate:,.0f}/s, ETA {eta:,.0f} s",
                   end="", file=sys.stderr, flush=True)  # fmt: skip
+
+        projector.start()
+        projector.catch_up(ends, on_batch=progress)
     elapsed = time.monotonic() - started
     print(file=sys.stderr)
     print(f"replayed {projector.stats.records} events into {engine.url.render_as_string()}"

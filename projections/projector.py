@@ -9,16 +9,19 @@ stored, and it stores them only forward (a stale projector's write fails and rol
 from __future__ import annotations
 
 import json
+import sys
+import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, Table, and_, insert, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, insert, select, update
 from sqlalchemy.exc import OperationalError
 
 from projections import tables
+from projections.bulk import Row, insert_ignoring_repeats
 from schemas.codec import EventCodec, UndecodableMessage
 from schemas.events import (
     ControlCommand,
@@ -52,150 +55,6 @@ class StaleProjectorError(RuntimeError):
     """Another projector moved this projection's position: this one's batch was rolled back."""
 
 
-Rows = dict[Table, list[dict[str, Any]]]
-
-
-def rows_of(record: LogRecord, codec: EventCodec) -> Rows:
-    """The rows one log record becomes. Undecodable bytes become a dead letter with their position."""
-    out: Rows = defaultdict(list)
-    where = {"log_topic": record.topic, "log_partition": record.partition, "log_offset": record.offset}
-    try:
-        if record.value is None:
-            raise UndecodableMessage("empty message (no value)")
-        event: Event = codec.decode(record.value, record.topic, record.partition, record.offset)
-    except UndecodableMessage as exc:
-        out[tables.dead_letters].append(
-            {
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "error": exc.reason,
-                "payload": record.value,
-            }
-        )
-        return out
-    if isinstance(event, Proposal):
-        row = {name: getattr(event, name) for name in Proposal.__dataclass_fields__}
-        out[tables.proposals].append({**row, "side": event.side.value, **where})
-    elif isinstance(event, Fill):
-        row = {name: getattr(event, name) for name in Fill.__dataclass_fields__}
-        out[tables.fills].append({**row, "side": event.side.value, "status": event.status.value})
-    elif isinstance(event, PnlMark):
-        out[tables.marks].append({**where, "market_id": event.market_id, "mark_price": event.mark_price,
-                                  "time": event.time})  # fmt: skip
-    elif isinstance(event, MarketResolution):
-        out[tables.resolutions].append({"market_id": event.market_id, "outcome": event.outcome.value,
-                                        "time": event.time})  # fmt: skip
-    elif isinstance(event, ControlCommand):
-        out[tables.control_commands].append(
-            {
-                "command_id": event.command_id,
-                "operator_id": event.operator_id,
-                "command": event.command.value,
-                "reason": event.reason,
-                "limits": json.dumps(event.limits, sort_keys=True) if event.limits else None,
-                "time": event.time,
-            }
-        )
-    elif isinstance(event, GovernorEvent):
-        out[tables.governor_events].append(
-            {"event_id": event.event_id, "book_id": event.book_id, "governor": event.governor.value,
-             "old_state": event.old_state, "new_state": event.new_state, "cause": event.cause,
-             "measured": event.measured, "limit_value": event.limit, "source": event.source, "time": event.time}
-        )  # fmt: skip
-    elif isinstance(event, DeadLetter):
-        out[tables.dead_letters].append(
-            {
-                "topic": event.topic,
-                "partition": event.partition,
-                "offset": event.offset,
-                "error": event.error,
-                "payload": event.payload,
-            }
-        )
-    elif isinstance(event, Decision):
-        _decision_rows(event, where, out)
-    return out
-
-
-def _decision_rows(d: Decision, where: Mapping[str, Any], out: Rows) -> None:
-    out[tables.decisions].append(
-        {
-            "decision_id": d.decision_id,
-            "book_id": d.book_id,
-            "cycle": d.cycle,
-            "decided_at": d.decided_at,
-            "governor_state": d.governor_state.value,
-            "opportunity_window_ms": d.opportunity_window_ms,
-            "equity": d.equity,
-            "available": d.available,
-            "high_water_mark": d.high_water_mark,
-            "solver_path": d.solver_path.value,
-            "solve_ms": d.solve_ms,
-            "objective": d.objective,
-            "gap": d.gap,
-            "config_version": d.config_version,
-            "config_hash": d.config_hash,
-            "scenario_seed": d.scenario_seed,
-            **where,
-        }
-    )
-    for rank, a in enumerate(d.allocations):
-        out[tables.allocations].append(
-            {
-                "decision_id": d.decision_id,
-                "proposal_id": a.proposal_id,
-                "rank": rank,
-                "agent_id": a.agent_id,
-                "market_id": a.market_id,
-                "side": a.side.value if a.side else None,
-                "size": a.size,
-                "netted_size": a.netted_size,
-                "status": a.status.value,
-                "reasons": ",".join(r.code.value for r in a.reasons),
-                "detail": "; ".join(r.detail for r in a.reasons if r.detail) or None,
-            }
-        )
-    for o in d.orders:
-        out[tables.orders].append(
-            {"decision_id": d.decision_id, "market_id": o.market_id, "side": o.side.value, "size": o.size}
-        )
-    drawdown = max(0.0, 1.0 - d.equity / d.high_water_mark) if d.high_water_mark > 0 else 0.0
-    out[tables.equity_history].append(
-        {
-            "decision_id": d.decision_id,
-            "book_id": d.book_id,
-            "cycle": d.cycle,
-            "time": d.decided_at,
-            "equity": d.equity,
-            "available": d.available,
-            "high_water_mark": d.high_water_mark,
-            "drawdown": drawdown,
-            "governor_state": d.governor_state.value,
-        }
-    )
-
-
-def _insert_ignoring_repeats(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """Insert the rows (executemany); a row whose key is already there (a re-sent proposal, a repeated fill
-    report, a dead letter both the allocator and the projector saw) keeps the first one.
-
-    Measured: psycopg pipelines these as one INSERT per row (about 24,000 events/s into PostgreSQL here); a
-    single multi-VALUES statement per chunk was 8x slower, its compilation in SQLAlchemy dominating. COPY into a
-    staging table is the next thing to try."""
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        conn.execute(pg_insert(table).on_conflict_do_nothing(), rows)
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        conn.execute(sqlite_insert(table).on_conflict_do_nothing(), rows)
-    else:
-        conn.execute(insert(table), rows)
-
-
 # Parents before children, so a reader never sees allocations without their decision.
 TABLE_ORDER = (
     tables.proposals, tables.fills, tables.marks, tables.resolutions, tables.control_commands,
@@ -203,12 +62,157 @@ TABLE_ORDER = (
     tables.equity_history,
 )  # fmt: skip
 
+# A row is a tuple in `written_columns(table)` order, the table's own column order: tuples, not dicts, because
+# a replay builds millions of them and the database adapters send them as they are.
+Rows = dict[Table, list[Row]]
+
+
+def rows_of(records: Iterable[LogRecord], codec: EventCodec) -> Rows:
+    """The rows the log records become, per table. Undecodable bytes become a dead letter with their position."""
+    out: Rows = {table: [] for table in TABLE_ORDER}
+    proposals = out[tables.proposals]
+    for record in records:
+        try:
+            if record.value is None:
+                raise UndecodableMessage("empty message (no value)")
+            event: Event = codec.decode(record.value, record.topic, record.partition, record.offset)
+        except UndecodableMessage as exc:
+            out[tables.dead_letters].append((record.topic, record.partition, record.offset, exc.reason, record.value))
+            continue
+        if isinstance(event, Proposal):  # most of the log: inline
+            e = event
+            proposals.append((e.proposal_id, e.agent_id, e.strategy_tag, e.market_id, e.side.value, e.price,
+                              e.expected_profit, e.confidence, e.requested_size, e.min_size, e.execution_risk,
+                              e.urgency, e.correlation_key, e.created_at, record.topic, record.partition,
+                              record.offset))  # fmt: skip
+        else:
+            _other_rows(event, record, out)
+    return out
+
+
+def _other_rows(event: Event, record: LogRecord, out: Rows) -> None:
+    if isinstance(event, Fill):
+        out[tables.fills].append((event.fill_id, event.decision_id, event.proposal_id, event.market_id,
+                                  event.side.value, event.requested_size, event.filled_size, event.price, event.fee,
+                                  event.status.value, event.reason, event.time))  # fmt: skip
+    elif isinstance(event, PnlMark):
+        out[tables.marks].append((record.topic, record.partition, record.offset, event.market_id, event.mark_price,
+                                  event.time))  # fmt: skip
+    elif isinstance(event, MarketResolution):
+        out[tables.resolutions].append((event.market_id, event.outcome.value, event.time))
+    elif isinstance(event, ControlCommand):
+        limits = json.dumps(event.limits, sort_keys=True) if event.limits else None
+        out[tables.control_commands].append((event.command_id, event.operator_id, event.command.value,
+                                             event.reason, limits, event.time))  # fmt: skip
+    elif isinstance(event, GovernorEvent):
+        out[tables.governor_events].append((event.event_id, event.book_id, event.governor.value, event.old_state,
+                                            event.new_state, event.cause, event.measured, event.limit,
+                                            event.source, event.time))  # fmt: skip
+    elif isinstance(event, DeadLetter):
+        out[tables.dead_letters].append((event.topic, event.partition, event.offset, event.error, event.payload))
+    elif isinstance(event, Decision):
+        _decision_rows(event, record, out)
+
+
+def _decision_rows(d: Decision, record: LogRecord, out: Rows) -> None:
+    out[tables.decisions].append((d.decision_id, d.book_id, d.cycle, d.decided_at, d.governor_state.value,
+                                  d.opportunity_window_ms, d.equity, d.available, d.high_water_mark,
+                                  d.solver_path.value, d.solve_ms, d.objective, d.gap, d.config_version,
+                                  d.config_hash, d.scenario_seed, record.topic, record.partition,
+                                  record.offset))  # fmt: skip
+    allocations = out[tables.allocations]
+    for rank, a in enumerate(d.allocations):
+        allocations.append((d.decision_id, a.proposal_id, rank, a.agent_id, a.market_id,
+                            a.side.value if a.side else None, a.size, a.netted_size, a.status.value,
+                            ",".join(r.code.value for r in a.reasons),
+                            "; ".join(r.detail for r in a.reasons if r.detail) or None))  # fmt: skip
+    out[tables.orders].extend((d.decision_id, o.market_id, o.side.value, o.size) for o in d.orders)
+    drawdown = max(0.0, 1.0 - d.equity / d.high_water_mark) if d.high_water_mark > 0 else 0.0
+    out[tables.equity_history].append((d.decision_id, d.book_id, d.cycle, d.decided_at, d.equity, d.available,
+                                       d.high_water_mark, drawdown, d.governor_state.value))  # fmt: skip
+
 
 def stored_offsets(engine: Engine, consumer: str) -> dict[tuple[str, int], int]:
-    t = tables.consumed_offsets
     with engine.connect() as conn:
-        rows = conn.execute(select(t.c.topic, t.c.partition, t.c.next_offset).where(t.c.consumer == consumer))
-        return {(topic, partition): offset for topic, partition, offset in rows}
+        return stored_offsets_in(conn, consumer)
+
+
+def stored_offsets_in(conn: Connection, consumer: str) -> dict[tuple[str, int], int]:
+    t = tables.consumed_offsets
+    rows = conn.execute(select(t.c.topic, t.c.partition, t.c.next_offset).where(t.c.consumer == consumer))
+    return {(topic, partition): offset for topic, partition, offset in rows}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What a batch of log records becomes: rows per table, and the offset each partition moves to."""
+
+    rows: Rows
+    moved: dict[tuple[str, int], int]
+    records: int
+
+
+def prepare_batch(records: Sequence[LogRecord], codec: EventCodec) -> Batch:
+    """Decode `records` into rows (no I/O: this half of a batch may run while the previous one is written)."""
+    moved: dict[tuple[str, int], int] = {}
+    for record in records:
+        key = (record.topic, record.partition)
+        moved[key] = max(moved.get(key, 0), record.offset + 1)
+    return Batch(rows_of(records, codec), moved, len(records))
+
+
+def store_batch(
+    engine: Engine, consumer: str, batch: Batch, known: Mapping[tuple[str, int], int]
+) -> dict[tuple[str, int], int]:
+    """Write the batch's rows and move the stored offsets forward, in one database transaction.
+
+    `known` is where this projector believes each partition stands; if the database says otherwise, another
+    projector wrote meanwhile and this batch rolls back with `StaleProjectorError`. Returns the new offsets.
+    """
+    t = tables.consumed_offsets
+    first: list[dict[str, Any]] = []
+    moves: list[dict[str, Any]] = []
+    for (topic, partition), offset in sorted(batch.moved.items()):
+        before = known.get((topic, partition))
+        where = {"w_consumer": consumer, "w_topic": topic, "w_partition": partition, "after": offset}
+        if before is None:
+            first.append(where)
+        else:
+            moves.append({**where, "before": before})
+    with engine.begin() as conn:
+        for table in TABLE_ORDER:
+            insert_ignoring_repeats(conn, table, batch.rows[table])
+        if first:  # a partition this projector never stored: a second projector's insert would conflict
+            conn.execute(
+                insert(t).values(consumer=bindparam("w_consumer"), topic=bindparam("w_topic"),
+                                 partition=bindparam("w_partition"), next_offset=bindparam("after")),
+                first,
+            )  # fmt: skip
+        # One statement for every partition (one round trip); each row moves only from where this projector
+        # believes it stands, and only forward.
+        if moves and conn.execute(_MOVE_OFFSET, moves).rowcount != len(moves):
+            # Which one: the rows this statement moved now hold `after`; one that holds anything else was moved by
+            # another projector (or, indistinguishably, moved by it to the same offset: then name the first).
+            stored = stored_offsets_in(conn, consumer)
+            stale = next((m for m in moves if stored.get((m["w_topic"], m["w_partition"])) != m["after"]), moves[0])
+            raise StaleProjectorError(
+                f"{stale['w_topic']}[{stale['w_partition']}]: expected stored offset {stale['before']}, another "
+                "projector moved it; rolled back"
+            )
+    return {**known, **batch.moved}
+
+
+_MOVE_OFFSET = (
+    update(tables.consumed_offsets)
+    .where(
+        tables.consumed_offsets.c.consumer == bindparam("w_consumer"),
+        tables.consumed_offsets.c.topic == bindparam("w_topic"),
+        tables.consumed_offsets.c.partition == bindparam("w_partition"),
+        tables.consumed_offsets.c.next_offset == bindparam("before"),
+        tables.consumed_offsets.c.next_offset < bindparam("after"),
+    )
+    .values(next_offset=bindparam("after"))
+)
 
 
 def write_batch(
@@ -218,36 +222,14 @@ def write_batch(
     codec: EventCodec,
     known: Mapping[tuple[str, int], int],
 ) -> dict[tuple[str, int], int]:
-    """Write the rows of `records` and move the stored offsets forward, in one database transaction.
+    """`prepare_batch` then `store_batch`: the rows of `records` and their offsets in one transaction."""
+    return store_batch(engine, consumer, prepare_batch(records, codec), known)
 
-    `known` is where this projector believes each partition stands; if the database says otherwise, another
-    projector wrote meanwhile and this batch rolls back with `StaleProjectorError`. Returns the new offsets.
-    """
-    rows: Rows = defaultdict(list)
-    moved: dict[tuple[str, int], int] = {}
-    for record in records:
-        for table, new in rows_of(record, codec).items():
-            rows[table].extend(new)
-        key = (record.topic, record.partition)
-        moved[key] = max(moved.get(key, 0), record.offset + 1)
-    t = tables.consumed_offsets
-    with engine.begin() as conn:
-        for table in TABLE_ORDER:
-            if rows.get(table):
-                _insert_ignoring_repeats(conn, table, rows[table])
-        for (topic, partition), offset in sorted(moved.items()):
-            before = known.get((topic, partition))
-            if before is None:
-                conn.execute(insert(t), [{"consumer": consumer, "topic": topic, "partition": partition,
-                                          "next_offset": offset}])  # fmt: skip
-                continue
-            guard = and_(t.c.consumer == consumer, t.c.topic == topic, t.c.partition == partition,
-                         t.c.next_offset == before, t.c.next_offset < offset)  # fmt: skip
-            if conn.execute(update(t).where(guard).values(next_offset=offset)).rowcount != 1:
-                raise StaleProjectorError(
-                    f"{topic}[{partition}]: expected stored offset {before}, another projector moved it; rolled back"
-                )
-    return {**known, **moved}
+
+# While the writer waits for the server, the decoding thread holds the GIL; each of a batch's ~15 round trips
+# then waits up to Python's switch interval (5 ms by default) to get it back, which ate the whole overlap in the
+# replay benchmark. 1 ms keeps the writer's turn short; set only while `catch_up` runs.
+WRITER_SWITCH_INTERVAL_S = 0.001
 
 
 @dataclass
@@ -294,19 +276,24 @@ class Projector:
         records = self.log.poll(max_records=self.batch_size, timeout_s=timeout_s)
         if not records:
             return 0
+        self._store(prepare_batch(records, self.codec))
+        return len(records)
+
+    def _store(self, batch: Batch, abandoned: threading.Event | None = None) -> None:
         delay = 0.1
         while True:
             try:
-                self.offsets = write_batch(self.engine, self.consumer, records, self.codec, self.offsets)
+                self.offsets = store_batch(self.engine, self.consumer, batch, self.offsets)
                 break
             except OperationalError as exc:
+                if abandoned is not None and abandoned.is_set():
+                    raise  # the caller is gone: stop retrying rather than outlive it
                 self.stats.retries += 1
                 self.say(f"database unavailable ({type(exc.orig).__name__}); retrying in {delay:.1f} s")
                 self.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        self.stats.records += len(records)
+        self.stats.records += batch.records
         self.stats.batches += 1
-        return len(records)
 
     def caught_up(self, ends: Mapping[Any, int]) -> bool:
         return all(self.log.position(tp) >= end for tp, end in ends.items())
@@ -314,4 +301,42 @@ class Projector:
     def run(self, should_stop: Callable[[], bool]) -> ProjectorStats:
         while not should_stop():
             self.step()
+        return self.stats
+
+    def catch_up(
+        self,
+        ends: Mapping[Any, int],
+        on_batch: Callable[[ProjectorStats], None] = lambda _: None,
+        timeout_s: float = 0.5,
+    ) -> ProjectorStats:
+        """Project until every partition's position reaches `ends` (a replay), every batch written.
+
+        The next batch is polled and decoded while a second thread writes this one (psycopg waits for the server
+        without the GIL). One write is in flight at a time and writes keep log order, so each batch is still one
+        transaction with its offsets, retried as in `step`; a write that fails for good raises here.
+        """
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, WRITER_SWITCH_INTERVAL_S))
+        abandoned = threading.Event()
+        try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-write") as writer:
+                try:
+                    pending: Future[None] | None = None
+                    while not self.caught_up(ends):
+                        records = self.log.poll(max_records=self.batch_size, timeout_s=timeout_s)
+                        if not records:
+                            continue
+                        batch = prepare_batch(records, self.codec)
+                        if pending is not None:
+                            pending.result()
+                            on_batch(self.stats)
+                        pending = writer.submit(self._store, batch, abandoned)
+                    if pending is not None:
+                        pending.result()
+                        on_batch(self.stats)
+                except BaseException:
+                    abandoned.set()
+                    raise
+        finally:
+            sys.setswitchinterval(interval)
         return self.stats

@@ -2,18 +2,45 @@
 
 from __future__ import annotations
 
+import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, select, text
 
+from allocator.eventlog import Record
 from allocator.log_embedded import EmbeddedEventLog
 from projections import tables
+from projections.bulk import written_columns
 from projections.database import engine_for, fresh_schema
 from projections.migrate import upgrade
-from projections.projector import Projector, StaleProjectorError, write_batch
+from projections.projector import TABLE_ORDER, Projector, StaleProjectorError, rows_of, write_batch
 from schemas.codec import SingleObjectCodec
-from schemas.events import Fill, FillStatus, PnlMark, Side
+from schemas.events import (
+    Allocation,
+    AllocationStatus,
+    Command,
+    ControlCommand,
+    DeadLetter,
+    Decision,
+    Event,
+    Fill,
+    FillStatus,
+    Governor,
+    GovernorEvent,
+    GovernorState,
+    InputPosition,
+    MarketResolution,
+    Order,
+    Outcome,
+    PnlMark,
+    Reason,
+    ReasonCode,
+    Side,
+    SolverPath,
+)
 from tests.conftest import DbSchema
 from tests.projection_compare import differences, dump
 from tests.test_service import TOPICS, T, drain, produce, proposal, service
@@ -51,11 +78,13 @@ def _book(db: Path) -> None:
     drain(svc)
 
 
-def _project(db: Path, engine: Engine, batch_size: int = 7) -> Projector:
+def _project(db: Path, engine: Engine, batch_size: int = 7, *, pipelined: bool = False) -> Projector:
     with EmbeddedEventLog(db) as log:
         projector = Projector(log, engine, codec, ALL_TOPICS, batch_size=batch_size, say=lambda _: None)
         projector.start()
         ends = log.end_offsets(ALL_TOPICS)
+        if pipelined:
+            projector.catch_up(ends, timeout_s=0.1)
         while not projector.caught_up(ends):
             projector.step(timeout_s=0.1)
     return projector
@@ -96,21 +125,38 @@ def test_a_restarted_projector_resumes_at_its_stored_offsets(tmp_path: Path) -> 
     assert stored[TOPICS.proposals] == 21 and again.stats.records > 0
 
 
-def test_a_stale_projector_cannot_move_the_position_back(tmp_path: Path) -> None:
-    db = tmp_path / "log.sqlite"
+def _stale_projector_cannot_move_the_position_back(db: Path, engine: Engine) -> None:
     _book(db)
-    url = f"sqlite:///{tmp_path / 'p.sqlite'}"
-    upgrade(url)
-    engine = create_engine(url)
     with EmbeddedEventLog(db) as log:
-        log.assign([TOPICS.proposals])
-        records = log.poll(5, 0.5)
-    offsets = write_batch(engine, "projector", records[:3], codec, {})
-    write_batch(engine, "projector", records[3:5], codec, offsets)
-    with pytest.raises(StaleProjectorError):
-        write_batch(engine, "projector", records[3:5], codec, offsets)  # believes the old position
+        log.assign([TOPICS.proposals, TOPICS.pnl])
+        records = log.poll(100, 0.5)
+    proposals = [r for r in records if r.topic == TOPICS.proposals]
+    marks = [r for r in records if r.topic == TOPICS.pnl]
+    offsets = write_batch(engine, "projector", proposals[:3] + marks[:1], codec, {})
+    offsets = write_batch(engine, "projector", proposals[3:5] + marks[1:2], codec, offsets)
+    with pytest.raises(StaleProjectorError, match=rf"{TOPICS.proposals}\[0\]: expected stored offset 3"):
+        # believes the old position of the proposals, the right one of the marks
+        stale = {**offsets, (TOPICS.proposals, 0): 3}
+        write_batch(engine, "projector", proposals[3:6] + marks[2:3], codec, stale)
     with engine.connect() as conn:
         assert len(conn.execute(select(tables.proposals)).all()) == 5
+        assert len(conn.execute(select(tables.marks)).all()) == 2
+        stored = dict(
+            conn.execute(select(tables.consumed_offsets.c.topic, tables.consumed_offsets.c.next_offset)).all()
+        )
+    assert stored == {TOPICS.proposals: 5, TOPICS.pnl: 2}
+
+
+def test_a_stale_projector_cannot_move_the_position_back(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'p.sqlite'}"
+    upgrade(url)
+    _stale_projector_cannot_move_the_position_back(tmp_path / "log.sqlite", create_engine(url))
+
+
+@pytest.mark.postgres
+def test_a_stale_projector_cannot_move_the_position_back_on_postgres(tmp_path: Path, db_schema: DbSchema) -> None:
+    upgrade(db_schema.url, schema=db_schema.name)
+    _stale_projector_cannot_move_the_position_back(tmp_path / "log.sqlite", db_schema.engine)
 
 
 @pytest.mark.postgres
@@ -130,3 +176,204 @@ def test_projection_equals_replay_on_postgres(tmp_path: Path, db_schema: DbSchem
         live.dispose()
         with db_schema.engine.begin() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{replay_schema}" CASCADE'))
+
+
+def _records(topic: str, first: int, values: list[bytes]) -> list[Record]:
+    return [Record(topic, 0, first + i, None, value, T + first + i) for i, value in enumerate(values)]
+
+
+def _repeats_keep_the_first_row(engine: Engine) -> None:
+    """Repeated keys, in one batch and across batches, with different content: the first row stays."""
+    p1, p2 = proposal(1), proposal(2)
+    first = _records(TOPICS.proposals, 0, [codec.encode(p1), codec.encode(p2),
+                                           codec.encode(replace(p1, agent_id="second")), b"\x01junk"])  # fmt: skip
+    late = DeadLetter(TOPICS.proposals, 0, 3, "seen again by the allocator", b"\x01junk", T)
+    second = _records(TOPICS.proposals, 4, [codec.encode(replace(p2, confidence=0.1)), codec.encode(proposal(3))])
+    second += _records(TOPICS.deadletter, 0, [codec.encode(late)])
+    offsets = write_batch(engine, "projector", first, codec, {})
+    write_batch(engine, "projector", second, codec, offsets)
+    with engine.connect() as conn:
+        rows = {r.proposal_id: r for r in conn.execute(select(tables.proposals))}
+        dead = conn.execute(select(tables.dead_letters.c.offset, tables.dead_letters.c.error)).all()
+    assert sorted(rows) == ["p1", "p2", "p3"]
+    assert (rows["p1"].agent_id, rows["p1"].log_offset) == ("alpha", 0)
+    assert (rows["p2"].confidence, rows["p2"].log_offset) == (0.9, 1)
+    assert len(dead) == 1 and dead[0].offset == 3 and dead[0].error != late.error
+
+
+def test_repeated_keys_keep_the_first_row_on_sqlite(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'p.sqlite'}"
+    upgrade(url)
+    _repeats_keep_the_first_row(create_engine(url))
+
+
+@pytest.mark.postgres
+def test_repeated_keys_keep_the_first_row_on_postgres(db_schema: DbSchema) -> None:
+    upgrade(db_schema.url, schema=db_schema.name)
+    _repeats_keep_the_first_row(db_schema.engine)
+
+
+@pytest.mark.postgres
+def test_a_projector_whose_connection_is_cut_mid_batch_retries_and_loses_nothing(
+    tmp_path: Path, db_schema: DbSchema
+) -> None:
+    db = tmp_path / "log.sqlite"
+    _book(db)
+    upgrade(db_schema.url, schema=db_schema.name)
+    engine = engine_for(db_schema.url, db_schema.name)
+    cut: list[int] = []
+
+    def cut_the_first_write(conn: Connection) -> None:
+        if cut:
+            return
+        pid = conn.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+        cut.append(pid)
+        with db_schema.engine.begin() as other:
+            other.execute(text("select pg_terminate_backend(:pid)"), {"pid": pid})
+            for _ in range(100):  # until the server has closed it, so the batch meets a dead connection
+                gone = other.execute(text("select count(*) = 0 from pg_stat_activity where pid = :pid"), {"pid": pid})
+                if gone.scalar_one():
+                    break
+                time.sleep(0.05)
+
+    try:
+        with EmbeddedEventLog(db) as log:
+            projector = Projector(log, engine, codec, ALL_TOPICS, batch_size=10_000, say=lambda _: None)
+            projector.start()
+            event.listen(engine, "begin", cut_the_first_write)
+            ends = log.end_offsets(ALL_TOPICS)
+            while not projector.caught_up(ends):
+                projector.step(timeout_s=0.1)
+        replayed = fresh_schema(db_schema.url, db_schema.name + "_r")
+        _project(db, replayed)
+        assert cut and projector.stats.retries == 1
+        assert differences(dump(engine), dump(replayed)) == []
+    finally:
+        engine.dispose()
+        with db_schema.engine.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{db_schema.name}_r" CASCADE'))
+
+
+def test_catch_up_decoding_while_writing_equals_step_by_step(tmp_path: Path) -> None:
+    db = tmp_path / "log.sqlite"
+    _book(db)
+    stepped, pipelined = (fresh_schema(f"sqlite:///{tmp_path / name}.sqlite", None) for name in ("s", "p"))
+    _project(db, stepped, batch_size=3)
+    interval = sys.getswitchinterval()
+    projector = _project(db, pipelined, batch_size=3, pipelined=True)
+    assert differences(dump(stepped), dump(pipelined)) == []
+    assert projector.stats.batches > 3 and sys.getswitchinterval() == interval  # restored
+
+
+@pytest.mark.postgres
+def test_catch_up_equals_step_by_step_on_postgres(tmp_path: Path, db_schema: DbSchema) -> None:
+    db = tmp_path / "log.sqlite"
+    _book(db)
+    upgrade(db_schema.url, schema=db_schema.name)
+    replayed = fresh_schema(db_schema.url, db_schema.name + "_r")
+    try:
+        _project(db, db_schema.engine, batch_size=4)
+        _project(db, replayed, batch_size=5, pipelined=True)
+        assert differences(dump(db_schema.engine), dump(replayed)) == []
+    finally:
+        replayed.dispose()
+        with db_schema.engine.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{db_schema.name}_r" CASCADE'))
+
+
+def test_catch_up_raises_a_stale_write_and_stores_nothing_after_it(tmp_path: Path) -> None:
+    db = tmp_path / "log.sqlite"
+    _book(db)
+    engine = fresh_schema(f"sqlite:///{tmp_path / 'p.sqlite'}", None)
+    _project(db, engine, batch_size=100)
+    with EmbeddedEventLog(db) as log:
+        stale = Projector(log, engine, codec, ALL_TOPICS, batch_size=3, say=lambda _: None)
+        stale.start()
+        for tp in log.assignment():
+            log.seek(tp, 0)  # as if it had started before the first projector wrote anything
+        with pytest.raises(StaleProjectorError):
+            stale.catch_up(log.end_offsets(ALL_TOPICS), timeout_s=0.1)
+    assert stale.stats.batches == 0
+
+
+def _every_kind_of_record() -> list[Record]:
+    """One record of every event type (a decision with allocations and an order), then undecodable bytes."""
+    decision = Decision(
+        "d1", "book1", 7, T, (InputPosition(TOPICS.proposals, 0, 3),), "v1", "cafe", 42, GovernorState.ACTIVE, 250,
+        900.0, 600.0, 1000.0, SolverPath.MIP_OPTIMAL, 12.5, 3.25, None,
+        (Allocation("p1", "alpha", "m1", Side.SELL, 300.0, 0.0, AllocationStatus.FUNDED, ()),
+         Allocation("p2", "beta", "m2", None, 0.0, 0.0, AllocationStatus.REJECTED,
+                    (Reason(ReasonCode.DUPLICATE, "seen"), Reason(ReasonCode.CAPITAL)))),
+        (Order("m1", Side.SELL, 300.0),),
+    )  # fmt: skip
+    events: list[Event] = [
+        proposal(1),
+        Fill("f1", "d1", "p1", "m1", Side.BUY, 300.0, 150.0, 0.4, 0.15, FillStatus.PARTIAL, "thin book", T + 1),
+        PnlMark("m1", 0.55, T + 2),
+        MarketResolution("m1", Outcome.NO, T + 3),
+        ControlCommand("c1", "risk", Command.SET_LIMITS, "tighter", {"b": 0.2, "a": 0.1}, T + 4),
+        GovernorEvent("g1", "book1", Governor.KILL_SWITCH, "ACTIVE", "HALTED", "drawdown", 0.3, 0.25, "d1", T + 5),
+        DeadLetter("allocator.fills", 2, 9, "bad bytes", b"\x00", T + 6),
+        decision,
+    ]
+    return _records("x.t", 0, [codec.encode(e) for e in events] + [b"\x01junk"])
+
+
+def test_every_event_becomes_rows_whose_columns_hold_its_fields() -> None:
+    """Rows are tuples in table column order: each value must land in the column of its name."""
+    records = _every_kind_of_record()
+    rows = {
+        table.name: [dict(zip(written_columns(table), row, strict=True)) for row in table_rows]
+        for table, table_rows in rows_of(records, codec).items()
+    }
+    at = {"log_topic": "x.t", "log_partition": 0}
+    p = proposal(1)
+    assert rows["proposals"] == [{**{f: getattr(p, f) for f in p.__dataclass_fields__}, "side": "BUY", **at,
+                                  "log_offset": 0}]  # fmt: skip
+    assert rows["fills"] == [{"fill_id": "f1", "decision_id": "d1", "proposal_id": "p1", "market_id": "m1",
+                              "side": "BUY", "requested_size": 300.0, "filled_size": 150.0, "price": 0.4, "fee": 0.15,
+                              "status": "PARTIAL", "reason": "thin book", "time": T + 1}]  # fmt: skip
+    assert rows["marks"] == [{**at, "log_offset": 2, "market_id": "m1", "mark_price": 0.55, "time": T + 2}]
+    assert rows["resolutions"] == [{"market_id": "m1", "outcome": "NO", "time": T + 3}]
+    assert rows["control_commands"] == [
+        {"command_id": "c1", "operator_id": "risk", "command": "SET_LIMITS", "reason": "tighter",
+         "limits": '{"a": 0.1, "b": 0.2}', "time": T + 4}
+    ]  # fmt: skip
+    assert rows["governor_events"] == [
+        {"event_id": "g1", "book_id": "book1", "governor": "KILL_SWITCH", "old_state": "ACTIVE",
+         "new_state": "HALTED", "cause": "drawdown", "measured": 0.3, "limit_value": 0.25, "source": "d1",
+         "time": T + 5}
+    ]  # fmt: skip
+    assert rows["dead_letters"] == [
+        {"topic": "allocator.fills", "partition": 2, "offset": 9, "error": "bad bytes", "payload": b"\x00"},
+        {"topic": "x.t", "partition": 0, "offset": 8, "error": rows["dead_letters"][1]["error"],
+         "payload": b"\x01junk"},
+    ]  # fmt: skip
+    assert rows["decisions"] == [{"decision_id": "d1", "book_id": "book1", "cycle": 7, "decided_at": T,
+                                  "governor_state": "ACTIVE", "opportunity_window_ms": 250, "equity": 900.0,
+                                  "available": 600.0, "high_water_mark": 1000.0, "solver_path": "MIP_OPTIMAL",
+                                  "solve_ms": 12.5, "objective": 3.25, "gap": None, "config_version": "v1",
+                                  "config_hash": "cafe", "scenario_seed": 42, **at, "log_offset": 7}]  # fmt: skip
+    assert rows["allocations"] == [
+        {"decision_id": "d1", "proposal_id": "p1", "rank": 0, "agent_id": "alpha", "market_id": "m1", "side": "SELL",
+         "size": 300.0, "netted_size": 0.0, "status": "FUNDED", "reasons": "", "detail": None},
+        {"decision_id": "d1", "proposal_id": "p2", "rank": 1, "agent_id": "beta", "market_id": "m2", "side": None,
+         "size": 0.0, "netted_size": 0.0, "status": "REJECTED", "reasons": "DUPLICATE,CAPITAL", "detail": "seen"},
+    ]  # fmt: skip
+    assert rows["orders"] == [{"decision_id": "d1", "market_id": "m1", "side": "SELL", "size": 300.0}]
+    assert rows["equity_history"] == [{"decision_id": "d1", "book_id": "book1", "cycle": 7, "time": T,
+                                       "equity": 900.0, "available": 600.0, "high_water_mark": 1000.0,
+                                       "drawdown": pytest.approx(0.1), "governor_state": "ACTIVE"}]  # fmt: skip
+    assert written_columns(tables.dead_letters) == ("topic", "partition", "offset", "error", "payload")
+    assert all(written_columns(t) == tuple(t.columns.keys()) for t in TABLE_ORDER if t is not tables.dead_letters)
+
+
+@pytest.mark.postgres
+def test_every_kind_of_row_reads_back_the_same_from_postgres_and_sqlite(tmp_path: Path, db_schema: DbSchema) -> None:
+    upgrade(db_schema.url, schema=db_schema.name)
+    sqlite = fresh_schema(f"sqlite:///{tmp_path / 'p.sqlite'}", None)
+    for engine in (db_schema.engine, sqlite):
+        write_batch(engine, "projector", _every_kind_of_record(), codec, {})
+    a, b = dump(db_schema.engine), dump(sqlite)
+    assert differences(a, b) == []
+    assert all(a[t.name] for t in TABLE_ORDER)
