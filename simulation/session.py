@@ -211,6 +211,5 @@ def project(backend: Backend, codec: EventCodec, topic_names: Sequence[str]) -> 
         ends = log.end_offsets(topic_names)
         projector = Projector(log, engine, codec, topic_names, say=lambda _: None)
         projector.start()
-        while not projector.caught_up(ends):
-            projector.step(timeout_s=0.5)
+        projector.catch_up(ends)
     return engine
