@@ -21,6 +21,7 @@ from governors.state import (
     on_execution_report,
     on_solve,
 )
+from projections.exactsum import rounded, units
 from schemas.events import (
     AllocationStatus,
     Command,
@@ -140,7 +141,13 @@ def _content_hash(proposal: Proposal) -> int:
 
 @dataclass
 class PortfolioState:
-    """What the book holds and owes, as the log says. Start from `PortfolioState.new(initial_cash, limits)`."""
+    """What the book holds and owes, as the log says. Start from `PortfolioState.new(initial_cash, limits)`.
+
+    Change it only through `apply` (and `expire_reservations`): the marked value of each holding is kept beside
+    it, so one mark or fill revalues only its own market's holdings instead of the whole book, and equity is
+    read from an exact sum of those values (`projections.exactsum`). Equity is therefore bit for bit
+    `cash + math.fsum(value of every holding)` whatever the order of events that built the state.
+    """
 
     limits: GovernorLimits
     cash: float
@@ -156,6 +163,15 @@ class PortfolioState:
     last_time: int = 0  # the latest log time folded (set by the sequencer): a cycle's `as_of`
     cycles: int = 0
     last_decision_id: str | None = None
+    # The marked value of each holding (same keys as `holdings`), and the exact sum of the finite ones in
+    # 2**-1074 units; `_nonfinite` counts the others (an infinite or NaN value leaves equity to `math.fsum`).
+    _values: dict[tuple[str, Side], float] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _value_units: int = field(default=0, init=False, repr=False, compare=False)
+    _nonfinite: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for key in self.holdings:
+            self._revalue(key)
 
     @classmethod
     def new(cls, initial_cash: float, limits: GovernorLimits) -> PortfolioState:
@@ -176,7 +192,29 @@ class PortfolioState:
 
     @property
     def equity(self) -> float:
-        return self.cash + math.fsum(self.holding_value(h) for h in self.holdings.values())
+        """E = cash + marked value of the holdings, O(1): see the class docstring."""
+        total = None if self._nonfinite else rounded(self._value_units)
+        if total is None:  # a zero, huge or non-finite sum: math.fsum's own answer, errors included
+            total = math.fsum(self.holding_value(h) for h in self.holdings.values())
+        return self.cash + total
+
+    def _revalue(self, key: tuple[str, Side]) -> None:
+        """Bring the kept value of one holding (gone, new or changed) up to date with its contracts and mark."""
+        old = self._values.pop(key, None)
+        if old is not None:
+            if math.isfinite(old):
+                self._value_units -= units(old)
+            else:
+                self._nonfinite -= 1
+        holding = self.holdings.get(key)
+        if holding is None:
+            return
+        value = self.holding_value(holding)
+        self._values[key] = value
+        if math.isfinite(value):
+            self._value_units += units(value)
+        else:
+            self._nonfinite += 1
 
     @property
     def reserved(self) -> float:
@@ -224,7 +262,11 @@ class PortfolioState:
         if isinstance(event, PnlMark):
             if not 0.0 <= event.mark_price <= 1.0 or not math.isfinite(event.mark_price):
                 return ()  # an impossible mark is ignored, never folded into equity
-            self.marks[event.market_id] = event.mark_price
+            market = event.market_id
+            self.marks[market] = event.mark_price
+            for key in ((market, Side.BUY), (market, Side.SELL)):
+                if key in self.holdings:
+                    self._revalue(key)
             return self._equity_changed()
         if isinstance(event, MarketResolution):
             return self._on_resolution(event)
@@ -283,6 +325,7 @@ class PortfolioState:
                 self.holdings[(fill.market_id, fill.side)] = holding
             holding.contracts += fill.filled_size / fill.price
             holding.cost += fill.filled_size
+            self._revalue((fill.market_id, fill.side))
             self.cash -= fill.filled_size
         if math.isfinite(fill.fee):
             self.cash -= fill.fee
@@ -297,6 +340,7 @@ class PortfolioState:
             holding = self.holdings.pop((resolution.market_id, side), None)
             if holding is None:
                 continue
+            self._revalue((resolution.market_id, side))
             if resolution.outcome is Outcome.VOID:
                 self.cash += holding.cost
             elif (resolution.outcome is Outcome.YES) == (side is Side.BUY):
