@@ -30,8 +30,8 @@ _MIN_MILLIS = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // datetime.resolution //
 _MAX_MILLIS = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // datetime.resolution // 1000
 _INT32 = (-(2**31), 2**31 - 1)
 
-Reader = Callable[[bytes, int], tuple[Any, int]]
-"""(data, position) -> (value, position after it); raises on anything but plain data."""
+Reader = Callable[[bytes, int], Any]
+"""(data, start) -> the record in data[start:], or None: not plain data, left to fastavro."""
 
 
 class NotPlain(Exception):
@@ -146,13 +146,23 @@ class _Compiler:
             unpack = self.constant("_double", struct.Struct("<d").unpack_from)
             return [f"{indent}{target} = {unpack}(data, pos)[0]", f"{indent}pos += 8"]
         if kind in ("long", "int") and tp is int:
+            # `_long`, inline: a timestamp is six bytes, one per loop turn.
             lines = [
                 f"{indent}b = data[pos]",
+                f"{indent}pos += 1",
                 f"{indent}if b < 0x80:",
                 f"{indent}    {target} = (b >> 1) ^ -(b & 1)",
-                f"{indent}    pos += 1",
                 f"{indent}else:",
-                f"{indent}    {target}, pos = _long(data, pos)",
+                f"{indent}    n = b & 0x7F",
+                f"{indent}    shift = 7",
+                f"{indent}    while b & 0x80:",
+                f"{indent}        b = data[pos]",
+                f"{indent}        pos += 1",
+                f"{indent}        if shift == 63 and b > 1:",
+                f"{indent}            raise NotPlain('long over 64 bits')",
+                f"{indent}        n |= (b & 0x7F) << shift",
+                f"{indent}        shift += 7",
+                f"{indent}    {target} = (n >> 1) ^ -(n & 1)",
             ]
             if kind == "int":
                 lines += [
@@ -237,10 +247,14 @@ class _Compiler:
         lines += [f"{indent}else:", f"{indent}    raise NotPlain('unknown union branch')"]
         return lines
 
-    def record(self, schema: Mapping[str, Any], cls: type[Any], namespace: str) -> str:
-        """The name of the compiled function reading one record of `schema` into a `cls`."""
+    def record(self, schema: Mapping[str, Any], cls: type[Any], namespace: str, top: bool = False) -> str:
+        """The name of the compiled function reading one record of `schema` into a `cls`.
+
+        A nested record's function returns (record, position after it) and raises on anything but plain data;
+        the top one returns the record if it ends exactly at the end of the data, else None.
+        """
         key = (self.full_name(schema, namespace), cls)
-        if key in self.records:
+        if key in self.records and not top:
             return self.records[key]
         fields = dataclasses.fields(cls)
         if [f["name"] for f in schema["fields"]] != [f.name for f in fields]:
@@ -248,24 +262,52 @@ class _Compiler:
         if "__slots__" not in vars(cls) or hasattr(cls, "__post_init__"):
             raise _Unsupported(f"{cls.__name__} is not a plain slotted dataclass")
         function = self.name(f"_read_{cls.__name__}_")
-        self.records[key] = function
+        if not top:
+            self.records[key] = function
         hints = typing.get_type_hints(cls)
+        indent = "        " if top else "    "
         body: list[str] = []
         names: list[str] = []
+        doubles: list[str] = []  # a run of double fields is read by one struct call
         for f in schema["fields"]:
             local = self.name("v")
             names.append(local)
-            body += self.value(f["type"], hints[f["name"]], local, namespace, "    ")
+            if f["type"] == "double" and hints[f["name"]] is float:
+                doubles.append(local)
+                continue
+            body += self.doubles(doubles, indent)
+            body += self.value(f["type"], hints[f["name"]], local, namespace, indent)
+        body += self.doubles(doubles, indent)
         # The class is frozen: set its slots through their descriptors, as its own __init__ would (it has no
         # __post_init__ or defaults to apply), at half the cost of calling it.
         new = self.constant("_cls", cls)
-        body.append(f"    o = _new({new})")
+        body.append(f"{indent}o = _new({new})")
         for f, local in zip(fields, names, strict=True):
             setter = self.constant("_set", vars(cls)[f.name].__set__)
-            body.append(f"    {setter}(o, {local})")
-        body.append("    return o, pos")
-        self.functions.append("\n".join([f"def {function}(data, pos):", *body]))
+            body.append(f"{indent}{setter}(o, {local})")
+        if top:
+            lines = [
+                f"def {function}(data, pos):",
+                "    try:",
+                *body,
+                "    except Exception:  # not plain data",
+                "        return None",
+                "    return o if pos == len(data) else None",
+            ]
+        else:
+            lines = [f"def {function}(data, pos):", *body, "    return o, pos"]
+        self.functions.append("\n".join(lines))
         return function
+
+    def doubles(self, run: list[str], indent: str) -> list[str]:
+        """Read the pending run of double fields (and empty the run)."""
+        if not run:
+            return []
+        unpack = self.constant("_doubles", struct.Struct(f"<{len(run)}d").unpack_from)
+        targets = ", ".join(run) + ("," if len(run) == 1 else "")
+        lines = [f"{indent}{targets} = {unpack}(data, pos)", f"{indent}pos += {8 * len(run)}"]
+        run.clear()
+        return lines
 
 
 def compile_reader(schema: Mapping[str, Any], cls: type[Any], namespace: str) -> Reader | None:
@@ -273,7 +315,7 @@ def compile_reader(schema: Mapping[str, Any], cls: type[Any], namespace: str) ->
     compiler = _Compiler(namespace)
     try:
         resolved, inner = compiler.resolve(dict(schema), namespace)
-        function = compiler.record(resolved, cls, inner)
+        function = compiler.record(resolved, cls, inner, top=True)
     except _Unsupported:
         return None
     source = "\n\n".join(compiler.functions)
@@ -281,12 +323,3 @@ def compile_reader(schema: Mapping[str, Any], cls: type[Any], namespace: str) ->
     exec(compile(source, f"<avro reader {cls.__name__}>", "exec"), env)  # generated from our own schema files
     reader: Reader = env[function]
     return reader
-
-
-def read_plain(reader: Reader, data: bytes, start: int) -> Any | None:
-    """The record in data[start:], if `reader` vouches for all of it; None leaves the bytes to fastavro."""
-    try:
-        value, end = reader(data, start)
-    except Exception:  # anything unexpected: fastavro decodes the bytes and words any error
-        return None
-    return value if end == len(data) else None

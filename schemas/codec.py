@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from schemas.binary import Reader, compile_reader, read_plain
+from schemas.binary import Reader, compile_reader
 from schemas.events import EVENT_TYPES, Event
 
 SCHEMA_DIR = Path(__file__).resolve().parent
@@ -241,7 +241,7 @@ class SingleObjectCodec:
     def decode(self, data: bytes, topic: str = "", partition: int = -1, offset: int = -1) -> Event:
         compiled = self._compiled.get(data[:10]) if data is not None else None
         if compiled is not None:
-            event: Event | None = read_plain(compiled, data, 10)
+            event: Event | None = compiled(data, 10)
             if event is not None:
                 return event
         return self._decode(data, topic, partition, offset)

@@ -16,7 +16,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.binary import read_plain
 from schemas.codec import (
     NAMESPACE,
     SINGLE_OBJECT_MARKER,
@@ -258,7 +257,7 @@ def testcompiled_readers_read_what_fastavro_reads(event: Event) -> None:
     data = codec.encode(event)
     reader = compiled_reader(type(event))
     assert reader is not None
-    assert read_plain(reader, data, 10) == _through_fastavro(data) == event
+    assert reader(data, 10) == _through_fastavro(data) == event
 
 
 @settings(max_examples=500)
