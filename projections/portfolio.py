@@ -163,9 +163,9 @@ class PortfolioState:
     last_time: int = 0  # the latest log time folded (set by the sequencer): a cycle's `as_of`
     cycles: int = 0
     last_decision_id: str | None = None
-    # The marked value of each holding (same keys as `holdings`), and the exact sum of the finite ones in
-    # 2**-1074 units; `_nonfinite` counts the others (an infinite or NaN value leaves equity to `math.fsum`).
-    _values: dict[tuple[str, Side], float] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # The marked value of each holding (same keys as `holdings`) in exact 2**-1074 units, None if not finite,
+    # and the sum of those units; `_nonfinite` counts the Nones (any leaves equity to `math.fsum`).
+    _held_units: dict[tuple[str, Side], int | None] = field(default_factory=dict, init=False, repr=False, compare=False)
     _value_units: int = field(default=0, init=False, repr=False, compare=False)
     _nonfinite: int = field(default=0, init=False, repr=False, compare=False)
 
@@ -200,21 +200,22 @@ class PortfolioState:
 
     def _revalue(self, key: tuple[str, Side]) -> None:
         """Bring the kept value of one holding (gone, new or changed) up to date with its contracts and mark."""
-        old = self._values.pop(key, None)
-        if old is not None:
-            if math.isfinite(old):
-                self._value_units -= units(old)
-            else:
-                self._nonfinite -= 1
+        old = self._held_units.pop(key, 0)
+        if old is None:
+            self._nonfinite -= 1
+        else:
+            self._value_units -= old
         holding = self.holdings.get(key)
         if holding is None:
             return
         value = self.holding_value(holding)
-        self._values[key] = value
         if math.isfinite(value):
-            self._value_units += units(value)
+            new = units(value)
+            self._value_units += new
+            self._held_units[key] = new
         else:
             self._nonfinite += 1
+            self._held_units[key] = None
 
     @property
     def reserved(self) -> float:
@@ -252,22 +253,16 @@ class PortfolioState:
 
     def apply(self, event: Event) -> tuple[GovernorChange, ...]:
         """Fold one event. Returns the governor changes it caused (empty for most events)."""
+        # Most frequent first: proposals, then marks and fills.
         if isinstance(event, Proposal):
             self._on_proposal(event)
             return ()
-        if isinstance(event, Decision):
-            return self._on_decision(event)
+        if isinstance(event, PnlMark):
+            return self._on_mark(event)
         if isinstance(event, Fill):
             return self._on_fill(event)
-        if isinstance(event, PnlMark):
-            if not 0.0 <= event.mark_price <= 1.0 or not math.isfinite(event.mark_price):
-                return ()  # an impossible mark is ignored, never folded into equity
-            market = event.market_id
-            self.marks[market] = event.mark_price
-            for key in ((market, Side.BUY), (market, Side.SELL)):
-                if key in self.holdings:
-                    self._revalue(key)
-            return self._equity_changed()
+        if isinstance(event, Decision):
+            return self._on_decision(event)
         if isinstance(event, MarketResolution):
             return self._on_resolution(event)
         if isinstance(event, ControlCommand):
@@ -275,6 +270,16 @@ class PortfolioState:
         if isinstance(event, GovernorEvent):
             return ()  # an output of the fold itself: the inputs already rebuilt it
         raise TypeError(f"no fold for {type(event).__name__}")
+
+    def _on_mark(self, mark: PnlMark) -> tuple[GovernorChange, ...]:
+        if not 0.0 <= mark.mark_price <= 1.0 or not math.isfinite(mark.mark_price):
+            return ()  # an impossible mark is ignored, never folded into equity
+        market = mark.market_id
+        self.marks[market] = mark.mark_price
+        for key in ((market, Side.BUY), (market, Side.SELL)):
+            if key in self.holdings:
+                self._revalue(key)
+        return self._equity_changed()
 
     def _on_proposal(self, proposal: Proposal) -> None:
         pid = proposal.proposal_id
