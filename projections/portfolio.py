@@ -40,6 +40,7 @@ from schemas.events import (
     SolverPath,
 )
 
+_SIDES = (Side.BUY, Side.SELL)
 FINAL_STATUSES = frozenset(
     {AllocationStatus.FUNDED, AllocationStatus.CUT, AllocationStatus.REJECTED, AllocationStatus.NETTED,
      AllocationStatus.EXPIRED}
@@ -187,13 +188,16 @@ class PortfolioState:
         return yes if side is Side.BUY else 1.0 - yes
 
     def holding_value(self, h: Holding) -> float:
-        average_price = h.cost / h.contracts if h.contracts > 0 else 0.0
-        return h.contracts * self.contract_mark(h.market_id, h.side, average_price)
+        """Contracts at the contract's mark; at their average price until the market is marked."""
+        yes = self.marks.get(h.market_id)
+        if yes is not None:
+            return h.contracts * (yes if h.side is Side.BUY else 1.0 - yes)
+        return h.contracts * (h.cost / h.contracts if h.contracts > 0 else 0.0)
 
     @property
     def equity(self) -> float:
         """E = cash + marked value of the holdings, O(1): see the class docstring."""
-        total = None if self._nonfinite else rounded(self._value_units)
+        total = rounded(self._value_units) if not self._nonfinite else None
         if total is None:  # a zero, huge or non-finite sum: math.fsum's own answer, errors included
             total = math.fsum(self.holding_value(h) for h in self.holdings.values())
         return self.cash + total
@@ -276,8 +280,10 @@ class PortfolioState:
             return ()  # an impossible mark is ignored, never folded into equity
         market = mark.market_id
         self.marks[market] = mark.mark_price
-        for key in ((market, Side.BUY), (market, Side.SELL)):
-            if key in self.holdings:
+        holdings = self.holdings
+        for side in _SIDES:
+            key = (market, side)
+            if key in holdings:
                 self._revalue(key)
         return self._equity_changed()
 
@@ -341,7 +347,7 @@ class PortfolioState:
         return tuple(changes)
 
     def _on_resolution(self, resolution: MarketResolution) -> tuple[GovernorChange, ...]:
-        for side in (Side.BUY, Side.SELL):
+        for side in _SIDES:
             holding = self.holdings.pop((resolution.market_id, side), None)
             if holding is None:
                 continue

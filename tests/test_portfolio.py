@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from governors.state import GovernorChange, GovernorLimits
 from projections.exactsum import rounded, units
-from projections.portfolio import PortfolioState
+from projections.portfolio import Holding, PortfolioState
 from schemas.events import (
     Allocation,
     AllocationStatus,
@@ -161,7 +161,11 @@ def test_a_deferred_proposal_keeps_only_its_residual_after_netting() -> None:
 
 
 class FromScratch(PortfolioState):
-    """The definition the fold must keep to: every read of equity sums every holding again (math.fsum)."""
+    """The definition the fold must keep to: every read of equity values every holding again and sums (fsum)."""
+
+    def holding_value(self, h: Holding) -> float:
+        average_price = h.cost / h.contracts if h.contracts > 0 else 0.0
+        return h.contracts * self.contract_mark(h.market_id, h.side, average_price)
 
     @property
     def equity(self) -> float:
