@@ -290,8 +290,9 @@ class PortfolioState:
     def _on_proposal(self, proposal: Proposal) -> None:
         pid = proposal.proposal_id
         digest = _content_hash(proposal)
-        if pid in self.seen:
-            if self.seen[pid] != digest:
+        known = self.seen.get(pid)
+        if known is not None:
+            if known != digest:
                 self.conflicts.setdefault(pid, proposal)
             return
         self.seen[pid] = digest
