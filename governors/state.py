@@ -85,8 +85,10 @@ def _evolve(status: GovernorStatus, **changes: Any) -> GovernorStatus:
     replace() looks the fields up and calls the frozen __init__ (one object.__setattr__ per field) each time;
     GovernorStatus has no __post_init__ or validation, so copying its fields with the changes is all it does.
     """
+    fields = status.__dict__.copy()
+    fields.update(changes)
     new = object.__new__(GovernorStatus)
-    new.__dict__.update(status.__dict__, **changes)
+    object.__setattr__(new, "__dict__", fields)  # frozen: the class's own __setattr__ refuses
     return new
 
 
