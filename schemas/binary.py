@@ -5,9 +5,10 @@ small records of the fold that doubles the cost of decoding. `compile_reader` tu
 the case of every message this package writes) into straight-line Python that reads the Avro binary encoding
 and fills the frozen dataclass directly.
 
-The compiled reader only ever vouches for plain data: any byte it does not expect (a negative length, a long
-over nine bytes, an unknown union branch or enum index, a timestamp outside the years 1-9999, bad UTF-8,
-truncated or trailing bytes) makes it return None, and the caller decodes those bytes with fastavro as before.
+The compiled reader only ever vouches for plain data: anything it does not expect (a negative length, a long
+over 64 bits, an int over 32, a block with a byte size, an unknown union branch or enum index, a timestamp
+outside the years 1-9999, bad UTF-8, truncated or trailing bytes) makes it return None, and the caller decodes
+those bytes with fastavro as before.
 So what it returns is always what fastavro plus `from_record` would have returned, and every error is still
 worded by that path. Schemas it does not know how to read (types this package does not use, or a class that
 does not mirror its schema) compile to None and stay entirely on fastavro.
@@ -75,6 +76,11 @@ def _strip_optional(tp: Any) -> tuple[Any, bool]:
 
 
 class _Compiler:
+    """Emits one Python function per record type (source text, exec'd once) and the constants it refers to.
+
+    Generated code names only counters (v1, _set2, ...), never a name taken from a schema.
+    """
+
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
         self.named: dict[str, tuple[Any, str]] = {}
