@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from allocator.config import AllocatorConfig, ConfigError
 from allocator.cycle import CycleRequest
@@ -78,12 +79,17 @@ class Topics:
 
     def accepts(self, topic: str) -> tuple[type[Event], ...]:
         """The event types an input topic may carry; anything else there is a dead letter."""
+        return self._accepted.get(topic, ())
+
+    @cached_property
+    def _accepted(self) -> dict[str, tuple[type[Event], ...]]:
+        # Built once: `accepts` is asked for every record folded.
         return {
             self.proposals: (Proposal,),
             self.fills: (Fill,),
             self.pnl: (PnlMark, MarketResolution),
             self.control: (ControlCommand,),
-        }.get(topic, ())
+        }
 
 
 def limits_of(config: AllocatorConfig) -> GovernorLimits:
@@ -148,17 +154,30 @@ def fold_batch(state: BookState, records: Sequence[Record], codec: EventCodec, t
     changes: list[tuple[GovernorChange, int, str]] = []
     dead: list[DeadLetter] = []
     book = state.portfolio
-    for record in canonical_order(records, topics):
-        tp = record.topic_partition
-        state.positions[tp] = max(state.positions.get(tp, 0), record.next_offset)
-        book.last_time = max(book.last_time, record.timestamp_ms)
-        event = decode(record, codec, topics)
-        if isinstance(event, DeadLetter):
-            dead.append(event)
-            continue
-        source = f"{record.topic}/{record.partition}/{record.offset}"
-        for change in book.apply(event):
-            changes.append((change, record.timestamp_ms, source))
+    # The next offset per input partition, kept by (topic, partition) while folding and written into
+    # `state.positions` once per partition (also if a fold raises): a TopicPartition per record cost more
+    # than folding its event.
+    ends: dict[tuple[str, int], int] = {}
+    try:
+        for record in canonical_order(records, topics):
+            where = (record.topic, record.partition)
+            end = record.next_offset
+            if end > ends.get(where, 0):
+                ends[where] = end
+            if record.timestamp_ms > book.last_time:
+                book.last_time = record.timestamp_ms
+            event = decode(record, codec, topics)
+            if isinstance(event, DeadLetter):
+                dead.append(event)
+                continue
+            caused = book.apply(event)
+            if caused:
+                source = f"{record.topic}/{record.partition}/{record.offset}"
+                changes.extend((change, record.timestamp_ms, source) for change in caused)
+    finally:
+        for (topic, partition), end in ends.items():
+            tp = TopicPartition(topic, partition)
+            state.positions[tp] = max(state.positions.get(tp, 0), end)
     return Folded(tuple(changes), tuple(dead))
 
 

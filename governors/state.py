@@ -7,6 +7,7 @@ service, the projector, replay) stamps them into `GovernorEvent`s with the log t
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from governors.rules import drawdown, failure_pause_triggered, failure_rate, kill_switch_triggered
 from schemas.events import Command, Governor, GovernorState
@@ -78,13 +79,26 @@ class GovernorStatus:
 Step = tuple[GovernorStatus, tuple[GovernorChange, ...]]
 
 
+def _evolve(status: GovernorStatus, **changes: Any) -> GovernorStatus:
+    """`dataclasses.replace(status, **changes)` for the folds run on every mark and fill, at a fifth of the cost.
+
+    replace() looks the fields up and calls the frozen __init__ (one object.__setattr__ per field) each time;
+    GovernorStatus has no __post_init__ or validation, so copying its fields with the changes is all it does.
+    """
+    fields = status.__dict__.copy()
+    fields.update(changes)
+    new = object.__new__(GovernorStatus)
+    object.__setattr__(new, "__dict__", fields)  # frozen: the class's own __setattr__ refuses
+    return new
+
+
 def on_equity(status: GovernorStatus, equity: float, limits: GovernorLimits) -> Step:
     """Every equity change: raise the high-water mark, or trip the kill switch at the drawdown limit."""
     if status.kill_switch_tripped:
         # Latched: the high-water mark stays where it was until an operator resets the switch.
-        return replace(status, equity=equity), ()
+        return _evolve(status, equity=equity), ()
     hwm = max(status.high_water_mark, equity)
-    new = replace(status, equity=equity, high_water_mark=hwm)
+    new = _evolve(status, equity=equity, high_water_mark=hwm)
     if kill_switch_triggered(equity, hwm, limits.kill_switch_drawdown):
         d = drawdown(equity, hwm)
         change = GovernorChange(
@@ -103,7 +117,7 @@ def on_equity(status: GovernorStatus, equity: float, limits: GovernorLimits) -> 
 def on_execution_report(status: GovernorStatus, failed: bool, limits: GovernorLimits) -> Step:
     """One execution report (FAILED or REJECTED is a failure) into the rolling window; pause above the rate."""
     outcomes = (*status.failure_outcomes, failed)[-limits.failure_window :]
-    new = replace(status, failure_outcomes=outcomes)
+    new = _evolve(status, failure_outcomes=outcomes)
     if status.failure_paused:
         return new, ()
     reports, failures = len(outcomes), sum(outcomes)

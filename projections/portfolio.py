@@ -21,6 +21,7 @@ from governors.state import (
     on_execution_report,
     on_solve,
 )
+from projections.exactsum import rounded, units
 from schemas.events import (
     AllocationStatus,
     Command,
@@ -39,6 +40,7 @@ from schemas.events import (
     SolverPath,
 )
 
+_SIDES = (Side.BUY, Side.SELL)
 FINAL_STATUSES = frozenset(
     {AllocationStatus.FUNDED, AllocationStatus.CUT, AllocationStatus.REJECTED, AllocationStatus.NETTED,
      AllocationStatus.EXPIRED}
@@ -140,7 +142,13 @@ def _content_hash(proposal: Proposal) -> int:
 
 @dataclass
 class PortfolioState:
-    """What the book holds and owes, as the log says. Start from `PortfolioState.new(initial_cash, limits)`."""
+    """What the book holds and owes, as the log says. Start from `PortfolioState.new(initial_cash, limits)`.
+
+    Change it only through `apply` (and `expire_reservations`): the marked value of each holding is kept beside
+    it, so one mark or fill revalues only its own market's holdings instead of the whole book, and equity is
+    read from an exact sum of those values (`projections.exactsum`). Equity is therefore bit for bit
+    `cash + math.fsum(value of every holding)` whatever the order of events that built the state.
+    """
 
     limits: GovernorLimits
     cash: float
@@ -156,6 +164,15 @@ class PortfolioState:
     last_time: int = 0  # the latest log time folded (set by the sequencer): a cycle's `as_of`
     cycles: int = 0
     last_decision_id: str | None = None
+    # The marked value of each holding (same keys as `holdings`) in exact 2**-1074 units, None if not finite,
+    # and the sum of those units; `_nonfinite` counts the Nones (any leaves equity to `math.fsum`).
+    _held_units: dict[tuple[str, Side], int | None] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _value_units: int = field(default=0, init=False, repr=False, compare=False)
+    _nonfinite: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for key in self.holdings:
+            self._revalue(key)
 
     @classmethod
     def new(cls, initial_cash: float, limits: GovernorLimits) -> PortfolioState:
@@ -171,12 +188,38 @@ class PortfolioState:
         return yes if side is Side.BUY else 1.0 - yes
 
     def holding_value(self, h: Holding) -> float:
-        average_price = h.cost / h.contracts if h.contracts > 0 else 0.0
-        return h.contracts * self.contract_mark(h.market_id, h.side, average_price)
+        """Contracts at the contract's mark; at their average price until the market is marked."""
+        yes = self.marks.get(h.market_id)
+        if yes is not None:
+            return h.contracts * (yes if h.side is Side.BUY else 1.0 - yes)
+        return h.contracts * (h.cost / h.contracts if h.contracts > 0 else 0.0)
 
     @property
     def equity(self) -> float:
-        return self.cash + math.fsum(self.holding_value(h) for h in self.holdings.values())
+        """E = cash + marked value of the holdings, O(1): see the class docstring."""
+        total = rounded(self._value_units) if not self._nonfinite else None
+        if total is None:  # a zero, huge or non-finite sum: math.fsum's own answer, errors included
+            total = math.fsum(self.holding_value(h) for h in self.holdings.values())
+        return self.cash + total
+
+    def _revalue(self, key: tuple[str, Side]) -> None:
+        """Bring the kept value of one holding (gone, new or changed) up to date with its contracts and mark."""
+        old = self._held_units.pop(key, 0)
+        if old is None:
+            self._nonfinite -= 1
+        else:
+            self._value_units -= old
+        holding = self.holdings.get(key)
+        if holding is None:
+            return
+        value = self.holding_value(holding)
+        if math.isfinite(value):
+            new = units(value)
+            self._value_units += new
+            self._held_units[key] = new
+        else:
+            self._nonfinite += 1
+            self._held_units[key] = None
 
     @property
     def reserved(self) -> float:
@@ -214,18 +257,16 @@ class PortfolioState:
 
     def apply(self, event: Event) -> tuple[GovernorChange, ...]:
         """Fold one event. Returns the governor changes it caused (empty for most events)."""
+        # Most frequent first: proposals, then marks and fills.
         if isinstance(event, Proposal):
             self._on_proposal(event)
             return ()
-        if isinstance(event, Decision):
-            return self._on_decision(event)
+        if isinstance(event, PnlMark):
+            return self._on_mark(event)
         if isinstance(event, Fill):
             return self._on_fill(event)
-        if isinstance(event, PnlMark):
-            if not 0.0 <= event.mark_price <= 1.0 or not math.isfinite(event.mark_price):
-                return ()  # an impossible mark is ignored, never folded into equity
-            self.marks[event.market_id] = event.mark_price
-            return self._equity_changed()
+        if isinstance(event, Decision):
+            return self._on_decision(event)
         if isinstance(event, MarketResolution):
             return self._on_resolution(event)
         if isinstance(event, ControlCommand):
@@ -234,11 +275,24 @@ class PortfolioState:
             return ()  # an output of the fold itself: the inputs already rebuilt it
         raise TypeError(f"no fold for {type(event).__name__}")
 
+    def _on_mark(self, mark: PnlMark) -> tuple[GovernorChange, ...]:
+        if not 0.0 <= mark.mark_price <= 1.0 or not math.isfinite(mark.mark_price):
+            return ()  # an impossible mark is ignored, never folded into equity
+        market = mark.market_id
+        self.marks[market] = mark.mark_price
+        holdings = self.holdings
+        for side in _SIDES:
+            key = (market, side)
+            if key in holdings:
+                self._revalue(key)
+        return self._equity_changed()
+
     def _on_proposal(self, proposal: Proposal) -> None:
         pid = proposal.proposal_id
         digest = _content_hash(proposal)
-        if pid in self.seen:
-            if self.seen[pid] != digest:
+        known = self.seen.get(pid)
+        if known is not None:
+            if known != digest:
                 self.conflicts.setdefault(pid, proposal)
             return
         self.seen[pid] = digest
@@ -283,6 +337,7 @@ class PortfolioState:
                 self.holdings[(fill.market_id, fill.side)] = holding
             holding.contracts += fill.filled_size / fill.price
             holding.cost += fill.filled_size
+            self._revalue((fill.market_id, fill.side))
             self.cash -= fill.filled_size
         if math.isfinite(fill.fee):
             self.cash -= fill.fee
@@ -293,10 +348,11 @@ class PortfolioState:
         return tuple(changes)
 
     def _on_resolution(self, resolution: MarketResolution) -> tuple[GovernorChange, ...]:
-        for side in (Side.BUY, Side.SELL):
+        for side in _SIDES:
             holding = self.holdings.pop((resolution.market_id, side), None)
             if holding is None:
                 continue
+            self._revalue((resolution.market_id, side))
             if resolution.outcome is Outcome.VOID:
                 self.cash += holding.cost
             elif (resolution.outcome is Outcome.YES) == (side is Side.BUY):

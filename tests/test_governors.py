@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -10,6 +12,7 @@ from governors.rules import failure_pause_triggered, kill_switch_triggered
 from governors.state import (
     GovernorLimits,
     GovernorStatus,
+    _evolve,
     on_command,
     on_equity,
     on_execution_report,
@@ -119,3 +122,26 @@ def test_the_kill_switch_state_matches_the_rule_over_any_equity_path(path: list[
             hwm = max(hwm, equity)
             tripped = kill_switch_triggered(equity, hwm, LIMITS.kill_switch_drawdown)
         assert (status.state is GovernorState.HALTED) == tripped
+
+
+statuses = st.builds(
+    GovernorStatus,
+    st.floats(allow_nan=False),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.lists(st.booleans(), max_size=5).map(tuple),
+    st.booleans(),
+    st.booleans(),
+    st.lists(st.booleans(), max_size=5).map(tuple),
+    st.integers(0, 20),
+    st.integers(1, 10**6),
+)
+
+
+@given(statuses, st.floats(allow_nan=False), st.floats(allow_nan=False), st.booleans())
+def test_the_fast_copy_of_a_status_is_dataclasses_replace(
+    status: GovernorStatus, equity: float, hwm: float, failed: bool
+) -> None:
+    assert _evolve(status, equity=equity, high_water_mark=hwm) == replace(status, equity=equity, high_water_mark=hwm)
+    assert _evolve(status, failure_outcomes=(failed,)) == replace(status, failure_outcomes=(failed,))
+    assert _evolve(status) == status and _evolve(status) is not status

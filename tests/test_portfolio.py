@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from governors.state import GovernorChange, GovernorLimits
-from projections.portfolio import PortfolioState
+from projections.exactsum import rounded, units
+from projections.portfolio import Holding, PortfolioState
 from schemas.events import (
     Allocation,
     AllocationStatus,
     Command,
     ControlCommand,
     Decision,
+    Event,
     Fill,
     FillStatus,
     GovernorState,
@@ -149,3 +155,101 @@ def test_a_deferred_proposal_keeps_only_its_residual_after_netting() -> None:
     netted = Allocation("s", "alpha", "m", Side.SELL, 0.0, 400.0, AllocationStatus.NETTED, ())
     book.apply(decision(1, deferred, netted))
     assert list(book.pending) == ["b"] and book.pending["b"].requested_size == 600.0
+
+
+# --- equity kept incrementally equals equity recomputed from scratch --------------------------------------
+
+
+class FromScratch(PortfolioState):
+    """The definition the fold must keep to: every read of equity values every holding again and sums (fsum)."""
+
+    def holding_value(self, h: Holding) -> float:
+        average_price = h.cost / h.contracts if h.contracts > 0 else 0.0
+        return h.contracts * self.contract_mark(h.market_id, h.side, average_price)
+
+    @property
+    def equity(self) -> float:
+        return self.cash + math.fsum(self.holding_value(h) for h in self.holdings.values())
+
+
+MARKETS = ("a", "b", "c")
+sides = st.sampled_from(list(Side))
+markets = st.sampled_from(MARKETS)
+stakes = st.floats(0.0, 1e7) | st.sampled_from([0.01, 1e-300, 5e-324, 1e300, math.inf])
+prices = st.floats(0.0, 1.0, exclude_min=True, exclude_max=True) | st.sampled_from([0.1, 0.3, 0.7, 1.0, 0.0])
+marks = st.floats(0.0, 1.0) | st.sampled_from([-0.0, 0.1, 0.3, 1.5, math.nan])
+
+
+def _fill(market: str, side: Side, stake: float, price: float, status: FillStatus, fee: float) -> Fill:
+    return Fill("f", "d1", f"{market}{side}", market, side, stake, stake, price, fee, status, None, T)
+
+
+book_events = st.one_of(
+    st.builds(_fill, markets, sides, stakes, prices, st.sampled_from(list(FillStatus)), st.floats(0.0, 10.0)),
+    st.builds(PnlMark, markets, marks, st.just(T)),
+    st.builds(PnlMark, markets, marks, st.just(T)),
+    st.builds(MarketResolution, markets, st.sampled_from(list(Outcome)), st.just(T)),
+    st.sampled_from(
+        [
+            ControlCommand("r", "risk", Command.RESET_KILL_SWITCH, "reviewed", None, T),
+            ControlCommand("l", "risk", Command.SET_LIMITS, "tighter", {"kill_switch_drawdown": 0.01}, T),
+        ]
+    ),
+    st.builds(decision, st.just(1), st.builds(funded, st.just("x"), st.floats(1.0, 1e4), markets, sides)),
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.floats(0.0, 1e9) | st.just(0.0), st.lists(book_events, max_size=60))
+def test_incremental_equity_is_bit_for_bit_the_full_recomputation(cash: float, events: list[Event]) -> None:
+    live, reference = PortfolioState.new(cash, LIMITS), FromScratch.new(cash, LIMITS)
+    for event in events:
+        assert repr(live.apply(event)) == repr(reference.apply(event))
+        assert live.equity.hex() == reference.equity.hex()
+        assert repr(live.governor) == repr(reference.governor)
+    # A state rebuilt from the same log (a restart, a replay) reads the same bits.
+    rebuilt = PortfolioState.new(cash, LIMITS)
+    for event in events:
+        rebuilt.apply(event)
+    assert rebuilt.equity.hex() == live.equity.hex() and repr(rebuilt.governor) == repr(live.governor)
+    # So does a state built around the holdings and marks directly.
+    copied = PortfolioState(LIMITS, live.cash, live.governor, holdings=dict(live.holdings), marks=dict(live.marks))
+    assert copied.equity.hex() == live.equity.hex()
+
+
+def test_equity_does_not_depend_on_the_order_marks_arrive_in() -> None:
+    """Marks on different markets commute: the exact sum rounds once, whatever order the values changed in."""
+    latest = {"m0": 0.1, "m1": 0.7, "m2": 0.3, "m3": 0.9, "m4": 0.2}
+    books = []
+    for order in (list(latest), list(reversed(latest))):
+        book = PortfolioState.new(1.0, LIMITS)
+        for i, market in enumerate(latest):
+            book.apply(_fill(market, Side.BUY, 0.1 * (i + 1), 0.5, FillStatus.FILLED, 0.0))
+        for market in order:
+            book.apply(PnlMark(market, latest[market], T))
+        books.append(book)
+    assert books[0].equity.hex() == books[1].equity.hex()
+    held = [book.holdings[(m, Side.BUY)].contracts * latest[m] for m in latest]
+    assert books[0].equity == books[0].cash + math.fsum(held)
+
+
+any_finite = st.floats(allow_nan=False, allow_infinity=False, max_value=1e290, min_value=-1e290)
+money = st.floats(0.0, 1e9) | st.integers(1, 10**6).map(lambda n: n * 2.0**-40) | st.sampled_from([2.0**-53, 1.0, 0.1])
+
+
+@settings(max_examples=2000)
+@given(st.lists(any_finite | money, min_size=1, max_size=30), st.lists(st.integers(0, 29), max_size=30))
+def test_an_exact_sum_reads_what_fsum_reads_after_any_adds_and_removes(values: list[float], drop: list[int]) -> None:
+    total = sum(units(v) for v in values)
+    kept = list(values)
+    for i in drop:
+        if i < len(kept):
+            total -= units(kept.pop(i))
+    read = rounded(total)
+    assert read is None or read.hex() == math.fsum(kept).hex()
+    assert (read is None) == (not total)  # values far below the top of the float range
+
+
+def test_an_exact_sum_rounds_ties_to_even_as_fsum_does() -> None:
+    for values in ([1.0, 2.0**-53], [1.0, 3 * 2.0**-53], [1e16, 1.0, 1.0], [0.1] * 10, [1e300, -1e300, 1e-300]):
+        assert rounded(sum(units(v) for v in values)) == math.fsum(values)
