@@ -230,6 +230,7 @@ def build_request(
             InputPosition(tp.topic, tp.partition, offset)
             for tp, offset in sorted(inputs.items(), key=lambda kv: (kv[0].topic, kv[0].partition))
         ),
+        resolved_markets=frozenset(book.resolved),
     )
 
 

@@ -161,6 +161,7 @@ class PortfolioState:
     seen: dict[str, int] = field(default_factory=dict)  # proposal id -> content hash, for duplicates
     limit_overrides: dict[str, float] = field(default_factory=dict)  # SET_LIMITS so far, key by key
     keys: dict[str, str] = field(default_factory=dict)  # proposal id -> correlation key of funded proposals
+    resolved: set[str] = field(default_factory=set)  # markets that have resolved: nothing left to trade in them
     last_time: int = 0  # the latest log time folded (set by the sequencer): a cycle's `as_of`
     cycles: int = 0
     last_decision_id: str | None = None
@@ -348,6 +349,7 @@ class PortfolioState:
         return tuple(changes)
 
     def _on_resolution(self, resolution: MarketResolution) -> tuple[GovernorChange, ...]:
+        self.resolved.add(resolution.market_id)
         for side in _SIDES:
             holding = self.holdings.pop((resolution.market_id, side), None)
             if holding is None:

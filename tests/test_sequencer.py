@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from allocator.config import AllocatorConfig
+from allocator.cycle import run_cycle
 from allocator.eventlog import Record, TopicPartition
-from allocator.sequencer import BookState, Topics, fold_batch
+from allocator.sequencer import BookState, Topics, build_request, fold_batch
 from schemas.codec import SingleObjectCodec
-from schemas.events import Fill, FillStatus, PnlMark, Proposal, Side
+from schemas.events import AllocationStatus, Fill, FillStatus, MarketResolution, Outcome, PnlMark, Proposal, Side
 
 T = 1_790_000_000_000
 codec = SingleObjectCodec()
@@ -37,3 +38,22 @@ def test_a_batch_records_the_next_offset_per_partition_and_the_latest_log_time()
         ("TRIPPED", T + 30, f"{topics.pnl}/1/7")
     ]
     assert list(state.portfolio.pending) == ["p"]
+
+
+def test_a_pending_proposal_whose_market_resolved_expires_in_the_next_decision() -> None:
+    config = AllocatorConfig(scenario_count=200)
+    gone = Proposal("gone", "a", "s", "m-gone", Side.BUY, 0.5, 0.04, 0.9, 500.0, 100.0, 0.1, 0.01, "k", T)
+    live = Proposal("live", "a", "s", "m-live", Side.BUY, 0.5, 0.04, 0.9, 500.0, 100.0, 0.1, 0.01, "k2", T)
+    records = [
+        Record(topics.proposals, 0, 0, None, codec.encode(gone), T),
+        Record(topics.proposals, 0, 1, None, codec.encode(live), T),
+        Record(topics.pnl, 0, 0, None, codec.encode(MarketResolution("m-gone", Outcome.NO, T + 5)), T + 5),
+    ]
+    state = BookState.new(config)
+    fold_batch(state, records, codec, topics)
+    request = build_request(state, config, "book", {})
+    assert request.resolved_markets == frozenset({"m-gone"})
+    decision = {a.proposal_id: a for a in run_cycle(request).decision.allocations}
+    assert decision["gone"].status is AllocationStatus.EXPIRED
+    assert decision["gone"].reasons[0].detail == "market 'm-gone' has resolved"
+    assert decision["live"].status is AllocationStatus.FUNDED
