@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -455,6 +456,14 @@ def _greedy_orders(problem: AllocationProblem) -> list[IntArray]:
     return [by_value, by_ratio]
 
 
+def _min_first_greedy(problem: AllocationProblem, order: IntArray, stop: Callable[[], bool]) -> FloatArray:
+    """The greedy rule in two passes along `order`: first each candidate at its min size only (if it fits),
+    then each funded one raised as far as it fits. Where CVaR binds, funding each at its largest size spends
+    the tail budget on the first few; this spreads it over many, which is what the optimum does."""
+    at_min = greedy_sizes(problem, order, problem.lower, stop=stop)
+    return greedy_sizes(problem, order, start=at_min, stop=stop)
+
+
 def _polish(
     problem: AllocationProblem,
     sizes: FloatArray,
@@ -796,12 +805,18 @@ def solve_fast(
     best.offer(greedy[0], SolverPath.PRIORITY_FALLBACK)
     if n == 0:
         return _finish(problem, best, 0.0, clock, settings, nodes=0, rounds=0, rows=0)
-    # A greedy pass cannot be interrupted: start another only if one more of the first's length fits.
-    greedy_seconds = clock.elapsed()
-    for order in _greedy_orders(problem):
-        if not clock.allows(greedy_seconds):
+    by_value, by_ratio = _greedy_orders(problem)
+    # Min-first passes (two greedy passes each) come early: they fund many more candidates (measured 1.3-5x as
+    # many) and were 0-8% better at N=1000 and 1.2-4x better at N=100 than funding each at its largest, with
+    # the ratio order the best single pass at N=1000. These passes stop with the clock (any prefix of a pass is
+    # feasible); at N=1000, S=5000 one pass is 40-120 ms, at N=100, S=2000 3-10 ms.
+    for order, min_first in ((by_ratio, True), (by_ratio, False), (by_value, True), (by_value, False)):
+        if clock.expired():
             break
-        greedy.append(greedy_sizes(problem, order))
+        if min_first:
+            greedy.append(_min_first_greedy(problem, order, clock.expired))
+        else:
+            greedy.append(greedy_sizes(problem, order, stop=clock.expired))
         best.offer(greedy[-1], SolverPath.MIP_TIME_LIMIT)
 
     bound = math.inf
