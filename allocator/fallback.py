@@ -122,7 +122,11 @@ def greedy_sizes(
             room = min(room, (bound - current) / -tail_return)
             if room <= _NEGLIGIBLE_STEP * max(float(upper[i]), 1.0):
                 continue
-        if two_valued[i]:
+        if current + room * max(-float(low[i]), 0.0) <= target:
+            # Subadditivity: CVaR(L - c·t) ≤ CVaR(L) + t·max(-c), so the whole room fits without a search
+            # (while CVaR has slack, as in the first pass of a min-first greedy, most candidates do).
+            size: float | None = room
+        elif two_valued[i]:
             if sorted_order is None:
                 sorted_order = np.argsort(-losses, kind="stable")
                 sorted_losses = losses[sorted_order]

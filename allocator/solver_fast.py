@@ -839,9 +839,8 @@ def solve_fast(
     affordable = int((settings.lp_budget_share * time_limit_s / per_scenario_set) ** (1 / 0.8))
     columns = np.arange(n, dtype=np.int64)
     if affordable < n:
-        columns = (
-            _candidate_columns(problem, greedy, affordable) if affordable >= settings.lp_min_columns else columns[:0]
-        )
+        worth_it = affordable >= settings.lp_min_columns and not clock.expired()
+        columns = _candidate_columns(problem, greedy, affordable) if worth_it else columns[:0]
     sub = problem if columns.size == n else restrict(problem, columns)
     sink: _Sink = best if columns.size == n else _Embed(best, columns)
     model: _Model | None = None
