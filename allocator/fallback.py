@@ -92,10 +92,14 @@ def greedy_sizes(
         flow += np.bincount(problem.market, weights=problem.direction * sizes, minlength=problem.market_count)
         losses -= problem.returns @ sizes
 
-    # The current worst scenarios give, for free, a lower bound on the CVaR after adding any candidate (the
+    # A set of worst scenarios gives, for free, a lower bound on the CVaR after adding any candidate (the
     # cutting-plane inequality); most candidates that cannot fit are rejected by it without a selection pass.
+    # It stays a valid bound when the losses move (any k scenarios' mean is at most the CVaR), so after a step
+    # taken without a search only its mean is updated; `ceiling` is an upper bound on the CVaR, by
+    # subadditivity. Both are made exact again after each searched step.
     tail_idx, tail_w = worst_tail(losses, k)
     current = float(tail_w @ losses[tail_idx]) / k
+    ceiling = current
     # Columns with two values (binary bets) get the O(log k) tail evaluation over the losses sorted worst
     # first; the sort is made lazily and kept up to date by an O(S) merge after each two-valued step (a full
     # selection per Newton step made the pass 2-3x slower at n=1000, S=5000).
@@ -122,10 +126,13 @@ def greedy_sizes(
             room = min(room, (bound - current) / -tail_return)
             if room <= _NEGLIGIBLE_STEP * max(float(upper[i]), 1.0):
                 continue
-        if current + room * max(-float(low[i]), 0.0) <= target:
+        worst_loss = max(-float(low[i]), 0.0)
+        searched = True
+        if ceiling + room * worst_loss <= target:
             # Subadditivity: CVaR(L - c·t) ≤ CVaR(L) + t·max(-c), so the whole room fits without a search
             # (while CVaR has slack, as in the first pass of a min-first greedy, most candidates do).
             size: float | None = room
+            searched = False
         elif two_valued[i]:
             if sorted_order is None:
                 sorted_order = np.argsort(-losses, kind="stable")
@@ -150,8 +157,12 @@ def greedy_sizes(
             sorted_losses = losses[sorted_order]
         else:
             sorted_order = None
-        tail_idx, tail_w = worst_tail(losses, k)
-        current = float(tail_w @ losses[tail_idx]) / k
+        if searched:
+            tail_idx, tail_w = worst_tail(losses, k)
+            current = ceiling = float(tail_w @ losses[tail_idx]) / k
+        else:
+            current -= tail_return * size
+            ceiling += worst_loss * size
     return sizes
 
 
