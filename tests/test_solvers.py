@@ -350,3 +350,62 @@ def test_binding_reasons_on_a_capital_limited_instance() -> None:
     reasons = binding(tight, solution.sizes)
     assert any(ConstraintKind.CAPITAL in r for r in reasons)
     assert all(ConstraintKind.CVAR_LIMIT not in r for r in reasons)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_two_valued_tail_matches_the_sorted_cvar(seed: int) -> None:
+    from allocator.fallback import _TwoValuedTail
+    from allocator.problem import tail_count, tail_mean
+
+    rng = np.random.Generator(np.random.PCG64(seed))
+    scenarios = int(rng.integers(1, 3000))
+    k = tail_count(float(rng.choice([0.5, 0.9, 0.95, 0.999])), scenarios)
+    losses = rng.normal(size=scenarios) * rng.uniform(0.1, 100.0)
+    losses[rng.random(scenarios) < 0.3] = 0.0  # ties, as a book gives
+    high = float(rng.uniform(0.1, 6.0))
+    column = np.where(rng.random(scenarios) < rng.uniform(0.0, 1.0), high, -1.0)
+    order = np.argsort(-losses, kind="stable")
+    tail = _TwoValuedTail(losses[order], column[order], high, -1.0, k)
+    for step in [0.0, *rng.uniform(0.0, 50.0, 5).tolist()]:
+        value, slope = tail.value_and_slope(step)
+        exact = tail_mean(losses - column * step, k)
+        assert value == pytest.approx(exact, rel=1e-9, abs=1e-9)
+        for delta in (1e-3, -1e-3):  # a subgradient: the convex CVaR lies above its tangent
+            if step + delta >= 0.0:
+                assert tail_mean(losses - column * (step + delta), k) >= exact + slope * delta - 1e-7
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_greedy_gives_the_same_sizes_with_and_without_the_two_valued_tail(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import allocator.fallback as fallback
+
+    problem = random_problem(seed, 40, 500)
+    fast = fallback.greedy_sizes(problem)
+    start = fallback.greedy_sizes(problem, priority_order(problem), problem.lower)
+    fast_topped = fallback.greedy_sizes(problem, priority_order(problem), start=start)
+    real = fallback._column_values
+
+    def general(p: AllocationProblem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        high, low, _ = real(p)
+        return high, low, np.zeros(p.n, dtype=bool)
+
+    monkeypatch.setattr(fallback, "_column_values", general)
+    slow = fallback.greedy_sizes(problem)
+    slow_topped = fallback.greedy_sizes(problem, priority_order(problem), start=start)
+    for a, b in ((fast, slow), (fast_topped, slow_topped)):
+        assert not check(problem, a)
+        assert np.array_equal(a > 0, b > 0)
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-6)
+
+
+def test_the_greedy_handles_returns_with_more_than_two_values() -> None:
+    problem = random_problem(3, 30, 400)
+    rng = np.random.Generator(np.random.PCG64(7))
+    returns = problem.returns * rng.uniform(0.5, 1.5, problem.returns.shape)  # no longer two-valued
+    continuous = AllocationProblem(**{**problem.__dict__, "returns": returns})
+    solution = solve_fallback(continuous)
+    assert not check(continuous, solution.sizes)
+    assert solution.objective > 0.0
+    assert_valid(continuous, solve_fast(continuous, time_limit_s=2.0))
