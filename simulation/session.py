@@ -108,7 +108,7 @@ def _record(stats: dict[int, CycleStats], step: Callable[[], int], decide: Decid
         decision_ms = (time.perf_counter() - started) * 1000.0
         d, config, equity = outcome.decision, request.config, request.portfolio.equity
         exposure = request.portfolio.group_exposure()
-        keys = sorted({*exposure, *(k for p in request.submitted if (k := getattr(p, "correlation_key", None)))})
+        keys = sorted({*exposure, *(p.correlation_key for p in request.submitted if isinstance(p, Proposal))})
         stats[d.cycle] = CycleStats(  # by cycle: a retried cycle replaces its first attempt
             step=step(),
             cycle=d.cycle,
