@@ -144,12 +144,13 @@ def run_demo(options: DemoOptions, say: Say = print) -> int:
         say(f"{run}: {backend.describe()}")
         result = run_session(run, inputs, config, backend, codec, RUNS[run], show)
         results.append(result)
+    views = [read_run(r) for r in results]
     allocator = next((r for r in results if r.name == "allocator"), None)
     restart_ok, audit_ok, audited = True, True, "not run"
     if allocator is not None and allocator.stats:
-        views_now = read_run(allocator)
-        live_equity = views_now.decisions[-1]["equity"] if views_now.decisions else config.initial_cash
-        restart_ok = _restart_matches(allocator, config, live_equity, len(views_now.decisions))
+        decided = views[results.index(allocator)].decisions
+        live_equity = decided[-1]["equity"] if decided else config.initial_cash
+        restart_ok = _restart_matches(allocator, config, live_equity, len(decided))
         say(f"restart: the state rebuilt from the allocator's log {'matches' if restart_ok else 'DOES NOT match'} "
             "the live one")  # fmt: skip
         with allocator.backend.open() as reader:
@@ -159,7 +160,6 @@ def run_demo(options: DemoOptions, say: Say = print) -> int:
         say(f"audit: {audited}")
         audit_ok = audit["mismatches"] == 0
 
-    views = [read_run(r) for r in results]
     headers = [r.name for r in results]
     rows = summary_rows(views, config.initial_cash)
     table = format_table(headers, rows)

@@ -164,7 +164,9 @@ def run_session(
                                    decide=_record(stats, lambda: current["step"], decide))  # fmt: skip
         service.start()
         executor = Executor(world, inputs.executor, inputs.seed, client, DecisionFeed(feed_log, codec, topics))
-        commands = {a.step: [x for x in inputs.operator if x.step == a.step] for a in inputs.operator}
+        commands: dict[int, list[OperatorAction]] = {}
+        for action in inputs.operator:
+            commands.setdefault(action.step, []).append(action)
         events_in = 0
         for step in range(steps):
             current["step"] = step

@@ -231,9 +231,7 @@ def test_sigkilled_services_lose_nothing_and_repeat_nothing(
         with KafkaEventLog(kafka_bootstrap) as log:
             projector = Projector(log, replayed, codec, [*topics.inputs, *topics.outputs], say=lambda _: None)
             projector.start()
-            ends = log.end_offsets([*topics.inputs, *topics.outputs])
-            while not projector.caught_up(ends):
-                projector.step(0.5)
+            projector.catch_up(log.end_offsets([*topics.inputs, *topics.outputs]))
         assert differences(dump(live), dump(replayed)) == []
     finally:
         replayed.dispose()
