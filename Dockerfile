@@ -3,8 +3,11 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml constraints.txt README.md ./
 COPY schemas ./schemas
-COPY allocator ./allocator
+COPY eventlog ./eventlog
 COPY governors ./governors
+COPY book ./book
+COPY allocator ./allocator
+COPY cli ./cli
 COPY projections ./projections
 COPY migrations ./migrations
 COPY simulation ./simulation

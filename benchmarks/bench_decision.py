@@ -18,10 +18,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from allocator.config import AllocatorConfig
-from allocator.cycle import CycleRequest, run_cycle
-from allocator.highs_banner import silence_highs_banner
-from projections.portfolio import Portfolio
+from allocator.engine.cycle import CycleRequest, run_cycle
+from allocator.engine.highs_banner import silence_highs_banner
+from book.config import AllocatorConfig
+from book.portfolio import Portfolio
 from schemas.events import GovernorState, Proposal, Side
 
 CELLS = [(n, s) for n in (20, 100, 200, 1000) for s in (1000, 2000, 5000)]

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from allocator.fallback import solve_fallback
-from allocator.highs_banner import silence_highs_banner
-from allocator.problem import AllocationProblem, Solution, SolverPath, cvar, effective_cvar_bound
-from allocator.solver_fast import DEFAULT_TIME_LIMIT_S, solve_fast
-from allocator.solver_reference import solve_reference
+from allocator.engine.fallback import solve_fallback
+from allocator.engine.highs_banner import silence_highs_banner
+from allocator.engine.problem import AllocationProblem, Solution, SolverPath, cvar, effective_cvar_bound
+from allocator.engine.solver_fast import DEFAULT_TIME_LIMIT_S, solve_fast
+from allocator.engine.solver_reference import solve_reference
 from benchmarks.instances import make_instance
 
 FULL_CELLS = [(n, s) for n in (20, 100, 200, 1000) for s in (1000, 2000, 5000)]

@@ -46,13 +46,13 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from sqlalchemy import create_engine, func, select, text
 
-from allocator.log_kafka import KafkaEventLog
-from allocator.sequencer import Topics
 from benchmarks.instances import live_proposal
+from book.portfolio import PortfolioState
+from eventlog.kafka import KafkaEventLog
+from eventlog.port import Topics
 from governors.state import GovernorLimits
 from projections import tables
 from projections.database import fresh_schema
-from projections.portfolio import PortfolioState
 from projections.projector import Projector, ProjectorStats
 from schemas.codec import SingleObjectCodec, load_schema
 from schemas.events import EVENT_TYPES, Decision, Event, Fill, FillStatus, PnlMark, Proposal, Side
@@ -393,7 +393,7 @@ def serve_once(
         sys.executable,
         *(["-m", "cProfile", "-o", str(prof_path)] if profile_top else []),
         "-m",
-        "allocator.cli",
+        "cli.main",
         "serve",
         "--book",
         "bench",

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from allocator.problem import AllocationProblem, cvar
-from allocator.scenarios import book_losses, market_uniforms, stake_returns, win_probability
+from allocator.engine.problem import AllocationProblem, cvar
+from allocator.engine.scenarios import book_losses, market_uniforms, stake_returns, win_probability
 from schemas.events import Proposal, Side
 
 

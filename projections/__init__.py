@@ -1,1 +1,1 @@
-"""Projections: the pure portfolio fold, the SQL tables, and the projector that writes folds to the database."""
+"""The read side: SQL tables, the projector that writes the log into them, and the status read from them."""

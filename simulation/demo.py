@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from allocator.audit import audit_log
-from allocator.config import AllocatorConfig
-from allocator.cycle import naive_cycle, run_cycle
-from allocator.sequencer import Topics
-from allocator.service import AllocatorService, Decide, group_of
+from allocator.engine.cycle import naive_cycle, run_cycle
+from allocator.service.audit import audit_log
+from allocator.service.loop import AllocatorService, Decide, group_of
+from book.config import AllocatorConfig
+from eventlog.port import Topics
 from schemas.codec import SingleObjectCodec
 from simulation.agents import AGENT_IDS, AGENTS, propose_all
 from simulation.executor import ExecutorParams

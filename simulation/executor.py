@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from allocator.clients import BookClient, DecisionFeed
+from allocator.service.clients import BookClient, DecisionFeed
 from schemas.events import Decision, Fill, FillStatus, Side
 from simulation.market import World
 

@@ -10,12 +10,11 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from allocator.clients import BookClient, DecisionFeed
-from allocator.config import AllocatorConfig
-from allocator.cycle import CycleOutcome, CycleRequest, book_cvar
-from allocator.eventlog import EventLog
-from allocator.sequencer import Topics
-from allocator.service import AllocatorService, Decide, group_of
+from allocator.engine.cycle import CycleOutcome, CycleRequest, book_cvar
+from allocator.service.clients import BookClient, DecisionFeed
+from allocator.service.loop import AllocatorService, Decide, group_of
+from book.config import AllocatorConfig
+from eventlog.port import EventLog, Topics
 from projections.database import fresh_schema
 from projections.projector import Projector
 from schemas.codec import EventCodec
@@ -41,10 +40,10 @@ class Backend:
 
     def open(self, group: str | None = None) -> EventLog:
         if self.kafka is not None:
-            from allocator.log_kafka import KafkaEventLog
+            from eventlog.kafka import KafkaEventLog
 
             return KafkaEventLog(self.kafka, group)
-        from allocator.log_embedded import EmbeddedEventLog
+        from eventlog.embedded import EmbeddedEventLog
 
         assert self.log_path is not None, "an embedded backend needs a log path"
         return EmbeddedEventLog(self.log_path, group)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from allocator.cli import build_parser, main, subcommands
+from cli.main import build_parser, main, subcommands
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,9 +19,7 @@ def _subcommands() -> set[str]:
 
 
 def test_help_lists_the_subcommands() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "allocator.cli", "--help"], capture_output=True, text=True, check=True
-    )
+    result = subprocess.run([sys.executable, "-m", "cli.main", "--help"], capture_output=True, text=True, check=True)
     for name in _subcommands():
         assert name in result.stdout
     assert {"demo", "db", "schemas"} <= _subcommands()
@@ -110,7 +108,7 @@ def test_the_schema_reference_page_is_generated_from_the_schemas() -> None:
 
 
 def test_init_creates_the_books_topics_on_the_embedded_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from allocator.log_embedded import EmbeddedEventLog
+    from eventlog.embedded import EmbeddedEventLog
 
     path = tmp_path / "log.sqlite"
     assert main(["init", "--log", str(path), "--topic-prefix", "b"]) == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from allocator.config import AllocatorConfig, ConfigError
+from book.config import AllocatorConfig, ConfigError
 
 
 def test_defaults_are_the_spec_numbers() -> None:

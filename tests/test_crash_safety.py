@@ -24,11 +24,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text
 
-from allocator.audit import audit_log
-from allocator.config import AllocatorConfig
-from allocator.log_kafka import KafkaEventLog
-from allocator.sequencer import Topics, read_decisions
+from allocator.service.audit import audit_log
+from allocator.service.sequencer import read_decisions
 from benchmarks.instances import live_proposal
+from book.config import AllocatorConfig
+from eventlog.kafka import KafkaEventLog
+from eventlog.port import Topics
 from projections import tables
 from projections.database import engine_for, fresh_schema
 from projections.projector import Projector
@@ -60,7 +61,7 @@ class Process:
     def start(self) -> None:
         self.starts += 1
         out = self.log_path.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "allocator.cli", *self.args], stdout=out,
+        self.proc = subprocess.Popen([sys.executable, "-m", "cli.main", *self.args], stdout=out,
                                      stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)  # fmt: skip
 
     def kill(self) -> None:

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from allocator.cli import main
-from allocator.cycle import CycleOutcome, run_cycle
-from allocator.snapshot import load_snapshot, parse_snapshot
+from allocator.engine.cycle import CycleOutcome, run_cycle
+from allocator.service.snapshot import load_snapshot, parse_snapshot
+from cli.main import main
 from schemas.events import Allocation, AllocationStatus, GovernorState, ReasonCode, SolverPath
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -392,7 +392,7 @@ def test_allocate_stdout_is_exactly_one_json_document_in_a_fresh_process() -> No
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "allocator.cli", "allocate", str(ROOT / "examples" / "basic.json")],
+        [sys.executable, "-m", "cli.main", "allocate", str(ROOT / "examples" / "basic.json")],
         capture_output=True,
         text=True,
         check=True,

@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from allocator.eventlog import AbortableError, EventLog, FencedError, LogError, Record, TopicPartition, wall_clock_ms
-from allocator.log_embedded import EmbeddedEventLog
-from allocator.log_kafka import KafkaEventLog
+from eventlog.embedded import EmbeddedEventLog
+from eventlog.kafka import KafkaEventLog
+from eventlog.port import AbortableError, EventLog, FencedError, LogError, Record, TopicPartition, wall_clock_ms
 
 FIXED_MS = 1_790_000_000_000
 QUIET_S = 0.3  # how long "nothing more arrives" is watched for
@@ -502,7 +502,7 @@ def test_embedded_a_commit_locked_out_by_another_writer_is_abortable(tmp_path: P
 
 _WRITER_PROCESS = """
 import sys
-from allocator.log_embedded import EmbeddedEventLog
+from eventlog.embedded import EmbeddedEventLog
 
 path, topic, name = sys.argv[1], sys.argv[2], sys.argv[3]
 with EmbeddedEventLog(path) as log:

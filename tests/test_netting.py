@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from allocator.netting import net_opposites
-from allocator.validation import priority
+from allocator.engine.netting import net_opposites
+from allocator.engine.validation import priority
 from schemas.events import Proposal, Side
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from allocator.cli import main
+from cli.main import main
 from tests.conftest import DbSchema
 
 

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from book.exactsum import rounded, units
+from book.portfolio import Holding, PortfolioState
 from governors.state import GovernorChange, GovernorLimits
-from projections.exactsum import rounded, units
-from projections.portfolio import Holding, PortfolioState
 from schemas.events import (
     Allocation,
     AllocationStatus,

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from allocator.problem import (
+from allocator.engine.problem import (
     AllocationProblem,
     ConstraintKind,
     ConstraintViolation,

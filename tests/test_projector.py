@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, Engine, create_engine, event, select, text
 
-from allocator.eventlog import Record
-from allocator.log_embedded import EmbeddedEventLog
+from eventlog.embedded import EmbeddedEventLog
+from eventlog.port import Record
 from projections import tables
 from projections.bulk import written_columns
 from projections.database import engine_for, fresh_schema

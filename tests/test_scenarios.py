@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from allocator.scenarios import (
+from allocator.engine.scenarios import (
     book_losses,
     market_uniforms,
     seed_from_decision_id,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from allocator.config import AllocatorConfig
-from allocator.cycle import run_cycle
-from allocator.eventlog import Record, TopicPartition
-from allocator.sequencer import BookState, Topics, build_request, fold_batch
+from allocator.engine.cycle import run_cycle
+from allocator.service.sequencer import BookState, build_request, fold_batch
+from book.config import AllocatorConfig
+from eventlog.port import Record, TopicPartition, Topics
 from schemas.codec import SingleObjectCodec
 from schemas.events import AllocationStatus, Fill, FillStatus, MarketResolution, Outcome, PnlMark, Proposal, Side
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from allocator.config import AllocatorConfig
-from allocator.log_embedded import EmbeddedEventLog
-from allocator.sequencer import Topics
-from allocator.service import AllocatorService
+from allocator.service.loop import AllocatorService
+from book.config import AllocatorConfig
+from eventlog.embedded import EmbeddedEventLog
+from eventlog.port import Topics
 from schemas.codec import SingleObjectCodec
 from schemas.events import (
     AllocationStatus,
@@ -145,7 +145,7 @@ def test_failed_executions_pause_the_book_and_the_change_is_published(tmp_path: 
 
 
 def test_a_second_instance_fences_the_first(tmp_path: Path) -> None:
-    from allocator.eventlog import FencedError
+    from eventlog.port import FencedError
 
     db = tmp_path / "log.sqlite"
     first = service(db)
@@ -162,7 +162,7 @@ def test_a_second_instance_fences_the_first(tmp_path: Path) -> None:
 def test_audit_passes_on_an_honest_log_and_names_exactly_a_forged_decision(tmp_path: Path) -> None:
     import dataclasses
 
-    from allocator.audit import audit_log
+    from allocator.service.audit import audit_log
 
     db = tmp_path / "log.sqlite"
     svc = service(db)

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linprog
 
-from allocator.fallback import priority_order, solve_fallback
-from allocator.problem import (
+from allocator.engine.fallback import priority_order, solve_fallback
+from allocator.engine.problem import (
     AllocationProblem,
     ConstraintKind,
     Solution,
@@ -22,9 +22,9 @@ from allocator.problem import (
     cvar,
     objective,
 )
-from allocator.scenarios import book_losses, market_uniforms, stake_returns, win_probability
-from allocator.solver_fast import FastSettings, solve_fast
-from allocator.solver_reference import solve_reference
+from allocator.engine.scenarios import book_losses, market_uniforms, stake_returns, win_probability
+from allocator.engine.solver_fast import FastSettings, solve_fast
+from allocator.engine.solver_reference import solve_reference
 
 EQUITY = 10_000.0
 EXACT = FastSettings(mip_rel_gap=1e-9)
@@ -354,8 +354,8 @@ def test_binding_reasons_on_a_capital_limited_instance() -> None:
 
 @pytest.mark.parametrize("seed", range(20))
 def test_two_valued_tail_matches_the_sorted_cvar(seed: int) -> None:
-    from allocator.fallback import _TwoValuedTail
-    from allocator.problem import tail_count, tail_mean
+    from allocator.engine.fallback import _TwoValuedTail
+    from allocator.engine.problem import tail_count, tail_mean
 
     rng = np.random.Generator(np.random.PCG64(seed))
     scenarios = int(rng.integers(1, 3000))
@@ -379,7 +379,7 @@ def test_two_valued_tail_matches_the_sorted_cvar(seed: int) -> None:
 def test_greedy_gives_the_same_sizes_with_and_without_the_two_valued_tail(
     seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import allocator.fallback as fallback
+    import allocator.engine.fallback as fallback
 
     problem = random_problem(seed, 40, 500)
     fast = fallback.greedy_sizes(problem)

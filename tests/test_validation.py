@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from allocator.validation import InvalidProposal, is_expired, parse_proposal, priority, validate
+from allocator.engine.validation import InvalidProposal, is_expired, parse_proposal, priority, validate
 from schemas.events import Proposal, ReasonCode, Side
 
 

@@ -9,11 +9,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from allocator.config import AllocatorConfig, ConfigError
-from allocator.cycle import CycleRequest, SuppliedScenarios, deduplicate
-from allocator.validation import InvalidProposal, Submitted, parse_proposal
+from allocator.engine.cycle import CycleRequest, SuppliedScenarios, deduplicate
+from allocator.engine.validation import InvalidProposal, Submitted, parse_proposal
+from book.config import AllocatorConfig, ConfigError
+from book.portfolio import Portfolio, Position
 from governors.rules import failure_pause_triggered, failure_rate, kill_switch_triggered
-from projections.portfolio import Portfolio, Position
 from schemas.events import Decision, GovernorState, Reason, ReasonCode, Side
 
 TOP_LEVEL_KEYS = frozenset(

@@ -7,8 +7,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from allocator.eventlog import EventLog, TopicPartition
-from allocator.sequencer import Topics
+from eventlog.port import EventLog, TopicPartition, Topics
 from schemas.codec import EventCodec
 from schemas.events import Command, ControlCommand, Decision, Event, Fill, MarketResolution, PnlMark, Proposal
 

@@ -7,8 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from allocator.config import AllocatorConfig, ConfigError
-from allocator.eventlog import EventLog
+from book.config import AllocatorConfig, ConfigError
+from eventlog.port import EventLog
 
 DEFAULT_EMBEDDED_LOG = "allocator-log.sqlite"
 
@@ -35,10 +35,10 @@ class LogSettings:
 
     def open(self, group: str | None = None) -> EventLog:
         if self.kafka_bootstrap:
-            from allocator.log_kafka import KafkaEventLog
+            from eventlog.kafka import KafkaEventLog
 
             return KafkaEventLog(self.kafka_bootstrap, group)
-        from allocator.log_embedded import EmbeddedEventLog
+        from eventlog.embedded import EmbeddedEventLog
 
         return EmbeddedEventLog(self.embedded_path, group)
 

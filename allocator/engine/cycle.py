@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from allocator import scenarios as risk
-from allocator.config import AllocatorConfig
-from allocator.netting import net_opposites
-from allocator.problem import AllocationProblem, Solution, cvar, portfolio_losses, tail_count, tail_mean
-from allocator.validation import InvalidProposal, Submitted, is_expired, lifetime_ms, priority
-from allocator.verify import DecisionInvariantError, verify_decision
-from projections.portfolio import Portfolio
+from allocator.engine import scenarios as risk
+from allocator.engine.netting import net_opposites
+from allocator.engine.problem import AllocationProblem, Solution, cvar, portfolio_losses, tail_count, tail_mean
+from allocator.engine.validation import InvalidProposal, Submitted, is_expired, lifetime_ms, priority
+from allocator.engine.verify import DecisionInvariantError, verify_decision
+from book.config import AllocatorConfig
+from book.portfolio import Portfolio
 from schemas.events import (
     Allocation,
     AllocationStatus,
@@ -132,7 +132,7 @@ Solver = Callable[[AllocationProblem, float, float], Solution]
 
 
 def default_solver(problem: AllocationProblem, time_limit_s: float, rel_gap: float) -> Solution:
-    from allocator.solver_fast import FastSettings, solve_fast
+    from allocator.engine.solver_fast import FastSettings, solve_fast
 
     return solve_fast(problem, time_limit_s=time_limit_s, settings=FastSettings(mip_rel_gap=rel_gap))
 

@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from allocator.backends import LogSettings
-    from allocator.config import AllocatorConfig
+    from allocator.service.backends import LogSettings
+    from book.config import AllocatorConfig
     from schemas.codec import EventCodec
 
 EXIT_OK = 0
@@ -51,8 +51,8 @@ def _cmd_allocate(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from allocator.cycle import run_cycle
-    from allocator.snapshot import SnapshotError, decision_json, load_snapshot
+    from allocator.engine.cycle import run_cycle
+    from allocator.service.snapshot import SnapshotError, decision_json, load_snapshot
 
     try:
         request = load_snapshot(Path(args.snapshot))
@@ -68,9 +68,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import time
 
-    from allocator.eventlog import FencedError, LogError
-    from allocator.sequencer import Topics
-    from allocator.service import AllocatorService, group_of
+    from allocator.service.loop import AllocatorService, group_of
+    from eventlog.port import FencedError, LogError, Topics
     from schemas.codec import make_codec
 
     config = _load_config(args, "serve")
@@ -115,8 +114,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from allocator.audit import audit_log, summary_table, write_report
-    from allocator.sequencer import Topics
+    from allocator.service.audit import audit_log, summary_table, write_report
+    from eventlog.port import Topics
     from schemas.codec import make_codec
 
     config = _load_config(args, "audit")
@@ -137,7 +136,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _projector_setup(args: argparse.Namespace) -> tuple[LogSettings, list[str], EventCodec]:
-    from allocator.sequencer import Topics
+    from eventlog.port import Topics
     from schemas.codec import make_codec
 
     topics = Topics(args.topic_prefix)
@@ -226,7 +225,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    from allocator.sequencer import Topics
+    from eventlog.port import Topics
 
     topics = Topics(args.topic_prefix)
     names = [*topics.inputs, *topics.outputs]
@@ -240,7 +239,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
     from confluent_kafka.cimpl import KafkaError, KafkaException, NewTopic
 
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    from allocator.log_kafka import TOPIC_CONFIG
+    from eventlog.kafka import TOPIC_CONFIG
 
     new = [
         NewTopic(name, num_partitions=args.partitions if name in topics.inputs else 1,
@@ -284,9 +283,8 @@ def _cmd_db_grant_reader(args: argparse.Namespace) -> int:
 def _cmd_control(args: argparse.Namespace) -> int:
     import uuid
 
-    from allocator.clients import BookClient, ClientError
-    from allocator.eventlog import LogError, wall_clock_ms
-    from allocator.sequencer import Topics
+    from allocator.service.clients import BookClient, ClientError
+    from eventlog.port import LogError, Topics, wall_clock_ms
     from schemas.codec import make_codec
     from schemas.events import Command, ControlCommand
 
@@ -348,8 +346,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _load_config(args: argparse.Namespace, command: str) -> AllocatorConfig | None:
     """The --config file, or the defaults; None (after saying why) when it is not a valid configuration."""
-    from allocator.backends import load_config
-    from allocator.config import ConfigError
+    from allocator.service.backends import load_config
+    from book.config import ConfigError
 
     try:
         return load_config(args.config)
@@ -359,7 +357,7 @@ def _load_config(args: argparse.Namespace, command: str) -> AllocatorConfig | No
 
 
 def _log_settings(args: argparse.Namespace) -> LogSettings:
-    from allocator.backends import LogSettings
+    from allocator.service.backends import LogSettings
 
     return LogSettings.resolve(args.kafka, args.log)
 
@@ -545,7 +543,7 @@ def subcommands(parser: argparse.ArgumentParser) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from allocator.highs_banner import silence_highs_banner
+    from allocator.engine.highs_banner import silence_highs_banner
 
     parser = build_parser()
     args = parser.parse_args(argv)

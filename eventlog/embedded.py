@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from allocator.eventlog import (
+from eventlog.port import (
     AbortableError,
     Clock,
     FencedError,

@@ -9,87 +9,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 
-from allocator.config import AllocatorConfig, ConfigError
-from allocator.cycle import CycleRequest
-from allocator.eventlog import EventLog, Record, TopicPartition
-from allocator.validation import InvalidProposal, Submitted, validate
+from allocator.engine.cycle import CycleRequest
+from allocator.engine.validation import InvalidProposal, Submitted, validate
+from book.config import AllocatorConfig, ConfigError
+from book.portfolio import PortfolioState
+from eventlog.port import EventLog, Record, TopicPartition, Topics
 from governors.state import GovernorChange, GovernorLimits
-from projections.portfolio import PortfolioState
 from schemas.codec import EventCodec, UndecodableMessage
 from schemas.events import (
-    ControlCommand,
     DeadLetter,
     Decision,
     Event,
-    Fill,
     GovernorEvent,
     GovernorState,
     InputPosition,
-    MarketResolution,
-    PnlMark,
     Proposal,
     Reason,
     ReasonCode,
 )
-
-
-@dataclass(frozen=True)
-class Topics:
-    """The book's topics, named `<prefix>.<role>`."""
-
-    prefix: str = "allocator"
-
-    @property
-    def proposals(self) -> str:
-        return f"{self.prefix}.proposals"
-
-    @property
-    def fills(self) -> str:
-        return f"{self.prefix}.fills"
-
-    @property
-    def pnl(self) -> str:
-        return f"{self.prefix}.pnl"
-
-    @property
-    def control(self) -> str:
-        return f"{self.prefix}.control"
-
-    @property
-    def decisions(self) -> str:
-        return f"{self.prefix}.decisions"
-
-    @property
-    def governor(self) -> str:
-        return f"{self.prefix}.governor"
-
-    @property
-    def deadletter(self) -> str:
-        return f"{self.prefix}.deadletter"
-
-    @property
-    def inputs(self) -> tuple[str, ...]:
-        return (self.proposals, self.fills, self.pnl, self.control)
-
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        return (self.decisions, self.governor, self.deadletter)
-
-    def accepts(self, topic: str) -> tuple[type[Event], ...]:
-        """The event types an input topic may carry; anything else there is a dead letter."""
-        return self._accepted.get(topic, ())
-
-    @cached_property
-    def _accepted(self) -> dict[str, tuple[type[Event], ...]]:
-        # Built once: `accepts` is asked for every record folded.
-        return {
-            self.proposals: (Proposal,),
-            self.fills: (Fill,),
-            self.pnl: (PnlMark, MarketResolution),
-            self.control: (ControlCommand,),
-        }
 
 
 def limits_of(config: AllocatorConfig) -> GovernorLimits:

@@ -8,11 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from allocator.config import AllocatorConfig
-from allocator.cycle import CycleOutcome, CycleRequest, run_cycle
-from allocator.eventlog import EventLog, TopicPartition
-from allocator.sequencer import BookState, Topics, build_request, read_decisions, replay_decisions
-from allocator.verify import DecisionInvariantError, verify_decision
+from allocator.engine.cycle import CycleOutcome, CycleRequest, run_cycle
+from allocator.engine.verify import DecisionInvariantError, verify_decision
+from allocator.service.sequencer import BookState, build_request, read_decisions, replay_decisions
+from book.config import AllocatorConfig
+from eventlog.port import EventLog, TopicPartition, Topics
 from schemas.codec import EventCodec
 from schemas.events import Decision, SolverPath
 

@@ -22,7 +22,7 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 from confluent_kafka.cimpl import NewTopic
 
-from allocator.eventlog import (
+from eventlog.port import (
     AbortableError,
     Clock,
     FencedError,

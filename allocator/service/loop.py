@@ -6,12 +6,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from allocator.config import AllocatorConfig
-from allocator.cycle import CycleOutcome, CycleRequest, run_cycle
-from allocator.eventlog import AbortableError, EventLog, Record
-from allocator.sequencer import (
+from allocator.engine.cycle import CycleOutcome, CycleRequest, run_cycle
+from allocator.service.sequencer import (
     BookState,
-    Topics,
     build_request,
     fold_batch,
     fold_decision,
@@ -19,6 +16,8 @@ from allocator.sequencer import (
     prepare_cycle,
     replay_decisions,
 )
+from book.config import AllocatorConfig
+from eventlog.port import AbortableError, EventLog, Record, Topics
 from schemas.codec import EventCodec
 from schemas.events import Decision
 

@@ -6,8 +6,11 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from types import TracebackType
 from typing import Protocol, Self
+
+from schemas.events import ControlCommand, Event, Fill, MarketResolution, PnlMark, Proposal
 
 Clock = Callable[[], int]
 """Milliseconds since the Unix epoch; adapters take one so tests and replays can pin record timestamps."""
@@ -51,6 +54,63 @@ class Record:
     def next_offset(self) -> int:
         """The offset to commit once this record is processed: offsets name the NEXT record to read."""
         return self.offset + 1
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The book's topics, named `<prefix>.<role>`."""
+
+    prefix: str = "allocator"
+
+    @property
+    def proposals(self) -> str:
+        return f"{self.prefix}.proposals"
+
+    @property
+    def fills(self) -> str:
+        return f"{self.prefix}.fills"
+
+    @property
+    def pnl(self) -> str:
+        return f"{self.prefix}.pnl"
+
+    @property
+    def control(self) -> str:
+        return f"{self.prefix}.control"
+
+    @property
+    def decisions(self) -> str:
+        return f"{self.prefix}.decisions"
+
+    @property
+    def governor(self) -> str:
+        return f"{self.prefix}.governor"
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.prefix}.deadletter"
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (self.proposals, self.fills, self.pnl, self.control)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (self.decisions, self.governor, self.deadletter)
+
+    def accepts(self, topic: str) -> tuple[type[Event], ...]:
+        """The event types an input topic may carry; anything else there is a dead letter."""
+        return self._accepted.get(topic, ())
+
+    @cached_property
+    def _accepted(self) -> dict[str, tuple[type[Event], ...]]:
+        # Built once: `accepts` is asked for every record folded.
+        return {
+            self.proposals: (Proposal,),
+            self.fills: (Fill,),
+            self.pnl: (PnlMark, MarketResolution),
+            self.control: (ControlCommand,),
+        }
 
 
 class LogError(Exception):

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from book.exactsum import rounded, units
 from governors.state import (
     GovernorChange,
     GovernorLimits,
@@ -21,7 +22,6 @@ from governors.state import (
     on_execution_report,
     on_solve,
 )
-from projections.exactsum import rounded, units
 from schemas.events import (
     AllocationStatus,
     Command,
@@ -146,7 +146,7 @@ class PortfolioState:
 
     Change it only through `apply` (and `expire_reservations`): the marked value of each holding is kept beside
     it, so one mark or fill revalues only its own market's holdings instead of the whole book, and equity is
-    read from an exact sum of those values (`projections.exactsum`). Equity is therefore bit for bit
+    read from an exact sum of those values (`book.exactsum`). Equity is therefore bit for bit
     `cash + math.fsum(value of every holding)` whatever the order of events that built the state.
     """
 

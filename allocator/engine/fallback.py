@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from allocator.problem import (
+from allocator.engine.problem import (
     AllocationProblem,
     FloatArray,
     IntArray,

@@ -26,8 +26,8 @@ import highspy
 import numpy as np
 import numpy.typing as npt
 
-from allocator.fallback import greedy_sizes, priority_order
-from allocator.problem import (
+from allocator.engine.fallback import greedy_sizes, priority_order
+from allocator.engine.problem import (
     DEFAULT_TOLERANCE,
     OBJECTIVE_ATOL,
     AllocationProblem,

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from allocator.problem import AllocationProblem, cvar
+from allocator.engine.problem import AllocationProblem, cvar
 from schemas.events import AllocationStatus, Decision, GovernorState, Proposal
 
 if TYPE_CHECKING:
-    from allocator.cycle import CycleRequest
+    from allocator.engine.cycle import CycleRequest
 
 REL_TOL = 1e-9
 ABS_TOL = 1e-6  # currency units

@@ -12,8 +12,8 @@ import numpy as np
 from cvxpy.atoms.affine.binary_operators import multiply
 from cvxpy.atoms.affine.sum import sum as cp_sum
 
-from allocator.fallback import solve_fallback
-from allocator.problem import (
+from allocator.engine.fallback import solve_fallback
+from allocator.engine.problem import (
     AllocationProblem,
     FloatArray,
     Solution,
