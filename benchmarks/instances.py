@@ -14,9 +14,9 @@ from schemas.events import Proposal, Side
 
 @dataclass(frozen=True)
 class InstanceConfig:
-    """The knobs of one instance family; defaults follow the SPEC's configuration and the measurements note.
+    """The knobs of one instance family; defaults follow the rules' configuration and the measurements note.
 
-    `cvar_limit` is a fraction of equity. The SPEC default 0.05 binds at the optimum on most instances here
+    `cvar_limit` is a fraction of equity. The default 0.05 binds at the optimum on most instances here
     because the candidates' total upper bounds are far above what a 5%-of-equity tail loss allows (with
     within-key correlation 0.5 and t tails, one key's bets lose together); `benchmarks.bench_solve --cells`
     style runs report how often it binds.

@@ -1,4 +1,4 @@
-"""The allocator's and governors' configuration: one typed object with the SPEC's defaults, loaded at the edge."""
+"""The allocator's and governors' configuration: one typed object owning every default, loaded at the edge."""
 
 from __future__ import annotations
 
@@ -18,15 +18,15 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class AllocatorConfig:
-    """Every limit and parameter of SPEC.md, with its defaults. Fractions are of equity E unless noted."""
+    """Every limit and parameter of docs/rules.md, with its defaults. Fractions are of equity E unless noted."""
 
     config_version: str = "1"
-    # SPEC §4 and §7: the caps
+    # rules.md §4 and §7: the caps
     position_cap: float = 0.02
     market_cap: float = 0.10
     group_cap: float = 0.05
     group_caps: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
-    # SPEC §7: governors
+    # rules.md §7: governors
     kill_switch_drawdown: float = 0.15
     failure_rate_limit: float = 0.30
     failure_window: int = 50
@@ -35,24 +35,24 @@ class AllocatorConfig:
     solver_timeout_window: int = 10
     solver_recovery_solves: int = 10
     min_window_s: float = 1.0
-    # SPEC §3: cycles and lifetimes
+    # rules.md §3: cycles and lifetimes
     cycle_interval_s: float = 1.0
     opportunity_window_s: float = 300.0
     # The book: its starting cash, when a cycle runs early, and how long capital stays reserved for a fill
     initial_cash: float = 100_000.0
     max_pending: int = 1_000
     fill_timeout_s: float = 300.0
-    # SPEC §4 and §8: tail risk and the default risk model
+    # rules.md §4 and §8: tail risk and the default risk model
     cvar_alpha: float = 0.95
     cvar_limit: float = 0.05
     scenario_count: int = 2000
     within_key_correlation: float = 0.5
     common_correlation: float = 0.1
     tail_dof: float = 4.0
-    # SPEC §4: the solver
+    # rules.md §4: the solver
     solver_time_limit_ms: float = 250.0
     mip_rel_gap: float = 1e-4
-    # SPEC §2: agents allowed to propose; None accepts every agent
+    # rules.md §2: agents allowed to propose; None accepts every agent
     agents: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:

@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--book", default="main", help="the book (wallet) to allocate (default: main)")
     _log_options(serve)
-    serve.add_argument("--config", help="JSON file of configuration keys (default: the SPEC's defaults)")
+    serve.add_argument("--config", help="JSON file of configuration keys (default: the defaults of docs/rules.md)")
     serve.add_argument("--max-cycles", type=int, help="stop after this cycle number")
     serve.add_argument("--duration", type=float, help="stop after this many seconds")
     serve.set_defaults(handler=_cmd_serve)

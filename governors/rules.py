@@ -1,4 +1,4 @@
-"""The governors' rules (SPEC §7) as pure predicates: one definition each, used by the fold and by snapshots."""
+"""The governors' rules (rules.md §7) as pure predicates: one definition each, used by the fold and by snapshots."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ class DemoOptions:
     scenarios: tuple[str, ...] = tuple(SCENARIOS)
     kafka: str | None = None
     database: str | None = None
-    scenario_count: int = 1000  # the risk model's scenarios per cycle (SPEC default 2000): keeps the demo short
+    scenario_count: int = 1000  # the risk model's scenarios per cycle (default 2000): keeps the demo short
     runs: tuple[str, ...] = tuple(RUNS)
 
 
@@ -180,7 +180,7 @@ def run_demo(options: DemoOptions, say: Say = print) -> int:
         "Agents: " + "; ".join(f"{a.agent_id} ({a.what})" for a in AGENTS) + ".",
         *(f"Scenario {sc.name}: {sc.story}" for sc in scenarios),
         "Backends: " + " | ".join(f"{r.name}: {r.backend.describe()}" for r in results),
-        f"Audit of the allocator's log (allocator audit, SPEC §10): {audited}.",
+        f"Audit of the allocator's log (allocator audit, rules.md §10): {audited}.",
     ]
     notes = [
         "The naive run is a baseline, not an allocator: every valid proposal is funded at its full request, in "
@@ -192,7 +192,7 @@ def run_demo(options: DemoOptions, say: Say = print) -> int:
         "(the exposure plot shows it); the allocator then refuses new risk in that key but does not sell. The CVaR "
         "in the table is the book's at each cycle's start, after the marks moved, so it can stand above the 5% "
         "budget that bound the trades when they were made.",
-        "The arbitrageur's two legs are two proposals (the SPEC has no bundle): the allocator may fund one leg "
+        "The arbitrageur's two legs are two proposals (the rules have no bundle): the allocator may fund one leg "
         "alone, which is then a directional bet.",
         "Solves that end at the time budget (MIP_TIME_LIMIT) keep a feasible incumbent that is not proven "
         "optimal; they depend on the machine's speed, so the allocator run can differ from one machine to "

@@ -1,7 +1,7 @@
 """The simulated world: binary markets whose true odds move, whose public marks lag and misprice them, and which
 resolve YES or NO. Seeded and computed up front, so both demo runs face the very same world.
 
-The world's model is deliberately not the allocator's (SPEC §8): log-odds follow an event factor and a common
+The world's model is deliberately not the allocator's (rules.md §8): log-odds follow an event factor and a common
 factor with heavier tails (Student-t, 2.5 degrees of freedom, against the allocator's 4), news jumps and
 scripted shocks; complementary pairs resolve exactly opposite, which the allocator's model cannot know.
 """

@@ -1,4 +1,4 @@
-"""Configuration: the SPEC's defaults, and errors that name the key (a typo never switches a limit off)."""
+"""Configuration: the defaults of docs/rules.md, and errors that name the key (a typo never switches a limit off)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One cycle, end to end through the pure core: every SPEC rule at its boundary, and properties over random books."""
+"""One cycle, end to end through the pure core: every rule at its boundary, and properties over random books."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC §7: the governors at their boundaries, latched until an operator acts, and never moved by profit."""
+"""rules.md §7: the governors at their boundaries, latched until an operator acts, and never moved by profit."""
 
 from __future__ import annotations
 

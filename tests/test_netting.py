@@ -1,4 +1,4 @@
-"""SPEC §6: opposite proposals on one market are matched in priority order before sizing."""
+"""rules.md §6: opposite proposals on one market are matched in priority order before sizing."""
 
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ GOLDEN_FINGERPRINTS = {
     "DeadLetter": "033802151ef9f93f",
 }
 
-SPEC_PROPOSAL_FIELDS = [
+RULES_PROPOSAL_FIELDS = [
     "proposal_id", "agent_id", "strategy_tag", "market_id", "side", "price", "expected_profit", "confidence",
     "requested_size", "min_size", "execution_risk", "urgency", "correlation_key", "created_at",
 ]  # fmt: skip
@@ -93,7 +93,7 @@ def test_event_class_mirrors_its_schema(event_type: type[Event]) -> None:
 
 
 def test_proposal_has_exactly_the_spec_fields() -> None:
-    assert [f["name"] for f in load_schema(Proposal)["fields"]] == SPEC_PROPOSAL_FIELDS
+    assert [f["name"] for f in load_schema(Proposal)["fields"]] == RULES_PROPOSAL_FIELDS
     created_at = next(f for f in load_schema(Proposal)["fields"] if f["name"] == "created_at")
     assert created_at["type"] == {"type": "long", "logicalType": "timestamp-millis"}
 

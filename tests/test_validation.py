@@ -1,4 +1,4 @@
-"""SPEC §2 and §3 at their boundaries: each invalid field named, expiry exactly at the lifetime, priority."""
+"""rules.md §2 and §3 at their boundaries: each invalid field named, expiry exactly at the lifetime, priority."""
 
 from __future__ import annotations
 

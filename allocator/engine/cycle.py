@@ -38,7 +38,7 @@ SEED_MASK = (1 << 63) - 1  # Avro's long is signed: keep the 64-bit seed's low 6
 
 @dataclass(frozen=True)
 class SuppliedScenarios:
-    """Scenario returns given by the caller instead of the default risk model (SPEC §8, last sentence)."""
+    """Scenario returns given by the caller instead of the default risk model (rules.md §8, last sentence)."""
 
     returns: Mapping[str, tuple[float, ...]]
     book_losses: tuple[float, ...]
@@ -96,7 +96,7 @@ class _Entry:
 
 
 def deduplicate(items: Iterable[tuple[Submitted, Any]]) -> list[Submitted]:
-    """SPEC §2: a repeat with identical content is ignored; one with different content is REJECTED DUPLICATE.
+    """rules.md §2: a repeat with identical content is ignored; one with different content is REJECTED DUPLICATE.
 
     `items` pairs each submission with its raw content (anything JSON can render) to compare repeats by.
     """
@@ -146,7 +146,7 @@ def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutco
     entries = [_Entry(s) for s in request.submitted]
     pending = _screen(request, entries)
 
-    # 2. Governors override everything else (SPEC §7): HALTED outranks PAUSED.
+    # 2. Governors override everything else (rules.md §7): HALTED outranks PAUSED.
     if request.governor_state is GovernorState.HALTED:
         for e in pending:
             e.finish(AllocationStatus.REJECTED, _reason(ReasonCode.KILL_SWITCH, request.governor_reason))
@@ -156,7 +156,7 @@ def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutco
             e.finish(AllocationStatus.DEFERRED, _reason(ReasonCode.PAUSED, request.governor_reason))
         return _outcome(request, entries, None, None)
 
-    # 3. Netting of opposite sides in one market (SPEC §6).
+    # 3. Netting of opposite sides in one market (rules.md §6).
     proposals = {e.proposal_id: e.submitted for e in pending if isinstance(e.submitted, Proposal)}
     netted = net_opposites(proposals.values(), priority)
     candidates: list[_Entry] = []
@@ -177,7 +177,7 @@ def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutco
         else:
             candidates.append(e)
 
-    # 4. Per-proposal caps (SPEC §4.2, §4.3): a cap below the min size rejects with that cap's code.
+    # 4. Per-proposal caps (rules.md §4.2, §4.3): a cap below the min size rejects with that cap's code.
     market_held = portfolio.market_exposure()
     group_held = portfolio.group_exposure()
     market_limit = config.market_cap * equity
@@ -208,7 +208,7 @@ def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutco
     if not sized:
         return _outcome(request, entries, None, None)
 
-    # 5. The optimisation (SPEC §4) over the candidates, in a fixed order: priority, then id.
+    # 5. The optimisation (rules.md §4) over the candidates, in a fixed order: priority, then id.
     sized.sort(key=lambda e: (-priority(_proposal(e)), e.proposal_id))
     for column, e in enumerate(sized):
         e.column = column
@@ -279,7 +279,7 @@ def naive_cycle(request: CycleRequest) -> CycleOutcome:
 
 
 def _screen(request: CycleRequest, entries: Sequence[_Entry]) -> list[_Entry]:
-    """Validity, agents, risk inputs, expiry (SPEC §2, §3): finish what fails, return what is still pending."""
+    """Validity, agents, risk inputs, expiry (rules.md §2, §3): finish what fails, return what is still pending."""
     config = request.config
     pending: list[_Entry] = []
     for e in entries:

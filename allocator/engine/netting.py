@@ -1,4 +1,4 @@
-"""Netting of opposite proposals on one market before sizing (SPEC §6)."""
+"""Netting of opposite proposals on one market before sizing (rules.md §6)."""
 
 from __future__ import annotations
 

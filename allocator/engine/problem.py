@@ -1,4 +1,4 @@
-"""The array-level allocation problem of SPEC §4, its exact CVaR, a constraint checker, the solution type."""
+"""The array-level allocation problem of rules.md §4, its exact CVaR, a constraint checker, the solution type."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class ConstraintViolation(Exception):
 
 
 class ConstraintKind(enum.Enum):
-    """The constraint families of SPEC §4 (names shared with the decision's reason codes where they match)."""
+    """The constraint families of rules.md §4 (names shared with the decision's reason codes where they match)."""
 
     CAPITAL = "CAPITAL"
     UPPER = "UPPER"
@@ -102,14 +102,14 @@ def _as_finite_float(name: str, raw: float) -> float:
 
 @dataclass(frozen=True, eq=False)
 class AllocationProblem:
-    """SPEC §4 as arrays over n candidates (order fixed by the caller), G groups, M markets and S scenarios.
+    """rules.md §4 as arrays over n candidates (order fixed by the caller), G groups, M markets and S scenarios.
 
     Conventions that make the empty allocation always feasible (so a fallback always exists):
     - capital room is `max(capital, 0)` and a group's room is `max(group_room, 0)`;
     - a market's net trade flow `Σ d_i s_i` must keep the signed exposure `M + flow` inside `[min(-limit, M),
       max(limit, M)]`: inside the cap it may move anywhere within ±limit; a market that already breaches may
       only move back toward (and through, down to the opposite cap) zero — never further out;
-    - the CVaR bound actually enforced is `max(cvar_bound, CVaR(book_losses))` (SPEC §4.6's "the book alone
+    - the CVaR bound actually enforced is `max(cvar_bound, CVaR(book_losses))` (rules.md §4.6's "the book alone
       already breaches" rule; the caller normally applies it already, doing it again is harmless).
 
     Arrays are copied and made read-only; the instance is immutable.
@@ -250,7 +250,7 @@ def market_band(problem: AllocationProblem) -> tuple[FloatArray, FloatArray]:
     """Per market, the allowed interval [lo, hi] of the net trade flow Σ_{i∈m} d_i·s_i (always contains 0).
 
     The signed exposure after the trade, M + flow, must lie in [min(-limit, M), max(limit, M)]. Inside the
-    cap this is the SPEC's |M + flow| ≤ limit. For a market already beyond it (M > limit, say) the trade may
+    cap this is the rules' |M + flow| ≤ limit. For a market already beyond it (M > limit, say) the trade may
     only bring the exposure back: anywhere from the opposite cap, -limit, up to the current M — so a trade
     against the held position always has room, and nothing raises |exposure| while it is over the cap.
     """
@@ -302,7 +302,7 @@ def priority_rank(problem: AllocationProblem) -> IntArray:
 def tie_break_values(problem: AllocationProblem, epsilon: float = TIE_BREAK_EPSILON) -> FloatArray:
     """Objective coefficients the solvers maximise: value_i·(1 + ε·w_i), w_i = (n - rank_i)/n ∈ (0, 1].
 
-    SPEC §4: ties among optimal solutions go to higher priority. Raising each coefficient by a relative amount
+    rules.md §4: ties among optimal solutions go to higher priority. Raising each coefficient by a relative amount
     that grows with priority makes, of two allocations with equal true objective, the one that puts more size
     on higher-priority candidates strictly better. Every coefficient grows by at most a factor 1 + ε and sizes
     are non-negative, so for every allocation the perturbed objective is within a factor 1 + ε of the true
@@ -338,7 +338,7 @@ def objective(problem: AllocationProblem, sizes: npt.ArrayLike) -> float:
 
 
 def check(problem: AllocationProblem, sizes: npt.ArrayLike, tol: Tolerance = DEFAULT_TOLERANCE) -> list[Violation]:
-    """Recompute every constraint of SPEC §4 for `sizes`, independently of any solver; [] means feasible.
+    """Recompute every constraint of rules.md §4 for `sizes`, independently of any solver; [] means feasible.
 
     Comparisons are written so that a NaN never passes.
     """

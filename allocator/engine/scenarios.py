@@ -1,4 +1,4 @@
-"""The default risk model of SPEC §8: seeded t-copula outcomes, per-unit stake returns, book losses."""
+"""The default risk model of rules.md §8: seeded t-copula outcomes, per-unit stake returns, book losses."""
 
 from __future__ import annotations
 

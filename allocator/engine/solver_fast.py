@@ -77,7 +77,7 @@ DEFAULT_MIP_OPTIONS: tuple[tuple[str, Any], ...] = (
 class FastSettings:
     """Tuning of the fast solver; the defaults are the ones the benchmark was run with."""
 
-    # The SPEC's optimality tolerance: stop (MIP_OPTIMAL) once the proven relative gap is at most this.
+    # The rules' optimality tolerance: stop (MIP_OPTIMAL) once the proven relative gap is at most this.
     mip_rel_gap: float = 1e-4
     # Each separation adds every scenario among the worst `tail_margin`·k at the point separated: scenarios
     # about to enter the tail come in early, so fewer rounds are needed (1.0-1.5 measured; rows cost LP time).
@@ -121,7 +121,7 @@ class _Clock:
 
     It also remembers whether time ever decided anything — a stage skipped, a loop or a HiGHS run cut short.
     Only a solve the clock never shaped may be called MIP_OPTIMAL: that is what makes an optimal decision
-    reproducible by the audit on another machine (SPEC §10); a clock-shaped one is MIP_TIME_LIMIT.
+    reproducible by the audit on another machine (rules.md §10); a clock-shaped one is MIP_TIME_LIMIT.
     """
 
     def __init__(self, budget_s: float) -> None:
@@ -439,7 +439,7 @@ def _snap(model: _Model, x: FloatArray, on: BoolArray) -> FloatArray:
 
 
 def _greedy_orders(problem: AllocationProblem) -> list[IntArray]:
-    """Orders for the SPEC §5(b) greedy rule besides priority: by value, and by value per unit of tail loss.
+    """Orders for the rules.md §5(b) greedy rule besides priority: by value, and by value per unit of tail loss.
 
     The tail loss of a unit stake is its mean loss over the book's CVaR tail (at least a small floor), a cheap
     stand-in for its marginal CVaR: it ranks hedges first and bets that lose with the book last.
@@ -795,9 +795,9 @@ def solve_fast(
     time_limit_s: float = DEFAULT_TIME_LIMIT_S,
     settings: FastSettings = FastSettings(),
 ) -> Solution:
-    """Maximise Σ value·size under every constraint of SPEC §4 within `time_limit_s` seconds of wall clock.
+    """Maximise Σ value·size under every constraint of rules.md §4 within `time_limit_s` seconds of wall clock.
 
-    Stages, each run only while budget remains: the priority greedy (the SPEC fallback, always) and two more
+    Stages, each run only while budget remains: the priority greedy (the rules' fallback, always) and two more
     greedy orders; the LP relaxation with scenario generation (a proven bound); an LP-ordered greedy and an
     LP-guided dive; HiGHS branch-and-bound on the relaxation, re-solved with more scenarios whenever an
     answer's true CVaR (by sorting) is over the bound; a final exact re-optimisation of the best funded set.

@@ -1,4 +1,4 @@
-"""The reference solver: SPEC §4 in CVXPY, every scenario a Rockafellar-Uryasev row, solved by HiGHS."""
+"""The reference solver: rules.md §4 in CVXPY, every scenario a Rockafellar-Uryasev row, solved by HiGHS."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ MIP_REL_GAP = 1e-4
 
 
 def solve_reference(problem: AllocationProblem, time_limit_s: float = 30.0) -> Solution:
-    """Solve the MIP exactly as SPEC §4 writes it, with HiGHS through CVXPY (single thread, fixed seed).
+    """Solve the MIP exactly as rules.md §4 writes it, with HiGHS through CVXPY (single thread, fixed seed).
 
     On a time-out HiGHS's incumbent is kept (path MIP_TIME_LIMIT) when HiGHS reports a feasible primal
     solution; otherwise — and also if the incumbent failed `check`, which would be a modelling bug — the

@@ -1,4 +1,4 @@
-"""Validation of proposals at the boundary (SPEC §2): every violation becomes a reason that names the field."""
+"""Validation of proposals at the boundary (rules.md §2): every violation becomes a reason that names the field."""
 
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ def validate(proposal: Proposal) -> Submitted:
 
 
 def lifetime_ms(proposal: Proposal, opportunity_window_ms: int) -> float:
-    """How long a proposal stays valid after created_at: min(1/urgency, opportunity window) (SPEC §3)."""
+    """How long a proposal stays valid after created_at: min(1/urgency, opportunity window) (rules.md §3)."""
     return min(1000.0 / proposal.urgency, float(opportunity_window_ms))
 
 
@@ -157,7 +157,7 @@ def is_expired(proposal: Proposal, as_of_ms: int, opportunity_window_ms: int) ->
 
 
 def priority(proposal: Proposal) -> float:
-    """SPEC §5: ep·conf / (max(execution_risk, 0.01)·(1 + 1/urgency)): urgent and reliable trades come first."""
+    """rules.md §5: ep·conf / (max(execution_risk, 0.01)·(1 + 1/urgency)): urgent and reliable trades come first."""
     return (
         proposal.expected_profit
         * proposal.confidence

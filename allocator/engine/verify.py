@@ -1,4 +1,4 @@
-"""The independent check every decision passes before it leaves the core (SPEC §4, §6, §7).
+"""The independent check every decision passes before it leaves the core (rules.md §4, §6, §7).
 
 It re-derives each limit from the cycle's request (portfolio, configuration, proposals), not from the
 optimisation problem the cycle built, and recomputes CVaR by sorting, not through any solver's formulation.

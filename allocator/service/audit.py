@@ -1,4 +1,4 @@
-"""`allocator audit`: re-run every recorded cycle on the state it saw and compare (SPEC §10)."""
+"""`allocator audit`: re-run every recorded cycle on the state it saw and compare (rules.md §10)."""
 
 from __future__ import annotations
 

@@ -221,7 +221,7 @@ def _reject_constant(name: str) -> float:
 
 
 def decision_json(decision: Decision, *, timing: bool = True) -> dict[str, Any]:
-    """The CLI's JSON rendering of a decision (statuses and reason codes exactly as the SPEC names them)."""
+    """The CLI's JSON rendering of a decision (statuses and reason codes exactly as docs/rules.md names them)."""
     return {
         "decision_id": decision.decision_id,
         "governor_state": decision.governor_state.value,
