@@ -47,10 +47,10 @@ from confluent_kafka.admin import AdminClient
 from sqlalchemy import create_engine, func, select, text
 
 from benchmarks.instances import live_proposal
+from book.config import AllocatorConfig
 from book.portfolio import PortfolioState
 from eventlog.kafka import KafkaEventLog
 from eventlog.port import Topics
-from governors.state import GovernorLimits
 from projections import tables
 from projections.database import fresh_schema
 from projections.projector import Projector, ProjectorStats
@@ -199,7 +199,7 @@ def bench_fold(n: int, repeats: int, report: Report) -> list[bytes]:
             decode(data)
 
     def fold() -> None:
-        state = PortfolioState.new(100_000_000.0, GovernorLimits())
+        state = PortfolioState.new(AllocatorConfig(initial_cash=100_000_000.0))
         decode, apply = codec.decode, state.apply
         for data in encoded:
             apply(decode(data))
@@ -234,7 +234,7 @@ def bench_fold(n: int, repeats: int, report: Report) -> list[bytes]:
 
 
 def profile_fold(encoded: Sequence[bytes], top: int) -> None:
-    state = PortfolioState.new(100_000_000.0, GovernorLimits())
+    state = PortfolioState.new(AllocatorConfig(initial_cash=100_000_000.0))
     profiler = cProfile.Profile()
     profiler.enable()
     for data in encoded:

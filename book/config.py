@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from governors.state import GovernorLimits
+
 
 class ConfigError(ValueError):
     """A configuration that must not be used: it names the key and what is wrong with it."""
@@ -56,41 +58,44 @@ class AllocatorConfig:
     agents: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        _check_fraction("position_cap", self.position_cap)
-        _check_fraction("market_cap", self.market_cap)
-        _check_fraction("group_cap", self.group_cap)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{f.name}: must be a whole number, got {value!r}")
+        for name, (low, high, low_open) in _RANGES.items():
+            _check_range(name, getattr(self, name), low, high, low_open)
         for key, cap in self.group_caps.items():
-            if not isinstance(cap, int | float) or not math.isfinite(cap) or cap < 0:
-                raise ConfigError(f"group_caps[{key!r}]: must be a finite amount >= 0, got {cap!r}")
-        _check_fraction("kill_switch_drawdown", self.kill_switch_drawdown)
-        _check_fraction("failure_rate_limit", self.failure_rate_limit)
-        _check_positive_int("failure_window", self.failure_window)
-        _check_positive_int("failure_min_samples", self.failure_min_samples)
+            if not isinstance(cap, int | float) or not math.isfinite(cap) or not 0 <= cap <= MAX_AMOUNT:
+                raise ConfigError(f"group_caps[{key!r}]: must be an amount in [0, {MAX_AMOUNT:g}], got {cap!r}")
         if self.failure_min_samples > self.failure_window:
             raise ConfigError("failure_min_samples: must not exceed failure_window")
-        _check_positive_int("solver_timeout_window", self.solver_timeout_window)
-        _check_positive_int("solver_timeout_trigger", self.solver_timeout_trigger)
         if self.solver_timeout_trigger > self.solver_timeout_window:
             raise ConfigError("solver_timeout_trigger: must not exceed solver_timeout_window")
-        _check_positive_int("solver_recovery_solves", self.solver_recovery_solves)
-        _check_positive("min_window_s", self.min_window_s)
-        _check_positive("cycle_interval_s", self.cycle_interval_s)
-        _check_positive("opportunity_window_s", self.opportunity_window_s)
-        _check_positive("initial_cash", self.initial_cash)
-        _check_positive_int("max_pending", self.max_pending)
-        _check_positive("fill_timeout_s", self.fill_timeout_s)
         if self.min_window_s > self.opportunity_window_s:
             raise ConfigError("min_window_s: must not exceed opportunity_window_s")
-        if not 0.0 < self.cvar_alpha < 1.0:
-            raise ConfigError(f"cvar_alpha: must be in (0, 1), got {self.cvar_alpha!r}")
-        _check_positive("cvar_limit", self.cvar_limit)
-        _check_positive_int("scenario_count", self.scenario_count)
-        if not 0.0 <= self.common_correlation <= self.within_key_correlation < 1.0:
-            raise ConfigError("within_key_correlation, common_correlation: need 0 <= common <= within < 1")
-        _check_positive("tail_dof", self.tail_dof)
-        _check_positive("solver_time_limit_ms", self.solver_time_limit_ms)
-        if not 0.0 < self.mip_rel_gap < 1.0:
-            raise ConfigError(f"mip_rel_gap: must be in (0, 1), got {self.mip_rel_gap!r}")
+        if self.common_correlation > self.within_key_correlation:
+            raise ConfigError("common_correlation: must not exceed within_key_correlation")
+
+    def governor_limits(self) -> GovernorLimits:
+        """The one mapping from the configuration to the limits the governors enforce (seconds become ms)."""
+        return GovernorLimits(
+            kill_switch_drawdown=self.kill_switch_drawdown,
+            failure_rate_limit=self.failure_rate_limit,
+            failure_window=self.failure_window,
+            failure_min_samples=self.failure_min_samples,
+            solver_timeout_trigger=self.solver_timeout_trigger,
+            solver_timeout_window=self.solver_timeout_window,
+            solver_recovery_solves=self.solver_recovery_solves,
+            min_window_ms=round(self.min_window_s * 1000),
+            opportunity_window_ms=round(self.opportunity_window_s * 1000),
+        )
+
+    def with_limits(self, limits: Mapping[str, float]) -> AllocatorConfig:
+        """An operator's SET_LIMITS applied, validated exactly as a configuration file is: all keys or none.
+
+        Raises ConfigError naming the first bad key; integer keys accept integral doubles (the command's
+        values travel as Avro doubles)."""
+        return AllocatorConfig.from_mapping({**self.to_mapping(), **limits})
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> AllocatorConfig:
@@ -139,6 +144,8 @@ def _coerce(key: str, spec: dataclasses.Field[Any], value: Any) -> Any:
             raise ConfigError(f"agents: must be a list of agent ids, got {value!r}")
         return tuple(value)
     if kind == "int":
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: must be a whole number, got {value!r}")
         return value
@@ -159,16 +166,41 @@ def _number(key: str, value: Any) -> float:
     return float(value)
 
 
-def _check_fraction(key: str, value: float) -> None:
-    if not math.isfinite(value) or not 0.0 < value <= 1.0:
-        raise ConfigError(f"{key}: must be a fraction in (0, 1], got {value!r}")
+def _check_range(key: str, value: float, low: float, high: float, low_open: bool) -> None:
+    """Every number has a range, so no accepted value can overflow a computation or exhaust memory."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+    if (value <= low if low_open else value < low) or value > high:
+        opening = "(" if low_open else "["
+        raise ConfigError(f"{key}: must be in {opening}{low:g}, {high:g}], got {value!r}")
 
 
-def _check_positive(key: str, value: float) -> None:
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{key}: must be finite and > 0, got {value!r}")
-
-
-def _check_positive_int(key: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{key}: must be a whole number > 0, got {value!r}")
+MAX_AMOUNT = 1e15  # currency: far above any book, far below where sums of sizes lose whole units
+_DAY_S = 86_400.0
+# Each key's range: (low, high, whether low itself is excluded). Fractions of equity are in (0, 1].
+_RANGES: dict[str, tuple[float, float, bool]] = {
+    "position_cap": (0.0, 1.0, True),
+    "market_cap": (0.0, 1.0, True),
+    "group_cap": (0.0, 1.0, True),
+    "kill_switch_drawdown": (0.0, 1.0, True),
+    "failure_rate_limit": (0.0, 1.0, True),
+    "failure_window": (1, 100_000, False),
+    "failure_min_samples": (1, 100_000, False),
+    "solver_timeout_trigger": (1, 10_000, False),
+    "solver_timeout_window": (1, 10_000, False),
+    "solver_recovery_solves": (1, 10_000, False),
+    "min_window_s": (0.0, 30 * _DAY_S, True),
+    "cycle_interval_s": (0.001, _DAY_S, False),
+    "opportunity_window_s": (0.0, 30 * _DAY_S, True),
+    "initial_cash": (0.0, MAX_AMOUNT, True),
+    "max_pending": (1, 10_000, False),
+    "fill_timeout_s": (0.0, 30 * _DAY_S, True),
+    "cvar_alpha": (0.0, 0.9999, True),
+    "cvar_limit": (0.0, 1.0, True),
+    "scenario_count": (1, 20_000, False),
+    "within_key_correlation": (0.0, 0.99, False),
+    "common_correlation": (0.0, 0.99, False),
+    "tail_dof": (1.0, 1_000.0, False),
+    "solver_time_limit_ms": (1.0, 3_600_000.0, False),
+    "mip_rel_gap": (0.0, 0.5, True),
+}

@@ -8,10 +8,11 @@ caused, which the caller stamps into `GovernorEvent`s.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Hashable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from enum import Enum
 
+from book.config import AllocatorConfig, ConfigError
 from book.exactsum import rounded, units
 from governors.state import (
     GovernorChange,
@@ -30,6 +31,7 @@ from schemas.events import (
     Event,
     Fill,
     FillStatus,
+    Governor,
     GovernorEvent,
     MarketResolution,
     Outcome,
@@ -45,31 +47,6 @@ FINAL_STATUSES = frozenset(
     {AllocationStatus.FUNDED, AllocationStatus.CUT, AllocationStatus.REJECTED, AllocationStatus.NETTED,
      AllocationStatus.EXPIRED}
 )  # fmt: skip
-
-
-# SET_LIMITS keys that retune the governors, and how each maps onto `GovernorLimits` (seconds become ms).
-_GOVERNOR_KEYS: dict[str, tuple[str, float]] = {
-    "kill_switch_drawdown": ("kill_switch_drawdown", 1.0),
-    "failure_rate_limit": ("failure_rate_limit", 1.0),
-    "failure_window": ("failure_window", 1.0),
-    "failure_min_samples": ("failure_min_samples", 1.0),
-    "solver_timeout_trigger": ("solver_timeout_trigger", 1.0),
-    "solver_timeout_window": ("solver_timeout_window", 1.0),
-    "solver_recovery_solves": ("solver_recovery_solves", 1.0),
-    "min_window_s": ("min_window_ms", 1000.0),
-    "opportunity_window_s": ("opportunity_window_ms", 1000.0),
-}
-
-
-def retune(limits: GovernorLimits, overrides: Mapping[str, float]) -> GovernorLimits:
-    """The limits with an operator's SET_LIMITS applied (keys that are not governor limits are left to others)."""
-    changes: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if key in _GOVERNOR_KEYS:
-            name, scale = _GOVERNOR_KEYS[key]
-            current = getattr(limits, name)
-            changes[name] = type(current)(round(value * scale) if isinstance(current, int) else value * scale)
-    return replace(limits, **changes)
 
 
 @dataclass(frozen=True)
@@ -131,6 +108,23 @@ class Reservation:
     decided_at: int
 
 
+class Repeat(Enum):
+    """What a proposal id seen before means (rules.md §2): the same content is ignored, other content conflicts."""
+
+    NEW = "new"
+    SAME = "same"
+    CONFLICT = "conflict"
+
+
+def classify_repeat(seen: dict[str, Hashable], proposal_id: str, content: Hashable) -> Repeat:
+    """The one statement of the duplicate rule; records a new id's content in `seen`."""
+    known = seen.get(proposal_id)
+    if known is None:
+        seen[proposal_id] = content
+        return Repeat.NEW
+    return Repeat.SAME if known == content else Repeat.CONFLICT
+
+
 def _content_hash(proposal: Proposal) -> int:
     """A fingerprint of a proposal's content to tell an identical re-send from a conflicting one.
 
@@ -142,7 +136,7 @@ def _content_hash(proposal: Proposal) -> int:
 
 @dataclass
 class PortfolioState:
-    """What the book holds and owes, as the log says. Start from `PortfolioState.new(initial_cash, limits)`.
+    """What the book holds and owes, as the log says. Start from `PortfolioState.new(config)`.
 
     Change it only through `apply` (and `expire_reservations`): the marked value of each holding is kept beside
     it, so one mark or fill revalues only its own market's holdings instead of the whole book, and equity is
@@ -150,7 +144,7 @@ class PortfolioState:
     `cash + math.fsum(value of every holding)` whatever the order of events that built the state.
     """
 
-    limits: GovernorLimits
+    config: AllocatorConfig  # in force: the base configuration with every accepted SET_LIMITS applied
     cash: float
     governor: GovernorStatus
     holdings: dict[tuple[str, Side], Holding] = field(default_factory=dict)
@@ -158,8 +152,7 @@ class PortfolioState:
     reservations: dict[tuple[str, str], Reservation] = field(default_factory=dict)
     pending: dict[str, Proposal] = field(default_factory=dict)  # received, undecided, in arrival order
     conflicts: dict[str, Proposal] = field(default_factory=dict)  # an id re-sent with other content: DUPLICATE
-    seen: dict[str, int] = field(default_factory=dict)  # proposal id -> content hash, for duplicates
-    limit_overrides: dict[str, float] = field(default_factory=dict)  # SET_LIMITS so far, key by key
+    seen: dict[str, Hashable] = field(default_factory=dict)  # proposal id -> content hash, for duplicates
     keys: dict[str, str] = field(default_factory=dict)  # proposal id -> correlation key of funded proposals
     resolved: set[str] = field(default_factory=set)  # markets that have resolved: nothing left to trade in them
     last_time: int = 0  # the latest log time folded (set by the sequencer): a cycle's `as_of`
@@ -171,13 +164,20 @@ class PortfolioState:
     _value_units: int = field(default=0, init=False, repr=False, compare=False)
     _nonfinite: int = field(default=0, init=False, repr=False, compare=False)
 
+    limits: GovernorLimits = field(init=False, repr=False, compare=False)  # the config's, mapped once
+
     def __post_init__(self) -> None:
+        self.limits = self.config.governor_limits()
         for key in self.holdings:
             self._revalue(key)
 
     @classmethod
-    def new(cls, initial_cash: float, limits: GovernorLimits) -> PortfolioState:
-        return cls(limits=limits, cash=initial_cash, governor=GovernorStatus.initial(initial_cash, limits))
+    def new(cls, config: AllocatorConfig) -> PortfolioState:
+        return cls(
+            config=config,
+            cash=config.initial_cash,
+            governor=GovernorStatus.initial(config.initial_cash, config.governor_limits()),
+        )
 
     # --- derived values ----------------------------------------------------------------------------------
 
@@ -290,14 +290,11 @@ class PortfolioState:
 
     def _on_proposal(self, proposal: Proposal) -> None:
         pid = proposal.proposal_id
-        digest = _content_hash(proposal)
-        known = self.seen.get(pid)
-        if known is not None:
-            if known != digest:
-                self.conflicts.setdefault(pid, proposal)
-            return
-        self.seen[pid] = digest
-        self.pending[pid] = proposal
+        repeat = classify_repeat(self.seen, pid, _content_hash(proposal))
+        if repeat is Repeat.NEW:
+            self.pending[pid] = proposal
+        elif repeat is Repeat.CONFLICT:
+            self.conflicts.setdefault(pid, proposal)
 
     def _on_decision(self, decision: Decision) -> tuple[GovernorChange, ...]:
         self.cycles = max(self.cycles, decision.cycle)
@@ -363,12 +360,23 @@ class PortfolioState:
         return self._equity_changed()
 
     def _on_command(self, command: ControlCommand) -> tuple[GovernorChange, ...]:
-        if command.command is Command.SET_LIMITS and command.limits:
-            self.limit_overrides.update(command.limits)
-            self.limits = retune(self.limits, command.limits)
-            return ()
+        if command.command is Command.SET_LIMITS:
+            return self._set_limits(command)
         self.governor, changes = on_command(self.governor, command.command, command.reason, command.operator_id)
         return changes
+
+    def _set_limits(self, command: ControlCommand) -> tuple[GovernorChange, ...]:
+        """rules.md §7: validated exactly as the configuration file; any bad key and nothing changes, with an event
+        naming it."""
+        try:
+            config = self.config.with_limits(command.limits or {})
+        except ConfigError as exc:
+            state = self.governor.state.value
+            cause = f"SET_LIMITS by {command.operator_id} rejected, limits unchanged: {exc}"
+            return (GovernorChange(Governor.OPERATOR, state, state, cause),)
+        self.config = config
+        self.limits = config.governor_limits()
+        return ()
 
     def _equity_changed(self) -> tuple[GovernorChange, ...]:
         self.governor, changes = on_equity(self.governor, self.equity, self.limits)

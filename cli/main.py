@@ -321,17 +321,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from projections.database import DEFAULT_EMBEDDED_DATABASE, engine_for
-    from projections.status import Caps, format_status, read_status
+    from projections.status import format_status, read_status
 
     config = _load_config(args, "status")
     if config is None:
         return EXIT_USAGE
     url = args.database or os.environ.get("DATABASE_URL") or DEFAULT_EMBEDDED_DATABASE
-    caps = Caps(config.kill_switch_drawdown, config.market_cap, config.group_cap, dict(config.group_caps),
-                config.opportunity_window_s)  # fmt: skip
     engine = engine_for(url, args.schema)
     try:
-        status = read_status(engine, caps, decisions=args.decisions)
+        status = read_status(engine, config, decisions=args.decisions)
     except SQLAlchemyError as exc:
         where = engine.url.render_as_string()
         problem = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"

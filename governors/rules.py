@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from schemas.events import GovernorState
+
 
 def drawdown(equity: float, high_water_mark: float) -> float:
     """D = 1 - E / HWM; 0 when the high-water mark is not positive (nothing to draw down from)."""
@@ -34,3 +36,12 @@ def failure_pause_triggered(reports: int, failures: int, limit: float, min_sampl
 def solver_timeouts_trigger(recent_timeouts: int, trigger: int) -> bool:
     """The opportunity window halves when `trigger` (3) of the last solves (10) hit the time limit."""
     return recent_timeouts >= trigger
+
+
+def book_state(kill_switch_tripped: bool, paused: bool) -> GovernorState:
+    """The precedence of the governors (rules.md §7): HALTED outranks PAUSED, which outranks ACTIVE."""
+    if kill_switch_tripped:
+        return GovernorState.HALTED
+    if paused:
+        return GovernorState.PAUSED
+    return GovernorState.ACTIVE

@@ -7,25 +7,27 @@ service, the projector, replay) stamps them into `GovernorEvent`s with the log t
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import Any
 
-from governors.rules import drawdown, failure_pause_triggered, failure_rate, kill_switch_triggered
+from governors.rules import book_state, drawdown, failure_pause_triggered, failure_rate, kill_switch_triggered
 from schemas.events import Command, Governor, GovernorState
 
 
 @dataclass(frozen=True)
 class GovernorLimits:
-    """The limits the governors enforce (a view of the configuration)."""
+    """The limits the governors enforce: a view of the configuration, built only by
+    `AllocatorConfig.governor_limits()`, which owns every default."""
 
-    kill_switch_drawdown: float = 0.15
-    failure_rate_limit: float = 0.30
-    failure_window: int = 50
-    failure_min_samples: int = 20
-    solver_timeout_trigger: int = 3
-    solver_timeout_window: int = 10
-    solver_recovery_solves: int = 10
-    min_window_ms: int = 1_000
-    opportunity_window_ms: int = 300_000
+    kill_switch_drawdown: float
+    failure_rate_limit: float
+    failure_window: int
+    failure_min_samples: int
+    solver_timeout_trigger: int
+    solver_timeout_window: int
+    solver_recovery_solves: int
+    min_window_ms: int
+    opportunity_window_ms: int
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,25 @@ class GovernorChange:
     limit: float | None = None
 
 
-ARMED, TRIPPED = "ARMED", "TRIPPED"
-ACTIVE, PAUSED = "ACTIVE", "PAUSED"
+class KillSwitchState(StrEnum):
+    """The kill switch's two states, as its governor events name them."""
+
+    ARMED = "ARMED"
+    TRIPPED = "TRIPPED"
+
+
+class PauseState(StrEnum):
+    """The failure-rate monitor's and the operator's halt: ACTIVE or PAUSED, as their governor events name them."""
+
+    ACTIVE = "ACTIVE"
+    PAUSED = "PAUSED"
+
+
+PAUSING_GOVERNORS = (Governor.FAILURE_RATE, Governor.OPERATOR)
+"""The governors whose PAUSED pauses the book (the kill switch halts it)."""
+
+ARMED, TRIPPED = KillSwitchState.ARMED, KillSwitchState.TRIPPED
+ACTIVE, PAUSED = PauseState.ACTIVE, PauseState.PAUSED
 
 
 @dataclass(frozen=True)
@@ -64,12 +83,18 @@ class GovernorStatus:
 
     @property
     def state(self) -> GovernorState:
-        """HALTED outranks PAUSED, which outranks ACTIVE."""
+        return book_state(self.kill_switch_tripped, self.failure_paused or self.operator_halted)
+
+    @property
+    def reason(self) -> str | None:
+        """Why the book funds nothing, in the words a decision records; None when it is ACTIVE."""
         if self.kill_switch_tripped:
-            return GovernorState.HALTED
-        if self.failure_paused or self.operator_halted:
-            return GovernorState.PAUSED
-        return GovernorState.ACTIVE
+            return f"kill switch tripped: drawdown {self.drawdown:.2%} from high-water mark {self.high_water_mark:,.2f}"
+        if self.failure_paused:
+            return "paused: execution failure rate above its limit; an operator must RESUME"
+        if self.operator_halted:
+            return "paused by an operator (HALT)"
+        return None
 
     @property
     def drawdown(self) -> float:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, Engine, Table, bindparam, insert, select, update
 from sqlalchemy.exc import OperationalError
 
+from governors.rules import drawdown
 from projections import tables
 from projections.bulk import Row, insert_ignoring_repeats
 from schemas.codec import EventCodec, UndecodableMessage
@@ -127,9 +128,9 @@ def _decision_rows(d: Decision, record: LogRecord, out: Rows) -> None:
                             ",".join(r.code.value for r in a.reasons),
                             "; ".join(r.detail for r in a.reasons if r.detail) or None))  # fmt: skip
     out[tables.orders].extend((d.decision_id, o.market_id, o.side.value, o.size) for o in d.orders)
-    drawdown = max(0.0, 1.0 - d.equity / d.high_water_mark) if d.high_water_mark > 0 else 0.0
     out[tables.equity_history].append((d.decision_id, d.book_id, d.cycle, d.decided_at, d.equity, d.available,
-                                       d.high_water_mark, drawdown, d.governor_state.value))  # fmt: skip
+                                       d.high_water_mark, drawdown(d.equity, d.high_water_mark),
+                                       d.governor_state.value))  # fmt: skip
 
 
 def stored_offsets(engine: Engine, consumer: str) -> dict[tuple[str, int], int]:

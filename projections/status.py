@@ -3,33 +3,25 @@ switch, exposure against its caps, the last decisions and operator commands (a r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, desc, func, select, text
 
+from book.config import AllocatorConfig
+from governors.rules import book_state
+from governors.state import PAUSING_GOVERNORS, KillSwitchState, PauseState
 from projections import tables
+from schemas.events import Governor
 
-GOVERNORS = ("KILL_SWITCH", "FAILURE_RATE", "OPERATOR", "SOLVER_TIMEOUT")
-
-
-@dataclass(frozen=True)
-class Caps:
-    """The limits to show exposure against (the configuration the allocator runs with)."""
-
-    kill_switch_drawdown: float
-    market_cap: float
-    group_cap: float
-    group_caps: dict[str, float]
-    opportunity_window_s: float
+GOVERNORS = (Governor.KILL_SWITCH, Governor.FAILURE_RATE, Governor.OPERATOR, Governor.SOLVER_TIMEOUT)
 
 
 def _rows(conn: Any, statement: Any) -> list[dict[str, Any]]:
     return [dict(r._mapping) for r in conn.execute(statement)]
 
 
-def read_status(engine: Engine, caps: Caps, decisions: int = 5, commands: int = 5) -> dict[str, Any]:
+def read_status(engine: Engine, config: AllocatorConfig, decisions: int = 5, commands: int = 5) -> dict[str, Any]:
     """Everything `allocator status` prints, as plain data (also what `--json` prints)."""
     with engine.connect() as conn:
         latest_equity = _rows(
@@ -56,24 +48,22 @@ def read_status(engine: Engine, caps: Caps, decisions: int = 5, commands: int = 
         latest[e["governor"]] = e
     equity = latest_equity[0] if latest_equity else None
     e_now = float(equity["equity"]) if equity else 0.0
-    governor = "ACTIVE"
-    if latest.get("KILL_SWITCH", {}).get("new_state") == "TRIPPED":
-        governor = "HALTED"
-    elif any(latest.get(g, {}).get("new_state") == "PAUSED" for g in ("FAILURE_RATE", "OPERATOR")):
-        governor = "PAUSED"
-    window_ms = int(last[0]["opportunity_window_ms"]) if last else round(caps.opportunity_window_s * 1000)
+    tripped = latest.get(Governor.KILL_SWITCH, {}).get("new_state") == KillSwitchState.TRIPPED
+    paused = any(latest.get(g, {}).get("new_state") == PauseState.PAUSED for g in PAUSING_GOVERNORS)
+    governor = book_state(tripped, paused).value
+    window_ms = int(last[0]["opportunity_window_ms"]) if last else round(config.opportunity_window_s * 1000)
     return {
         "governor_state": governor,
         "governors": {g: latest[g] for g in GOVERNORS if g in latest},
         "equity": equity,
-        "kill_switch_drawdown": caps.kill_switch_drawdown,
+        "kill_switch_drawdown": config.kill_switch_drawdown,
         "opportunity_window_ms": window_ms,
-        "configured_window_ms": round(caps.opportunity_window_s * 1000),
+        "configured_window_ms": round(config.opportunity_window_s * 1000),
         "markets": [
-            {**m, "cap": caps.market_cap * e_now} for m in sorted(markets, key=lambda m: -abs(m["signed_exposure"]))
+            {**m, "cap": config.market_cap * e_now} for m in sorted(markets, key=lambda m: -abs(m["signed_exposure"]))
         ],
         "keys": [
-            {**k, "cap": caps.group_caps.get(k["correlation_key"], caps.group_cap * e_now)}
+            {**k, "cap": config.group_caps.get(k["correlation_key"], config.group_cap * e_now)}
             for k in sorted(keys, key=lambda k: -k["gross_cost"])
         ],
         "decisions": [{**d, "funded": funded.get(d["decision_id"], 0)} for d in last],

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from governors.rules import drawdown
 from projections import tables
 from simulation.market import START_MS
 from simulation.session import CycleStats, RunResult
@@ -94,8 +95,7 @@ def max_drawdown(equity: Sequence[float]) -> float:
     peak, worst = -math.inf, 0.0
     for e in equity:
         peak = max(peak, e)
-        if peak > 0:
-            worst = max(worst, 1.0 - e / peak)
+        worst = max(worst, drawdown(e, peak))
     return worst
 
 

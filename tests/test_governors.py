@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from book.config import AllocatorConfig
 from governors.rules import failure_pause_triggered, kill_switch_triggered
 from governors.state import (
-    GovernorLimits,
     GovernorStatus,
     _evolve,
     on_command,
@@ -20,7 +20,7 @@ from governors.state import (
 )
 from schemas.events import Command, Governor, GovernorState
 
-LIMITS = GovernorLimits()
+LIMITS = AllocatorConfig().governor_limits()
 
 
 def test_kill_switch_trips_at_exactly_fifteen_percent_and_not_just_below() -> None:

@@ -8,9 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from book.config import AllocatorConfig
 from book.exactsum import rounded, units
 from book.portfolio import Holding, PortfolioState
-from governors.state import GovernorChange, GovernorLimits
+from governors.state import GovernorChange, GovernorStatus
 from schemas.events import (
     Allocation,
     AllocationStatus,
@@ -20,6 +21,7 @@ from schemas.events import (
     Event,
     Fill,
     FillStatus,
+    Governor,
     GovernorState,
     MarketResolution,
     Outcome,
@@ -31,7 +33,6 @@ from schemas.events import (
     SolverPath,
 )
 
-LIMITS = GovernorLimits()
 T = 1_790_000_000_000
 
 
@@ -55,7 +56,7 @@ def fill(pid: str, cycle: int, size: float, price: float, status: FillStatus = F
 
 
 def test_a_funded_allocation_reserves_capital_until_its_fill() -> None:
-    book = PortfolioState.new(100_000.0, LIMITS)
+    book = PortfolioState.new(AllocatorConfig(initial_cash=100_000.0))
     book.apply(proposal("p"))
     assert list(book.pending) == ["p"]
     book.apply(decision(1, funded("p", 1_000.0)))
@@ -70,7 +71,7 @@ def test_a_funded_allocation_reserves_capital_until_its_fill() -> None:
 
 
 def test_resolution_settles_and_void_refunds() -> None:
-    book = PortfolioState.new(10_000.0, LIMITS)
+    book = PortfolioState.new(AllocatorConfig(initial_cash=10_000.0))
     for pid, side in (("yes", Side.BUY), ("no", Side.SELL)):
         book.apply(proposal(pid, side=side))
     book.apply(decision(1, funded("yes", 100.0), funded("no", 100.0, side=Side.SELL)))
@@ -78,14 +79,14 @@ def test_resolution_settles_and_void_refunds() -> None:
     book.apply(Fill("f2", "d1", "no", "m", Side.SELL, 100.0, 100.0, 0.75, 0.0, FillStatus.FILLED, None, T))
     book.apply(MarketResolution("m", Outcome.YES, T + 50))
     assert book.holdings == {} and book.cash == pytest.approx(10_000.0 - 200.0 + 400.0)
-    other = PortfolioState.new(10_000.0, LIMITS)
+    other = PortfolioState.new(AllocatorConfig(initial_cash=10_000.0))
     other.apply(Fill("f3", "d9", "x", "v", Side.BUY, 100.0, 100.0, 0.2, 0.0, FillStatus.FILLED, None, T))
     other.apply(MarketResolution("v", Outcome.VOID, T))
     assert other.cash == pytest.approx(10_000.0)
 
 
 def test_marks_that_draw_down_fifteen_percent_trip_the_kill_switch() -> None:
-    book = PortfolioState.new(10_000.0, LIMITS)
+    book = PortfolioState.new(AllocatorConfig(initial_cash=10_000.0))
     book.apply(Fill("f", "d", "p", "m", Side.BUY, 5_000.0, 5_000.0, 0.5, 0.0, FillStatus.FILLED, None, T))
     assert book.apply(PnlMark("m", 0.4, T)) == ()  # equity 9,000: 10% down
     changes = book.apply(PnlMark("m", 0.35, T))  # equity 8,500: exactly 15% down
@@ -98,7 +99,7 @@ def test_marks_that_draw_down_fifteen_percent_trip_the_kill_switch() -> None:
 
 
 def test_failed_executions_pause_the_book() -> None:
-    book = PortfolioState.new(10_000.0, LIMITS)
+    book = PortfolioState.new(AllocatorConfig(initial_cash=10_000.0))
     for i in range(20):
         status = FillStatus.FAILED if i % 2 else FillStatus.FILLED
         changes = book.apply(Fill(f"f{i}", "d", f"p{i}", "m", Side.BUY, 10.0, 0.0, 0.5, 0.0, status, None, T))
@@ -107,7 +108,7 @@ def test_failed_executions_pause_the_book() -> None:
 
 
 def test_duplicates_and_deferrals() -> None:
-    book = PortfolioState.new(10_000.0, LIMITS)
+    book = PortfolioState.new(AllocatorConfig(initial_cash=10_000.0))
     book.apply(proposal("p"))
     book.apply(proposal("p"))  # identical: ignored
     book.apply(proposal("p", size=2_000.0))  # conflicting: rejected by the next decision
@@ -122,7 +123,7 @@ def test_duplicates_and_deferrals() -> None:
 
 
 def test_timed_out_solves_shrink_the_window_through_decisions() -> None:
-    book = PortfolioState.new(10_000.0, LIMITS)
+    book = PortfolioState.new(AllocatorConfig(initial_cash=10_000.0))
     changes: tuple[GovernorChange, ...] = ()
     for cycle in range(1, 4):
         changes = book.apply(decision(cycle, path=SolverPath.MIP_TIME_LIMIT))
@@ -130,16 +131,16 @@ def test_timed_out_solves_shrink_the_window_through_decisions() -> None:
 
 
 def test_set_limits_retunes_the_governors() -> None:
-    book = PortfolioState.new(10_000.0, LIMITS)
+    book = PortfolioState.new(AllocatorConfig(initial_cash=10_000.0))
     book.apply(ControlCommand("c", "risk", Command.SET_LIMITS, "tighter", {"kill_switch_drawdown": 0.05}, T))
-    assert book.limits.kill_switch_drawdown == 0.05 and book.limit_overrides == {"kill_switch_drawdown": 0.05}
+    assert book.limits.kill_switch_drawdown == 0.05 and book.config.kill_switch_drawdown == 0.05
     book.apply(Fill("f", "d", "p", "m", Side.BUY, 1_000.0, 1_000.0, 0.5, 0.0, FillStatus.FILLED, None, T))
     book.apply(PnlMark("m", 0.2, T))  # equity 9,400: 6% down
     assert book.governor.state is GovernorState.HALTED
 
 
 def test_reservations_expire_by_log_time() -> None:
-    book = PortfolioState.new(10_000.0, LIMITS)
+    book = PortfolioState.new(AllocatorConfig(initial_cash=10_000.0))
     book.apply(proposal("p"))
     book.apply(decision(1, funded("p", 500.0)))
     assert book.expire_reservations(T + 1 + 59_999, timeout_ms=60_000) == []
@@ -148,7 +149,7 @@ def test_reservations_expire_by_log_time() -> None:
 
 
 def test_a_deferred_proposal_keeps_only_its_residual_after_netting() -> None:
-    book = PortfolioState.new(10_000.0, LIMITS)
+    book = PortfolioState.new(AllocatorConfig(initial_cash=10_000.0))
     book.apply(proposal("b", size=1_000.0))
     book.apply(proposal("s", side=Side.SELL, size=400.0))
     deferred = Allocation("b", "alpha", "m", Side.BUY, 0.0, 400.0, AllocationStatus.DEFERRED, ())
@@ -199,21 +200,27 @@ book_events = st.one_of(
 )
 
 
+def _starting_with(kind: type[PortfolioState], cash: float) -> PortfolioState:
+    """A book holding `cash` (zero included, which no configuration's initial_cash may be)."""
+    config = AllocatorConfig()
+    return kind(config=config, cash=cash, governor=GovernorStatus.initial(cash, config.governor_limits()))
+
+
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(st.floats(0.0, 1e9) | st.just(0.0), st.lists(book_events, max_size=60))
 def test_incremental_equity_is_bit_for_bit_the_full_recomputation(cash: float, events: list[Event]) -> None:
-    live, reference = PortfolioState.new(cash, LIMITS), FromScratch.new(cash, LIMITS)
+    live, reference = _starting_with(PortfolioState, cash), _starting_with(FromScratch, cash)
     for event in events:
         assert repr(live.apply(event)) == repr(reference.apply(event))
         assert live.equity.hex() == reference.equity.hex()
         assert repr(live.governor) == repr(reference.governor)
     # A state rebuilt from the same log (a restart, a replay) reads the same bits.
-    rebuilt = PortfolioState.new(cash, LIMITS)
+    rebuilt = _starting_with(PortfolioState, cash)
     for event in events:
         rebuilt.apply(event)
     assert rebuilt.equity.hex() == live.equity.hex() and repr(rebuilt.governor) == repr(live.governor)
     # So does a state built around the holdings and marks directly.
-    copied = PortfolioState(LIMITS, live.cash, live.governor, holdings=dict(live.holdings), marks=dict(live.marks))
+    copied = PortfolioState(live.config, live.cash, live.governor, holdings=dict(live.holdings), marks=dict(live.marks))
     assert copied.equity.hex() == live.equity.hex()
 
 
@@ -222,7 +229,7 @@ def test_equity_does_not_depend_on_the_order_marks_arrive_in() -> None:
     latest = {"m0": 0.1, "m1": 0.7, "m2": 0.3, "m3": 0.9, "m4": 0.2}
     books = []
     for order in (list(latest), list(reversed(latest))):
-        book = PortfolioState.new(1.0, LIMITS)
+        book = PortfolioState.new(AllocatorConfig(initial_cash=1.0))
         for i, market in enumerate(latest):
             book.apply(_fill(market, Side.BUY, 0.1 * (i + 1), 0.5, FillStatus.FILLED, 0.0))
         for market in order:
@@ -253,3 +260,49 @@ def test_an_exact_sum_reads_what_fsum_reads_after_any_adds_and_removes(values: l
 def test_an_exact_sum_rounds_ties_to_even_as_fsum_does() -> None:
     for values in ([1.0, 2.0**-53], [1.0, 3 * 2.0**-53], [1e16, 1.0, 1.0], [0.1] * 10, [1e300, -1e300, 1e-300]):
         assert rounded(sum(units(v) for v in values)) == math.fsum(values)
+
+
+def _set_limits(book: PortfolioState, limits: dict[str, float]) -> tuple[GovernorChange, ...]:
+    return book.apply(ControlCommand("c", "risk", Command.SET_LIMITS, "retune", limits, T))
+
+
+@pytest.mark.parametrize(
+    ("limits", "named"),
+    [
+        ({"kill_switch_drawdown": math.nan}, "kill_switch_drawdown"),
+        ({"kill_switch_drawdown": 15.0}, "kill_switch_drawdown"),
+        ({"opportunity_window_s": math.nan}, "opportunity_window_s"),
+        ({"solver_time_limit_ms": 1e300}, "solver_time_limit_ms"),
+        ({"scenario_count": 1e9}, "scenario_count"),
+        ({"failure_window": 2.5}, "failure_window"),
+        ({"position_cap": 0.005, "no_such_key": 1.0}, "no_such_key"),
+        ({"position_cap": 0.005, "market_cap": -1.0}, "market_cap"),
+    ],
+)
+def test_a_set_limits_with_any_bad_key_changes_nothing_and_says_which_key(limits: dict[str, float], named: str) -> None:
+    book = PortfolioState.new(AllocatorConfig(initial_cash=10_000.0))
+    _set_limits(book, {"position_cap": 0.01})  # an earlier accepted command stays in force
+    before = book.config
+    changes = _set_limits(book, limits)
+    assert book.config == before and book.config.position_cap == 0.01
+    assert book.limits == before.governor_limits()
+    assert len(changes) == 1 and changes[0].governor is Governor.OPERATOR
+    assert named in changes[0].cause and "rejected" in changes[0].cause
+    assert changes[0].old_state == changes[0].new_state == "ACTIVE"
+
+
+def test_set_limits_accepts_integral_doubles_for_whole_number_keys() -> None:
+    book = PortfolioState.new(AllocatorConfig(initial_cash=10_000.0))
+    assert _set_limits(book, {"failure_window": 40.0, "failure_min_samples": 10.0, "position_cap": 0.005}) == ()
+    assert book.config.failure_window == 40 and isinstance(book.config.failure_window, int)
+    assert book.limits.failure_window == 40 and book.config.position_cap == 0.005
+
+
+def test_a_rejected_kill_switch_limit_cannot_keep_a_drawn_down_book_active() -> None:
+    book = PortfolioState.new(AllocatorConfig(initial_cash=10_000.0))
+    _set_limits(book, {"kill_switch_drawdown": math.nan})
+    book.apply(Fill("f", "d", "p", "m", Side.BUY, 1_000.0, 1_000.0, 0.5, 0.0, FillStatus.FILLED, None, T))
+    book.apply(PnlMark("m", 0.0, T))  # the whole position lost: 10% down, then more
+    book.apply(Fill("f2", "d", "p2", "m2", Side.BUY, 1_000.0, 1_000.0, 0.5, 0.0, FillStatus.FILLED, None, T))
+    book.apply(PnlMark("m2", 0.0, T))  # 20% down
+    assert book.governor.state is GovernorState.HALTED

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from allocator.engine.cycle import CycleOutcome, CycleRequest, run_cycle
+from allocator.engine.cycle import CycleOutcome, run_cycle
+from allocator.engine.request import CycleRequest
 from allocator.engine.verify import DecisionInvariantError, verify_decision
 from allocator.service.sequencer import BookState, build_request, read_decisions, replay_decisions
 from book.config import AllocatorConfig
@@ -107,7 +108,7 @@ def audit_log(
 
     def on_decision(state: BookState, recorded: Decision) -> Decision:
         inputs = {TopicPartition(pos.topic, pos.partition): pos.offset for pos in recorded.inputs}
-        request = build_request(state, config, recorded.book_id, inputs)
+        request = build_request(state, recorded.book_id, inputs)
         finding = Finding(
             recorded.decision_id, recorded.cycle, offsets[id(recorded)], recorded.solver_path.value, "MATCH"
         )

@@ -6,7 +6,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from allocator.engine.cycle import CycleOutcome, CycleRequest, run_cycle
+from allocator.engine.cycle import CycleOutcome, run_cycle
+from allocator.engine.request import CycleRequest
 from allocator.service.sequencer import (
     BookState,
     build_request,
@@ -110,9 +111,9 @@ class AllocatorService:
         batch = self.buffer
         try:
             folded = fold_batch(self.state, batch, self.codec, self.topics)
-            prepare_cycle(self.state, self.config)
+            prepare_cycle(self.state)
             inputs = {tp: self.log.position(tp) for tp in self.log.assignment()}
-            request = build_request(self.state, self.config, self.book_id, inputs)
+            request = build_request(self.state, self.book_id, inputs)
             outcome = self.decide(request)
             decision = outcome.decision
             decision_changes = fold_decision(self.state, decision)

@@ -10,38 +10,21 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from allocator.engine.cycle import CycleRequest
-from allocator.engine.validation import InvalidProposal, Submitted, validate
-from book.config import AllocatorConfig, ConfigError
+from allocator.engine.request import CycleRequest
+from allocator.engine.validation import Submitted, rejected_duplicate, validate
+from book.config import AllocatorConfig
 from book.portfolio import PortfolioState
 from eventlog.port import EventLog, Record, TopicPartition, Topics
-from governors.state import GovernorChange, GovernorLimits
+from governors.state import GovernorChange
 from schemas.codec import EventCodec, UndecodableMessage
 from schemas.events import (
     DeadLetter,
     Decision,
     Event,
     GovernorEvent,
-    GovernorState,
     InputPosition,
     Proposal,
-    Reason,
-    ReasonCode,
 )
-
-
-def limits_of(config: AllocatorConfig) -> GovernorLimits:
-    return GovernorLimits(
-        kill_switch_drawdown=config.kill_switch_drawdown,
-        failure_rate_limit=config.failure_rate_limit,
-        failure_window=config.failure_window,
-        failure_min_samples=config.failure_min_samples,
-        solver_timeout_trigger=config.solver_timeout_trigger,
-        solver_timeout_window=config.solver_timeout_window,
-        solver_recovery_solves=config.solver_recovery_solves,
-        min_window_ms=round(config.min_window_s * 1000),
-        opportunity_window_ms=round(config.opportunity_window_s * 1000),
-    )
 
 
 @dataclass
@@ -56,7 +39,7 @@ class BookState:
 
     @classmethod
     def new(cls, config: AllocatorConfig) -> BookState:
-        return cls(PortfolioState.new(config.initial_cash, limits_of(config)))
+        return cls(PortfolioState.new(config))
 
 
 @dataclass(frozen=True)
@@ -119,39 +102,14 @@ def fold_batch(state: BookState, records: Sequence[Record], codec: EventCodec, t
     return Folded(tuple(changes), tuple(dead))
 
 
-def effective_config(base: AllocatorConfig, book: PortfolioState) -> AllocatorConfig:
-    """The configuration with the operators' SET_LIMITS applied; a set that is not valid leaves the base."""
-    if not book.limit_overrides:
-        return base
-    try:
-        return base.replace(**book.limit_overrides)
-    except ConfigError:
-        return base
-
-
-def governor_reason(book: PortfolioState) -> str | None:
-    status = book.governor
-    if status.state is GovernorState.HALTED:
-        return f"kill switch tripped: drawdown {status.drawdown:.2%} from high-water mark {status.high_water_mark:,.2f}"
-    if status.failure_paused:
-        return "paused: execution failure rate above its limit; an operator must RESUME"
-    if status.operator_halted:
-        return "paused by an operator (HALT)"
-    return None
-
-
-def build_request(
-    state: BookState, base: AllocatorConfig, book_id: str, inputs: Mapping[TopicPartition, int]
-) -> CycleRequest:
+def build_request(state: BookState, book_id: str, inputs: Mapping[TopicPartition, int]) -> CycleRequest:
     """The request the next cycle decides: run after the batch was folded and stale reservations released."""
     book = state.portfolio
-    config = effective_config(base, book)
+    config = book.config
     pending, conflicts = book.undecided()
     state.validated = {p: state.validated.get(p) or validate(p) for p in pending}
     submitted: list[Submitted] = list(state.validated.values())
-    for p in conflicts:
-        reason = Reason(ReasonCode.DUPLICATE, f"proposal_id {p.proposal_id!r} was already received with other content")
-        submitted.append(InvalidProposal(p.proposal_id, p.agent_id, p.market_id, p.side, (reason,)))
+    submitted.extend(rejected_duplicate(p) for p in conflicts)
     cycle = state.cycle + 1
     return CycleRequest(
         decision_id=f"{book_id}-{cycle:010d}",
@@ -160,7 +118,7 @@ def build_request(
         as_of=book.last_time,
         portfolio=book.portfolio(),
         governor_state=book.governor.state,
-        governor_reason=governor_reason(book),
+        governor_reason=book.governor.reason,
         window_ms=book.governor.window_ms,
         submitted=tuple(submitted),
         config=config,
@@ -172,10 +130,10 @@ def build_request(
     )
 
 
-def prepare_cycle(state: BookState, base: AllocatorConfig) -> None:
+def prepare_cycle(state: BookState) -> None:
     """Release reservations whose fill never came (log time), before the cycle sizes against the book."""
-    config = effective_config(base, state.portfolio)
-    state.portfolio.expire_reservations(state.portfolio.last_time, round(config.fill_timeout_s * 1000))
+    book = state.portfolio
+    book.expire_reservations(book.last_time, round(book.config.fill_timeout_s * 1000))
 
 
 def fold_decision(state: BookState, decision: Decision) -> tuple[GovernorChange, ...]:
@@ -280,7 +238,7 @@ def replay_decisions(
                 i += 1
             cursor[tp] = i
         fold_batch(state, batch, codec, topics)
-        prepare_cycle(state, config)
+        prepare_cycle(state)
         folded = on_decision(state, d)
         seen[d.cycle] = folded
         fold_decision(state, folded)

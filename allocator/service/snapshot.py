@@ -5,16 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from allocator.engine.cycle import CycleRequest, SuppliedScenarios, deduplicate
-from allocator.engine.validation import InvalidProposal, Submitted, parse_proposal
+from allocator.engine.request import CycleRequest, SuppliedScenarios
+from allocator.engine.validation import InvalidProposal, Submitted, parse_proposal, rejected_duplicate
 from book.config import AllocatorConfig, ConfigError
-from book.portfolio import Portfolio, Position
-from governors.rules import failure_pause_triggered, failure_rate, kill_switch_triggered
-from schemas.events import Decision, GovernorState, Reason, ReasonCode, Side
+from book.portfolio import Portfolio, Position, Repeat, classify_repeat
+from governors.rules import book_state, drawdown, failure_pause_triggered, failure_rate, kill_switch_triggered
+from schemas.events import Decision, Reason, ReasonCode, Side
 
 TOP_LEVEL_KEYS = frozenset(
     {
@@ -168,12 +168,12 @@ def parse_snapshot(data: Any, decision_id: str) -> CycleRequest:
     if not isinstance(resolved, list) or not all(isinstance(m, str) for m in resolved):
         raise SnapshotError("resolved_markets: must be a list of market ids")
 
-    state, why = GovernorState.ACTIVE, None
-    if kill_switch_triggered(equity, hwm, config.kill_switch_drawdown):
-        state = GovernorState.HALTED
-        why = f"drawdown {1 - equity / hwm:.2%} >= {config.kill_switch_drawdown:.0%}"
-    elif failure_pause_triggered(reports, failures, config.failure_rate_limit, config.failure_min_samples):
-        state = GovernorState.PAUSED
+    tripped = kill_switch_triggered(equity, hwm, config.kill_switch_drawdown)
+    paused = failure_pause_triggered(reports, failures, config.failure_rate_limit, config.failure_min_samples)
+    state, why = book_state(tripped, paused), None
+    if tripped:
+        why = f"drawdown {drawdown(equity, hwm):.2%} >= {config.kill_switch_drawdown:.0%}"
+    elif paused:
         why = f"failure rate {failure_rate(reports, failures):.1%} > {config.failure_rate_limit:.0%}"
 
     return CycleRequest(
@@ -185,11 +185,24 @@ def parse_snapshot(data: Any, decision_id: str) -> CycleRequest:
         governor_state=state,
         governor_reason=why,
         window_ms=round(config.opportunity_window_s * 1000),
-        submitted=tuple(deduplicate(parsed)),
+        submitted=tuple(_without_repeats(parsed)),
         config=config,
         scenarios=scenarios,
         resolved_markets=frozenset(resolved),
     )
+
+
+def _without_repeats(items: Iterable[tuple[Submitted, Any]]) -> list[Submitted]:
+    """The duplicate rule of rules.md §2 over a file's proposals, comparing repeats by their JSON content."""
+    seen: dict[str, Hashable] = {}
+    out: list[Submitted] = []
+    for submitted, raw in items:
+        repeat = classify_repeat(seen, submitted.proposal_id, json.dumps(raw, sort_keys=True, default=str))
+        if repeat is Repeat.NEW:
+            out.append(submitted)
+        elif repeat is Repeat.CONFLICT:
+            out.append(rejected_duplicate(submitted))
+    return out
 
 
 def load_snapshot(path: Path) -> CycleRequest:
