@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 
 help:
 	@echo "make demo         the simulated session, allocator against naive sizing, report in demo-report/ (no services)"
-	@echo "make test         start PostgreSQL and Kafka on 127.0.0.1, run ruff, mypy and pytest, stop them"
+	@echo "make test         start PostgreSQL and Kafka on 127.0.0.1, run ruff, mypy, the layer contracts and pytest, stop them"
 	@echo "make unit         the tests that need no services (services tests skip)"
 	@echo "make bench-solve  the solver benchmark (a table of medians and ratios)"
 	@echo "make bench-stream fold, serve and replay throughput on the real services (starts them)"
@@ -33,6 +33,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -49,7 +50,7 @@ test: $(STAMP)
 	eval "$$(infra/services.sh env)"; \
 	export REQUIRE_SERVICES=1; \
 	status=0; \
-	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy && $(BIN)/pytest || status=$$?; \
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy && $(BIN)/lint-imports && $(BIN)/pytest || status=$$?; \
 	if [ $$status -ne 0 ]; then echo "--- tests failed: the broker's log ends with ---"; infra/kafka.sh logs || true; fi; \
 	echo "make test: $$(( $$(date +%s) - start )) s"; \
 	exit $$status

@@ -18,8 +18,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from allocator.engine.cycle import CycleRequest, run_cycle
+from allocator.engine.cycle import run_cycle
 from allocator.engine.highs_banner import silence_highs_banner
+from allocator.engine.request import CycleRequest
 from book.config import AllocatorConfig
 from book.portfolio import Portfolio
 from schemas.events import GovernorState, Proposal, Side

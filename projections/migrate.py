@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection
-
-import migrations
 
 
 def alembic_config(url: str | None = None, schema: str | None = None) -> Config:
     """An Alembic configuration for the packaged migrations; no alembic.ini needed."""
     config = Config()
-    config.set_main_option("script_location", str(Path(migrations.__file__).resolve().parent))
+    # A package resource, resolved by Alembic: the revisions ship inside the installed `migrations` package.
+    config.set_main_option("script_location", "migrations:")
     if url is not None:
         # ConfigParser interpolation: a literal % in a password must be doubled.
         config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))

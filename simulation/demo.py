@@ -10,13 +10,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from allocator.engine.cycle import naive_cycle, run_cycle
+from allocator.engine.cycle import run_cycle
 from allocator.service.audit import audit_log
 from allocator.service.loop import AllocatorService, Decide, group_of
 from book.config import AllocatorConfig
 from eventlog.port import Topics
 from schemas.codec import SingleObjectCodec
 from simulation.agents import AGENT_IDS, AGENTS, propose_all
+from simulation.baseline import naive_cycle
 from simulation.executor import ExecutorParams
 from simulation.market import STEP_MS, WorldParams, simulate_world
 from simulation.report import format_table, plot_all, read_run, summary_rows, write_csvs, write_html

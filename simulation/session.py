@@ -10,7 +10,8 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from allocator.engine.cycle import CycleOutcome, CycleRequest, book_cvar
+from allocator.engine.cycle import CycleOutcome, book_cvar
+from allocator.engine.request import CycleRequest
 from allocator.service.clients import BookClient, DecisionFeed
 from allocator.service.loop import AllocatorService, Decide, group_of
 from book.config import AllocatorConfig

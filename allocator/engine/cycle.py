@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -14,16 +12,15 @@ import numpy.typing as npt
 from allocator.engine import scenarios as risk
 from allocator.engine.netting import net_opposites
 from allocator.engine.problem import AllocationProblem, Solution, cvar, portfolio_losses, tail_count, tail_mean
+from allocator.engine.request import CycleRequest
 from allocator.engine.validation import InvalidProposal, Submitted, is_expired, lifetime_ms, priority
-from allocator.engine.verify import DecisionInvariantError, verify_decision
+from allocator.engine.verify import verify_decision
 from book.config import AllocatorConfig
-from book.portfolio import Portfolio
 from schemas.events import (
     Allocation,
     AllocationStatus,
     Decision,
     GovernorState,
-    InputPosition,
     Order,
     Proposal,
     Reason,
@@ -34,35 +31,6 @@ from schemas.events import (
 
 FloatArray = npt.NDArray[np.float64]
 SEED_MASK = (1 << 63) - 1  # Avro's long is signed: keep the 64-bit seed's low 63 bits
-
-
-@dataclass(frozen=True)
-class SuppliedScenarios:
-    """Scenario returns given by the caller instead of the default risk model (rules.md §8, last sentence)."""
-
-    returns: Mapping[str, tuple[float, ...]]
-    book_losses: tuple[float, ...]
-
-    @property
-    def count(self) -> int:
-        return len(self.book_losses)
-
-
-@dataclass(frozen=True)
-class CycleRequest:
-    decision_id: str
-    book_id: str
-    cycle: int
-    as_of: int
-    portfolio: Portfolio
-    governor_state: GovernorState
-    window_ms: int
-    submitted: tuple[Submitted, ...]
-    config: AllocatorConfig
-    governor_reason: str | None = None
-    inputs: tuple[InputPosition, ...] = ()
-    scenarios: SuppliedScenarios | None = None
-    resolved_markets: frozenset[str] = frozenset()  # markets the log says have resolved: nothing left to trade
 
 
 @dataclass(frozen=True)
@@ -93,34 +61,6 @@ class _Entry:
     def finish(self, status: AllocationStatus, *reasons: Reason) -> None:
         self.status = status
         self.reasons.extend(reasons)
-
-
-def deduplicate(items: Iterable[tuple[Submitted, Any]]) -> list[Submitted]:
-    """rules.md §2: a repeat with identical content is ignored; one with different content is REJECTED DUPLICATE.
-
-    `items` pairs each submission with its raw content (anything JSON can render) to compare repeats by.
-    """
-    seen: dict[str, str] = {}
-    out: list[Submitted] = []
-    for submitted, raw in items:
-        content = json.dumps(raw, sort_keys=True, default=str)
-        pid = submitted.proposal_id
-        if pid in seen:
-            if seen[pid] == content:
-                continue
-            out.append(
-                InvalidProposal(
-                    pid,
-                    submitted.agent_id,
-                    submitted.market_id,
-                    submitted.side,
-                    (Reason(ReasonCode.DUPLICATE, f"proposal_id {pid!r} was already received with other content"),),
-                )
-            )
-            continue
-        seen[pid] = content
-        out.append(submitted)
-    return out
 
 
 def _reason(code: ReasonCode, detail: str | None = None) -> Reason:
@@ -249,33 +189,26 @@ def book_cvar(request: CycleRequest) -> float:
     return cvar(book, request.config.cvar_alpha)
 
 
-def naive_cycle(request: CycleRequest) -> CycleOutcome:
-    """The baseline the demo compares against, not an allocator: each agent sized as if it owned the wallet.
+def sized_in_arrival_order(request: CycleRequest, size_of: Callable[[Proposal], tuple[float, Reason]]) -> CycleOutcome:
+    """A decision whose sizes come from `size_of`, called once per valid, unexpired proposal in arrival order.
 
-    Every valid, unexpired proposal is funded at its full request, in arrival order, while cash lasts; the
-    last one that fits only in part is cut to the cash left if that reaches its min size. No netting, no caps,
-    no risk budget, and no governor is enforced (the decision says ACTIVE whatever the governors' fold says).
-    The decision is still checked for what a wallet cannot do: spend more cash than it has.
+    For baselines to compare the allocator against: no netting, caps, risk budget or optimisation, and the
+    governors' state is whatever the request says. A size at the request is FUNDED; one of at least the min size
+    is CUT, and anything smaller DEFERRED, both with the reason `size_of` gave.
     """
     entries = [_Entry(s) for s in request.submitted]
-    cash = max(request.portfolio.available, 0.0)
     for e in _screen(request, entries):
         p = _proposal(e)
-        size = min(p.requested_size, cash)
+        size, why = size_of(p)
         if size >= p.requested_size:
             e.size = size
             e.finish(AllocationStatus.FUNDED)
         elif size >= p.min_size:
             e.size = size
-            e.finish(AllocationStatus.CUT, _reason(ReasonCode.CAPITAL, f"cash left {cash:.2f}"))
+            e.finish(AllocationStatus.CUT, why)
         else:
-            e.finish(AllocationStatus.DEFERRED, _reason(ReasonCode.CAPITAL, f"cash left {cash:.2f}"))
-        cash -= e.size
-    outcome = _outcome(replace(request, governor_state=GovernorState.ACTIVE), entries, None, None)
-    spent = math.fsum(a.size for a in outcome.decision.allocations)
-    if spent > max(request.portfolio.available, 0.0) * (1.0 + 1e-12) + 1e-9:
-        raise DecisionInvariantError(request.decision_id, [f"spent {spent:.2f} of {request.portfolio.available:.2f}"])
-    return outcome
+            e.finish(AllocationStatus.DEFERRED, why)
+    return _outcome(request, entries, None, None)
 
 
 def _screen(request: CycleRequest, entries: Sequence[_Entry]) -> list[_Entry]:

@@ -1,4 +1,4 @@
-"""The priority fallback of rules.md §5(b): fund by descending priority, each at its largest feasible size."""
+"""The priority fallback of rules.md §5.2: fund by descending priority, each at its largest feasible size."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def greedy_sizes(
     start: FloatArray | None = None,
     stop: Callable[[], bool] | None = None,
 ) -> FloatArray:
-    """Sizes of the rules.md §5(b) greedy along `order` (default: `priority_order`).
+    """Sizes of the rules.md §5.2 greedy along `order` (default: `priority_order`).
 
     `caps` optionally lowers the per-candidate upper bounds (the fast solver uses LP sizes as targets); the
     fallback itself uses the problem's own upper bounds. `start` optionally gives sizes already funded (a

@@ -439,7 +439,7 @@ def _snap(model: _Model, x: FloatArray, on: BoolArray) -> FloatArray:
 
 
 def _greedy_orders(problem: AllocationProblem) -> list[IntArray]:
-    """Orders for the rules.md §5(b) greedy rule besides priority: by value, and by value per unit of tail loss.
+    """Orders for the rules.md §5.2 greedy rule besides priority: by value, and by value per unit of tail loss.
 
     The tail loss of a unit stake is its mean loss over the book's CVaR tail (at least a small floor), a cheap
     stand-in for its marginal CVaR: it ranks hedges first and bets that lose with the book last.

@@ -163,3 +163,10 @@ def priority(proposal: Proposal) -> float:
         * proposal.confidence
         / (max(proposal.execution_risk, 0.01) * (1.0 + 1.0 / proposal.urgency))
     )
+
+
+def rejected_duplicate(submitted: Submitted) -> InvalidProposal:
+    """The rejection of a proposal id re-sent with other content (rules.md §2)."""
+    pid = submitted.proposal_id
+    reason = Reason(ReasonCode.DUPLICATE, f"proposal_id {pid!r} was already received with other content")
+    return InvalidProposal(pid, submitted.agent_id, submitted.market_id, submitted.side, (reason,))

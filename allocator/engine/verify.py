@@ -10,15 +10,12 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from allocator.engine.problem import AllocationProblem, cvar
+from allocator.engine.request import CycleRequest
 from schemas.events import AllocationStatus, Decision, GovernorState, Proposal
-
-if TYPE_CHECKING:
-    from allocator.engine.cycle import CycleRequest
 
 REL_TOL = 1e-9
 ABS_TOL = 1e-6  # currency units
