@@ -175,6 +175,7 @@ def _check_range(key: str, value: float, low: float, high: float, low_open: bool
         raise ConfigError(f"{key}: must be in {opening}{low:g}, {high:g}], got {value!r}")
 
 
+MAX_PENDING = 10_000  # proposals one cycle may decide: bounds the problem's size (with scenario_count)
 MAX_AMOUNT = 1e15  # currency: far above any book, far below where sums of sizes lose whole units
 _DAY_S = 86_400.0
 # Each key's range: (low, high, whether low itself is excluded). Fractions of equity are in (0, 1].
@@ -193,7 +194,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "cycle_interval_s": (0.001, _DAY_S, False),
     "opportunity_window_s": (0.0, 30 * _DAY_S, True),
     "initial_cash": (0.0, MAX_AMOUNT, True),
-    "max_pending": (1, 10_000, False),
+    "max_pending": (1, MAX_PENDING, False),
     "fill_timeout_s": (0.0, 30 * _DAY_S, True),
     "cvar_alpha": (0.0, 0.9999, True),
     "cvar_limit": (0.0, 1.0, True),

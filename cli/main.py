@@ -17,6 +17,10 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
+class UsageError(Exception):
+    """A command that must not run as asked: its message is printed and the exit code is 2, never a traceback."""
+
+
 def _cmd_schemas(args: argparse.Namespace) -> int:
     from schemas.codec import load_schema, schema_fingerprint, schema_path
     from schemas.docs import schemas_markdown
@@ -147,6 +151,20 @@ def _projector_setup(args: argparse.Namespace) -> tuple[LogSettings, list[str], 
     )
 
 
+def _projection_url(url: str, settings: LogSettings) -> str:
+    """The projection's database URL, refused when it is the embedded event log itself (a replay would delete it)."""
+    from pathlib import Path
+
+    from projections.database import sqlite_file
+
+    target = sqlite_file(url)
+    log_file = Path(settings.embedded_path) if settings.kafka_bootstrap is None else None
+    if target is not None and log_file is not None and target.resolve() == log_file.resolve():
+        raise UsageError(f"the database {url} is the event log {settings.embedded_path} itself; "
+                         "name another file for the projection")  # fmt: skip
+    return url
+
+
 def _cmd_project(args: argparse.Namespace) -> int:
     import os
     import signal
@@ -156,7 +174,7 @@ def _cmd_project(args: argparse.Namespace) -> int:
     from projections.projector import Projector, StaleProjectorError
 
     settings, topic_names, codec = _projector_setup(args)
-    url = args.database or os.environ.get("DATABASE_URL") or DEFAULT_EMBEDDED_DATABASE
+    url = _projection_url(args.database or os.environ.get("DATABASE_URL") or DEFAULT_EMBEDDED_DATABASE, settings)
     upgrade(url, schema=args.schema)
     engine = engine_for(url, args.schema)
     stop = {"now": False}
@@ -179,17 +197,29 @@ def _cmd_project(args: argparse.Namespace) -> int:
 def _cmd_replay(args: argparse.Namespace) -> int:
     import os
     import time
-    from pathlib import Path
 
-    from projections.database import DEFAULT_EMBEDDED_DATABASE, fresh_schema
+    from projections.database import (
+        DEFAULT_EMBEDDED_DATABASE,
+        check_rebuildable_schema,
+        fresh_schema,
+        is_projection_file,
+        sqlite_file,
+    )
     from projections.projector import Projector, ProjectorStats
 
     settings, topic_names, codec = _projector_setup(args)
-    url = args.database or os.environ.get("DATABASE_URL") or DEFAULT_EMBEDDED_DATABASE
-    if url.startswith("sqlite:///") and args.schema is None:
-        target = Path(url.removeprefix("sqlite:///"))
-        if target.exists():
-            target.unlink()  # a replay starts from nothing
+    url = _projection_url(args.database or os.environ.get("DATABASE_URL") or DEFAULT_EMBEDDED_DATABASE, settings)
+    target = sqlite_file(url)
+    if target is not None and target.exists():
+        if not is_projection_file(target):
+            raise UsageError(f"{target} exists and is not a projection database; a replay replaces its target, "
+                             "so remove it yourself or name another file")  # fmt: skip
+        target.unlink()  # a replay starts from nothing
+    if args.schema is not None:
+        try:
+            check_rebuildable_schema(args.schema)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
     engine = fresh_schema(url, args.schema)
     started = time.monotonic()
     with settings.open() as log:
@@ -549,6 +579,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
+    except UsageError as exc:
+        print(f"allocator {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -3,25 +3,61 @@
 from __future__ import annotations
 
 import re
+import sqlite3
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, make_url, text
 
 from projections.migrate import upgrade
 
 DEFAULT_EMBEDDED_DATABASE = "sqlite:///allocator-projections.sqlite"
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 def check_identifier(kind: str, name: str) -> str:
-    """A PostgreSQL name we put in SQL text ourselves (schemas, roles): lower-case, no quoting games."""
-    if not _IDENTIFIER.match(name):
-        raise ValueError(f"{kind} name {name!r} must match {_IDENTIFIER.pattern}")
+    """A PostgreSQL name we put in SQL text ourselves (schemas, roles): lower-case, no quoting games.
+
+    The whole name must match: a trailing newline or anything after the name is refused."""
+    if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
+        raise ValueError(f"{kind} name {name!r} must be {_IDENTIFIER.pattern} (the whole name)")
     return name
 
 
 def check_schema(schema: str) -> str:
     return check_identifier("schema", schema)
+
+
+def check_rebuildable_schema(schema: str) -> str:
+    """A schema a replay may drop and recreate: never PostgreSQL's own (`public`, `pg_*`, `information_schema`)."""
+    name = check_schema(schema)
+    if name in ("public", "information_schema") or name.startswith("pg_"):
+        raise ValueError(f"schema {name!r} is reserved by PostgreSQL; a replay drops its schema, so name another")
+    return name
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file an SQLite URL names (None for other databases and in-memory SQLite)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def is_projection_file(path: Path) -> bool:
+    """Whether an existing file is an SQLite database this project migrated (so a replay may replace it)."""
+    try:
+        with path.open("rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                return False
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            names = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            connection.close()
+    except (OSError, sqlite3.Error):
+        return False
+    return "alembic_version" in names and "decisions" in names
 
 
 def engine_for(url: str, schema: str | None = None) -> Engine:
@@ -47,7 +83,7 @@ def fresh_schema(url: str, schema: str | None) -> Engine:
         admin = create_engine(url)
         try:
             if admin.dialect.name == "postgresql":
-                name = check_schema(schema)
+                name = check_rebuildable_schema(schema)
                 with admin.begin() as conn:
                     conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
         finally:

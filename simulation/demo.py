@@ -125,10 +125,46 @@ def _restart_matches(result: RunResult, config: AllocatorConfig, live_equity: fl
         log.close()
 
 
+MARKER = ".allocator-demo"
+"""The file in `--out` that lists what the demo wrote there: only those files are ever replaced."""
+
+
+def claim_out(out: Path) -> None:
+    """Make `out` the demo's: a new or empty folder, or one the demo wrote before (its own files are removed).
+
+    Anything else is refused, so a report never overwrites or deletes a file the demo did not write."""
+    marker = out / MARKER
+    if out.exists() and not out.is_dir():
+        raise DemoError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and not marker.is_file() and any(out.iterdir()):
+        raise DemoError(f"--out {out}: the folder is not empty and the demo did not write it; name a new or empty one")
+    out.mkdir(parents=True, exist_ok=True)
+    if marker.is_file():
+        for name in marker.read_text(encoding="utf-8").splitlines():
+            mine = out / name
+            if name and name == mine.name and mine.is_file():  # a plain file name in `out`, nothing else
+                mine.unlink()
+    marker.write_text("", encoding="utf-8")
+
+
+def _sign_out(out: Path) -> None:
+    """Record every file now in `out` as the demo's (the folder was new, empty or the demo's own)."""
+    names = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != MARKER)
+    (out / MARKER).write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+
+
 def run_demo(options: DemoOptions, say: Say = print) -> int:
+    """The whole demo into `options.out`; every file it leaves there is recorded as its own, even after a failure."""
+    claim_out(options.out)
+    try:
+        return _run_demo(options, say)
+    finally:
+        _sign_out(options.out)
+
+
+def _run_demo(options: DemoOptions, say: Say) -> int:
     started = time.perf_counter()
     out = options.out
-    out.mkdir(parents=True, exist_ok=True)
     config = demo_config(options.scenario_count)
     inputs, scenarios = build_inputs(options.seed, options.steps, options.scenarios)
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
@@ -169,8 +205,6 @@ def run_demo(options: DemoOptions, say: Say = print) -> int:
     if "naive" in headers:
         say("naive: no governor is enforced; its governor rows count what the governors' fold computed on its book")
 
-    for stale in (*out.glob("*.png"), *out.glob("*.csv")):
-        stale.unlink()
     plots = plot_all(views, out, config.kill_switch_drawdown, config.solver_time_limit_ms)
     csvs = write_csvs(views, out)
     (out / "summary.txt").write_text(table + "\n", encoding="utf-8")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -10,7 +11,12 @@ from typing import Any
 from schemas.events import Proposal, Reason, ReasonCode, Side
 
 PROPOSAL_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Proposal))
-MAX_ID_LENGTH = 128
+MAX_ID_LENGTH = 128  # every string field of a proposal: ids, keys and the strategy tag
+MAX_SIZE = 1e12  # currency: requested and min sizes
+MAX_EXPECTED_PROFIT = 1e3  # per unit of size
+MIN_PRICE, MAX_PRICE = 1e-6, 1.0 - 1e-6  # a unit stake's win return (1-p)/p stays below 1e6
+MIN_URGENCY, MAX_URGENCY = 1e-9, 1e6  # per second: a lifetime between a microsecond and ~32 years
+MAX_TIME_MS = 2**62
 
 
 @dataclass(frozen=True)
@@ -67,23 +73,27 @@ def field_problems(raw: Mapping[str, Any]) -> list[Reason]:
     if "proposal_id" in present and (not isinstance(pid, str) or not 1 <= len(pid) <= MAX_ID_LENGTH):
         problems.append(_problem("proposal_id", f"must be a string of 1-{MAX_ID_LENGTH} characters, got {pid!r}"))
     for name in ("agent_id", "market_id", "correlation_key"):
-        if name in present and (not isinstance(present[name], str) or not present[name]):
-            problems.append(_problem(name, f"must be a non-empty string, got {present[name]!r}"))
-    if "strategy_tag" in present and not isinstance(present["strategy_tag"], str):
-        problems.append(_problem("strategy_tag", f"must be a string, got {present['strategy_tag']!r}"))
+        value = present.get(name)
+        if name in present and (not isinstance(value, str) or not 1 <= len(value) <= MAX_ID_LENGTH):
+            problems.append(_problem(name, f"must be a string of 1-{MAX_ID_LENGTH} characters, got {_shown(value)}"))
+    tag = present.get("strategy_tag")
+    if "strategy_tag" in present and (not isinstance(tag, str) or len(tag) > MAX_ID_LENGTH):
+        problems.append(
+            _problem("strategy_tag", f"must be a string of at most {MAX_ID_LENGTH} characters, got {_shown(tag)}")
+        )
     if "side" in present and present["side"] not in ("BUY", "SELL"):
         problems.append(_problem("side", f"must be BUY or SELL, got {present['side']!r}"))
     if "price" in present and present["price"] is not None:
-        problem = _number_problem("price", present["price"], 0.0, 1.0, True, True)
+        problem = _number_problem("price", present["price"], MIN_PRICE, MAX_PRICE, False, False)
         if problem:
             problems.append(problem)
     checks: tuple[tuple[str, float, float, bool, bool], ...] = (
-        ("expected_profit", 0.0, math.inf, True, True),
+        ("expected_profit", 0.0, MAX_EXPECTED_PROFIT, True, False),
         ("confidence", 0.0, 1.0, True, False),
-        ("requested_size", 0.0, math.inf, True, True),
-        ("min_size", 0.0, math.inf, True, True),
+        ("requested_size", 0.0, MAX_SIZE, True, False),
+        ("min_size", 0.0, MAX_SIZE, True, False),
         ("execution_risk", 0.0, 1.0, False, True),
-        ("urgency", 0.0, math.inf, True, True),
+        ("urgency", MIN_URGENCY, MAX_URGENCY, False, False),
     )
     for name, low, high, low_open, high_open in checks:
         if name in present:
@@ -95,15 +105,32 @@ def field_problems(raw: Mapping[str, Any]) -> list[Reason]:
     if _is_number(requested) and _is_number(minimum) and math.isfinite(requested) and minimum > requested:
         problems.append(_problem("min_size", f"must not exceed requested_size {requested!r}, got {minimum!r}"))
     created = present.get("created_at")
-    if "created_at" in present and (not isinstance(created, int) or isinstance(created, bool) or created < 0):
+    if "created_at" in present and (
+        not isinstance(created, int) or isinstance(created, bool) or not 0 <= created <= MAX_TIME_MS
+    ):
         problems.append(
-            _problem("created_at", f"must be milliseconds since the epoch (an integer >= 0), got {created!r}")
+            _problem("created_at", f"must be milliseconds since the epoch (an integer in [0, 2**62]), got {created!r}")
         )
     return problems
 
 
+def _shown(value: Any) -> str:
+    """A value as an error quotes it: long strings cut, so a reason never carries megabytes."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(value) if isinstance(value, str) else len(text)} chars)"
+
+
 def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""
+    """What a rejection may quote of a string field: at most MAX_ID_LENGTH characters."""
+    return value[:MAX_ID_LENGTH] if isinstance(value, str) else ""
+
+
+def bounded_id(pid: str) -> str:
+    """The id a rejection names a proposal by: itself when valid, else a cut that stays unique (a digest of the
+    whole id), so a decision never carries an unbounded string."""
+    if len(pid) <= MAX_ID_LENGTH:
+        return pid
+    return f"{pid[: MAX_ID_LENGTH - 34]}..{hashlib.sha256(pid.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}"
 
 
 def parse_proposal(raw: Mapping[str, Any], fallback_id: str) -> Submitted:
@@ -113,7 +140,7 @@ def parse_proposal(raw: Mapping[str, Any], fallback_id: str) -> Submitted:
         pid = raw.get("proposal_id")
         side = raw.get("side")
         return InvalidProposal(
-            proposal_id=pid if isinstance(pid, str) and pid else fallback_id,
+            proposal_id=bounded_id(pid if isinstance(pid, str) and pid else fallback_id),
             agent_id=_text(raw.get("agent_id")),
             market_id=_text(raw.get("market_id")),
             side=Side(side) if side in ("BUY", "SELL") else None,

@@ -10,8 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from allocator.engine.request import CycleRequest, SuppliedScenarios
-from allocator.engine.validation import InvalidProposal, Submitted, parse_proposal, rejected_duplicate
-from book.config import AllocatorConfig, ConfigError
+from allocator.engine.validation import (
+    MAX_ID_LENGTH,
+    MAX_PRICE,
+    MIN_PRICE,
+    InvalidProposal,
+    Submitted,
+    parse_proposal,
+    rejected_duplicate,
+)
+from book.config import MAX_AMOUNT, MAX_PENDING, AllocatorConfig, ConfigError
 from book.portfolio import Portfolio, Position, Repeat, classify_repeat
 from governors.rules import book_state, drawdown, failure_pause_triggered, failure_rate, kill_switch_triggered
 from schemas.events import Decision, Reason, ReasonCode, Side
@@ -37,17 +45,23 @@ class SnapshotError(ValueError):
     """A snapshot that cannot be decided at all: the message names the file and the problem."""
 
 
-def _number(where: str, value: Any, *, minimum: float | None = None) -> float:
+MAX_FILE_BYTES = 64 * 1024 * 1024
+MAX_RETURN = 1e6  # a unit stake's scenario return: what a price of at least 1e-6 can pay
+MAX_TIME_MS = 2**62
+
+
+def _number(where: str, value: Any, *, minimum: float = -MAX_AMOUNT, maximum: float = MAX_AMOUNT) -> float:
+    """A finite number in [minimum, maximum]: every amount is bounded, so no sum or CVaR overflows."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise SnapshotError(f"{where}: must be a finite number, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise SnapshotError(f"{where}: must be >= {minimum:g}, got {value!r}")
+    if not minimum <= value <= maximum:
+        raise SnapshotError(f"{where}: must be in [{minimum:g}, {maximum:g}], got {value!r}")
     return float(value)
 
 
-def _integer(where: str, value: Any, *, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SnapshotError(f"{where}: must be a whole number >= {minimum}, got {value!r}")
+def _integer(where: str, value: Any, *, minimum: int = 0, maximum: int = MAX_TIME_MS) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise SnapshotError(f"{where}: must be a whole number in [{minimum}, {maximum}], got {value!r}")
     return value
 
 
@@ -62,13 +76,13 @@ def _position(i: int, raw: Any) -> Position:
             f"{where}: " + "; ".join([*(f"{k} is missing" for k in missing), *(f"{k} is unknown" for k in extra)])
         )
     for key in ("market_id", "correlation_key"):
-        if not isinstance(raw[key], str) or not raw[key]:
-            raise SnapshotError(f"{where}.{key}: must be a non-empty string, got {raw[key]!r}")
+        if not isinstance(raw[key], str) or not 1 <= len(raw[key]) <= MAX_ID_LENGTH:
+            raise SnapshotError(f"{where}.{key}: must be a string of 1-{MAX_ID_LENGTH} characters")
     if raw["side"] not in ("BUY", "SELL"):
         raise SnapshotError(f"{where}.side: must be BUY or SELL, got {raw['side']!r}")
     price = _number(f"{where}.price", raw["price"])
-    if not 0.0 < price < 1.0:
-        raise SnapshotError(f"{where}.price: must be in (0, 1), got {price!r}")
+    if not MIN_PRICE <= price <= MAX_PRICE:
+        raise SnapshotError(f"{where}.price: must be in [{MIN_PRICE:g}, {MAX_PRICE:g}], got {price!r}")
     return Position(
         market_id=raw["market_id"],
         side=Side(raw["side"]),
@@ -89,7 +103,10 @@ def _scenarios(raw: Any, has_positions: bool) -> SuppliedScenarios:
     for pid, row in raw["returns"].items():
         if not isinstance(row, list) or not row:
             raise SnapshotError(f"scenarios.returns[{pid!r}]: must be a non-empty list of numbers")
-        returns[str(pid)] = tuple(_number(f"scenarios.returns[{pid!r}][{j}]", x) for j, x in enumerate(row))
+        returns[str(pid)] = tuple(
+            _number(f"scenarios.returns[{pid!r}][{j}]", x, minimum=-MAX_RETURN, maximum=MAX_RETURN)
+            for j, x in enumerate(row)
+        )
         lengths.add(len(row))
     if "book_losses" in raw:
         book_raw = raw["book_losses"]
@@ -129,17 +146,19 @@ def parse_snapshot(data: Any, decision_id: str) -> CycleRequest:
         raise SnapshotError("config: must be an object")
 
     as_of = _integer("as_of", data["as_of"])
-    equity = _number("equity", data["equity"])
+    equity = _number("equity", data["equity"], minimum=0.0)
+    if equity <= 0.0:
+        raise SnapshotError(f"equity: must be > 0 (a book with nothing left decides nothing), got {equity!r}")
     raw_positions = data.get("positions", [])
     if not isinstance(raw_positions, list):
         raise SnapshotError("positions: must be a list")
     positions = tuple(_position(i, p) for i, p in enumerate(raw_positions))
     available = (
-        _number("available", data["available"])
+        _number("available", data["available"], maximum=equity)
         if "available" in data
         else equity - math.fsum(p.size for p in positions)
     )
-    hwm = _number("high_water_mark", data["high_water_mark"]) if "high_water_mark" in data else equity
+    hwm = _number("high_water_mark", data["high_water_mark"], minimum=equity) if "high_water_mark" in data else equity
 
     reports = failures = 0
     if "executions" in data:
@@ -154,6 +173,8 @@ def parse_snapshot(data: Any, decision_id: str) -> CycleRequest:
     raw_proposals = data["proposals"]
     if not isinstance(raw_proposals, list):
         raise SnapshotError("proposals: must be a list")
+    if len(raw_proposals) > MAX_PENDING:
+        raise SnapshotError(f"proposals: at most {MAX_PENDING} in one snapshot, got {len(raw_proposals)}")
     parsed: list[tuple[Submitted, Any]] = []
     for i, raw in enumerate(raw_proposals):
         where = f"proposals[{i}]"
@@ -208,6 +229,8 @@ def _without_repeats(items: Iterable[tuple[Submitted, Any]]) -> list[Submitted]:
 def load_snapshot(path: Path) -> CycleRequest:
     """Read a snapshot file; the decision id is derived from its content, so equal files decide equally."""
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise SnapshotError(f"{path}: larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise SnapshotError(f"{path}: no such file") from exc
@@ -217,6 +240,8 @@ def load_snapshot(path: Path) -> CycleRequest:
         data = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise SnapshotError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except RecursionError as exc:
+        raise SnapshotError(f"{path}: JSON nested too deeply") from exc
     except SnapshotError as exc:
         raise SnapshotError(f"{path}: {exc}") from exc
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
