@@ -1,0 +1,298 @@
+"""Released schema versions: all shipped, each readable by the next, every one decoded into today's events."""
+
+from __future__ import annotations
+
+import ast
+import io
+import itertools
+import json
+import tomllib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import pytest
+from fastavro.schema import expand_schema
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas.codec import SINGLE_OBJECT_MARKER, SingleObjectCodec, UndecodableMessage, schema_path, to_record
+from schemas.events import EVENT_TYPES, Event
+from schemas.versions import (
+    VERSIONS_DIR,
+    VersionRow,
+    format_versions_table,
+    record_versions,
+    version_rows,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMAS = ROOT / "schemas"
+
+# A released version never changes: a new version adds its fingerprint here, and none is ever edited.
+RELEASED_FINGERPRINTS = {
+    ("Proposal", 1): "649828da9520dfa2",
+    ("Fill", 1): "37138fdbe8b7d31f",
+    ("PnlMark", 1): "5eb03205e59aa9fd",
+    ("MarketResolution", 1): "94e4a39caac84760",
+    ("Decision", 1): "ef49d4ee8e23ec8c",
+    ("GovernorEvent", 1): "b705d4eccd3cc9ca",
+    ("ControlCommand", 1): "fb8b3b4b31585976",
+    ("DeadLetter", 1): "033802151ef9f93f",
+}
+
+codec = SingleObjectCodec()
+
+
+# --- Avro data straight from a schema, and what resolution makes of it ------------------------------------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLIS = (-62_135_596_800_000, 253_402_300_799_999)  # the years 1-9999, where Python's datetime reads them
+
+
+def _kind(schema: Any) -> str:
+    if isinstance(schema, list):
+        return "union"
+    return str(schema["type"]) if isinstance(schema, dict) else str(schema)
+
+
+def avro_values(schema: Any) -> st.SearchStrategy[Any]:
+    """Any datum of an expanded Avro schema, as fastavro writes it (NaN left out: it never equals itself)."""
+    kind = _kind(schema)
+    if kind == "union":
+        return st.one_of([avro_values(branch) for branch in schema])
+    if kind == "record":
+        return st.fixed_dictionaries({f["name"]: avro_values(f["type"]) for f in schema["fields"]})
+    if kind == "enum":
+        return st.sampled_from(schema["symbols"])
+    if kind == "array":
+        return st.lists(avro_values(schema["items"]), max_size=3)
+    if kind == "map":
+        return st.dictionaries(st.text(max_size=4), avro_values(schema["values"]), max_size=3)
+    if isinstance(schema, dict) and schema.get("logicalType") == "timestamp-millis":
+        return st.integers(*_MILLIS)
+    primitives: dict[str, st.SearchStrategy[Any]] = {
+        "null": st.none(),
+        "boolean": st.booleans(),
+        "int": st.integers(-(2**31), 2**31 - 1),
+        "long": st.integers(-(2**63), 2**63 - 1),
+        "float": st.floats(allow_nan=False, width=32),
+        "double": st.floats(allow_nan=False),
+        "string": st.text(max_size=8),
+        "bytes": st.binary(max_size=8),
+    }
+    return primitives[kind]
+
+
+def _written_branch(branches: list[Any], value: Any) -> Any:
+    """The branch of a nullable union (the only unions on the log) that fastavro writes `value` with."""
+    others = [b for b in branches if b != "null"]
+    assert len(others) <= 1 and len(branches) - len(others) <= 1, f"not a nullable union: {branches}"
+    return "null" if value is None else others[0]
+
+
+_PROMOTED = {"int": ("long", "float", "double"), "long": ("float", "double"), "float": ("double",),
+             "string": ("bytes",), "bytes": ("string",)}  # fmt: skip
+
+
+def _name(schema: Any) -> Any:
+    return schema.get("name") if isinstance(schema, dict) else None
+
+
+def _reader_branch(writer: Any, branches: list[Any]) -> Any:
+    """The reader's branch for data of `writer`: the same type (and name), else the first it is promoted to."""
+    same = [b for b in branches if _kind(b) == _kind(writer) and _name(b) == _name(writer)]
+    return same[0] if same else next(b for b in branches if _kind(b) in _PROMOTED.get(_kind(writer), ()))
+
+
+def resolved(writer: Any, reader: Any, value: Any) -> Any:
+    """What Avro resolution makes of `value`, written with `writer` and read with `reader` (both expanded)."""
+    if isinstance(writer, list):
+        writer = _written_branch(writer, value)
+    if isinstance(reader, list):
+        reader = _reader_branch(writer, reader)
+    kind, reader_kind = _kind(writer), _kind(reader)
+    if kind == "record":
+        written = {f["name"]: f for f in writer["fields"]}
+        out = {}
+        for field in reader["fields"]:
+            source = next((written[n] for n in (field["name"], *field.get("aliases", [])) if n in written), None)
+            out[field["name"]] = (
+                field["default"] if source is None else resolved(source["type"], field["type"], value[source["name"]])
+            )
+        return out
+    if kind == "enum":
+        return value if value in reader["symbols"] else reader["default"]
+    if kind == "array":
+        return [resolved(writer["items"], reader["items"], v) for v in value]
+    if kind == "map":
+        return {k: resolved(writer["values"], reader["values"], v) for k, v in value.items()}
+    if kind in ("int", "long") and reader_kind in ("float", "double"):
+        return float(value)
+    if (kind, reader_kind) == ("string", "bytes"):
+        return value.encode()
+    if (kind, reader_kind) == ("bytes", "string"):
+        return value.decode()
+    return value
+
+
+def plain(value: Any) -> Any:
+    """A decoded value with timestamps as milliseconds and tuples as lists, to compare with what was written."""
+    if isinstance(value, datetime):
+        return (value - _EPOCH) // timedelta(milliseconds=1)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def body(schema: dict[str, Any], datum: Any) -> bytes:
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, fastavro.parse_schema(schema, named_schemas={}), datum)
+    return out.getvalue()
+
+
+def read(writer: dict[str, Any], reader: dict[str, Any], data: bytes) -> Any:
+    parse = fastavro.parse_schema
+    return fastavro.schemaless_reader(
+        io.BytesIO(data), parse(writer, named_schemas={}), parse(reader, named_schemas={})
+    )
+
+
+def assert_reads(old: dict[str, Any], new: dict[str, Any], datum: Any) -> None:
+    """A record written with `old` reads under `new` as resolution says: kept fields equal, added ones defaulted."""
+    expected = resolved(expand_schema(old), expand_schema(new), datum)
+    assert plain(read(old, new, body(old, datum))) == plain(expected)
+
+
+# --- the catalogue -------------------------------------------------------------------------------------------
+
+
+def test_every_record_ships_its_versions_and_nothing_else_is_there() -> None:
+    folders = sorted(p.name for p in VERSIONS_DIR.iterdir() if p.is_dir())
+    assert folders == sorted(t.__name__ for t in EVENT_TYPES)
+    assert [p.name for p in VERSIONS_DIR.iterdir() if not p.is_dir()] == []
+    for folder in VERSIONS_DIR.iterdir():
+        assert sorted(p.name for p in folder.iterdir()) == sorted(
+            f"{v.version}.avsc" for v in record_versions(folder.name)
+        )
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES, ids=lambda t: t.__name__)
+def test_the_current_schema_is_its_highest_version_byte_for_byte(event_type: type[Event]) -> None:
+    highest = record_versions(event_type.__name__)[-1]
+    assert schema_path(event_type).read_bytes() == highest.path.read_bytes(), (
+        f"{schema_path(event_type).name} differs from {highest.path.relative_to(ROOT)}: a changed schema is a new"
+        f" version, so copy it to versions/{event_type.__name__}/{highest.version + 1}.avsc"
+    )
+
+
+def test_released_versions_keep_their_fingerprints() -> None:
+    assert {(r.record, r.version): r.fingerprint for r in version_rows()} == RELEASED_FINGERPRINTS
+
+
+def test_the_rows_list_every_version_and_mark_the_highest_current() -> None:
+    rows = version_rows()
+    assert [r.record for r in rows if r.current] == [t.__name__ for t in EVENT_TYPES]
+    for event_type in EVENT_TYPES:
+        mine = [r for r in rows if r.record == event_type.__name__]
+        assert [r.version for r in mine] == list(range(1, len(mine) + 1))
+        assert [r.current for r in mine] == [False] * (len(mine) - 1) + [True]
+
+
+def test_the_table_has_a_line_per_version() -> None:
+    rows = [VersionRow("Decision", 1, "ef49d4ee8e23ec8c", False), VersionRow("Decision", 2, "0123456789abcdef", True)]
+    lines = format_versions_table(rows).splitlines()
+    assert lines[0].split() == ["record", "version", "fingerprint", "(CRC-64-AVRO)", "current"]
+    assert [line.split() for line in lines[1:]] == [
+        ["Decision", "1", "ef49d4ee8e23ec8c", "no"],
+        ["Decision", "2", "0123456789abcdef", "yes"],
+    ]
+    table = format_versions_table()
+    assert len(table.splitlines()) == 1 + len(RELEASED_FINGERPRINTS)
+    assert all(fp in table for fp in RELEASED_FINGERPRINTS.values())
+
+
+def _write(folder: Path, name: str, schema: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(json.dumps(schema), encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({}, "no released versions of PnlMark"),
+        ({"1.avsc": "PnlMark", "3.avsc": "PnlMark"}, r"\[1, 3\], not 1 to n without a gap"),
+        ({"01.avsc": "PnlMark"}, "a version file is named <n>.avsc"),
+        ({"v1.avsc": "PnlMark"}, "a version file is named <n>.avsc"),
+        ({"1.avsc": "Fill"}, "defines 'Fill', not record PnlMark"),
+    ],
+    ids=["none", "gap", "leading-zero", "not-a-number", "other-record"],
+)
+def test_a_malformed_versions_folder_is_refused(tmp_path: Path, files: dict[str, str], message: str) -> None:
+    (tmp_path / "PnlMark").mkdir()
+    for name, record in files.items():
+        _write(tmp_path / "PnlMark", name, record_versions(record)[0].schema)
+    with pytest.raises(ValueError, match=message):
+        record_versions("PnlMark", tmp_path)
+
+
+def test_the_package_data_ships_every_schema_file() -> None:
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    shipped = {p for pattern in package_data["package-data"]["schemas"] for p in SCHEMAS.glob(pattern)}
+    assert set(SCHEMAS.rglob("*.avsc")) <= shipped
+    assert {v.path for versions in map(record_versions, [t.__name__ for t in EVENT_TYPES]) for v in versions} <= shipped
+
+
+def test_no_schemas_module_imports_from_the_rest_of_the_project() -> None:
+    outside = {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists() and p.name != "schemas"}
+    for module in SCHEMAS.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            assert not {n.split(".")[0] for n in names} & outside, f"{module.name} imports {names}"
+
+
+# --- every version decodes into today's events ----------------------------------------------------------------
+
+
+def test_the_codec_writes_each_records_highest_version() -> None:
+    for event_type in EVENT_TYPES:
+        assert codec.header(event_type) == SINGLE_OBJECT_MARKER + record_versions(event_type.__name__)[-1].fingerprint
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES, ids=lambda t: t.__name__)
+@settings(max_examples=40)
+@given(data=st.data())
+def test_a_record_of_any_released_version_decodes_into_todays_event(
+    event_type: type[Event], data: st.DataObject
+) -> None:
+    *_, current = released = record_versions(event_type.__name__)
+    for version in released:
+        datum = data.draw(avro_values(expand_schema(version.schema)), label=f"version {version.version}")
+        message = SINGLE_OBJECT_MARKER + version.fingerprint + body(version.schema, datum)
+        expected = plain(resolved(expand_schema(version.schema), expand_schema(current.schema), datum))
+        event = codec.decode(message, "t", 0, 7)
+        assert type(event) is event_type
+        assert plain(to_record(event)) == expected
+        assert plain(codec.decode_record(message)[1]) == expected
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES, ids=lambda t: t.__name__)
+@settings(max_examples=40)
+@given(data=st.data())
+def test_each_version_reads_the_records_of_the_one_before(event_type: type[Event], data: st.DataObject) -> None:
+    released = record_versions(event_type.__name__)
+    for old, new in itertools.pairwise(released):
+        assert_reads(old.schema, new.schema, data.draw(avro_values(expand_schema(old.schema))))
+
+
+def test_an_unknown_fingerprint_is_still_the_domain_error() -> None:
+    message = SINGLE_OBJECT_MARKER + bytes.fromhex("0123456789abcdef") + b"\x02"
+    with pytest.raises(UndecodableMessage, match="unknown schema fingerprint 0123456789abcdef"):
+        codec.decode(message, "t", 1, 2)
+    with pytest.raises(UndecodableMessage, match="unknown schema fingerprint 0123456789abcdef"):
+        codec.decode_record(message, "t", 1, 2)
