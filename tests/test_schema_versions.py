@@ -6,7 +6,9 @@ import ast
 import io
 import itertools
 import json
+import re
 import tomllib
+import typing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.codec import SINGLE_OBJECT_MARKER, SingleObjectCodec, UndecodableMessage, schema_path, to_record
+from schemas.compatibility import check_backward_compatible, schema_changes
 from schemas.events import EVENT_TYPES, Event
 from schemas.versions import (
     VERSIONS_DIR,
@@ -296,3 +299,231 @@ def test_an_unknown_fingerprint_is_still_the_domain_error() -> None:
         codec.decode(message, "t", 1, 2)
     with pytest.raises(UndecodableMessage, match="unknown schema fingerprint 0123456789abcdef"):
         codec.decode_record(message, "t", 1, 2)
+
+
+# --- compatibility, checked on the schemas and proven on data --------------------------------------------------
+
+
+def _field(schema: dict[str, Any], *path: str) -> dict[str, Any]:
+    """A field of a (nested) record by its path of field names; arrays are looked through."""
+    record, field = schema, {}
+    for name in path:
+        field = next(f for f in record["fields"] if f["name"] == name)
+        record = field["type"].get("items", field["type"]) if isinstance(field["type"], dict) else field["type"]
+    return field
+
+
+def _v1(record: str) -> dict[str, Any]:
+    return record_versions(record)[0].schema
+
+
+def _added_without_default() -> dict[str, Any]:
+    schema = _v1("PnlMark")
+    schema["fields"].append({"name": "venue", "type": "string", "doc": "Where the price was seen."})
+    return schema
+
+
+def _string_to_int() -> dict[str, Any]:
+    schema = _v1("MarketResolution")
+    _field(schema, "market_id")["type"] = "int"
+    return schema
+
+
+def _enum_symbol_removed() -> dict[str, Any]:
+    schema = _v1("MarketResolution")
+    _field(schema, "outcome")["type"]["symbols"].remove("VOID")
+    return schema
+
+
+def _nested_enum_symbol_removed() -> dict[str, Any]:
+    schema = _v1("Decision")
+    _field(schema, "allocations", "reasons", "code")["type"]["symbols"].remove("CVAR_LIMIT")
+    return schema
+
+
+def _enum_grows_without_default() -> dict[str, Any]:
+    schema = _v1("Fill")
+    _field(schema, "status")["type"]["symbols"].append("CANCELLED")
+    return schema
+
+
+def _optional_made_required() -> dict[str, Any]:
+    schema = _v1("GovernorEvent")
+    measured = _field(schema, "measured")
+    measured["type"] = "double"
+    del measured["default"]
+    return schema
+
+
+def _default_of_the_wrong_branch() -> dict[str, Any]:
+    schema = _v1("DeadLetter")
+    schema["fields"].append({"name": "note", "type": ["null", "string"], "default": "none", "doc": "A note."})
+    return schema
+
+
+def _record_renamed() -> dict[str, Any]:
+    schema = _v1("PnlMark")
+    schema["name"] = "PriceMark"
+    return schema
+
+
+PNL = {"market_id": "m", "mark_price": 0.5, "time": 0}
+RESOLUTION = {"market_id": "m", "outcome": "VOID", "time": 0}
+GOVERNOR = {
+    "event_id": "e", "book_id": "b", "governor": "OPERATOR", "old_state": "ACTIVE", "new_state": "PAUSED",
+    "cause": "c", "measured": None, "limit": None, "source": None, "time": 0,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("record", "new", "problem", "breaking_datum"),
+    [
+        ("PnlMark", _added_without_default, r"^PnlMark\.venue: field added without a default", PNL),
+        ("MarketResolution", _string_to_int, r"^MarketResolution\.market_id: type changed from string to int$",
+         RESOLUTION),
+        ("MarketResolution", _enum_symbol_removed, r"^MarketResolution\.outcome: enum Outcome lost symbol\(s\) VOID$",
+         RESOLUTION),
+        ("Decision", _nested_enum_symbol_removed,
+         r"^Decision\.allocations\.reasons\.code: enum ReasonCode lost symbol\(s\) CVAR_LIMIT$", None),
+        ("Fill", _enum_grows_without_default,
+         r"^Fill\.status: enum FillStatus gained symbol\(s\) CANCELLED without a default symbol$", None),
+        ("GovernorEvent", _optional_made_required,
+         r"^GovernorEvent\.measured: a writer's null is not readable as double$", GOVERNOR),
+        ("DeadLetter", _default_of_the_wrong_branch,
+         r'^DeadLetter\.note: default "none" is not a union \[null, string\]$', None),
+        ("PnlMark", _record_renamed, r"^PriceMark: record renamed from PnlMark to PriceMark$", PNL),
+    ],
+    ids=["added-without-default", "string-to-int", "enum-symbol-removed", "nested-enum-symbol-removed",
+         "enum-grows-without-default", "optional-made-required", "default-of-the-wrong-branch", "record-renamed"],
+)  # fmt: skip
+def test_an_incompatible_version_is_reported_with_its_field(
+    record: str, new: typing.Callable[[], dict[str, Any]], problem: str, breaking_datum: dict[str, Any] | None
+) -> None:
+    old = _v1(record)
+    problems = check_backward_compatible(old, new())
+    assert len(problems) == 1 and re.search(problem, problems[0]), problems
+    if breaking_datum is not None:  # and the data agrees: such a record does not resolve
+        with pytest.raises(fastavro.read.SchemaResolutionError):
+            read(old, new(), body(old, breaking_datum))
+
+
+DECISION_WITH_A_CVAR_REASON = {
+    "decision_id": "d", "book_id": "b", "cycle": 1, "decided_at": 0, "inputs": [], "config_version": "v",
+    "config_hash": "h", "scenario_seed": 1, "governor_state": "ACTIVE", "opportunity_window_ms": 1, "equity": 1.0,
+    "available": 1.0, "high_water_mark": 1.0, "solver_path": "NOT_RUN", "solve_ms": 0.0, "objective": 0.0,
+    "gap": None, "orders": [],
+    "allocations": [{"proposal_id": "p", "agent_id": "a", "market_id": "m", "side": None, "size": 0.0,
+                     "netted_size": 0.0, "status": "REJECTED", "reasons": [{"code": "CVAR_LIMIT", "detail": None}]}],
+}  # fmt: skip
+
+
+def test_a_nested_problem_is_found_with_real_data_too() -> None:
+    old = _v1("Decision")
+    with pytest.raises(fastavro.read.SchemaResolutionError):
+        read(old, _nested_enum_symbol_removed(), body(old, DECISION_WITH_A_CVAR_REASON))
+
+
+def _promoted() -> dict[str, Any]:
+    schema = _v1("DeadLetter")
+    _field(schema, "partition")["type"] = "long"
+    _field(schema, "error")["type"] = "bytes"
+    return schema
+
+
+def _int_to_double() -> dict[str, Any]:
+    schema = _v1("DeadLetter")
+    _field(schema, "partition")["type"] = "double"
+    return schema
+
+
+def _field_removed() -> dict[str, Any]:
+    schema = _v1("Fill")
+    schema["fields"] = [f for f in schema["fields"] if f["name"] != "reason"]
+    return schema
+
+
+def _fields_added_with_defaults() -> dict[str, Any]:
+    schema = _v1("Proposal")
+    schema["fields"] += [
+        {"name": "venue", "type": "string", "default": "any", "doc": "Where to trade."},
+        {"name": "max_slippage", "type": ["null", "double"], "default": None, "doc": "Worst price move accepted."},
+    ]
+    return schema
+
+
+def _enum_grows_with_default() -> dict[str, Any]:
+    schema = _v1("Decision")
+    state = _field(schema, "governor_state")["type"]
+    state["symbols"].append("DRAINING")
+    state["default"] = "ACTIVE"
+    return schema
+
+
+def _nested_field_renamed_with_alias() -> dict[str, Any]:
+    schema = _v1("Decision")
+    field = _field(schema, "allocations", "reasons", "detail")
+    field["name"], field["aliases"] = "explanation", ["detail"]
+    return schema
+
+
+def _made_optional() -> dict[str, Any]:
+    schema = _v1("Fill")
+    _field(schema, "price")["type"] = ["double", "null"]
+    return schema
+
+
+COMPATIBLE = {
+    "promotions": ("DeadLetter", _promoted),
+    "int-to-double": ("DeadLetter", _int_to_double),
+    "field-removed": ("Fill", _field_removed),
+    "fields-added-with-defaults": ("Proposal", _fields_added_with_defaults),
+    "enum-grows-with-default": ("Decision", _enum_grows_with_default),
+    "nested-field-renamed-with-alias": ("Decision", _nested_field_renamed_with_alias),
+    "made-optional": ("Fill", _made_optional),
+}
+
+
+@pytest.mark.parametrize("case", COMPATIBLE)
+@settings(max_examples=30)
+@given(data=st.data())
+def test_a_compatible_version_passes_and_reads_the_old_data(case: str, data: st.DataObject) -> None:
+    record, make = COMPATIBLE[case]
+    old, new = _v1(record), make()
+    assert check_backward_compatible(old, new) == []
+    assert_reads(old, new, data.draw(avro_values(expand_schema(old))))
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES, ids=lambda t: t.__name__)
+def test_every_released_version_is_readable_by_the_next_and_by_the_current(event_type: type[Event]) -> None:
+    *older, current = released = record_versions(event_type.__name__)
+    for old, new in itertools.pairwise(released):
+        assert check_backward_compatible(old.schema, new.schema) == [], f"version {new.version} breaks {old.version}"
+    for old in older:
+        assert check_backward_compatible(old.schema, current.schema) == [], f"current breaks version {old.version}"
+    assert check_backward_compatible(current.schema, current.schema) == []
+
+
+def test_a_schema_that_does_not_parse_is_a_problem_not_a_crash() -> None:
+    broken = _v1("PnlMark")
+    broken["fields"].append({"name": "x", "type": "long", "default": "soon", "doc": "."})
+    [problem] = check_backward_compatible(_v1("PnlMark"), broken)
+    assert problem.startswith("PnlMark: the new schema is not valid Avro")
+
+
+def test_the_changes_of_a_version_are_named() -> None:
+    assert schema_changes(_v1("Decision"), _v1("Decision")) == []
+    assert schema_changes(_v1("Proposal"), _fields_added_with_defaults()) == [
+        "added field `Proposal.venue`",
+        "added field `Proposal.max_slippage`",
+    ]
+    assert schema_changes(_v1("Fill"), _field_removed()) == ["removed field `Fill.reason`"]
+    assert schema_changes(_v1("Decision"), _enum_grows_with_default()) == ["enum `GovernorState` gained DRAINING"]
+    assert schema_changes(_v1("DeadLetter"), _promoted()) == [
+        "`DeadLetter.partition` changed from int to long",
+        "`DeadLetter.error` changed from string to bytes",
+    ]
+    assert schema_changes(_v1("Decision"), _nested_enum_symbol_removed()) == ["enum `ReasonCode` lost CVAR_LIMIT"]
+    assert schema_changes(_v1("Decision"), _nested_field_renamed_with_alias()) == [
+        "added field `Decision.allocations.reasons.explanation`",
+        "removed field `Decision.allocations.reasons.detail`",
+    ]
