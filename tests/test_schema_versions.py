@@ -7,6 +7,8 @@ import io
 import itertools
 import json
 import re
+import shutil
+import struct
 import tomllib
 import typing
 from datetime import UTC, datetime, timedelta
@@ -19,9 +21,20 @@ from fastavro.schema import expand_schema
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.codec import SINGLE_OBJECT_MARKER, SingleObjectCodec, UndecodableMessage, schema_path, to_record
+from schemas.codec import (
+    SINGLE_OBJECT_MARKER,
+    RegistryCodec,
+    SingleObjectCodec,
+    UndecodableMessage,
+    from_record,
+    make_codec,
+    schema_fingerprint,
+    schema_path,
+    to_record,
+)
 from schemas.compatibility import check_backward_compatible, schema_changes
-from schemas.events import EVENT_TYPES, Event
+from schemas.docs import schemas_markdown
+from schemas.events import EVENT_TYPES, Decision, Event, Proposal
 from schemas.versions import (
     VERSIONS_DIR,
     VersionRow,
@@ -29,6 +42,7 @@ from schemas.versions import (
     record_versions,
     version_rows,
 )
+from tests.strategies import events
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = ROOT / "schemas"
@@ -527,3 +541,102 @@ def test_the_changes_of_a_version_are_named() -> None:
         "added field `Decision.allocations.reasons.explanation`",
         "removed field `Decision.allocations.reasons.detail`",
     ]
+
+
+# --- the mechanism end to end: a synthetic version 2 of Decision, in a folder of its own ------------------------
+
+
+def decision_v2() -> dict[str, Any]:
+    """Decision as a version 2 might be: two new fields with defaults, and a governor state more (with a default)."""
+    schema = _v1("Decision")
+    schema["fields"] += [
+        {"name": "risk_model", "type": "string", "default": "scenario-cvar", "doc": "The risk model used."},
+        {"name": "note", "type": ["null", "string"], "default": None, "doc": "A remark for the operators."},
+    ]
+    state = _field(schema, "governor_state")["type"]
+    state["symbols"].append("DRAINING")
+    state["default"] = "ACTIVE"
+    return schema
+
+
+@pytest.fixture(scope="module")
+def versions_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("versions")
+    shutil.copytree(VERSIONS_DIR, folder, dirs_exist_ok=True)
+    (folder / "Decision" / "2.avsc").write_text(json.dumps(decision_v2(), indent=2), encoding="utf-8")
+    return folder
+
+
+V2_FINGERPRINT = schema_fingerprint(decision_v2())
+DECISION = from_record(Decision, DECISION_WITH_A_CVAR_REASON)
+
+
+def test_version_2_is_compatible_and_its_changes_are_named() -> None:
+    assert check_backward_compatible(_v1("Decision"), decision_v2()) == []
+    assert schema_changes(_v1("Decision"), decision_v2()) == [
+        "added field `Decision.risk_model`",
+        "added field `Decision.note`",
+        "enum `GovernorState` gained DRAINING",
+    ]
+
+
+@settings(max_examples=50)
+@given(decision=events(Decision))
+def test_version_1_bytes_decode_into_version_2_data_with_the_defaults(versions_v2: Path, decision: Decision) -> None:
+    v2 = SingleObjectCodec(versions_dir=versions_v2)
+    v1_bytes = codec.encode(decision)
+    assert v1_bytes[2:10] == record_versions("Decision")[0].fingerprint != V2_FINGERPRINT
+    event_type, record = v2.decode_record(v1_bytes)
+    assert event_type is Decision
+    assert (record["risk_model"], record["note"]) == ("scenario-cvar", None)
+    assert plain({k: v for k, v in record.items() if k not in ("risk_model", "note")}) == plain(to_record(decision))
+    assert v2.decode(v1_bytes) == decision
+
+
+@settings(max_examples=30)
+@given(data=st.data())
+def test_any_version_1_record_reads_as_version_2(versions_v2: Path, data: st.DataObject) -> None:
+    old, new = record_versions("Decision", versions_v2)
+    assert_reads(old.schema, new.schema, data.draw(avro_values(expand_schema(old.schema))))
+
+
+def test_version_2_is_written_and_read_back_and_unknown_to_a_version_1_reader(versions_v2: Path) -> None:
+    v2 = SingleObjectCodec(versions_dir=versions_v2)
+    assert v2.header(Decision) == SINGLE_OBJECT_MARKER + V2_FINGERPRINT
+    assert v2.header(Proposal) == codec.header(Proposal)
+    v2_bytes = v2.encode(DECISION)
+    assert v2_bytes[2:10] == V2_FINGERPRINT
+    assert v2.decode_record(v2_bytes)[1]["risk_model"] == "scenario-cvar"
+    assert v2.decode(v2_bytes) == DECISION
+    with pytest.raises(UndecodableMessage, match=f"unknown schema fingerprint {V2_FINGERPRINT.hex()}"):
+        codec.decode(v2_bytes, "allocator.decisions", 0, 5)
+    assert SingleObjectCodec(writer_schemas=[decision_v2()]).decode(v2_bytes) == DECISION
+
+
+def test_the_registry_path_reads_version_1_with_version_2_as_reader(versions_v2: Path) -> None:
+    registry = RegistryCodec("mock://versions", versions_dir=versions_v2)
+    from confluent_kafka.schema_registry import Schema  # after the codec, which imports it quietly
+
+    subject = "allocator.decisions-capital.allocator.Decision"
+    schema_id = registry._client.register_schema(subject, Schema(record_versions("Decision")[0].text, "AVRO"))
+    message = b"\x00" + struct.pack(">I", schema_id) + codec.encode(DECISION)[10:]
+    assert registry.decode(message, "allocator.decisions") == DECISION
+    assert isinstance(make_codec(versions_dir=versions_v2), SingleObjectCodec)
+
+
+def test_the_catalogue_and_the_docs_show_version_2(versions_v2: Path) -> None:
+    rows = [r for r in version_rows(versions_v2) if r.record == "Decision"]
+    assert rows == [
+        VersionRow("Decision", 1, RELEASED_FINGERPRINTS[("Decision", 1)], False),
+        VersionRow("Decision", 2, V2_FINGERPRINT.hex(), True),
+    ]
+    assert f"Decision                 2  {V2_FINGERPRINT.hex()}" in format_versions_table(version_rows(versions_v2))
+    page = schemas_markdown(versions_v2)
+    assert f"| Decision | 1 | `{RELEASED_FINGERPRINTS[('Decision', 1)]}` | first release |" in page
+    assert (
+        f"| Decision | 2 (current) | `{V2_FINGERPRINT.hex()}` | added field `Decision.risk_model`;"
+        " added field `Decision.note`; enum `GovernorState` gained DRAINING |"
+    ) in page
+    assert f"Version 2, fingerprint `{V2_FINGERPRINT.hex()}`." in page
+    assert '| `risk_model` | string | The risk model used. Default `"scenario-cvar"`. |' in page
+    assert "`GovernorState`: ACTIVE, PAUSED, HALTED, DRAINING." in page
