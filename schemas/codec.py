@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import fastavro
-from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from schemas.binary import Reader, compile_reader
 from schemas.events import EVENT_TYPES, Event
+from schemas.versions import VERSIONS_DIR, record_versions
+from schemas.versions import schema_fingerprint as schema_fingerprint
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 NAMESPACE = "capital.allocator"
@@ -31,6 +32,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 
 E = TypeVar("E", bound=Event)
+T = TypeVar("T")
 
 
 class UndecodableMessage(Exception):
@@ -68,11 +70,6 @@ def load_schema(event_type: type[Event]) -> dict[str, Any]:
     """The released schema of an event type, as JSON (a fresh copy the caller may change)."""
     loaded: dict[str, Any] = json.loads(_raw_schema_text(event_type.__name__))
     return loaded
-
-
-def schema_fingerprint(schema: Mapping[str, Any]) -> bytes:
-    """The 8 bytes single-object encoding puts after C3 01: CRC-64-AVRO of the parsing canonical form."""
-    return bytes.fromhex(fingerprint(to_parsing_canonical_form(dict(schema)), "CRC-64-AVRO"))
 
 
 def _parse(schema: Mapping[str, Any]) -> Any:
@@ -184,14 +181,20 @@ def from_record(event_type: type[E], record: Mapping[str, Any]) -> E:
 # --- single-object encoding ------------------------------------------------------------------------------
 
 
-_COMPILED: dict[type[Event], Reader | None] = {}
+_COMPILED: dict[tuple[type[Event], str], Reader | None] = {}
+
+
+def _compiled(event_type: type[Event], schema_text: str) -> Reader | None:
+    """The compiled reader of one schema's text into an event type, built once per process."""
+    key = (event_type, schema_text)
+    if key not in _COMPILED:
+        _COMPILED[key] = compile_reader(json.loads(schema_text), event_type, NAMESPACE)
+    return _COMPILED[key]
 
 
 def compiled_reader(event_type: type[Event]) -> Reader | None:
     """The compiled reader of an event type's current schema (built once per process), or None if it has none."""
-    if event_type not in _COMPILED:
-        _COMPILED[event_type] = compile_reader(load_schema(event_type), event_type, NAMESPACE)
-    return _COMPILED[event_type]
+    return _compiled(event_type, _raw_schema_text(event_type.__name__))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,27 +206,34 @@ class _Writer:
 class SingleObjectCodec:
     """Avro single-object encoding (C3 01, 8-byte CRC-64-AVRO fingerprint, body): no registry needed.
 
-    Readers use the current schemas of this package. `writer_schemas` adds other versions of the records
-    (older or newer) whose data this codec must read; Avro's resolution rules map them onto the current one.
+    Every version of every record in `versions_dir` (`<Record>/<n>.avsc`; by default the versions this package
+    ships) is a writer schema this codec reads, and the highest version of each is current: the one it writes,
+    and the reader that Avro's resolution rules map every older version onto, fields added since taking their
+    defaults. `writer_schemas` adds further versions (a newer producer's, say) to read the same way.
     Messages written with a current schema are read by a reader compiled from it (`schemas.binary`), which
     hands anything but plain data back to fastavro; other versions always go through fastavro.
     """
 
-    def __init__(self, writer_schemas: Iterable[Mapping[str, Any]] = ()) -> None:
+    def __init__(
+        self, writer_schemas: Iterable[Mapping[str, Any]] = (), *, versions_dir: Path | str = VERSIONS_DIR
+    ) -> None:
         self._by_type: dict[type[Event], tuple[bytes, Any]] = {}
         self._by_name: dict[str, type[Event]] = {}
         self._writers: dict[bytes, _Writer] = {}
         self._compiled: dict[bytes, Reader] = {}  # by the 10-byte header of a current schema
         for event_type in EVENT_TYPES:
-            raw = load_schema(event_type)
+            *older, current = record_versions(event_type.__name__, versions_dir)
+            raw = current.schema
             parsed = _parse(raw)
-            fp = schema_fingerprint(raw)
-            self._by_type[event_type] = (SINGLE_OBJECT_MARKER + fp, parsed)
+            header = SINGLE_OBJECT_MARKER + current.fingerprint
+            self._by_type[event_type] = (header, parsed)
             self._by_name[_full_name(raw)] = event_type
-            self._writers[fp] = _Writer(event_type, parsed)
-            compiled = compiled_reader(event_type)
+            for version in older:
+                self._writers[version.fingerprint] = _Writer(event_type, _parse(version.schema))
+            self._writers[current.fingerprint] = _Writer(event_type, parsed)
+            compiled = _compiled(event_type, current.text)
             if compiled is not None:
-                self._compiled[SINGLE_OBJECT_MARKER + fp] = compiled
+                self._compiled[header] = compiled
         for other in writer_schemas:
             name = _full_name(other)
             if name not in self._by_name:
@@ -249,8 +259,23 @@ class SingleObjectCodec:
                 return event
         return self._decode(data, topic, partition, offset)
 
+    def decode_record(
+        self, data: bytes, topic: str = "", partition: int = -1, offset: int = -1
+    ) -> tuple[type[Event], dict[str, Any]]:
+        """A message's event type and its record as the current version reads it, before it becomes an event.
+
+        Fields the writer's version did not have hold their defaults. Always through fastavro.
+        """
+        return self._read(data, topic, partition, offset, lambda event_type, record: (event_type, record))
+
     def _decode(self, data: bytes, topic: str, partition: int, offset: int) -> Event:
         """Through fastavro: any writer schema this codec knows, and the errors, worded for the dead letters."""
+        return self._read(data, topic, partition, offset, from_record)
+
+    def _read(
+        self, data: bytes, topic: str, partition: int, offset: int, then: Callable[[type[Event], dict[str, Any]], T]
+    ) -> T:
+        """`then` of the message's event type and its record resolved onto the current version; errors worded."""
 
         def bad(reason: str) -> UndecodableMessage:
             return UndecodableMessage(reason, topic=topic, partition=partition, offset=offset)
@@ -269,7 +294,7 @@ class SingleObjectCodec:
             record = typing.cast(dict[str, Any], fastavro.schemaless_reader(body, writer.parsed, reader))
             if body.tell() != len(data) - 10:
                 raise ValueError(f"{len(data) - 10 - body.tell()} trailing bytes after the record")
-            return from_record(writer.event_type, record)
+            return then(writer.event_type, record)
         except UndecodableMessage:
             raise
         except Exception as exc:  # any decoding failure is the message's fault, never the consumer's
@@ -282,10 +307,14 @@ class SingleObjectCodec:
 class RegistryCodec:
     """Confluent wire format (magic 0, 4-byte schema id, body) through confluent_kafka's registry serializers.
 
-    Subjects follow the topic-record strategy, so one topic may carry several record types.
+    Subjects follow the topic-record strategy, so one topic may carry several record types. The highest version
+    of each record in `versions_dir` is the one written and the reader schema; a message names its writer's
+    schema by id, so whatever version the registry holds for it resolves onto the current one.
     """
 
-    def __init__(self, url: str, extra_config: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, url: str, extra_config: Mapping[str, Any] | None = None, *, versions_dir: Path | str = VERSIONS_DIR
+    ) -> None:
         with warnings.catch_warnings():
             # The registry client imports authlib's httpx integration, which warns about itself on import and
             # forces its warnings to "always" process-wide; inside this block both stay local.
@@ -301,11 +330,12 @@ class RegistryCodec:
         self._serializers: dict[type[Event], Any] = {}
         self._deserializers: dict[str, tuple[type[Event], Any]] = {}
         for event_type in EVENT_TYPES:
-            text = json.dumps(load_schema(event_type))
+            current = record_versions(event_type.__name__, versions_dir)[-1].schema
+            text = json.dumps(current)
             self._serializers[event_type] = AvroSerializer(
                 self._client, text, to_dict=lambda obj, _ctx: to_record(obj), conf=conf
             )
-            self._deserializers[_full_name(load_schema(event_type))] = (
+            self._deserializers[_full_name(current)] = (
                 event_type,
                 AvroDeserializer(self._client, text),
             )
@@ -349,8 +379,8 @@ class RegistryCodec:
             raise bad(f"{event_type.__name__} body does not decode: {exc}") from exc
 
 
-def make_codec(schema_registry_url: str | None = None) -> EventCodec:
-    """Single-object encoding unless a schema registry URL is configured."""
+def make_codec(schema_registry_url: str | None = None, *, versions_dir: Path | str = VERSIONS_DIR) -> EventCodec:
+    """Single-object encoding unless a schema registry URL is configured; `versions_dir` as for either codec."""
     if schema_registry_url:
-        return RegistryCodec(schema_registry_url)
-    return SingleObjectCodec()
+        return RegistryCodec(schema_registry_url, versions_dir=versions_dir)
+    return SingleObjectCodec(versions_dir=versions_dir)
