@@ -22,18 +22,13 @@ class UsageError(Exception):
 
 
 def _cmd_schemas(args: argparse.Namespace) -> int:
-    from schemas.codec import load_schema, schema_fingerprint, schema_path
     from schemas.docs import schemas_markdown
-    from schemas.events import EVENT_TYPES
+    from schemas.versions import format_versions_table
 
     if args.markdown:
         sys.stdout.write(schemas_markdown())
         return EXIT_OK
-
-    print(f"{'record':<18} {'fingerprint (CRC-64-AVRO)':<26} file")
-    for event_type in EVENT_TYPES:
-        fp = schema_fingerprint(load_schema(event_type)).hex()
-        print(f"{event_type.__name__:<18} {fp:<26} {schema_path(event_type).name}")
+    sys.stdout.write(format_versions_table())
     return EXIT_OK
 
 
@@ -556,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     reader.add_argument("--schema", help="PostgreSQL schema (default: public)")
     reader.set_defaults(handler=_cmd_db_grant_reader)
 
-    schemas = sub.add_parser("schemas", help="list the wire contract's records and their fingerprints")
+    schemas = sub.add_parser("schemas", help="list every released version of each wire record, with its fingerprint")
     schemas.add_argument("--markdown", action="store_true", help="print the reference page (docs/schemas.md)")
     schemas.set_defaults(handler=_cmd_schemas)
     return parser

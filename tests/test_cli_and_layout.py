@@ -124,3 +124,18 @@ def test_the_image_copies_every_package_it_installs() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     for top in {p.split(".")[0] for p in packages}:
         assert f"COPY {top} ./{top}" in dockerfile, f"the Dockerfile does not copy {top}/"
+
+
+def test_allocator_schemas_lists_every_released_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.main import main
+    from schemas.versions import all_versions
+
+    assert main(["schemas"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for record, versions in all_versions().items():
+        for v in versions:
+            current = "yes" if v is versions[-1] else "no"
+            assert any(line.split() == [record, str(v.version), v.fingerprint.hex(), current] for line in lines), (
+                record,
+                v.version,
+            )

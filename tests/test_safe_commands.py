@@ -1,0 +1,160 @@
+"""Commands that cannot destroy what they were not asked to, and inputs too large or too deep to decide."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cli.main import main
+from projections.database import check_identifier, check_rebuildable_schema
+from simulation.demo import MARKER, DemoError, claim_out
+
+ROOT = Path(__file__).resolve().parent.parent
+BASIC: dict[str, Any] = json.loads((ROOT / "examples" / "basic.json").read_text(encoding="utf-8"))
+
+
+# --- replay and project -----------------------------------------------------------------------------------
+
+
+def _init_log(tmp_path: Path) -> Path:
+    log = tmp_path / "book.sqlite"
+    assert main(["init", "--log", str(log)]) == 0
+    return log
+
+
+def test_replay_refuses_the_event_log_as_its_database_and_keeps_the_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = _init_log(tmp_path)
+    before = log.read_bytes()
+    for command in ("replay", "project"):
+        extra = ["--once"] if command == "project" else []
+        assert main([command, "--log", str(log), "--database", f"sqlite:///{log}", *extra]) == 2
+        assert "is the event log" in capsys.readouterr().err
+        assert log.read_bytes() == before
+
+
+def test_replay_never_deletes_a_file_that_is_not_a_projection(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = _init_log(tmp_path)
+    precious = tmp_path / "notes.txt"
+    precious.write_text("mine", encoding="utf-8")
+    assert main(["replay", "--log", str(log), "--database", f"sqlite:///{precious}"]) == 2
+    assert "not a projection database" in capsys.readouterr().err
+    assert precious.read_text(encoding="utf-8") == "mine"
+    # A projection it wrote itself it may replace.
+    target = tmp_path / "projection.sqlite"
+    assert main(["replay", "--log", str(log), "--database", f"sqlite:///{target}"]) == 0
+    assert main(["replay", "--log", str(log), "--database", f"sqlite:///{target}"]) == 0
+
+
+@pytest.mark.parametrize("schema", ["public", "pg_catalog", "pg_toast", "information_schema", "ok\n", "Upper"])
+def test_replay_refuses_reserved_or_malformed_schemas(
+    schema: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = _init_log(tmp_path)
+    assert main(["replay", "--log", str(log), "--database", "sqlite:///unused.sqlite", "--schema", schema]) == 2
+    assert "schema" in capsys.readouterr().err
+    with pytest.raises(ValueError):
+        check_rebuildable_schema(schema)
+
+
+def test_identifiers_match_whole() -> None:
+    assert check_identifier("role", "auditor") == "auditor"
+    for bad in ("auditor\n", "auditor;drop", "", "a" * 64):
+        with pytest.raises(ValueError):
+            check_identifier("role", bad)
+
+
+# --- the demo's output folder -----------------------------------------------------------------------------
+
+
+def test_the_demo_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    (tmp_path / "allocator-log.sqlite").write_text("someone else's", encoding="utf-8")
+    (tmp_path / "plot.png").write_text("someone else's", encoding="utf-8")
+    with pytest.raises(DemoError, match="not empty"):
+        claim_out(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["allocator-log.sqlite", "plot.png"]
+
+
+def test_the_demo_removes_only_the_files_it_wrote(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    claim_out(out)
+    (out / "equity.png").write_text("demo", encoding="utf-8")
+    (out / MARKER).write_text("equity.png\n../outside.txt\n", encoding="utf-8")
+    (tmp_path / "outside.txt").write_text("keep", encoding="utf-8")
+    (out / "added-by-user.csv").write_text("keep", encoding="utf-8")
+    claim_out(out)
+    assert not (out / "equity.png").exists()
+    assert (out / "added-by-user.csv").read_text(encoding="utf-8") == "keep"
+    assert (tmp_path / "outside.txt").read_text(encoding="utf-8") == "keep"
+
+
+# --- allocate: every malformed snapshot exits 2 naming the field ------------------------------------------
+
+
+def _allocate(tmp_path: Path, snapshot: Any, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    path = tmp_path / "snapshot.json"
+    path.write_text(snapshot if isinstance(snapshot, str) else json.dumps(snapshot), encoding="utf-8")
+    code = main(["allocate", str(path)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _with(**changes: Any) -> dict[str, Any]:
+    snapshot = copy.deepcopy(BASIC)
+    snapshot.update(changes)
+    return snapshot
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "named"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        (_with(equity=-50_000.0), "equity"),
+        (_with(high_water_mark=90_000.0), "high_water_mark"),
+        (_with(positions=[{**BASIC["positions"][0], "size": 1e308}]), "positions[0].size"),
+        (_with(config={"solver_time_limit_ms": 1e300}), "solver_time_limit_ms"),
+        (_with(config={"scenario_count": 1e9}), "scenario_count"),
+        (_with(available=1e300), "available"),
+    ],
+)
+def test_a_malformed_snapshot_exits_2_naming_the_field(
+    snapshot: Any, named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _allocate(tmp_path, snapshot, capsys)
+    assert code == 2 and out == ""
+    assert named in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("expected_profit", 1e300), ("strategy_tag", "x" * 10_000_000), ("price", 1e-300), ("requested_size", 1e300)],
+)
+def test_a_proposal_beyond_its_bounds_is_rejected_naming_the_field(
+    field: str, value: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    proposal = {**BASIC["proposals"][0], field: value}
+    if field == "requested_size":
+        proposal["min_size"] = 1.0
+    code, out, _ = _allocate(tmp_path, _with(proposals=[proposal]), capsys)
+    assert code == 0
+    [allocation] = json.loads(out)["allocations"]
+    assert allocation["status"] == "REJECTED"
+    assert allocation["reasons"] == ["INVALID_FIELD"] and field in allocation["details"][0]
+    assert len(out) < 10_000  # the rejection quotes the value cut short
+
+
+def test_an_overlong_proposal_id_is_rejected_under_a_bounded_unique_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    proposals = [{**BASIC["proposals"][0], "proposal_id": "p" * 5_000 + tail} for tail in ("a", "b")]
+    code, out, _ = _allocate(tmp_path, _with(proposals=proposals), capsys)
+    assert code == 0
+    ids = [a["proposal_id"] for a in json.loads(out)["allocations"]]
+    assert len(ids) == 2 and len(set(ids)) == 2 and all(len(i) <= 128 for i in ids)
