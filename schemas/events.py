@@ -40,6 +40,7 @@ class SolverPath(StrEnum):
     MIP_TIME_LIMIT = "MIP_TIME_LIMIT"
     PRIORITY_FALLBACK = "PRIORITY_FALLBACK"
     NOT_RUN = "NOT_RUN"
+    MIP_WORK_LIMIT = "MIP_WORK_LIMIT"
 
 
 class AllocationStatus(StrEnum):
@@ -64,6 +65,8 @@ class ReasonCode(StrEnum):
     PAUSED = "PAUSED"
     CAPITAL = "CAPITAL"
     CVAR_LIMIT = "CVAR_LIMIT"
+    SOLVER_BUDGET = "SOLVER_BUDGET"
+    UNAUTHORIZED = "UNAUTHORIZED"
 
 
 class Governor(StrEnum):
@@ -181,6 +184,11 @@ class Decision:
     gap: float | None
     allocations: tuple[Allocation, ...]
     orders: tuple[Order, ...]
+    work_used: int = 0
+    config: str | None = None
+    previous_hash: str | None = None
+    key_id: str | None = None
+    signature: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +213,8 @@ class ControlCommand:
     reason: str
     limits: dict[str, float] | None
     time: int
+    key_id: str | None = None
+    signature: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

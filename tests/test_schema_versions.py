@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import io
 import itertools
 import json
@@ -18,7 +19,7 @@ from typing import Any
 import fastavro
 import pytest
 from fastavro.schema import expand_schema
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from schemas.codec import (
@@ -57,6 +58,8 @@ RELEASED_FINGERPRINTS = {
     ("GovernorEvent", 1): "b705d4eccd3cc9ca",
     ("ControlCommand", 1): "fb8b3b4b31585976",
     ("DeadLetter", 1): "033802151ef9f93f",
+    ("Decision", 2): "76fa6234833d83b3",
+    ("ControlCommand", 2): "bd473c0eec976d6b",
 }
 
 codec = SingleObjectCodec()
@@ -544,11 +547,58 @@ def test_the_changes_of_a_version_are_named() -> None:
 
 
 # --- the mechanism end to end: a synthetic version 2 of Decision, in a folder of its own ------------------------
+# The folder holds the first release of every record (1.avsc) and the synthetic Decision 2.avsc, so these tests
+# keep showing the mechanism whatever versions the package has released since.
+
+FIRST_RELEASE_FIELDS = {f["name"] for f in record_versions("Decision")[0].schema["fields"]}
+
+
+def first_release_only(folder: Path) -> Path:
+    """A copy of the package's versions with only each record's version 1."""
+    shutil.copytree(VERSIONS_DIR, folder, dirs_exist_ok=True)
+    for path in folder.glob("*/*.avsc"):
+        if path.name != "1.avsc":
+            path.unlink()
+    return folder
+
+
+def _first_release_symbols(enum: str) -> set[str]:
+    found: list[set[str]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "enum" and node.get("name") == enum:
+                found.append(set(node["symbols"]))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(record_versions("Decision")[0].schema)
+    return found[0]
+
+
+def fits_first_release(decision: Decision) -> bool:
+    """Whether every enum symbol of the decision existed in version 1 (later symbols cannot be written as 1)."""
+    codes = {r.code.value for a in decision.allocations for r in a.reasons}
+    return decision.solver_path.value in _first_release_symbols("SolverPath") and codes <= _first_release_symbols(
+        "ReasonCode"
+    )
+
+
+def as_first_release(decision: Decision) -> Decision:
+    """The decision with every field added after version 1 at its default: what a version 1 record can carry."""
+    defaults: dict[str, Any] = {
+        f.name: f.default for f in dataclasses.fields(Decision) if f.name not in FIRST_RELEASE_FIELDS
+    }
+    return dataclasses.replace(decision, **defaults)
 
 
 def decision_v2() -> dict[str, Any]:
-    """Decision as a version 2 might be: two new fields with defaults, and a governor state more (with a default)."""
-    schema = _v1("Decision")
+    """Decision as its next version might be: two new fields with defaults, and a governor state more (with a
+    default), on top of the current version."""
+    schema = record_versions("Decision")[-1].schema
     schema["fields"] += [
         {"name": "risk_model", "type": "string", "default": "scenario-cvar", "doc": "The risk model used."},
         {"name": "note", "type": ["null", "string"], "default": None, "doc": "A remark for the operators."},
@@ -563,17 +613,27 @@ def decision_v2() -> dict[str, Any]:
 def versions_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("versions")
     shutil.copytree(VERSIONS_DIR, folder, dirs_exist_ok=True)
-    (folder / "Decision" / "2.avsc").write_text(json.dumps(decision_v2(), indent=2), encoding="utf-8")
+    (folder / "Decision" / f"{NEXT}.avsc").write_text(json.dumps(decision_v2(), indent=2), encoding="utf-8")
     return folder
 
 
+@pytest.fixture(scope="module")
+def first_release(tmp_path_factory: pytest.TempPathFactory) -> SingleObjectCodec:
+    return SingleObjectCodec(versions_dir=first_release_only(tmp_path_factory.mktemp("first")))
+
+
+NEXT = len(record_versions("Decision")) + 1  # the synthetic version's number
 V2_FINGERPRINT = schema_fingerprint(decision_v2())
-DECISION = from_record(Decision, DECISION_WITH_A_CVAR_REASON)
+DECISION = as_first_release(
+    from_record(Decision, {**DECISION_WITH_A_CVAR_REASON, "work_used": 0, "config": None, "previous_hash": None,
+                           "key_id": None, "signature": None})
+)  # fmt: skip
 
 
 def test_version_2_is_compatible_and_its_changes_are_named() -> None:
-    assert check_backward_compatible(_v1("Decision"), decision_v2()) == []
-    assert schema_changes(_v1("Decision"), decision_v2()) == [
+    current = record_versions("Decision")[-1].schema
+    assert check_backward_compatible(current, decision_v2()) == []
+    assert schema_changes(current, decision_v2()) == [
         "added field `Decision.risk_model`",
         "added field `Decision.note`",
         "enum `GovernorState` gained DRAINING",
@@ -582,9 +642,13 @@ def test_version_2_is_compatible_and_its_changes_are_named() -> None:
 
 @settings(max_examples=50)
 @given(decision=events(Decision))
-def test_version_1_bytes_decode_into_version_2_data_with_the_defaults(versions_v2: Path, decision: Decision) -> None:
+def test_version_1_bytes_decode_into_version_2_data_with_the_defaults(
+    versions_v2: Path, first_release: SingleObjectCodec, decision: Decision
+) -> None:
+    assume(fits_first_release(decision))
+    decision = as_first_release(decision)
     v2 = SingleObjectCodec(versions_dir=versions_v2)
-    v1_bytes = codec.encode(decision)
+    v1_bytes = first_release.encode(decision)
     assert v1_bytes[2:10] == record_versions("Decision")[0].fingerprint != V2_FINGERPRINT
     event_type, record = v2.decode_record(v1_bytes)
     assert event_type is Decision
@@ -596,30 +660,35 @@ def test_version_1_bytes_decode_into_version_2_data_with_the_defaults(versions_v
 @settings(max_examples=30)
 @given(data=st.data())
 def test_any_version_1_record_reads_as_version_2(versions_v2: Path, data: st.DataObject) -> None:
-    old, new = record_versions("Decision", versions_v2)
+    versions = record_versions("Decision", versions_v2)
+    old, new = versions[0], versions[-1]
     assert_reads(old.schema, new.schema, data.draw(avro_values(expand_schema(old.schema))))
 
 
-def test_version_2_is_written_and_read_back_and_unknown_to_a_version_1_reader(versions_v2: Path) -> None:
+def test_version_2_is_written_and_read_back_and_unknown_to_a_version_1_reader(
+    versions_v2: Path, first_release: SingleObjectCodec
+) -> None:
     v2 = SingleObjectCodec(versions_dir=versions_v2)
     assert v2.header(Decision) == SINGLE_OBJECT_MARKER + V2_FINGERPRINT
-    assert v2.header(Proposal) == codec.header(Proposal)
+    assert v2.header(Proposal) == first_release.header(Proposal)
     v2_bytes = v2.encode(DECISION)
     assert v2_bytes[2:10] == V2_FINGERPRINT
     assert v2.decode_record(v2_bytes)[1]["risk_model"] == "scenario-cvar"
     assert v2.decode(v2_bytes) == DECISION
     with pytest.raises(UndecodableMessage, match=f"unknown schema fingerprint {V2_FINGERPRINT.hex()}"):
-        codec.decode(v2_bytes, "allocator.decisions", 0, 5)
+        first_release.decode(v2_bytes, "allocator.decisions", 0, 5)
     assert SingleObjectCodec(writer_schemas=[decision_v2()]).decode(v2_bytes) == DECISION
 
 
-def test_the_registry_path_reads_version_1_with_version_2_as_reader(versions_v2: Path) -> None:
+def test_the_registry_path_reads_version_1_with_version_2_as_reader(
+    versions_v2: Path, first_release: SingleObjectCodec
+) -> None:
     registry = RegistryCodec("mock://versions", versions_dir=versions_v2)
     from confluent_kafka.schema_registry import Schema  # after the codec, which imports it quietly
 
     subject = "allocator.decisions-capital.allocator.Decision"
     schema_id = registry._client.register_schema(subject, Schema(record_versions("Decision")[0].text, "AVRO"))
-    message = b"\x00" + struct.pack(">I", schema_id) + codec.encode(DECISION)[10:]
+    message = b"\x00" + struct.pack(">I", schema_id) + first_release.encode(DECISION)[10:]
     assert registry.decode(message, "allocator.decisions") == DECISION
     assert isinstance(make_codec(versions_dir=versions_v2), SingleObjectCodec)
 
@@ -627,16 +696,17 @@ def test_the_registry_path_reads_version_1_with_version_2_as_reader(versions_v2:
 def test_the_catalogue_and_the_docs_show_version_2(versions_v2: Path) -> None:
     rows = [r for r in version_rows(versions_v2) if r.record == "Decision"]
     assert rows == [
-        VersionRow("Decision", 1, RELEASED_FINGERPRINTS[("Decision", 1)], False),
-        VersionRow("Decision", 2, V2_FINGERPRINT.hex(), True),
+        *(VersionRow("Decision", n, RELEASED_FINGERPRINTS[("Decision", n)], False) for n in range(1, NEXT)),
+        VersionRow("Decision", NEXT, V2_FINGERPRINT.hex(), True),
     ]
-    assert f"Decision                 2  {V2_FINGERPRINT.hex()}" in format_versions_table(version_rows(versions_v2))
+    table = format_versions_table(version_rows(versions_v2)).splitlines()
+    assert ["Decision", str(NEXT), V2_FINGERPRINT.hex(), "yes"] in [line.split() for line in table]
     page = schemas_markdown(versions_v2)
     assert f"| Decision | 1 | `{RELEASED_FINGERPRINTS[('Decision', 1)]}` | first release |" in page
     assert (
-        f"| Decision | 2 (current) | `{V2_FINGERPRINT.hex()}` | added field `Decision.risk_model`;"
+        f"| Decision | {NEXT} (current) | `{V2_FINGERPRINT.hex()}` | added field `Decision.risk_model`;"
         " added field `Decision.note`; enum `GovernorState` gained DRAINING |"
     ) in page
-    assert f"Version 2, fingerprint `{V2_FINGERPRINT.hex()}`." in page
+    assert f"Version {NEXT}, fingerprint `{V2_FINGERPRINT.hex()}`." in page
     assert '| `risk_model` | string | The risk model used. Default `"scenario-cvar"`. |' in page
     assert "`GovernorState`: ACTIVE, PAUSED, HALTED, DRAINING." in page

@@ -39,9 +39,9 @@ GOLDEN_FINGERPRINTS = {
     "Fill": "37138fdbe8b7d31f",
     "PnlMark": "5eb03205e59aa9fd",
     "MarketResolution": "94e4a39caac84760",
-    "Decision": "ef49d4ee8e23ec8c",
+    "Decision": "76fa6234833d83b3",
     "GovernorEvent": "b705d4eccd3cc9ca",
-    "ControlCommand": "fb8b3b4b31585976",
+    "ControlCommand": "bd473c0eec976d6b",
     "DeadLetter": "033802151ef9f93f",
 }
 
