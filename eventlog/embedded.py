@@ -43,6 +43,7 @@ from eventlog.port import (
     check_partitions,
     check_payload,
     check_poll,
+    check_replication_factor,
     check_topic_name,
     wall_clock_ms,
 )
@@ -211,10 +212,14 @@ class EmbeddedEventLog:
 
     # --- topics -------------------------------------------------------------------------------------------
 
-    def create_topics(self, names: Iterable[str], partitions: int = 1) -> None:
+    def create_topics(
+        self, names: Iterable[str], partitions: int = 1, *, replication_factor: int | None = None
+    ) -> dict[str, bool]:
         self._txn.check_open("create_topics")
         wanted = [check_topic_name(name) for name in names]
         check_partitions(partitions)
+        check_replication_factor(replication_factor)
+        created: dict[str, bool] = {}
         with self._db("create topics"), self._write() as conn:
             for name in wanted:
                 existing = conn.execute(
@@ -224,7 +229,9 @@ class EmbeddedEventLog:
                     conn.execute(insert(topics_table).values(name=name, partitions=partitions))
                 elif existing != partitions:
                     raise LogError(f"topic {name!r} already exists with {existing} partitions, not {partitions}")
+                created[name] = existing is None
                 self._partition_counts[name] = partitions
+        return created
 
     # --- reading ------------------------------------------------------------------------------------------
 

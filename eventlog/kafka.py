@@ -34,6 +34,7 @@ from eventlog.port import (
     check_partitions,
     check_payload,
     check_poll,
+    check_replication_factor,
     check_topic_name,
     wall_clock_ms,
 )
@@ -287,24 +288,29 @@ class KafkaEventLog:
 
     # --- topics -------------------------------------------------------------------------------------------
 
-    def create_topics(self, names: Iterable[str], partitions: int = 1) -> None:
+    def create_topics(
+        self, names: Iterable[str], partitions: int = 1, *, replication_factor: int | None = None
+    ) -> dict[str, bool]:
         self._txn.check_open("create_topics")
         wanted = [check_topic_name(name) for name in names]
         check_partitions(partitions)
+        check_replication_factor(replication_factor)
         if not wanted:
-            return
+            return {}
         admin = self._admin_client()
-        # Replication factor -1: the broker's default, so one local broker and a production cluster both work.
+        # Replication factor -1 is the broker's default, so one local broker and a production cluster both work.
+        replicas = -1 if replication_factor is None else replication_factor
         futures = self._call(
             "create topics",
             lambda: admin.create_topics(
                 [
-                    NewTopic(name, num_partitions=partitions, replication_factor=-1, config=TOPIC_CONFIG)
+                    NewTopic(name, num_partitions=partitions, replication_factor=replicas, config=TOPIC_CONFIG)
                     for name in wanted
                 ],
                 operation_timeout=self._timeout_s,
             ),
         )
+        created = dict.fromkeys(wanted, True)
         for name, future in futures.items():
             try:
                 future.result(timeout=self._timeout_s)
@@ -312,6 +318,7 @@ class KafkaEventLog:
                 err = _kafka_error(exc)
                 if err is None or err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise _translate(f"create topic {name!r}", exc) from exc
+                created[name] = False
         # A new topic's metadata reaches the brokers a moment after creation; wait, and check existing ones.
         deadline = time.monotonic() + self._timeout_s
         for name in wanted:
@@ -321,6 +328,7 @@ class KafkaEventLog:
                 raise LogError(f"topic {name!r} was created but its metadata did not appear in {self._timeout_s}s")
             if count != partitions:
                 raise LogError(f"topic {name!r} already exists with {count} partitions, not {partitions}")
+        return created
 
     # --- reading ------------------------------------------------------------------------------------------
 
