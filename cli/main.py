@@ -250,39 +250,21 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    from eventlog.port import Topics
+    from eventlog.port import LogError, Topics
 
     topics = Topics(args.topic_prefix)
-    names = [*topics.inputs, *topics.outputs]
-    settings = _log_settings(args)
-    if settings.kafka_bootstrap is None:
-        with settings.open() as log:
-            log.create_topics(names)
-        print(f"created {len(names)} topics in {settings.describe()}")
-        return EXIT_OK
-    from confluent_kafka.admin import AdminClient
-    from confluent_kafka.cimpl import KafkaError, KafkaException, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    from eventlog.kafka import TOPIC_CONFIG
-
-    new = [
-        NewTopic(name, num_partitions=args.partitions if name in topics.inputs else 1,
-                 replication_factor=args.replication_factor, config=TOPIC_CONFIG)
-        for name in names
-    ]  # fmt: skip
+    wanted = {name: args.partitions for name in topics.inputs} | dict.fromkeys(topics.outputs, 1)
     failed = 0
-    for name, future in admin.create_topics(new, operation_timeout=30).items():
-        try:
-            future.result(timeout=60)
-            print(f"created {name}")
-        except KafkaException as exc:
-            error = exc.args[0]
-            if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                print(f"exists  {name}")
-            else:
+    with _log_settings(args).open() as log:
+        # One topic per call: each one's outcome is printed, and one failure does not stop the others.
+        for name, partitions in wanted.items():
+            try:
+                created = log.create_topics([name], partitions, replication_factor=args.replication_factor)
+            except (LogError, ValueError) as exc:
                 failed += 1
                 print(f"failed  {name}: {exc}", file=sys.stderr)
+                continue
+            print(f"{'created' if created[name] else 'exists '} {name}")
     return EXIT_FAILURE if failed else EXIT_OK
 
 

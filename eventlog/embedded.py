@@ -43,9 +43,11 @@ from eventlog.port import (
     check_partitions,
     check_payload,
     check_poll,
+    check_replication_factor,
     check_topic_name,
     wall_clock_ms,
 )
+from eventlog.transactions import Transactions
 
 log = logging.getLogger(__name__)
 
@@ -126,15 +128,12 @@ class EmbeddedEventLog:
         self._poll_interval_s = poll_interval_s
         self._engine = create_engine(f"sqlite:///{self.path}")
         self._install_sqlite_hooks(busy_timeout_s)
-        self._closed = False
+        self._txn = Transactions(f"embedded log {self.path}")
         self._partition_counts: dict[str, int] = {}
         self._assignment: list[TopicPartition] = []
         self._positions: dict[TopicPartition, int] = {}
         self._next_first = 0
-        self._transactional_id: str | None = None
         self._epoch = -1
-        self._in_transaction = False
-        self._fenced = False
         self._pending: list[_Pending] = []
         with self._db("create the log tables"), self._write() as conn:
             metadata.create_all(conn)
@@ -186,10 +185,6 @@ class EmbeddedEventLog:
         with self._engine.connect() as conn, conn.begin():
             yield conn
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise LogError(f"embedded log {self.path} is closed")
-
     def _partition_count(self, conn: Connection, topic: str) -> int:
         count = self._partition_counts.get(topic)
         if count is None:
@@ -217,10 +212,14 @@ class EmbeddedEventLog:
 
     # --- topics -------------------------------------------------------------------------------------------
 
-    def create_topics(self, names: Iterable[str], partitions: int = 1) -> None:
-        self._check_open()
+    def create_topics(
+        self, names: Iterable[str], partitions: int = 1, *, replication_factor: int | None = None
+    ) -> dict[str, bool]:
+        self._txn.check_open("create_topics")
         wanted = [check_topic_name(name) for name in names]
         check_partitions(partitions)
+        check_replication_factor(replication_factor)
+        created: dict[str, bool] = {}
         with self._db("create topics"), self._write() as conn:
             for name in wanted:
                 existing = conn.execute(
@@ -230,12 +229,14 @@ class EmbeddedEventLog:
                     conn.execute(insert(topics_table).values(name=name, partitions=partitions))
                 elif existing != partitions:
                     raise LogError(f"topic {name!r} already exists with {existing} partitions, not {partitions}")
+                created[name] = existing is None
                 self._partition_counts[name] = partitions
+        return created
 
     # --- reading ------------------------------------------------------------------------------------------
 
     def assign(self, topics: Iterable[str]) -> None:
-        self._check_open()
+        self._txn.check_open("assign")
         tps = self._partitions_of(topics)
         self._positions = self._start_offsets(tps)
         self._assignment = tps
@@ -245,12 +246,12 @@ class EmbeddedEventLog:
         return list(self._assignment)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
-        self._check_open()
+        self._txn.check_open("seek")
         self._check_assigned(tp)
         self._positions[tp] = check_offset(tp, offset)
 
     def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
-        self._check_open()
+        self._txn.check_open("poll")
         check_poll(max_records, timeout_s)
         if not self._assignment:
             raise LogError("poll() before assign(): this reader has no partitions")
@@ -291,12 +292,12 @@ class EmbeddedEventLog:
         return found
 
     def position(self, tp: TopicPartition) -> int:
-        self._check_open()
+        self._txn.check_open("position")
         self._check_assigned(tp)
         return self._positions[tp]
 
     def committed(self, group: str) -> dict[TopicPartition, int]:
-        self._check_open()
+        self._txn.check_open("committed")
         with self._db(f"read the offsets of group {group!r}"), self._read() as conn:
             rows = conn.execute(
                 select(
@@ -306,7 +307,7 @@ class EmbeddedEventLog:
         return {TopicPartition(str(t), int(p)): int(o) for t, p, o in rows}
 
     def end_offsets(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
-        self._check_open()
+        self._txn.check_open("end_offsets")
         tps = self._partitions_of(topics)
         names = sorted({tp.topic for tp in tps})
         with self._db("read end offsets"), self._read() as conn:
@@ -319,47 +320,30 @@ class EmbeddedEventLog:
         return {tp: last[tp] + 1 if tp in last else 0 for tp in tps}
 
     def rewind_to_committed(self) -> None:
-        self._check_open()
+        self._txn.check_open("rewind_to_committed")
         self._positions = self._start_offsets(self._assignment)
 
     # --- writing ------------------------------------------------------------------------------------------
 
     def init_transactions(self, transactional_id: str) -> None:
-        self._check_open()
-        if not transactional_id:
-            raise ValueError("transactional_id must be a non-empty string")
-        if self._transactional_id is not None:
-            raise LogError(f"init_transactions() was already called (transactional id {self._transactional_id!r})")
-        if self._pending:
-            raise LogError("init_transactions() must come before any produce(): plain records are still unflushed")
-        with self._db(f"register transactional id {transactional_id!r}"), self._write() as conn:
-            current = conn.execute(
-                select(producers_table.c.epoch).where(producers_table.c.transactional_id == transactional_id)
-            ).scalar_one_or_none()
-            epoch = 0 if current is None else int(current) + 1
-            conn.execute(
-                sqlite_insert(producers_table)
-                .values(transactional_id=transactional_id, epoch=epoch)
-                .on_conflict_do_update(index_elements=[producers_table.c.transactional_id], set_={"epoch": epoch})
-            )
-        self._transactional_id = transactional_id
-        self._epoch = epoch
-
-    def _check_writer(self) -> None:
-        self._check_open()
-        if self._fenced:
-            raise FencedError(
-                f"transactional id {self._transactional_id!r} (epoch {self._epoch}) was fenced by a newer instance"
-            )
+        with self._txn.init_transactions(transactional_id):
+            if self._pending:
+                raise LogError("init_transactions() must come before any produce(): plain records are still unflushed")
+            with self._db(f"register transactional id {transactional_id!r}"), self._write() as conn:
+                current = conn.execute(
+                    select(producers_table.c.epoch).where(producers_table.c.transactional_id == transactional_id)
+                ).scalar_one_or_none()
+                epoch = 0 if current is None else int(current) + 1
+                conn.execute(
+                    sqlite_insert(producers_table)
+                    .values(transactional_id=transactional_id, epoch=epoch)
+                    .on_conflict_do_update(index_elements=[producers_table.c.transactional_id], set_={"epoch": epoch})
+                )
+            self._epoch = epoch
 
     def begin(self) -> None:
-        self._check_writer()
-        if self._transactional_id is None:
-            raise LogError("begin() needs a transactional writer: call init_transactions() first")
-        if self._in_transaction:
-            raise LogError("begin() while a transaction is open: commit() or abort() it first")
-        self._in_transaction = True
-        self._pending = []
+        with self._txn.begin():
+            self._pending = []
 
     def produce(
         self,
@@ -370,10 +354,9 @@ class EmbeddedEventLog:
         *,
         timestamp_ms: int | None = None,
     ) -> None:
-        self._check_writer()
+        self._txn.check_writer("produce")
         check_payload(value, key, timestamp_ms)
-        if self._transactional_id is not None and not self._in_transaction:
-            raise LogError("produce() on a transactional writer outside a transaction: call begin() first")
+        self._txn.check_produce()
         count = self._partition_counts.get(check_topic_name(topic))
         if count is None:
             with self._db(f"look up topic {topic!r}"), self._read() as conn:
@@ -415,19 +398,23 @@ class EmbeddedEventLog:
             conn.execute(insert(records_table), rows)
 
     def commit(self, consumed: Mapping[TopicPartition, int] | None = None, group: str | None = None) -> None:
-        self._check_writer()
+        self._txn.check_writer("commit")
         offsets = check_commit(consumed, group, self.group)
-        if not self._in_transaction:
-            raise LogError("commit() without an open transaction: call begin() first")
+        with self._txn.commit():
+            self._commit(offsets, group)
+        self._pending = []
+
+    def _commit(self, offsets: dict[TopicPartition, int], group: str | None) -> None:
+        transactional_id = self._txn.transactional_id
         try:
             with self._write() as conn:
                 newest = conn.execute(
-                    select(producers_table.c.epoch).where(producers_table.c.transactional_id == self._transactional_id)
+                    select(producers_table.c.epoch).where(producers_table.c.transactional_id == transactional_id)
                 ).scalar_one_or_none()
                 if newest != self._epoch:
                     # Raising inside the transaction rolls it back: the zombie's records and offsets never land.
                     raise FencedError(
-                        f"transactional id {self._transactional_id!r}: this instance has epoch {self._epoch} but "
+                        f"transactional id {transactional_id!r}: this instance has epoch {self._epoch} but "
                         f"epoch {newest} took over; its transaction is discarded and it must stop"
                     )
                 self._append(conn, self._pending)
@@ -445,8 +432,6 @@ class EmbeddedEventLog:
                         )
                     )
         except FencedError:
-            self._fenced = True
-            self._in_transaction = False
             self._pending = []
             raise
         except OperationalError as exc:
@@ -455,36 +440,30 @@ class EmbeddedEventLog:
             raise AbortableError(f"embedded log {self.path}: commit failed, nothing was written: {exc}") from exc
         except SQLAlchemyError as exc:
             raise LogError(f"embedded log {self.path}: commit failed, nothing was written: {exc}") from exc
-        self._in_transaction = False
-        self._pending = []
 
     def abort(self) -> None:
-        self._check_writer()
-        if not self._in_transaction:
-            raise LogError("abort() without an open transaction")
-        self._in_transaction = False
-        self._pending = []
+        with self._txn.abort():
+            self._pending = []
 
     def flush(self, timeout_s: float = 30.0) -> None:
         # `timeout_s` is accepted for the interface; SQLite's busy timeout bounds how long a write waits here.
-        self._check_open()
-        if self._transactional_id is not None or not self._pending:
+        self._txn.check_open("flush")
+        if self._txn.transactional or not self._pending:
             return
         with self._db(f"write {len(self._pending)} records"), self._write() as conn:
             self._append(conn, self._pending)
         self._pending = []
 
     def close(self) -> None:
-        if self._closed:
+        if self._txn.closed:
             return
         try:
-            if self._in_transaction:
+            if self._txn.in_transaction:
                 log.warning("closing %s with an open transaction: it is aborted", self.path)
-                self._in_transaction = False
                 self._pending = []
             self.flush()
         finally:
-            self._closed = True
+            self._txn.close()
             self._engine.dispose()
 
     def __enter__(self) -> Self:

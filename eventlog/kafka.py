@@ -34,9 +34,11 @@ from eventlog.port import (
     check_partitions,
     check_payload,
     check_poll,
+    check_replication_factor,
     check_topic_name,
     wall_clock_ms,
 )
+from eventlog.transactions import Transactions, TxnState
 
 # Errors that only mean a new topic's leadership has not reached every broker yet (the admin API's futures
 # report them without the retriable flag): waiting and asking again is the cure.
@@ -128,15 +130,12 @@ class KafkaEventLog:
         self._admin: Any = None
         self._consumer: Any = None
         self._producer: Any = None
-        self._transactional_id: str | None = None
-        self._in_transaction = False
-        self._fatal: FencedError | None = None
+        self._txn = Transactions("this Kafka event log")
         self._delivery_errors: list[str] = []
         self._assignment: list[TopicPartition] = []
         # Where each partition was (re)assigned to start: the position until the consumer reports its own.
         self._start: dict[TopicPartition, int] = {}
         self._offsets_sent: set[TopicPartition] = set()
-        self._closed = False
 
     # --- plumbing -----------------------------------------------------------------------------------------
 
@@ -155,16 +154,12 @@ class KafkaEventLog:
                 )
                 if not retriable or attempt == self._retries:
                     translated = _translate(what, exc)
-                    if isinstance(translated, FencedError) and self._transactional_id is not None:
-                        self._fatal = translated
+                    if isinstance(translated, FencedError) and self._txn.transactional:
+                        self._txn.fence(str(translated))
                     raise translated from exc
                 log.warning("%s: retriable Kafka error (attempt %d of %d): %s", what, attempt, self._retries, err)
                 time.sleep(self._retry_backoff_s * attempt)
         raise AssertionError("unreachable: the last attempt returns or raises")
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise LogError("this Kafka event log is closed")
 
     def _admin_client(self) -> Any:
         if self._admin is None:
@@ -200,11 +195,6 @@ class KafkaEventLog:
         if self._producer is None:
             self._producer = Producer(self._producer_config())
         return self._producer
-
-    def _check_writer(self) -> None:
-        self._check_open()
-        if self._fatal is not None:
-            raise FencedError(f"this instance already failed fatally and must stop: {self._fatal}")
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -298,24 +288,29 @@ class KafkaEventLog:
 
     # --- topics -------------------------------------------------------------------------------------------
 
-    def create_topics(self, names: Iterable[str], partitions: int = 1) -> None:
-        self._check_open()
+    def create_topics(
+        self, names: Iterable[str], partitions: int = 1, *, replication_factor: int | None = None
+    ) -> dict[str, bool]:
+        self._txn.check_open("create_topics")
         wanted = [check_topic_name(name) for name in names]
         check_partitions(partitions)
+        check_replication_factor(replication_factor)
         if not wanted:
-            return
+            return {}
         admin = self._admin_client()
-        # Replication factor -1: the broker's default, so one local broker and a production cluster both work.
+        # Replication factor -1 is the broker's default, so one local broker and a production cluster both work.
+        replicas = -1 if replication_factor is None else replication_factor
         futures = self._call(
             "create topics",
             lambda: admin.create_topics(
                 [
-                    NewTopic(name, num_partitions=partitions, replication_factor=-1, config=TOPIC_CONFIG)
+                    NewTopic(name, num_partitions=partitions, replication_factor=replicas, config=TOPIC_CONFIG)
                     for name in wanted
                 ],
                 operation_timeout=self._timeout_s,
             ),
         )
+        created = dict.fromkeys(wanted, True)
         for name, future in futures.items():
             try:
                 future.result(timeout=self._timeout_s)
@@ -323,6 +318,7 @@ class KafkaEventLog:
                 err = _kafka_error(exc)
                 if err is None or err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise _translate(f"create topic {name!r}", exc) from exc
+                created[name] = False
         # A new topic's metadata reaches the brokers a moment after creation; wait, and check existing ones.
         deadline = time.monotonic() + self._timeout_s
         for name in wanted:
@@ -332,11 +328,12 @@ class KafkaEventLog:
                 raise LogError(f"topic {name!r} was created but its metadata did not appear in {self._timeout_s}s")
             if count != partitions:
                 raise LogError(f"topic {name!r} already exists with {count} partitions, not {partitions}")
+        return created
 
     # --- reading ------------------------------------------------------------------------------------------
 
     def assign(self, topics: Iterable[str]) -> None:
-        self._check_open()
+        self._txn.check_open("assign")
         tps = self._partitions_of(topics)
         self._assignment = tps
         self._reassign(self._committed_or_beginning(tps))
@@ -345,14 +342,14 @@ class KafkaEventLog:
         return list(self._assignment)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
-        self._check_open()
+        self._txn.check_open("seek")
         self._check_assigned(tp)
         starts = {other: self.position(other) for other in self._assignment}
         starts[tp] = check_offset(tp, offset)
         self._reassign(starts)
 
     def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
-        self._check_open()
+        self._txn.check_open("poll")
         check_poll(max_records, timeout_s)
         if not self._assignment:
             raise LogError("poll() before assign(): this reader has no partitions")
@@ -390,7 +387,7 @@ class KafkaEventLog:
         return None
 
     def position(self, tp: TopicPartition) -> int:
-        self._check_open()
+        self._txn.check_open("position")
         self._check_assigned(tp)
         [reported] = self._call(
             f"read the position of {tp}",
@@ -401,7 +398,7 @@ class KafkaEventLog:
         return int(reported.offset) if reported.offset >= 0 else self._start[tp]
 
     def committed(self, group: str) -> dict[TopicPartition, int]:
-        self._check_open()
+        self._txn.check_open("committed")
         found = self._fetch_committed(group, None)
         # Listing "every partition" skips a partition whose first commit is still pending, so partitions this
         # instance reads or has committed are always asked for by name as well.
@@ -411,43 +408,35 @@ class KafkaEventLog:
         return found
 
     def end_offsets(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
-        self._check_open()
+        self._txn.check_open("end_offsets")
         return self._list_offsets(self._partitions_of(topics), _LATEST)
 
     def rewind_to_committed(self) -> None:
-        self._check_open()
+        self._txn.check_open("rewind_to_committed")
         if self._assignment:
             self._reassign(self._committed_or_beginning(self._assignment))
 
     # --- writing ------------------------------------------------------------------------------------------
 
     def init_transactions(self, transactional_id: str) -> None:
-        self._check_writer()
-        if not transactional_id:
-            raise ValueError("transactional_id must be a non-empty string")
-        if self._transactional_id is not None:
-            raise LogError(f"init_transactions() was already called (transactional id {self._transactional_id!r})")
-        if self._producer is not None:
-            raise LogError("init_transactions() must come before any produce() on this log")
-        producer = Producer(
-            {
-                **self._producer_config(),
-                "transactional.id": transactional_id,
-                "transaction.timeout.ms": self._transaction_timeout_ms,
-            }
-        )
-        self._producer = producer
-        self._transactional_id = transactional_id
-        self._call(f"init transactions for {transactional_id!r}", lambda: producer.init_transactions(self._timeout_s))
+        with self._txn.init_transactions(transactional_id):
+            if self._producer is not None:
+                raise LogError("init_transactions() must come before any produce() on this log")
+            producer = Producer(
+                {
+                    **self._producer_config(),
+                    "transactional.id": transactional_id,
+                    "transaction.timeout.ms": self._transaction_timeout_ms,
+                }
+            )
+            self._producer = producer
+            self._call(
+                f"init transactions for {transactional_id!r}", lambda: producer.init_transactions(self._timeout_s)
+            )
 
     def begin(self) -> None:
-        self._check_writer()
-        if self._transactional_id is None:
-            raise LogError("begin() needs a transactional writer: call init_transactions() first")
-        if self._in_transaction:
-            raise LogError("begin() while a transaction is open: commit() or abort() it first")
-        self._call("begin a transaction", self._producer_client().begin_transaction)
-        self._in_transaction = True
+        with self._txn.begin():
+            self._call("begin a transaction", self._producer_client().begin_transaction)
         self._delivery_errors = []
 
     def produce(
@@ -459,11 +448,10 @@ class KafkaEventLog:
         *,
         timestamp_ms: int | None = None,
     ) -> None:
-        self._check_writer()
+        self._txn.check_writer("produce")
         check_payload(value, key, timestamp_ms)
         check_topic_name(topic)
-        if self._transactional_id is not None and not self._in_transaction:
-            raise LogError("produce() on a transactional writer outside a transaction: call begin() first")
+        self._txn.check_produce()
         producer = self._producer_client()
         stamp = timestamp_ms if timestamp_ms is not None else self._clock()
         extra: dict[str, Any] = {} if partition is None else {"partition": partition}
@@ -481,10 +469,12 @@ class KafkaEventLog:
         producer.poll(0)
 
     def commit(self, consumed: Mapping[TopicPartition, int] | None = None, group: str | None = None) -> None:
-        self._check_writer()
+        self._txn.check_writer("commit")
         offsets = check_commit(consumed, group, self.group)
-        if not self._in_transaction:
-            raise LogError("commit() without an open transaction: call begin() first")
+        with self._txn.commit():
+            self._commit(offsets)
+
+    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         producer = self._producer_client()
         if offsets:
             positions = [KafkaTopicPartition(tp.topic, tp.partition, offset) for tp, offset in offsets.items()]
@@ -502,40 +492,35 @@ class KafkaEventLog:
             # Name the records that failed: the generic error only says "see individual delivery reports".
             shown = "; ".join(self._delivery_errors[:3])
             raise AbortableError(f"{exc}; {len(self._delivery_errors)} undelivered, e.g. {shown}") from exc
-        self._in_transaction = False
 
     def abort(self) -> None:
-        self._check_writer()
-        if not self._in_transaction:
-            raise LogError("abort() without an open transaction")
-        producer = self._producer_client()
-        self._call("abort the transaction", lambda: producer.abort_transaction(self._timeout_s))
-        self._in_transaction = False
+        with self._txn.abort():
+            producer = self._producer_client()
+            self._call("abort the transaction", lambda: producer.abort_transaction(self._timeout_s))
         self._delivery_errors = []
 
     def flush(self, timeout_s: float = 30.0) -> None:
-        self._check_open()
+        self._txn.check_open("flush")
         if self._producer is None:
             return
         remaining = int(self._producer.flush(timeout_s))
         failures, self._delivery_errors = self._delivery_errors, []
         if remaining:
             raise LogError(f"{remaining} records were not delivered within {timeout_s}s")
-        if failures and self._transactional_id is None:
+        if failures and not self._txn.transactional:
             raise LogError(f"{len(failures)} records were not delivered, first: {failures[0]}")
 
     def close(self) -> None:
-        if self._closed:
+        left = self._txn.close()
+        if left is TxnState.CLOSED:
             return
-        self._closed = True
         try:
-            if self._producer is not None and self._fatal is None:
-                if self._in_transaction:
+            if self._producer is not None and left is not TxnState.FENCED:
+                if left is TxnState.IN_TRANSACTION:
                     # Closing mid-transaction must not leave it open: read_committed readers would stall behind
                     # it until the coordinator's timeout.
                     log.warning("closing with an open transaction: it is aborted")
                     self._producer.abort_transaction(self._timeout_s)
-                    self._in_transaction = False
                 remaining = int(self._producer.flush(self._timeout_s))
                 if remaining:
                     raise LogError(f"closing: {remaining} records were not delivered within {self._timeout_s}s")

@@ -142,9 +142,14 @@ class EventLog(Protocol):
 
     # --- topics -------------------------------------------------------------------------------------------
 
-    def create_topics(self, names: Iterable[str], partitions: int = 1) -> None:
-        """Creates the topics that do not exist yet. A topic that exists with another partition count raises
-        LogError: the partition count decides where keys land, so it is never changed behind the caller's back."""
+    def create_topics(
+        self, names: Iterable[str], partitions: int = 1, *, replication_factor: int | None = None
+    ) -> dict[str, bool]:
+        """Creates the topics that do not exist yet, each with `partitions` partitions, and says for each name
+        whether this call created it (True) or found it (False). A topic that exists with another partition count
+        raises LogError: the partition count decides where keys land, so it is never changed behind the caller's
+        back. `replication_factor` is the copies Kafka keeps of each partition (None: the broker's default); the
+        embedded log keeps one copy in its file whatever is asked."""
         ...
 
     # --- reading ------------------------------------------------------------------------------------------
@@ -255,6 +260,14 @@ def check_partitions(partitions: int) -> int:
     if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
         raise ValueError(f"partitions must be a positive integer, got {partitions!r}")
     return partitions
+
+
+def check_replication_factor(replication_factor: int | None) -> int | None:
+    if replication_factor is not None and (
+        isinstance(replication_factor, bool) or not isinstance(replication_factor, int) or replication_factor < 1
+    ):
+        raise ValueError(f"replication_factor must be a positive integer or None, got {replication_factor!r}")
+    return replication_factor
 
 
 def check_payload(value: bytes | None, key: bytes | None, timestamp_ms: int | None) -> None:

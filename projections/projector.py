@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, bindparam, insert, select, update
 from sqlalchemy.exc import OperationalError
 
+from eventlog.port import EventLog, Record, TopicPartition
 from governors.rules import drawdown
 from projections import tables
 from projections.bulk import Row, insert_ignoring_repeats
@@ -35,21 +36,6 @@ from schemas.events import (
     PnlMark,
     Proposal,
 )
-
-
-class LogRecord(Protocol):
-    """What the projector needs of a log record (the event log's `Record` has it)."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def value(self) -> bytes | None: ...
-    @property
-    def timestamp_ms(self) -> int: ...
 
 
 class StaleProjectorError(RuntimeError):
@@ -68,7 +54,7 @@ TABLE_ORDER = (
 Rows = dict[Table, list[Row]]
 
 
-def rows_of(records: Iterable[LogRecord], codec: EventCodec) -> Rows:
+def rows_of(records: Iterable[Record], codec: EventCodec) -> Rows:
     """The rows the log records become, per table. Undecodable bytes become a dead letter with their position."""
     out: Rows = {table: [] for table in TABLE_ORDER}
     proposals = out[tables.proposals]
@@ -91,7 +77,7 @@ def rows_of(records: Iterable[LogRecord], codec: EventCodec) -> Rows:
     return out
 
 
-def _other_rows(event: Event, record: LogRecord, out: Rows) -> None:
+def _other_rows(event: Event, record: Record, out: Rows) -> None:
     if isinstance(event, Fill):
         out[tables.fills].append((event.fill_id, event.decision_id, event.proposal_id, event.market_id,
                                   event.side.value, event.requested_size, event.filled_size, event.price, event.fee,
@@ -115,7 +101,7 @@ def _other_rows(event: Event, record: LogRecord, out: Rows) -> None:
         _decision_rows(event, record, out)
 
 
-def _decision_rows(d: Decision, record: LogRecord, out: Rows) -> None:
+def _decision_rows(d: Decision, record: Record, out: Rows) -> None:
     out[tables.decisions].append((d.decision_id, d.book_id, d.cycle, d.decided_at, d.governor_state.value,
                                   d.opportunity_window_ms, d.equity, d.available, d.high_water_mark,
                                   d.solver_path.value, d.solve_ms, d.objective, d.gap, d.config_version,
@@ -153,7 +139,7 @@ class Batch:
     records: int
 
 
-def prepare_batch(records: Sequence[LogRecord], codec: EventCodec) -> Batch:
+def prepare_batch(records: Sequence[Record], codec: EventCodec) -> Batch:
     """Decode `records` into rows (no I/O: this half of a batch may run while the previous one is written)."""
     moved: dict[tuple[str, int], int] = {}
     for record in records:
@@ -219,7 +205,7 @@ _MOVE_OFFSET = (
 def write_batch(
     engine: Engine,
     consumer: str,
-    records: Sequence[LogRecord],
+    records: Sequence[Record],
     codec: EventCodec,
     known: Mapping[tuple[str, int], int],
 ) -> dict[tuple[str, int], int]:
@@ -245,7 +231,7 @@ class Projector:
 
     def __init__(
         self,
-        log: Any,
+        log: EventLog,
         engine: Engine,
         codec: EventCodec,
         topics: Iterable[str],
@@ -296,7 +282,7 @@ class Projector:
         self.stats.records += batch.records
         self.stats.batches += 1
 
-    def caught_up(self, ends: Mapping[Any, int]) -> bool:
+    def caught_up(self, ends: Mapping[TopicPartition, int]) -> bool:
         return all(self.log.position(tp) >= end for tp, end in ends.items())
 
     def run(self, should_stop: Callable[[], bool]) -> ProjectorStats:
@@ -306,7 +292,7 @@ class Projector:
 
     def catch_up(
         self,
-        ends: Mapping[Any, int],
+        ends: Mapping[TopicPartition, int],
         on_batch: Callable[[ProjectorStats], None] = lambda _: None,
         timeout_s: float = 0.5,
     ) -> ProjectorStats:

@@ -16,12 +16,14 @@ import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from projections.database import engine_for
+from projections.database import engine_for, fresh_schema
+from projections.migrate import upgrade
 
 HOW_TO_START = (
     "start the services with `infra/services.sh up` and export what `infra/services.sh env` prints "
@@ -152,3 +154,67 @@ def db_schema(database_url: str, request: pytest.FixtureRequest) -> Iterator[DbS
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
         admin.dispose()
+
+
+@dataclass
+class ProjectionDatabase:
+    """One kind of projection database for one test: its main database, empty, and fresh ones on request.
+
+    SQLite: files in the test's directory. PostgreSQL: schemas private to the test, dropped afterwards.
+    """
+
+    kind: str
+    url: str
+    schema: str | None
+    engine: Engine
+    _place: Callable[[str], tuple[str, str | None]]
+    _opened: list[Engine] = field(default_factory=list)
+    _schemas: list[str] = field(default_factory=list)
+
+    def migrate(self) -> Engine:
+        """The main database migrated to head, as `allocator db upgrade` leaves it."""
+        upgrade(self.url, schema=self.schema)
+        return self.engine
+
+    def fresh(self, label: str) -> Engine:
+        """Another database of the same kind, made as `allocator replay` makes its target (`fresh_schema`)."""
+        url, schema = self._place(label)
+        engine = fresh_schema(url, schema)
+        self._opened.append(engine)
+        if schema is not None:
+            self._schemas.append(schema)
+        return engine
+
+
+@pytest.fixture(
+    params=[pytest.param("sqlite", id="sqlite"), pytest.param("postgresql", id="postgres", marks=pytest.mark.postgres)]
+)
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProjectionDatabase]:
+    """The projection database, once on SQLite and once on PostgreSQL: a test using it is a contract of both."""
+    if request.param == "sqlite":
+        folder = tmp_path / "databases"
+        folder.mkdir()
+
+        def sqlite_place(label: str) -> tuple[str, str | None]:
+            return f"sqlite:///{folder / label}.sqlite", None
+
+        url, _ = sqlite_place("main")
+        found = ProjectionDatabase("sqlite", url, None, engine_for(url), sqlite_place)
+    else:
+        base: DbSchema = request.getfixturevalue("db_schema")
+
+        def postgres_place(label: str) -> tuple[str, str | None]:
+            return base.url, f"{base.name}_{label}"
+
+        found = ProjectionDatabase("postgresql", base.url, base.name, base.engine, postgres_place)
+    try:
+        yield found
+    finally:
+        for engine in found._opened:
+            engine.dispose()
+        if found.kind == "sqlite":
+            found.engine.dispose()
+        elif found._schemas:
+            with found.engine.begin() as conn:
+                for name in found._schemas:
+                    conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))

@@ -117,6 +117,68 @@ def test_init_creates_the_books_topics_on_the_embedded_log(tmp_path: Path, capsy
     assert len(ends) == 5
 
 
+def test_init_prints_each_topic_created_then_existing_with_the_input_partitions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from eventlog.embedded import EmbeddedEventLog
+    from eventlog.port import TopicPartition, Topics
+
+    path, topics = tmp_path / "log.sqlite", Topics("b")
+    assert main(["init", "--log", str(path), "--topic-prefix", "b", "--partitions", "3"]) == 0
+    names = [*topics.inputs, *topics.outputs]
+    assert capsys.readouterr().out.splitlines() == [f"created {name}" for name in names]
+    assert main(["init", "--log", str(path), "--topic-prefix", "b", "--partitions", "3"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"exists  {name}" for name in names]
+    with EmbeddedEventLog(path) as log:
+        ends = log.end_offsets(names)
+    assert set(ends) == {TopicPartition(name, p) for name in topics.inputs for p in range(3)} | {
+        TopicPartition(name, 0) for name in topics.outputs
+    }
+
+
+def test_init_reports_a_topic_it_cannot_create_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from eventlog.embedded import EmbeddedEventLog
+
+    path = tmp_path / "log.sqlite"
+    with EmbeddedEventLog(path) as log:
+        log.create_topics(["b.fills"], partitions=2)
+    assert main(["init", "--log", str(path), "--topic-prefix", "b"]) == 1
+    out, err = capsys.readouterr()
+    assert "failed  b.fills: topic 'b.fills' already exists with 2 partitions, not 1" in err
+    assert "created b.proposals" in out and "created b.deadletter" in out
+
+
+@pytest.mark.kafka
+def test_init_on_kafka_prints_each_topic_created_then_existing(
+    kafka_bootstrap: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import uuid
+
+    from confluent_kafka.admin import AdminClient
+
+    from eventlog.kafka import KafkaEventLog
+    from eventlog.port import TopicPartition, Topics
+
+    prefix = f"test.init.{uuid.uuid4().hex[:10]}"
+    topics = Topics(prefix)
+    names = [*topics.inputs, *topics.outputs]
+    args = ["init", "--kafka", kafka_bootstrap, "--topic-prefix", prefix, "--partitions", "2"]
+    try:
+        assert main(args) == 0
+        assert capsys.readouterr().out.splitlines() == [f"created {name}" for name in names]
+        assert main(args) == 0
+        assert capsys.readouterr().out.splitlines() == [f"exists  {name}" for name in names]
+        with KafkaEventLog(kafka_bootstrap) as log:
+            ends = log.end_offsets(names)
+        assert set(ends) == {TopicPartition(name, p) for name in topics.inputs for p in range(2)} | {
+            TopicPartition(name, 0) for name in topics.outputs
+        }
+    finally:
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        for future in admin.delete_topics(names, operation_timeout=30).values():
+            future.result(timeout=60)
+
+
 def test_the_image_copies_every_package_it_installs() -> None:
     import tomllib
 

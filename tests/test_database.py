@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -11,7 +9,7 @@ from sqlalchemy import Engine, create_engine, insert, inspect, select, text
 
 from projections import tables
 from projections.migrate import upgrade, upgrade_connection
-from tests.conftest import DbSchema
+from tests.conftest import DbSchema, ProjectionDatabase
 
 
 def _write_and_read(engine: Engine) -> None:
@@ -43,37 +41,30 @@ def _no_drift(engine: Engine) -> None:
     assert diffs == [], "projections/tables.py and migrations/ disagree: add a revision"
 
 
-@pytest.mark.postgres
-def test_migrate_then_write_and_read_rows_on_postgres(db_schema: DbSchema) -> None:
-    upgrade(db_schema.url, schema=db_schema.name)
-    names = set(inspect(db_schema.engine).get_table_names(schema=db_schema.name))
+def test_migrate_then_write_and_read_rows(database: ProjectionDatabase) -> None:
+    engine = database.migrate()
+    names = set(inspect(engine).get_table_names(schema=database.schema))
     assert {t.name for t in tables.metadata.sorted_tables} | {"alembic_version"} == names
-    _write_and_read(db_schema.engine)
-    _no_drift(db_schema.engine)
+    _write_and_read(engine)
+    _no_drift(engine)
+
+
+def test_migration_is_idempotent(database: ProjectionDatabase) -> None:
+    with database.engine.begin() as conn:
+        upgrade_connection(conn, schema=database.schema)
+        upgrade_connection(conn, schema=database.schema)  # already at head: nothing to do
+        assert conn.execute(text("select version_num from alembic_version")).scalar_one() == "0002"
 
 
 @pytest.mark.postgres
-def test_migration_is_idempotent_and_private_to_its_schema(db_schema: DbSchema) -> None:
+def test_a_migration_is_private_to_its_schema(db_schema: DbSchema) -> None:
     with db_schema.engine.begin() as conn:
         upgrade_connection(conn, schema=db_schema.name)
-        upgrade_connection(conn, schema=db_schema.name)  # already at head: nothing to do
-        assert conn.execute(text("select version_num from alembic_version")).scalar_one() == "0002"
     public = create_engine(db_schema.url)
     try:
         assert "proposals" not in inspect(public).get_table_names(schema="public")
     finally:
         public.dispose()
-
-
-def test_migrate_then_write_and_read_rows_on_sqlite(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'projections.sqlite'}"
-    upgrade(url)
-    engine = create_engine(url)
-    try:
-        _write_and_read(engine)
-        _no_drift(engine)
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.postgres

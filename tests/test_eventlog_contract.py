@@ -423,6 +423,16 @@ def test_create_topics_is_idempotent_and_keeps_the_partition_count(backend: Back
         log.create_topics(["not a topic name"])
 
 
+def test_create_topics_says_which_topics_it_created_and_which_it_found(backend: Backend) -> None:
+    old, new = backend.fresh_topic_name("old"), backend.fresh_topic_name("new")
+    log = backend.open_log()
+    assert log.create_topics([old], partitions=2, replication_factor=1) == {old: True}
+    assert log.create_topics([old, new], partitions=2) == {old: False, new: True}
+    assert log.create_topics([]) == {}
+    with pytest.raises(ValueError, match="replication_factor"):
+        log.create_topics([new], partitions=2, replication_factor=0)
+
+
 def test_misuse_is_rejected_with_an_error_naming_it(backend: Backend) -> None:
     topic = backend.make_topic("misuse")
     tp = TopicPartition(topic, 0)

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, Engine, create_engine, event, select, text
+from sqlalchemy import Connection, Engine, event, select, text
 
 from eventlog.embedded import EmbeddedEventLog
 from eventlog.port import Record
@@ -41,7 +41,7 @@ from schemas.events import (
     Side,
     SolverPath,
 )
-from tests.conftest import DbSchema
+from tests.conftest import DbSchema, ProjectionDatabase
 from tests.projection_compare import differences, dump
 from tests.test_service import TOPICS, T, drain, produce, proposal, service
 
@@ -90,15 +90,16 @@ def _project(db: Path, engine: Engine, batch_size: int = 7, *, pipelined: bool =
     return projector
 
 
-def test_projection_in_small_batches_equals_a_replay_in_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("live_batch", "replay_batch"), [(3, 10_000), (4, 7)])
+def test_projection_in_small_batches_equals_a_replay(
+    tmp_path: Path, database: ProjectionDatabase, live_batch: int, replay_batch: int
+) -> None:
     db = tmp_path / "log.sqlite"
     _book(db)
-    live_url, replay_url = f"sqlite:///{tmp_path / 'live.sqlite'}", f"sqlite:///{tmp_path / 'replay.sqlite'}"
-    upgrade(live_url)
-    live = create_engine(live_url)
-    _project(db, live, batch_size=3)
-    replayed = fresh_schema(replay_url, None)
-    _project(db, replayed, batch_size=10_000)
+    live = database.migrate()
+    _project(db, live, batch_size=live_batch)
+    replayed = database.fresh("replay")
+    _project(db, replayed, batch_size=replay_batch)
     a, b = dump(live), dump(replayed)
     assert differences(a, b) == []
     assert len(a["decisions"]) == 2 and len(a["equity_history"]) == 2
@@ -106,12 +107,10 @@ def test_projection_in_small_batches_equals_a_replay_in_one(tmp_path: Path) -> N
     assert a["positions"] and a["exposure_by_key"]
 
 
-def test_a_restarted_projector_resumes_at_its_stored_offsets(tmp_path: Path) -> None:
+def test_a_restarted_projector_resumes_at_its_stored_offsets(tmp_path: Path, database: ProjectionDatabase) -> None:
     db = tmp_path / "log.sqlite"
     _book(db)
-    url = f"sqlite:///{tmp_path / 'p.sqlite'}"
-    upgrade(url)
-    engine = create_engine(url)
+    engine = database.migrate()
     with EmbeddedEventLog(db) as log:
         first = Projector(log, engine, codec, ALL_TOPICS, batch_size=5, say=lambda _: None)
         first.start()
@@ -125,7 +124,9 @@ def test_a_restarted_projector_resumes_at_its_stored_offsets(tmp_path: Path) -> 
     assert stored[TOPICS.proposals] == 21 and again.stats.records > 0
 
 
-def _stale_projector_cannot_move_the_position_back(db: Path, engine: Engine) -> None:
+def test_a_stale_projector_cannot_move_the_position_back(tmp_path: Path, database: ProjectionDatabase) -> None:
+    db = tmp_path / "log.sqlite"
+    engine = database.migrate()
     _book(db)
     with EmbeddedEventLog(db) as log:
         log.assign([TOPICS.proposals, TOPICS.pnl])
@@ -147,43 +148,13 @@ def _stale_projector_cannot_move_the_position_back(db: Path, engine: Engine) -> 
     assert stored == {TOPICS.proposals: 5, TOPICS.pnl: 2}
 
 
-def test_a_stale_projector_cannot_move_the_position_back(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'p.sqlite'}"
-    upgrade(url)
-    _stale_projector_cannot_move_the_position_back(tmp_path / "log.sqlite", create_engine(url))
-
-
-@pytest.mark.postgres
-def test_a_stale_projector_cannot_move_the_position_back_on_postgres(tmp_path: Path, db_schema: DbSchema) -> None:
-    upgrade(db_schema.url, schema=db_schema.name)
-    _stale_projector_cannot_move_the_position_back(tmp_path / "log.sqlite", db_schema.engine)
-
-
-@pytest.mark.postgres
-def test_projection_equals_replay_on_postgres(tmp_path: Path, db_schema: DbSchema) -> None:
-    db = tmp_path / "log.sqlite"
-    _book(db)
-    upgrade(db_schema.url, schema=db_schema.name)
-    live = engine_for(db_schema.url, db_schema.name)
-    _project(db, live, batch_size=4)
-    replay_schema = db_schema.name + "_r"
-    replayed = fresh_schema(db_schema.url, replay_schema)
-    try:
-        _project(db, replayed)
-        assert differences(dump(live), dump(replayed)) == []
-    finally:
-        replayed.dispose()
-        live.dispose()
-        with db_schema.engine.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{replay_schema}" CASCADE'))
-
-
 def _records(topic: str, first: int, values: list[bytes]) -> list[Record]:
     return [Record(topic, 0, first + i, None, value, T + first + i) for i, value in enumerate(values)]
 
 
-def _repeats_keep_the_first_row(engine: Engine) -> None:
+def test_repeated_keys_keep_the_first_row(database: ProjectionDatabase) -> None:
     """Repeated keys, in one batch and across batches, with different content: the first row stays."""
+    engine = database.migrate()
     p1, p2 = proposal(1), proposal(2)
     first = _records(TOPICS.proposals, 0, [codec.encode(p1), codec.encode(p2),
                                            codec.encode(replace(p1, agent_id="second")), b"\x01junk"])  # fmt: skip
@@ -199,18 +170,6 @@ def _repeats_keep_the_first_row(engine: Engine) -> None:
     assert (rows["p1"].agent_id, rows["p1"].log_offset) == ("alpha", 0)
     assert (rows["p2"].confidence, rows["p2"].log_offset) == (0.9, 1)
     assert len(dead) == 1 and dead[0].offset == 3 and dead[0].error != late.error
-
-
-def test_repeated_keys_keep_the_first_row_on_sqlite(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'p.sqlite'}"
-    upgrade(url)
-    _repeats_keep_the_first_row(create_engine(url))
-
-
-@pytest.mark.postgres
-def test_repeated_keys_keep_the_first_row_on_postgres(db_schema: DbSchema) -> None:
-    upgrade(db_schema.url, schema=db_schema.name)
-    _repeats_keep_the_first_row(db_schema.engine)
 
 
 @pytest.mark.postgres
@@ -254,37 +213,27 @@ def test_a_projector_whose_connection_is_cut_mid_batch_retries_and_loses_nothing
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{db_schema.name}_r" CASCADE'))
 
 
-def test_catch_up_decoding_while_writing_equals_step_by_step(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("stepped_batch", "pipelined_batch"), [(3, 3), (4, 5)])
+def test_catch_up_decoding_while_writing_equals_step_by_step(
+    tmp_path: Path, database: ProjectionDatabase, stepped_batch: int, pipelined_batch: int
+) -> None:
     db = tmp_path / "log.sqlite"
     _book(db)
-    stepped, pipelined = (fresh_schema(f"sqlite:///{tmp_path / name}.sqlite", None) for name in ("s", "p"))
-    _project(db, stepped, batch_size=3)
+    stepped = database.migrate()
+    pipelined = database.fresh("pipelined")
+    _project(db, stepped, batch_size=stepped_batch)
     interval = sys.getswitchinterval()
-    projector = _project(db, pipelined, batch_size=3, pipelined=True)
+    projector = _project(db, pipelined, batch_size=pipelined_batch, pipelined=True)
     assert differences(dump(stepped), dump(pipelined)) == []
     assert projector.stats.batches > 3 and sys.getswitchinterval() == interval  # restored
 
 
-@pytest.mark.postgres
-def test_catch_up_equals_step_by_step_on_postgres(tmp_path: Path, db_schema: DbSchema) -> None:
+def test_catch_up_raises_a_stale_write_and_stores_nothing_after_it(
+    tmp_path: Path, database: ProjectionDatabase
+) -> None:
     db = tmp_path / "log.sqlite"
     _book(db)
-    upgrade(db_schema.url, schema=db_schema.name)
-    replayed = fresh_schema(db_schema.url, db_schema.name + "_r")
-    try:
-        _project(db, db_schema.engine, batch_size=4)
-        _project(db, replayed, batch_size=5, pipelined=True)
-        assert differences(dump(db_schema.engine), dump(replayed)) == []
-    finally:
-        replayed.dispose()
-        with db_schema.engine.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{db_schema.name}_r" CASCADE'))
-
-
-def test_catch_up_raises_a_stale_write_and_stores_nothing_after_it(tmp_path: Path) -> None:
-    db = tmp_path / "log.sqlite"
-    _book(db)
-    engine = fresh_schema(f"sqlite:///{tmp_path / 'p.sqlite'}", None)
+    engine = database.fresh("projection")
     _project(db, engine, batch_size=100)
     with EmbeddedEventLog(db) as log:
         stale = Projector(log, engine, codec, ALL_TOPICS, batch_size=3, say=lambda _: None)
