@@ -98,16 +98,17 @@ def _wording_only(dump: Dump) -> Dump:
     return out
 
 
-def projection_differences(engine: Engine, kafka_prefix: str | None = None) -> list[str]:
-    """Every way the projection differs from the recorded one (empty when it is the same). `kafka_prefix`: the
-    projection was read from the golden records on fresh topics with this prefix."""
+def assert_recorded_projection(engine: Engine, kafka_prefix: str | None = None) -> None:
+    """The projection is the recorded one; else every difference is named. `kafka_prefix`: the projection was
+    read from the golden records on fresh topics with this prefix."""
     want_tables, want_views = expected()
     got_tables, got_views = dump_projection(engine)
     assert len(got_tables.get("decisions", [])) == manifest()["decisions"], "the projection holds no golden decisions"
     got_tables = _wording_only(got_tables)
     if kafka_prefix is not None:
         got_tables = _as_golden(got_tables, kafka_prefix)
-    return table_differences(_wording_only(want_tables), got_tables) + view_differences(want_views, got_views)
+    differences = table_differences(_wording_only(want_tables), got_tables) + view_differences(want_views, got_views)
+    assert not differences, "\n".join([f"projection {engine.url}:", *differences])
 
 
 # --- the log itself ----------------------------------------------------------------------------------------
@@ -142,7 +143,7 @@ def test_a_replay_into_sqlite_is_the_recorded_projection(golden_log: Path, tmp_p
     _replay(golden_log, "--database", url)
     engine = create_engine(url)
     try:
-        assert projection_differences(engine) == []
+        assert_recorded_projection(engine)
     finally:
         engine.dispose()
 
@@ -150,7 +151,7 @@ def test_a_replay_into_sqlite_is_the_recorded_projection(golden_log: Path, tmp_p
 @pytest.mark.postgres
 def test_a_replay_into_postgres_is_the_recorded_projection(golden_log: Path, db_schema: DbSchema) -> None:
     _replay(golden_log, "--database", db_schema.url, "--schema", db_schema.name)
-    assert projection_differences(db_schema.engine) == []
+    assert_recorded_projection(db_schema.engine)
 
 
 # --- (b) a restart on the golden log ----------------------------------------------------------------------
@@ -178,7 +179,8 @@ def test_a_restart_rebuilds_the_recorded_book_then_decides_the_waiting_inputs(go
     service = _service(golden_log)
     try:
         service.start()
-        assert json_differences(recorded, book_json(service.state), rel_tol=1e-9) == []
+        differences = json_differences(recorded, book_json(service.state), rel_tol=1e-9)
+        assert not differences, "\n".join(["the rebuilt book differs from expected/book.json:", *differences])
         assert service.state.cycle == manifest()["last_cycle"]
 
         # It reads on exactly where the last decision stopped: the inputs that came after it, nothing twice.
@@ -316,6 +318,6 @@ def test_the_golden_records_read_from_kafka_project_to_the_recorded_projection(
                 projector.start()
                 projector.catch_up(ends)
             assert projector.stats.records == manifest()["records"]
-            assert projection_differences(engine, kafka_prefix=prefix) == [], engine.url
+            assert_recorded_projection(engine, kafka_prefix=prefix)
     finally:
         sqlite.dispose()
