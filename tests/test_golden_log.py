@@ -36,7 +36,6 @@ from schemas.events import Proposal, SolverPath
 from tests.conftest import DbSchema
 from tests.golden.common import (
     BOOK,
-    BOOK_FILE,
     CONFIG_FILE,
     EXPECTED_DIR,
     LOG_FILE,
@@ -49,6 +48,7 @@ from tests.golden.common import (
     canonical,
     copy_log,
     dump_projection,
+    expected_book,
     json_differences,
     read_all,
     read_dump,
@@ -175,7 +175,7 @@ def _undecided(path: Path, after: dict[str, int]) -> list[Record]:
 
 
 def test_a_restart_rebuilds_the_recorded_book_then_decides_the_waiting_inputs(golden_log: Path) -> None:
-    recorded = json.loads(BOOK_FILE.read_text(encoding="utf-8"))
+    recorded = expected_book()
     service = _service(golden_log)
     try:
         service.start()

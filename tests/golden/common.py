@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, select, text
 
 from allocator.service.sequencer import BookState
+from book.config import AllocatorConfig
 from eventlog.embedded import EmbeddedEventLog
 from eventlog.port import EventLog, Record, Topics
 from projections import tables
@@ -272,7 +273,7 @@ def book_json(state: BookState) -> dict[str, Any]:
             ],
             "conflicting_resends": sorted(book.conflicts),
             "seen_proposal_ids": sorted(book.seen),
-            "limit_overrides": dict(sorted(book.limit_overrides.items())),
+            "config_in_force": book.config.to_mapping(),
             "governor_limits": dataclasses.asdict(book.limits),
             "governor": {
                 "state": gov.state.value,
@@ -296,3 +297,16 @@ def book_json(state: BookState) -> dict[str, Any]:
         }
     )
     return snapshot
+
+
+def expected_book() -> dict[str, Any]:
+    """expected/book.json as today's fold states it.
+
+    The released file records the operators' SET_LIMITS as `limit_overrides` on top of the golden configuration;
+    the fold now keeps the configuration in force itself, so the overrides are applied to config.json here, the
+    same way the fold applies a SET_LIMITS (`AllocatorConfig.with_limits`)."""
+    recorded: dict[str, Any] = json.loads(BOOK_FILE.read_text(encoding="utf-8"))
+    if "limit_overrides" in recorded:
+        base = AllocatorConfig.from_mapping(json.loads(CONFIG_FILE.read_text(encoding="utf-8")))
+        recorded["config_in_force"] = plain(base.with_limits(recorded.pop("limit_overrides")).to_mapping())
+    return recorded

@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from allocator.engine.cycle import CycleOutcome, CycleRequest, run_cycle
+from allocator.engine.cycle import CycleOutcome, run_cycle
 from allocator.engine.highs_banner import silence_highs_banner
+from allocator.engine.request import CycleRequest
 from allocator.service.audit import audit_log
 from allocator.service.clients import BookClient, DecisionFeed
 from allocator.service.loop import AllocatorService, group_of
