@@ -68,12 +68,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import time
 
     from allocator.service.loop import AllocatorService, group_of
-    from eventlog.port import FencedError, LogError, Topics
+    from eventlog.port import FencedError, LogError, Topics, normalise_book_id
     from schemas.codec import make_codec
 
     config = _load_config(args, "serve")
     if config is None:
         return EXIT_USAGE
+    try:
+        args.book = normalise_book_id(args.book)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     settings = _log_settings(args)
     stop = {"now": False}
 
@@ -83,7 +87,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     deadline = time.monotonic() + args.duration if args.duration else None
-    log = settings.open(group_of(args.book))
+    log = settings.open(group_of(Topics(args.topic_prefix), args.book))
     reader = settings.open()
     service = AllocatorService(
         log, reader, make_codec(args.schema_registry), args.book, config, Topics(args.topic_prefix),

@@ -19,6 +19,20 @@ Clock = Callable[[], int]
 _TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
 
+_BOOK_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def normalise_book_id(raw: str) -> str:
+    """The one spelling of a book's id: lower case, 1-64 of [a-z0-9_-]. `Main` and `main` are one book, so two
+    allocators cannot both run it under two spellings."""
+    book = raw.lower() if isinstance(raw, str) else ""
+    if not _BOOK_ID.fullmatch(book):
+        raise ValueError(
+            f"book id {raw!r}: must be 1-64 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
+        )
+    return book
+
+
 def wall_clock_ms() -> int:
     """The default clock: the machine's wall clock in epoch milliseconds."""
     return time.time_ns() // 1_000_000

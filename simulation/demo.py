@@ -114,7 +114,7 @@ def _progress(say: Say, tty: bool) -> Callable[[str, int, int, CycleStats | None
 def _restart_matches(result: RunResult, config: AllocatorConfig, live_equity: float, cycles: int) -> bool:
     """A fresh service rebuilds its state from the log alone: does it land where the live one stopped?"""
     backend = result.backend
-    log, reader = backend.open(group_of(BOOK)), backend.open()
+    log, reader = backend.open(group_of(Topics(backend.topic_prefix), BOOK)), backend.open()
     try:
         service = AllocatorService(log, reader, SingleObjectCodec(), BOOK, config, Topics(backend.topic_prefix),
                                    say=lambda _: None)  # fmt: skip

@@ -157,7 +157,12 @@ def run_session(
     topics = Topics(backend.topic_prefix)
     stats: dict[int, CycleStats] = {}
     current = {"step": 0}
-    producer, log, reader, feed_log = backend.open(), backend.open(group_of(BOOK)), backend.open(), backend.open()
+    producer, log, reader, feed_log = (
+        backend.open(),
+        backend.open(group_of(topics, BOOK)),
+        backend.open(),
+        backend.open(),
+    )
     try:
         client = BookClient(producer, codec, topics)
         service = AllocatorService(log, reader, codec, BOOK, config, topics, say=lambda _: None,

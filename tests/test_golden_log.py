@@ -160,8 +160,8 @@ def test_a_replay_into_postgres_is_the_recorded_projection(golden_log: Path, db_
 def _service(path: Path) -> AllocatorService:
     """The service as `allocator serve --book golden --topic-prefix golden --log PATH` builds it."""
     settings = LogSettings.resolve(None, str(path))
-    return AllocatorService(settings.open(group_of(BOOK)), settings.open(), codec, BOOK, golden_config(), TOPICS,
-                            say=lambda _: None)  # fmt: skip
+    log = settings.open(group_of(TOPICS, BOOK))
+    return AllocatorService(log, settings.open(), codec, BOOK, golden_config(), TOPICS, say=lambda _: None)
 
 
 def _close(service: AllocatorService) -> None:

@@ -51,7 +51,7 @@ def test_a_pending_proposal_whose_market_resolved_expires_in_the_next_decision()
     ]
     state = BookState.new(config)
     fold_batch(state, records, codec, topics)
-    request = build_request(state, "book", {})
+    request = build_request(state, Topics("t"), "book", {})
     assert request.resolved_markets == frozenset({"m-gone"})
     decision = {a.proposal_id: a for a in run_cycle(request).decision.allocations}
     assert decision["gone"].status is AllocationStatus.EXPIRED

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from allocator.service.loop import AllocatorService
+from allocator.service.loop import AllocatorService, group_of
 from book.config import AllocatorConfig
 from eventlog.embedded import EmbeddedEventLog
 from eventlog.port import Topics
@@ -37,7 +37,7 @@ def proposal(i: int, market: str = "m", side: Side = Side.BUY) -> Proposal:
 
 
 def service(path: Path) -> AllocatorService:
-    log = EmbeddedEventLog(path, group="allocator-book1")
+    log = EmbeddedEventLog(path, group=group_of(TOPICS, "book1"))
     reader = EmbeddedEventLog(path)
     svc = AllocatorService(log, reader, codec, "book1", CONFIG, TOPICS, say=lambda _: None)
     svc.start()
@@ -223,3 +223,24 @@ def test_every_message_in_is_accounted_for_once(tmp_path: Path) -> None:
     assert {a.reasons[0].detail.split(":")[0] for a in rejected.values() if a.reasons[0].detail} == {
         "expected_profit", "price", "min_size", "urgency"
     }  # fmt: skip
+
+
+def test_books_under_other_prefixes_never_share_a_group_or_transactional_id() -> None:
+    from allocator.service.loop import transactional_id_of
+
+    a, b = Topics("desk-a"), Topics("desk-b")
+    assert group_of(a, "main") != group_of(b, "main")
+    assert transactional_id_of(a, "main") != transactional_id_of(b, "main")
+
+
+def test_one_book_has_one_spelling(tmp_path: Path) -> None:
+    from eventlog.port import normalise_book_id
+
+    assert normalise_book_id("Main") == normalise_book_id("main") == "main"
+    assert group_of(TOPICS, "Main") == group_of(TOPICS, "main")
+    for bad in ("", "ma in", "main\n\n", "../x", "a" * 65):
+        with pytest.raises(ValueError):
+            normalise_book_id(bad)
+    from cli.main import main
+
+    assert main(["serve", "--book", "ma in", "--log", str(tmp_path / "log.sqlite"), "--max-cycles", "1"]) == 2

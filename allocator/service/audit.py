@@ -108,7 +108,7 @@ def audit_log(
 
     def on_decision(state: BookState, recorded: Decision) -> Decision:
         inputs = {TopicPartition(pos.topic, pos.partition): pos.offset for pos in recorded.inputs}
-        request = build_request(state, recorded.book_id, inputs)
+        request = build_request(state, topics, recorded.book_id, inputs, recorded.decision_id)
         finding = Finding(
             recorded.decision_id, recorded.cycle, offsets[id(recorded)], recorded.solver_path.value, "MATCH"
         )

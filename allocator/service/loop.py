@@ -18,7 +18,7 @@ from allocator.service.sequencer import (
     replay_decisions,
 )
 from book.config import AllocatorConfig
-from eventlog.port import AbortableError, EventLog, Record, Topics
+from eventlog.port import AbortableError, EventLog, Record, Topics, normalise_book_id
 from schemas.codec import EventCodec
 from schemas.events import Decision
 
@@ -38,12 +38,15 @@ class CycleReport:
     governor_events: int
 
 
-def group_of(book_id: str) -> str:
-    return f"allocator-{book_id}"
+def group_of(topics: Topics, book_id: str) -> str:
+    """The allocator's consumer group: one per book and topic prefix, so books under other prefixes never share it."""
+    return f"allocator-{topics.prefix}-{normalise_book_id(book_id)}"
 
 
-def transactional_id_of(book_id: str) -> str:
-    return f"allocator-{book_id}"
+def transactional_id_of(topics: Topics, book_id: str) -> str:
+    """The allocator's transactional id: a second instance of the same book and prefix fences the first, and only
+    that one."""
+    return f"allocator-{topics.prefix}-{normalise_book_id(book_id)}"
 
 
 def rebuild(reader: EventLog, codec: EventCodec, topics: Topics, config: AllocatorConfig, say: Say) -> BookState:
@@ -73,7 +76,7 @@ class AllocatorService:
         self.log = log
         self.reader = reader
         self.codec = codec
-        self.book_id = book_id
+        self.book_id = normalise_book_id(book_id)
         self.config = config
         self.topics = topics
         self.say = say
@@ -86,7 +89,7 @@ class AllocatorService:
     def start(self) -> None:
         """Fence older instances, then rebuild the state from the log before deciding anything."""
         self.log.create_topics([*self.topics.inputs, *self.topics.outputs])
-        self.log.init_transactions(transactional_id_of(self.book_id))
+        self.log.init_transactions(transactional_id_of(self.topics, self.book_id))
         self.state = rebuild(self.reader, self.codec, self.topics, self.config, self.say)
         self.log.assign(list(self.topics.inputs))
         for tp in self.log.assignment():
@@ -113,7 +116,7 @@ class AllocatorService:
             folded = fold_batch(self.state, batch, self.codec, self.topics)
             prepare_cycle(self.state)
             inputs = {tp: self.log.position(tp) for tp in self.log.assignment()}
-            request = build_request(self.state, self.book_id, inputs)
+            request = build_request(self.state, self.topics, self.book_id, inputs)
             outcome = self.decide(request)
             decision = outcome.decision
             decision_changes = fold_decision(self.state, decision)
@@ -130,7 +133,7 @@ class AllocatorService:
                 key=self.book_id.encode(),
                 timestamp_ms=max(decision.decided_at, 1),
             )
-            self.log.commit(inputs, group_of(self.book_id))
+            self.log.commit(inputs, group_of(self.topics, self.book_id))
         except AbortableError as exc:
             self.say(f"transaction aborted ({exc}); rewinding to the last commit and retrying")
             self.log.abort()

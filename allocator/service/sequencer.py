@@ -102,8 +102,21 @@ def fold_batch(state: BookState, records: Sequence[Record], codec: EventCodec, t
     return Folded(tuple(changes), tuple(dead))
 
 
-def build_request(state: BookState, book_id: str, inputs: Mapping[TopicPartition, int]) -> CycleRequest:
-    """The request the next cycle decides: run after the batch was folded and stale reservations released."""
+def decision_id_of(topics: Topics, book_id: str, cycle: int) -> str:
+    """A decision's id, unique per topic prefix, book and cycle; the risk model's scenarios are seeded from it."""
+    return f"{topics.prefix}.{book_id}-{cycle:010d}"
+
+
+def build_request(
+    state: BookState,
+    topics: Topics,
+    book_id: str,
+    inputs: Mapping[TopicPartition, int],
+    decision_id: str | None = None,
+) -> CycleRequest:
+    """The request the next cycle decides: run after the batch was folded and stale reservations released.
+
+    An audit passes the recorded decision's id, so the re-run draws the scenarios the recorded one drew."""
     book = state.portfolio
     config = book.config
     pending, conflicts = book.undecided()
@@ -112,7 +125,7 @@ def build_request(state: BookState, book_id: str, inputs: Mapping[TopicPartition
     submitted.extend(rejected_duplicate(p) for p in conflicts)
     cycle = state.cycle + 1
     return CycleRequest(
-        decision_id=f"{book_id}-{cycle:010d}",
+        decision_id=decision_id or decision_id_of(topics, book_id, cycle),
         book_id=book_id,
         cycle=cycle,
         as_of=book.last_time,

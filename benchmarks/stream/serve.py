@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from allocator.service.loop import group_of
 from benchmarks.stream.events import codec, proposal
 from benchmarks.stream.services import Created, fast_producer, make_topics, produce
 from benchmarks.stream.table import Report, Row, say, verdict_at_most
 from eventlog.kafka import KafkaEventLog
+from eventlog.port import Topics
 from schemas.events import Decision
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -104,7 +106,7 @@ def serve_once(
     run = ServeRun(rate, duration_s)
     prefix = f"bench-stream-{uuid.uuid4().hex[:10]}-r{rate}"
     topics = make_topics(created, prefix)
-    created.groups.add("allocator-bench")
+    created.groups.add(group_of(Topics(prefix), "bench"))
     log_path = log_dir / f"serve-{prefix}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     prof_path = log_dir / f"serve-{prefix}.prof"

@@ -359,7 +359,11 @@ def run(path: Path, config: AllocatorConfig, seed: int, say: Callable[[str], Non
     """The session: every step's inputs, one cycle, the executor's fills; then the undecided tail."""
     codec = SingleObjectCodec()
     clock = PinnedClock(START_MS)
-    with opened(path, clock) as producer, opened(path, clock, group_of(BOOK)) as log, opened(path, clock) as reader:
+    with (
+        opened(path, clock) as producer,
+        opened(path, clock, group_of(TOPICS, BOOK)) as log,
+        opened(path, clock) as reader,
+    ):
         service = AllocatorService(log, reader, codec, BOOK, config, TOPICS, say=say, decide=timing_free)
         service.start()
         with opened(path, clock) as feed_log:
@@ -422,7 +426,7 @@ def project(path: Path, url: str) -> None:
 
 def rebuilt_book(path: Path, config: AllocatorConfig) -> dict[str, Any]:
     """What `allocator serve` rebuilds when it restarts on this log."""
-    with EmbeddedEventLog(path, group_of(BOOK)) as log, EmbeddedEventLog(path) as reader:
+    with EmbeddedEventLog(path, group_of(TOPICS, BOOK)) as log, EmbeddedEventLog(path) as reader:
         service = AllocatorService(log, reader, SingleObjectCodec(), BOOK, config, TOPICS, say=lambda _: None)
         service.start()
         return book_json(service.state)
