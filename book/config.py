@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -123,12 +124,39 @@ class AllocatorConfig:
 
     @property
     def config_hash(self) -> str:
-        """SHA-256 of the canonical JSON of every value: decisions record it for the audit."""
-        text = json.dumps(self.to_mapping(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+        """SHA-256 of the canonical JSON of the configuration: decisions record it for the audit.
+
+        A key added after the first release is left out while it holds its default, so a configuration written
+        before the key existed hashes as it always did and old decisions still audit against it."""
+        defaults = _defaults()
+        hashed = {
+            key: value
+            for key, value in self.to_mapping().items()
+            if key in FIRST_RELEASE_KEYS or value != defaults[key]
+        }
+        text = json.dumps(hashed, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def replace(self, **changes: Any) -> AllocatorConfig:
         return AllocatorConfig.from_mapping({**self.to_mapping(), **changes})
+
+
+# The keys of the first release. Every later key must keep this hash stable: see `config_hash`.
+FIRST_RELEASE_KEYS = frozenset(
+    {
+        "config_version", "position_cap", "market_cap", "group_cap", "group_caps", "kill_switch_drawdown",
+        "failure_rate_limit", "failure_window", "failure_min_samples", "solver_timeout_trigger",
+        "solver_timeout_window", "solver_recovery_solves", "min_window_s", "cycle_interval_s",
+        "opportunity_window_s", "initial_cash", "max_pending", "fill_timeout_s", "cvar_alpha", "cvar_limit",
+        "scenario_count", "within_key_correlation", "common_correlation", "tail_dof", "solver_time_limit_ms",
+        "mip_rel_gap", "agents",
+    }
+)  # fmt: skip
+
+
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    return AllocatorConfig().to_mapping()
 
 
 def _coerce(key: str, spec: dataclasses.Field[Any], value: Any) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from book.config import AllocatorConfig, ConfigError
@@ -52,3 +54,12 @@ def test_the_operations_guide_names_every_configuration_key() -> None:
     guide = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text(encoding="utf-8")
     missing = [f.name for f in fields(AllocatorConfig) if f"`{f.name}`" not in guide]
     assert not missing, f"docs/operations.md does not mention {missing}"
+
+
+def test_the_hash_of_a_first_release_configuration_never_changes() -> None:
+    """Decisions record the hash; keys added later must not change the hash of a configuration that predates
+    them (the golden log's decisions audit against it)."""
+    from book.config import FIRST_RELEASE_KEYS
+
+    assert AllocatorConfig().config_hash == "607540db3e91a9f69234783d877fcb59d72a50716824b5f0d999df0ac5a858dc"
+    assert {f.name for f in dataclasses.fields(AllocatorConfig)} >= FIRST_RELEASE_KEYS
