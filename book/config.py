@@ -41,6 +41,8 @@ class AllocatorConfig:
     # rules.md §3: cycles and lifetimes
     cycle_interval_s: float = 1.0
     opportunity_window_s: float = 300.0
+    # rules.md §2: how far a proposal's created_at may run ahead of the log time it was received
+    max_clock_skew_s: float = 5.0
     # The book: its starting cash, when a cycle runs early, and how long capital stays reserved for a fill
     initial_cash: float = 100_000.0
     max_pending: int = 1_000
@@ -76,6 +78,10 @@ class AllocatorConfig:
             raise ConfigError("min_window_s: must not exceed opportunity_window_s")
         if self.common_correlation > self.within_key_correlation:
             raise ConfigError("common_correlation: must not exceed within_key_correlation")
+
+    @property
+    def max_clock_skew_ms(self) -> float:
+        return self.max_clock_skew_s * 1000.0
 
     def governor_limits(self) -> GovernorLimits:
         """The one mapping from the configuration to the limits the governors enforce (seconds become ms)."""
@@ -221,6 +227,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "min_window_s": (0.0, 30 * _DAY_S, True),
     "cycle_interval_s": (0.001, _DAY_S, False),
     "opportunity_window_s": (0.0, 30 * _DAY_S, True),
+    "max_clock_skew_s": (0.0, _DAY_S, False),
     "initial_cash": (0.0, MAX_AMOUNT, True),
     "max_pending": (1, MAX_PENDING, False),
     "fill_timeout_s": (0.0, 30 * _DAY_S, True),

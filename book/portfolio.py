@@ -151,6 +151,7 @@ class PortfolioState:
     marks: dict[str, float] = field(default_factory=dict)  # YES price per market
     reservations: dict[tuple[str, str], Reservation] = field(default_factory=dict)
     pending: dict[str, Proposal] = field(default_factory=dict)  # received, undecided, in arrival order
+    received: dict[str, int] = field(default_factory=dict)  # pending proposal id -> log time it was received
     conflicts: dict[str, Proposal] = field(default_factory=dict)  # an id re-sent with other content: DUPLICATE
     seen: dict[str, Hashable] = field(default_factory=dict)  # proposal id -> content hash, for duplicates
     keys: dict[str, str] = field(default_factory=dict)  # proposal id -> correlation key of funded proposals
@@ -293,6 +294,7 @@ class PortfolioState:
         repeat = classify_repeat(self.seen, pid, _content_hash(proposal))
         if repeat is Repeat.NEW:
             self.pending[pid] = proposal
+            self.received[pid] = self.last_time
         elif repeat is Repeat.CONFLICT:
             self.conflicts.setdefault(pid, proposal)
 
@@ -312,6 +314,7 @@ class PortfolioState:
                     )
                 continue
             proposal = self.pending.pop(a.proposal_id, None)
+            self.received.pop(a.proposal_id, None)
             if a.size > 0 and a.side is not None:
                 key = proposal.correlation_key if proposal is not None else a.market_id
                 self.keys[a.proposal_id] = key

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -95,3 +96,16 @@ def format_versions_table(rows: Iterable[VersionRow] | None = None) -> str:
     for row in version_rows() if rows is None else rows:
         lines.append(f"{row.record:<18} {row.version:>7}  {row.fingerprint:<26} {'yes' if row.current else 'no'}")
     return "\n".join(lines) + "\n"
+
+
+def single_object_version(data: bytes, versions_dir: Path | str = VERSIONS_DIR) -> tuple[str, int] | None:
+    """The record and version that wrote single-object encoded bytes (None: another encoding or an unknown
+    fingerprint). Lets a reader apply the rules in force when an old record was written."""
+    if len(data) < 10 or data[:2] != b"\xc3\x01":
+        return None
+    return _by_fingerprint(str(versions_dir)).get(bytes(data[2:10]))
+
+
+@functools.cache
+def _by_fingerprint(versions_dir: str) -> dict[bytes, tuple[str, int]]:
+    return {v.fingerprint: (record, v.version) for record, vs in all_versions(versions_dir).items() for v in vs}

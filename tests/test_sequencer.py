@@ -57,3 +57,66 @@ def test_a_pending_proposal_whose_market_resolved_expires_in_the_next_decision()
     assert decision["gone"].status is AllocationStatus.EXPIRED
     assert decision["gone"].reasons[0].detail == "market 'm-gone' has resolved"
     assert decision["live"].status is AllocationStatus.FUNDED
+
+
+# --- log time (rules.md §1.5): the log's clock, never a writer's ------------------------------------------
+
+
+def _proposal(pid: str, created_at: int, urgency: float = 0.01) -> Proposal:
+    return Proposal(
+        pid, "a", "s", f"m-{pid}", Side.BUY, 0.5, 0.04, 0.9, 500.0, 100.0, 0.1, urgency, f"k-{pid}", created_at
+    )
+
+
+def test_an_undecodable_record_never_moves_the_clock() -> None:
+    state = BookState.new(AllocatorConfig())
+    ten_years = 10 * 365 * 86_400_000
+    fold_batch(
+        state,
+        [
+            Record(topics.proposals, 0, 0, None, codec.encode(_proposal("p", T)), T),
+            Record(topics.proposals, 0, 1, None, b"\xc3\x01 garbage", T + ten_years),
+        ],
+        codec,
+        topics,
+    )
+    assert state.portfolio.last_time == T
+
+
+def test_a_proposal_dated_ahead_of_log_time_is_rejected_and_moves_nothing() -> None:
+    config = AllocatorConfig(scenario_count=200)
+    ten_years = 10 * 365 * 86_400_000
+    state = BookState.new(config)
+    records = [
+        Record(topics.proposals, 0, 0, None, codec.encode(_proposal("future", T + ten_years)), T),
+        Record(topics.proposals, 0, 1, None, codec.encode(_proposal("skewed", T + 5_001)), T),
+        Record(topics.proposals, 0, 2, None, codec.encode(_proposal("within", T + 5_000)), T),
+        Record(topics.proposals, 0, 3, None, codec.encode(_proposal("honest", T)), T),
+    ]
+    fold_batch(state, records, codec, topics)
+    assert state.portfolio.last_time == T
+    decision = {a.proposal_id: a for a in run_cycle(build_request(state, topics, "book", {})).decision.allocations}
+    for pid in ("future", "skewed"):
+        assert decision[pid].status is AllocationStatus.REJECTED
+        assert decision[pid].reasons[0].detail is not None and decision[pid].reasons[0].detail.startswith("created_at")
+    assert decision["within"].status is AllocationStatus.FUNDED
+    assert decision["honest"].status is AllocationStatus.FUNDED
+
+
+def test_a_proposal_lives_from_the_log_time_it_was_received_not_from_its_created_at() -> None:
+    config = AllocatorConfig(scenario_count=200)
+    state = BookState.new(config)
+    # Created long ago by the writer's clock, received now: its 100 s lifetime counts from now.
+    late = _proposal("late", T - 3_600_000, urgency=0.01)
+    fold_batch(state, [Record(topics.proposals, 0, 0, None, codec.encode(late), T)], codec, topics)
+    mark = PnlMark("other", 0.5, T + 100_000)
+    fold_batch(state, [Record(topics.pnl, 0, 0, None, codec.encode(mark), T + 100_000)], codec, topics)
+    decision = run_cycle(build_request(state, topics, "book", {})).decision
+    assert [a.status for a in decision.allocations] == [AllocationStatus.FUNDED]
+    later = PnlMark("other", 0.5, T + 100_001)
+    state2 = BookState.new(config)
+    fold_batch(state2, [Record(topics.proposals, 0, 0, None, codec.encode(late), T)], codec, topics)
+    fold_batch(state2, [Record(topics.pnl, 0, 0, None, codec.encode(later), T + 100_001)], codec, topics)
+    assert [a.status for a in run_cycle(build_request(state2, topics, "book", {})).decision.allocations] == [
+        AllocationStatus.EXPIRED
+    ]

@@ -13,7 +13,14 @@ from allocator.engine import scenarios as risk
 from allocator.engine.netting import net_opposites
 from allocator.engine.problem import AllocationProblem, Solution, cvar, portfolio_losses, tail_count, tail_mean
 from allocator.engine.request import CycleRequest
-from allocator.engine.validation import InvalidProposal, Submitted, is_expired, lifetime_ms, priority
+from allocator.engine.validation import (
+    InvalidProposal,
+    Submitted,
+    ahead_of_log_time,
+    is_expired,
+    lifetime_ms,
+    priority,
+)
 from allocator.engine.verify import verify_decision
 from book.config import AllocatorConfig
 from schemas.events import (
@@ -236,10 +243,14 @@ def _screen(request: CycleRequest, entries: Sequence[_Entry]) -> list[_Entry]:
                     f"scenarios.returns[{s.proposal_id!r}]: needs {request.scenarios.count} returns",
                 ),
             )
+        elif (
+            skew := ahead_of_log_time(s, request.received_at.get(s.proposal_id), config.max_clock_skew_ms)
+        ) is not None:
+            e.finish(AllocationStatus.REJECTED, skew)
         elif s.market_id in request.resolved_markets:
             e.finish(AllocationStatus.EXPIRED, _reason(ReasonCode.EXPIRED, f"market {s.market_id!r} has resolved"))
-        elif is_expired(s, request.as_of, request.window_ms):
-            age = request.as_of - s.created_at
+        elif is_expired(s, request.as_of, request.window_ms, request.received_at.get(s.proposal_id)):
+            age = request.as_of - request.received_at.get(s.proposal_id, s.created_at)
             e.finish(
                 AllocationStatus.EXPIRED,
                 _reason(ReasonCode.EXPIRED, f"age {age} ms > lifetime {lifetime_ms(s, request.window_ms):.0f} ms"),

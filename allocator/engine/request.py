@@ -4,7 +4,7 @@ configuration in force, and scenarios when the caller supplies them."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from allocator.engine.validation import Submitted
 from book.config import AllocatorConfig
@@ -38,4 +38,7 @@ class CycleRequest:
     governor_reason: str | None = None
     inputs: tuple[InputPosition, ...] = ()
     scenarios: SuppliedScenarios | None = None
-    resolved_markets: frozenset[str] = frozenset()  # markets the log says have resolved: nothing left to trade
+    resolved_markets: frozenset[str] = frozenset()
+    received_at: Mapping[str, int] = field(
+        default_factory=dict
+    )  # proposal id -> log time received (rules.md §1.5)  # markets the log says have resolved: nothing left to trade

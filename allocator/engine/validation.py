@@ -174,13 +174,25 @@ def validate(proposal: Proposal) -> Submitted:
 
 
 def lifetime_ms(proposal: Proposal, opportunity_window_ms: int) -> float:
-    """How long a proposal stays valid after created_at: min(1/urgency, opportunity window) (rules.md §3)."""
+    """How long a proposal stays valid after the log received it: min(1/urgency, opportunity window)
+    (rules.md §3.1)."""
     return min(1000.0 / proposal.urgency, float(opportunity_window_ms))
 
 
-def is_expired(proposal: Proposal, as_of_ms: int, opportunity_window_ms: int) -> bool:
-    """Expired once its age exceeds its lifetime (age equal to the lifetime is still pending)."""
-    return as_of_ms - proposal.created_at > lifetime_ms(proposal, opportunity_window_ms)
+def is_expired(proposal: Proposal, as_of_ms: int, opportunity_window_ms: int, received_ms: int | None = None) -> bool:
+    """Expired once its age exceeds its lifetime (age equal to the lifetime is still pending). The age counts from
+    the log time the proposal was received (rules.md §1.5); without a log (a snapshot file), from created_at."""
+    since = proposal.created_at if received_ms is None else received_ms
+    return as_of_ms - since > lifetime_ms(proposal, opportunity_window_ms)
+
+
+def ahead_of_log_time(proposal: Proposal, received_ms: int | None, max_skew_ms: float) -> Reason | None:
+    """A proposal whose created_at is more than the allowed skew after the log time it was received: its writer's
+    clock is wrong or lying (rules.md §2)."""
+    if received_ms is None or proposal.created_at - received_ms <= max_skew_ms:
+        return None
+    ahead = proposal.created_at - received_ms
+    return _problem("created_at", f"{ahead} ms after the log time it was received (at most {max_skew_ms:.0f} ms)")
 
 
 def priority(proposal: Proposal) -> float:

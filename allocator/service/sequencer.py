@@ -25,6 +25,7 @@ from schemas.events import (
     InputPosition,
     Proposal,
 )
+from schemas.versions import single_object_version
 
 
 @dataclass
@@ -70,8 +71,18 @@ def decode(record: Record, codec: EventCodec, topics: Topics) -> Event | DeadLet
     return event
 
 
-def fold_batch(state: BookState, records: Sequence[Record], codec: EventCodec, topics: Topics) -> Folded:
-    """Fold one batch of input records (any order: they are put in the canonical one first)."""
+# Upcaster of a rule, not of a record: decisions written with Decision version 1 were made while an undecodable
+# input still moved the book's clock. Replaying their batches the same way keeps those logs auditable.
+DEAD_LETTERS_MOVED_THE_CLOCK = frozenset({("Decision", 1)})
+
+
+def fold_batch(
+    state: BookState, records: Sequence[Record], codec: EventCodec, topics: Topics, *, legacy_clock: bool = False
+) -> Folded:
+    """Fold one batch of input records (any order: they are put in the canonical one first).
+
+    A dead letter never moves the book's clock (rules.md §1.5), except with `legacy_clock`, for the batch of a
+    decision written before that rule (see DEAD_LETTERS_MOVED_THE_CLOCK)."""
     changes: list[tuple[GovernorChange, int, str]] = []
     dead: list[DeadLetter] = []
     book = state.portfolio
@@ -85,12 +96,14 @@ def fold_batch(state: BookState, records: Sequence[Record], codec: EventCodec, t
             end = record.next_offset
             if end > ends.get(where, 0):
                 ends[where] = end
-            if record.timestamp_ms > book.last_time:
-                book.last_time = record.timestamp_ms
             event = decode(record, codec, topics)
             if isinstance(event, DeadLetter):
                 dead.append(event)
+                if legacy_clock and record.timestamp_ms > book.last_time:
+                    book.last_time = record.timestamp_ms
                 continue
+            if record.timestamp_ms > book.last_time:
+                book.last_time = record.timestamp_ms
             caused = book.apply(event)
             if caused:
                 source = f"{record.topic}/{record.partition}/{record.offset}"
@@ -140,6 +153,7 @@ def build_request(
             for tp, offset in sorted(inputs.items(), key=lambda kv: (kv[0].topic, kv[0].partition))
         ),
         resolved_markets=frozenset(book.resolved),
+        received_at={p.proposal_id: book.received[p.proposal_id] for p in pending if p.proposal_id in book.received},
     )
 
 
@@ -236,7 +250,7 @@ def replay_decisions(
         by_partition.setdefault(r.topic_partition, []).append(r)
     cursor = dict.fromkeys(by_partition, 0)
     seen: dict[int, Decision] = {}
-    for _, d in recorded:
+    for decision_record, d in recorded:
         if d.cycle in seen:
             if on_duplicate is not None:
                 on_duplicate(seen[d.cycle], d)
@@ -250,7 +264,8 @@ def replay_decisions(
                 batch.append(rows[i])
                 i += 1
             cursor[tp] = i
-        fold_batch(state, batch, codec, topics)
+        written = single_object_version(decision_record.value or b"")
+        fold_batch(state, batch, codec, topics, legacy_clock=written in DEAD_LETTERS_MOVED_THE_CLOCK)
         prepare_cycle(state)
         folded = on_decision(state, d)
         seen[d.cycle] = folded
