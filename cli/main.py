@@ -263,7 +263,12 @@ def _cmd_init(args: argparse.Namespace) -> int:
         # One topic per call: each one's outcome is printed, and one failure does not stop the others.
         for name, partitions in wanted.items():
             try:
-                created = log.create_topics([name], partitions, replication_factor=args.replication_factor)
+                created = log.create_topics(
+                    [name],
+                    partitions,
+                    replication_factor=args.replication_factor,
+                    log_append_time=name in topics.inputs,  # the book's clock is the log's (rules.md §1.5)
+                )
             except (LogError, ValueError) as exc:
                 failed += 1
                 print(f"failed  {name}: {exc}", file=sys.stderr)

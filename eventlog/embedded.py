@@ -72,6 +72,13 @@ topics_table = Table(
     Column("partitions", Integer, nullable=False),
 )
 
+# Topics whose records carry the log's own append time (a table of its own, so files written before it still open).
+append_time_table = Table(
+    "log_append_time_topics",
+    metadata,
+    Column("name", String, primary_key=True),
+)
+
 group_offsets_table = Table(
     "group_offsets",
     metadata,
@@ -130,6 +137,7 @@ class EmbeddedEventLog:
         self._install_sqlite_hooks(busy_timeout_s)
         self._txn = Transactions(f"embedded log {self.path}")
         self._partition_counts: dict[str, int] = {}
+        self._append_time: dict[str, bool] = {}
         self._assignment: list[TopicPartition] = []
         self._positions: dict[TopicPartition, int] = {}
         self._next_first = 0
@@ -213,7 +221,12 @@ class EmbeddedEventLog:
     # --- topics -------------------------------------------------------------------------------------------
 
     def create_topics(
-        self, names: Iterable[str], partitions: int = 1, *, replication_factor: int | None = None
+        self,
+        names: Iterable[str],
+        partitions: int | None = 1,
+        *,
+        replication_factor: int | None = None,
+        log_append_time: bool = False,
     ) -> dict[str, bool]:
         self._txn.check_open("create_topics")
         wanted = [check_topic_name(name) for name in names]
@@ -226,11 +239,13 @@ class EmbeddedEventLog:
                     select(topics_table.c.partitions).where(topics_table.c.name == name)
                 ).scalar_one_or_none()
                 if existing is None:
-                    conn.execute(insert(topics_table).values(name=name, partitions=partitions))
-                elif existing != partitions:
+                    conn.execute(insert(topics_table).values(name=name, partitions=partitions or 1))
+                    if log_append_time:
+                        conn.execute(insert(append_time_table).values(name=name))
+                elif partitions is not None and existing != partitions:
                     raise LogError(f"topic {name!r} already exists with {existing} partitions, not {partitions}")
                 created[name] = existing is None
-                self._partition_counts[name] = partitions
+                self._partition_counts[name] = existing if existing is not None else partitions or 1
         return created
 
     # --- reading ------------------------------------------------------------------------------------------
@@ -367,8 +382,17 @@ class EmbeddedEventLog:
             partition = zlib.crc32(key) % count if key is not None else 0
         elif not 0 <= partition < count:
             raise ValueError(f"partition {partition} does not exist: topic {topic!r} has partitions 0..{count - 1}")
-        stamp = timestamp_ms if timestamp_ms is not None else self._clock()
+        stamp = timestamp_ms if timestamp_ms is not None and not self._appends_time(topic) else self._clock()
         self._pending.append(_Pending(topic, partition, key, value, stamp))
+
+    def _appends_time(self, topic: str) -> bool:
+        """Whether the topic stamps records with the log's own time (looked up once per topic)."""
+        known = self._append_time.get(topic)
+        if known is None:
+            with self._db(f"look up topic {topic!r}"), self._read() as conn:
+                row = conn.execute(select(append_time_table.c.name).where(append_time_table.c.name == topic)).first()
+            known = self._append_time[topic] = row is not None
+        return known
 
     def _append(self, conn: Connection, pending: list[_Pending]) -> None:
         next_offsets: dict[tuple[str, int], int] = {}

@@ -289,7 +289,12 @@ class KafkaEventLog:
     # --- topics -------------------------------------------------------------------------------------------
 
     def create_topics(
-        self, names: Iterable[str], partitions: int = 1, *, replication_factor: int | None = None
+        self,
+        names: Iterable[str],
+        partitions: int | None = 1,
+        *,
+        replication_factor: int | None = None,
+        log_append_time: bool = False,
     ) -> dict[str, bool]:
         self._txn.check_open("create_topics")
         wanted = [check_topic_name(name) for name in names]
@@ -300,11 +305,12 @@ class KafkaEventLog:
         admin = self._admin_client()
         # Replication factor -1 is the broker's default, so one local broker and a production cluster both work.
         replicas = -1 if replication_factor is None else replication_factor
+        config = {**TOPIC_CONFIG, "message.timestamp.type": "LogAppendTime"} if log_append_time else TOPIC_CONFIG
         futures = self._call(
             "create topics",
             lambda: admin.create_topics(
                 [
-                    NewTopic(name, num_partitions=partitions, replication_factor=replicas, config=TOPIC_CONFIG)
+                    NewTopic(name, num_partitions=partitions or 1, replication_factor=replicas, config=config)
                     for name in wanted
                 ],
                 operation_timeout=self._timeout_s,
@@ -326,7 +332,7 @@ class KafkaEventLog:
                 time.sleep(0.05)
             if count is None:
                 raise LogError(f"topic {name!r} was created but its metadata did not appear in {self._timeout_s}s")
-            if count != partitions:
+            if partitions is not None and count != partitions:
                 raise LogError(f"topic {name!r} already exists with {count} partitions, not {partitions}")
         return created
 

@@ -157,13 +157,20 @@ class EventLog(Protocol):
     # --- topics -------------------------------------------------------------------------------------------
 
     def create_topics(
-        self, names: Iterable[str], partitions: int = 1, *, replication_factor: int | None = None
+        self,
+        names: Iterable[str],
+        partitions: int | None = 1,
+        *,
+        replication_factor: int | None = None,
+        log_append_time: bool = False,
     ) -> dict[str, bool]:
         """Creates the topics that do not exist yet, each with `partitions` partitions, and says for each name
         whether this call created it (True) or found it (False). A topic that exists with another partition count
         raises LogError: the partition count decides where keys land, so it is never changed behind the caller's
-        back. `replication_factor` is the copies Kafka keeps of each partition (None: the broker's default); the
-        embedded log keeps one copy in its file whatever is asked."""
+        back. `partitions=None` takes any existing topic as it is and creates a missing one with 1 partition.
+        `replication_factor` is the copies Kafka keeps of each partition (None: the broker's default); the
+        embedded log keeps one copy in its file whatever is asked. With `log_append_time`, a new topic stamps each
+        record with the log's own time when it is appended (Kafka's LogAppendTime), never the writer's."""
         ...
 
     # --- reading ------------------------------------------------------------------------------------------
@@ -270,7 +277,9 @@ def check_topic_name(name: str) -> str:
     return name
 
 
-def check_partitions(partitions: int) -> int:
+def check_partitions(partitions: int | None) -> int | None:
+    if partitions is None:
+        return None
     if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
         raise ValueError(f"partitions must be a positive integer, got {partitions!r}")
     return partitions

@@ -165,8 +165,10 @@ def run_session(
     )
     try:
         client = BookClient(producer, codec, topics)
+        # The simulation drives log time through its writers' timestamps (simulated hours in seconds).
         service = AllocatorService(log, reader, codec, BOOK, config, topics, say=lambda _: None,
-                                   decide=_record(stats, lambda: current["step"], decide))  # fmt: skip
+                                   decide=_record(stats, lambda: current["step"], decide),
+                                   log_append_time=False)  # fmt: skip
         service.start()
         executor = Executor(world, inputs.executor, inputs.seed, client, DecisionFeed(feed_log, codec, topics))
         commands: dict[int, list[OperatorAction]] = {}

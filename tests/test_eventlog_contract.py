@@ -548,3 +548,33 @@ def test_embedded_writers_in_several_processes_share_one_file(tmp_path: Path) ->
     # A transaction's two records are adjacent: commits are atomic even with another process writing.
     for first, second in zip(got[::2], got[1::2], strict=True):
         assert (first.value or b"")[:-1] == (second.value or b"")[:-1]
+
+
+def test_a_log_append_time_topic_stamps_records_with_the_logs_time_not_the_writers(backend: Backend) -> None:
+    """rules.md §1.5: on such a topic a writer cannot move the book's clock by dating its record."""
+    stamped, written = backend.fresh_topic_name("appended"), backend.fresh_topic_name("written")
+    admin = backend.open_log()
+    assert admin.create_topics([stamped], log_append_time=True) == {stamped: True}
+    admin.create_topics([written])
+    # 20 minutes ahead: Kafka itself refuses writer timestamps an hour or more in the future.
+    ahead = wall_clock_ms() + 20 * 60_000
+    before = wall_clock_ms()
+    admin.produce(stamped, b"dated", timestamp_ms=ahead)
+    admin.produce(written, b"dated", timestamp_ms=ahead)
+    admin.flush()
+    reader = backend.open_log()
+    reader.assign([stamped, written])
+    by_topic = {r.topic: r for r in take(reader, 2)}
+    assert before - 60_000 <= by_topic[stamped].timestamp_ms < ahead - 60_000
+    assert by_topic[written].timestamp_ms == ahead
+
+
+def test_create_topics_without_a_partition_count_takes_existing_topics_as_they_are(backend: Backend) -> None:
+    three = backend.make_topic("three", partitions=3)
+    fresh = backend.fresh_topic_name("fresh")
+    log = backend.open_log()
+    assert log.create_topics([three, fresh], None) == {three: False, fresh: True}
+    log.assign([three, fresh])
+    assert sorted((tp.topic, tp.partition) for tp in log.assignment()) == sorted(
+        [(three, 0), (three, 1), (three, 2), (fresh, 0)]
+    )

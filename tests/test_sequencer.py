@@ -98,7 +98,7 @@ def test_a_proposal_dated_ahead_of_log_time_is_rejected_and_moves_nothing() -> N
     decision = {a.proposal_id: a for a in run_cycle(build_request(state, topics, "book", {})).decision.allocations}
     for pid in ("future", "skewed"):
         assert decision[pid].status is AllocationStatus.REJECTED
-        assert decision[pid].reasons[0].detail is not None and decision[pid].reasons[0].detail.startswith("created_at")
+        assert str(decision[pid].reasons[0].detail).startswith("created_at")
     assert decision["within"].status is AllocationStatus.FUNDED
     assert decision["honest"].status is AllocationStatus.FUNDED
 

@@ -244,3 +244,14 @@ def test_one_book_has_one_spelling(tmp_path: Path) -> None:
     from cli.main import main
 
     assert main(["serve", "--book", "ma in", "--log", str(tmp_path / "log.sqlite"), "--max-cycles", "1"]) == 2
+
+
+def test_serve_uses_the_topics_init_made_whatever_their_partition_count(tmp_path: Path) -> None:
+    from cli.main import main
+
+    log = str(tmp_path / "book.sqlite")
+    assert main(["init", "--log", log, "--partitions", "3"]) == 0
+    assert main(["serve", "--book", "main", "--log", log, "--max-cycles", "1", "--duration", "3"]) == 0
+    with EmbeddedEventLog(log) as reader:
+        reader.assign([Topics("allocator").proposals])
+        assert len(reader.assignment()) == 3

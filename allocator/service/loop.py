@@ -71,8 +71,11 @@ class AllocatorService:
         say: Say = print,
         clock: Callable[[], float] = time.monotonic,
         decide: Decide = run_cycle,
+        log_append_time: bool = True,
     ) -> None:
-        """`decide` is the cycle: the allocator's own, unless a caller (the demo's naive baseline) swaps it."""
+        """`decide` is the cycle: the allocator's own, unless a caller (the demo's naive baseline) swaps it.
+        Input topics the service has to create stamp records with the log's append time; a simulation that
+        drives log time through its writers' timestamps passes `log_append_time=False` (rules.md §1.5)."""
         self.log = log
         self.reader = reader
         self.codec = codec
@@ -82,13 +85,16 @@ class AllocatorService:
         self.say = say
         self.clock = clock
         self.decide = decide
+        self.log_append_time = log_append_time
         self.state = BookState.new(config)
         self.buffer: list[Record] = []
         self.pending_proposals = 0
 
     def start(self) -> None:
         """Fence older instances, then rebuild the state from the log before deciding anything."""
-        self.log.create_topics([*self.topics.inputs, *self.topics.outputs])
+        # Topics that exist are used as they are, whatever their partition count; missing ones are created.
+        self.log.create_topics(list(self.topics.inputs), None, log_append_time=self.log_append_time)
+        self.log.create_topics(list(self.topics.outputs), None)
         self.log.init_transactions(transactional_id_of(self.topics, self.book_id))
         self.state = rebuild(self.reader, self.codec, self.topics, self.config, self.say)
         self.log.assign(list(self.topics.inputs))

@@ -364,7 +364,9 @@ def run(path: Path, config: AllocatorConfig, seed: int, say: Callable[[str], Non
         opened(path, clock, group_of(TOPICS, BOOK)) as log,
         opened(path, clock) as reader,
     ):
-        service = AllocatorService(log, reader, codec, BOOK, config, TOPICS, say=say, decide=timing_free)
+        service = AllocatorService(
+            log, reader, codec, BOOK, config, TOPICS, say=say, decide=timing_free, log_append_time=False
+        )
         service.start()
         with opened(path, clock) as feed_log:
             feed = DecisionFeed(feed_log, codec, TOPICS)
