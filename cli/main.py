@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from allocator.service.backends import LogSettings
     from book.config import AllocatorConfig
+    from cli.observe import LogLine, MetricsServer
     from schemas.codec import EventCodec
 
 EXIT_OK = 0
@@ -68,8 +71,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import time
 
     from allocator.service.loop import AllocatorService, group_of
-    from eventlog.port import FencedError, LogError, Topics, normalise_book_id
+    from allocator.service.metrics import ServiceMetrics
+    from allocator.service.sequencer import BookState
+    from eventlog.port import EventLog, FencedError, LogError, TopicPartition, Topics, normalise_book_id
     from schemas.codec import make_codec
+    from schemas.events import Decision
 
     config = _load_config(args, "serve")
     if config is None:
@@ -84,6 +90,33 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     def request_stop(signum: int, _frame: object) -> None:
         stop["now"] = True
 
+    holder: dict[str, AllocatorService] = {}
+    say = _log_line(args, args.book, lambda: holder["service"].state.cycle if "service" in holder else None)
+
+    class LoggedMetrics(ServiceMetrics):
+        """The metrics hook also hands the cycle's facts to the next log line (the cycle's summary)."""
+
+        def on_cycle(
+            self,
+            state: BookState,
+            decision: Decision,
+            inputs: int,
+            dead_letters: int,
+            seconds: float,
+            log: EventLog,
+            positions: Mapping[TopicPartition, int],
+        ) -> None:
+            super().on_cycle(state, decision, inputs, dead_letters, seconds, log, positions)
+            say.expect("cycle", {
+                "decision_id": decision.decision_id, "inputs": inputs, "decided": len(decision.allocations),
+                "funded": sum(1 for a in decision.allocations if a.size > 0), "solver_path": decision.solver_path.value,
+                "solve_ms": decision.solve_ms, "governor_state": decision.governor_state.value,
+                "equity": decision.equity, "available": decision.available, "dead_letters": dead_letters,
+                "duration_s": round(seconds, 6),
+            })  # fmt: skip
+
+    metrics = LoggedMetrics(args.book)
+    server = _metrics_server(args, metrics.registry, metrics.ready)
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     deadline = time.monotonic() + args.duration if args.duration else None
@@ -91,9 +124,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     reader = settings.open()
     service = AllocatorService(
         log, reader, make_codec(args.schema_registry), args.book, config, Topics(args.topic_prefix),
-        say=lambda line: print(line, flush=True),
+        say=say, metrics=metrics,
     )  # fmt: skip
-    print(f"allocator serve: book {args.book} on {settings.describe()}", flush=True)
+    holder["service"] = service
+    say.info(f"allocator serve: book {args.book} on {settings.describe()}"
+             + (f"; metrics on port {server.port}" if server else ""), event="start")  # fmt: skip
     try:
         service.start()
         published = service.run(
@@ -104,15 +139,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             )
         )
     except FencedError as exc:
-        print(f"allocator serve: another instance took over book {args.book}; stopping ({exc})", file=sys.stderr)
+        metrics.on_fenced()
+        say.error(f"allocator serve: another instance took over book {args.book}; stopping ({exc})", event="fenced")
         return 3
     except LogError as exc:
-        print(f"allocator serve: the log failed: {exc}", file=sys.stderr)
+        say.error(f"allocator serve: the log failed: {exc}", event="log_failed")
         return EXIT_FAILURE
     finally:
         reader.close()
         log.close()
-    print(f"allocator serve: stopped after {published} decisions (cycle {service.state.cycle})", flush=True)
+        if server is not None:
+            server.close()
+    say.info(f"allocator serve: stopped after {published} decisions (cycle {service.state.cycle})", event="stop",
+             decisions=published)  # fmt: skip
     return EXIT_OK
 
 
@@ -169,27 +208,37 @@ def _cmd_project(args: argparse.Namespace) -> int:
     import signal
 
     from projections.database import DEFAULT_EMBEDDED_DATABASE, engine_for
+    from projections.metrics import ProjectorMetrics
     from projections.migrate import upgrade
     from projections.projector import Projector, StaleProjectorError
 
     settings, topic_names, codec = _projector_setup(args)
+    say = _log_line(args, None)
     url = _projection_url(args.database or os.environ.get("DATABASE_URL") or DEFAULT_EMBEDDED_DATABASE, settings)
+    metrics = ProjectorMetrics()
+    server = _metrics_server(args, metrics.registry, metrics.ready)
     upgrade(url, schema=args.schema)
     engine = engine_for(url, args.schema)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
-    with settings.open() as log:
-        projector = Projector(log, engine, codec, topic_names, say=lambda line: print(line, flush=True))
-        projector.start()
-        print(f"allocator project: {settings.describe()} -> {engine.url.render_as_string()}", flush=True)
-        ends = log.end_offsets(topic_names) if args.once else None
-        try:
-            stats = projector.run(lambda: stop["now"] or (ends is not None and projector.caught_up(ends)))
-        except StaleProjectorError as exc:
-            print(f"allocator project: {exc}", file=sys.stderr)
-            return 3
-    print(f"allocator project: stopped after {stats.records} events in {stats.batches} batches", flush=True)
+    try:
+        with settings.open() as log:
+            projector = Projector(log, engine, codec, topic_names, say=say, metrics=metrics)
+            projector.start()
+            say.info(f"allocator project: {settings.describe()} -> {engine.url.render_as_string()}"
+                     + (f"; metrics on port {server.port}" if server else ""), event="start")  # fmt: skip
+            ends = log.end_offsets(topic_names) if args.once else None
+            try:
+                stats = projector.run(lambda: stop["now"] or (ends is not None and projector.caught_up(ends)))
+            except StaleProjectorError as exc:
+                say.error(f"allocator project: {exc}", event="stale")
+                return 3
+    finally:
+        if server is not None:
+            server.close()
+    say.info(f"allocator project: stopped after {stats.records} events in {stats.batches} batches", event="stop",
+             records=stats.records, batches=stats.batches)  # fmt: skip
     return EXIT_OK
 
 
@@ -365,6 +414,26 @@ def _load_config(args: argparse.Namespace, command: str) -> AllocatorConfig | No
         return None
 
 
+def _log_line(args: argparse.Namespace, book: str | None, cycle: Callable[[], int | None] = lambda: None) -> LogLine:
+    from cli.observe import LogLine
+
+    return LogLine(args.log_format, book=book, cycle=cycle)
+
+
+def _metrics_server(
+    args: argparse.Namespace, registry: CollectorRegistry, ready: Callable[[], bool]
+) -> MetricsServer | None:
+    """The /metrics, /healthz and /readyz server on --metrics-port, or None when the flag is absent."""
+    if args.metrics_port is None:
+        return None
+    from cli.observe import MetricsServer
+
+    try:
+        return MetricsServer(registry, ready, args.metrics_port, args.metrics_host).start()
+    except OSError as exc:
+        raise UsageError(f"--metrics-port {args.metrics_port}: cannot listen on it ({exc.strerror or exc})") from exc
+
+
 def _log_settings(args: argparse.Namespace) -> LogSettings:
     from allocator.service.backends import LogSettings
 
@@ -407,11 +476,27 @@ def _log_options(parser: argparse.ArgumentParser, *, registry: bool = True) -> N
         parser.add_argument("--schema-registry", help="schema registry URL (default: single-object encoding)")
 
 
+def _observe_options(parser: argparse.ArgumentParser) -> None:
+    """The metrics endpoint and the log format of a long-running command (serve, project)."""
+    parser.add_argument(
+        "--metrics-port", type=int, help="serve /metrics, /healthz and /readyz on this port (default: off; 0: any)"
+    )
+    parser.add_argument("--metrics-host", default="0.0.0.0", help="address the metrics port binds (default 0.0.0.0)")
+    parser.add_argument(
+        "--log-format", choices=["human", "json"], default=argparse.SUPPRESS,
+        help="human lines (default) or one JSON object per line for log shippers",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="allocator",
         description="Central capital allocator with non-negotiable risk governors.",
     )
+    parser.add_argument(
+        "--log-format", choices=["human", "json"], default="human",
+        help="human lines (default) or one JSON object per line (time, level, book, cycle, event, fields)",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -442,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="JSON file of configuration keys (default: the defaults of docs/rules.md)")
     serve.add_argument("--max-cycles", type=int, help="stop after this cycle number")
     serve.add_argument("--duration", type=float, help="stop after this many seconds")
+    _observe_options(serve)
     serve.set_defaults(handler=_cmd_serve)
 
     audit = sub.add_parser(
@@ -473,6 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--batch-size", type=int, default=5_000, help="events per database transaction")
         else:
             p.add_argument("--once", action="store_true", help="stop when caught up with the log's end (no tailing)")
+            _observe_options(p)
         p.set_defaults(handler=_cmd_project if name == "project" else _cmd_replay)
 
     control = sub.add_parser(
