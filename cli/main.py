@@ -374,6 +374,122 @@ def _cmd_control(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _read_input(source: str) -> str:
+    from pathlib import Path
+
+    if source == "-":
+        return sys.stdin.read()
+    try:
+        return Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{source}: cannot read it ({exc.strerror or exc})") from exc
+
+
+def _cmd_propose(args: argparse.Namespace) -> int:
+    from allocator.service.clients import BookClient
+    from allocator.service.wire import WireError, json_records, proposals_from
+    from eventlog.port import LogError, Topics, wall_clock_ms
+    from schemas.codec import make_codec
+
+    try:
+        proposals = proposals_from(json_records(_read_input(args.file)), wall_clock_ms(), args.agent)
+    except WireError as exc:
+        for problem in exc.problems:
+            print(f"allocator propose: {problem}", file=sys.stderr)
+        print("allocator propose: nothing sent", file=sys.stderr)
+        return EXIT_USAGE
+    settings, topics = _log_settings(args), Topics(args.topic_prefix)
+    try:
+        with settings.open() as log:
+            client = BookClient(log, make_codec(args.schema_registry), topics)
+            for proposal in proposals:
+                client.propose(proposal)
+            client.flush()
+    except LogError as exc:
+        print(f"allocator propose: the log refused the proposals: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    for p in proposals:
+        print(f"sent {p.proposal_id} ({p.agent_id}, {p.market_id} {p.side.value} {p.requested_size:g})")
+    print(f"{len(proposals)} proposals sent to {topics.proposals} on {settings.describe()}")
+    return EXIT_OK
+
+
+def _cmd_fill(args: argparse.Namespace) -> int:
+    from allocator.service.clients import BookClient
+    from allocator.service.wire import WireError, fills_from, json_records
+    from eventlog.port import LogError, Topics, wall_clock_ms
+    from schemas.codec import make_codec
+
+    try:
+        fills = fills_from(json_records(_read_input(args.file)), wall_clock_ms())
+    except WireError as exc:
+        for problem in exc.problems:
+            print(f"allocator fill: {problem}", file=sys.stderr)
+        print("allocator fill: nothing sent", file=sys.stderr)
+        return EXIT_USAGE
+    settings, topics = _log_settings(args), Topics(args.topic_prefix)
+    try:
+        with settings.open() as log:
+            client = BookClient(log, make_codec(args.schema_registry), topics)
+            for fill in fills:
+                client.report_fill(fill)
+            client.flush()
+    except LogError as exc:
+        print(f"allocator fill: the log refused the fills: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{len(fills)} fills sent to {topics.fills} on {settings.describe()}")
+    return EXIT_OK
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from allocator.service.wire import one_line, to_json
+    from eventlog.port import LogError, Topics
+    from schemas.codec import UndecodableMessage, make_codec
+
+    topics = Topics(args.topic_prefix)
+    topic = {"decisions": topics.decisions, "governor": topics.governor, "deadletter": topics.deadletter}[args.what]
+    codec = make_codec(args.schema_registry)
+    printed = 0
+    try:
+        with _log_settings(args).open() as log:
+            ends = log.end_offsets([topic])
+            if not ends:
+                raise UsageError(f"{topic} does not exist (allocator init)")
+            log.assign([topic])
+            for tp, end in ends.items():
+                log.seek(tp, 0 if args.from_beginning else end)
+            deadline = None if args.timeout is None else time.monotonic() + args.timeout
+            while args.max is None or printed < args.max:
+                wait = 0.2 if deadline is None else min(0.2, max(deadline - time.monotonic(), 0.0))
+                if deadline is not None and wait <= 0:
+                    break
+                for record in log.poll(max_records=500, timeout_s=max(wait, 0.001)):
+                    try:
+                        if record.value is None:
+                            raise UndecodableMessage("empty message (no value)")
+                        event = codec.decode(record.value, record.topic, record.partition, record.offset)
+                    except UndecodableMessage as exc:
+                        print(f"allocator tail: {record.topic}[{record.partition}]@{record.offset}: {exc.reason}",
+                              file=sys.stderr)  # fmt: skip
+                        continue
+                    if args.json:
+                        row = {"topic": record.topic, "partition": record.partition, "offset": record.offset,
+                               "type": type(event).__name__, "record": to_json(event)}  # fmt: skip
+                        print(json.dumps(row), flush=True)
+                    else:
+                        print(one_line(event), flush=True)
+                    printed += 1
+                    if args.max is not None and printed >= args.max:
+                        break
+    except LogError as exc:
+        print(f"allocator tail: the log failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     import json
     import os
@@ -573,6 +689,43 @@ def build_parser() -> argparse.ArgumentParser:
     control.add_argument("--operator", required=True, help="who sends it")
     _log_options(control)
     control.set_defaults(handler=_cmd_control)
+
+    propose = sub.add_parser(
+        "propose",
+        help="send proposals from JSON (an object, an array or JSON lines; - for stdin), validated first",
+        description="Read proposals as JSON, check them with the allocator's own rules (docs/rules.md §2) and "
+        "produce them to PREFIX.proposals. created_at defaults to now. Exit 2, naming the line and the field, "
+        "when any is invalid: then nothing is sent.",
+    )
+    propose.add_argument("file", help="JSON file of proposals, or - for stdin")
+    propose.add_argument("--agent", help="refuse any proposal whose agent_id is not this one")
+    _log_options(propose)
+    propose.set_defaults(handler=_cmd_propose)
+
+    fill = sub.add_parser(
+        "fill",
+        help="an executor's fills from JSON (object, array or JSON lines; - for stdin), field types checked",
+        description="Read fills as JSON, check each field's type and produce them to PREFIX.fills. time defaults "
+        "to now and reason to null. Exit 2, naming the line and the field, when any is invalid: nothing is sent.",
+    )
+    fill.add_argument("file", help="JSON file of fills, or - for stdin")
+    _log_options(fill)
+    fill.set_defaults(handler=_cmd_fill)
+
+    tail = sub.add_parser(
+        "tail",
+        help="print committed decisions, governor events or dead letters (JSON lines with --json)",
+        description="Print the committed records of PREFIX.decisions, PREFIX.governor or PREFIX.deadletter, "
+        "from the end (or the beginning), one per line: a one-line summary, or with --json the record as JSON "
+        "(enums as their names, bytes as base64). Stops after --max records or --timeout seconds, else follows.",
+    )
+    tail.add_argument("what", choices=["decisions", "governor", "deadletter"], help="which topic")
+    tail.add_argument("--from-beginning", action="store_true", help="start at offset 0 instead of the end")
+    tail.add_argument("--json", action="store_true", help="one JSON object per record")
+    tail.add_argument("--max", type=int, help="stop after this many records")
+    tail.add_argument("--timeout", type=float, help="stop after this many seconds")
+    _log_options(tail)
+    tail.set_defaults(handler=_cmd_tail)
 
     status = sub.add_parser(
         "status",
