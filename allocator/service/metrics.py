@@ -9,7 +9,8 @@ holdings and the decision's allocations per cycle. docs/operations.md lists ever
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -114,8 +115,17 @@ class ServiceMetrics:
         self._fenced = False
         self._caught_up = False
         self._lag_at = float("-inf")
-        self._markets: set[str] = set()
-        self._keys: set[str] = set()
+        self._markets: dict[str, Any] = {}
+        self._keys: dict[str, Any] = {}
+        self._state_children = {state: self.governor_state.labels(self.book, state.value) for state in GovernorState}
+        governors = ("KILL_SWITCH", "FAILURE_RATE", "OPERATOR")
+        self._engaged = {g: self.governor_engaged.labels(self.book, g) for g in governors}
+        self._gauges = {
+            "equity": self.equity.labels(self.book), "available": self.available.labels(self.book),
+            "hwm": self.high_water_mark.labels(self.book), "drawdown": self.drawdown.labels(self.book),
+            "kill": self.kill_switch_drawdown.labels(self.book), "pending": self.pending.labels(self.book),
+            "solve_limit": self.solve_limit.labels(self.book), "work_budget": self.work_budget.labels(self.book),
+        }  # fmt: skip
         for state in GovernorState:
             self.governor_state.labels(self.book, state.value).set(0)
         self.fenced.labels(self.book).set(0)
@@ -169,36 +179,46 @@ class ServiceMetrics:
     # --- the observations ------------------------------------------------------------------------------------
 
     def observe_book(self, book: PortfolioState, pending: int) -> None:
-        """The governor, equity, drawdown and exposure gauges from the fold's state (one pass over holdings)."""
+        """The governor, equity, drawdown and exposure gauges from the fold's state: one pass over holdings and
+        reservations, children looked up once (this runs every cycle; the fold benchmark measures its cost)."""
         config = book.config
         status = book.governor
-        current = status.state.value
-        for state in GovernorState:
-            self.governor_state.labels(self.book, state.value).set(1 if state.value == current else 0)
-        engaged = {
-            "KILL_SWITCH": status.kill_switch_tripped,
-            "FAILURE_RATE": status.failure_paused,
-            "OPERATOR": status.operator_halted,
-        }
-        for governor, on in engaged.items():
-            self.governor_engaged.labels(self.book, governor).set(1 if on else 0)
+        current = status.state
+        for state, child in self._state_children.items():
+            child.set(1 if state is current else 0)
+        self._engaged["KILL_SWITCH"].set(1 if status.kill_switch_tripped else 0)
+        self._engaged["FAILURE_RATE"].set(1 if status.failure_paused else 0)
+        self._engaged["OPERATOR"].set(1 if status.operator_halted else 0)
         equity = book.equity
-        self.equity.labels(self.book).set(equity)
-        self.available.labels(self.book).set(book.available)
-        self.high_water_mark.labels(self.book).set(status.high_water_mark)
-        self.drawdown.labels(self.book).set(status.drawdown)
-        self.kill_switch_drawdown.labels(self.book).set(config.kill_switch_drawdown)
-        self.pending.labels(self.book).set(pending)
-        self.solve_limit.labels(self.book).set(config.solver_time_limit_ms / 1000.0)
+        g = self._gauges
+        g["equity"].set(equity)
+        g["available"].set(book.available)
+        g["hwm"].set(status.high_water_mark)
+        g["drawdown"].set(status.drawdown)
+        g["kill"].set(config.kill_switch_drawdown)
+        g["pending"].set(pending)
+        g["solve_limit"].set(config.solver_time_limit_ms / 1000.0)
         budget = getattr(config, "mip_work_limit", None)
-        self.work_budget.labels(self.book).set(float(budget) if isinstance(budget, int | float) else 0.0)
-        view = book.portfolio()
+        g["work_budget"].set(float(budget) if isinstance(budget, int | float) else 0.0)
+        # Exposure as the cycle sizes against it (Portfolio.market_exposure / group_exposure): holdings at their
+        # marked value, reservations at their size.
+        markets: dict[str, float] = {}
+        keys: dict[str, float] = {}
+        for h in book.holdings.values():
+            value = book.holding_value(h)
+            if value <= 0:
+                continue
+            markets[h.market_id] = markets.get(h.market_id, 0.0) + h.side.sign * value
+            keys[h.correlation_key] = keys.get(h.correlation_key, 0.0) + value
+        for r in book.reservations.values():
+            markets[r.market_id] = markets.get(r.market_id, 0.0) + r.side.sign * r.size
+            keys[r.correlation_key] = keys.get(r.correlation_key, 0.0) + abs(r.size)
         market_cap = config.market_cap * equity
-        markets = {m: _ratio(abs(x), market_cap) for m, x in view.market_exposure().items()}
-        keys = {k: _ratio(x, float(config.group_caps.get(k, config.group_cap * equity)))
-                for k, x in view.group_exposure().items()}  # fmt: skip
-        self._markets = _replace(self.market_exposure, self.book, self._markets, markets)
-        self._keys = _replace(self.key_exposure, self.book, self._keys, keys)
+        group_caps, group_cap = config.group_caps, config.group_cap * equity
+        market_ratios = {m: _ratio(abs(x), market_cap) for m, x in markets.items()}
+        _replace(self.market_exposure, self.book, self._markets, market_ratios)
+        _replace(self.key_exposure, self.book, self._keys,
+                 {k: _ratio(x, float(group_caps.get(k, group_cap))) for k, x in keys.items()})  # fmt: skip
 
     def observe_decision(self, decision: Decision, seconds: float) -> None:
         self.decisions.labels(self.book, decision.solver_path.value).inc()
@@ -233,10 +253,14 @@ def _ratio(value: float, cap: float) -> float:
     return value / cap if cap > 0 else (0.0 if value == 0 else float("inf"))
 
 
-def _replace(gauge: Gauge, book: str, before: Iterable[str], now: Mapping[str, float]) -> set[str]:
-    """Set `now`'s series and drop those of names no longer exposed (a closed market leaves no stale series)."""
-    for name in set(before) - set(now):
+def _replace(gauge: Gauge, book: str, children: dict[str, Any], now: Mapping[str, float]) -> None:
+    """Set `now`'s series (children cached by name) and drop those no longer exposed (a closed market leaves no
+    stale series)."""
+    for name in [n for n in children if n not in now]:
         gauge.remove(book, name)
+        del children[name]
     for name, value in now.items():
-        gauge.labels(book, name).set(value)
-    return set(now)
+        child = children.get(name)
+        if child is None:
+            child = children[name] = gauge.labels(book, name)
+        child.set(value)
