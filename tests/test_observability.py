@@ -112,7 +112,7 @@ def test_service_metrics_move_with_the_book_and_readyz_follows_the_lag(
     tmp_path: Path, served_metrics: Callable[[ServiceMetrics | ProjectorMetrics], MetricsServer]
 ) -> None:
     path, topics = tmp_path / "log.sqlite", Topics("obs")
-    metrics = ServiceMetrics("obs")
+    metrics = ServiceMetrics("obs", exposure_interval_s=0.0)
     port = served_metrics(metrics).port
     assert get(port, "/healthz")[0] == 200
     assert get(port, "/readyz")[0] == 503  # not started: no transactional producer yet

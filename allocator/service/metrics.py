@@ -24,6 +24,9 @@ DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 WORK_BUCKETS = (0.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9)
 # How often an idle service re-reads the log's end offsets (a cycle always does).
 IDLE_LAG_INTERVAL_S = 1.0
+# How often the exposure ratios (a pass over every holding) are recomputed: a scrape comes every 15 s or so, and a
+# cycle runs every `cycle_interval_s` (1 s by default) or faster under load; the cheap gauges move every cycle.
+EXPOSURE_INTERVAL_S = 1.0
 
 
 def consumer_lag(log: EventLog, positions: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
@@ -36,8 +39,12 @@ def consumer_lag(log: EventLog, positions: Mapping[TopicPartition, int]) -> dict
 class ServiceMetrics:
     """The metrics of one book's allocator service; `ready()` is what `/readyz` answers."""
 
-    def __init__(self, book_id: str, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, book_id: str, registry: CollectorRegistry | None = None, exposure_interval_s: float = EXPOSURE_INTERVAL_S
+    ) -> None:
         self.book = book_id
+        self.exposure_interval_s = exposure_interval_s
+        self._exposure_at = float("-inf")
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r, b = self.registry, ["book"]
         self.governor_state = Gauge(
@@ -200,8 +207,15 @@ class ServiceMetrics:
         g["solve_limit"].set(config.solver_time_limit_ms / 1000.0)
         budget = getattr(config, "mip_work_limit", None)
         g["work_budget"].set(float(budget) if isinstance(budget, int | float) else 0.0)
-        # Exposure as the cycle sizes against it (Portfolio.market_exposure / group_exposure): holdings at their
-        # marked value, reservations at their size.
+        now = time.monotonic()
+        if now - self._exposure_at >= self.exposure_interval_s:
+            self._exposure_at = now
+            self.observe_exposure(book, equity)
+
+    def observe_exposure(self, book: PortfolioState, equity: float) -> None:
+        """Exposure as the cycle sizes against it (Portfolio.market_exposure / group_exposure): holdings at their
+        marked value, reservations at their size, each over its cap."""
+        config = book.config
         markets: dict[str, float] = {}
         keys: dict[str, float] = {}
         for h in book.holdings.values():
