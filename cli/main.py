@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from allocator.service.backends import LogSettings
     from book.config import AllocatorConfig
+    from cli.observe import LogLine, MetricsServer
     from schemas.codec import EventCodec
 
 EXIT_OK = 0
@@ -68,8 +71,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import time
 
     from allocator.service.loop import AllocatorService, group_of
-    from eventlog.port import FencedError, LogError, Topics, normalise_book_id
+    from allocator.service.metrics import ServiceMetrics
+    from allocator.service.sequencer import BookState
+    from eventlog.port import EventLog, FencedError, LogError, TopicPartition, Topics, normalise_book_id
     from schemas.codec import make_codec
+    from schemas.events import Decision
 
     config = _load_config(args, "serve")
     if config is None:
@@ -84,6 +90,33 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     def request_stop(signum: int, _frame: object) -> None:
         stop["now"] = True
 
+    holder: dict[str, AllocatorService] = {}
+    say = _log_line(args, args.book, lambda: holder["service"].state.cycle if "service" in holder else None)
+
+    class LoggedMetrics(ServiceMetrics):
+        """The metrics hook also hands the cycle's facts to the next log line (the cycle's summary)."""
+
+        def on_cycle(
+            self,
+            state: BookState,
+            decision: Decision,
+            inputs: int,
+            dead_letters: int,
+            seconds: float,
+            log: EventLog,
+            positions: Mapping[TopicPartition, int],
+        ) -> None:
+            super().on_cycle(state, decision, inputs, dead_letters, seconds, log, positions)
+            say.expect("cycle", {
+                "decision_id": decision.decision_id, "inputs": inputs, "decided": len(decision.allocations),
+                "funded": sum(1 for a in decision.allocations if a.size > 0), "solver_path": decision.solver_path.value,
+                "solve_ms": decision.solve_ms, "governor_state": decision.governor_state.value,
+                "equity": decision.equity, "available": decision.available, "dead_letters": dead_letters,
+                "duration_s": round(seconds, 6),
+            })  # fmt: skip
+
+    metrics = LoggedMetrics(args.book)
+    server = _metrics_server(args, metrics.registry, metrics.ready)
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     deadline = time.monotonic() + args.duration if args.duration else None
@@ -91,9 +124,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     reader = settings.open()
     service = AllocatorService(
         log, reader, make_codec(args.schema_registry), args.book, config, Topics(args.topic_prefix),
-        say=lambda line: print(line, flush=True),
+        say=say, metrics=metrics,
     )  # fmt: skip
-    print(f"allocator serve: book {args.book} on {settings.describe()}", flush=True)
+    holder["service"] = service
+    say.info(f"allocator serve: book {args.book} on {settings.describe()}"
+             + (f"; metrics on port {server.port}" if server else ""), event="start")  # fmt: skip
     try:
         service.start()
         published = service.run(
@@ -104,15 +139,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             )
         )
     except FencedError as exc:
-        print(f"allocator serve: another instance took over book {args.book}; stopping ({exc})", file=sys.stderr)
+        metrics.on_fenced()
+        say.error(f"allocator serve: another instance took over book {args.book}; stopping ({exc})", event="fenced")
         return 3
     except LogError as exc:
-        print(f"allocator serve: the log failed: {exc}", file=sys.stderr)
+        say.error(f"allocator serve: the log failed: {exc}", event="log_failed")
         return EXIT_FAILURE
     finally:
         reader.close()
         log.close()
-    print(f"allocator serve: stopped after {published} decisions (cycle {service.state.cycle})", flush=True)
+        if server is not None:
+            server.close()
+    say.info(f"allocator serve: stopped after {published} decisions (cycle {service.state.cycle})", event="stop",
+             decisions=published)  # fmt: skip
     return EXIT_OK
 
 
@@ -169,27 +208,37 @@ def _cmd_project(args: argparse.Namespace) -> int:
     import signal
 
     from projections.database import DEFAULT_EMBEDDED_DATABASE, engine_for
+    from projections.metrics import ProjectorMetrics
     from projections.migrate import upgrade
     from projections.projector import Projector, StaleProjectorError
 
     settings, topic_names, codec = _projector_setup(args)
+    say = _log_line(args, None)
     url = _projection_url(args.database or os.environ.get("DATABASE_URL") or DEFAULT_EMBEDDED_DATABASE, settings)
+    metrics = ProjectorMetrics()
+    server = _metrics_server(args, metrics.registry, metrics.ready)
     upgrade(url, schema=args.schema)
     engine = engine_for(url, args.schema)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
-    with settings.open() as log:
-        projector = Projector(log, engine, codec, topic_names, say=lambda line: print(line, flush=True))
-        projector.start()
-        print(f"allocator project: {settings.describe()} -> {engine.url.render_as_string()}", flush=True)
-        ends = log.end_offsets(topic_names) if args.once else None
-        try:
-            stats = projector.run(lambda: stop["now"] or (ends is not None and projector.caught_up(ends)))
-        except StaleProjectorError as exc:
-            print(f"allocator project: {exc}", file=sys.stderr)
-            return 3
-    print(f"allocator project: stopped after {stats.records} events in {stats.batches} batches", flush=True)
+    try:
+        with settings.open() as log:
+            projector = Projector(log, engine, codec, topic_names, say=say, metrics=metrics)
+            projector.start()
+            say.info(f"allocator project: {settings.describe()} -> {engine.url.render_as_string()}"
+                     + (f"; metrics on port {server.port}" if server else ""), event="start")  # fmt: skip
+            ends = log.end_offsets(topic_names) if args.once else None
+            try:
+                stats = projector.run(lambda: stop["now"] or (ends is not None and projector.caught_up(ends)))
+            except StaleProjectorError as exc:
+                say.error(f"allocator project: {exc}", event="stale")
+                return 3
+    finally:
+        if server is not None:
+            server.close()
+    say.info(f"allocator project: stopped after {stats.records} events in {stats.batches} batches", event="stop",
+             records=stats.records, batches=stats.batches)  # fmt: skip
     return EXIT_OK
 
 
@@ -330,6 +379,122 @@ def _cmd_control(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _read_input(source: str) -> str:
+    from pathlib import Path
+
+    if source == "-":
+        return sys.stdin.read()
+    try:
+        return Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{source}: cannot read it ({exc.strerror or exc})") from exc
+
+
+def _cmd_propose(args: argparse.Namespace) -> int:
+    from allocator.service.clients import BookClient
+    from allocator.service.wire import WireError, json_records, proposals_from
+    from eventlog.port import LogError, Topics, wall_clock_ms
+    from schemas.codec import make_codec
+
+    try:
+        proposals = proposals_from(json_records(_read_input(args.file)), wall_clock_ms(), args.agent)
+    except WireError as exc:
+        for problem in exc.problems:
+            print(f"allocator propose: {problem}", file=sys.stderr)
+        print("allocator propose: nothing sent", file=sys.stderr)
+        return EXIT_USAGE
+    settings, topics = _log_settings(args), Topics(args.topic_prefix)
+    try:
+        with settings.open() as log:
+            client = BookClient(log, make_codec(args.schema_registry), topics)
+            for proposal in proposals:
+                client.propose(proposal)
+            client.flush()
+    except LogError as exc:
+        print(f"allocator propose: the log refused the proposals: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    for p in proposals:
+        print(f"sent {p.proposal_id} ({p.agent_id}, {p.market_id} {p.side.value} {p.requested_size:g})")
+    print(f"{len(proposals)} proposals sent to {topics.proposals} on {settings.describe()}")
+    return EXIT_OK
+
+
+def _cmd_fill(args: argparse.Namespace) -> int:
+    from allocator.service.clients import BookClient
+    from allocator.service.wire import WireError, fills_from, json_records
+    from eventlog.port import LogError, Topics, wall_clock_ms
+    from schemas.codec import make_codec
+
+    try:
+        fills = fills_from(json_records(_read_input(args.file)), wall_clock_ms())
+    except WireError as exc:
+        for problem in exc.problems:
+            print(f"allocator fill: {problem}", file=sys.stderr)
+        print("allocator fill: nothing sent", file=sys.stderr)
+        return EXIT_USAGE
+    settings, topics = _log_settings(args), Topics(args.topic_prefix)
+    try:
+        with settings.open() as log:
+            client = BookClient(log, make_codec(args.schema_registry), topics)
+            for fill in fills:
+                client.report_fill(fill)
+            client.flush()
+    except LogError as exc:
+        print(f"allocator fill: the log refused the fills: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{len(fills)} fills sent to {topics.fills} on {settings.describe()}")
+    return EXIT_OK
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from allocator.service.wire import one_line, to_json
+    from eventlog.port import LogError, Topics
+    from schemas.codec import UndecodableMessage, make_codec
+
+    topics = Topics(args.topic_prefix)
+    topic = {"decisions": topics.decisions, "governor": topics.governor, "deadletter": topics.deadletter}[args.what]
+    codec = make_codec(args.schema_registry)
+    printed = 0
+    try:
+        with _log_settings(args).open() as log:
+            ends = log.end_offsets([topic])
+            if not ends:
+                raise UsageError(f"{topic} does not exist (allocator init)")
+            log.assign([topic])
+            for tp, end in ends.items():
+                log.seek(tp, 0 if args.from_beginning else end)
+            deadline = None if args.timeout is None else time.monotonic() + args.timeout
+            while args.max is None or printed < args.max:
+                wait = 0.2 if deadline is None else min(0.2, max(deadline - time.monotonic(), 0.0))
+                if deadline is not None and wait <= 0:
+                    break
+                for record in log.poll(max_records=500, timeout_s=max(wait, 0.001)):
+                    try:
+                        if record.value is None:
+                            raise UndecodableMessage("empty message (no value)")
+                        event = codec.decode(record.value, record.topic, record.partition, record.offset)
+                    except UndecodableMessage as exc:
+                        print(f"allocator tail: {record.topic}[{record.partition}]@{record.offset}: {exc.reason}",
+                              file=sys.stderr)  # fmt: skip
+                        continue
+                    if args.json:
+                        row = {"topic": record.topic, "partition": record.partition, "offset": record.offset,
+                               "type": type(event).__name__, "record": to_json(event)}  # fmt: skip
+                        print(json.dumps(row), flush=True)
+                    else:
+                        print(one_line(event), flush=True)
+                    printed += 1
+                    if args.max is not None and printed >= args.max:
+                        break
+    except LogError as exc:
+        print(f"allocator tail: the log failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     import json
     import os
@@ -368,6 +533,26 @@ def _load_config(args: argparse.Namespace, command: str) -> AllocatorConfig | No
     except ConfigError as exc:
         print(f"allocator {command}: {exc}", file=sys.stderr)
         return None
+
+
+def _log_line(args: argparse.Namespace, book: str | None, cycle: Callable[[], int | None] = lambda: None) -> LogLine:
+    from cli.observe import LogLine
+
+    return LogLine(args.log_format, book=book, cycle=cycle)
+
+
+def _metrics_server(
+    args: argparse.Namespace, registry: CollectorRegistry, ready: Callable[[], bool]
+) -> MetricsServer | None:
+    """The /metrics, /healthz and /readyz server on --metrics-port, or None when the flag is absent."""
+    if args.metrics_port is None:
+        return None
+    from cli.observe import MetricsServer
+
+    try:
+        return MetricsServer(registry, ready, args.metrics_port, args.metrics_host).start()
+    except OSError as exc:
+        raise UsageError(f"--metrics-port {args.metrics_port}: cannot listen on it ({exc.strerror or exc})") from exc
 
 
 def _log_settings(args: argparse.Namespace) -> LogSettings:
@@ -412,11 +597,27 @@ def _log_options(parser: argparse.ArgumentParser, *, registry: bool = True) -> N
         parser.add_argument("--schema-registry", help="schema registry URL (default: single-object encoding)")
 
 
+def _observe_options(parser: argparse.ArgumentParser) -> None:
+    """The metrics endpoint and the log format of a long-running command (serve, project)."""
+    parser.add_argument(
+        "--metrics-port", type=int, help="serve /metrics, /healthz and /readyz on this port (default: off; 0: any)"
+    )
+    parser.add_argument("--metrics-host", default="0.0.0.0", help="address the metrics port binds (default 0.0.0.0)")
+    parser.add_argument(
+        "--log-format", choices=["human", "json"], default=argparse.SUPPRESS,
+        help="human lines (default) or one JSON object per line for log shippers",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="allocator",
         description="Central capital allocator with non-negotiable risk governors.",
     )
+    parser.add_argument(
+        "--log-format", choices=["human", "json"], default="human",
+        help="human lines (default) or one JSON object per line (time, level, book, cycle, event, fields)",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -447,6 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="JSON file of configuration keys (default: the defaults of docs/rules.md)")
     serve.add_argument("--max-cycles", type=int, help="stop after this cycle number")
     serve.add_argument("--duration", type=float, help="stop after this many seconds")
+    _observe_options(serve)
     serve.set_defaults(handler=_cmd_serve)
 
     audit = sub.add_parser(
@@ -478,6 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--batch-size", type=int, default=5_000, help="events per database transaction")
         else:
             p.add_argument("--once", action="store_true", help="stop when caught up with the log's end (no tailing)")
+            _observe_options(p)
         p.set_defaults(handler=_cmd_project if name == "project" else _cmd_replay)
 
     control = sub.add_parser(
@@ -491,6 +694,43 @@ def build_parser() -> argparse.ArgumentParser:
     control.add_argument("--operator", required=True, help="who sends it")
     _log_options(control)
     control.set_defaults(handler=_cmd_control)
+
+    propose = sub.add_parser(
+        "propose",
+        help="send proposals from JSON (an object, an array or JSON lines; - for stdin), validated first",
+        description="Read proposals as JSON, check them with the allocator's own rules (docs/rules.md §2) and "
+        "produce them to PREFIX.proposals. created_at defaults to now. Exit 2, naming the line and the field, "
+        "when any is invalid: then nothing is sent.",
+    )
+    propose.add_argument("file", help="JSON file of proposals, or - for stdin")
+    propose.add_argument("--agent", help="refuse any proposal whose agent_id is not this one")
+    _log_options(propose)
+    propose.set_defaults(handler=_cmd_propose)
+
+    fill = sub.add_parser(
+        "fill",
+        help="an executor's fills from JSON (object, array or JSON lines; - for stdin), field types checked",
+        description="Read fills as JSON, check each field's type and produce them to PREFIX.fills. time defaults "
+        "to now and reason to null. Exit 2, naming the line and the field, when any is invalid: nothing is sent.",
+    )
+    fill.add_argument("file", help="JSON file of fills, or - for stdin")
+    _log_options(fill)
+    fill.set_defaults(handler=_cmd_fill)
+
+    tail = sub.add_parser(
+        "tail",
+        help="print committed decisions, governor events or dead letters (JSON lines with --json)",
+        description="Print the committed records of PREFIX.decisions, PREFIX.governor or PREFIX.deadletter, "
+        "from the end (or the beginning), one per line: a one-line summary, or with --json the record as JSON "
+        "(enums as their names, bytes as base64). Stops after --max records or --timeout seconds, else follows.",
+    )
+    tail.add_argument("what", choices=["decisions", "governor", "deadletter"], help="which topic")
+    tail.add_argument("--from-beginning", action="store_true", help="start at offset 0 instead of the end")
+    tail.add_argument("--json", action="store_true", help="one JSON object per record")
+    tail.add_argument("--max", type=int, help="stop after this many records")
+    tail.add_argument("--timeout", type=float, help="stop after this many seconds")
+    _log_options(tail)
+    tail.set_defaults(handler=_cmd_tail)
 
     status = sub.add_parser(
         "status",

@@ -24,6 +24,7 @@ from eventlog.port import EventLog, Record, TopicPartition
 from governors.rules import drawdown
 from projections import tables
 from projections.bulk import Row, insert_ignoring_repeats
+from projections.metrics import ProjectorMetrics
 from schemas.codec import EventCodec, UndecodableMessage
 from schemas.events import (
     ControlCommand,
@@ -239,7 +240,9 @@ class Projector:
         batch_size: int = 5_000,
         say: Callable[[str], None] = print,
         sleep: Callable[[float], None] = time.sleep,
+        metrics: ProjectorMetrics | None = None,
     ) -> None:
+        """`metrics`, when given, is told of the start, each batch written (`step`), retries and idle polls."""
         self.log = log
         self.engine = engine
         self.codec = codec
@@ -250,6 +253,7 @@ class Projector:
         self.sleep = sleep
         self.offsets: dict[tuple[str, int], int] = {}
         self.stats = ProjectorStats()
+        self.metrics = metrics
 
     def start(self) -> None:
         """Seek every partition to the offset the database stored (the projection's own position)."""
@@ -257,13 +261,25 @@ class Projector:
         self.log.assign(self.topics)
         for tp in self.log.assignment():
             self.log.seek(tp, self.offsets.get((tp.topic, tp.partition), 0))
+        if self.metrics is not None:
+            self.metrics.on_start(self.log, self.topics)
 
     def step(self, timeout_s: float = 0.5) -> int:
         """One batch: poll, then write with retries while the database is away (backoff up to 5 s)."""
         records = self.log.poll(max_records=self.batch_size, timeout_s=timeout_s)
         if not records:
+            if self.metrics is not None:
+                self.metrics.on_idle(self.log, self.topics)
             return 0
-        self._store(prepare_batch(records, self.codec))
+        started = time.perf_counter()
+        try:
+            self._store(prepare_batch(records, self.codec))
+        except StaleProjectorError:
+            if self.metrics is not None:
+                self.metrics.on_stale()
+            raise
+        if self.metrics is not None:
+            self.metrics.on_batch(len(records), time.perf_counter() - started, self.log, self.topics)
         return len(records)
 
     def _store(self, batch: Batch, abandoned: threading.Event | None = None) -> None:
@@ -276,6 +292,8 @@ class Projector:
                 if abandoned is not None and abandoned.is_set():
                     raise  # the caller is gone: stop retrying rather than outlive it
                 self.stats.retries += 1
+                if self.metrics is not None:
+                    self.metrics.on_retry()
                 self.say(f"database unavailable ({type(exc.orig).__name__}); retrying in {delay:.1f} s")
                 self.sleep(delay)
                 delay = min(delay * 2, 5.0)

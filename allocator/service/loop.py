@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from allocator.engine.cycle import CycleOutcome, run_cycle
 from allocator.engine.request import CycleRequest
+from allocator.service.metrics import ServiceMetrics
 from allocator.service.sequencer import (
     BookState,
     build_request,
@@ -18,7 +19,7 @@ from allocator.service.sequencer import (
     replay_decisions,
 )
 from book.config import AllocatorConfig
-from eventlog.port import AbortableError, EventLog, Record, Topics, normalise_book_id
+from eventlog.port import AbortableError, EventLog, Record, TopicPartition, Topics, normalise_book_id
 from schemas.codec import EventCodec
 from schemas.events import Decision
 
@@ -72,10 +73,12 @@ class AllocatorService:
         clock: Callable[[], float] = time.monotonic,
         decide: Decide = run_cycle,
         log_append_time: bool = True,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         """`decide` is the cycle: the allocator's own, unless a caller (the demo's naive baseline) swaps it.
         Input topics the service has to create stamp records with the log's append time; a simulation that
-        drives log time through its writers' timestamps passes `log_append_time=False` (rules.md §1.5)."""
+        drives log time through its writers' timestamps passes `log_append_time=False` (rules.md §1.5).
+        `metrics`, when given, is told of the start, each published cycle, aborts and idle polls."""
         self.log = log
         self.reader = reader
         self.codec = codec
@@ -86,6 +89,7 @@ class AllocatorService:
         self.clock = clock
         self.decide = decide
         self.log_append_time = log_append_time
+        self.metrics = metrics
         self.state = BookState.new(config)
         self.buffer: list[Record] = []
         self.pending_proposals = 0
@@ -100,11 +104,18 @@ class AllocatorService:
         self.log.assign(list(self.topics.inputs))
         for tp in self.log.assignment():
             self.log.seek(tp, self.state.positions.get(tp, 0))
+        if self.metrics is not None:
+            self.metrics.on_start(self.state, self.log, self._positions())
+
+    def _positions(self) -> dict[TopicPartition, int]:
+        return {tp: self.log.position(tp) for tp in self.log.assignment()}
 
     def poll(self, timeout_s: float) -> int:
         records = self.log.poll(max_records=5_000, timeout_s=timeout_s)
         self.buffer.extend(records)
         self.pending_proposals += sum(1 for r in records if r.topic == self.topics.proposals)
+        if self.metrics is not None and not records:
+            self.metrics.on_idle(self.log, self._positions(), len(self.buffer))
         return len(records)
 
     def due(self, last_cycle_at: float) -> bool:
@@ -166,9 +177,14 @@ class AllocatorService:
             try:
                 report = self.cycle()
             except AbortableError:
+                if self.metrics is not None:
+                    self.metrics.on_abort()
                 continue
             last = started  # the interval runs from cycle start to cycle start, not from the end of the last
             published += 1
+            if self.metrics is not None:
+                self.metrics.on_cycle(self.state, report.decision, report.inputs, report.dead_letters,
+                                      self.clock() - started, self.log, self._positions())  # fmt: skip
             d = report.decision
             funded = sum(1 for a in d.allocations if a.size > 0)
             self.say(

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 import fastavro
 
+from allocator.service.metrics import ServiceMetrics
 from benchmarks.stream.events import codec, event_mix
 from benchmarks.stream.table import Report, Row, say, verdict_at_least
 from book.config import AllocatorConfig
@@ -19,6 +20,8 @@ from schemas.codec import load_schema
 from schemas.events import EVENT_TYPES
 
 FOLD_TARGET = 150_000.0  # events/s
+METRICS_BATCH = 1_000  # events per cycle in the metrics on/off rows: the service updates metrics once per cycle
+METRICS_COST_TARGET = 0.02  # metrics may cost at most 2% of the fold's throughput
 
 
 def bench_fold(n: int, repeats: int, report: Report) -> list[bytes]:
@@ -69,7 +72,50 @@ def bench_fold(n: int, repeats: int, report: Report) -> list[bytes]:
         -1
     ].note += f"; {folded / ceiling:.0%} of ceiling, {folded / decode:.0%} of decode; apply ~{apply_us:.1f} us/event"
     report.targets.append(verdict_at_least("fold (decode + apply)", folded, FOLD_TARGET, "events/s"))
+    bench_fold_metrics(encoded, repeats, report)
     return encoded
+
+
+def bench_fold_metrics(encoded: Sequence[bytes], repeats: int, report: Report) -> None:
+    """The fold in cycles of METRICS_BATCH events with `allocator serve`'s metrics updated once per cycle (the
+    book's gauges, exposure ratios, input counter, a duration histogram), against the same fold without them."""
+    batches = [encoded[i : i + METRICS_BATCH] for i in range(0, len(encoded), METRICS_BATCH)]
+
+    def run(metrics: ServiceMetrics | None) -> float:
+        state = PortfolioState.new(AllocatorConfig(initial_cash=100_000_000.0))
+        decode, apply = codec.decode, state.apply
+        started = time.perf_counter()
+        for batch in batches:
+            began = time.perf_counter()
+            for data in batch:
+                apply(decode(data))
+            if metrics is not None:
+                updating = time.perf_counter()
+                metrics.observe_book(state, pending=len(state.pending))
+                metrics.inputs.labels(metrics.book).inc(len(batch))
+                metrics.cycle_seconds.labels(metrics.book).observe(updating - began)
+                spent[-1] += time.perf_counter() - updating
+        return time.perf_counter() - started
+
+    n = len(encoded)
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    spent: list[float] = []  # seconds inside the metrics calls, per "on" run: immune to the machine's other load
+    for i in range(repeats):  # interleaved, so drift in the machine's load hits both alike
+        times["off"].append(run(None))
+        spent.append(0.0)
+        times["on"].append(run(ServiceMetrics("bench")))
+        rates = f"{n / times['off'][-1]:,.0f} / {n / times['on'][-1]:,.0f}"
+        say(f"fold: metrics off/on run {i + 1}/{repeats}: {rates} events/s")
+    off, on = (n / statistics.median(times[k]) for k in ("off", "on"))
+    cost = statistics.median(s / t for s, t in zip(spent, times["on"], strict=True))
+    report.rows.append(Row("fold", f"decode + apply, metrics off ({METRICS_BATCH:,}-event cycles)", f"{n:,}",
+                           f"{off:,.0f}", note=f"median of {repeats}"))  # fmt: skip
+    note = (f"median of {repeats}; {cost:.1%} of the run inside the metrics calls; rate ratio on/off "
+            f"{on / off:.1%}")  # fmt: skip
+    report.rows.append(Row("fold", f"decode + apply, metrics on ({METRICS_BATCH:,}-event cycles)", f"{n:,}",
+                           f"{on:,.0f}", note=note))  # fmt: skip
+    how = "met" if cost <= METRICS_COST_TARGET else "MISSED"
+    report.targets.append(f"target metrics cost <= {METRICS_COST_TARGET:.0%} of the fold: measured {cost:.1%} -> {how}")
 
 
 def profile_fold(encoded: Sequence[bytes], top: int) -> None:

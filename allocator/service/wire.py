@@ -1,0 +1,186 @@
+"""The wire contract as shell tools see it: JSON in (`allocator propose`, `allocator fill`), JSON out (`tail`).
+
+Proposals are checked with the allocator's own rules (`allocator.engine.validation`, docs/rules.md §2), so a
+proposal refused here would have been REJECTED by the allocator with the same field named; fills are checked for
+their field types. Every problem names the input line and the field; nothing is sent when any record is bad.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from collections.abc import Mapping
+from enum import Enum
+from typing import Any
+
+from allocator.engine.validation import field_problems, parse_proposal
+from schemas.events import (
+    ControlCommand,
+    DeadLetter,
+    Decision,
+    Event,
+    Fill,
+    FillStatus,
+    GovernorEvent,
+    Proposal,
+    Side,
+)
+
+
+class WireError(ValueError):
+    """Input that must not be sent: every problem, each naming its line and field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def json_records(text: str) -> list[tuple[int, Any]]:
+    """The records of `text` with the line each starts on: one JSON object, a JSON array, or JSON lines."""
+    decoder = json.JSONDecoder()
+    stripped = text.lstrip()
+    if not stripped:
+        return []
+    start = len(text) - len(stripped)
+    if stripped.startswith("["):
+        try:
+            items, _ = decoder.raw_decode(text, start)
+        except json.JSONDecodeError as exc:
+            raise WireError([f"line {exc.lineno}: not valid JSON: {exc.msg}"]) from exc
+        # The line of each item: decode them one by one to know where each begins.
+        out: list[tuple[int, Any]] = []
+        pos = start + 1
+        for _ in items:
+            while text[pos] in " \t\r\n,":
+                pos += 1
+            value, end = decoder.raw_decode(text, pos)
+            out.append((text.count("\n", 0, pos) + 1, value))
+            pos = end
+        return out
+    try:
+        value, end = decoder.raw_decode(text, start)
+        if not text[end:].strip():
+            return [(text.count("\n", 0, start) + 1, value)]
+    except json.JSONDecodeError:
+        pass
+    out = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append((number, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise WireError([f"line {number}: not valid JSON: {exc.msg} (column {exc.colno})"]) from exc
+    return out
+
+
+def proposals_from(records: list[tuple[int, Any]], now_ms: int, agent: str | None = None) -> list[Proposal]:
+    """Proposals from JSON objects, `created_at` filled with `now_ms` when absent; WireError names every problem."""
+    problems: list[str] = []
+    out: list[Proposal] = []
+    for line, raw in records:
+        if not isinstance(raw, dict):
+            problems.append(f"line {line}: a proposal must be a JSON object, got {type(raw).__name__}")
+            continue
+        raw = {"created_at": now_ms, **raw}
+        found = [f"line {line}: {reason.detail}" for reason in field_problems(raw)]
+        if agent is not None and raw.get("agent_id") != agent:
+            found.append(f"line {line}: agent_id: must be {agent!r} (--agent), got {raw.get('agent_id')!r}")
+        if found:
+            problems.extend(found)
+            continue
+        parsed = parse_proposal(raw, f"line-{line}")
+        assert isinstance(parsed, Proposal)  # field_problems found nothing
+        out.append(parsed)
+    if problems:
+        raise WireError(problems)
+    return out
+
+
+def _typed(line: int, name: str, value: Any, kind: str) -> str | None:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = {
+        "str": isinstance(value, str) and value != "",
+        "str?": value is None or isinstance(value, str),
+        "float": number,
+        "int": isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+        "side": value in tuple(s.value for s in Side),
+        "status": value in tuple(s.value for s in FillStatus),
+    }[kind]
+    if ok:
+        return None
+    want = {
+        "str": "a non-empty string",
+        "str?": "a string or null",
+        "float": "a number",
+        "int": "milliseconds since the epoch (a non-negative integer)",
+        "side": "BUY or SELL",
+        "status": " or ".join(s.value for s in FillStatus),
+    }[kind]
+    return f"line {line}: {name}: must be {want}, got {value!r}"
+
+
+FILL_TYPES: dict[str, str] = {
+    "fill_id": "str", "decision_id": "str", "proposal_id": "str", "market_id": "str", "side": "side",
+    "requested_size": "float", "filled_size": "float", "price": "float", "fee": "float", "status": "status",
+    "reason": "str?", "time": "int",
+}  # fmt: skip
+
+
+def fills_from(records: list[tuple[int, Any]], now_ms: int) -> list[Fill]:
+    """Fills from JSON objects (`time` filled with `now_ms` when absent, `reason` with null); types checked."""
+    problems: list[str] = []
+    out: list[Fill] = []
+    for line, raw in records:
+        if not isinstance(raw, dict):
+            problems.append(f"line {line}: a fill must be a JSON object, got {type(raw).__name__}")
+            continue
+        raw = {"time": now_ms, "reason": None, **raw}
+        found = [f"line {line}: {name}: is not a field of Fill" for name in sorted(set(raw) - set(FILL_TYPES))]
+        for name, kind in FILL_TYPES.items():
+            if name not in raw:
+                found.append(f"line {line}: {name}: is missing")
+            elif (problem := _typed(line, name, raw[name], kind)) is not None:
+                found.append(problem)
+        if found:
+            problems.extend(found)
+            continue
+        fill = Fill(raw["fill_id"], raw["decision_id"], raw["proposal_id"], raw["market_id"], Side(raw["side"]),
+                    float(raw["requested_size"]), float(raw["filled_size"]), float(raw["price"]), float(raw["fee"]),
+                    FillStatus(raw["status"]), raw["reason"], int(raw["time"]))  # fmt: skip
+        out.append(fill)
+    if problems:
+        raise WireError(problems)
+    return out
+
+
+def to_json(value: Any) -> Any:
+    """A record as JSON-ready data: dataclasses as objects, enums as their names, bytes as base64."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, Mapping):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    return value
+
+
+def one_line(event: Event | DeadLetter) -> str:
+    """A human one-liner for `allocator tail` without --json."""
+    if isinstance(event, Decision):
+        funded = sum(1 for a in event.allocations if a.size > 0)
+        return (f"decision {event.decision_id} cycle {event.cycle}: {len(event.allocations)} decided, {funded} funded, "
+                f"{event.solver_path.value} in {event.solve_ms:.1f} ms, governor {event.governor_state.value}, "
+                f"equity {event.equity:,.2f}")  # fmt: skip
+    if isinstance(event, GovernorEvent):
+        return f"governor {event.governor.value} {event.old_state} -> {event.new_state}: {event.cause}"
+    if isinstance(event, DeadLetter):
+        return f"dead letter {event.topic}[{event.partition}]@{event.offset}: {event.error}"
+    if isinstance(event, ControlCommand):
+        return f"command {event.command.value} by {event.operator_id}: {event.reason}"
+    return f"{type(event).__name__} {json.dumps(to_json(event))}"
