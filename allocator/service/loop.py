@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from allocator.engine.cycle import CycleOutcome, run_cycle
 from allocator.engine.request import CycleRequest
+from allocator.service.chain import ChainSettings, report_rejections, verify_log
 from allocator.service.sequencer import (
     BookState,
     build_request,
@@ -49,9 +50,25 @@ def transactional_id_of(topics: Topics, book_id: str) -> str:
     return f"allocator-{topics.prefix}-{normalise_book_id(book_id)}"
 
 
-def rebuild(reader: EventLog, codec: EventCodec, topics: Topics, config: AllocatorConfig, say: Say) -> BookState:
-    """The state the last published decision left, rebuilt from the log alone (see `replay_decisions`)."""
-    state, decisions, events = replay_decisions(reader, codec, topics, config, lambda _state, recorded: recorded)
+def rebuild(
+    reader: EventLog,
+    codec: EventCodec,
+    topics: Topics,
+    config: AllocatorConfig,
+    say: Say,
+    chain: ChainSettings | None = None,
+) -> BookState:
+    """The state the last published decision left, rebuilt from the log alone (see `replay_decisions`).
+
+    Only decisions that verify are folded (`allocator/service/chain.py`); the signer's head moves to the last."""
+    chain = chain or ChainSettings()
+    verified = verify_log(reader, codec, topics, chain.trusted)
+    report_rejections(verified.rejections, say)
+    if chain.signer is not None:
+        chain.signer.head = verified.head
+    state, decisions, events = replay_decisions(
+        reader, codec, topics, config, lambda _state, recorded: recorded, verified.accepted
+    )
     if decisions:
         say(f"rebuilt from the log: {decisions} decisions, {events} input events, cycle {state.cycle}")
     return state
@@ -71,6 +88,7 @@ class AllocatorService:
         say: Say = print,
         clock: Callable[[], float] = time.monotonic,
         decide: Decide = run_cycle,
+        chain: ChainSettings | None = None,
     ) -> None:
         """`decide` is the cycle: the allocator's own, unless a caller (the demo's naive baseline) swaps it."""
         self.log = log
@@ -82,6 +100,7 @@ class AllocatorService:
         self.say = say
         self.clock = clock
         self.decide = decide
+        self.chain = chain or ChainSettings()
         self.state = BookState.new(config)
         self.buffer: list[Record] = []
         self.pending_proposals = 0
@@ -90,7 +109,7 @@ class AllocatorService:
         """Fence older instances, then rebuild the state from the log before deciding anything."""
         self.log.create_topics([*self.topics.inputs, *self.topics.outputs])
         self.log.init_transactions(transactional_id_of(self.topics, self.book_id))
-        self.state = rebuild(self.reader, self.codec, self.topics, self.config, self.say)
+        self.state = rebuild(self.reader, self.codec, self.topics, self.config, self.say, self.chain)
         self.log.assign(list(self.topics.inputs))
         for tp in self.log.assignment():
             self.log.seek(tp, self.state.positions.get(tp, 0))
@@ -122,6 +141,10 @@ class AllocatorService:
             decision_changes = fold_decision(self.state, decision)
             changes = [*folded.changes, *((c, decision.decided_at, decision.decision_id) for c in decision_changes)]
             events = governor_events(self.book_id, decision.decision_id, changes)
+            if self.chain.signer is not None:  # linked and signed (docs/security.md)
+                decision, message = self.chain.signer.seal(decision, self.codec, self.topics.decisions)
+            else:
+                message = self.codec.encode(decision, self.topics.decisions)
             self.log.begin()
             for dead in folded.dead_letters:
                 self.log.produce(self.topics.deadletter, self.codec.encode(dead, self.topics.deadletter))
@@ -129,7 +152,7 @@ class AllocatorService:
                 self.log.produce(self.topics.governor, self.codec.encode(event, self.topics.governor))
             self.log.produce(
                 self.topics.decisions,
-                self.codec.encode(decision, self.topics.decisions),
+                message,
                 key=self.book_id.encode(),
                 timestamp_ms=max(decision.decided_at, 1),
             )
@@ -140,7 +163,7 @@ class AllocatorService:
             self.log.rewind_to_committed()
             # Rare: rebuild what the last commit left from the log itself (copying the state every cycle to
             # restore it cost tens of ms a cycle, growing with every proposal id ever seen).
-            self.state = rebuild(self.reader, self.codec, self.topics, self.config, self.say)
+            self.state = rebuild(self.reader, self.codec, self.topics, self.config, self.say, self.chain)
             self.buffer = []
             self.pending_proposals = 0
             raise
