@@ -150,6 +150,16 @@ def canonical_from_body(body: bytes, signature: bytes | None) -> bytes | None:
     return bytes(body[:-tail]) + _UNSIGNED_TAIL
 
 
+def canonical_of_message(value: bytes, event: Signed, header: bytes | None) -> bytes:
+    """The canonical bytes of the event a message decoded to: cut from the message when it starts with `header`
+    (the current schema's single-object header), else re-encoded."""
+    if header is not None and value[: len(header)] == header:
+        cut = canonical_from_body(value[len(header) :], event.signature)
+        if cut is not None:
+            return cut
+    return canonical_bytes(event)
+
+
 def load_private_key_pem(data: bytes, where: str) -> Ed25519PrivateKey:
     """An Ed25519 private key from PKCS8 PEM bytes; `where` (the file) names it in the error, never the bytes."""
     try:

@@ -23,7 +23,7 @@ from schemas.events import Decision
 from schemas.signing import (
     GENESIS,
     canonical_bytes,
-    canonical_from_body,
+    canonical_of_message,
     check_signature,
     decision_hash,
     key_id_of,
@@ -68,12 +68,7 @@ def _header(codec: EventCodec) -> bytes | None:
 
 def canonical_of(value: bytes, decision: Decision, codec: EventCodec) -> bytes:
     """The decision's canonical bytes, cut from the message when it was written with the current schema."""
-    header = _header(codec)
-    if header is not None and value[: len(header)] == header:
-        cut = canonical_from_body(value[len(header) :], decision.signature)
-        if cut is not None:
-            return cut
-    return canonical_bytes(decision)
+    return canonical_of_message(value, decision, _header(codec))
 
 
 class ChainVerifier:
