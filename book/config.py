@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from governors.state import GovernorLimits
+from schemas.signing import SigningKeyError, key_id_of, public_key_from_hex
 
 
 class ConfigError(ValueError):
@@ -59,6 +60,11 @@ class AllocatorConfig:
     mip_rel_gap: float = 1e-4
     # rules.md §2: agents allowed to propose; None accepts every agent
     agents: tuple[str, ...] | None = None
+    # rules.md §11: the operator keyring, key_id -> raw Ed25519 public key in hex; empty accepts unsigned commands
+    operator_keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # rules.md §7.1: signed RESET_KILL_SWITCH commands from this many distinct operator keys, within the window
+    kill_switch_reset_quorum: int = 1
+    kill_switch_reset_window_s: float = 300.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -70,6 +76,12 @@ class AllocatorConfig:
         for key, cap in self.group_caps.items():
             if not isinstance(cap, int | float) or not math.isfinite(cap) or not 0 <= cap <= MAX_AMOUNT:
                 raise ConfigError(f"group_caps[{key!r}]: must be an amount in [0, {MAX_AMOUNT:g}], got {cap!r}")
+        _check_operator_keys(self.operator_keys)
+        if self.kill_switch_reset_quorum > 1 and len(self.operator_keys) < self.kill_switch_reset_quorum:
+            raise ConfigError(
+                f"kill_switch_reset_quorum: {self.kill_switch_reset_quorum} needs at least as many operator_keys, "
+                f"got {len(self.operator_keys)}"
+            )
         if self.failure_min_samples > self.failure_window:
             raise ConfigError("failure_min_samples: must not exceed failure_window")
         if self.solver_timeout_trigger > self.solver_timeout_window:
@@ -125,6 +137,8 @@ class AllocatorConfig:
                 value = dict(sorted(value.items()))
             elif isinstance(value, tuple):
                 value = list(value)
+            if f.name in _ADDED_AT_DEFAULT_OMITTED and value == _ADDED_AT_DEFAULT_OMITTED[f.name]:
+                continue  # a key added later is left out at its default, so older books' hashes stay the same
             out[f.name] = value
         return dict(sorted(out.items()))
 
@@ -171,6 +185,10 @@ def _coerce(key: str, spec: dataclasses.Field[Any], value: Any) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"group_caps: must be an object of correlation_key -> amount, got {value!r}")
         return MappingProxyType({str(k): _number(f"group_caps[{k!r}]", v) for k, v in value.items()})
+    if key == "operator_keys":
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"operator_keys: must be an object of key_id -> public key hex, got {value!r}")
+        return MappingProxyType({str(k): v for k, v in value.items()})
     if key == "agents":
         if value is None:
             return None
@@ -209,6 +227,27 @@ def _check_range(key: str, value: float, low: float, high: float, low_open: bool
         raise ConfigError(f"{key}: must be in {opening}{low:g}, {high:g}], got {value!r}")
 
 
+def _check_operator_keys(keys: Mapping[str, str]) -> None:
+    """Each entry is a raw Ed25519 public key in hex under its own key id (rules.md §11)."""
+
+    for key_id, text in keys.items():
+        if not isinstance(text, str):
+            raise ConfigError(f"operator_keys[{key_id!r}]: must be the public key as 64 hex characters")
+        try:
+            key = public_key_from_hex(text, f"operator_keys[{key_id!r}]")
+        except SigningKeyError as exc:
+            raise ConfigError(str(exc)) from exc
+        if key_id_of(key) != key_id:
+            raise ConfigError(f"operator_keys[{key_id!r}]: the key's id is {key_id_of(key)}, not {key_id!r}")
+
+
+# Keys added after books were written: left out of the canonical mapping (and its hash) at these defaults.
+_ADDED_AT_DEFAULT_OMITTED: dict[str, Any] = {
+    "operator_keys": {},
+    "kill_switch_reset_quorum": 1,
+    "kill_switch_reset_window_s": 300.0,
+}
+
 MAX_PENDING = 10_000  # proposals one cycle may decide: bounds the problem's size (with scenario_count)
 MAX_AMOUNT = 1e15  # currency: far above any book, far below where sums of sizes lose whole units
 _DAY_S = 86_400.0
@@ -239,4 +278,6 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "tail_dof": (1.0, 1_000.0, False),
     "solver_time_limit_ms": (1.0, 3_600_000.0, False),
     "mip_rel_gap": (0.0, 0.5, True),
+    "kill_switch_reset_quorum": (1, 2, False),
+    "kill_switch_reset_window_s": (0.0, _DAY_S, True),
 }

@@ -8,7 +8,7 @@ caused, which the caller stamps into `GovernorEvent`s.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
@@ -41,8 +41,25 @@ from schemas.events import (
     Side,
     SolverPath,
 )
+from schemas.signing import check_signature, public_key_from_hex
 
 _SIDES = (Side.BUY, Side.SELL)
+CONFIGURATION_ONLY = frozenset({"operator_keys", "kill_switch_reset_quorum", "kill_switch_reset_window_s"})
+
+
+def operator_refusal(command: ControlCommand, operator_keys: Mapping[str, str]) -> str | None:
+    """Why the operator keyring refuses a command (unsigned, unknown key, bad signature), or None; an empty
+    keyring accepts every command (rules.md §11)."""
+    if not operator_keys:
+        return None
+    if command.signature is None or command.key_id is None:
+        return "unsigned, and the book has an operator keyring"
+    key_hex = operator_keys.get(command.key_id)
+    if key_hex is None:
+        return f"unknown key: key_id {command.key_id!r} is not in operator_keys"
+    return check_signature(command, {command.key_id: public_key_from_hex(key_hex, "operator_keys")})
+
+
 FINAL_STATUSES = frozenset(
     {AllocationStatus.FUNDED, AllocationStatus.CUT, AllocationStatus.REJECTED, AllocationStatus.NETTED,
      AllocationStatus.EXPIRED}
@@ -159,6 +176,7 @@ class PortfolioState:
     last_time: int = 0  # the latest log time folded (set by the sequencer): a cycle's `as_of`
     cycles: int = 0
     last_decision_id: str | None = None
+    reset_vote: tuple[str, int] | None = None  # the first of a two-person RESET_KILL_SWITCH: (key id, log time)
     # The marked value of each holding (same keys as `holdings`) in exact 2**-1074 units, None if not finite,
     # and the sum of those units; `_nonfinite` counts the Nones (any leaves equity to `math.fsum`).
     _held_units: dict[tuple[str, Side], int | None] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -363,15 +381,51 @@ class PortfolioState:
         return self._equity_changed()
 
     def _on_command(self, command: ControlCommand) -> tuple[GovernorChange, ...]:
+        refused = operator_refusal(command, self.config.operator_keys)
+        if refused is not None:
+            return (self._operator_event(f"{command.command.value} {command.command_id} by {command.operator_id} "
+                                         f"rejected, nothing changed: {refused}"),)  # fmt: skip
         if command.command is Command.SET_LIMITS:
             return self._set_limits(command)
+        if command.command is Command.RESET_KILL_SWITCH and self.config.kill_switch_reset_quorum > 1:
+            waiting = self._await_second_reset(command)
+            if waiting is not None:
+                return (waiting,)
         self.governor, changes = on_command(self.governor, command.command, command.reason, command.operator_id)
         return changes
+
+    def _operator_event(self, cause: str) -> GovernorChange:
+        state = self.governor.state.value
+        return GovernorChange(Governor.OPERATOR, state, state, cause)
+
+    def _await_second_reset(self, command: ControlCommand) -> GovernorChange | None:
+        """The two-person rule (rules.md §7.1): None when this signed reset completes the quorum, else the event
+        saying it awaits a second key. Only a tripped kill switch collects votes."""
+        if not self.governor.kill_switch_tripped:
+            self.reset_vote = None
+            return None
+        key_id = command.key_id or ""
+        window_ms = round(self.config.kill_switch_reset_window_s * 1000)
+        first = self.reset_vote
+        if first is not None and first[0] != key_id and self.last_time - first[1] <= window_ms:
+            self.reset_vote = None
+            return None
+        if first is not None and first[0] == key_id and self.last_time - first[1] <= window_ms:
+            cause = f"RESET_KILL_SWITCH {command.command_id} by {command.operator_id}: key {key_id} already signed"
+            return self._operator_event(f"{cause} a reset; it awaits a second operator key")
+        self.reset_vote = (key_id, self.last_time)
+        return self._operator_event(
+            f"RESET_KILL_SWITCH {command.command_id} by {command.operator_id} (key {key_id}) recorded: it awaits a "
+            f"second operator key within {self.config.kill_switch_reset_window_s:g} s"
+        )
 
     def _set_limits(self, command: ControlCommand) -> tuple[GovernorChange, ...]:
         """rules.md §7: validated exactly as the configuration file; any bad key and nothing changes, with an event
         naming it."""
         try:
+            fixed = sorted(set(command.limits or {}) & CONFIGURATION_ONLY)
+            if fixed:
+                raise ConfigError(f"{fixed[0]}: set by the configuration only, never by SET_LIMITS")
             config = self.config.with_limits(command.limits or {})
         except ConfigError as exc:
             state = self.governor.state.value

@@ -8,9 +8,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from prometheus_client import CollectorRegistry
 
     from allocator.service.backends import LogSettings
+    from allocator.service.chain import ChainSettings
     from book.config import AllocatorConfig
     from cli.observe import LogLine, MetricsServer
     from schemas.codec import EventCodec
@@ -120,15 +122,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     deadline = time.monotonic() + args.duration if args.duration else None
+    chain = _chain_settings(args)
     log = settings.open(group_of(Topics(args.topic_prefix), args.book))
     reader = settings.open()
     service = AllocatorService(
         log, reader, make_codec(args.schema_registry), args.book, config, Topics(args.topic_prefix),
-        say=say, metrics=metrics,
+        say=say, metrics=metrics, chain=chain,
     )  # fmt: skip
     holder["service"] = service
     say.info(f"allocator serve: book {args.book} on {settings.describe()}"
              + (f"; metrics on port {server.port}" if server else ""), event="start")  # fmt: skip
+    _say_trust(chain, config, say)
     try:
         service.start()
         published = service.run(
@@ -155,6 +159,61 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _chain_settings(args: argparse.Namespace) -> ChainSettings:
+    """serve's key and trusted keys from --signing-key and --trusted-keys (errors name the file)."""
+    from allocator.service.chain import ChainSettings, DecisionSigner
+    from allocator.service.keys import load_signing_key
+    from schemas.signing import SigningKeyError
+
+    try:
+        signer = DecisionSigner(load_signing_key(args.signing_key)) if args.signing_key else None
+        return ChainSettings(signer, _trusted_keys(args))
+    except SigningKeyError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _trusted_keys(args: argparse.Namespace) -> dict[str, Ed25519PublicKey]:
+    from allocator.service.keys import load_trusted_keys
+    from schemas.signing import SigningKeyError
+
+    try:
+        return load_trusted_keys(args.trusted_keys) if args.trusted_keys else {}
+    except SigningKeyError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _say_trust(chain: ChainSettings, config: AllocatorConfig, say: LogLine) -> None:
+    """What serve's decisions and commands can be trusted for, said once at start (docs/security.md)."""
+    if chain.signer is None:
+        say.write("warning", "allocator serve: WARNING: decisions are UNSIGNED (no --signing-key): anyone who can "
+                  "write the decisions stream (or the embedded log file) can forge them, and executors cannot tell",
+                  "trust", {"decisions_signed": False})  # fmt: skip
+    else:
+        say.info(f"allocator serve: signing decisions with key {chain.signer.key_id}; trusted keys: "
+                 f"{', '.join(sorted(chain.trusted))}", "trust", decisions_signed=True)  # fmt: skip
+    if not config.operator_keys:
+        say.write("warning", "allocator serve: operator commands are accepted UNSIGNED (operator_keys is empty): "
+                  "anyone who can write the control stream can halt, resume or reset the kill switch",
+                  "trust", {"commands_signed": False})  # fmt: skip
+    else:
+        say.info(f"allocator serve: operator commands must be signed by one of {len(config.operator_keys)} "
+                 f"operator keys (reset quorum {config.kill_switch_reset_quorum})", "trust",
+                 commands_signed=True)  # fmt: skip
+
+
+def _cmd_keys_new(args: argparse.Namespace) -> int:
+    from allocator.service.keys import new_key_pair
+    from schemas.signing import SigningKeyError
+
+    try:
+        key_id, _private, public = new_key_pair(args.out)
+    except SigningKeyError as exc:
+        raise UsageError(str(exc)) from exc
+    print(f"key id {key_id}")
+    print(f"public key {public}")
+    return EXIT_OK
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     from allocator.service.audit import audit_log, summary_table, write_report
     from eventlog.port import Topics
@@ -169,8 +228,13 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         if done == total or done % 50 == 0:
             print(f"\raudited {done}/{total} decisions", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
+    trusted = _trusted_keys(args)
+    head = args.head.strip().lower() if args.head else None
+    if head is not None and (len(head) != 64 or any(c not in "0123456789abcdef" for c in head)):
+        raise UsageError(f"--head {args.head!r}: a decision hash is 64 hex characters")
     with settings.open() as reader:
-        report = audit_log(reader, make_codec(args.schema_registry), Topics(args.topic_prefix), config, progress)
+        report = audit_log(reader, make_codec(args.schema_registry), Topics(args.topic_prefix), config, progress,
+                           trusted, head)  # fmt: skip
     print(summary_table(report))
     write_report(report, args.report)
     print(f"report written to {args.report}")
@@ -354,6 +418,15 @@ def _cmd_control(args: argparse.Namespace) -> int:
     from schemas.events import Command, ControlCommand
 
     settings = _log_settings(args)
+    key = None
+    if args.key:
+        from allocator.service.keys import load_signing_key
+        from schemas.signing import SigningKeyError
+
+        try:
+            key = load_signing_key(args.key)
+        except SigningKeyError as exc:
+            raise UsageError(str(exc)) from exc
     command = ControlCommand(
         command_id=f"cmd-{uuid.uuid4().hex}",
         operator_id=args.operator,
@@ -362,6 +435,10 @@ def _cmd_control(args: argparse.Namespace) -> int:
         limits=None,
         time=wall_clock_ms(),
     )
+    if key is not None:
+        from schemas.signing import sign
+
+        command = sign(command, key)
     topics = Topics(args.topic_prefix)
     try:
         with settings.open() as log:
@@ -374,7 +451,8 @@ def _cmd_control(args: argparse.Namespace) -> int:
     except LogError as exc:
         print(f"allocator control: the log refused the command: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    print(f"sent {command.command.value} {command.command_id} by {command.operator_id} to {topics.control} on "
+    print(f"sent {command.command.value} {command.command_id} by {command.operator_id}"
+          + (f" signed by key {command.key_id}" if command.key_id else " unsigned") + f" to {topics.control} on "
           f"{settings.describe()}; the allocator acts on it in its next cycle")  # fmt: skip
     return EXIT_OK
 
@@ -649,6 +727,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-cycles", type=int, help="stop after this cycle number")
     serve.add_argument("--duration", type=float, help="stop after this many seconds")
     _observe_options(serve)
+    serve.add_argument("--signing-key", help="sign every decision with this Ed25519 key file (allocator keys new)")
+    serve.add_argument("--trusted-keys", help="public key file or folder of *.pub files trusted besides its own")
     serve.set_defaults(handler=_cmd_serve)
 
     audit = sub.add_parser(
@@ -658,7 +738,18 @@ def build_parser() -> argparse.ArgumentParser:
     _log_options(audit)
     audit.add_argument("--config", help="the JSON configuration the allocator ran with")
     audit.add_argument("--report", default="audit-report.json", help="JSON report path (default: audit-report.json)")
+    audit.add_argument("--trusted-keys", help="public key file or folder of *.pub files whose decisions verify")
+    audit.add_argument("--head", help="the chain head (decision hash) the log must reach; exit 1 when it does not")
     audit.set_defaults(handler=_cmd_audit)
+
+    keys = sub.add_parser("keys", help="Ed25519 keys for signing decisions and operator commands")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="KEYS_COMMAND")
+    keys_sub.required = True
+    new_key = keys_sub.add_parser(
+        "new", help="write a new key pair <key_id>.key (0600, never printed) and <key_id>.pub into a folder"
+    )
+    new_key.add_argument("--out", required=True, help="the folder to write the key pair into")
+    new_key.set_defaults(handler=_cmd_keys_new)
 
     init = sub.add_parser("init", help="create the book's topics (retained, never compacted)")
     _log_options(init, registry=False)
@@ -692,6 +783,7 @@ def build_parser() -> argparse.ArgumentParser:
     control.add_argument("action", choices=["halt", "resume", "reset-kill-switch"], help="the command")
     control.add_argument("--reason", required=True, help="why, in the operator's words")
     control.add_argument("--operator", required=True, help="who sends it")
+    control.add_argument("--key", help="sign the command with this operator's Ed25519 key file")
     _log_options(control)
     control.set_defaults(handler=_cmd_control)
 

@@ -92,7 +92,7 @@ def redact(text: str) -> str:
 
 
 class LogLine:
-    """Where a command's lines go: human text (stdout, errors on stderr), or JSON lines for log shippers.
+    """Where a command's lines go: human text (stdout, warnings and errors on stderr), or JSON lines for log shippers.
 
     `book` and `cycle` (a callable read at each line) label every JSON line. `expect(event, fields)` attaches
     structured fields to the next line said (the service's per-cycle summary follows its metrics hook)."""
@@ -128,7 +128,7 @@ class LogLine:
         self.write("error", line, event, fields)
 
     def write(self, level: str, line: str, event: str | None, fields: Mapping[str, Any]) -> None:
-        stream = (self.err or sys.stderr) if level == "error" else (self.out or sys.stdout)
+        stream = (self.err or sys.stderr) if level in ("error", "warning") else (self.out or sys.stdout)
         if self.fmt == "human":
             print(redact(line), file=stream, flush=True)
             return

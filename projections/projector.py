@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, bindparam, insert, select, update
@@ -25,7 +26,7 @@ from governors.rules import drawdown
 from projections import tables
 from projections.bulk import Row, insert_ignoring_repeats
 from projections.metrics import ProjectorMetrics
-from schemas.codec import EventCodec, UndecodableMessage
+from schemas.codec import SINGLE_OBJECT_MARKER, EventCodec, UndecodableMessage
 from schemas.events import (
     ControlCommand,
     DeadLetter,
@@ -37,6 +38,8 @@ from schemas.events import (
     PnlMark,
     Proposal,
 )
+from schemas.signing import canonical_of_message, decision_hash
+from schemas.versions import record_versions
 
 
 class StaleProjectorError(RuntimeError):
@@ -102,12 +105,23 @@ def _other_rows(event: Event, record: Record, out: Rows) -> None:
         _decision_rows(event, record, out)
 
 
+@cache
+def _decision_header() -> bytes:
+    """The single-object header of the current Decision schema."""
+    return SINGLE_OBJECT_MARKER + record_versions("Decision")[-1].fingerprint
+
+
+def _chain_hash(d: Decision, record: Record) -> str:
+    """The decision's chain hash (docs/security.md), from the message's own bytes when they are current."""
+    return decision_hash(d, canonical_of_message(record.value or b"", d, _decision_header()))
+
+
 def _decision_rows(d: Decision, record: Record, out: Rows) -> None:
     out[tables.decisions].append((d.decision_id, d.book_id, d.cycle, d.decided_at, d.governor_state.value,
                                   d.opportunity_window_ms, d.equity, d.available, d.high_water_mark,
                                   d.solver_path.value, d.solve_ms, d.objective, d.gap, d.config_version,
                                   d.config_hash, d.scenario_seed, record.topic, record.partition,
-                                  record.offset))  # fmt: skip
+                                  record.offset, _chain_hash(d, record), d.previous_hash, d.key_id))  # fmt: skip
     allocations = out[tables.allocations]
     for rank, a in enumerate(d.allocations):
         allocations.append((d.decision_id, a.proposal_id, rank, a.agent_id, a.market_id,

@@ -41,6 +41,12 @@ def read_status(engine: Engine, config: AllocatorConfig, decisions: int = 5, com
         recent = _rows(
             conn, select(tables.control_commands).order_by(desc(tables.control_commands.c.time)).limit(commands)
         )
+        head = _rows(
+            conn,
+            select(tables.decisions.c.decision_id, tables.decisions.c.cycle, tables.decisions.c.decision_hash,
+                   tables.decisions.c.previous_hash, tables.decisions.c.key_id)
+            .order_by(desc(tables.decisions.c.log_partition), desc(tables.decisions.c.log_offset)).limit(1),
+        )  # fmt: skip
         markets = _rows(conn, text("SELECT market_id, signed_exposure, gross_exposure FROM exposure_by_market"))
         keys = _rows(conn, text("SELECT correlation_key, gross_cost FROM exposure_by_key"))
     latest: dict[str, dict[str, Any]] = {}
@@ -68,6 +74,8 @@ def read_status(engine: Engine, config: AllocatorConfig, decisions: int = 5, com
         ],
         "decisions": [{**d, "funded": funded.get(d["decision_id"], 0)} for d in last],
         "commands": recent,
+        # The newest decision projected and its hash: `allocator audit --head` checks a log still reaches it.
+        "chain_head": head[0] if head else None,
     }
 
 

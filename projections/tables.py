@@ -75,6 +75,9 @@ decisions = Table(
     Column("log_topic", String(249), nullable=False),
     Column("log_partition", Integer, nullable=False),
     Column("log_offset", BigInteger, nullable=False),
+    Column("decision_hash", String(64), nullable=True, comment="The decision's chain hash (docs/security.md)."),
+    Column("previous_hash", String(64), nullable=True, comment="The chain link; null before the chain began."),
+    Column("key_id", String(16), nullable=True, comment="The allocator key that signed it; null when unsigned."),
     UniqueConstraint("book_id", "cycle", name="uq_decisions_book_cycle"),
 )
 

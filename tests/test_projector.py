@@ -302,7 +302,10 @@ def test_every_event_becomes_rows_whose_columns_hold_its_fields() -> None:
                                   "governor_state": "ACTIVE", "opportunity_window_ms": 250, "equity": 900.0,
                                   "available": 600.0, "high_water_mark": 1000.0, "solver_path": "MIP_OPTIMAL",
                                   "solve_ms": 12.5, "objective": 3.25, "gap": None, "config_version": "v1",
-                                  "config_hash": "cafe", "scenario_seed": 42, **at, "log_offset": 7}]  # fmt: skip
+                                  "config_hash": "cafe", "scenario_seed": 42, **at, "log_offset": 7,
+                                  "decision_hash": rows["decisions"][0]["decision_hash"], "previous_hash": None,
+                                  "key_id": None}]  # fmt: skip
+    assert len(rows["decisions"][0]["decision_hash"]) == 64  # the chain hash (docs/security.md)
     assert rows["allocations"] == [
         {"decision_id": "d1", "proposal_id": "p1", "rank": 0, "agent_id": "alpha", "market_id": "m1", "side": "SELL",
          "size": 300.0, "netted_size": 0.0, "status": "FUNDED", "reasons": "", "detail": None},

@@ -11,7 +11,8 @@ from typing import Any
 from allocator.engine.cycle import CycleOutcome, run_cycle
 from allocator.engine.request import CycleRequest
 from allocator.engine.verify import DecisionInvariantError, verify_decision
-from allocator.service.sequencer import BookState, build_request, read_decisions, replay_decisions
+from allocator.service.chain import Trusted, chain_findings, verify_log
+from allocator.service.sequencer import BookState, build_request, replay_decisions
 from book.config import AllocatorConfig
 from eventlog.port import EventLog, TopicPartition, Topics
 from schemas.codec import EventCodec
@@ -37,10 +38,11 @@ class Finding:
 @dataclass
 class AuditReport:
     findings: list[Finding]
+    chain_head: str | None = None  # the hash of the last verified decision (docs/audit.md)
 
     @property
     def mismatches(self) -> list[Finding]:
-        return [f for f in self.findings if f.verdict == "MISMATCH"]
+        return [f for f in self.findings if f.verdict not in ("MATCH", "CONSTRAINTS_HELD")]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +50,7 @@ class AuditReport:
             "matched": sum(f.verdict == "MATCH" for f in self.findings),
             "constraints_held": sum(f.verdict == "CONSTRAINTS_HELD" for f in self.findings),
             "mismatches": len(self.mismatches),
+            "chain_head": self.chain_head,
             "findings": [f.__dict__ for f in self.findings],
         }
 
@@ -98,10 +101,13 @@ def audit_log(
     topics: Topics,
     config: AllocatorConfig,
     progress: Callable[[int, int], None] | None = None,
+    trusted: Trusted | None = None,
+    head: str | None = None,
 ) -> AuditReport:
     """Audit every decision in the log. Each is re-run on the state rebuilt from the inputs it recorded; the
     state then moves on with the re-run decision, so one bad record is reported alone."""
-    decisions = read_decisions(reader, codec, topics)
+    verified = verify_log(reader, codec, topics, trusted or {})  # only verified decisions are re-run
+    decisions = verified.accepted
     offsets = {id(d): r.offset for r, d in decisions}
     findings: list[Finding] = []
     recomputed_of: dict[int, Decision] = {}
@@ -158,8 +164,9 @@ def audit_log(
         )
 
     replay_decisions(reader, codec, topics, config, on_decision, decisions, on_duplicate)
+    findings.extend(Finding(**f) for f in chain_findings(verified, head))  # docs/audit.md: the chain
     findings.sort(key=lambda f: f.offset)
-    return AuditReport(findings)
+    return AuditReport(findings, verified.head)
 
 
 def _rerun(request: CycleRequest, recorded: Decision) -> CycleOutcome:

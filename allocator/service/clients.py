@@ -4,9 +4,10 @@ operators (an adapter). Agents only ever propose; executors act on decisions; no
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from allocator.service.chain import DUPLICATE, ChainVerifier, Rejection, Trusted
 from eventlog.port import EventLog, TopicPartition, Topics
 from schemas.codec import EventCodec
 from schemas.events import Command, ControlCommand, Decision, Event, Fill, MarketResolution, PnlMark, Proposal
@@ -59,26 +60,51 @@ class BookClient:
 
 
 class DecisionFeed:
-    """What an executor reads: the book's committed decisions, in order, from where it left off."""
+    """What an executor reads: the book's committed decisions, in order, from where it left off.
+
+    Only decisions that verify are returned (docs/security.md): signed by a key in `trusted`, linked to the
+    previous verified decision, of a new cycle; decisions from before the chain are returned while no chained
+    one has been seen. Every other record is a `Rejection`, kept in `rejections` and passed to `on_rejected`.
+    The feed reads the topic from its start to know the chain, and returns decisions from `start` on."""
 
     def __init__(
-        self, log: EventLog, codec: EventCodec, topics: Topics, start: Mapping[TopicPartition, int] | None = None
+        self,
+        log: EventLog,
+        codec: EventCodec,
+        topics: Topics,
+        start: Mapping[TopicPartition, int] | None = None,
+        trusted: Trusted | None = None,
+        on_rejected: Callable[[Rejection], None] | None = None,
     ):
         self.log = log
         self.codec = codec
         self.topics = topics
+        self.start = dict(start or {})
+        self.verifier = ChainVerifier(trusted or {}, codec)
+        self.rejections: list[Rejection] = []
+        self.on_rejected = on_rejected
+        self._cycles: set[int] = set()
         log.assign([topics.decisions])
         for tp in log.assignment():
-            log.seek(tp, (start or {}).get(tp, 0))
+            log.seek(tp, 0)
 
     def poll(self, timeout_s: float = 0.2) -> list[Decision]:
         out: list[Decision] = []
         for record in self.log.poll(max_records=500, timeout_s=timeout_s):
-            if record.value is None:
+            checked = self.verifier.check(record)
+            if isinstance(checked, Decision) and checked.cycle in self._cycles:
+                detail = f"cycle {checked.cycle} was already decided"
+                checked = Rejection(DUPLICATE, record.topic, record.partition, record.offset, detail,
+                                    checked.decision_id, checked.cycle)  # fmt: skip
+            if isinstance(checked, Rejection):
+                if record.offset >= self.start.get(record.topic_partition, 0):
+                    self.rejections.append(checked)
+                    if self.on_rejected is not None:
+                        self.on_rejected(checked)
                 continue
-            event = self.codec.decode(record.value, record.topic, record.partition, record.offset)
-            if isinstance(event, Decision):
-                out.append(event)
+            self._cycles.add(checked.cycle)
+            if record.offset >= self.start.get(record.topic_partition, 0):
+                out.append(checked)
         return out
 
     def drain(self, timeout_s: float = 30.0) -> list[Decision]:

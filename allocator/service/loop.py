@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from allocator.engine.cycle import CycleOutcome, run_cycle
 from allocator.engine.request import CycleRequest
+from allocator.service.chain import ChainSettings, report_rejections, verify_log
 from allocator.service.metrics import ServiceMetrics
 from allocator.service.sequencer import (
     BookState,
@@ -50,9 +51,25 @@ def transactional_id_of(topics: Topics, book_id: str) -> str:
     return f"allocator-{topics.prefix}-{normalise_book_id(book_id)}"
 
 
-def rebuild(reader: EventLog, codec: EventCodec, topics: Topics, config: AllocatorConfig, say: Say) -> BookState:
-    """The state the last published decision left, rebuilt from the log alone (see `replay_decisions`)."""
-    state, decisions, events = replay_decisions(reader, codec, topics, config, lambda _state, recorded: recorded)
+def rebuild(
+    reader: EventLog,
+    codec: EventCodec,
+    topics: Topics,
+    config: AllocatorConfig,
+    say: Say,
+    chain: ChainSettings | None = None,
+) -> BookState:
+    """The state the last published decision left, rebuilt from the log alone (see `replay_decisions`).
+
+    Only decisions that verify are folded (`allocator/service/chain.py`); the signer's head moves to the last."""
+    chain = chain or ChainSettings()
+    verified = verify_log(reader, codec, topics, chain.trusted)
+    report_rejections(verified.rejections, say)
+    if chain.signer is not None:
+        chain.signer.head = verified.head
+    state, decisions, events = replay_decisions(
+        reader, codec, topics, config, lambda _state, recorded: recorded, verified.accepted
+    )
     if decisions:
         say(f"rebuilt from the log: {decisions} decisions, {events} input events, cycle {state.cycle}")
     return state
@@ -74,6 +91,7 @@ class AllocatorService:
         decide: Decide = run_cycle,
         log_append_time: bool = True,
         metrics: ServiceMetrics | None = None,
+        chain: ChainSettings | None = None,
     ) -> None:
         """`decide` is the cycle: the allocator's own, unless a caller (the demo's naive baseline) swaps it.
         Input topics the service has to create stamp records with the log's append time; a simulation that
@@ -90,6 +108,7 @@ class AllocatorService:
         self.decide = decide
         self.log_append_time = log_append_time
         self.metrics = metrics
+        self.chain = chain or ChainSettings()
         self.state = BookState.new(config)
         self.buffer: list[Record] = []
         self.pending_proposals = 0
@@ -100,7 +119,7 @@ class AllocatorService:
         self.log.create_topics(list(self.topics.inputs), None, log_append_time=self.log_append_time)
         self.log.create_topics(list(self.topics.outputs), None)
         self.log.init_transactions(transactional_id_of(self.topics, self.book_id))
-        self.state = rebuild(self.reader, self.codec, self.topics, self.config, self.say)
+        self.state = rebuild(self.reader, self.codec, self.topics, self.config, self.say, self.chain)
         self.log.assign(list(self.topics.inputs))
         for tp in self.log.assignment():
             self.log.seek(tp, self.state.positions.get(tp, 0))
@@ -139,6 +158,10 @@ class AllocatorService:
             decision_changes = fold_decision(self.state, decision)
             changes = [*folded.changes, *((c, decision.decided_at, decision.decision_id) for c in decision_changes)]
             events = governor_events(self.book_id, decision.decision_id, changes)
+            if self.chain.signer is not None:  # linked and signed (docs/security.md)
+                decision, message = self.chain.signer.seal(decision, self.codec, self.topics.decisions)
+            else:
+                message = self.codec.encode(decision, self.topics.decisions)
             self.log.begin()
             for dead in folded.dead_letters:
                 self.log.produce(self.topics.deadletter, self.codec.encode(dead, self.topics.deadletter))
@@ -146,7 +169,7 @@ class AllocatorService:
                 self.log.produce(self.topics.governor, self.codec.encode(event, self.topics.governor))
             self.log.produce(
                 self.topics.decisions,
-                self.codec.encode(decision, self.topics.decisions),
+                message,
                 key=self.book_id.encode(),
                 timestamp_ms=max(decision.decided_at, 1),
             )
@@ -157,7 +180,7 @@ class AllocatorService:
             self.log.rewind_to_committed()
             # Rare: rebuild what the last commit left from the log itself (copying the state every cycle to
             # restore it cost tens of ms a cycle, growing with every proposal id ever seen).
-            self.state = rebuild(self.reader, self.codec, self.topics, self.config, self.say)
+            self.state = rebuild(self.reader, self.codec, self.topics, self.config, self.say, self.chain)
             self.buffer = []
             self.pending_proposals = 0
             raise

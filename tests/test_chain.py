@@ -1,0 +1,430 @@
+"""The decision chain end to end (docs/security.md, rules.md §9, §11): serve signs and links, restarts fold only
+verified decisions, the decision feed hands executors only verified decisions, the audit names every record that
+does not verify; and the operator keyring in the fold."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from allocator.service.chain import (
+    FORGED,
+    ChainSettings,
+    DecisionSigner,
+    Rejection,
+)
+from allocator.service.clients import DecisionFeed
+from allocator.service.keys import load_signing_key, new_key_pair
+from allocator.service.loop import AllocatorService, group_of
+from book.config import AllocatorConfig, ConfigError
+from book.portfolio import PortfolioState
+from cli.main import main
+from eventlog.embedded import EmbeddedEventLog
+from eventlog.port import EventLog, Topics
+from schemas.codec import SingleObjectCodec
+from schemas.events import (
+    AllocationStatus,
+    Command,
+    ControlCommand,
+    Decision,
+    Governor,
+    GovernorState,
+    InputPosition,
+    Proposal,
+    Side,
+)
+from schemas.signing import GENESIS, decision_hash, key_id_of, sign
+
+codec = SingleObjectCodec()
+T = 1_790_000_000_000
+CONFIG = AllocatorConfig.from_mapping({"scenario_count": 300, "solver_time_limit_ms": 10_000})
+BOOK = "book1"
+
+
+def proposal(i: int) -> Proposal:
+    return Proposal(f"p{i}", "alpha", "s", f"m{i % 7}", Side.BUY, 0.5, 0.04, 0.9, 800.0, 100.0, 0.05, 0.01,
+                    f"k{i % 3}", T + i)  # fmt: skip
+
+
+def service(log: EventLog, reader: EventLog, topics: Topics, chain: ChainSettings, say: list[str]) -> AllocatorService:
+    svc = AllocatorService(log, reader, codec, BOOK, CONFIG, topics, say=say.append, chain=chain)
+    svc.start()
+    return svc
+
+
+def embedded(db: Path, topics: Topics, chain: ChainSettings, say: list[str] | None = None) -> AllocatorService:
+    return service(EmbeddedEventLog(db, group=group_of(topics, BOOK)), EmbeddedEventLog(db), topics, chain,
+                   [] if say is None else say)  # fmt: skip
+
+
+def produce(db: Path, topic: str, values: list[bytes], ts: int) -> None:
+    with EmbeddedEventLog(db) as log:
+        log.create_topics([topic])
+        for v in values:
+            log.produce(topic, v, timestamp_ms=ts)
+        log.flush()
+
+
+def cycle(svc: AllocatorService) -> Decision:
+    while svc.poll(0.05):
+        pass
+    return svc.cycle().decision
+
+
+def close(svc: AllocatorService) -> None:
+    svc.log.close()
+    svc.reader.close()
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[Path, Path, DecisionSigner]:
+    """The allocator's key pair in a folder: (key file, folder of trusted public keys, its signer)."""
+    _, private, _public = new_key_pair(tmp_path / "keys")
+    return private, tmp_path / "keys", DecisionSigner(load_signing_key(private))
+
+
+def signed_log(db: Path, topics: Topics, signer: DecisionSigner, cycles: int = 3) -> list[Decision]:
+    svc = embedded(db, topics, ChainSettings(signer))
+    out = []
+    try:
+        for c in range(cycles):
+            produce(db, topics.proposals, [codec.encode(proposal(10 * c + i)) for i in range(6)], T + 10 * c)
+            out.append(cycle(svc))
+    finally:
+        close(svc)
+    return out
+
+
+def audit(db: Path, topics: Topics, tmp_path: Path, *extra: str) -> tuple[int, dict[str, object], str]:
+    report = tmp_path / f"audit-{uuid.uuid4().hex[:6]}.json"
+    code = main(["audit", "--log", str(db), "--topic-prefix", topics.prefix, "--report", str(report),
+                 "--config", str(config_file(tmp_path)), *extra])  # fmt: skip
+    return code, json.loads(report.read_text(encoding="utf-8")), str(report)
+
+
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(CONFIG.to_mapping()), encoding="utf-8")
+    return path
+
+
+# --- serve signs, links and keeps the head -------------------------------------------------------------------
+
+
+def test_serve_signs_and_links_every_decision_and_keeps_the_head_across_a_restart(
+    tmp_path: Path, keys: tuple[Path, Path, DecisionSigner]
+) -> None:
+    _, _, signer = keys
+    db, topics = tmp_path / "log.sqlite", Topics("chain")
+    first = signed_log(db, topics, signer, cycles=2)
+    again = signed_log(db, topics, DecisionSigner(signer.key), cycles=1)  # a restart: the head is read back
+    decisions = [*first, *again]
+    assert [d.previous_hash for d in decisions] == [GENESIS, decision_hash(decisions[0]), decision_hash(decisions[1])]
+    assert all(d.key_id == signer.key_id and d.signature for d in decisions)
+
+
+def test_the_first_chained_decision_links_to_the_last_decision_before_the_chain(
+    tmp_path: Path, keys: tuple[Path, Path, DecisionSigner]
+) -> None:
+    _, folder, signer = keys
+    db, topics = tmp_path / "log.sqlite", Topics("chain")
+    unsigned = signed_log(db, topics, signer, cycles=0)
+    svc = embedded(db, topics, ChainSettings())  # unsigned: before the chain
+    produce(db, topics.proposals, [codec.encode(proposal(i)) for i in range(4)], T)
+    unsigned = [cycle(svc)]
+    close(svc)
+    assert unsigned[0].previous_hash is None and unsigned[0].signature is None
+    chained = signed_log(db, topics, DecisionSigner(signer.key), cycles=1)[0]
+    assert chained.previous_hash == decision_hash(unsigned[0]) and chained.cycle == 2
+    code, report, _ = audit(db, topics, tmp_path, "--trusted-keys", str(folder))
+    assert code == 0, report
+    assert report["chain_head"] == decision_hash(chained)
+
+
+# --- the audit names every record that does not verify --------------------------------------------------------
+
+
+def test_audit_names_forged_altered_unsigned_and_undecodable_records_and_exits_1(
+    tmp_path: Path, keys: tuple[Path, Path, DecisionSigner], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, folder, signer = keys
+    db, topics = tmp_path / "log.sqlite", Topics("chain")
+    _d1, d2, d3 = signed_log(db, topics, signer)
+    code, report, _ = audit(db, topics, tmp_path, "--trusted-keys", str(folder))
+    assert code == 0 and report["mismatches"] == 0, report
+
+    intruder = DecisionSigner(Ed25519PrivateKey.generate(), head=decision_hash(d3))
+    _, forged = intruder.seal(dataclasses.replace(d3, cycle=4, decision_id="chain.book1-0000000004"), codec, "t")
+    altered_decision = dataclasses.replace(d2, objective=d2.objective + 1.0)  # the signature of the original
+    unsigned = dataclasses.replace(d3, cycle=4, previous_hash=None, key_id=None, signature=None)
+    produce(db, topics.decisions, [forged, codec.encode(altered_decision), b"\xc3\x01garbage", codec.encode(unsigned)],
+            T + 999)  # fmt: skip
+    capsys.readouterr()
+    code, report, _ = audit(db, topics, tmp_path, "--trusted-keys", str(folder))
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "Traceback" not in out + err
+    findings = report["findings"]
+    assert isinstance(findings, list)
+    by_offset = {f["offset"]: f for f in findings}
+    assert [by_offset[o]["verdict"] for o in (3, 4, 5, 6)] == ["FORGED", "ALTERED", "UNDECODABLE",
+                                                               "UNSIGNED_AFTER_THE_CHAIN_BEGAN"]  # fmt: skip
+    assert all("chain.decisions/0/" in by_offset[o]["problems"][0] for o in (3, 4, 5, 6))  # the position, named
+    assert [f["verdict"] for f in findings if f["offset"] < 3] == ["MATCH"] * 3  # the genuine ones
+    assert not any("a second decision" in p for f in findings for p in f["problems"])
+    assert report["chain_head"] == decision_hash(d3)
+    assert "FORGED" in out and "ALTERED" in out
+
+
+def test_audit_names_a_reordered_pair(tmp_path: Path, keys: tuple[Path, Path, DecisionSigner]) -> None:
+    _, folder, signer = keys
+    db, topics = tmp_path / "log.sqlite", Topics("chain")
+    _d1, d2 = signed_log(db, topics, signer, cycles=2)
+    # Two later decisions, genuinely signed, written in the wrong order: the second links to one not yet seen.
+    replay = DecisionSigner(signer.key, head=decision_hash(d2))
+    third, m3 = replay.seal(dataclasses.replace(d2, cycle=3, decision_id="chain.book1-0000000003"), codec, "t")
+    _, m4 = replay.seal(dataclasses.replace(d2, cycle=4, decision_id="chain.book1-0000000004"), codec, "t")
+    produce(db, topics.decisions, [m4, m3], T + 999)
+    code, report, _ = audit(db, topics, tmp_path, "--trusted-keys", str(folder))
+    assert code == 1
+    verdicts = {f["offset"]: f["verdict"] for f in report["findings"]}  # type: ignore[attr-defined]
+    assert verdicts[2] == "REORDERED"
+    assert verdicts[3] != "REORDERED"  # it links to the previous verified decision
+    assert report["chain_head"] == decision_hash(third)
+
+
+def test_audit_head_catches_a_deleted_newest_decision(
+    tmp_path: Path, keys: tuple[Path, Path, DecisionSigner], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, folder, signer = keys
+    db, topics = tmp_path / "log.sqlite", Topics("chain")
+    _d1, d2 = signed_log(db, topics, signer, cycles=2)
+    # The allocator's third decision, as if published and then deleted from the log: its hash is the head an
+    # executor or the projection last saw.
+    follow = DecisionSigner(signer.key, head=decision_hash(d2))
+    follow.seal(dataclasses.replace(d2, cycle=3), codec, "t")
+    code, report, _ = audit(db, topics, tmp_path, "--trusted-keys", str(folder), "--head", follow.head)
+    assert code == 1
+    findings = report["findings"]
+    assert isinstance(findings, list) and findings[-1]["verdict"] == "HEAD_NOT_REACHED"
+    assert follow.head in capsys.readouterr().out
+    code, report, _ = audit(db, topics, tmp_path, "--trusted-keys", str(folder), "--head", decision_hash(d2))
+    assert code == 0, report
+
+
+def test_audit_without_the_allocator_key_trusts_no_signed_decision(
+    tmp_path: Path, keys: tuple[Path, Path, DecisionSigner]
+) -> None:
+    _, _, signer = keys
+    db, topics = tmp_path / "log.sqlite", Topics("chain")
+    signed_log(db, topics, signer, cycles=1)
+    code, report, _ = audit(db, topics, tmp_path)
+    assert code == 1
+    assert [f["verdict"] for f in report["findings"]] == ["FORGED"]  # type: ignore[attr-defined]
+
+
+# --- serve never folds what does not verify -------------------------------------------------------------------
+
+
+def test_serve_restart_ignores_a_forged_decision(tmp_path: Path, keys: tuple[Path, Path, DecisionSigner]) -> None:
+    _, _, signer = keys
+    db, topics = tmp_path / "log.sqlite", Topics("chain")
+    (d1,) = signed_log(db, topics, signer, cycles=1)
+    honest = proposal(500)
+    produce(db, topics.proposals, [codec.encode(honest)], T + 500)
+    # A forgery claiming cycle 99 that "decided" the honest proposal (funded: capital reserved) — another key.
+    with EmbeddedEventLog(db) as log:
+        end = log.end_offsets([topics.proposals])
+    inputs = tuple(InputPosition(tp.topic, tp.partition, offset) for tp, offset in end.items())
+    funded = dataclasses.replace(d1.allocations[0], proposal_id=honest.proposal_id, size=honest.requested_size,
+                                 status=AllocationStatus.FUNDED, reasons=())  # fmt: skip
+    fake = dataclasses.replace(d1, cycle=99, decision_id="chain.book1-0000000099", inputs=inputs, allocations=(funded,))
+    _, forged = DecisionSigner(Ed25519PrivateKey.generate(), head=decision_hash(d1)).seal(fake, codec, "t")
+    produce(db, topics.decisions, [forged], T + 501)
+
+    said: list[str] = []
+    svc = embedded(db, topics, ChainSettings(DecisionSigner(signer.key)), said)
+    try:
+        assert svc.state.cycle == 1  # not 99
+        assert not any(r.decision_id == fake.decision_id for r in svc.state.portfolio.reservations.values())
+        assert any("forged" in line and "chain.decisions/0/1" in line for line in said), said
+        decision = cycle(svc)
+    finally:
+        close(svc)
+    assert decision.cycle == 2 and decision.previous_hash == decision_hash(d1)
+    mine = [a for a in decision.allocations if a.proposal_id == honest.proposal_id]
+    assert mine and mine[0].size > 0  # funded (CUT by the tail-risk limit at most): nothing was reserved for it
+
+
+# --- the decision feed, on Kafka ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def prefix(kafka_bootstrap: str) -> Iterator[str]:
+    name = f"chain{uuid.uuid4().hex[:10]}"
+    yield name
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(name + ".")]
+    if mine:
+        for future in admin.delete_topics(mine, operation_timeout=30).values():
+            future.result(timeout=60)
+
+
+def test_decision_feed_never_returns_a_forged_decision_and_audit_names_it_on_kafka(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path, keys: tuple[Path, Path, DecisionSigner]
+) -> None:
+    from eventlog.kafka import KafkaEventLog
+
+    _, folder, signer = keys
+    topics = Topics(prefix)
+    svc = service(KafkaEventLog(kafka_bootstrap, group=group_of(topics, BOOK)), KafkaEventLog(kafka_bootstrap),
+                  topics, ChainSettings(signer), [])  # fmt: skip
+    try:
+        with KafkaEventLog(kafka_bootstrap) as agents:
+            agents.produce(topics.proposals, codec.encode(proposal(1)), timestamp_ms=T + 1)
+            agents.flush()
+        genuine = cycle(svc)
+        # Straight onto the decisions topic, signed with a key nobody trusts; then bytes that are no decision.
+        _, forged = DecisionSigner(Ed25519PrivateKey.generate(), head=decision_hash(genuine)).seal(
+            dataclasses.replace(genuine, cycle=2, decision_id=f"{prefix}.{BOOK}-0000000002"), codec, "t"
+        )
+        with KafkaEventLog(kafka_bootstrap) as intruder:
+            intruder.produce(topics.decisions, forged, timestamp_ms=T + 2)
+            intruder.produce(topics.decisions, b"\x00not a decision", timestamp_ms=T + 3)
+            intruder.flush()
+        with KafkaEventLog(kafka_bootstrap) as agents:
+            agents.produce(topics.proposals, codec.encode(proposal(2)), timestamp_ms=T + 4)
+            agents.flush()
+        second = cycle(svc)
+        assert second.cycle == 2 and second.previous_hash == decision_hash(genuine)
+    finally:
+        close(svc)
+
+    seen: list[Rejection] = []
+    trusted = {signer.key_id: signer.public_key}
+    with KafkaEventLog(kafka_bootstrap) as feed_log:
+        feed = DecisionFeed(feed_log, codec, topics, trusted=trusted, on_rejected=seen.append)
+        delivered = feed.drain()
+    assert [d.decision_id for d in delivered] == [genuine.decision_id, second.decision_id]
+    assert [r.kind for r in seen] == [FORGED, "undecodable"] and feed.rejections == seen
+    assert seen[0].where == f"{topics.decisions}/0/{seen[0].offset}"
+    with KafkaEventLog(kafka_bootstrap) as feed_log:  # trusting nothing: not one signed decision is executed
+        assert DecisionFeed(feed_log, codec, topics).drain() == []
+
+    report = tmp_path / "audit.json"
+    code = main(["audit", "--kafka", kafka_bootstrap, "--topic-prefix", prefix, "--report", str(report),
+                 "--config", str(config_file(tmp_path)), "--trusted-keys", str(folder)])  # fmt: skip
+    findings = json.loads(report.read_text(encoding="utf-8"))["findings"]
+    assert code == 1
+    assert sorted(f["verdict"] for f in findings) == ["FORGED", "MATCH", "MATCH", "UNDECODABLE"]
+
+
+# --- the CLI: keys new, control --key -------------------------------------------------------------------------
+
+
+def test_keys_new_prints_the_id_and_public_file_never_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["keys", "new", "--out", str(tmp_path / "k")]) == 0
+    out = capsys.readouterr().out
+    (private,) = (tmp_path / "k").glob("*.key")
+    key_id = private.stem
+    assert f"key id {key_id}" in out and str(tmp_path / "k" / f"{key_id}.pub") in out
+    assert "PRIVATE" not in out and private.read_text(encoding="utf-8").splitlines()[1] not in out
+
+
+def test_serve_warns_that_unsigned_decisions_can_be_forged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["serve", "--log", str(tmp_path / "log.sqlite"), "--topic-prefix", "w", "--duration", "0.1"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "UNSIGNED" in err and "forge" in err and "operator commands are accepted UNSIGNED" in err
+
+
+# --- operator commands: the keyring in the fold --------------------------------------------------------------
+
+
+def operator_keys(n: int) -> tuple[list[Ed25519PrivateKey], dict[str, str]]:
+    from allocator.service.keys import public_key_hex
+
+    private = [Ed25519PrivateKey.generate() for _ in range(n)]
+    return private, {key_id_of(k.public_key()): public_key_hex(k.public_key()) for k in private}
+
+
+def command(action: Command, i: int = 1) -> ControlCommand:
+    return ControlCommand(f"c{i}", "ops", action, "because", None, T + i)
+
+
+def test_the_keyring_refuses_unsigned_unknown_and_badly_signed_commands_with_an_event() -> None:
+    private, ring = operator_keys(1)
+    book = PortfolioState.new(CONFIG.replace(operator_keys=ring))
+    stranger = Ed25519PrivateKey.generate()
+    tampered = dataclasses.replace(sign(command(Command.HALT), private[0]), reason="other")
+    for bad, why in ((command(Command.HALT), "unsigned"), (sign(command(Command.HALT), stranger), "unknown key"),
+                     (tampered, "bad signature")):  # fmt: skip
+        changes = book.apply(bad)
+        assert len(changes) == 1 and changes[0].governor is Governor.OPERATOR
+        assert changes[0].old_state == changes[0].new_state == "ACTIVE" and why in changes[0].cause
+        assert book.governor.state is GovernorState.ACTIVE  # no effect
+    assert book.apply(sign(command(Command.HALT), private[0]))  # a signed one by a key of the ring
+    assert book.governor.state is GovernorState.PAUSED
+    # Without a keyring, unsigned commands are accepted (the embedded-trust default).
+    open_book = PortfolioState.new(CONFIG)
+    open_book.apply(command(Command.HALT))
+    assert open_book.governor.state is GovernorState.PAUSED
+
+
+def test_a_quorum_of_two_resets_the_kill_switch_only_with_two_distinct_keys_in_the_window() -> None:
+    private, ring = operator_keys(2)
+    book = PortfolioState.new(CONFIG.replace(operator_keys=ring, kill_switch_reset_quorum=2))
+    book.governor = dataclasses.replace(book.governor, kill_switch_tripped=True)
+    book.last_time = T
+    first = book.apply(sign(command(Command.RESET_KILL_SWITCH, 1), private[0]))
+    assert "awaits a second" in first[0].cause and book.governor.kill_switch_tripped
+    again = book.apply(sign(command(Command.RESET_KILL_SWITCH, 2), private[0]))  # the same key twice
+    assert "awaits a second" in again[0].cause and book.governor.kill_switch_tripped
+    book.last_time = T + 301_000  # past the window: the first vote lapsed
+    late = book.apply(sign(command(Command.RESET_KILL_SWITCH, 3), private[1]))
+    assert "awaits a second" in late[0].cause and book.governor.kill_switch_tripped
+    book.last_time = T + 302_000
+    done = book.apply(sign(command(Command.RESET_KILL_SWITCH, 4), private[0]))
+    assert [c.governor for c in done] == [Governor.KILL_SWITCH] and not book.governor.kill_switch_tripped
+
+
+def test_the_keyring_is_validated_and_cannot_be_changed_by_set_limits() -> None:
+    _, ring = operator_keys(1)
+    (key_id, hex_key) = next(iter(ring.items()))
+    with pytest.raises(ConfigError, match="operator_keys"):
+        CONFIG.replace(operator_keys={"0" * 16: hex_key})
+    with pytest.raises(ConfigError, match="operator_keys"):
+        CONFIG.replace(operator_keys={key_id: "zz"})
+    with pytest.raises(ConfigError, match="kill_switch_reset_quorum"):
+        CONFIG.replace(kill_switch_reset_quorum=2)  # needs two keys
+    assert CONFIG.replace(operator_keys={}).config_hash == CONFIG.config_hash  # left out at its default
+    book = PortfolioState.new(CONFIG)
+    changes = book.apply(dataclasses.replace(command(Command.SET_LIMITS), limits={"kill_switch_reset_quorum": 1.0}))
+    assert "configuration only" in changes[0].cause
+
+
+def test_allocator_control_key_signs_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key_id, private, _ = new_key_pair(tmp_path / "ops")
+    log = ["--log", str(tmp_path / "log.sqlite"), "--topic-prefix", "ops"]
+    assert main(["init", *log]) == 0
+    assert main(["control", "halt", "--reason", "r", "--operator", "alice", "--key", str(private), *log]) == 0
+    assert f"signed by key {key_id}" in capsys.readouterr().out
+    with EmbeddedEventLog(tmp_path / "log.sqlite") as reader:
+        reader.assign([Topics("ops").control])
+        (record,) = reader.poll(10, 1.0)
+    sent = codec.decode(record.value or b"")
+    assert isinstance(sent, ControlCommand) and sent.key_id == key_id
+    from allocator.service.keys import load_trusted_keys
+    from schemas.signing import check_signature
+
+    assert check_signature(sent, load_trusted_keys(tmp_path / "ops")) is None
