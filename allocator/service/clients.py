@@ -4,12 +4,22 @@ operators (an adapter). Agents only ever propose; executors act on decisions; no
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from eventlog.port import EventLog, TopicPartition, Topics
-from schemas.codec import EventCodec
-from schemas.events import Command, ControlCommand, Decision, Event, Fill, MarketResolution, PnlMark, Proposal
+from eventlog.port import EventLog, Record, TopicPartition, Topics
+from schemas.codec import EventCodec, UndecodableMessage
+from schemas.events import (
+    Command,
+    ControlCommand,
+    DeadLetter,
+    Decision,
+    Event,
+    Fill,
+    MarketResolution,
+    PnlMark,
+    Proposal,
+)
 
 
 class ClientError(ValueError):
@@ -62,24 +72,50 @@ class DecisionFeed:
     """What an executor reads: the book's committed decisions, in order, from where it left off."""
 
     def __init__(
-        self, log: EventLog, codec: EventCodec, topics: Topics, start: Mapping[TopicPartition, int] | None = None
+        self,
+        log: EventLog,
+        codec: EventCodec,
+        topics: Topics,
+        start: Mapping[TopicPartition, int] | None = None,
+        on_skip: Callable[[DeadLetter], None] | None = None,
     ):
         self.log = log
         self.codec = codec
         self.topics = topics
+        self.on_skip = on_skip
+        self.skipped: list[DeadLetter] = []
         log.assign([topics.decisions])
         for tp in log.assignment():
             log.seek(tp, (start or {}).get(tp, 0))
 
     def poll(self, timeout_s: float = 0.2) -> list[Decision]:
+        """The next decisions. A record that is not a decision is skipped, kept in `skipped` (as a dead letter
+        naming its position and why) and handed to `on_skip`: one bad record never stops an executor."""
         out: list[Decision] = []
         for record in self.log.poll(max_records=500, timeout_s=timeout_s):
-            if record.value is None:
-                continue
-            event = self.codec.decode(record.value, record.topic, record.partition, record.offset)
+            event = self._decode(record)
             if isinstance(event, Decision):
                 out.append(event)
+            else:
+                self.skipped.append(event)
+                if self.on_skip is not None:
+                    self.on_skip(event)
         return out
+
+    def _decode(self, record: Record) -> Decision | DeadLetter:
+        reason: str
+        if record.value is None:
+            reason = "empty message (no value)"
+        else:
+            try:
+                event = self.codec.decode(record.value, record.topic, record.partition, record.offset)
+            except UndecodableMessage as exc:
+                reason = exc.reason
+            else:
+                if isinstance(event, Decision):
+                    return event
+                reason = f"a {type(event).__name__} does not belong on {record.topic}"
+        return DeadLetter(record.topic, record.partition, record.offset, reason, record.value, record.timestamp_ms)
 
     def drain(self, timeout_s: float = 30.0) -> list[Decision]:
         """Every decision committed so far that this feed has not returned yet."""

@@ -15,6 +15,7 @@ from allocator.service.sequencer import (
     fold_decision,
     governor_events,
     prepare_cycle,
+    read_decisions,
     replay_decisions,
 )
 from book.config import AllocatorConfig
@@ -51,7 +52,14 @@ def transactional_id_of(topics: Topics, book_id: str) -> str:
 
 def rebuild(reader: EventLog, codec: EventCodec, topics: Topics, config: AllocatorConfig, say: Say) -> BookState:
     """The state the last published decision left, rebuilt from the log alone (see `replay_decisions`)."""
-    state, decisions, events = replay_decisions(reader, codec, topics, config, lambda _state, recorded: recorded)
+
+    def skipped(record: Record, reason: str) -> None:
+        say(f"skipped a record that is not a decision at {record.topic}[{record.partition}]@{record.offset}: {reason}")
+
+    recorded = read_decisions(reader, codec, topics, skipped)
+    state, decisions, events = replay_decisions(
+        reader, codec, topics, config, lambda _state, recorded: recorded, recorded
+    )
     if decisions:
         say(f"rebuilt from the log: {decisions} decisions, {events} input events, cycle {state.cycle}")
     return state

@@ -180,6 +180,9 @@ def read_records(reader: EventLog, topic_names: Sequence[str], ends: Mapping[Top
     reader.assign(list(topic_names))
     for tp in reader.assignment():
         reader.seek(tp, 0)
+    # Never wait for offsets the log does not have (a decision naming positions beyond the end would hang here).
+    present = reader.end_offsets(list(topic_names))
+    ends = {tp: min(end, present.get(tp, 0)) for tp, end in ends.items()}
     out: list[Record] = []
     while any(reader.position(tp) < ends.get(tp, 0) for tp in reader.assignment()):
         for r in reader.poll(max_records=5_000, timeout_s=1.0):
@@ -188,14 +191,36 @@ def read_records(reader: EventLog, topic_names: Sequence[str], ends: Mapping[Top
     return out
 
 
-def read_decisions(reader: EventLog, codec: EventCodec, topics: Topics) -> list[tuple[Record, Decision]]:
-    """Every committed decision, in log order, with the record it came in."""
+OnUndecodable = Callable[[Record, str], None]
+"""Given a record on the decisions topic that is not a decision, and why (its position is the record's)."""
+
+
+def decode_decision(record: Record, codec: EventCodec) -> Decision | str:
+    """The decision a record on the decisions topic holds, or why it holds none (rules.md §11.2: a bad record
+    there is skipped and named, never a crash)."""
+    if record.value is None:
+        return "empty message (no value)"
+    try:
+        event = codec.decode(record.value, record.topic, record.partition, record.offset)
+    except UndecodableMessage as exc:
+        return exc.reason
+    if not isinstance(event, Decision):
+        return f"a {type(event).__name__} does not belong on {record.topic}"
+    return event
+
+
+def read_decisions(
+    reader: EventLog, codec: EventCodec, topics: Topics, on_undecodable: OnUndecodable | None = None
+) -> list[tuple[Record, Decision]]:
+    """Every committed decision, in log order, with the record it came in. A record that is not a decision is
+    skipped and handed to `on_undecodable` with the reason."""
     out: list[tuple[Record, Decision]] = []
     for r in read_records(reader, [topics.decisions], reader.end_offsets([topics.decisions])):
-        if r.value is not None:
-            event = codec.decode(r.value, r.topic, r.partition, r.offset)
-            if isinstance(event, Decision):
-                out.append((r, event))
+        event = decode_decision(r, codec)
+        if isinstance(event, Decision):
+            out.append((r, event))
+        elif on_undecodable is not None:
+            on_undecodable(r, event)
     return out
 
 

@@ -1,0 +1,73 @@
+"""Containment (rules.md §2.1, §11.2): no record on any topic stops serve, project or audit, now or after a
+restart; every bad record is named on the log with its position and why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from allocator.service.audit import audit_log
+from allocator.service.clients import DecisionFeed
+from cli.main import main
+from eventlog.embedded import EmbeddedEventLog
+from schemas.events import DeadLetter, Decision
+from tests.test_service import CONFIG, TOPICS, T, codec, drain, produce, proposal, read, service
+
+
+def _log_with_a_bad_decision_record(db: Path) -> list[Decision]:
+    svc = service(db)
+    produce(db, TOPICS.proposals, [(codec.encode(proposal(i)), T + i) for i in range(5)])
+    first = drain(svc)
+    produce(db, TOPICS.decisions, [(b"\xc3\x01not a decision", T + 50)])  # offset 1
+    produce(db, TOPICS.proposals, [(codec.encode(proposal(i)), T + 100 + i) for i in range(5, 9)])
+    second = drain(svc)
+    return [*first, *second]
+
+
+def test_undecodable_bytes_on_the_decisions_topic_do_not_stop_a_restart(tmp_path: Path) -> None:
+    db = tmp_path / "log.sqlite"
+    decided = _log_with_a_bad_decision_record(db)
+    said: list[str] = []
+    from allocator.service.loop import AllocatorService, group_of
+
+    log = EmbeddedEventLog(db, group=group_of(TOPICS, "book1"))
+    restarted = AllocatorService(log, EmbeddedEventLog(db), codec, "book1", CONFIG, TOPICS, say=said.append)
+    restarted.start()
+    assert restarted.state.cycle == decided[-1].cycle == 2
+    assert any("decisions[0]@1" in line for line in said), said
+    produce(db, TOPICS.proposals, [(codec.encode(proposal(20)), T + 300)])
+    assert [d.cycle for d in drain(restarted)] == [3]
+
+
+def test_audit_names_an_undecodable_decision_record_and_exits_1_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "log.sqlite"
+    _log_with_a_bad_decision_record(db)
+    with EmbeddedEventLog(db) as reader:
+        report = audit_log(reader, codec, TOPICS, CONFIG)
+    assert [f.verdict for f in report.findings] == ["MATCH", "MISMATCH", "MATCH"]
+    bad = report.mismatches[0]
+    assert bad.offset == 1 and "book1.decisions[0]@1" in bad.problems[0]
+
+    config = tmp_path / "config.json"
+    config.write_text('{"scenario_count": 300, "solver_time_limit_ms": 10000}', encoding="utf-8")
+    code = main(["audit", "--log", str(db), "--topic-prefix", "book1", "--config", str(config),
+                 "--report", str(tmp_path / "audit.json")])  # fmt: skip
+    out = capsys.readouterr()
+    assert code == 1
+    assert "book1.decisions[0]@1" in out.out
+    assert "Traceback" not in out.out + out.err
+
+
+def test_the_decision_feed_skips_and_reports_a_record_that_is_not_a_decision(tmp_path: Path) -> None:
+    db = tmp_path / "log.sqlite"
+    decided = _log_with_a_bad_decision_record(db)
+    reported: list[DeadLetter] = []
+    with EmbeddedEventLog(db) as log:
+        feed = DecisionFeed(log, codec, TOPICS, on_skip=reported.append)
+        assert feed.drain() == decided
+    assert [(d.topic, d.offset) for d in reported] == [(TOPICS.decisions, 1)]
+    assert feed.skipped == reported and "unknown schema fingerprint" in reported[0].error
+    assert read(db, TOPICS.decisions)[0] == decided[0]
