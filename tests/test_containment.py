@@ -3,6 +3,7 @@ restart; every bad record is named on the log with its position and why."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,20 @@ from allocator.service.audit import audit_log
 from allocator.service.clients import DecisionFeed
 from cli.main import main
 from eventlog.embedded import EmbeddedEventLog
-from schemas.events import DeadLetter, Decision
-from tests.test_service import CONFIG, TOPICS, T, codec, drain, produce, proposal, service
+from schemas.events import (
+    Command,
+    ControlCommand,
+    DeadLetter,
+    Decision,
+    Event,
+    Fill,
+    FillStatus,
+    MarketResolution,
+    Outcome,
+    PnlMark,
+    Side,
+)
+from tests.test_service import CONFIG, TOPICS, T, codec, drain, produce, proposal, read, service
 
 
 def _log_with_a_bad_decision_record(db: Path) -> list[Decision]:
@@ -70,3 +83,65 @@ def test_the_decision_feed_skips_and_reports_a_record_that_is_not_a_decision(tmp
         assert feed.drain() == decided
     assert [(d.topic, d.offset) for d in reported] == [(TOPICS.decisions, 1)]
     assert feed.skipped == reported and "unknown schema fingerprint" in reported[0].error
+
+
+# --- the fold's bounds ---------------------------------------------------------------------------------------
+
+NAN, INF = float("nan"), float("inf")
+
+
+def _fill(**changes: object) -> Fill:
+    base = Fill("f1", "d", "p1", "m1", Side.BUY, 100.0, 100.0, 0.5, 0.1, FillStatus.FILLED, None, T + 1)
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+BAD_INPUTS: list[tuple[str, object, str]] = [
+    ("fills", _fill(filled_size=NAN), "Fill.filled_size"),
+    ("fills", _fill(filled_size=INF), "Fill.filled_size"),
+    ("fills", _fill(filled_size=-5.0), "Fill.filled_size"),
+    ("fills", _fill(filled_size=2e12), "Fill.filled_size"),
+    ("fills", _fill(requested_size=NAN), "Fill.requested_size"),
+    ("fills", _fill(price=1.5), "Fill.price"),
+    ("fills", _fill(price=0.0), "Fill.price"),
+    ("fills", _fill(price=NAN), "Fill.price"),
+    ("fills", _fill(fee=INF), "Fill.fee"),
+    ("fills", _fill(fee=-1.0), "Fill.fee"),
+    ("fills", _fill(market_id="m" * 1_000_000), "Fill.market_id"),
+    ("fills", _fill(reason="x" * 100_000), "Fill.reason"),
+    ("pnl", PnlMark("m1", NAN, T), "PnlMark.mark_price"),
+    ("pnl", PnlMark("m1", 1e308, T), "PnlMark.mark_price"),
+    ("pnl", PnlMark("m1", -0.1, T), "PnlMark.mark_price"),
+    ("pnl", MarketResolution("never-seen", Outcome.YES, T), "MarketResolution.market_id"),
+    (
+        "control",
+        ControlCommand("c1", "op", Command.SET_LIMITS, "why", {f"k{i}": 1.0 for i in range(10_000)}, T),
+        "ControlCommand.limits",
+    ),
+    ("control", ControlCommand("c2", "op" * 100_000, Command.HALT, "why", None, T), "ControlCommand.operator_id"),
+]
+
+
+@pytest.mark.parametrize(("role", "event", "field"), BAD_INPUTS, ids=[f for _, _, f in BAD_INPUTS])
+def test_an_input_out_of_bounds_is_a_dead_letter_naming_the_field_and_changes_nothing(
+    tmp_path: Path, role: str, event: Event, field: str
+) -> None:
+    db = tmp_path / "log.sqlite"
+    svc = service(db)
+    produce(db, TOPICS.proposals, [(codec.encode(proposal(1)), T)])
+    drain(svc)
+    before = svc.state.portfolio
+    cash, holdings, governor = before.cash, dict(before.holdings), before.governor
+    topic = getattr(TOPICS, role)
+    produce(db, topic, [(codec.encode(event), T + 10)])
+    produce(db, TOPICS.proposals, [(codec.encode(proposal(2)), T + 11)])
+    decided = drain(svc)
+    assert [a.proposal_id for a in decided[0].allocations] == ["p2"]
+    dead = [d for d in read(db, TOPICS.deadletter) if isinstance(d, DeadLetter)]
+    assert [(d.topic, d.offset) for d in dead] == [(topic, 0)]
+    assert field in dead[0].error and "rejected" in dead[0].error
+    after = svc.state.portfolio
+    assert (after.cash, after.holdings, after.governor.state) == (cash, holdings, governor.state)
+    assert "never-seen" not in after.resolved
+    assert after.config == before.config
+    restarted = service(db)  # and a restart rebuilds the same book without error
+    assert restarted.state.portfolio.cash == after.cash and restarted.state.cycle == svc.state.cycle

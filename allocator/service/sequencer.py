@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from allocator.engine.request import CycleRequest
 from allocator.engine.validation import Submitted, rejected_duplicate, validate
+from book.bounds import out_of_bounds
 from book.config import AllocatorConfig
 from book.portfolio import PortfolioState
 from eventlog.port import EventLog, Record, TopicPartition, Topics
@@ -55,6 +56,22 @@ def canonical_order(records: Iterable[Record], topics: Topics) -> list[Record]:
     return sorted(records, key=lambda r: (r.timestamp_ms, rank.get(r.topic, len(rank)), r.partition, r.offset))
 
 
+MAX_DEAD_LETTER_ERROR = 2_000  # characters of the reason a dead letter keeps
+MAX_DEAD_LETTER_PAYLOAD = 100_000  # bytes of the payload: a dead letter must fit where its record fitted
+
+
+def dead_letter(record: Record, error: str) -> DeadLetter:
+    """The dead letter naming `record` by its position, with why; the payload and the reason are cut so the dead
+    letter always fits on its topic (the record itself stays on the log at its position)."""
+    payload = record.value
+    if payload is not None and len(payload) > MAX_DEAD_LETTER_PAYLOAD:
+        error = f"{error} (payload cut to its first {MAX_DEAD_LETTER_PAYLOAD} of {len(payload)} bytes)"
+        payload = bytes(payload[:MAX_DEAD_LETTER_PAYLOAD])
+    if len(error) > MAX_DEAD_LETTER_ERROR:
+        error = f"{error[: MAX_DEAD_LETTER_ERROR - 20]}... ({len(error)} chars)"
+    return DeadLetter(record.topic, record.partition, record.offset, error, payload, record.timestamp_ms)
+
+
 def decode(record: Record, codec: EventCodec, topics: Topics) -> Event | DeadLetter:
     """The record's event, or the dead letter that says why it cannot be one."""
     try:
@@ -63,11 +80,23 @@ def decode(record: Record, codec: EventCodec, topics: Topics) -> Event | DeadLet
                                      offset=record.offset)  # fmt: skip
         event = codec.decode(record.value, record.topic, record.partition, record.offset)
     except UndecodableMessage as exc:
-        return DeadLetter(record.topic, record.partition, record.offset, exc.reason, record.value, record.timestamp_ms)
+        return dead_letter(record, exc.reason)
     if not isinstance(event, topics.accepts(record.topic)):
-        error = f"a {type(event).__name__} does not belong on {record.topic}"
-        return DeadLetter(record.topic, record.partition, record.offset, error, record.value, record.timestamp_ms)
+        return dead_letter(record, f"a {type(event).__name__} does not belong on {record.topic}")
     return event
+
+
+def fold_one(book: PortfolioState, record: Record, event: Event) -> tuple[GovernorChange, ...] | DeadLetter:
+    """Fold one decoded input event, or the dead letter that rejects it: a field out of its bounds
+    (book/bounds.py) is rejected before the fold sees it, and a fold that raises anyway is contained here, so no
+    record can stop the sequencer (rules.md §11.2)."""
+    problem = out_of_bounds(event, book.markets)
+    if problem is not None:
+        return dead_letter(record, f"rejected, no effect on the book: {problem}")
+    try:
+        return book.apply(event)
+    except Exception as exc:  # the last resort: the bounds above should leave nothing for it
+        return dead_letter(record, f"the fold failed on this {type(event).__name__}: {type(exc).__name__}: {exc}")
 
 
 def fold_batch(state: BookState, records: Sequence[Record], codec: EventCodec, topics: Topics) -> Folded:
@@ -91,7 +120,10 @@ def fold_batch(state: BookState, records: Sequence[Record], codec: EventCodec, t
             if isinstance(event, DeadLetter):
                 dead.append(event)
                 continue
-            caused = book.apply(event)
+            caused = fold_one(book, record, event)
+            if isinstance(caused, DeadLetter):
+                dead.append(caused)
+                continue
             if caused:
                 source = f"{record.topic}/{record.partition}/{record.offset}"
                 changes.extend((change, record.timestamp_ms, source) for change in caused)
