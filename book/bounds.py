@@ -81,3 +81,19 @@ def out_of_bounds(event: Event, known_markets: Container[str]) -> str | None:
             else None,
         )
     return None
+
+
+MAX_DEAD_LETTER_ERROR = 2_000  # characters of the reason a dead letter keeps
+MAX_DEAD_LETTER_PAYLOAD = 100_000  # bytes of the payload: a dead letter must fit where its record fitted
+
+
+def dead_letter_fields(error: str, payload: bytes | None) -> tuple[str, bytes | None]:
+    """A dead letter's reason and payload, cut so it always fits on its topic and in its row (the record itself
+    stays on the log at its position). One statement for the allocator's dead letters and the projector's rows,
+    so both write the same row for one position."""
+    if payload is not None and len(payload) > MAX_DEAD_LETTER_PAYLOAD:
+        error = f"{error} (payload cut to its first {MAX_DEAD_LETTER_PAYLOAD} of {len(payload)} bytes)"
+        payload = bytes(payload[:MAX_DEAD_LETTER_PAYLOAD])
+    if len(error) > MAX_DEAD_LETTER_ERROR:
+        error = f"{error[: MAX_DEAD_LETTER_ERROR - 20]}... ({len(error)} chars)"
+    return error, payload

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 
 from allocator.service.audit import audit_log
 from allocator.service.clients import DecisionFeed
@@ -25,6 +26,7 @@ from schemas.events import (
     PnlMark,
     Side,
 )
+from tests.conftest import ProjectionDatabase
 from tests.test_service import CONFIG, TOPICS, T, codec, drain, produce, proposal, read, service
 
 
@@ -145,3 +147,65 @@ def test_an_input_out_of_bounds_is_a_dead_letter_naming_the_field_and_changes_no
     assert after.config == before.config
     restarted = service(db)  # and a restart rebuilds the same book without error
     assert restarted.state.portfolio.cash == after.cash and restarted.state.cycle == svc.state.cycle
+
+
+# --- the projector -------------------------------------------------------------------------------------------
+
+
+def test_the_projector_stores_absurd_records_alike_on_both_databases_and_never_stops(
+    tmp_path: Path, database: ProjectionDatabase
+) -> None:
+    """A Proposal whose expected_profit is NaN once stopped `allocator project` for good (SQLite stores NaN as
+    NULL: NOT NULL constraint failed); a 200-character id or a NUL stops PostgreSQL. Each becomes a dead-letter
+    row with its position, the same in both databases, and a replay writes the same rows."""
+    from projections.projector import Projector
+    from tests.projection_compare import differences, dump
+
+    db = tmp_path / "log.sqlite"
+    svc = service(db)
+    absurd = [
+        dataclasses.replace(proposal(1), proposal_id="nan-profit", expected_profit=NAN),
+        dataclasses.replace(proposal(2), proposal_id="nan-price", price=NAN),
+        dataclasses.replace(proposal(3), proposal_id="x" * 200),
+        dataclasses.replace(proposal(4), proposal_id="nul", agent_id="a\x00b"),
+        proposal(5),
+    ]
+    produce(db, TOPICS.proposals, [(codec.encode(p), T + i) for i, p in enumerate(absurd)])
+    produce(
+        db,
+        TOPICS.fills,
+        [(codec.encode(_fill(filled_size=NAN)), T + 10), (codec.encode(_fill(fill_id="y" * 300)), T + 11)],
+    )
+    produce(db, TOPICS.pnl, [(codec.encode(PnlMark("m1", NAN, T)), T + 12), (b"\xc3\x01" + b"z" * 200_000, T + 13)])
+    decided = drain(svc)
+    assert {a.proposal_id for a in decided[0].allocations} >= {"nan-profit", "nan-price", "nul", "p5"}
+    forged = dataclasses.replace(decided[0], decision_id="forged", cycle=99, equity=NAN)
+    produce(db, TOPICS.decisions, [(codec.encode(forged), T + 20)])
+
+    def project(engine: Engine, batch_size: int) -> None:
+        with EmbeddedEventLog(db) as log:
+            names = [*TOPICS.inputs, *TOPICS.outputs]
+            projector = Projector(log, engine, codec, names, batch_size=batch_size, say=lambda _: None)
+            projector.start()
+            ends = log.end_offsets(names)
+            while not projector.caught_up(ends):
+                projector.step(timeout_s=0.1)
+
+    live = database.migrate()
+    project(live, 2)
+    replayed = database.fresh("replay")
+    project(replayed, 10_000)
+    a, b = dump(live), dump(replayed)
+    for d in (a, b):  # its id numbers the rows in arrival order, which batching changes
+        d["dead_letters"] = sorted((row[1:] for row in d["dead_letters"]), key=repr)
+    assert differences(a, b) == []
+    dead = {(row[0], row[2]): row[3] for row in a["dead_letters"]}  # (topic, offset) -> error
+    assert "proposals.expected_profit is NaN" in dead[(TOPICS.proposals, 0)]
+    assert "proposals.price is NaN" in dead[(TOPICS.proposals, 1)]
+    assert "proposals.proposal_id has 200 characters" in dead[(TOPICS.proposals, 2)]
+    assert "NUL" in dead[(TOPICS.proposals, 3)]
+    assert "Fill.filled_size" in dead[(TOPICS.fills, 0)] and "Fill.fill_id" in dead[(TOPICS.fills, 1)]
+    assert "PnlMark.mark_price" in dead[(TOPICS.pnl, 0)] and "payload cut" in dead[(TOPICS.pnl, 1)]
+    assert "decisions.equity is NaN" in dead[(TOPICS.decisions, 1)]
+    assert [r[0] for r in a["proposals"]] == ["p5"]
+    assert "forged" not in {r[0] for r in a["decisions"]}

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from allocator.engine.request import CycleRequest
 from allocator.engine.validation import Submitted, rejected_duplicate, validate
-from book.bounds import out_of_bounds
+from book.bounds import dead_letter_fields, out_of_bounds
 from book.config import AllocatorConfig
 from book.portfolio import PortfolioState
 from eventlog.port import EventLog, Record, TopicPartition, Topics
@@ -56,19 +56,9 @@ def canonical_order(records: Iterable[Record], topics: Topics) -> list[Record]:
     return sorted(records, key=lambda r: (r.timestamp_ms, rank.get(r.topic, len(rank)), r.partition, r.offset))
 
 
-MAX_DEAD_LETTER_ERROR = 2_000  # characters of the reason a dead letter keeps
-MAX_DEAD_LETTER_PAYLOAD = 100_000  # bytes of the payload: a dead letter must fit where its record fitted
-
-
 def dead_letter(record: Record, error: str) -> DeadLetter:
-    """The dead letter naming `record` by its position, with why; the payload and the reason are cut so the dead
-    letter always fits on its topic (the record itself stays on the log at its position)."""
-    payload = record.value
-    if payload is not None and len(payload) > MAX_DEAD_LETTER_PAYLOAD:
-        error = f"{error} (payload cut to its first {MAX_DEAD_LETTER_PAYLOAD} of {len(payload)} bytes)"
-        payload = bytes(payload[:MAX_DEAD_LETTER_PAYLOAD])
-    if len(error) > MAX_DEAD_LETTER_ERROR:
-        error = f"{error[: MAX_DEAD_LETTER_ERROR - 20]}... ({len(error)} chars)"
+    """The dead letter naming `record` by its position, with why (cut to fit: `dead_letter_fields`)."""
+    error, payload = dead_letter_fields(error, record.value)
     return DeadLetter(record.topic, record.partition, record.offset, error, payload, record.timestamp_ms)
 
 
