@@ -4,16 +4,23 @@ restart; every bad record is named on the log with its position and why."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
 
+from allocator.engine.cycle import CycleOutcome, run_cycle
+from allocator.engine.request import CycleRequest
+from allocator.engine.verify import DecisionInvariantError
 from allocator.service.audit import audit_log
 from allocator.service.clients import DecisionFeed
+from allocator.service.loop import AllocatorService, group_of
 from cli.main import main
 from eventlog.embedded import EmbeddedEventLog
+from eventlog.port import TopicPartition
 from schemas.events import (
+    AllocationStatus,
     Command,
     ControlCommand,
     DeadLetter,
@@ -21,6 +28,9 @@ from schemas.events import (
     Event,
     Fill,
     FillStatus,
+    Governor,
+    GovernorEvent,
+    GovernorState,
     MarketResolution,
     Outcome,
     PnlMark,
@@ -44,8 +54,6 @@ def test_undecodable_bytes_on_the_decisions_topic_do_not_stop_a_restart(tmp_path
     db = tmp_path / "log.sqlite"
     decided = _log_with_a_bad_decision_record(db)
     said: list[str] = []
-    from allocator.service.loop import AllocatorService, group_of
-
     log = EmbeddedEventLog(db, group=group_of(TOPICS, "book1"))
     restarted = AllocatorService(log, EmbeddedEventLog(db), codec, "book1", CONFIG, TOPICS, say=said.append)
     restarted.start()
@@ -209,3 +217,87 @@ def test_the_projector_stores_absurd_records_alike_on_both_databases_and_never_s
     assert "decisions.equity is NaN" in dead[(TOPICS.decisions, 1)]
     assert [r[0] for r in a["proposals"]] == ["p5"]
     assert "forged" not in {r[0] for r in a["decisions"]}
+
+
+# --- a cycle that raises ---------------------------------------------------------------------------------------
+
+
+class Poisoned:
+    """A cycle that raises the independent check's error whenever the solver would see a proposal named
+    `poison` (a paused book never reaches the solver), until `fixed`."""
+
+    def __init__(self) -> None:
+        self.fixed = False
+        self.calls = 0
+
+    def __call__(self, request: CycleRequest) -> CycleOutcome:
+        self.calls += 1
+        poisoned = any(s.proposal_id == "poison" for s in request.submitted)
+        if poisoned and not self.fixed and request.governor_state is GovernorState.ACTIVE:
+            raise DecisionInvariantError(request.decision_id, ["allocation poison: size 1e308 above its cap"])
+        return run_cycle(request)
+
+
+def _service_with(db: Path, decide: Callable[[CycleRequest], CycleOutcome]) -> AllocatorService:
+    log = EmbeddedEventLog(db, group=group_of(TOPICS, "book1"))
+    svc = AllocatorService(log, EmbeddedEventLog(db), codec, "book1", CONFIG, TOPICS, say=lambda _: None,
+                           decide=decide)  # fmt: skip
+    svc.start()
+    return svc
+
+
+def _governor_events(db: Path) -> list[GovernorEvent]:
+    return [e for e in read(db, TOPICS.governor) if isinstance(e, GovernorEvent)]
+
+
+def test_a_cycle_that_raises_halts_the_book_once_and_a_restart_keeps_it_halted_until_resume(tmp_path: Path) -> None:
+    db = tmp_path / "log.sqlite"
+    decide = Poisoned()
+    svc = _service_with(db, decide)
+    poison = dataclasses.replace(proposal(9), proposal_id="poison")
+    produce(db, TOPICS.proposals, [(codec.encode(p), T + i) for i, p in enumerate([proposal(1), poison])])
+    first = drain(svc)[0]
+    assert first.governor_state is GovernorState.PAUSED
+    assert all(a.status is AllocationStatus.DEFERRED and a.reasons and a.size == 0 for a in first.allocations)
+    [halt] = _governor_events(db)
+    assert (halt.governor, halt.old_state, halt.new_state) == (Governor.OPERATOR, "ACTIVE", "PAUSED")
+    assert halt.cause.startswith("allocator: cycle 1 failed: DecisionInvariantError") and "RESUME" in halt.cause
+
+    for round_ in range(3):  # every later cycle is quiet: no more halt events, nothing funded
+        produce(db, TOPICS.proposals, [(codec.encode(proposal(20 + round_)), T + 100 + round_)])
+        later = drain(svc)[0]
+        assert later.governor_state is GovernorState.PAUSED and all(a.size == 0 for a in later.allocations)
+    assert len(_governor_events(db)) == 1
+
+    restarted = _service_with(db, decide)
+    assert restarted.state.portfolio.governor.state is GovernorState.PAUSED
+    assert restarted.state.cycle == 4
+    with EmbeddedEventLog(db) as reader:
+        report = audit_log(reader, codec, TOPICS, CONFIG)
+    assert [f.verdict for f in report.findings] == ["MATCH"] * 4
+
+    decide.fixed = True  # the engine is fixed; an operator resumes
+    resume = ControlCommand("c-resume", "op", Command.RESUME, "engine fixed", None, T + 500)
+    produce(db, TOPICS.control, [(codec.encode(resume), T + 500)])
+    resumed = drain(restarted)[0]
+    assert resumed.governor_state is GovernorState.ACTIVE
+    assert any(a.size > 0 for a in resumed.allocations)
+    assert [(e.governor, e.new_state) for e in _governor_events(db)][-1] == (Governor.OPERATOR, "ACTIVE")
+
+
+def test_a_cycle_that_raises_even_on_a_halted_book_publishes_nothing_and_does_not_spin(tmp_path: Path) -> None:
+    db = tmp_path / "log.sqlite"
+
+    def broken(request: CycleRequest) -> CycleOutcome:
+        raise ValueError("the engine is broken")
+
+    ticks = iter(range(0, 10_000, 5))
+    log = EmbeddedEventLog(db, group=group_of(TOPICS, "book1"))
+    svc = AllocatorService(log, EmbeddedEventLog(db), codec, "book1", CONFIG, TOPICS, say=lambda _: None,
+                           clock=lambda: float(next(ticks)), decide=broken)  # fmt: skip
+    svc.start()
+    produce(db, TOPICS.proposals, [(codec.encode(proposal(1)), T)])
+    polls = iter(range(6))
+    assert svc.run(lambda: next(polls, None) is None, poll_timeout_s=0.05) == 0
+    assert read(db, TOPICS.decisions) == [] and _governor_events(db) == []  # nothing written, however often tried
+    assert svc.state.cycle == 0 and svc.state.positions.get(TopicPartition(TOPICS.proposals, 0), 0) == 0

@@ -16,9 +16,10 @@ from book.bounds import dead_letter_fields, out_of_bounds
 from book.config import AllocatorConfig
 from book.portfolio import PortfolioState
 from eventlog.port import EventLog, Record, TopicPartition, Topics
-from governors.state import GovernorChange
+from governors.state import GovernorChange, on_command
 from schemas.codec import EventCodec, UndecodableMessage
 from schemas.events import (
+    Command,
     DeadLetter,
     Decision,
     Event,
@@ -176,6 +177,39 @@ def fold_decision(state: BookState, decision: Decision) -> tuple[GovernorChange,
     return state.portfolio.apply(decision)
 
 
+CYCLE_FAILURE_SOURCE = "allocator:cycle-failure"
+"""The `source` of the governor event that halts the book after a cycle raised: replay finds the halt by it."""
+
+
+def halt_after_failure(state: BookState, cycle: int, error: BaseException) -> tuple[GovernorChange, ...]:
+    """A cycle raised (the engine, the independent check, anything): the book halts as an operator's HALT would,
+    so every later cycle funds nothing and defers every pending proposal until an operator RESUMEs. Returns the
+    change to publish (none when the book was halted already)."""
+    book = state.portfolio
+    text = f"{type(error).__name__}: {error}"
+    if len(text) > 500:
+        text = f"{text[:480]}... ({len(text)} chars)"
+    reason = f"cycle {cycle} failed: {text}; halted until an operator RESUMEs"
+    book.governor, changes = on_command(book.governor, Command.HALT, reason, "allocator")
+    return changes
+
+
+def failure_halts(reader: EventLog, codec: EventCodec, topics: Topics) -> dict[str, str]:
+    """The decisions made after a failed cycle halted the book, by decision id, with the failure's cause: what
+    the halt event on the governor topic says (its id is the decision's id plus `-g<i>`)."""
+    out: dict[str, str] = {}
+    for r in read_records(reader, [topics.governor], reader.end_offsets([topics.governor])):
+        if r.value is None:
+            continue
+        try:
+            event = codec.decode(r.value, r.topic, r.partition, r.offset)
+        except UndecodableMessage:
+            continue
+        if isinstance(event, GovernorEvent) and event.source == CYCLE_FAILURE_SOURCE:
+            out[event.event_id.rsplit("-g", 1)[0]] = event.cause
+    return out
+
+
 def governor_events(
     book_id: str, decision_id: str, changes: Sequence[tuple[GovernorChange, int, str]]
 ) -> list[GovernorEvent]:
@@ -278,6 +312,7 @@ def replay_decisions(
             tp = TopicPartition(pos.topic, pos.partition)
             ends[tp] = max(ends.get(tp, 0), pos.offset)
     records = read_records(reader, list(topics.inputs), ends)
+    halts = failure_halts(reader, codec, topics)
     by_partition: dict[TopicPartition, list[Record]] = {}
     for r in records:
         by_partition.setdefault(r.topic_partition, []).append(r)
@@ -299,6 +334,8 @@ def replay_decisions(
             cursor[tp] = i
         fold_batch(state, batch, codec, topics)
         prepare_cycle(state)
+        if d.decision_id in halts:  # the cycle failed live and was decided on the halted book: so here too
+            halt_after_failure(state, d.cycle, RuntimeError(halts[d.decision_id]))
         folded = on_decision(state, d)
         seen[d.cycle] = folded
         fold_decision(state, folded)
