@@ -173,6 +173,7 @@ class PortfolioState:
     seen: dict[str, Hashable] = field(default_factory=dict)  # proposal id -> content hash, for duplicates
     keys: dict[str, str] = field(default_factory=dict)  # proposal id -> correlation key of funded proposals
     resolved: set[str] = field(default_factory=set)  # markets that have resolved: nothing left to trade in them
+    markets: set[str] = field(default_factory=set)  # every market a proposal, fill or mark named (book/bounds.py)
     last_time: int = 0  # the latest log time folded (set by the sequencer): a cycle's `as_of`
     cycles: int = 0
     last_decision_id: str | None = None
@@ -299,6 +300,7 @@ class PortfolioState:
         if not 0.0 <= mark.mark_price <= 1.0 or not math.isfinite(mark.mark_price):
             return ()  # an impossible mark is ignored, never folded into equity
         market = mark.market_id
+        self.markets.add(market)
         self.marks[market] = mark.mark_price
         holdings = self.holdings
         for side in _SIDES:
@@ -309,6 +311,7 @@ class PortfolioState:
 
     def _on_proposal(self, proposal: Proposal) -> None:
         pid = proposal.proposal_id
+        self.markets.add(proposal.market_id)
         repeat = classify_repeat(self.seen, pid, _content_hash(proposal))
         if repeat is Repeat.NEW:
             self.pending[pid] = proposal
@@ -347,6 +350,7 @@ class PortfolioState:
 
     def _on_fill(self, fill: Fill) -> tuple[GovernorChange, ...]:
         reservation = self.reservations.pop((fill.decision_id, fill.proposal_id), None)
+        self.markets.add(fill.market_id)
         changes: list[GovernorChange] = []
         if fill.filled_size > 0 and fill.status in (FillStatus.FILLED, FillStatus.PARTIAL) and 0 < fill.price < 1:
             key = reservation.correlation_key if reservation else self.keys.get(fill.proposal_id, fill.market_id)

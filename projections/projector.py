@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Double, Engine, String, Table, bindparam, insert, select, update
 from sqlalchemy.exc import OperationalError
 
+from book.bounds import dead_letter_fields, out_of_bounds
 from eventlog.port import EventLog, Record, TopicPartition
 from governors.rules import drawdown
 from projections import tables
-from projections.bulk import Row, insert_ignoring_repeats
+from projections.bulk import Row, insert_ignoring_repeats, written_columns
 from projections.metrics import ProjectorMetrics
 from schemas.codec import SINGLE_OBJECT_MARKER, EventCodec, UndecodableMessage
 from schemas.events import (
@@ -68,17 +69,88 @@ def rows_of(records: Iterable[Record], codec: EventCodec) -> Rows:
                 raise UndecodableMessage("empty message (no value)")
             event: Event = codec.decode(record.value, record.topic, record.partition, record.offset)
         except UndecodableMessage as exc:
-            out[tables.dead_letters].append((record.topic, record.partition, record.offset, exc.reason, record.value))
+            out[tables.dead_letters].append((record.topic, record.partition, record.offset,
+                                             *dead_letter_fields(exc.reason, record.value)))  # fmt: skip
             continue
         if isinstance(event, Proposal):  # most of the log: inline
             e = event
-            proposals.append((e.proposal_id, e.agent_id, e.strategy_tag, e.market_id, e.side.value, e.price,
-                              e.expected_profit, e.confidence, e.requested_size, e.min_size, e.execution_risk,
-                              e.urgency, e.correlation_key, e.created_at, record.topic, record.partition,
-                              record.offset))  # fmt: skip
+            row = (e.proposal_id, e.agent_id, e.strategy_tag, e.market_id, e.side.value, e.price,
+                   e.expected_profit, e.confidence, e.requested_size, e.min_size, e.execution_risk,
+                   e.urgency, e.correlation_key, e.created_at, record.topic, record.partition,
+                   record.offset)  # fmt: skip
+            problem = row_problem(tables.proposals, row)
+            if problem is None:
+                proposals.append(row)
+            else:
+                _unprojectable(record, event, problem, out)
         else:
+            before = {table: len(rows) for table, rows in out.items()}
             _other_rows(event, record, out)
+            problem = next(
+                (p for t, n in before.items() for row in out[t][n:] if (p := row_problem(t, row)) is not None), None
+            )
+            if problem is not None:
+                for table, n in before.items():
+                    del out[table][n:]
+                _unprojectable(record, event, problem, out)
     return out
+
+
+def _unprojectable(record: Record, event: Event, problem: str, out: Rows) -> None:
+    """A decodable record whose rows no table can hold as they are (rules.md §11.2): a dead-letter row with its
+    position, why, and its bytes, the same on SQLite and PostgreSQL, so a replay writes it again.
+
+    An input the allocator rejects by its bounds (book/bounds.py) gets its dead letter from the allocator, at the
+    same position: the projector then writes none, so one position never has two writers racing for its row."""
+    if out_of_bounds(event, _EVERY_MARKET) is not None:
+        return
+    error = f"not projectable: {type(event).__name__} {problem}"
+    out[tables.dead_letters].append((record.topic, record.partition, record.offset,
+                                     *dead_letter_fields(error, record.value)))  # fmt: skip
+
+
+class _EveryMarket:
+    """The projector judges fields only: a resolution's market is the fold's question, not the table's."""
+
+    def __contains__(self, market: object) -> bool:
+        return True
+
+
+_EVERY_MARKET = _EveryMarket()
+
+
+def _checks(table: Table) -> tuple[tuple[int, str, int | None], ...]:
+    """Per written column that can refuse a value: its index, name, and the length limit of a String(n)."""
+    out: list[tuple[int, str, int | None]] = []
+    for i, name in enumerate(written_columns(table)):
+        column = table.c[name]
+        if isinstance(column.type, Double):
+            out.append((i, name, None))
+        elif isinstance(column.type, String):  # Text included: no length, but no NUL either
+            out.append((i, name, column.type.length))
+    return tuple(out)
+
+
+_CHECKS = {table: _checks(table) for table in TABLE_ORDER}
+
+
+def row_problem(table: Table, row: Row) -> str | None:
+    """Why `row` cannot be stored alike in every projection database, or None: NaN (SQLite keeps it as NULL,
+    PostgreSQL as NaN), a string longer than its column (PostgreSQL refuses, SQLite keeps it) or holding NUL
+    (PostgreSQL refuses)."""
+    for i, name, length in _CHECKS[table]:
+        value = row[i]
+        if value is None:
+            continue
+        if length is None and isinstance(value, float):
+            if value != value:
+                return f"{table.name}.{name} is NaN"
+        elif isinstance(value, str):
+            if length is not None and len(value) > length:
+                return f"{table.name}.{name} has {len(value)} characters, at most {length}"
+            if "\x00" in value:
+                return f"{table.name}.{name} holds a NUL character"
+    return None
 
 
 def _other_rows(event: Event, record: Record, out: Rows) -> None:

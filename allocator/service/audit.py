@@ -14,7 +14,7 @@ from allocator.engine.verify import DecisionInvariantError, verify_decision
 from allocator.service.chain import Trusted, chain_findings, verify_log
 from allocator.service.sequencer import BookState, build_request, replay_decisions
 from book.config import AllocatorConfig
-from eventlog.port import EventLog, TopicPartition, Topics
+from eventlog.port import EventLog, Record, TopicPartition, Topics
 from schemas.codec import EventCodec
 from schemas.events import Decision, SolverPath
 
@@ -106,7 +106,8 @@ def audit_log(
 ) -> AuditReport:
     """Audit every decision in the log. Each is re-run on the state rebuilt from the inputs it recorded; the
     state then moves on with the re-run decision, so one bad record is reported alone."""
-    verified = verify_log(reader, codec, topics, trusted or {})  # only verified decisions are re-run
+    # Only verified decisions are re-run; an undecodable, forged or altered record is a chain finding.
+    verified = verify_log(reader, codec, topics, trusted or {})
     decisions = verified.accepted
     offsets = {id(d): r.offset for r, d in decisions}
     findings: list[Finding] = []
@@ -118,7 +119,15 @@ def audit_log(
         finding = Finding(
             recorded.decision_id, recorded.cycle, offsets[id(recorded)], recorded.solver_path.value, "MATCH"
         )
-        outcome = _rerun(request, recorded)
+        try:
+            outcome = _rerun(request, recorded)
+        except Exception as exc:  # rules.md §10.2: a failing re-run is a finding, never a crash)
+            finding.verdict = "MISMATCH"
+            finding.problems.append(f"re-run failed: {type(exc).__name__}: {exc}")
+            findings.append(finding)
+            if progress is not None:
+                progress(len(findings), len(decisions))
+            return recorded
         recomputed = outcome.decision
         rerun_timed_out = recomputed.solver_path in TIMED_PATHS and recorded.solver_path not in TIMED_PATHS
         if rerun_timed_out:
@@ -167,6 +176,13 @@ def audit_log(
     findings.extend(Finding(**f) for f in chain_findings(verified, head))  # docs/audit.md: the chain
     findings.sort(key=lambda f: f.offset)
     return AuditReport(findings, verified.head)
+
+
+def undecodable(record: Record, reason: str) -> Finding:
+    """A record on the decisions topic that is not a decision: a mismatch named by its position."""
+    where = f"{record.topic}[{record.partition}]@{record.offset}"
+    return Finding(f"<undecodable {where}>", -1, record.offset, "", "MISMATCH",
+                   [f"undecodable record at {where}: {reason}"])  # fmt: skip
 
 
 def _rerun(request: CycleRequest, recorded: Decision) -> CycleOutcome:

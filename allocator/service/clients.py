@@ -8,9 +8,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from allocator.service.chain import DUPLICATE, ChainVerifier, Rejection, Trusted
-from eventlog.port import EventLog, TopicPartition, Topics
+from eventlog.port import EventLog, Record, TopicPartition, Topics
 from schemas.codec import EventCodec
-from schemas.events import Command, ControlCommand, Decision, Event, Fill, MarketResolution, PnlMark, Proposal
+from schemas.events import (
+    Command,
+    ControlCommand,
+    DeadLetter,
+    Decision,
+    Event,
+    Fill,
+    MarketResolution,
+    PnlMark,
+    Proposal,
+)
 
 
 class ClientError(ValueError):
@@ -75,6 +85,7 @@ class DecisionFeed:
         start: Mapping[TopicPartition, int] | None = None,
         trusted: Trusted | None = None,
         on_rejected: Callable[[Rejection], None] | None = None,
+        on_skip: Callable[[DeadLetter], None] | None = None,
     ):
         self.log = log
         self.codec = codec
@@ -84,11 +95,15 @@ class DecisionFeed:
         self.rejections: list[Rejection] = []
         self.on_rejected = on_rejected
         self._cycles: set[int] = set()
+        self.on_skip = on_skip
+        self.skipped: list[DeadLetter] = []
         log.assign([topics.decisions])
         for tp in log.assignment():
             log.seek(tp, 0)
 
     def poll(self, timeout_s: float = 0.2) -> list[Decision]:
+        """The next decisions. A record that is not a decision is skipped, kept in `skipped` (as a dead letter
+        naming its position and why) and handed to `on_skip`: one bad record never stops an executor."""
         out: list[Decision] = []
         for record in self.log.poll(max_records=500, timeout_s=timeout_s):
             checked = self.verifier.check(record)
@@ -98,14 +113,23 @@ class DecisionFeed:
                                     checked.decision_id, checked.cycle)  # fmt: skip
             if isinstance(checked, Rejection):
                 if record.offset >= self.start.get(record.topic_partition, 0):
-                    self.rejections.append(checked)
-                    if self.on_rejected is not None:
-                        self.on_rejected(checked)
+                    self._reject(record, checked)
                 continue
             self._cycles.add(checked.cycle)
             if record.offset >= self.start.get(record.topic_partition, 0):
                 out.append(checked)
         return out
+
+    def _reject(self, record: Record, rejection: Rejection) -> None:
+        """A record that does not verify: kept as a rejection and as a dead letter naming its position and why."""
+        self.rejections.append(rejection)
+        if self.on_rejected is not None:
+            self.on_rejected(rejection)
+        letter = DeadLetter(record.topic, record.partition, record.offset, f"{rejection.kind}: {rejection.detail}",
+                            record.value, record.timestamp_ms)  # fmt: skip
+        self.skipped.append(letter)
+        if self.on_skip is not None:
+            self.on_skip(letter)
 
     def drain(self, timeout_s: float = 30.0) -> list[Decision]:
         """Every decision committed so far that this feed has not returned yet."""

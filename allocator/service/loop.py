@@ -11,21 +11,28 @@ from allocator.engine.request import CycleRequest
 from allocator.service.chain import ChainSettings, report_rejections, verify_log
 from allocator.service.metrics import ServiceMetrics
 from allocator.service.sequencer import (
+    CYCLE_FAILURE_SOURCE,
     BookState,
     build_request,
     fold_batch,
     fold_decision,
     governor_events,
+    halt_after_failure,
     prepare_cycle,
     replay_decisions,
 )
 from book.config import AllocatorConfig
 from eventlog.port import AbortableError, EventLog, Record, TopicPartition, Topics, normalise_book_id
+from governors.state import GovernorChange
 from schemas.codec import EventCodec
 from schemas.events import Decision
 
 Say = Callable[[str], None]
 Decide = Callable[[CycleRequest], CycleOutcome]
+
+
+class CycleFailed(Exception):
+    """A cycle raised even on a halted book: nothing was published, the state went back to the last commit."""
 
 
 class ServiceStopped(Exception):
@@ -61,7 +68,8 @@ def rebuild(
 ) -> BookState:
     """The state the last published decision left, rebuilt from the log alone (see `replay_decisions`).
 
-    Only decisions that verify are folded (`allocator/service/chain.py`); the signer's head moves to the last."""
+    Only decisions that verify are folded (`allocator/service/chain.py`); a record that does not (undecodable,
+    forged, out of the chain) is named and skipped, and the signer's head moves to the last that does."""
     chain = chain or ChainSettings()
     verified = verify_log(reader, codec, topics, chain.trusted)
     report_rejections(verified.rejections, say)
@@ -152,11 +160,14 @@ class AllocatorService:
             folded = fold_batch(self.state, batch, self.codec, self.topics)
             prepare_cycle(self.state)
             inputs = {tp: self.log.position(tp) for tp in self.log.assignment()}
-            request = build_request(self.state, self.topics, self.book_id, inputs)
-            outcome = self.decide(request)
+            outcome, halted = self._decide_or_halt(inputs)
             decision = outcome.decision
             decision_changes = fold_decision(self.state, decision)
-            changes = [*folded.changes, *((c, decision.decided_at, decision.decision_id) for c in decision_changes)]
+            changes = [
+                *folded.changes,
+                *((c, decision.decided_at, CYCLE_FAILURE_SOURCE) for c in halted),
+                *((c, decision.decided_at, decision.decision_id) for c in decision_changes),
+            ]
             events = governor_events(self.book_id, decision.decision_id, changes)
             if self.chain.signer is not None:  # linked and signed (docs/security.md)
                 decision, message = self.chain.signer.seal(decision, self.codec, self.topics.decisions)
@@ -188,6 +199,32 @@ class AllocatorService:
         self.pending_proposals = 0
         return CycleReport(decision, len(batch), len(folded.dead_letters), len(events))
 
+    def _decide_or_halt(self, inputs: dict[TopicPartition, int]) -> tuple[CycleOutcome, tuple[GovernorChange, ...]]:
+        """Decide the cycle; if deciding raises, halt the book (rules.md §11.2: an operator must RESUME) and decide
+        again on the halted book, which funds nothing and defers every pending proposal with its reason. The halt
+        is published with the decision, so a restart and the audit find the book halted at the same cycle."""
+        request = build_request(self.state, self.topics, self.book_id, inputs)
+        try:
+            return self.decide(request), ()
+        except Exception as exc:
+            halted = halt_after_failure(self.state, request.cycle, exc)
+            self.say(f"cycle {request.cycle} failed ({type(exc).__name__}: {exc}); the book is halted until RESUME")
+            if not halted:
+                raise CycleFailed(f"cycle {request.cycle} failed on a halted book: {exc}") from exc
+        try:
+            return self.decide(build_request(self.state, self.topics, self.book_id, inputs)), halted
+        except Exception as again:
+            raise CycleFailed(f"cycle {request.cycle} failed again on the halted book: {again}") from again
+
+    def _recover(self) -> None:
+        """Back to the last commit: the consumer rewound, the state rebuilt from the log, the batch dropped."""
+        self.log.rewind_to_committed()
+        # Rare: rebuild what the last commit left from the log itself (copying the state every cycle to
+        # restore it cost tens of ms a cycle, growing with every proposal id ever seen).
+        self.state = rebuild(self.reader, self.codec, self.topics, self.config, self.say)
+        self.buffer = []
+        self.pending_proposals = 0
+
     def run(self, should_stop: Callable[[], bool], poll_timeout_s: float = 0.2) -> int:
         """Poll and decide until `should_stop()`; returns the number of decisions published."""
         published = 0
@@ -202,6 +239,13 @@ class AllocatorService:
             except AbortableError:
                 if self.metrics is not None:
                     self.metrics.on_abort()
+                continue
+            except CycleFailed as exc:
+                # Even the halted book's cycle raised: nothing was written; the batch is read again after the
+                # next interval (quiet: no events, no decision) until an operator's command or a fix lets it pass.
+                self.say(f"{exc}; nothing published, the batch waits")
+                self._recover()
+                last = started
                 continue
             last = started  # the interval runs from cycle start to cycle start, not from the end of the last
             published += 1

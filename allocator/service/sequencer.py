@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 
 from allocator.engine.request import CycleRequest
 from allocator.engine.validation import Submitted, rejected_duplicate, validate
+from book.bounds import dead_letter_fields, out_of_bounds
 from book.config import AllocatorConfig
 from book.portfolio import PortfolioState
 from eventlog.port import EventLog, Record, TopicPartition, Topics
-from governors.state import GovernorChange
+from governors.state import GovernorChange, on_command
 from schemas.codec import EventCodec, UndecodableMessage
 from schemas.events import (
+    Command,
     DeadLetter,
     Decision,
     Event,
@@ -56,6 +58,12 @@ def canonical_order(records: Iterable[Record], topics: Topics) -> list[Record]:
     return sorted(records, key=lambda r: (r.timestamp_ms, rank.get(r.topic, len(rank)), r.partition, r.offset))
 
 
+def dead_letter(record: Record, error: str) -> DeadLetter:
+    """The dead letter naming `record` by its position, with why (cut to fit: `dead_letter_fields`)."""
+    error, payload = dead_letter_fields(error, record.value)
+    return DeadLetter(record.topic, record.partition, record.offset, error, payload, record.timestamp_ms)
+
+
 def decode(record: Record, codec: EventCodec, topics: Topics) -> Event | DeadLetter:
     """The record's event, or the dead letter that says why it cannot be one."""
     try:
@@ -64,16 +72,31 @@ def decode(record: Record, codec: EventCodec, topics: Topics) -> Event | DeadLet
                                      offset=record.offset)  # fmt: skip
         event = codec.decode(record.value, record.topic, record.partition, record.offset)
     except UndecodableMessage as exc:
-        return DeadLetter(record.topic, record.partition, record.offset, exc.reason, record.value, record.timestamp_ms)
+        return dead_letter(record, exc.reason)
     if not isinstance(event, topics.accepts(record.topic)):
-        error = f"a {type(event).__name__} does not belong on {record.topic}"
-        return DeadLetter(record.topic, record.partition, record.offset, error, record.value, record.timestamp_ms)
+        return dead_letter(record, f"a {type(event).__name__} does not belong on {record.topic}")
     return event
 
 
-# Upcaster of a rule, not of a record: decisions written with Decision version 1 were made while an undecodable
-# input still moved the book's clock. Replaying their batches the same way keeps those logs auditable.
+# Upcaster of a rule, not of a record: decisions written with Decision version 1 were made while every input
+# record, an undecodable one included, moved the book's clock. Replaying their batches the same way keeps those
+# logs auditable.
 DEAD_LETTERS_MOVED_THE_CLOCK = frozenset({("Decision", 1)})
+
+
+def fold_one(book: PortfolioState, record: Record, event: Event) -> tuple[GovernorChange, ...] | DeadLetter:
+    """Fold one decoded input event, or the dead letter that rejects it: a field out of its bounds
+    (book/bounds.py) is rejected before the fold sees it, and a fold that raises anyway is contained here, so no
+    record can stop the sequencer (rules.md §11.2). Only an event the fold accepts moves the book's clock."""
+    problem = out_of_bounds(event, book.markets)
+    if problem is not None:
+        return dead_letter(record, f"rejected, no effect on the book: {problem}")
+    if record.timestamp_ms > book.last_time:
+        book.last_time = record.timestamp_ms
+    try:
+        return book.apply(event)
+    except Exception as exc:  # the last resort: the bounds above should leave nothing for it
+        return dead_letter(record, f"the fold failed on this {type(event).__name__}: {type(exc).__name__}: {exc}")
 
 
 def fold_batch(
@@ -96,15 +119,16 @@ def fold_batch(
             end = record.next_offset
             if end > ends.get(where, 0):
                 ends[where] = end
+            if legacy_clock and record.timestamp_ms > book.last_time:
+                book.last_time = record.timestamp_ms
             event = decode(record, codec, topics)
             if isinstance(event, DeadLetter):
                 dead.append(event)
-                if legacy_clock and record.timestamp_ms > book.last_time:
-                    book.last_time = record.timestamp_ms
                 continue
-            if record.timestamp_ms > book.last_time:
-                book.last_time = record.timestamp_ms
-            caused = book.apply(event)
+            caused = fold_one(book, record, event)
+            if isinstance(caused, DeadLetter):
+                dead.append(caused)
+                continue
             if caused:
                 source = f"{record.topic}/{record.partition}/{record.offset}"
                 changes.extend((change, record.timestamp_ms, source) for change in caused)
@@ -168,6 +192,39 @@ def fold_decision(state: BookState, decision: Decision) -> tuple[GovernorChange,
     return state.portfolio.apply(decision)
 
 
+CYCLE_FAILURE_SOURCE = "allocator:cycle-failure"
+"""The `source` of the governor event that halts the book after a cycle raised: replay finds the halt by it."""
+
+
+def halt_after_failure(state: BookState, cycle: int, error: BaseException) -> tuple[GovernorChange, ...]:
+    """A cycle raised (the engine, the independent check, anything): the book halts as an operator's HALT would,
+    so every later cycle funds nothing and defers every pending proposal until an operator RESUMEs. Returns the
+    change to publish (none when the book was halted already)."""
+    book = state.portfolio
+    text = f"{type(error).__name__}: {error}"
+    if len(text) > 500:
+        text = f"{text[:480]}... ({len(text)} chars)"
+    reason = f"cycle {cycle} failed: {text}; halted until an operator RESUMEs"
+    book.governor, changes = on_command(book.governor, Command.HALT, reason, "allocator")
+    return changes
+
+
+def failure_halts(reader: EventLog, codec: EventCodec, topics: Topics) -> dict[str, str]:
+    """The decisions made after a failed cycle halted the book, by decision id, with the failure's cause: what
+    the halt event on the governor topic says (its id is the decision's id plus `-g<i>`)."""
+    out: dict[str, str] = {}
+    for r in read_records(reader, [topics.governor], reader.end_offsets([topics.governor])):
+        if r.value is None:
+            continue
+        try:
+            event = codec.decode(r.value, r.topic, r.partition, r.offset)
+        except UndecodableMessage:
+            continue
+        if isinstance(event, GovernorEvent) and event.source == CYCLE_FAILURE_SOURCE:
+            out[event.event_id.rsplit("-g", 1)[0]] = event.cause
+    return out
+
+
 def governor_events(
     book_id: str, decision_id: str, changes: Sequence[tuple[GovernorChange, int, str]]
 ) -> list[GovernorEvent]:
@@ -194,6 +251,9 @@ def read_records(reader: EventLog, topic_names: Sequence[str], ends: Mapping[Top
     reader.assign(list(topic_names))
     for tp in reader.assignment():
         reader.seek(tp, 0)
+    # Never wait for offsets the log does not have (a decision naming positions beyond the end would hang here).
+    present = reader.end_offsets(list(topic_names))
+    ends = {tp: min(end, present.get(tp, 0)) for tp, end in ends.items()}
     out: list[Record] = []
     while any(reader.position(tp) < ends.get(tp, 0) for tp in reader.assignment()):
         for r in reader.poll(max_records=5_000, timeout_s=1.0):
@@ -202,14 +262,36 @@ def read_records(reader: EventLog, topic_names: Sequence[str], ends: Mapping[Top
     return out
 
 
-def read_decisions(reader: EventLog, codec: EventCodec, topics: Topics) -> list[tuple[Record, Decision]]:
-    """Every committed decision, in log order, with the record it came in."""
+OnUndecodable = Callable[[Record, str], None]
+"""Given a record on the decisions topic that is not a decision, and why (its position is the record's)."""
+
+
+def decode_decision(record: Record, codec: EventCodec) -> Decision | str:
+    """The decision a record on the decisions topic holds, or why it holds none (rules.md §11.2: a bad record
+    there is skipped and named, never a crash)."""
+    if record.value is None:
+        return "empty message (no value)"
+    try:
+        event = codec.decode(record.value, record.topic, record.partition, record.offset)
+    except UndecodableMessage as exc:
+        return exc.reason
+    if not isinstance(event, Decision):
+        return f"a {type(event).__name__} does not belong on {record.topic}"
+    return event
+
+
+def read_decisions(
+    reader: EventLog, codec: EventCodec, topics: Topics, on_undecodable: OnUndecodable | None = None
+) -> list[tuple[Record, Decision]]:
+    """Every committed decision, in log order, with the record it came in. A record that is not a decision is
+    skipped and handed to `on_undecodable` with the reason."""
     out: list[tuple[Record, Decision]] = []
     for r in read_records(reader, [topics.decisions], reader.end_offsets([topics.decisions])):
-        if r.value is not None:
-            event = codec.decode(r.value, r.topic, r.partition, r.offset)
-            if isinstance(event, Decision):
-                out.append((r, event))
+        event = decode_decision(r, codec)
+        if isinstance(event, Decision):
+            out.append((r, event))
+        elif on_undecodable is not None:
+            on_undecodable(r, event)
     return out
 
 
@@ -245,6 +327,7 @@ def replay_decisions(
             tp = TopicPartition(pos.topic, pos.partition)
             ends[tp] = max(ends.get(tp, 0), pos.offset)
     records = read_records(reader, list(topics.inputs), ends)
+    halts = failure_halts(reader, codec, topics)
     by_partition: dict[TopicPartition, list[Record]] = {}
     for r in records:
         by_partition.setdefault(r.topic_partition, []).append(r)
@@ -267,6 +350,8 @@ def replay_decisions(
         written = single_object_version(decision_record.value or b"")
         fold_batch(state, batch, codec, topics, legacy_clock=written in DEAD_LETTERS_MOVED_THE_CLOCK)
         prepare_cycle(state)
+        if d.decision_id in halts:  # the cycle failed live and was decided on the halted book: so here too
+            halt_after_failure(state, d.cycle, RuntimeError(halts[d.decision_id]))
         folded = on_decision(state, d)
         seen[d.cycle] = folded
         fold_decision(state, folded)
