@@ -261,11 +261,14 @@ def market_band(problem: AllocationProblem) -> tuple[FloatArray, FloatArray]:
     return lo, hi
 
 
-# Every solver keeps this much slack below every limit (relative + absolute, currency units), so that an
-# allocation built by one (the greedy) is feasible in another's model (the fast path's, as a MIP start) and
-# rounding a solver's answer to exact min sizes cannot cross `check`'s tolerance (costs ≤ 1e-8 of objective).
-SAFETY_REL = 1e-8
-SAFETY_ABS = 1e-7
+# Slack every solver keeps below every limit (relative + absolute, currency units). It is zero: rules.md §4's
+# limits are inclusive, so a candidate whose min size fits exactly in the room left (capital, a cap, the CVaR
+# limit) must be fundable, and any inward slack made such exact fits infeasible in the solvers' models (a
+# proposal was DEFERRED with no reason while the decision claimed MIP_OPTIMAL). Solver noise (HiGHS's 1e-9
+# feasibility tolerances) is absorbed by `check`'s tolerance instead, and the fast path settles each answer onto
+# exact sizes (0, min, upper) before checking it. The hooks stay so that a slack can be reintroduced in one place.
+SAFETY_REL = 0.0
+SAFETY_ABS = 0.0
 
 
 def tighten_upper(limit: float) -> float:

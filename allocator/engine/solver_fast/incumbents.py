@@ -33,11 +33,34 @@ class _Best:
         self.source = SolverPath.PRIORITY_FALLBACK
 
     def offer(self, sizes: FloatArray, source: SolverPath) -> bool:
-        value = float(self.tie_values @ sizes)
-        if value <= self.value or check(self.problem, sizes):
-            return False
-        self.sizes, self.value, self.source = sizes.copy(), value, source
-        return True
+        """Keep `sizes` if truly feasible and better; they are first settled onto exact bounds (`settle`), and
+        kept as given only if the settled sizes fail `check`."""
+        for candidate in (settle(self.problem, sizes), sizes):
+            value = float(self.tie_values @ candidate)
+            if value <= self.value:
+                return False
+            if not check(self.problem, candidate):
+                self.sizes, self.value, self.source = candidate.copy(), value, source
+                return True
+        return False
+
+
+# Sizes within this relative distance of 0, their min size or their upper bound are solver noise (HiGHS's
+# tolerances are 1e-9 on sizes scaled to [0, 1]): they are moved onto the bound exactly.
+SETTLE_REL = 1e-7
+
+
+def settle(problem: AllocationProblem, sizes: FloatArray) -> FloatArray:
+    """Sizes with solver noise removed: near 0 → 0, near the min size → the min, near the upper bound → it."""
+    scale = np.maximum(problem.upper, 1.0)
+    near = SETTLE_REL * scale
+    out = np.array(sizes, dtype=np.float64)
+    out[np.abs(out) <= near] = 0.0
+    at_upper = np.abs(out - problem.upper) <= near
+    out[at_upper] = problem.upper[at_upper]
+    at_lower = (out > 0.0) & (np.abs(out - problem.lower) <= near)
+    out[at_lower] = problem.lower[at_lower]
+    return out
 
 
 class _Sink(Protocol):
