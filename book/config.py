@@ -16,6 +16,10 @@ class ConfigError(ValueError):
     """A configuration that must not be used: it names the key and what is wrong with it."""
 
 
+# Far above any useful budget (about 1,000x the default): a guard against a typo'd extra digit or two.
+MAX_SOLVER_WORK_LIMIT = 50_000_000
+
+
 @dataclass(frozen=True)
 class AllocatorConfig:
     """Every limit and parameter of docs/rules.md, with its defaults. Fractions are of equity E unless noted."""
@@ -49,8 +53,12 @@ class AllocatorConfig:
     within_key_correlation: float = 0.5
     common_correlation: float = 0.1
     tail_dof: float = 4.0
-    # rules.md §4: the solver
-    solver_time_limit_ms: float = 250.0
+    # rules.md §4: the solver. `solver_work_limit` (deterministic work units, see
+    # allocator/engine/solver_fast/budget.py) shapes the decision: calibrated so a whole decision at N=100,
+    # S=2000 takes <= 250 ms on the project's machine. `solver_time_limit_ms` is only a safety net (4x that); its
+    # trip is the one machine-dependent outcome (path MIP_TIME_LIMIT).
+    solver_work_limit: int = 40_000
+    solver_time_limit_ms: float = 1_000.0
     mip_rel_gap: float = 1e-4
     # rules.md §2: agents allowed to propose; None accepts every agent
     agents: tuple[str, ...] | None = None
@@ -89,6 +97,11 @@ class AllocatorConfig:
             raise ConfigError("within_key_correlation, common_correlation: need 0 <= common <= within < 1")
         _check_positive("tail_dof", self.tail_dof)
         _check_positive("solver_time_limit_ms", self.solver_time_limit_ms)
+        _check_positive_int("solver_work_limit", self.solver_work_limit)
+        if self.solver_work_limit > MAX_SOLVER_WORK_LIMIT:
+            raise ConfigError(
+                f"solver_work_limit: must be at most {MAX_SOLVER_WORK_LIMIT:,}, got {self.solver_work_limit!r}"
+            )
         if not 0.0 < self.mip_rel_gap < 1.0:
             raise ConfigError(f"mip_rel_gap: must be in (0, 1), got {self.mip_rel_gap!r}")
 

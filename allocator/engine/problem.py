@@ -515,7 +515,13 @@ class Solution:
     - `gap` = (bound - objective)/|bound| ≥ 0, the proven relative gap (`relative_gap`); NaN without a bound;
     - `nodes` counts branch-and-bound nodes over all MIP solves, `rounds` the MIP solves, and `scenario_rows`
       the Rockafellar-Uryasev scenario rows the final model carried (S for the reference, fewer for the fast
-      path, which adds scenarios only as they are needed).
+      path, which adds scenarios only as they are needed);
+    - `work_used` counts the deterministic work units the solve spent (simplex and interior-point iterations,
+      branch-and-bound nodes, local-search trials, greedy passes; see `allocator.engine.solver_fast.budget`),
+      0 for solvers that do not meter work;
+    - `work_limited` says the solve used its whole work budget (`solver_work_limit`) before proving the gap:
+      its answer is still machine-independent, unlike a `time_limited` one, whose wall-clock safety net tripped
+      (path MIP_TIME_LIMIT, the only machine-dependent outcome).
     """
 
     sizes: FloatArray
@@ -527,6 +533,9 @@ class Solution:
     nodes: int = 0
     rounds: int = 0
     scenario_rows: int = 0
+    work_used: int = 0
+    work_limited: bool = False
+    time_limited: bool = False
 
 
 OBJECTIVE_ATOL = 1e-9

@@ -19,11 +19,11 @@ from allocator.engine.problem import (
     tie_break_values,
     worst_tail,
 )
-from allocator.engine.solver_fast.budget import _Clock, _new_highs, _run
+from allocator.engine.solver_fast.budget import Budget, FastSettings, _new_highs, _run
 from allocator.engine.solver_fast.model import _linear_rows, _Model
 
 
-def _lagrangian_bound(problem: AllocationProblem, model: _Model, columns: IntArray, clock: _Clock) -> float:
+def _lagrangian_bound(problem: AllocationProblem, model: _Model, columns: IntArray, clock: Budget) -> float:
     """A proven upper bound for the full problem from the duals of an LP solved over a subset of the
     candidates.
 
@@ -55,14 +55,14 @@ def _lagrangian_bound(problem: AllocationProblem, model: _Model, columns: IntArr
                     break
         weights /= weights.sum()
     gain = tie_break_values(problem) + price * (weights @ problem.returns)
-    inner = _linear_bound(problem, gain, clock)
+    inner = _linear_bound(problem, gain, clock, model.settings)
     limit = effective_cvar_bound(problem)
     # Allow for check's tolerance on CVaR.
     slack = DEFAULT_TOLERANCE.slack(limit)
     return inner + price * (limit + slack - float(weights @ problem.book_losses))
 
 
-def _linear_bound(problem: AllocationProblem, gain: FloatArray, clock: _Clock) -> float:
+def _linear_bound(problem: AllocationProblem, gain: FloatArray, clock: Budget, settings: FastSettings) -> float:
     """max gain·s over the capital, group and market rows and 0 ≤ s ≤ upper alone (CVaR and min sizes
     dropped): a small sparse LP. With gain = the tie-broken values it bounds the problem by itself — weak
     where CVaR binds hard (N ≤ 200 here: 2-3x the optimum) but, at N=1000, S=5000 where the LP with CVaR is
@@ -78,7 +78,7 @@ def _linear_bound(problem: AllocationProblem, gain: FloatArray, clock: _Clock) -
     h.changeObjectiveSense(highspy.ObjSense.kMaximize)
     for coef, cols, lo, hi in _linear_rows(problem, full_order, scale, cap, tight=False):
         h.addRow(lo, hi, cols.shape[0], cols.astype(np.int32), coef)
-    if not _run(h, clock) or h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+    if not _run(h, clock, settings) or h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
         return math.inf
     inner = float(h.getInfo().objective_function_value)
     # Allow for the LP's own optimality tolerance.

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import highspy
 import numpy as np
 import numpy.typing as npt
+import threadpoolctl
 
 _INF = highspy.kHighsInf
 BoolArray = npt.NDArray[np.bool_]
-DEFAULT_TIME_LIMIT_S = 0.25
+# The work budget of a decision (config `solver_work_limit`), calibrated so that a whole decision at N=100,
+# S=2000 takes at most 250 ms on the project's 2-core machine (docs/performance.md); the wall clock
+# (`solver_time_limit_ms`) is only a safety net at 4x that.
+DEFAULT_WORK_LIMIT = 40_000
+DEFAULT_TIME_LIMIT_S = 1.0
 
 # HiGHS's sub-MIP heuristics (RINS, RENS), restarts and symmetry detection cost 100s of ms per solve on these
 # dense models: with them off the 20-candidate benchmark instances solve 3-6x faster (1-2.7 s -> 0.2-0.45 s
@@ -39,13 +47,14 @@ class FastSettings:
     # Each separation adds every scenario among the worst `tail_margin`·k at the point separated: scenarios
     # about to enter the tail come in early, so fewer rounds are needed (1.0-1.5 measured; rows cost LP time).
     tail_margin: float = 1.5
-    # Predicted time of the LP relaxation over m candidates and S scenarios: lp_time_coefficient·S^1.5·m^0.8
-    # seconds (fitted to HiGHS's dual simplex on the benchmark machine, n 20-1000 x S 1000-5000, within 2x).
-    # When the full LP is predicted to take more than `lp_budget_share` of the budget it runs over the most
-    # promising candidates that fit, and its duals bound the full problem (`_lagrangian_bound`); with fewer
-    # than `lp_min_columns` it is skipped. A prediction from the sizes only, so which stages run does not
-    # depend on timing; the root LP is also stopped at `lp_cap_share` of the budget whatever the prediction.
-    lp_time_coefficient: float = 3e-8
+    # Predicted work of the LP relaxation over m candidates and S scenarios: lp_work_coefficient·S^1.5·m^0.8
+    # units (fitted as time to HiGHS's dual simplex on the benchmark machine, n 20-1000 x S 1000-5000, within
+    # 2x, at 5 µs a unit). When the full LP is predicted to take more than `lp_budget_share` of the work budget
+    # it runs over the most promising candidates that fit, and its duals bound the full problem
+    # (`_lagrangian_bound`); with fewer than `lp_min_columns` it is skipped. A prediction from the sizes only,
+    # so which stages run depends on the problem and the budget alone; the root LP is also stopped at
+    # `lp_cap_share` of the budget whatever the prediction.
+    lp_work_coefficient: float = 6e-3
     lp_budget_share: float = 0.5
     lp_cap_share: float = 0.75
     lp_min_columns: int = 20
@@ -67,63 +76,129 @@ class FastSettings:
     mip_min_share: float = 0.25
     mip_root_factor: float = 4.0
     mip_options: tuple[tuple[str, Any], ...] = DEFAULT_MIP_OPTIONS
-    # Kept back for wrap-up, so that the whole call ends inside `time_limit_s`: a share of the budget plus
-    # the predicted cost of the final checks (two `check` calls, O(n·S): 7 ms each at n=1000, S=5000).
+    # Kept back from the wall-clock safety net for wrap-up, so that even a tripped call ends inside
+    # `time_limit_s`: a share of it plus the predicted cost of the final checks (two `check` calls, O(n·S):
+    # 7 ms each at n=1000, S=5000).
     reserve_share: float = 0.04
     check_seconds_per_cell: float = 3e-9
+    # The work meter (see `Budget`): units per HiGHS call, per branch-and-bound node, and matrix cells per
+    # unit for numpy passes (a greedy candidate's O(S) CVaR search counts its S cells several times over).
+    call_work: int = 40
+    node_work: int = 200
+    cells_per_unit: float = 2_000.0
+    greedy_cells_factor: float = 5.0
+    # Share of the work budget kept for the final exact re-optimisation of the best funded set.
+    polish_share: float = 0.05
 
 
 DEFAULT_SETTINGS = FastSettings()
 
 
-class _Clock:
-    """The wall-clock budget, enforced by our code between HiGHS calls and, through callbacks, inside them.
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """numpy's BLAS on one thread for the solve: a matrix product's summation order (hence its last bits)
+    must not depend on how many threads the machine or its load gives it."""
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        yield
 
-    It also remembers whether time ever decided anything — a stage skipped, a loop or a HiGHS run cut short.
-    Only a solve the clock never shaped may be called MIP_OPTIMAL: that is what makes an optimal decision
-    reproducible by the audit on another machine (rules.md §10); a clock-shaped one is MIP_TIME_LIMIT.
+
+class Budget:
+    """The solve's deterministic work budget, with the wall clock only as a safety net.
+
+    Every stage is metered in work units that do not depend on machine speed or load (rules.md §10: a decision
+    the audit can re-derive): HiGHS's simplex and interior-point iterations (read back after each run, each
+    run given a `simplex_iteration_limit` of what is left) weighted by the size of the model, branch-and-bound
+    nodes (`mip_max_nodes`), and greedy passes and loss evaluations by the number of cells (n·S) they touch.
+    Stages start only if their predicted work fits what is left, so what the solve returns depends on the
+    problem and `work_limit` alone. A unit is nominally ~5 µs of this project's 2-core benchmark machine.
+
+    The wall clock (`time_limit_s`) is checked between stages and, through HiGHS's interrupt callbacks, inside
+    them; it is set well above the time the work budget takes, and its trip is the one machine-dependent
+    outcome (`time_limited`, path MIP_TIME_LIMIT). Views made by `capped` share the meter and the flags.
     """
 
-    def __init__(self, budget_s: float) -> None:
+    def __init__(self, work_limit: int, time_limit_s: float) -> None:
         self.start = time.perf_counter()
-        self.deadline = self.start + max(budget_s, 0.0)
-        self._shaped = [False]  # shared with capped clocks: a sub-budget running out shapes the whole solve
+        self.deadline = self.start + max(time_limit_s, 0.0)
+        self.limit = max(int(work_limit), 0)
+        # Shared with capped views: [work used, work-limited, time-limited].
+        self._meter: list[Any] = [0, False, False]
 
     @property
-    def shaped(self) -> bool:
-        return self._shaped[0]
+    def used(self) -> int:
+        used: int = self._meter[0]
+        return used
 
-    def mark_shaped(self) -> None:
-        self._shaped[0] = True
+    @property
+    def work_limited(self) -> bool:
+        """Whether the work budget (or a capped view's share of it) ever stopped or skipped a stage."""
+        return bool(self._meter[1])
 
-    def remaining(self) -> float:
-        return self.deadline - time.perf_counter()
+    @property
+    def time_limited(self) -> bool:
+        """Whether the wall-clock safety net ever stopped anything: the only machine-dependent outcome."""
+        return bool(self._meter[2])
+
+    def mark_work_limited(self) -> None:
+        self._meter[1] = True
+
+    def mark_time_limited(self) -> None:
+        self._meter[2] = True
+
+    def charge(self, units: float) -> None:
+        self._meter[0] += max(math.ceil(units), 0)
+
+    def left(self) -> int:
+        return max(self.limit - self.used, 0)
+
+    def past_deadline(self) -> bool:
+        """The safety net alone (no work test): True marks the solve time-limited."""
+        if time.perf_counter() >= self.deadline:
+            self.mark_time_limited()
+            return True
+        return False
 
     def expired(self) -> bool:
-        if time.perf_counter() >= self.deadline:
-            self.mark_shaped()
+        """Out of work, or past the safety deadline; either marks the solve."""
+        if self.used >= self.limit:
+            self.mark_work_limited()
             return True
-        return False
+        return self.past_deadline()
 
-    def allows(self, seconds: float) -> bool:
-        """Whether `seconds` of budget remain; a no shapes the solve."""
-        if self.remaining() >= seconds:
-            return True
-        self.mark_shaped()
-        return False
+    def allows(self, units: float) -> bool:
+        """Whether a stage predicted to cost `units` may start; a no marks the solve work-limited."""
+        if self.expired():
+            return False
+        if self.left() < units:
+            self.mark_work_limited()
+            return False
+        return True
+
+    def remaining_seconds(self) -> float:
+        return self.deadline - time.perf_counter()
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
-    def capped(self, seconds: float) -> _Clock:
-        """A clock with the same start whose deadline is at most `seconds` after it."""
-        sub = _Clock(0.0)
-        sub.start, sub.deadline = self.start, min(self.deadline, self.start + seconds)
-        sub._shaped = self._shaped
+    def capped(self, units: float) -> Budget:
+        """A view that may spend at most `units` more (and no more than this one); same meter and flags."""
+        sub = Budget.__new__(Budget)
+        sub.start, sub.deadline, sub._meter = self.start, self.deadline, self._meter
+        sub.limit = min(self.limit, self.used + max(int(units), 0))
         return sub
 
 
-def _new_highs(clock: _Clock) -> highspy.Highs:
+def iteration_cost(h: highspy.Highs) -> float:
+    """Work units per simplex iteration on `h`'s model: a fixed part plus one per 2,500 nonzeros."""
+    return 1.0 + float(h.getNumNz()) / 2500.0
+
+
+def cells_cost(cells: float, settings: FastSettings) -> float:
+    """Work units of a numpy pass over `cells` matrix entries (a greedy candidate's scenario column, ...)."""
+    return cells / settings.cells_per_unit
+
+
+def _new_highs(budget: Budget) -> highspy.Highs:
     h = highspy.Highs()  # type: ignore[no-untyped-call]
     h.setOptionValue("output_flag", False)
     h.setOptionValue("threads", 1)
@@ -131,10 +206,11 @@ def _new_highs(clock: _Clock) -> highspy.Highs:
     h.setOptionValue("primal_feasibility_tolerance", 1e-9)
     h.setOptionValue("dual_feasibility_tolerance", 1e-9)
 
-    # HiGHS's own time_limit can overrun (measured: 48 s against 30 s), so the solves also ask us.
+    # HiGHS's own time_limit can overrun (measured: 48 s against 30 s), so the solves also ask us. This only
+    # ever fires past the safety deadline, so it cannot shape a solve that the work budget decides.
     def interrupt(event: Any) -> None:
-        if time.perf_counter() >= clock.deadline:
-            clock.mark_shaped()
+        if time.perf_counter() >= budget.deadline:
+            budget.mark_time_limited()
             event.interrupt()
 
     h.cbSimplexInterrupt.subscribe(interrupt)
@@ -142,15 +218,48 @@ def _new_highs(clock: _Clock) -> highspy.Highs:
     return h
 
 
-def _run(h: highspy.Highs, clock: _Clock) -> bool:
-    """Run HiGHS with the remaining budget as its time limit; False if there was no time left to start."""
-    remaining = clock.remaining()
+_WORK_STOPS = (
+    highspy.HighsModelStatus.kIterationLimit,
+    highspy.HighsModelStatus.kSolutionLimit,
+)
+_TIME_STOPS = (highspy.HighsModelStatus.kTimeLimit, highspy.HighsModelStatus.kInterrupt)
+
+
+def _run(h: highspy.Highs, budget: Budget, settings: FastSettings, *, mip: bool = False) -> bool:
+    """Run HiGHS within what is left of the work budget; False if nothing was left to start with.
+
+    Each run gets a `simplex_iteration_limit` (and an interior-point one) of the units left over the model's
+    cost per iteration, and for a MIP a `mip_max_nodes` of the units left over `node_work`; the iterations
+    and nodes it reports are charged afterwards, with `call_work` for the call itself. The remaining wall
+    time is HiGHS's time_limit: the safety net.
+    """
+    if budget.expired():
+        return False
+    if budget.left() < settings.call_work:
+        budget.mark_work_limited()
+        return False
+    per_iteration = iteration_cost(h)
+    iterations = max(int((budget.left() - settings.call_work) / per_iteration), 1)
+    h.setOptionValue("simplex_iteration_limit", iterations)
+    h.setOptionValue("ipm_iteration_limit", iterations)
+    if mip:
+        h.setOptionValue("mip_max_nodes", max(int((budget.left() - settings.call_work) / settings.node_work), 1))
+    remaining = budget.remaining_seconds()
     if remaining <= 0.0:
-        clock.mark_shaped()
+        budget.mark_time_limited()
         return False
     # HiGHS compares time_limit with the run time accumulated over all runs of this object, not of this run.
     h.setOptionValue("time_limit", h.getRunTime() + remaining)
     h.run()
-    if h.getModelStatus() in (highspy.HighsModelStatus.kTimeLimit, highspy.HighsModelStatus.kInterrupt):
-        clock.mark_shaped()
+    info = h.getInfo()
+    spent = max(int(info.simplex_iteration_count), 0) + max(int(info.ipm_iteration_count), 0)
+    work = settings.call_work + spent * per_iteration
+    if mip:
+        work += max(int(info.mip_node_count), 0) * settings.node_work
+    budget.charge(work)
+    status = h.getModelStatus()
+    if status in _TIME_STOPS:
+        budget.mark_time_limited()
+    elif status in _WORK_STOPS:
+        budget.mark_work_limited()
     return True

@@ -19,7 +19,15 @@ from allocator.engine.problem import (
     tie_break_values,
 )
 from allocator.engine.solver_fast.bounds import _candidate_columns, _lagrangian_bound, _linear_bound
-from allocator.engine.solver_fast.budget import DEFAULT_SETTINGS, DEFAULT_TIME_LIMIT_S, FastSettings, _Clock
+from allocator.engine.solver_fast.budget import (
+    DEFAULT_SETTINGS,
+    DEFAULT_TIME_LIMIT_S,
+    DEFAULT_WORK_LIMIT,
+    Budget,
+    FastSettings,
+    cells_cost,
+    single_threaded_blas,
+)
 from allocator.engine.solver_fast.heuristics import (
     _dive,
     _fixed_support_lp,
@@ -52,55 +60,71 @@ def solve_fast(
     problem: AllocationProblem,
     time_limit_s: float = DEFAULT_TIME_LIMIT_S,
     settings: FastSettings = DEFAULT_SETTINGS,
+    work_limit: int = DEFAULT_WORK_LIMIT,
 ) -> Solution:
-    """Maximise Σ value·size under every constraint of rules.md §4 within `time_limit_s` seconds of wall clock.
+    """Maximise Σ value·size under every constraint of rules.md §4 within `work_limit` units of deterministic
+    work (see `Budget`), with `time_limit_s` seconds of wall clock as a safety net only.
 
-    Stages, each run only while budget remains: the priority greedy (the rules' fallback, always) and two more
-    greedy orders; the LP relaxation with scenario generation (a proven bound); an LP-ordered greedy and an
-    LP-guided dive; HiGHS branch-and-bound on the relaxation, re-solved with more scenarios whenever an
-    answer's true CVaR (by sorting) is over the bound; a final exact re-optimisation of the best funded set.
-    Every allocation kept passes `check`. Returns MIP_OPTIMAL once the proven gap is ≤ mip_rel_gap; otherwise,
-    when the budget ran out, the best allocation with its proven gap (NaN if no bound was reached):
-    MIP_TIME_LIMIT, or PRIORITY_FALLBACK when nothing beat the priority greedy.
+    Stages, each run only if its predicted work fits what is left: the priority greedy (the rules' fallback,
+    always) and more greedy orders; the LP relaxation with scenario generation (a proven bound); an LP-ordered
+    greedy and an LP-guided dive; HiGHS branch-and-bound on the relaxation, re-solved with more scenarios
+    whenever an answer's true CVaR (by sorting) is over the bound; a local search; a final exact
+    re-optimisation of the best funded set. Every allocation kept passes `check`. Ties are broken by index, and
+    HiGHS and numpy run single-threaded, so the answer depends on the problem and `work_limit` alone unless the
+    safety net trips. Returns MIP_OPTIMAL once the proven gap is ≤ mip_rel_gap (and the safety net never
+    tripped); otherwise the best allocation with its proven gap (NaN if no bound was reached): MIP_TIME_LIMIT,
+    or PRIORITY_FALLBACK when nothing beat the priority greedy — `work_limited` or `time_limited` says which
+    limit stopped it.
     """
-    # Stages stop at a slightly earlier deadline: the wrap-up (a last check, an interrupted HiGHS call
-    # returning) then still ends inside the caller's budget.
+    with single_threaded_blas():
+        return _solve(problem, time_limit_s, settings, work_limit)
+
+
+def _solve(problem: AllocationProblem, time_limit_s: float, settings: FastSettings, work_limit: int) -> Solution:
+    # The safety net stops stages at a slightly earlier deadline: the wrap-up (a last check, an interrupted
+    # HiGHS call returning) then still ends inside the caller's limit.
     reserve = settings.reserve_share * time_limit_s + 2 * settings.check_seconds_per_cell * _cells(problem)
-    clock = _Clock(max(time_limit_s - reserve, 0.0))
+    budget = Budget(work_limit, max(time_limit_s - reserve, 0.0))
+    # The final re-optimisation of the best funded set has its own share, so it always runs.
+    clock = budget.capped(work_limit * (1.0 - settings.polish_share))
     n = problem.n
     best = _Best(problem)
+    pass_work = settings.greedy_cells_factor * cells_cost(float(_cells(problem)), settings)
     greedy = [greedy_sizes(problem, priority_order(problem))]
+    clock.charge(pass_work)
     best.offer(greedy[0], SolverPath.PRIORITY_FALLBACK)
     if n == 0:
-        return _finish(problem, best, 0.0, clock, settings, nodes=0, rounds=0, rows=0)
+        return _finish(problem, best, 0.0, budget, settings, nodes=0, rounds=0, rows=0)
     # A bound that needs no scenario: cheap at any size (a sparse LP, ~2 ms at n=1000), and the only one within
     # reach at large n·S. Only where CVaR does not bind is it close.
-    bound = _linear_bound(problem, tie_break_values(problem), clock) if not clock.expired() else math.inf
+    bound = _linear_bound(problem, tie_break_values(problem), clock, settings)
     by_value, by_ratio = _greedy_orders(problem)
     # Min-first passes (two greedy passes each) come early: they fund many more candidates (measured 1.3-5x as
     # many) and were 0-8% better at N=1000 and 1.2-4x better at N=100 than funding each at its largest, with
-    # the ratio order the best single pass at N=1000. These passes stop with the clock (any prefix of a pass is
-    # feasible); at N=1000, S=5000 one pass is 40-120 ms, at N=100, S=2000 3-10 ms.
+    # the ratio order the best single pass at N=1000. Each pass runs whole or not at all (its work is
+    # predicted from n·S); only the safety net may stop one inside (any prefix of a pass is feasible).
     for order, min_first in ((by_ratio, True), (by_ratio, False), (by_value, True), (by_value, False)):
-        if clock.expired():
+        passes = 2 if min_first else 1
+        if not clock.allows(passes * pass_work):
             break
+        clock.charge(passes * pass_work)
         if min_first:
-            greedy.append(_min_first_greedy(problem, order, clock.expired))
+            greedy.append(_min_first_greedy(problem, order, clock.past_deadline))
         else:
-            greedy.append(greedy_sizes(problem, order, stop=clock.expired))
+            greedy.append(greedy_sizes(problem, order, stop=clock.past_deadline))
         best.offer(greedy[-1], SolverPath.MIP_TIME_LIMIT)
 
     rows = nodes = rounds = 0
-    # How many candidates an LP can take within the budget, predicted from the sizes alone (so which stages
-    # run never depends on timing): all of them, or a subset chosen by the greedy allocations.
-    per_scenario_set = settings.lp_time_coefficient * problem.scenario_count**1.5
-    affordable = int((settings.lp_budget_share * time_limit_s / per_scenario_set) ** (1 / 0.8))
+    # How many candidates an LP can take within the work budget, predicted from the sizes alone: all of them,
+    # or a subset chosen by the greedy allocations.
+    per_scenario_set = settings.lp_work_coefficient * problem.scenario_count**1.5
+    affordable = int((settings.lp_budget_share * work_limit / per_scenario_set) ** (1 / 0.8))
     columns = np.arange(n, dtype=np.int64)
     if affordable < n:
         worth_it = affordable >= settings.lp_min_columns and not clock.expired()
         columns = _candidate_columns(problem, greedy, affordable) if worth_it else columns[:0]
     # Where the MIP's root is predicted to fit (small n·S) the MIP runs first; elsewhere the local search.
-    mip_share = settings.mip_min_share * time_limit_s
+    mip_share = settings.mip_min_share * work_limit
     predicted_root = settings.mip_root_factor * per_scenario_set * n**0.8
     mip_first = predicted_root <= mip_share and columns.size == n
     sub = problem if columns.size == n else restrict(problem, columns)
@@ -110,7 +134,7 @@ def solve_fast(
     if columns.size and not clock.expired():
         model = _Model(sub, settings, clock)
         model.add_tail(model.losses(best.sizes[columns]))
-        cap = clock.capped(settings.lp_cap_share * time_limit_s)
+        cap = clock.capped(settings.lp_cap_share * work_limit)
         root = model.solve_lp(np.zeros(sub.n), model.x_cap.copy(), clock=cap)
         root_solved = root.status is _LpStatus.OPTIMAL
         if root_solved:
@@ -119,7 +143,7 @@ def solve_fast(
             if not _closed(bound, best, settings):
                 _lp_guided_greedy(model, root.x, sink, settings, clock)
                 # The dive gives the MIP its start where the MIP runs; elsewhere the local search does better
-                # with its time (no dive: 100x2000 +1.2% at 250 ms and never worse, 200x2000 +22% at 1 s).
+                # with its work (no dive: 100x2000 +1.2% at 250 ms and never worse, 200x2000 +22% at 1 s).
                 if settings.run_dive and mip_first and not clock.expired():
                     _dive(model, root, sink)
 
@@ -170,8 +194,8 @@ def solve_fast(
     if model is not None:
         rows = len(model.scenarios)
     # The re-optimised funded set is no longer the priority greedy's allocation, whatever it started from.
-    _polish(problem, best.sizes, settings, clock, best, SolverPath.MIP_TIME_LIMIT)
-    return _finish(problem, best, bound, clock, settings, nodes=nodes, rounds=rounds, rows=rows)
+    _polish(problem, best.sizes, settings, budget, best, SolverPath.MIP_TIME_LIMIT)
+    return _finish(problem, best, bound, budget, settings, nodes=nodes, rounds=rounds, rows=rows)
 
 
 def _cells(problem: AllocationProblem) -> int:
@@ -188,7 +212,7 @@ def _finish(
     problem: AllocationProblem,
     best: _Best,
     bound: float,
-    clock: _Clock,
+    clock: Budget,
     settings: FastSettings,
     *,
     nodes: int,
@@ -198,7 +222,10 @@ def _finish(
     sizes = best.sizes
     assert_feasible(problem, sizes)
     achieved = objective(problem, sizes)
-    path = SolverPath.MIP_OPTIMAL if _closed(bound, best, settings) and not clock.shaped else best.source
+    # The work budget shapes a solve deterministically, so a closed gap is MIP_OPTIMAL whatever it cost; only
+    # the safety net's trip makes a solve machine-dependent, and then it is never called optimal.
+    optimal = _closed(bound, best, settings) and not clock.time_limited
+    path = SolverPath.MIP_OPTIMAL if optimal else best.source
     return Solution(
         sizes=sizes,
         path=path,
@@ -209,4 +236,7 @@ def _finish(
         nodes=nodes,
         rounds=rounds,
         scenario_rows=rows,
+        work_used=clock.used,
+        work_limited=not optimal and not clock.time_limited and clock.work_limited,
+        time_limited=not optimal and clock.time_limited,
     )

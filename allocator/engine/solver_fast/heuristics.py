@@ -16,7 +16,7 @@ from allocator.engine.problem import (
     tail_count,
     worst_tail,
 )
-from allocator.engine.solver_fast.budget import BoolArray, FastSettings, _Clock
+from allocator.engine.solver_fast.budget import BoolArray, Budget, FastSettings
 from allocator.engine.solver_fast.incumbents import _Sink, _snap
 from allocator.engine.solver_fast.model import _LpResult, _LpStatus, _Model, restrict
 
@@ -53,7 +53,7 @@ def _polish(
     problem: AllocationProblem,
     sizes: FloatArray,
     settings: FastSettings,
-    clock: _Clock,
+    clock: Budget,
     best: _Sink,
     source: SolverPath,
 ) -> None:
@@ -72,7 +72,7 @@ def _polish(
         best.offer(polished, source)
 
 
-def _lp_guided_greedy(model: _Model, x: FloatArray, best: _Sink, settings: FastSettings, clock: _Clock) -> None:
+def _lp_guided_greedy(model: _Model, x: FloatArray, best: _Sink, settings: FastSettings, clock: Budget) -> None:
     """The greedy rule with the LP as a guide: candidates the LP funds to at least `lp_round_up` of their min
     size come first (by that share) and are capped at their LP size (rounded up to the min), so the first ones
     do not take all the risk budget; the rest follow uncapped. The result's sizes are then re-optimised."""

@@ -11,7 +11,7 @@ import numpy as np
 from allocator.engine.problem import (
     FloatArray,
 )
-from allocator.engine.solver_fast.budget import _INF, FastSettings, _Clock, _new_highs, _run
+from allocator.engine.solver_fast.budget import _INF, Budget, FastSettings, _new_highs, _run
 from allocator.engine.solver_fast.model import _add_scenario_rows, _Model
 
 # ------------------------------------------------------------------------------------------------ MIP
@@ -20,8 +20,9 @@ from allocator.engine.solver_fast.model import _add_scenario_rows, _Model
 class _Mip:
     """Branch-and-bound on the relaxation: z_j binary, min_j·z_j ≤ x_j ≤ z_j, the LP's rows and scenarios."""
 
-    def __init__(self, model: _Model, settings: FastSettings, clock: _Clock) -> None:
+    def __init__(self, model: _Model, settings: FastSettings, clock: Budget) -> None:
         self.model = model
+        self.settings = settings
         n = model.n
         h = _new_highs(clock)
         h.setOptionValue("mip_rel_gap", settings.mip_rel_gap)
@@ -94,7 +95,7 @@ class _Mip:
         ).astype(np.int32)
         h.setSolution(int(cols.shape[0]), cols, values)
         self.found = []
-        if not _run(h, self.clock):
+        if not _run(h, self.clock, self.settings, mip=True):
             return math.nan, False
         info = h.getInfo()
         self.nodes += max(int(info.mip_node_count), 0)

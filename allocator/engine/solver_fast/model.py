@@ -24,7 +24,7 @@ from allocator.engine.problem import (
     tighten_lower,
     tighten_upper,
 )
-from allocator.engine.solver_fast.budget import _INF, FastSettings, _Clock, _new_highs, _run
+from allocator.engine.solver_fast.budget import _INF, Budget, FastSettings, _new_highs, _run, cells_cost
 
 
 def restrict(problem: AllocationProblem, columns: IntArray) -> AllocationProblem:
@@ -113,7 +113,7 @@ class _Model:
     sorting, never trusted from the model.
     """
 
-    def __init__(self, problem: AllocationProblem, settings: FastSettings, clock: _Clock) -> None:
+    def __init__(self, problem: AllocationProblem, settings: FastSettings, clock: Budget) -> None:
         self.problem = problem
         self.settings = settings
         self.n = problem.n
@@ -129,6 +129,8 @@ class _Model:
         self.scenarios: list[int] = []
         self.h = _new_highs(clock)
         self.clock = clock
+        # One loss evaluation (returns @ sizes, then a selection): n·S cells.
+        self.loss_work = cells_cost(float(problem.n) * problem.scenario_count, settings)
         self._build()
 
     def linear_rows(self) -> list[tuple[FloatArray, IntArray, float, float]]:
@@ -175,7 +177,7 @@ class _Model:
     # ------------------------------------------------------------------------------------------ LP
 
     def solve_lp(
-        self, x_lo: FloatArray, x_hi: FloatArray, max_rounds: int = 60, clock: _Clock | None = None
+        self, x_lo: FloatArray, x_hi: FloatArray, max_rounds: int = 60, clock: Budget | None = None
     ) -> _LpResult:
         """Maximise over x ∈ [x_lo, x_hi], adding scenarios until the answer is truly CVaR-feasible; `clock`
         may set an earlier deadline than the model's own."""
@@ -184,7 +186,7 @@ class _Model:
         h.changeColsBounds(n, np.arange(n, dtype=np.int32), x_lo, x_hi)
         nothing = np.zeros(n)
         for _ in range(max_rounds):
-            if not _run(h, deadline):
+            if not _run(h, deadline, self.settings):
                 break
             status = h.getModelStatus()
             if status == highspy.HighsModelStatus.kInfeasible:
@@ -192,6 +194,7 @@ class _Model:
             if status != highspy.HighsModelStatus.kOptimal:
                 break
             x = np.asarray(h.getSolution().col_value[:n], dtype=np.float64)
+            deadline.charge(self.loss_work)
             losses = self.losses(self.sizes_of(x))
             if tail_mean(losses, self.k) <= self.cvar_bound or self.add_tail(losses) == 0:
                 return _LpResult(_LpStatus.OPTIMAL, x, float(h.getInfo().objective_function_value))
