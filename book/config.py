@@ -57,7 +57,7 @@ class AllocatorConfig:
     # allocator/engine/solver_fast/budget.py) shapes the decision: calibrated so a whole decision at N=100,
     # S=2000 takes <= 250 ms on the project's machine. `solver_time_limit_ms` is only a safety net (4x that); its
     # trip is the one machine-dependent outcome (path MIP_TIME_LIMIT).
-    solver_work_limit: int = 40_000
+    solver_work_limit: int = 32_000
     solver_time_limit_ms: float = 1_000.0
     mip_rel_gap: float = 1e-4
     # rules.md §2: agents allowed to propose; None accepts every agent

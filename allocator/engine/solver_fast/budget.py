@@ -19,7 +19,7 @@ BoolArray = npt.NDArray[np.bool_]
 # The work budget of a decision (config `solver_work_limit`), calibrated so that a whole decision at N=100,
 # S=2000 takes at most 250 ms on the project's 2-core machine (docs/performance.md); the wall clock
 # (`solver_time_limit_ms`) is only a safety net at 4x that.
-DEFAULT_WORK_LIMIT = 40_000
+DEFAULT_WORK_LIMIT = 32_000
 DEFAULT_TIME_LIMIT_S = 1.0
 
 # HiGHS's sub-MIP heuristics (RINS, RENS), restarts and symmetry detection cost 100s of ms per solve on these
@@ -63,9 +63,16 @@ class FastSettings:
     run_dive: bool = True
     # Share of the candidates funded below their min size that one dive step drops (0.25-0.75 measured alike).
     dive_batch: float = 0.25
-    # Local search over the funded set (add, drop, swap one candidate; each move's sizes re-optimised by the
-    # LP): at most this many LP trials, so how far it gets never depends on the clock unless the budget ends.
-    local_search_trials: int = 40
+    # Local search over funded sets (add, drop, swap one candidate; each move's sizes re-optimised by the LP on
+    # an active-set model): at most this many LP trials in all, each capped at `local_search_trial_work` units
+    # (a trial that needs more is abandoned), from the given starts and the root LP rounded at each threshold.
+    local_search_trials: int = 400
+    local_search_trial_work: int = 3_000
+    lp_round_thresholds: tuple[float, ...] = (0.75, 0.5, 0.25)
+    # The search model starts with the worst `search_tail_margin`·k scenarios at the first start: neighbouring
+    # funded sets have nearby tails, so a wider first set saves most later row additions (each costs a
+    # re-factorisation and a round).
+    search_tail_margin: float = 1.5
     # Per round, the most promising `local_search_width` additions and partners are tried.
     local_search_width: int = 6
     run_mip: bool = True
@@ -85,6 +92,7 @@ class FastSettings:
     # unit for numpy passes (a greedy candidate's O(S) CVaR search counts its S cells several times over).
     call_work: int = 40
     node_work: int = 200
+    mip_call_iterations: float = 50.0
     cells_per_unit: float = 2_000.0
     greedy_cells_factor: float = 5.0
     # Share of the work budget kept for the final exact re-optimisation of the best funded set.
@@ -121,8 +129,9 @@ class Budget:
         self.start = time.perf_counter()
         self.deadline = self.start + max(time_limit_s, 0.0)
         self.limit = max(int(work_limit), 0)
-        # Shared with capped views: [work used, work-limited, time-limited].
+        # Shared with capped views: [work used, work-limited, time-limited]; and each HiGHS object's MIP meter.
         self._meter: list[Any] = [0, False, False]
+        self.mip_meters: dict[int, _MipMeter] = {}
 
     @property
     def used(self) -> int:
@@ -184,18 +193,43 @@ class Budget:
         """A view that may spend at most `units` more (and no more than this one); same meter and flags."""
         sub = Budget.__new__(Budget)
         sub.start, sub.deadline, sub._meter = self.start, self.deadline, self._meter
+        sub.mip_meters = self.mip_meters
         sub.limit = min(self.limit, self.used + max(int(units), 0))
         return sub
 
 
 def iteration_cost(h: highspy.Highs) -> float:
-    """Work units per simplex iteration on `h`'s model: a fixed part plus one per 2,500 nonzeros."""
-    return 1.0 + float(h.getNumNz()) / 2500.0
+    """Work units per simplex iteration on `h`'s model: a fixed part plus one per 1,300 nonzeros (fitted to
+    HiGHS's dual simplex on the benchmark models: ~3.8 ns per nonzero and iteration)."""
+    return 1.0 + float(h.getNumNz()) / 1300.0
+
+
+def call_cost(h: highspy.Highs, settings: FastSettings) -> float:
+    """Work units of one HiGHS run besides its iterations: a fixed part plus one per 80 nonzeros (each run
+    re-factorises the basis: ~60 ns per nonzero measured, 1.2 ms at 20,000 nonzeros)."""
+    return settings.call_work + float(h.getNumNz()) / 80.0
 
 
 def cells_cost(cells: float, settings: FastSettings) -> float:
     """Work units of a numpy pass over `cells` matrix entries (a greedy candidate's scenario column, ...)."""
     return cells / settings.cells_per_unit
+
+
+class _MipMeter:
+    """The work of one branch-and-bound run, counted live: HiGHS's MIP callback reports nodes but no LP
+    iterations, so each callback invocation (a deterministic point of the search: a node, a cut round, a
+    heuristic) stands for `mip_call_iterations` simplex iterations of the model."""
+
+    def __init__(self) -> None:
+        self.cap = math.inf
+        self.per_call = 0.0
+        self.node_work = 0.0
+        self.calls = 0
+        self.nodes = 0
+        self.stopped = False
+
+    def work(self) -> float:
+        return self.calls * self.per_call + self.nodes * self.node_work
 
 
 def _new_highs(budget: Budget) -> highspy.Highs:
@@ -205,16 +239,27 @@ def _new_highs(budget: Budget) -> highspy.Highs:
     h.setOptionValue("random_seed", 0)
     h.setOptionValue("primal_feasibility_tolerance", 1e-9)
     h.setOptionValue("dual_feasibility_tolerance", 1e-9)
+    meter = _MipMeter()
+    budget.mip_meters[id(h)] = meter
 
-    # HiGHS's own time_limit can overrun (measured: 48 s against 30 s), so the solves also ask us. This only
-    # ever fires past the safety deadline, so it cannot shape a solve that the work budget decides.
+    # HiGHS's own time_limit can overrun (measured: 48 s against 30 s), so the solves also ask us. The clock
+    # test only ever fires past the safety deadline, so it cannot shape a solve that the work budget decides.
     def interrupt(event: Any) -> None:
         if time.perf_counter() >= budget.deadline:
             budget.mark_time_limited()
             event.interrupt()
 
+    def mip_interrupt(event: Any) -> None:
+        meter.calls += 1
+        meter.nodes = max(int(event.data_out.mip_node_count), 0)
+        if meter.work() > meter.cap:
+            meter.stopped = True
+            event.interrupt()
+            return
+        interrupt(event)
+
     h.cbSimplexInterrupt.subscribe(interrupt)
-    h.cbMipInterrupt.subscribe(interrupt)
+    h.cbMipInterrupt.subscribe(mip_interrupt)
     return h
 
 
@@ -228,22 +273,29 @@ _TIME_STOPS = (highspy.HighsModelStatus.kTimeLimit, highspy.HighsModelStatus.kIn
 def _run(h: highspy.Highs, budget: Budget, settings: FastSettings, *, mip: bool = False) -> bool:
     """Run HiGHS within what is left of the work budget; False if nothing was left to start with.
 
-    Each run gets a `simplex_iteration_limit` (and an interior-point one) of the units left over the model's
-    cost per iteration, and for a MIP a `mip_max_nodes` of the units left over `node_work`; the iterations
-    and nodes it reports are charged afterwards, with `call_work` for the call itself. The remaining wall
-    time is HiGHS's time_limit: the safety net.
+    An LP run gets a `simplex_iteration_limit` (and an interior-point one) of the units left over the model's
+    cost per iteration, and the iterations it reports are charged afterwards, with `call_work` for the call.
+    A MIP run is metered live (`_MipMeter`: callback invocations and nodes) and interrupted when it reaches
+    what is left; that work is charged. The remaining wall time is HiGHS's time_limit: the safety net.
     """
     if budget.expired():
         return False
-    if budget.left() < settings.call_work:
+    overhead = call_cost(h, settings)
+    if budget.left() < overhead:
         budget.mark_work_limited()
         return False
     per_iteration = iteration_cost(h)
-    iterations = max(int((budget.left() - settings.call_work) / per_iteration), 1)
+    iterations = max(int((budget.left() - overhead) / per_iteration), 1)
     h.setOptionValue("simplex_iteration_limit", iterations)
     h.setOptionValue("ipm_iteration_limit", iterations)
+    meter = budget.mip_meters[id(h)]
     if mip:
-        h.setOptionValue("mip_max_nodes", max(int((budget.left() - settings.call_work) / settings.node_work), 1))
+        meter.cap = budget.left() - overhead
+        meter.per_call = settings.mip_call_iterations * per_iteration
+        meter.node_work = settings.node_work
+        meter.calls = meter.nodes = 0
+        meter.stopped = False
+        h.setOptionValue("mip_max_nodes", max(int(meter.cap / settings.node_work), 1))
     remaining = budget.remaining_seconds()
     if remaining <= 0.0:
         budget.mark_time_limited()
@@ -252,13 +304,16 @@ def _run(h: highspy.Highs, budget: Budget, settings: FastSettings, *, mip: bool 
     h.setOptionValue("time_limit", h.getRunTime() + remaining)
     h.run()
     info = h.getInfo()
-    spent = max(int(info.simplex_iteration_count), 0) + max(int(info.ipm_iteration_count), 0)
-    work = settings.call_work + spent * per_iteration
     if mip:
-        work += max(int(info.mip_node_count), 0) * settings.node_work
+        work = overhead + meter.work()
+    else:
+        spent = max(int(info.simplex_iteration_count), 0) + max(int(info.ipm_iteration_count), 0)
+        work = overhead + spent * per_iteration
     budget.charge(work)
     status = h.getModelStatus()
-    if status in _TIME_STOPS:
+    if mip and meter.stopped:
+        budget.mark_work_limited()
+    elif status in _TIME_STOPS:
         budget.mark_time_limited()
     elif status in _WORK_STOPS:
         budget.mark_work_limited()

@@ -10,6 +10,8 @@ from allocator.engine.fallback import greedy_sizes, priority_order
 from allocator.engine.problem import (
     OBJECTIVE_ATOL,
     AllocationProblem,
+    FloatArray,
+    IntArray,
     Solution,
     SolverPath,
     assert_feasible,
@@ -131,12 +133,14 @@ def _solve(problem: AllocationProblem, time_limit_s: float, settings: FastSettin
     sink: _Sink = best if columns.size == n else _Embed(best, columns)
     model: _Model | None = None
     root_solved = False
+    root_x: FloatArray | None = None
     if columns.size and not clock.expired():
         model = _Model(sub, settings, clock)
         model.add_tail(model.losses(best.sizes[columns]))
         cap = clock.capped(settings.lp_cap_share * work_limit)
         root = model.solve_lp(np.zeros(sub.n), model.x_cap.copy(), clock=cap)
         root_solved = root.status is _LpStatus.OPTIMAL
+        root_x = root.x if root_solved else None
         if root_solved:
             lp_bound = root.bound if columns.size == n else _lagrangian_bound(problem, model, columns, clock)
             bound = min(bound, lp_bound)
@@ -154,7 +158,7 @@ def _solve(problem: AllocationProblem, time_limit_s: float, settings: FastSettin
     searchable = model is not None and settings.local_search_trials > 0
     if searchable and not mip_first and not _closed(bound, best, settings) and not clock.expired():
         assert model is not None
-        _local_search(model, best.sizes[columns], sink, settings)
+        _local_search(model, _starts(best, greedy, columns), root_x, sink, settings, clock)
     mip_worth_it = clock.allows(max(mip_share, predicted_root))
     if (
         model is not None
@@ -189,13 +193,19 @@ def _solve(problem: AllocationProblem, time_limit_s: float, settings: FastSettin
         nodes = mip.nodes
     if searchable and mip_first and not _closed(bound, best, settings) and not clock.expired():
         assert model is not None
-        _local_search(model, best.sizes[columns], sink, settings)
+        _local_search(model, _starts(best, greedy, columns), root_x, sink, settings, clock)
 
     if model is not None:
         rows = len(model.scenarios)
     # The re-optimised funded set is no longer the priority greedy's allocation, whatever it started from.
     _polish(problem, best.sizes, settings, budget, best, SolverPath.MIP_TIME_LIMIT)
     return _finish(problem, best, bound, budget, settings, nodes=nodes, rounds=rounds, rows=rows)
+
+
+def _starts(best: _Best, greedy: list[FloatArray], columns: IntArray) -> list[FloatArray]:
+    """Local-search starts over `columns`: the best allocation so far, then the greedy ones (a start whose
+    funded set was searched already is skipped by the search itself)."""
+    return [best.sizes[columns], *(sizes[columns] for sizes in greedy[1:])]
 
 
 def _cells(problem: AllocationProblem) -> int:

@@ -128,6 +128,8 @@ class _Model:
         self.in_model = np.zeros(problem.scenario_count, dtype=bool)
         self.scenarios: list[int] = []
         self.h = _new_highs(clock)
+        # Re-solves are warm (a bound changed, a few rows added): presolve would only rebuild what the basis has.
+        self.h.setOptionValue("presolve", "off")
         self.clock = clock
         # One loss evaluation (returns @ sizes, then a selection): n·S cells.
         self.loss_work = cells_cost(float(problem.n) * problem.scenario_count, settings)
@@ -162,10 +164,11 @@ class _Model:
         result: FloatArray = self.problem.book_losses - self.problem.returns @ sizes
         return result
 
-    def add_tail(self, losses: FloatArray) -> int:
-        """Add the scenarios among the worst `tail_margin`·k of `losses` not in yet; return how many."""
+    def add_tail(self, losses: FloatArray, margin: float | None = None) -> int:
+        """Add the scenarios among the worst `margin`·k (default `tail_margin`·k) of `losses` not in yet; return
+        how many."""
         total = losses.shape[0]
-        take = min(total, math.ceil(self.k * self.settings.tail_margin))
+        take = min(total, math.ceil(self.k * (self.settings.tail_margin if margin is None else margin)))
         worst = np.argpartition(losses, total - take)[total - take :]
         new = np.sort(worst[~self.in_model[worst]]).astype(np.int64)
         if new.size:
