@@ -108,7 +108,7 @@ def _solve(problem: AllocationProblem, time_limit_s: float, settings: FastSettin
     for order, min_first in ((by_ratio, True), (by_ratio, False), (by_value, True), (by_value, False)):
         passes = 2 if min_first else 1
         if not clock.allows(passes * pass_work):
-            break
+            continue  # a single pass further on may still fit
         clock.charge(passes * pass_work)
         if min_first:
             greedy.append(_min_first_greedy(problem, order, clock.past_deadline))
