@@ -102,11 +102,18 @@ class FastSettings:
 DEFAULT_SETTINGS = FastSettings()
 
 
+_BLAS_CONTROLLER: Any = None
+
+
 @contextlib.contextmanager
 def single_threaded_blas() -> Iterator[None]:
     """numpy's BLAS on one thread for the solve: a matrix product's summation order (hence its last bits)
     must not depend on how many threads the machine or its load gives it."""
-    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        # Finding the loaded BLAS libraries takes milliseconds: once per process.
+        _BLAS_CONTROLLER = threadpoolctl.ThreadpoolController()
+    with _BLAS_CONTROLLER.limit(limits=1, user_api="blas"):
         yield
 
 
