@@ -91,8 +91,8 @@ class FastSettings:
     # The work meter (see `Budget`): units per HiGHS call, per branch-and-bound node, and matrix cells per
     # unit for numpy passes (a greedy candidate's O(S) CVaR search counts its S cells several times over).
     call_work: int = 40
-    node_work: int = 200
-    mip_call_iterations: float = 25.0
+    node_work: int = 400
+    mip_call_iterations: float = 80.0
     cells_per_unit: float = 2_000.0
     greedy_cells_factor: float = 5.0
     # Share of the work budget kept for the final exact re-optimisation of the best funded set.
