@@ -43,7 +43,8 @@ from allocator.engine.solver_fast.incumbents import _Best, _Embed, _Sink, _snap
 from allocator.engine.solver_fast.mip import _Mip
 from allocator.engine.solver_fast.model import _LpStatus, _Model, restrict
 
-# The fast solver: scenario-generation LP/MIP in highspy, primal heuristics, a hard wall-clock budget.
+# The fast solver: scenario-generation LP/MIP in highspy, primal heuristics, a deterministic work budget (budget.py)
+# with the wall clock only as a safety net.
 #
 # What was measured on the benchmark instances (benchmarks/instances.py, CVaR binding) before settling on this:
 # - CVaR cutting planes (one aggregated row per worst-k subset, Kuenzi-Bay & Mayer) converge slowly: the LP
