@@ -15,6 +15,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -29,7 +30,9 @@ CELLS = [(n, s) for n in (20, 100, 200, 1000) for s in (1000, 2000, 5000)]
 AS_OF = 1_790_000_000_000
 
 
-def request(n: int, scenario_count: int, seed: int, time_limit_ms: float) -> CycleRequest:
+def request(
+    n: int, scenario_count: int, seed: int, time_limit_ms: float, work_limit: int | None = None
+) -> CycleRequest:
     """Binary bets like the solver benchmark's: price 0.15-0.85, edge 1-9%, requests 300-4,000, min 10-100%,
     about n/5 correlation keys, one market per proposal, equity 100,000."""
     rng = random.Random(seed)
@@ -55,7 +58,10 @@ def request(n: int, scenario_count: int, seed: int, time_limit_ms: float) -> Cyc
                 created_at=AS_OF,
             )
         )
-    config = AllocatorConfig.from_mapping({"scenario_count": scenario_count, "solver_time_limit_ms": time_limit_ms})
+    values: dict[str, float | int] = {"scenario_count": scenario_count, "solver_time_limit_ms": time_limit_ms}
+    if work_limit is not None:
+        values["solver_work_limit"] = work_limit
+    config = AllocatorConfig.from_mapping(values)
     return CycleRequest(
         decision_id=f"bench-{n}-{scenario_count}-{seed}",
         book_id="bench",
@@ -75,23 +81,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--cells", help="comma-separated NxS cells (default: N in 20,100,200,1000 x S in 1000,2000,5000)"
     )
-    parser.add_argument("--time-limit-ms", type=float, default=250.0, help="solver_time_limit_ms (default 250)")
+    defaults = AllocatorConfig()
+    parser.add_argument(
+        "--time-limit-ms",
+        type=float,
+        default=defaults.solver_time_limit_ms,
+        help=f"solver_time_limit_ms, the safety net (default {defaults.solver_time_limit_ms:g})",
+    )
+    parser.add_argument(
+        "--work-limit",
+        type=int,
+        default=defaults.solver_work_limit,
+        help=f"solver_work_limit (default {defaults.solver_work_limit:,})",
+    )
     args = parser.parse_args(argv)
     cells = [tuple(int(x) for x in c.split("x")) for c in args.cells.split(",")] if args.cells else CELLS
     silence_highs_banner()
     header = (
         f"{'N':>5} {'S':>5} | {'median':>8} {'p95':>8} {'max':>8} | {'paths':<12} {'median gap':>10} {'max gap':>9}"
+        f" | {'same':>5}"
     )
     rows = [header, "-" * len(header)]
     for n, s in cells:
         times: list[float] = []
         gaps: list[float] = []
         paths: Counter[str] = Counter()
+        same = 0
         for i in range(args.instances):
-            req = request(n, s, 1_000 + i, args.time_limit_ms)
+            req = request(n, s, 1_000 + i, args.time_limit_ms, args.work_limit)
             started = time.perf_counter()
             decision = run_cycle(req).decision
             times.append(time.perf_counter() - started)
+            again = run_cycle(req).decision
+            same += replace(again, solve_ms=0.0) == replace(decision, solve_ms=0.0)
             paths[decision.solver_path.value] += 1
             gaps.append(decision.gap if decision.gap is not None else float("nan"))
             print(f"\r{n}x{s}: {i + 1}/{args.instances}", end="", file=sys.stderr, flush=True)
@@ -103,11 +125,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_gap = max(finite) if finite else float("nan")
         rows.append(
             f"{n:>5} {s:>5} | {statistics.median(times) * 1000:>6.0f}ms {np.percentile(times, 95) * 1000:>6.0f}ms "
-            f"{max(times) * 1000:>6.0f}ms | {mix:<12} {median_gap:>10.1e} {max_gap:>9.1e}"
+            f"{max(times) * 1000:>6.0f}ms | {mix:<12} {median_gap:>10.1e} {max_gap:>9.1e} | {same:>2}/{args.instances}"
         )
     print(
-        f"Whole decisions (validation to decision), solver_time_limit_ms={args.time_limit_ms:g}, "
-        f"{args.instances} instances per cell; paths O=MIP_OPTIMAL T=MIP_TIME_LIMIT F=PRIORITY_FALLBACK"
+        f"Whole decisions (validation to decision), solver_work_limit={args.work_limit:,}, safety net "
+        f"solver_time_limit_ms={args.time_limit_ms:g}, {args.instances} instances per cell; paths O=MIP_OPTIMAL "
+        "T=MIP_TIME_LIMIT F=PRIORITY_FALLBACK; same = a second run gave an identical decision (solve_ms aside)"
     )
     print("\n".join(rows))
     return 0

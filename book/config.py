@@ -20,6 +20,10 @@ class ConfigError(ValueError):
     """A configuration that must not be used: it names the key and what is wrong with it."""
 
 
+# Far above any useful budget (about 1,000x the default): a guard against a typo'd extra digit or two.
+MAX_SOLVER_WORK_LIMIT = 50_000_000
+
+
 @dataclass(frozen=True)
 class AllocatorConfig:
     """Every limit and parameter of docs/rules.md, with its defaults. Fractions are of equity E unless noted."""
@@ -55,8 +59,12 @@ class AllocatorConfig:
     within_key_correlation: float = 0.5
     common_correlation: float = 0.1
     tail_dof: float = 4.0
-    # rules.md §4: the solver
-    solver_time_limit_ms: float = 250.0
+    # rules.md §4: the solver. `solver_work_limit` (deterministic work units, see
+    # allocator/engine/solver_fast/budget.py) shapes the decision: calibrated so a whole decision at N=100,
+    # S=2000 takes <= 250 ms on the project's machine. `solver_time_limit_ms` is only a safety net (4x that); its
+    # trip is the one machine-dependent outcome (path MIP_TIME_LIMIT).
+    solver_work_limit: int = 32_000
+    solver_time_limit_ms: float = 1_000.0
     mip_rel_gap: float = 1e-4
     # rules.md §2: agents allowed to propose; None accepts every agent
     agents: tuple[str, ...] | None = None
@@ -276,7 +284,8 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "within_key_correlation": (0.0, 0.99, False),
     "common_correlation": (0.0, 0.99, False),
     "tail_dof": (1.0, 1_000.0, False),
-    "solver_time_limit_ms": (1.0, 3_600_000.0, False),
+    "solver_time_limit_ms": (0.0, 3_600_000.0, True),
+    "solver_work_limit": (1, MAX_SOLVER_WORK_LIMIT, False),
     "mip_rel_gap": (0.0, 0.5, True),
     "kill_switch_reset_quorum": (1, 2, False),
     "kill_switch_reset_window_s": (0.0, _DAY_S, True),

@@ -28,6 +28,8 @@ from allocator.engine.solver_reference import solve_reference
 
 EQUITY = 10_000.0
 EXACT = FastSettings(mip_rel_gap=1e-9)
+# Work enough for these small instances to be solved to the gap: the tests below are about optimality.
+PLENTY = 100_000_000
 
 
 def random_problem(
@@ -103,7 +105,7 @@ def assert_valid(problem: AllocationProblem, solution: Solution) -> None:
 )
 def test_fast_and_fallback_always_return_checked_allocations(seed: int, n: int, cvar_limit: float, book: float) -> None:
     problem = random_problem(seed, n, 200, cvar_limit=cvar_limit, book_size=book)
-    fast = solve_fast(problem, time_limit_s=5.0)
+    fast = solve_fast(problem, time_limit_s=5.0, work_limit=PLENTY)
     fallback = solve_fallback(problem)
     assert_valid(problem, fast)
     assert_valid(problem, fallback)
@@ -183,7 +185,7 @@ def brute_force(problem: AllocationProblem) -> float:
 def test_fast_path_matches_brute_force(seed: int, n: int) -> None:
     problem = random_problem(seed, n, 120, cvar_limit=0.03)
     expected = brute_force(problem)
-    solution = solve_fast(problem, time_limit_s=30.0, settings=EXACT)
+    solution = solve_fast(problem, time_limit_s=30.0, settings=EXACT, work_limit=PLENTY)
     assert solution.path is SolverPath.MIP_OPTIMAL
     assert solution.objective == pytest.approx(expected, rel=1e-6, abs=1e-9)
 
@@ -191,7 +193,7 @@ def test_fast_path_matches_brute_force(seed: int, n: int) -> None:
 @pytest.mark.parametrize(("seed", "n"), [(11, 12), (12, 20), (13, 28)])
 def test_fast_path_matches_the_reference(seed: int, n: int) -> None:
     problem = random_problem(seed, n, 250)
-    fast = solve_fast(problem, time_limit_s=60.0)
+    fast = solve_fast(problem, time_limit_s=60.0, work_limit=PLENTY)
     reference = solve_reference(problem, time_limit_s=60.0)
     assert fast.path is SolverPath.MIP_OPTIMAL
     assert reference.path is SolverPath.MIP_OPTIMAL
@@ -202,12 +204,12 @@ def test_the_bound_from_an_lp_over_a_subset_of_candidates_is_valid() -> None:
     # Forcing the fast path to price the full problem from an LP over 20 of its 40 candidates: the bound it
     # reports must still be at least the true optimum.
     problem = random_problem(71, 40, 300)
-    exact = solve_fast(problem, time_limit_s=60.0, settings=EXACT)
+    exact = solve_fast(problem, time_limit_s=60.0, settings=EXACT, work_limit=PLENTY)
     assert exact.path is SolverPath.MIP_OPTIMAL
-    budget = 5.0
-    # Pretend the LP is so slow that only 20 candidates fit in half the budget.
-    squeezed = FastSettings(lp_time_coefficient=0.5 * budget / (300**1.5 * 20.5**0.8))
-    restricted = solve_fast(problem, time_limit_s=budget, settings=squeezed)
+    work = 40_000
+    # Pretend the LP is so much work that only 20 candidates fit in half the budget.
+    squeezed = FastSettings(lp_work_coefficient=0.5 * work / (300**1.5 * 20.5**0.8))
+    restricted = solve_fast(problem, time_limit_s=60.0, settings=squeezed, work_limit=work)
     assert_valid(problem, restricted)
     assert restricted.rounds == 0  # no branch-and-bound: it runs on the full candidate set only
     assert math.isfinite(restricted.bound)
@@ -216,7 +218,7 @@ def test_the_bound_from_an_lp_over_a_subset_of_candidates_is_valid() -> None:
 
 def test_at_an_exact_optimum_every_cut_or_unfunded_candidate_names_a_binding_family() -> None:
     problem = random_problem(21, 12, 200)
-    solution = solve_fast(problem, time_limit_s=30.0, settings=EXACT)
+    solution = solve_fast(problem, time_limit_s=30.0, settings=EXACT, work_limit=PLENTY)
     assert solution.path is SolverPath.MIP_OPTIMAL
     reasons = binding(problem, solution.sizes)
     for i in range(problem.n):
@@ -229,8 +231,8 @@ def test_at_an_exact_optimum_every_cut_or_unfunded_candidate_names_a_binding_fam
 
 def test_same_problem_twice_gives_identical_sizes() -> None:
     problem = random_problem(31, 14, 300)
-    first = solve_fast(problem, time_limit_s=30.0)
-    second = solve_fast(problem, time_limit_s=30.0)
+    first = solve_fast(problem, time_limit_s=30.0, work_limit=PLENTY)
+    second = solve_fast(problem, time_limit_s=30.0, work_limit=PLENTY)
     assert first.path is SolverPath.MIP_OPTIMAL
     assert first.sizes.tobytes() == second.sizes.tobytes()
     assert solve_fallback(problem).sizes.tobytes() == solve_fallback(problem).sizes.tobytes()
@@ -252,10 +254,10 @@ def test_ties_go_to_higher_priority() -> None:
     for priority in ([1.0, 2.0], [2.0, 1.0]):
         high = int(np.argmax(priority))
         lumpy = AllocationProblem(lower=[200.0, 200.0], priority=priority, **twin)  # type: ignore[arg-type]
-        sizes = solve_fast(lumpy, time_limit_s=10.0).sizes
+        sizes = solve_fast(lumpy, time_limit_s=10.0, work_limit=PLENTY).sizes
         assert sizes[high] == 200.0 and sizes[1 - high] == 0.0
         divisible = AllocationProblem(lower=[10.0, 10.0], priority=priority, **twin)  # type: ignore[arg-type]
-        sizes = solve_fast(divisible, time_limit_s=10.0).sizes
+        sizes = solve_fast(divisible, time_limit_s=10.0, work_limit=PLENTY).sizes
         assert sizes[high] == pytest.approx(200.0) and sizes[1 - high] == pytest.approx(100.0, abs=1e-3)
 
 
@@ -287,12 +289,12 @@ def test_a_book_over_its_cvar_limit_funds_only_trades_that_do_not_raise_tail_ris
         )  # fmt: skip
 
     aligned_only = build([1, 2])
-    for solution in (solve_fast(aligned_only, 10.0), solve_reference(aligned_only, 30.0),
+    for solution in (solve_fast(aligned_only, 10.0, work_limit=PLENTY), solve_reference(aligned_only, 30.0),
                      solve_fallback(aligned_only)):  # fmt: skip
         assert_valid(aligned_only, solution)
         assert np.all(solution.sizes == 0.0), (solution.path, solution.sizes)
     everything = build([0, 1, 2])
-    for solution in (solve_fast(everything, 10.0), solve_reference(everything, 30.0),
+    for solution in (solve_fast(everything, 10.0, work_limit=PLENTY), solve_reference(everything, 30.0),
                      solve_fallback(everything)):  # fmt: skip
         assert_valid(everything, solution)
         assert solution.sizes[0] > 0.0, (solution.path, solution.sizes)
@@ -323,7 +325,7 @@ def test_fallback_respects_priority_and_funds_each_at_its_largest_size(seed: int
         before[i] = sizes[i]
 
 
-# ---------------------------------------------------------------------------------------------- time limits
+# ---------------------------------------------------------------------------------------------- work and time limits
 
 
 def test_a_tiny_budget_still_returns_a_checked_allocation() -> None:
@@ -332,7 +334,15 @@ def test_a_tiny_budget_still_returns_a_checked_allocation() -> None:
         solution = solve_fast(problem, time_limit_s=budget)
         assert solution.path in (SolverPath.MIP_TIME_LIMIT, SolverPath.PRIORITY_FALLBACK)
         assert_valid(problem, solution)
+    # A 0.1 ms safety net always trips (the priority greedy alone takes longer): the machine-dependent outcome.
+    assert solve_fast(problem, time_limit_s=1e-4).time_limited
     assert_valid(problem, solve_fast(problem, time_limit_s=0.1))
+    for work in (1, 500, 5_000):
+        solution = solve_fast(problem, time_limit_s=60.0, work_limit=work)
+        assert solution.path in (SolverPath.MIP_TIME_LIMIT, SolverPath.PRIORITY_FALLBACK)
+        assert solution.work_limited and not solution.time_limited
+        assert solution.work_used > 0  # stages that would not fit were skipped, not started
+        assert_valid(problem, solution)
     reference = solve_reference(problem, time_limit_s=0.05)
     assert reference.path in (SolverPath.MIP_TIME_LIMIT, SolverPath.PRIORITY_FALLBACK)
     assert_valid(problem, reference)
@@ -346,7 +356,7 @@ def test_binding_reasons_on_a_capital_limited_instance() -> None:
             "market_held", "market_limit", "returns", "book_losses", "cvar_alpha", "cvar_bound")},
         capital=float(problem.lower.min()) * 1.5,
     )  # fmt: skip
-    solution = solve_fast(tight, time_limit_s=10.0, settings=EXACT)
+    solution = solve_fast(tight, time_limit_s=10.0, settings=EXACT, work_limit=PLENTY)
     reasons = binding(tight, solution.sizes)
     assert any(ConstraintKind.CAPITAL in r for r in reasons)
     assert all(ConstraintKind.CVAR_LIMIT not in r for r in reasons)

@@ -74,14 +74,21 @@ def _reason(code: ReasonCode, detail: str | None = None) -> Reason:
     return Reason(code, detail)
 
 
-Solver = Callable[[AllocationProblem, float, float], Solution]
-"""(problem, time limit in seconds, relative gap) -> solution; the fast path unless a caller picks another."""
+Solver = Callable[[AllocationProblem, AllocatorConfig], Solution]
+"""(problem, configuration) -> solution; the fast path unless a caller picks another."""
 
 
-def default_solver(problem: AllocationProblem, time_limit_s: float, rel_gap: float) -> Solution:
+def default_solver(problem: AllocationProblem, config: AllocatorConfig) -> Solution:
+    """The fast path with the configured work budget (`solver_work_limit`, what shapes the decision), the
+    wall-clock safety net (`solver_time_limit_ms`) and the optimality tolerance (`mip_rel_gap`)."""
     from allocator.engine.solver_fast import FastSettings, solve_fast
 
-    return solve_fast(problem, time_limit_s=time_limit_s, settings=FastSettings(mip_rel_gap=rel_gap))
+    return solve_fast(
+        problem,
+        time_limit_s=config.solver_time_limit_ms / 1000.0,
+        settings=FastSettings(mip_rel_gap=config.mip_rel_gap),
+        work_limit=config.solver_work_limit,
+    )
 
 
 def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutcome:
@@ -164,7 +171,7 @@ def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutco
     cvar_limit = config.cvar_limit * equity
     book_cvar = cvar(book, config.cvar_alpha)
     problem = _problem(request, sized, returns, book, max(cvar_limit, book_cvar), market_held, group_held)
-    solution = solve(problem, config.solver_time_limit_ms / 1000.0, config.mip_rel_gap)
+    solution = solve(problem, config)
     sizes = _snap(solution.sizes, problem)
 
     # 6. Statuses, and for each cut or deferred proposal the constraint that stopped it.
@@ -174,7 +181,10 @@ def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutco
         size = float(sizes[e.column])
         e.size = size
         if size <= 0.0:
-            e.finish(AllocationStatus.DEFERRED, *_blocked_by(problem, sizes, losses, e.column, p.min_size, book_cvar))
+            reasons = _blocked_by(problem, sizes, losses, e.column, p.min_size, book_cvar)
+            if not reasons:
+                reasons = [_not_chosen(problem, sizes, losses, e.column, p.min_size, book_cvar, solution)]
+            e.finish(AllocationStatus.DEFERRED, *reasons)
         elif size >= e.residual * (1.0 - 1e-9):
             e.size = e.residual
             e.finish(AllocationStatus.FUNDED)
@@ -182,6 +192,8 @@ def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutco
             reasons = list(cap_reasons[e.proposal_id]) if size >= e.upper * (1.0 - 1e-9) else []
             if size < e.upper * (1.0 - 1e-9):
                 reasons += _blocked_by(problem, sizes, losses, e.column, e.upper, book_cvar)
+            if not reasons:
+                reasons = [_not_chosen(problem, sizes, losses, e.column, e.upper, book_cvar, solution)]
             e.finish(AllocationStatus.CUT, *reasons)
 
     outcome = _outcome(request, entries, solution, problem, seed=seed)
@@ -417,6 +429,62 @@ def _blocked_by(
     return reasons
 
 
+def _not_chosen(
+    problem: AllocationProblem,
+    sizes: FloatArray,
+    losses: FloatArray,
+    column: int,
+    target: float,
+    book_cvar: float,
+    solution: Solution,
+) -> Reason:
+    """The reason of a cut or deferred proposal that no constraint blocks: the solve did not choose it.
+
+    Raising it to `target` alone would break nothing, so the solve's own limit stopped it: its work budget
+    (`solver_work_limit`), the wall-clock safety net (`solver_time_limit_ms`), the optimality tolerance
+    (`mip_rel_gap`: a better allocation may exist by less than that), or the priority fallback's order. The code
+    names the shared constraint (rules.md §4) that would be closest to its limit, the detail says which stop.
+    """
+    trial = np.array(sizes, dtype=np.float64)
+    trial[column] = target
+    usage: dict[ReasonCode, float] = {}
+    room = max(problem.capital, 0.0)
+    usage[ReasonCode.CAPITAL] = float(trial.sum()) / room if room > 0.0 else math.inf
+    group = int(problem.group[column])
+    group_room = max(float(problem.group_room[group]), 0.0)
+    in_group = float(trial[problem.group == group].sum())
+    usage[ReasonCode.GROUP_CAP] = in_group / group_room if group_room > 0.0 else math.inf
+    market = int(problem.market[column])
+    in_market = problem.market == market
+    held = float(problem.market_held[market])
+    exposure = held + float((problem.direction[in_market] * trial[in_market]).sum())
+    edge = max(problem.market_limit, held) if problem.direction[column] > 0 else min(-problem.market_limit, held)
+    usage[ReasonCode.MARKET_CAP] = exposure / edge if edge != 0.0 else math.inf
+    bound = max(problem.cvar_bound, book_cvar)
+    moved = losses - problem.returns[:, column] * (target - sizes[column])
+    tail = tail_mean(moved, tail_count(problem.cvar_alpha, moved.shape[0]))
+    usage[ReasonCode.CVAR_LIMIT] = tail / bound if bound > 0.0 else math.inf
+    # Ties go to the first in this fixed order (dict order is insertion order, never hashing).
+    code = max(usage, key=lambda c: usage[c])
+    if solution.time_limited:
+        stop = "the solve was cut short by its wall-clock safety net (solver_time_limit_ms)"
+    elif solution.work_limited:
+        stop = "the solve used its whole work budget (solver_work_limit) without choosing it"
+    elif solution.path is SolverPath.PRIORITY_FALLBACK:
+        stop = "the priority fallback funded higher-priority proposals first"
+    elif solution.path is SolverPath.MIP_TIME_LIMIT:
+        stop = "the solve was cut short by its limit"
+    else:
+        stop = "within the optimality tolerance (mip_rel_gap), a better allocation did not need it"
+    if solution.time_limited or solution.work_limited:
+        # Nothing stops it but the budget: the code says so, the detail names the limit it came closest to.
+        return _reason(
+            ReasonCode.SOLVER_BUDGET,
+            f"not chosen: {stop}; it fits, using {usage[code]:.1%} of its {code.value} limit at {target:.2f}",
+        )
+    return _reason(code, f"not chosen: {stop}; it fits, using {usage[code]:.1%} of this limit at {target:.2f}")
+
+
 def _ordered(entries: Sequence[_Entry]) -> list[_Entry]:
     """Funded and cut first in descending priority (executors work them in that order), then the rest as given."""
     funded = [e for e in entries if e.status in (AllocationStatus.FUNDED, AllocationStatus.CUT)]
@@ -482,9 +550,16 @@ def _outcome(
         gap=gap,
         allocations=tuple(allocations),
         orders=orders,
+        work_used=solution.work_used if solution is not None else 0,
     )
     return CycleOutcome(decision, solution, problem)
 
 
 def _path(solution: Solution | None) -> SolverPath:
-    return SolverPath.NOT_RUN if solution is None else solution.path
+    """A solve that used its whole work budget is MIP_WORK_LIMIT (machine-independent, re-derived exactly by an
+    audit); only one the wall-clock safety net stopped stays MIP_TIME_LIMIT (rules.md §4.8)."""
+    if solution is None:
+        return SolverPath.NOT_RUN
+    if solution.path is SolverPath.MIP_TIME_LIMIT and solution.work_limited and not solution.time_limited:
+        return SolverPath.MIP_WORK_LIMIT
+    return solution.path

@@ -261,11 +261,14 @@ def market_band(problem: AllocationProblem) -> tuple[FloatArray, FloatArray]:
     return lo, hi
 
 
-# Every solver keeps this much slack below every limit (relative + absolute, currency units), so that an
-# allocation built by one (the greedy) is feasible in another's model (the fast path's, as a MIP start) and
-# rounding a solver's answer to exact min sizes cannot cross `check`'s tolerance (costs ≤ 1e-8 of objective).
-SAFETY_REL = 1e-8
-SAFETY_ABS = 1e-7
+# Slack every solver keeps below every limit (relative + absolute, currency units). It is zero: rules.md §4's
+# limits are inclusive, so a candidate whose min size fits exactly in the room left (capital, a cap, the CVaR
+# limit) must be fundable, and any inward slack made such exact fits infeasible in the solvers' models (a
+# proposal was DEFERRED with no reason while the decision claimed MIP_OPTIMAL). Solver noise (HiGHS's 1e-9
+# feasibility tolerances) is absorbed by `check`'s tolerance instead, and the fast path settles each answer onto
+# exact sizes (0, min, upper) before checking it. The hooks stay so that a slack can be reintroduced in one place.
+SAFETY_REL = 0.0
+SAFETY_ABS = 0.0
 
 
 def tighten_upper(limit: float) -> float:
@@ -512,7 +515,13 @@ class Solution:
     - `gap` = (bound - objective)/|bound| ≥ 0, the proven relative gap (`relative_gap`); NaN without a bound;
     - `nodes` counts branch-and-bound nodes over all MIP solves, `rounds` the MIP solves, and `scenario_rows`
       the Rockafellar-Uryasev scenario rows the final model carried (S for the reference, fewer for the fast
-      path, which adds scenarios only as they are needed).
+      path, which adds scenarios only as they are needed);
+    - `work_used` counts the deterministic work units the solve spent (simplex and interior-point iterations,
+      branch-and-bound nodes, local-search trials, greedy passes; see `allocator.engine.solver_fast.budget`),
+      0 for solvers that do not meter work;
+    - `work_limited` says the solve used its whole work budget (`solver_work_limit`) before proving the gap:
+      its answer is still machine-independent, unlike a `time_limited` one, whose wall-clock safety net tripped
+      (path MIP_TIME_LIMIT, the only machine-dependent outcome).
     """
 
     sizes: FloatArray
@@ -524,6 +533,9 @@ class Solution:
     nodes: int = 0
     rounds: int = 0
     scenario_rows: int = 0
+    work_used: int = 0
+    work_limited: bool = False
+    time_limited: bool = False
 
 
 OBJECTIVE_ATOL = 1e-9

@@ -10,6 +10,7 @@ from typing import Any
 
 from allocator.engine.cycle import CycleOutcome, run_cycle
 from allocator.engine.request import CycleRequest
+from allocator.engine.validation import MAX_EXPECTED_PROFIT
 from allocator.engine.verify import DecisionInvariantError, verify_decision
 from allocator.service.chain import Trusted, chain_findings, verify_log
 from allocator.service.sequencer import BookState, build_request, replay_decisions
@@ -17,6 +18,7 @@ from book.config import AllocatorConfig
 from eventlog.port import EventLog, Record, TopicPartition, Topics
 from schemas.codec import EventCodec
 from schemas.events import Decision, SolverPath
+from schemas.versions import single_object_version
 
 SIZE_REL_TOL = 1e-9
 TIMED_PATHS = (SolverPath.MIP_TIME_LIMIT, SolverPath.PRIORITY_FALLBACK)
@@ -55,22 +57,39 @@ class AuditReport:
         }
 
 
-def _close(a: float, b: float) -> bool:
-    return a == b or abs(a - b) <= SIZE_REL_TOL * max(abs(a), abs(b), 1.0)
+def _close(a: float, b: float, margin: float = 0.0) -> bool:
+    return a == b or abs(a - b) <= SIZE_REL_TOL * max(abs(a), abs(b), 1.0) + margin
 
 
-def compare(recorded: Decision, recomputed: Decision) -> list[str]:
+# Upcaster of a rule: decisions written with Decision version 1 were sized by solvers that kept a safety slack of
+# 1e-8 relative + 1e-7 absolute inside every limit (today's size exactly to the limit). Their sizes are compared
+# within that slack, for up to SLACK_LIMITS limits a size can meet, on the scale of the book's equity.
+SAFETY_SLACK_VERSIONS = frozenset({("Decision", 1)})
+SLACK_REL, SLACK_ABS, SLACK_LIMITS = 1e-8, 1e-7, 4
+
+
+def legacy_margin(recorded: Decision) -> float:
+    """The size margin of a decision written while solvers kept their safety slack (see SAFETY_SLACK_VERSIONS)."""
+    return SLACK_LIMITS * (SLACK_REL * max(abs(recorded.equity), abs(recorded.available)) + SLACK_ABS)
+
+
+def compare(recorded: Decision, recomputed: Decision, margin: float = 0.0) -> list[str]:
     """Every difference that matters: statuses, reasons, sizes (1e-9 relative), orders, governor, path.
 
-    Timing (solve_ms) may differ; the objective and gap follow from the sizes.
+    Timing (solve_ms) may differ; the objective and gap follow from the sizes. `margin` (currency) widens the
+    size comparison for decisions written under an older sizing rule (`legacy_margin`).
     """
     problems: list[str] = []
+    objective_margin = margin * sum(
+        1 for a in recorded.allocations if a.size > 0
+    )  # each funded size within its margin; the objective's coefficients are at most 1
     for name in ("decision_id", "book_id", "cycle", "decided_at", "governor_state", "opportunity_window_ms",
                  "config_hash", "scenario_seed", "solver_path", "inputs"):  # fmt: skip
         if getattr(recorded, name) != getattr(recomputed, name):
             problems.append(f"{name}: recorded {getattr(recorded, name)!r}, re-run {getattr(recomputed, name)!r}")
     for name in ("equity", "available", "high_water_mark", "objective"):
-        if not _close(getattr(recorded, name), getattr(recomputed, name)):
+        allowed = objective_margin * MAX_EXPECTED_PROFIT if name == "objective" else 0.0
+        if not _close(getattr(recorded, name), getattr(recomputed, name), allowed):
             problems.append(f"{name}: recorded {getattr(recorded, name)!r}, re-run {getattr(recomputed, name)!r}")
     if len(recorded.allocations) != len(recomputed.allocations):
         problems.append(f"allocations: recorded {len(recorded.allocations)}, re-run {len(recomputed.allocations)}")
@@ -84,12 +103,13 @@ def compare(recorded: Decision, recomputed: Decision) -> list[str]:
         if [r.code for r in a.reasons] != [r.code for r in b.reasons]:
             problems.append(f"{where}: reasons recorded {[r.code.value for r in a.reasons]}, re-run "
                             f"{[r.code.value for r in b.reasons]}")  # fmt: skip
-        if not _close(a.size, b.size) or not _close(a.netted_size, b.netted_size):
+        if not _close(a.size, b.size, margin) or not _close(a.netted_size, b.netted_size, margin):
             problems.append(f"{where}: size recorded {a.size!r}/{a.netted_size!r}, re-run {b.size!r}/{b.netted_size!r}")
     recorded_orders = [(o.market_id, o.side, o.size) for o in recorded.orders]
     recomputed_orders = [(o.market_id, o.side, o.size) for o in recomputed.orders]
     if len(recorded_orders) != len(recomputed_orders) or any(
-        x[:2] != y[:2] or not _close(x[2], y[2]) for x, y in zip(recorded_orders, recomputed_orders, strict=False)
+        x[:2] != y[:2] or not _close(x[2], y[2], objective_margin)
+        for x, y in zip(recorded_orders, recomputed_orders, strict=False)
     ):
         problems.append(f"orders: recorded {recorded_orders}, re-run {recomputed_orders}")
     return problems
@@ -110,6 +130,7 @@ def audit_log(
     verified = verify_log(reader, codec, topics, trusted or {})
     decisions = verified.accepted
     offsets = {id(d): r.offset for r, d in decisions}
+    written_as = {id(d): single_object_version(r.value or b"") for r, d in decisions}
     findings: list[Finding] = []
     recomputed_of: dict[int, Decision] = {}
 
@@ -148,7 +169,8 @@ def audit_log(
                 finding.objective_gap_to_resolve = (recomputed.objective - recorded.objective) / recomputed.objective
             folded = recorded if finding.verdict != "MISMATCH" else recomputed
         else:
-            finding.problems = compare(recorded, recomputed)
+            margin = legacy_margin(recorded) if written_as.get(id(recorded)) in SAFETY_SLACK_VERSIONS else 0.0
+            finding.problems = compare(recorded, recomputed, margin)
             if finding.problems:
                 finding.verdict = "MISMATCH"
             folded = recomputed

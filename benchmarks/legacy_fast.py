@@ -1,4 +1,6 @@
-"""The fast solver: scenario-generation LP/MIP in highspy, primal heuristics, a hard wall-clock budget.
+"""The fast path as it was before the work budget (allocator/engine/solver_fast.py at 5143d9a), for comparison.
+
+It is shaped by the wall clock: a scenario-generation LP/MIP in highspy, primal heuristics.
 
 What was measured on the benchmark instances (benchmarks/instances.py, CVaR binding) before settling on this:
 - CVaR cutting planes (one aggregated row per worst-k subset, Kuenzi-Bay & Mayer) converge slowly: the LP

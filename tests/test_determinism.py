@@ -1,0 +1,98 @@
+"""The decision depends on its inputs and the work budget alone, never on machine load (rules.md §10).
+
+Each case decides the same work-limited instance twice on a quiet machine and once with every core kept busy by
+background processes, and requires identical answers. No timing is asserted: the wall-clock safety net is set
+far out of reach, so only the deterministic work budget (`solver_work_limit`) can shape these solves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from allocator.engine.cycle import CycleOutcome, run_cycle
+from allocator.engine.problem import Solution, SolverPath
+from allocator.engine.solver_fast import solve_fast
+from benchmarks.bench_decision import request
+from benchmarks.instances import make_instance
+
+SAFETY_NET_S = 600.0  # never reached: a trip would make the outcome machine-dependent, which is not tested here
+
+
+def _spin(started: Any) -> None:
+    started.set()
+    while True:
+        pass
+
+
+@contextmanager
+def busy_cores(count: int | None = None) -> Iterator[None]:
+    """Keep `count` (default: every) core busy with busy-loop processes for the duration; always killed."""
+    ctx = multiprocessing.get_context("fork")
+    workers = []
+    try:
+        for _ in range(count or os.cpu_count() or 2):
+            started = ctx.Event()
+            worker = ctx.Process(target=_spin, args=(started,), daemon=True)
+            worker.start()
+            workers.append(worker)
+            assert started.wait(timeout=30.0), "a busy-loop process did not start"
+        yield
+    finally:
+        for worker in workers:
+            worker.kill()
+        for worker in workers:
+            worker.join(timeout=30.0)
+        assert not any(worker.is_alive() for worker in workers)
+
+
+def _three_times(decide: Callable[[], Any]) -> tuple[Any, Any, Any]:
+    quiet = decide()
+    again = decide()
+    with busy_cores(2):
+        loaded = decide()
+    return quiet, again, loaded
+
+
+def _same_solution(a: Solution, b: Solution) -> None:
+    assert a.sizes.tobytes() == b.sizes.tobytes()  # bit for bit
+    assert (a.path, a.work_limited, a.time_limited, a.work_used) == (
+        b.path,
+        b.work_limited,
+        b.time_limited,
+        b.work_used,
+    )
+    assert a.objective == b.objective
+    assert a.bound == b.bound or (a.bound != a.bound and b.bound != b.bound)  # equal, or both NaN
+
+
+@pytest.mark.parametrize(("n", "scenarios", "seed"), [(100, 2000, 1000), (60, 1000, 7)])
+def test_a_work_limited_solve_is_identical_on_a_quiet_and_a_loaded_machine(n: int, scenarios: int, seed: int) -> None:
+    problem = make_instance(n, scenarios, seed)
+    quiet, again, loaded = _three_times(lambda: solve_fast(problem, time_limit_s=SAFETY_NET_S))
+    # The case is meant: the work budget stopped this solve, the clock never did.
+    assert quiet.work_limited and not quiet.time_limited
+    assert quiet.path is SolverPath.MIP_TIME_LIMIT
+    _same_solution(quiet, again)
+    _same_solution(quiet, loaded)
+
+
+def test_a_work_limited_decision_through_run_cycle_is_identical_under_load() -> None:
+    cycle_request = request(100, 2000, 1000, SAFETY_NET_S * 1000.0)
+
+    def decide() -> CycleOutcome:
+        return run_cycle(cycle_request)
+
+    quiet, again, loaded = _three_times(decide)
+    assert quiet.solution is not None and quiet.solution.work_limited and not quiet.solution.time_limited
+    for other in (again, loaded):
+        assert other.solution is not None
+        _same_solution(quiet.solution, other.solution)
+        # Everything the decision records, solve_ms (the one field allowed to differ) aside.
+        assert dataclasses.replace(other.decision, solve_ms=0.0) == dataclasses.replace(quiet.decision, solve_ms=0.0)
