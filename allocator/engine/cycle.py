@@ -11,7 +11,17 @@ import numpy.typing as npt
 
 from allocator.engine import scenarios as risk
 from allocator.engine.netting import net_opposites
-from allocator.engine.problem import AllocationProblem, Solution, cvar, portfolio_losses, tail_count, tail_mean
+from allocator.engine.problem import (
+    AllocationProblem,
+    Solution,
+    Tolerance,
+    cvar,
+    limits_in_the_way,
+    market_flow_band,
+    portfolio_losses,
+    tail_count,
+    tail_mean,
+)
 from allocator.engine.request import CycleRequest
 from allocator.engine.validation import (
     InvalidProposal,
@@ -278,11 +288,9 @@ def _proposal(e: _Entry) -> Proposal:
 
 
 def _market_room(held: float, direction: int, limit: float) -> float:
-    """How far a trade in `direction` may move a market's signed exposure: to the cap on its side, never
-    further out if the market already breaches (a trade against a held position always has room)."""
-    if direction > 0:
-        return max(max(limit, held) - held, 0.0)
-    return max(held - min(-limit, held), 0.0)
+    """How far a trade in `direction` may move a market's signed exposure: the band of rules.md §4.5."""
+    lo, hi = market_flow_band(held, limit)
+    return float(hi) if direction > 0 else float(-lo)
 
 
 def _group_limit(config: AllocatorConfig, key: str, equity: float) -> float:
@@ -400,33 +408,14 @@ def _blocked_by(
     target: float,
     book_cvar: float,
 ) -> list[Reason]:
-    """Which constraints would break if this candidate were raised to `target` with the others unchanged.
-
-    `losses` are the portfolio's scenario losses at `sizes`; raising one size moves them along one column.
-    """
-    trial = np.array(sizes, dtype=np.float64)
-    trial[column] = target
-    reasons: list[Reason] = []
-    tol = 1e-9 * max(1.0, problem.capital)
-    if trial.sum() > max(problem.capital, 0.0) + tol:
-        reasons.append(_reason(ReasonCode.CAPITAL, f"needs {trial.sum():.2f} of available {problem.capital:.2f}"))
-    group = problem.group[column]
-    in_group = problem.group == group
-    if trial[in_group].sum() > max(problem.group_room[group], 0.0) + tol:
-        reasons.append(_reason(ReasonCode.GROUP_CAP, f"group room {max(problem.group_room[group], 0.0):.2f}"))
-    market = problem.market[column]
-    in_market = problem.market == market
-    held = problem.market_held[market]
-    exposure = held + float((problem.direction[in_market] * trial[in_market]).sum())
-    low, high = min(-problem.market_limit, held), max(problem.market_limit, held)
-    if exposure > high + tol or exposure < low - tol:
-        reasons.append(_reason(ReasonCode.MARKET_CAP, f"market exposure would reach {exposure:.2f}"))
-    bound = max(problem.cvar_bound, book_cvar)
-    moved = losses - problem.returns[:, column] * (target - sizes[column])
-    tail = tail_mean(moved, tail_count(problem.cvar_alpha, moved.shape[0]))
-    if tail > bound * (1.0 + 1e-9) + 1e-9:
-        reasons.append(_reason(ReasonCode.CVAR_LIMIT, f"CVaR would reach {tail:.2f} of limit {bound:.2f}"))
-    return reasons
+    """The reasons for the constraints that would break if this candidate were raised to `target` with the
+    others unchanged (`problem.limits_in_the_way`, the one statement of that rule). `book_cvar` is already part
+    of the problem's CVaR bound."""
+    tol = Tolerance(absolute=1e-9 * max(1.0, problem.capital), relative=1e-9)
+    return [
+        _reason(ReasonCode(kind.value), detail)
+        for kind, detail in limits_in_the_way(problem, sizes, column, target, tol, losses)
+    ]
 
 
 def _not_chosen(

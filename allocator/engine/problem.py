@@ -254,11 +254,14 @@ def market_band(problem: AllocationProblem) -> tuple[FloatArray, FloatArray]:
     only bring the exposure back: anywhere from the opposite cap, -limit, up to the current M — so a trade
     against the held position always has room, and nothing raises |exposure| while it is over the cap.
     """
-    held = problem.market_held
-    limit = problem.market_limit
-    lo: FloatArray = np.minimum(-limit - held, 0.0)
-    hi: FloatArray = np.maximum(limit - held, 0.0)
-    return lo, hi
+    lo, hi = market_flow_band(problem.market_held, problem.market_limit)
+    return np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+
+
+def market_flow_band(held: Any, limit: Any) -> tuple[Any, Any]:
+    """The one statement of the market cap's band (rules.md §4.5), for floats or arrays of held exposure:
+    the net flow may go down to min(-limit - held, 0) and up to max(limit - held, 0)."""
+    return np.minimum(-limit - held, 0.0), np.maximum(limit - held, 0.0)
 
 
 # Slack every solver keeps below every limit (relative + absolute, currency units). It is zero: rules.md §4's
@@ -434,33 +437,47 @@ def binding(
     if not np.any(active):
         return tuple(result)
 
-    room = capital_room(problem)
-    spent = float(s.sum())
-    per_group = np.bincount(problem.group, weights=s, minlength=problem.group_count)
-    cap_g = group_limit(problem)
-    flow = np.bincount(problem.market, weights=problem.direction * s, minlength=problem.market_count)
-    lo_band, hi_band = market_band(problem)
-    bound = effective_cvar_bound(problem)
     base = portfolio_losses(problem, s)
-    k = tail_count(problem.cvar_alpha, problem.scenario_count)
-
     for i in np.flatnonzero(active).tolist():
-        d = float(step[i])
-        hits: set[ConstraintKind] = set()
-        if spent + d > room + tol.slack(room):
-            hits.add(ConstraintKind.CAPITAL)
-        g = int(problem.group[i])
-        if per_group[g] + d > cap_g[g] + tol.slack(float(cap_g[g])):
-            hits.add(ConstraintKind.GROUP_CAP)
-        m = int(problem.market[i])
-        new_flow = float(flow[m]) + float(problem.direction[i]) * d
-        top, bottom = float(hi_band[m]), float(lo_band[m])
-        if new_flow > top + tol.slack(top) or new_flow < bottom - tol.slack(bottom):
-            hits.add(ConstraintKind.MARKET_CAP)
-        if _tail_mean(base - problem.returns[:, i] * d, k) > bound + tol.slack(bound):
-            hits.add(ConstraintKind.CVAR_LIMIT)
-        result[i] = frozenset(hits)
+        found = limits_in_the_way(problem, s, i, float(s[i] + step[i]), tol, base)
+        result[i] = frozenset(kind for kind, _ in found)
     return tuple(result)
+
+
+def limits_in_the_way(
+    problem: AllocationProblem,
+    sizes: FloatArray,
+    column: int,
+    target: float,
+    tol: Tolerance = DEFAULT_TOLERANCE,
+    losses: FloatArray | None = None,
+) -> list[tuple[ConstraintKind, str]]:
+    """The one statement of which limits stop a candidate (rules.md §6.3): the families (CAPITAL, GROUP_CAP,
+    MARKET_CAP, CVAR_LIMIT) that raising `column` alone from its size to `target` would break beyond `tol`,
+    each with what it would reach. `losses` are the portfolio's scenario losses at `sizes`, when known."""
+    d = target - float(sizes[column])
+    found: list[tuple[ConstraintKind, str]] = []
+    room = capital_room(problem)
+    spent = float(sizes.sum()) + d
+    if spent > room + tol.slack(room):
+        found.append((ConstraintKind.CAPITAL, f"needs {spent:.2f} of available {room:.2f}"))
+    g = int(problem.group[column])
+    cap = float(group_limit(problem)[g])
+    if float(sizes[problem.group == g].sum()) + d > cap + tol.slack(cap):
+        found.append((ConstraintKind.GROUP_CAP, f"group room {cap:.2f}"))
+    m = int(problem.market[column])
+    in_market = problem.market == m
+    flow = float((problem.direction[in_market] * sizes[in_market]).sum()) + float(problem.direction[column]) * d
+    lo, hi = market_flow_band(float(problem.market_held[m]), problem.market_limit)
+    top, bottom = float(hi), float(lo)
+    if flow > top + tol.slack(top) or flow < bottom - tol.slack(bottom):
+        found.append((ConstraintKind.MARKET_CAP, f"market exposure would reach {problem.market_held[m] + flow:.2f}"))
+    bound = effective_cvar_bound(problem)
+    base = portfolio_losses(problem, sizes) if losses is None else losses
+    tail = _tail_mean(base - problem.returns[:, column] * d, tail_count(problem.cvar_alpha, problem.scenario_count))
+    if tail > bound + tol.slack(bound):
+        found.append((ConstraintKind.CVAR_LIMIT, f"CVaR would reach {tail:.2f} of limit {bound:.2f}"))
+    return found
 
 
 def _tail_mean(losses: FloatArray, k: float) -> float:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from allocator.engine.problem import AllocationProblem, cvar
+from allocator.engine.problem import AllocationProblem, cvar, market_flow_band
 from allocator.engine.request import CycleRequest
 from schemas.events import AllocationStatus, Decision, GovernorState, Proposal
 
@@ -98,7 +98,8 @@ def verify_decision(
     for market, flow in by_market.items():
         held = held_markets.get(market, 0.0)
         after = held + flow
-        if _over(after, max(limit, held)) or _over(-after, max(limit, -held)):
+        lowest, highest = market_flow_band(held, limit)
+        if _over(flow, float(highest)) or _over(-flow, -float(lowest)):
             problems.append(f"market {market}: exposure {held} -> {after} breaks the cap {limit}")
 
     orders = {o.market_id: o.side.sign * o.size for o in decision.orders}
