@@ -239,7 +239,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.cimpl import KafkaError, KafkaException, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(settings.kafka_client_config())
     from allocator.log_kafka import TOPIC_CONFIG
 
     new = [
@@ -551,8 +551,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     silence_highs_banner()  # at the edge: the core's solver must not write to the stdout we print JSON on
     handler: Callable[[argparse.Namespace], int] = args.handler
+    from allocator.kafka_properties import KafkaPropertiesError
+
     try:
         return handler(args)
+    except KafkaPropertiesError as exc:  # names the file and line, never a value
+        print(f"allocator: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -37,6 +37,7 @@ from allocator.eventlog import (
     check_topic_name,
     wall_clock_ms,
 )
+from allocator.kafka_properties import client_config
 
 # Errors that only mean a new topic's leadership has not reached every broker yet (the admin API's futures
 # report them without the retriable flag): waiting and asking again is the cure.
@@ -102,6 +103,9 @@ class KafkaEventLog:
 
     Retriable Kafka errors are retried a bounded number of times; then errors become FencedError (fatal,
     including being fenced), AbortableError (the transaction must be aborted) or LogError.
+
+    `config` holds the client properties, the security settings among them (`kafka_properties`); None means
+    those of the file named by $KAFKA_CONFIG_FILE, or none when it is unset.
     """
 
     def __init__(
@@ -124,7 +128,7 @@ class KafkaEventLog:
         self._transaction_timeout_ms = transaction_timeout_ms
         self._retries = retries
         self._retry_backoff_s = retry_backoff_s
-        self._base: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, **(config or {})}
+        self._base: dict[str, Any] = client_config(bootstrap_servers, config)
         self._admin: Any = None
         self._consumer: Any = None
         self._producer: Any = None
@@ -226,6 +230,10 @@ class KafkaEventLog:
             f"read metadata of topic {name!r}", lambda: self._admin_client().list_topics(topic=name, timeout=10)
         )
         topic = metadata.topics.get(name)
+        error = topic.error if topic is not None else None
+        if error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            # On a secured broker an ACL-less topic looks absent to librdkafka's reader, which then waits forever.
+            raise LogError(f"topic {name!r}: this principal is not authorized to use it (no ACL allows it)")
         if topic is None or topic.error is not None or not topic.partitions:
             return None
         return len(topic.partitions)

@@ -12,7 +12,8 @@ Three parts, one table:
 3. replay: N events produced straight to a fresh prefix, then the Projector timed from a fresh schema until
    caught up, into PostgreSQL and into an SQLite file, at two batch sizes.
 
-Needs KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL (infra/services.sh up; eval "$(infra/services.sh env)").
+Needs KAFKA_BOOTSTRAP_SERVERS, KAFKA_CONFIG_FILE (the secured broker's login) and DATABASE_URL
+(infra/services.sh up; eval "$(infra/services.sh env)").
 Every topic and PostgreSQL schema it creates is unique to the run and deleted at the end.
 
 Run from the repository root:  python -m benchmarks.bench_stream [--quick] [--events N] [--rates 100,1000]
@@ -46,6 +47,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from sqlalchemy import create_engine, func, select, text
 
+from allocator.kafka_properties import client_config
 from allocator.log_kafka import KafkaEventLog
 from allocator.sequencer import Topics
 from benchmarks.instances import live_proposal
@@ -261,7 +263,7 @@ class Created:
 
     def cleanup(self) -> None:
         if self.topics:
-            admin = AdminClient({"bootstrap.servers": self.bootstrap})
+            admin = AdminClient(client_config(self.bootstrap))
             for name, future in admin.delete_topics(self.topics, operation_timeout=30).items():
                 try:
                     future.result(timeout=60)
@@ -297,7 +299,7 @@ def make_topics(created: Created, prefix: str) -> Topics:
 def fast_producer(bootstrap: str, **extra: Any) -> Any:
     return Producer(
         {
-            "bootstrap.servers": bootstrap,
+            **client_config(bootstrap),
             "enable.idempotence": True,
             "partitioner": "consistent_random",
             **extra,

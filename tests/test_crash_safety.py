@@ -26,6 +26,7 @@ from sqlalchemy import select, text
 
 from allocator.audit import audit_log
 from allocator.config import AllocatorConfig
+from allocator.kafka_properties import client_config
 from allocator.log_kafka import KafkaEventLog
 from allocator.sequencer import Topics, read_decisions
 from benchmarks.instances import live_proposal
@@ -83,7 +84,7 @@ def prefix(kafka_bootstrap: str) -> Iterator[str]:
     yield name
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin = AdminClient(client_config(kafka_bootstrap))
     mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(name + ".")]
     if mine:
         for future in admin.delete_topics(mine, operation_timeout=30).values():

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import pytest
 
 from allocator.eventlog import AbortableError, EventLog, FencedError, LogError, Record, TopicPartition, wall_clock_ms
+from allocator.kafka_properties import client_config
 from allocator.log_embedded import EmbeddedEventLog
 from allocator.log_kafka import KafkaEventLog
 
@@ -80,7 +81,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     if request.param == "kafka" and unmanaged:
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": request.getfixturevalue("kafka_bootstrap")})
+        admin = AdminClient(client_config(request.getfixturevalue("kafka_bootstrap")))
         for future in admin.delete_topics(unmanaged, operation_timeout=30).values():
             future.result(timeout=60)
 
