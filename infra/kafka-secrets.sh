@@ -111,6 +111,12 @@ write_format_args() {
   )
 }
 
+# StorageTool format prints its bootstrap records, the SCRAM ones with their salts and stored/server
+# keys: enough to impersonate the broker to a client. Its output goes through this filter before anyone sees it.
+hide_scram_records() {
+  sed 's/UserScramCredentialRecord(.*/(SCRAM credential records not shown)/'
+}
+
 # broker_security_properties DIR SASL_LISTENER...: the server.properties lines that secure a broker whose
 # SASL_SSL listeners are named SASL_LISTENER... (the first one carries inter-broker traffic) and whose
 # controller listener is CONTROLLER over TLS with client certificates. The output holds passwords: write it

@@ -294,7 +294,7 @@ ensure_formatted() {
   write_format_args "$args" "$SECRETS" "$cluster_id" "$PROPS"
   if ! out="$("$JAVA" -cp "$LIBS/*" kafka.tools.StorageTool "@$args" 2>&1)"; then
     rm -f "$args"
-    printf '%s\n' "$out" >&2
+    printf '%s\n' "$out" | hide_scram_records >&2
     die "formatting Kafka storage in $DATA failed (see above)"
   fi
   rm -f "$args"

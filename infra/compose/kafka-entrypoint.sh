@@ -51,11 +51,11 @@ chmod 600 "$PROPS"
 if [[ ! -f "$DATA/meta.properties" ]]; then
   args="$(mktemp)"
   write_format_args "$args" "$SECRETS" "$("$DIST/bin/kafka-storage.sh" random-uuid | tail -n 1)" "$PROPS"
-  if ! "$DIST/bin/kafka-storage.sh" "@$args"; then
-    rm -f "$args"
-    die "formatting $DATA failed (see above)"
-  fi
+  status=0
+  out="$("$DIST/bin/kafka-storage.sh" "@$args" 2>&1)" || status=$?
   rm -f "$args"
+  printf '%s\n' "$out" | hide_scram_records
+  [[ "$status" -eq 0 ]] || die "formatting $DATA failed (see above)"
   say "storage formatted in $DATA with the SCRAM users admin and broker"
 fi
 exec "$DIST/bin/kafka-server-start.sh" "$PROPS"
