@@ -25,6 +25,7 @@ new_secret() {
 }
 
 # ensure_secret FILE: a random password in FILE (mode 600), made once; sets SECRETS_CREATED=1 when it made one.
+# shellcheck disable=SC2034 # read by the scripts that source this file
 SECRETS_CREATED=0
 ensure_secret() {
   local file="$1"
@@ -34,6 +35,7 @@ ensure_secret() {
       new_secret >"$file.tmp"
     )
     mv -f "$file.tmp" "$file"
+    # shellcheck disable=SC2034 # read by the scripts that source this file
     SECRETS_CREATED=1
   fi
   chmod 600 "$file"

@@ -9,9 +9,9 @@
 set -euo pipefail
 umask 077
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=../common.sh
+# shellcheck source-path=SCRIPTDIR/.. source=common.sh
 source "$HERE/../common.sh"
-# shellcheck source=../kafka-secrets.sh
+# shellcheck source-path=SCRIPTDIR/.. source=kafka-secrets.sh
 source "$HERE/../kafka-secrets.sh"
 
 DIST="${ALLOCATOR_KAFKA_DIST:-/opt/kafka}"
