@@ -49,23 +49,19 @@ def set_scram_password(
     _alter(bootstrap_servers, admin_properties, user, alteration, "setting", timeout_s)
 
 
-def delete_scram_user(
+def revoke_scram_user(
     bootstrap_servers: str, admin_properties: Mapping[str, str], user: str, *, timeout_s: float = 30.0
 ) -> None:
-    """Removes the SCRAM-SHA-512 credential of `user`: it can no longer log in (its ACLs stay)."""
-    from confluent_kafka.admin import (  # type: ignore[attr-defined]  # exported, but not declared so
-        ScramMechanism,
-        UserScramCredentialDeletion,
-    )
+    """Locks `user` out: its credential gets a random password that nobody is told (its ACLs stay).
 
-    _alter(
-        bootstrap_servers,
-        admin_properties,
-        user,
-        UserScramCredentialDeletion(user, ScramMechanism.SCRAM_SHA_512),
-        "deleting",
-        timeout_s,
-    )
+    Not a deletion, on purpose. Kafka 4.4's ScramDelta.apply() walks a delta's user changes in HashMap order
+    and, on a removal that leaves a mechanism's map empty, drops the whole map, so the users added later in the
+    same delta are lost. A broker replaying its metadata log from an empty image (every restart before the
+    first metadata snapshot) then loses EVERY SCRAM user, admin included, whenever a removed user's name
+    happens to hash first: all logins fail with "invalid credentials" until the storage is formatted anew.
+    Upserts never trigger it.
+    """
+    set_scram_password(bootstrap_servers, admin_properties, user, new_password(), timeout_s=timeout_s)
 
 
 def _alter(

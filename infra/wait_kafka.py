@@ -9,7 +9,8 @@ Used by infra/kafka.sh after it starts (or finds) a broker:
 with the project's loader, so the password is never on this command line. A refused login fails at once.
 
 Exit status: 0 when the broker is ready, 1 on timeout (with the reason and the
-tail of the broker log, if --log was given), 2 on bad arguments.
+tail of the broker log, if --log was given), 2 on bad arguments, 3 when the broker
+refused the login (wrong credentials, or a broker that lost its SCRAM users).
 
 Why a transactions check: a broker that lists its topics can still fail
 init_transactions() for a while, because the transaction coordinator must first
@@ -45,6 +46,8 @@ from allocator.kafka_properties import (
 # level 0 silences that noise, and the last error is reported on timeout instead.
 _QUIET: dict[str, Any] = {"log_level": 0}
 LOG_TAIL_LINES = 80
+LOGIN_REFUSED = "fatal: the broker refused the login"
+EXIT_LOGIN_REFUSED = 3
 
 
 class BrokerDiedError(Exception):
@@ -100,7 +103,7 @@ def wait_for_metadata(bootstrap: str, properties: Mapping[str, str], deadline: f
     while True:
         _check_alive(pid)
         if last.refused:
-            return f"fatal: the broker refused the login: {last.message}"
+            return f"{LOGIN_REFUSED}: {last.message}"
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return last.message or reason
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.log is not None:
         print(f"wait_kafka: last {LOG_TAIL_LINES} lines of {args.log}:", file=sys.stderr)
         sys.stderr.write(_tail(args.log, LOG_TAIL_LINES))
-    return 1
+    return EXIT_LOGIN_REFUSED if problem.startswith(LOGIN_REFUSED) else 1
 
 
 if __name__ == "__main__":

@@ -98,8 +98,8 @@ def kafka_admin_properties(kafka_bootstrap: str) -> dict[str, str]:
 def make_scram_user(
     kafka_bootstrap: str, kafka_admin_properties: dict[str, str]
 ) -> Iterator[Callable[[str], dict[str, str]]]:
-    """Creates SCRAM users private to this test (no ACLs) and returns their client properties; deletes them after."""
-    from allocator.kafka_scram import delete_scram_user, new_password, set_scram_password, user_client_properties
+    """Creates SCRAM users private to this test (no ACLs) and returns their client properties; revokes them after."""
+    from allocator.kafka_scram import new_password, revoke_scram_user, set_scram_password, user_client_properties
 
     created: list[str] = []
 
@@ -112,7 +112,9 @@ def make_scram_user(
 
     yield make
     for name in created:
-        delete_scram_user(kafka_bootstrap, kafka_admin_properties, name)
+        # Revoked, not deleted: a deletion can wipe every SCRAM user at the broker's next restart (see
+        # revoke_scram_user).
+        revoke_scram_user(kafka_bootstrap, kafka_admin_properties, name)
 
 
 @pytest.fixture(scope="session")
