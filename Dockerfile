@@ -11,6 +11,6 @@ COPY cli ./cli
 COPY projections ./projections
 COPY migrations ./migrations
 COPY simulation ./simulation
-RUN pip install --no-cache-dir -c constraints.txt . && useradd --create-home allocator
+RUN pip install --no-cache-dir -c constraints.txt . && useradd --uid 1000 --create-home allocator
 USER allocator
 ENTRYPOINT ["allocator"]

@@ -636,7 +636,7 @@ def _metrics_server(
 def _log_settings(args: argparse.Namespace) -> LogSettings:
     from allocator.service.backends import LogSettings
 
-    return LogSettings.resolve(args.kafka, args.log)
+    return LogSettings.resolve(args.kafka, args.log, getattr(args, "kafka_config", None))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -665,6 +665,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _log_options(parser: argparse.ArgumentParser, *, registry: bool = True) -> None:
     """Where the book's log is: the options every command that reads or writes it shares."""
     parser.add_argument("--kafka", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
+    parser.add_argument(
+        "--kafka-config",
+        help="librdkafka-style properties file with the client's security settings and credentials "
+        "(default: $KAFKA_CONFIG_FILE); credentials never go on the command line",
+    )
     parser.add_argument(
         "--log", help="embedded log file when no Kafka (default: $ALLOCATOR_LOG or allocator-log.sqlite)"
     )
@@ -895,9 +900,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     silence_highs_banner()  # at the edge: the core's solver must not write to the stdout we print JSON on
     handler: Callable[[argparse.Namespace], int] = args.handler
+    from eventlog.kafka_properties import KafkaPropertiesError
+
     try:
         return handler(args)
     except UsageError as exc:
+        print(f"allocator {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KafkaPropertiesError as exc:  # names the file and line, never a value
         print(f"allocator {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

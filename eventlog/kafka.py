@@ -22,6 +22,7 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 from confluent_kafka.cimpl import NewTopic
 
+from eventlog.kafka_properties import client_config
 from eventlog.port import (
     AbortableError,
     Clock,
@@ -104,6 +105,9 @@ class KafkaEventLog:
 
     Retriable Kafka errors are retried a bounded number of times; then errors become FencedError (fatal,
     including being fenced), AbortableError (the transaction must be aborted) or LogError.
+
+    `config` holds the client properties, the security settings among them (`kafka_properties`); None means
+    those of the file named by $KAFKA_CONFIG_FILE, or none when it is unset.
     """
 
     def __init__(
@@ -126,7 +130,7 @@ class KafkaEventLog:
         self._transaction_timeout_ms = transaction_timeout_ms
         self._retries = retries
         self._retry_backoff_s = retry_backoff_s
-        self._base: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, **(config or {})}
+        self._base: dict[str, Any] = client_config(bootstrap_servers, config)
         self._admin: Any = None
         self._consumer: Any = None
         self._producer: Any = None
@@ -216,6 +220,10 @@ class KafkaEventLog:
             f"read metadata of topic {name!r}", lambda: self._admin_client().list_topics(topic=name, timeout=10)
         )
         topic = metadata.topics.get(name)
+        error = topic.error if topic is not None else None
+        if error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            # On a secured broker an ACL-less topic looks absent to librdkafka's reader, which then waits forever.
+            raise LogError(f"topic {name!r}: this principal is not authorized to use it (no ACL allows it)")
         if topic is None or topic.error is not None or not topic.partitions:
             return None
         return len(topic.partitions)

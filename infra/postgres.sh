@@ -12,8 +12,8 @@
 #
 # Environment (all optional):
 #   PGPORT_ALLOCATOR     TCP port on 127.0.0.1 (default 54329, away from the usual 5432)
-#   ALLOCATOR_PG_RUN     cluster directory: data, socket, log
-#                        (default /var/tmp/capital-allocator-pg as root, else $ALLOCATOR_RUN/postgres)
+#   ALLOCATOR_PG_RUN     cluster directory: data, socket, log (default, as root:
+#                        /var/tmp/capital-allocator-pg-$PGPORT_ALLOCATOR, else $ALLOCATOR_RUN/postgres)
 #   PG_BINDIR            PostgreSQL server binaries (default: newest /usr/lib/postgresql/*/bin)
 set -euo pipefail
 
@@ -30,10 +30,12 @@ APP_URL="postgresql://$DB_USER:$DB_PASSWORD@127.0.0.1:$PGPORT_ALLOCATOR/$DB_NAME
 # the "postgres" OS user. That user cannot enter root's $HOME (mode 700), where
 # the cache lives, so the cluster lives in /var/tmp instead: reachable by
 # postgres, outside any git work tree, and (unlike /tmp on some systems) not
-# emptied at boot. A non-root user simply runs the cluster as itself in its cache.
+# emptied at boot. Named after the port, so that two sets of services (two ALLOCATOR_RUN folders on
+# two ports) never share a data directory. A non-root user simply runs the cluster as itself in its
+# ALLOCATOR_RUN.
 if is_root; then
   PG_OS_USER=postgres
-  PG_RUN="${ALLOCATOR_PG_RUN:-/var/tmp/capital-allocator-pg}"
+  PG_RUN="${ALLOCATOR_PG_RUN:-/var/tmp/capital-allocator-pg-$PGPORT_ALLOCATOR}"
 else
   PG_OS_USER="$(id -un)"
   PG_RUN="${ALLOCATOR_PG_RUN:-$ALLOCATOR_RUN/postgres}"

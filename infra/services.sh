@@ -6,10 +6,16 @@
 #                             print it; already running services are reused
 #   infra/services.sh down    stop only what `up` started; a service that was already
 #                             running before `up` is left alone
-#   infra/services.sh env     print the export lines (source them: eval "$(infra/services.sh env)")
+#   infra/services.sh env     print the export lines (source them: eval "$(infra/services.sh env)"):
+#                             KAFKA_BOOTSTRAP_SERVERS, KAFKA_CONFIG_FILE (the admin's client properties:
+#                             SASL_SSL, SCRAM-SHA-512 login, CA; a mode-600 file) and DATABASE_URL
+#   infra/services.sh user NAME   create the SCRAM user NAME on the broker (or give it a new password),
+#                             as the admin; prints the path of its client properties file (mode 600)
 #   infra/services.sh status  status of both
 #
 # Typical use (CI): infra/services.sh up && eval "$(infra/services.sh env)" && pytest ...
+# Ports and folders (KAFKA_PORT, KAFKA_CONTROLLER_PORT, PGPORT_ALLOCATOR, ALLOCATOR_RUN) may be set to
+# run a second, independent set of services beside the default one.
 # Each step prints its duration, so a cold (download, initdb, format) and a warm
 # run can be told apart in a log.
 set -euo pipefail
@@ -27,7 +33,7 @@ STARTED_FILE="$ALLOCATOR_RUN/services.started"
 SERVICES=(postgres kafka)
 
 env_lines() {
-  printf 'export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:%s\n' "$KAFKA_PORT"
+  "$INFRA_DIR/kafka.sh" env
   printf 'export DATABASE_URL=postgresql+psycopg://allocator:allocator@127.0.0.1:%s/allocator\n' "$PGPORT_ALLOCATOR"
 }
 
@@ -81,6 +87,15 @@ cmd_down() {
   say "down in $(elapsed_s "$t_all")s"
 }
 
+cmd_user() {
+  local name="${1:-}" python
+  [[ -n "$name" ]] || die "usage: infra/services.sh user NAME"
+  python="${ALLOCATOR_PYTHON:-$REPO_ROOT/.venv/bin/python}"
+  [[ -x "$python" ]] || die "no $python: run 'make venv' first (or set ALLOCATOR_PYTHON)"
+  eval "$("$INFRA_DIR/kafka.sh" env)"
+  "$python" "$INFRA_DIR/kafka_user.py" "$name"
+}
+
 cmd_status() {
   local svc rc=0
   for svc in "${SERVICES[@]}"; do
@@ -98,6 +113,7 @@ case "${1:-}" in
 up) cmd_up ;;
 down) cmd_down ;;
 env) env_lines ;;
+user) cmd_user "${2:-}" ;;
 status) cmd_status ;;
 *) usage ;;
 esac

@@ -2,11 +2,15 @@
 
 Used by infra/kafka.sh after it starts (or finds) a broker:
 
-    .venv/bin/python infra/wait_kafka.py 127.0.0.1:9092 --timeout 90 \
-        --log "$RUN/kafka/kafka.log" --check-transactions
+    .venv/bin/python infra/wait_kafka.py 127.0.0.1:9092 --config "$RUN/kafka/secrets/admin.properties" \
+        --timeout 90 --log "$RUN/kafka/kafka.log" --check-transactions
+
+--config names the client properties file (SASL_SSL login and CA; default $KAFKA_CONFIG_FILE), read
+with the project's loader, so the password is never on this command line. A refused login fails at once.
 
 Exit status: 0 when the broker is ready, 1 on timeout (with the reason and the
-tail of the broker log, if --log was given), 2 on bad arguments.
+tail of the broker log, if --log was given), 2 on bad arguments, 3 when the broker
+refused the login (wrong credentials, or a broker that lost its SCRAM users).
 
 Why a transactions check: a broker that lists its topics can still fail
 init_transactions() for a while, because the transaction coordinator must first
@@ -22,16 +26,28 @@ import sys
 import time
 import uuid
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
+# Run as a script from infra/: the project's modules are one folder up (the venv may not have them installed).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from eventlog.kafka_properties import (
+    CONFIG_FILE_ENV,
+    KafkaPropertiesError,
+    client_config,
+    load_client_properties,
+)
+
 # librdkafka logs every refused connection while the broker is still starting;
 # level 0 silences that noise, and the last error is reported on timeout instead.
 _QUIET: dict[str, Any] = {"log_level": 0}
 LOG_TAIL_LINES = 80
+LOGIN_REFUSED = "fatal: the broker refused the login"
+EXIT_LOGIN_REFUSED = 3
 
 
 class BrokerDiedError(Exception):
@@ -66,23 +82,28 @@ def _tail(path: Path, lines: int) -> str:
 
 
 class _LastError:
-    """error_cb target: remembers the most recent client-level error."""
+    """error_cb target: remembers the most recent client-level error, and whether a login was refused."""
 
     def __init__(self) -> None:
         self.message = ""
+        self.refused = False
 
     def __call__(self, err: KafkaError) -> None:
         self.message = str(err)
+        # A refused login (wrong password, unknown user, TLS trust) will not heal by waiting.
+        self.refused = self.refused or err.code() == KafkaError._AUTHENTICATION
 
 
-def wait_for_metadata(bootstrap: str, deadline: float, pid: int | None) -> str | None:
+def wait_for_metadata(bootstrap: str, properties: Mapping[str, str], deadline: float, pid: int | None) -> str | None:
     """Return None once the broker serves metadata, else the last error seen."""
     last = _LastError()
-    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "error_cb": last, **_QUIET}
+    config: dict[str, Any] = {**client_config(bootstrap, properties), "error_cb": last, **_QUIET}
     admin = AdminClient(config)
     reason = "no answer yet"
     while True:
         _check_alive(pid)
+        if last.refused:
+            return f"{LOGIN_REFUSED}: {last.message}"
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return last.message or reason
@@ -90,6 +111,7 @@ def wait_for_metadata(bootstrap: str, deadline: float, pid: int | None) -> str |
             metadata = admin.list_topics(timeout=min(2.0, max(remaining, 0.1)))
         except KafkaException as exc:
             reason = str(exc.args[0] if exc.args else exc)
+            admin.poll(0)  # serves error_cb: a refused login is reported there, not by list_topics
         else:
             if metadata.brokers:
                 return None
@@ -97,7 +119,9 @@ def wait_for_metadata(bootstrap: str, deadline: float, pid: int | None) -> str |
         time.sleep(0.25)
 
 
-def wait_for_transactions(bootstrap: str, deadline: float, pid: int | None) -> str | None:
+def wait_for_transactions(
+    bootstrap: str, properties: Mapping[str, str], deadline: float, pid: int | None
+) -> str | None:
     """Return None once init_transactions() succeeds, else the last error seen."""
     # One transactional.id per run: nothing else uses it, and a retry with the same
     # id simply fences the previous attempt's producer.
@@ -111,7 +135,7 @@ def wait_for_transactions(bootstrap: str, deadline: float, pid: int | None) -> s
         last = _LastError()
         producer = Producer(
             {
-                "bootstrap.servers": bootstrap,
+                **client_config(bootstrap, properties),
                 "transactional.id": transactional_id,
                 "transaction.timeout.ms": 10_000,
                 "error_cb": last,
@@ -145,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("bootstrap", help="bootstrap servers, e.g. 127.0.0.1:9092")
     parser.add_argument("--timeout", type=float, default=90.0, help="seconds to wait in total (default 90)")
+    parser.add_argument(
+        "--config",
+        help=f"client properties file (security settings; default ${CONFIG_FILE_ENV}, none when unset)",
+    )
     parser.add_argument("--log", type=Path, help="broker log file whose tail is printed on failure")
     parser.add_argument(
         "--check-transactions",
@@ -156,15 +184,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    config_file = args.config if args.config is not None else os.environ.get(CONFIG_FILE_ENV, "")
+    try:
+        properties = load_client_properties(config_file) if config_file else {}
+    except KafkaPropertiesError as exc:
+        print(f"wait_kafka: ERROR: {exc}", file=sys.stderr)
+        return 2
+
     start = time.monotonic()
     deadline = start + args.timeout
 
     what = "answer metadata requests"
     try:
-        problem = wait_for_metadata(args.bootstrap, deadline, args.pid)
+        problem = wait_for_metadata(args.bootstrap, properties, deadline, args.pid)
         if problem is None and args.check_transactions:
             what = "run a transaction (init_transactions + commit)"
-            problem = wait_for_transactions(args.bootstrap, deadline, args.pid)
+            problem = wait_for_transactions(args.bootstrap, properties, deadline, args.pid)
     except BrokerDiedError as exc:
         problem = f"{exc} before it was ready"
 
@@ -183,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.log is not None:
         print(f"wait_kafka: last {LOG_TAIL_LINES} lines of {args.log}:", file=sys.stderr)
         sys.stderr.write(_tail(args.log, LOG_TAIL_LINES))
-    return 1
+    return EXIT_LOGIN_REFUSED if problem.startswith(LOGIN_REFUSED) else 1
 
 
 if __name__ == "__main__":

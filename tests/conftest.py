@@ -1,7 +1,9 @@
 """Fixtures for the real services: Kafka and PostgreSQL from the environment, testcontainers, or a clear skip.
 
 Where the services come from, in order:
-1. `KAFKA_BOOTSTRAP_SERVERS` / `DATABASE_URL` (what `make test` sets after `infra/services.sh up`);
+1. `KAFKA_BOOTSTRAP_SERVERS` / `DATABASE_URL` (what `make test` sets after `infra/services.sh up`), with
+   `KAFKA_CONFIG_FILE` naming the client properties (SASL_SSL login, CA) of the secured broker: every Kafka
+   client of the tests takes its settings from there (`client_config`);
 2. testcontainers, when a Docker engine answers;
 3. neither: the tests that need them skip with a message saying how to start them — unless
    `REQUIRE_SERVICES=1` (set by `make test` and CI), where a missing service is a failure, never a skip.
@@ -18,10 +20,12 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
+from eventlog.kafka_properties import CONFIG_FILE_ENV, client_config, client_properties_from_env
 from projections.database import engine_for, fresh_schema
 from projections.migrate import upgrade
 
@@ -70,13 +74,49 @@ def kafka_bootstrap(_containers: ExitStack) -> str:
 
         container = _containers.enter_context(KafkaContainer().with_kraft())
         bootstrap = str(container.get_bootstrap_server())
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    errors: list[str] = []
+    config: dict[str, Any] = {**client_config(bootstrap), "error_cb": lambda err: errors.append(str(err))}
+    admin = AdminClient(config)
     try:
         admin.list_topics(timeout=15)
     except Exception as exc:
+        admin.poll(0)  # serves error_cb, where a refused login (wrong KAFKA_CONFIG_FILE?) is reported
         # A configured broker that does not answer is a broken setup, not a reason to skip.
-        pytest.fail(f"Kafka at {bootstrap} does not answer: {exc}", pytrace=False)
+        why = f"; last client error: {errors[-1]}" if errors else ""
+        pytest.fail(f"Kafka at {bootstrap} does not answer: {exc}{why}", pytrace=False)
     return bootstrap
+
+
+@pytest.fixture(scope="session")
+def kafka_admin_properties(kafka_bootstrap: str) -> dict[str, str]:
+    """The admin's client properties on the secured broker (SASL_SSL, SCRAM-SHA-512): a super user."""
+    properties = client_properties_from_env()
+    if properties.get("security.protocol", "").upper() != "SASL_SSL" or "sasl.username" not in properties:
+        _missing("A secured Kafka broker (SASL_SSL)", f"{CONFIG_FILE_ENV} names no SASL_SSL login")
+    return properties
+
+
+@pytest.fixture
+def make_scram_user(
+    kafka_bootstrap: str, kafka_admin_properties: dict[str, str]
+) -> Iterator[Callable[[str], dict[str, str]]]:
+    """Creates SCRAM users private to this test (no ACLs) and returns their client properties; revokes them after."""
+    from eventlog.kafka_scram import new_password, revoke_scram_user, set_scram_password, user_client_properties
+
+    created: list[str] = []
+
+    def make(role: str) -> dict[str, str]:
+        name = f"{role}-{uuid.uuid4().hex[:8]}"
+        password = new_password()
+        set_scram_password(kafka_bootstrap, kafka_admin_properties, name, password)
+        created.append(name)
+        return user_client_properties(kafka_admin_properties, name, password)
+
+    yield make
+    for name in created:
+        # Revoked, not deleted: a deletion can wipe every SCRAM user at the broker's next restart (see
+        # revoke_scram_user).
+        revoke_scram_user(kafka_bootstrap, kafka_admin_properties, name)
 
 
 @pytest.fixture(scope="session")
@@ -112,7 +152,7 @@ def make_topic(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Iterator
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.cimpl import NewTopic
 
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin = AdminClient(client_config(kafka_bootstrap))
     created: list[str] = []
 
     def make(base: str = "t", partitions: int = 1) -> str:

@@ -26,6 +26,7 @@ from book.config import AllocatorConfig, ConfigError
 from book.portfolio import PortfolioState
 from cli.main import main
 from eventlog.embedded import EmbeddedEventLog
+from eventlog.kafka_properties import client_config
 from eventlog.port import EventLog, Topics
 from schemas.codec import SingleObjectCodec
 from schemas.events import (
@@ -271,7 +272,7 @@ def prefix(kafka_bootstrap: str) -> Iterator[str]:
     yield name
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin = AdminClient(client_config(kafka_bootstrap))
     mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(name + ".")]
     if mine:
         for future in admin.delete_topics(mine, operation_timeout=30).values():

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from cli.main import build_parser, main, subcommands
+from eventlog.kafka_properties import client_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,6 +101,30 @@ def test_compose_file_runs_commands_that_exist() -> None:
             assert dependency in compose["services"]
 
 
+def test_compose_kafka_is_secured_like_the_test_broker() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    kafka_env = compose["services"]["kafka"]["environment"]
+    protocols = dict(pair.split(":") for pair in kafka_env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert "PLAINTEXT" not in protocols.values() and "SASL_PLAINTEXT" not in protocols.values()
+    client_listeners = [name for name in protocols if name not in kafka_env["KAFKA_CONTROLLER_LISTENER_NAMES"]]
+    assert client_listeners and all(protocols[name] == "SASL_SSL" for name in client_listeners)
+    secured = (ROOT / "infra" / "kafka-secrets.sh").read_text(encoding="utf-8")
+    for line in (
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "allow.everyone.if.no.acl.found=false",
+        "super.users=User:admin;User:broker",
+        "sasl.enabled.mechanisms=$SCRAM_MECHANISM",
+    ):
+        assert line in secured
+    # Every allocator container that reaches Kafka logs in with the file, and no secret is in the compose file.
+    for name, service in compose["services"].items():
+        env = service.get("environment", {})
+        if "KAFKA_BOOTSTRAP_SERVERS" in env:
+            assert env.get("KAFKA_CONFIG_FILE"), f"compose service {name} reaches Kafka without a login"
+    text = (ROOT / "docker-compose.yml").read_text(encoding="utf-8").lower()
+    assert "sasl.password" not in text and "jaas" not in text
+
+
 def test_the_schema_reference_page_is_generated_from_the_schemas() -> None:
     from schemas.docs import schemas_markdown
 
@@ -174,7 +199,7 @@ def test_init_on_kafka_prints_each_topic_created_then_existing(
             TopicPartition(name, 0) for name in topics.outputs
         }
     finally:
-        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        admin = AdminClient(client_config(kafka_bootstrap))
         for future in admin.delete_topics(names, operation_timeout=30).values():
             future.result(timeout=60)
 

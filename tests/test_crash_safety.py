@@ -29,6 +29,7 @@ from allocator.service.sequencer import read_decisions
 from benchmarks.instances import live_proposal
 from book.config import AllocatorConfig
 from eventlog.kafka import KafkaEventLog
+from eventlog.kafka_properties import client_config
 from eventlog.port import Topics
 from projections import tables
 from projections.database import engine_for, fresh_schema
@@ -84,7 +85,7 @@ def prefix(kafka_bootstrap: str) -> Iterator[str]:
     yield name
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin = AdminClient(client_config(kafka_bootstrap))
     mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(name + ".")]
     if mine:
         for future in admin.delete_topics(mine, operation_timeout=30).values():

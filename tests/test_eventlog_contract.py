@@ -17,6 +17,7 @@ import pytest
 
 from eventlog.embedded import EmbeddedEventLog
 from eventlog.kafka import KafkaEventLog
+from eventlog.kafka_properties import client_config
 from eventlog.port import AbortableError, EventLog, FencedError, LogError, Record, TopicPartition, wall_clock_ms
 
 FIXED_MS = 1_790_000_000_000
@@ -80,7 +81,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     if request.param == "kafka" and unmanaged:
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": request.getfixturevalue("kafka_bootstrap")})
+        admin = AdminClient(client_config(request.getfixturevalue("kafka_bootstrap")))
         for future in admin.delete_topics(unmanaged, operation_timeout=30).values():
             future.result(timeout=60)
 

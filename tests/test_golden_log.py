@@ -27,6 +27,7 @@ from allocator.service.sequencer import read_decisions
 from book.config import AllocatorConfig
 from cli.main import main
 from eventlog.embedded import EmbeddedEventLog
+from eventlog.kafka_properties import client_config
 from eventlog.port import Record, TopicPartition
 from projections.database import fresh_schema
 from projections.migrate import upgrade
@@ -281,7 +282,7 @@ def golden_on_kafka(kafka_bootstrap: str, golden_log: Path) -> Iterator[tuple[st
         assert ends == {TopicPartition(renamed[tp.topic], tp.partition): end for tp, end in golden_ends.items()}
         yield prefix, ends
     finally:
-        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        admin = AdminClient(client_config(kafka_bootstrap))
         for future in admin.delete_topics(list(renamed.values()), operation_timeout=30).values():
             with contextlib.suppress(Exception):  # a topic that was never created
                 future.result(timeout=60)

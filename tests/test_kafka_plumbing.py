@@ -10,6 +10,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from eventlog.kafka_properties import client_config
 from schemas.codec import SingleObjectCodec, UndecodableMessage
 from schemas.events import Event, Proposal, Side
 from tests.strategies import events
@@ -22,7 +23,7 @@ codec = SingleObjectCodec()
 def _consumer(bootstrap: str, topic: str) -> Consumer:
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **client_config(bootstrap),
             "group.id": f"test-{uuid.uuid4().hex}",
             "isolation.level": "read_committed",
             "enable.auto.commit": False,
@@ -62,7 +63,7 @@ def _decode(message: Message) -> Event:
 
 def _transactional_producer(bootstrap: str) -> Producer:
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "transactional.id": f"test-{uuid.uuid4().hex}", "enable.idempotence": True}
+        {**client_config(bootstrap), "transactional.id": f"test-{uuid.uuid4().hex}", "enable.idempotence": True}
     )
     producer.init_transactions(30)
     return producer
@@ -74,7 +75,7 @@ def test_avro_proposals_round_trip_through_a_real_topic(
     kafka_bootstrap: str, make_topic: Any, proposals: list[Proposal]
 ) -> None:
     topic = make_topic("proposals")
-    producer = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
+    producer = Producer({**client_config(kafka_bootstrap), "enable.idempotence": True})
     for proposal in proposals:
         producer.produce(topic, key=proposal.market_id.encode(), value=codec.encode(proposal, topic))
     assert producer.flush(30) == 0
@@ -126,7 +127,7 @@ def test_aborted_transactions_are_invisible_and_committed_ones_visible(kafka_boo
     # A read_uncommitted reader does see the aborted records: the broker kept them, the isolation hid them.
     raw = Consumer(
         {
-            "bootstrap.servers": kafka_bootstrap,
+            **client_config(kafka_bootstrap),
             "group.id": f"test-{uuid.uuid4().hex}",
             "isolation.level": "read_uncommitted",
             "auto.offset.reset": "earliest",
@@ -142,7 +143,7 @@ def test_aborted_transactions_are_invisible_and_committed_ones_visible(kafka_boo
 
 def test_a_corrupt_message_raises_the_domain_error_with_its_position(kafka_bootstrap: str, make_topic: Any) -> None:
     topic = make_topic("corrupt")
-    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer = Producer(client_config(kafka_bootstrap))
     good = codec.encode(_proposal(1), topic)
     producer.produce(topic, value=good)
     producer.produce(topic, value=good[:-3])  # truncated in transit

@@ -6,8 +6,10 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from book.config import AllocatorConfig, ConfigError
+from eventlog.kafka_properties import CONFIG_FILE_ENV, client_config, load_client_properties
 from eventlog.port import EventLog
 
 DEFAULT_EMBEDDED_LOG = "allocator-log.sqlite"
@@ -15,29 +17,46 @@ DEFAULT_EMBEDDED_LOG = "allocator-log.sqlite"
 
 @dataclass(frozen=True)
 class LogSettings:
-    """Where the log is: a Kafka bootstrap list, or the path of an embedded log file."""
+    """Where the log is: a Kafka bootstrap list, or the path of an embedded log file. For Kafka, the file of
+    client properties (security settings) by its path only: the secrets in it are read when a client is made."""
 
     kafka_bootstrap: str | None
     embedded_path: str
+    kafka_config_file: str | None = None
 
     @classmethod
-    def resolve(cls, kafka: str | None, embedded: str | None) -> LogSettings:
-        """Flags first: `--kafka` means Kafka, `--log` the embedded log; then KAFKA_BOOTSTRAP_SERVERS."""
+    def resolve(cls, kafka: str | None, embedded: str | None, kafka_config: str | None = None) -> LogSettings:
+        """Flags first: `--kafka` means Kafka, `--log` the embedded log; then KAFKA_BOOTSTRAP_SERVERS.
+        The client properties file: `kafka_config` (a `--kafka-config` flag), else KAFKA_CONFIG_FILE."""
         path = embedded or os.environ.get("ALLOCATOR_LOG", DEFAULT_EMBEDDED_LOG)
+        properties = kafka_config or os.environ.get(CONFIG_FILE_ENV) or None
         if kafka:
-            return cls(kafka, path)
+            return cls(kafka, path, properties)
         if embedded:
             return cls(None, path)
-        return cls(os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None, path)
+        return cls(os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None, path, properties)
+
+    def kafka_client_properties(self) -> dict[str, str]:
+        """The client properties file's settings (none without a file)."""
+        return load_client_properties(self.kafka_config_file) if self.kafka_config_file else {}
+
+    def kafka_client_config(self) -> dict[str, Any]:
+        """The confluent-kafka configuration for this broker: bootstrap servers and the file's properties."""
+        if self.kafka_bootstrap is None:
+            raise ValueError("no Kafka broker configured")
+        return client_config(self.kafka_bootstrap, self.kafka_client_properties())
 
     def describe(self) -> str:
-        return f"Kafka at {self.kafka_bootstrap}" if self.kafka_bootstrap else f"embedded log {self.embedded_path}"
+        if not self.kafka_bootstrap:
+            return f"embedded log {self.embedded_path}"
+        login = f" (client properties {self.kafka_config_file})" if self.kafka_config_file else ""
+        return f"Kafka at {self.kafka_bootstrap}{login}"
 
     def open(self, group: str | None = None) -> EventLog:
         if self.kafka_bootstrap:
             from eventlog.kafka import KafkaEventLog
 
-            return KafkaEventLog(self.kafka_bootstrap, group)
+            return KafkaEventLog(self.kafka_bootstrap, group, config=self.kafka_client_properties())
         from eventlog.embedded import EmbeddedEventLog
 
         return EmbeddedEventLog(self.embedded_path, group)

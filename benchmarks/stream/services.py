@@ -11,6 +11,7 @@ from sqlalchemy import create_engine, text
 
 from benchmarks.stream.table import say
 from eventlog.kafka import KafkaEventLog
+from eventlog.kafka_properties import client_config
 from eventlog.port import Topics
 
 
@@ -26,7 +27,7 @@ class Created:
 
     def cleanup(self) -> None:
         if self.topics:
-            admin = AdminClient({"bootstrap.servers": self.bootstrap})
+            admin = AdminClient(client_config(self.bootstrap))
             for name, future in admin.delete_topics(self.topics, operation_timeout=30).items():
                 try:
                     future.result(timeout=60)
@@ -62,7 +63,7 @@ def make_topics(created: Created, prefix: str) -> Topics:
 def fast_producer(bootstrap: str, **extra: Any) -> Any:
     return Producer(
         {
-            "bootstrap.servers": bootstrap,
+            **client_config(bootstrap),
             "enable.idempotence": True,
             "partitioner": "consistent_random",
             **extra,
