@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from allocator.service.backends import LogSettings
     from book.config import AllocatorConfig
+    from eventlog.port import EventLog, Topics
     from schemas.codec import EventCodec
 
 EXIT_OK = 0
@@ -68,12 +69,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import time
 
     from allocator.service.loop import AllocatorService, group_of
+    from allocator.service.sequencer import NoConfigOnLog
     from eventlog.port import FencedError, LogError, Topics, normalise_book_id
     from schemas.codec import make_codec
 
-    config = _load_config(args, "serve")
-    if config is None:
-        return EXIT_USAGE
+    config = _config_file(args)
     try:
         args.book = normalise_book_id(args.book)
     except ValueError as exc:
@@ -103,6 +103,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 or (args.max_cycles is not None and service.state.cycle >= args.max_cycles)
             )
         )
+    except NoConfigOnLog as exc:
+        raise UsageError(str(exc)) from exc
     except FencedError as exc:
         print(f"allocator serve: another instance took over book {args.book}; stopping ({exc})", file=sys.stderr)
         return 3
@@ -118,20 +120,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_audit(args: argparse.Namespace) -> int:
     from allocator.service.audit import audit_log, summary_table, write_report
+    from allocator.service.sequencer import NoConfigOnLog
     from eventlog.port import Topics
     from schemas.codec import make_codec
 
-    config = _load_config(args, "audit")
-    if config is None:
-        return EXIT_USAGE
+    config = _config_file(args)
     settings = _log_settings(args)
 
     def progress(done: int, total: int) -> None:
         if done == total or done % 50 == 0:
             print(f"\raudited {done}/{total} decisions", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
+    codec, topics = make_codec(args.schema_registry), Topics(args.topic_prefix)
     with settings.open() as reader:
-        report = audit_log(reader, make_codec(args.schema_registry), Topics(args.topic_prefix), config, progress)
+        on_log = _cross_check(reader, codec, topics, config)
+        try:
+            report = audit_log(reader, codec, topics, config if on_log is None else None, progress)
+        except NoConfigOnLog as exc:
+            raise UsageError(str(exc)) from exc
     print(summary_table(report))
     write_report(report, args.report)
     print(f"report written to {args.report}")
@@ -219,6 +225,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             check_rebuildable_schema(args.schema)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
+    if args.config is not None:
+        from eventlog.port import Topics
+
+        with settings.open() as reader:
+            _cross_check(reader, codec, Topics(args.topic_prefix), _config_file(args))
     engine = fresh_schema(url, args.schema)
     started = time.monotonic()
     with settings.open() as log:
@@ -353,6 +364,33 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _config_file(args: argparse.Namespace) -> AllocatorConfig | None:
+    """The --config file, or None when none was given; a file that is not a valid configuration is a usage error."""
+    from allocator.service.backends import load_config
+    from book.config import ConfigError
+
+    if args.config is None:
+        return None
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _cross_check(
+    reader: EventLog, codec: EventCodec, topics: Topics, config: AllocatorConfig | None
+) -> AllocatorConfig | None:
+    """The configuration the log records last (None for a log written before wire version 2); a --config file
+    that differs from it is only reported: the log's is the one that was in force."""
+    from allocator.service.sequencer import read_decisions, recorded_config
+
+    on_log = recorded_config(read_decisions(reader, codec, topics))
+    if on_log is not None and config is not None and on_log.config_hash != config.config_hash:
+        print(f"the log ran with hash {on_log.config_hash[:12]}, your file has {config.config_hash[:12]}; "
+              "the log's configuration is used", file=sys.stderr)  # fmt: skip
+    return on_log
+
+
 def _load_config(args: argparse.Namespace, command: str) -> AllocatorConfig | None:
     """The --config file, or the defaults; None (after saying why) when it is not a valid configuration."""
     from allocator.service.backends import load_config
@@ -439,7 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--book", default="main", help="the book (wallet) to allocate (default: main)")
     _log_options(serve)
-    serve.add_argument("--config", help="JSON file of configuration keys (default: the defaults of docs/rules.md)")
+    serve.add_argument(
+        "--config",
+        help="JSON file of configuration keys (default: the configuration the log records; on an empty log the "
+        "defaults of docs/rules.md); one that differs from the log's takes effect and is recorded on the next decision",
+    )
     serve.add_argument("--max-cycles", type=int, help="stop after this cycle number")
     serve.add_argument("--duration", type=float, help="stop after this many seconds")
     serve.set_defaults(handler=_cmd_serve)
@@ -449,7 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-run every recorded decision on the state it saw and compare; exit 1 on any mismatch",
     )
     _log_options(audit)
-    audit.add_argument("--config", help="the JSON configuration the allocator ran with")
+    audit.add_argument(
+        "--config",
+        help="a JSON configuration to cross-check against the one the log records (the log's is used); required "
+        "only for a log written before wire version 2, which records none",
+    )
     audit.add_argument("--report", default="audit-report.json", help="JSON report path (default: audit-report.json)")
     audit.set_defaults(handler=_cmd_audit)
 
@@ -471,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
         _log_options(p)
         if name == "replay":
             p.add_argument("--batch-size", type=int, default=5_000, help="events per database transaction")
+            p.add_argument("--config", help="a JSON configuration to cross-check against the one the log records")
         else:
             p.add_argument("--once", action="store_true", help="stop when caught up with the log's end (no tailing)")
         p.set_defaults(handler=_cmd_project if name == "project" else _cmd_replay)

@@ -96,7 +96,7 @@ def audit_log(
     reader: EventLog,
     codec: EventCodec,
     topics: Topics,
-    config: AllocatorConfig,
+    config: AllocatorConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> AuditReport:
     """Audit every decision in the log. Each is re-run on the state rebuilt from the inputs it recorded; the

@@ -16,6 +16,8 @@ from allocator.service.sequencer import (
     governor_events,
     prepare_cycle,
     replay_decisions,
+    stamp_config,
+    take_config,
 )
 from book.config import AllocatorConfig
 from eventlog.port import AbortableError, EventLog, Record, Topics, normalise_book_id
@@ -49,11 +51,17 @@ def transactional_id_of(topics: Topics, book_id: str) -> str:
     return f"allocator-{topics.prefix}-{normalise_book_id(book_id)}"
 
 
-def rebuild(reader: EventLog, codec: EventCodec, topics: Topics, config: AllocatorConfig, say: Say) -> BookState:
-    """The state the last published decision left, rebuilt from the log alone (see `replay_decisions`)."""
+def rebuild(reader: EventLog, codec: EventCodec, topics: Topics, config: AllocatorConfig | None, say: Say) -> BookState:
+    """The state the last published decision left, rebuilt from the log alone (see `replay_decisions`), with the
+    configuration in force: the log's, unless `config` (a file) differs from it (`take_config`).
+
+    Raises NoConfigOnLog when the log records no configuration and `config` is None."""
     state, decisions, events = replay_decisions(reader, codec, topics, config, lambda _state, recorded: recorded)
     if decisions:
         say(f"rebuilt from the log: {decisions} decisions, {events} input events, cycle {state.cycle}")
+    note = take_config(state, config)
+    if note is not None:
+        say(note)
     return state
 
 
@@ -66,13 +74,14 @@ class AllocatorService:
         reader: EventLog,
         codec: EventCodec,
         book_id: str,
-        config: AllocatorConfig,
+        config: AllocatorConfig | None,
         topics: Topics,
         say: Say = print,
         clock: Callable[[], float] = time.monotonic,
         decide: Decide = run_cycle,
     ) -> None:
-        """`decide` is the cycle: the allocator's own, unless a caller (the demo's naive baseline) swaps it."""
+        """`decide` is the cycle: the allocator's own, unless a caller (the demo's naive baseline) swaps it.
+        `config` is the configuration file's, or None to run with the one the log records."""
         self.log = log
         self.reader = reader
         self.codec = codec
@@ -82,7 +91,7 @@ class AllocatorService:
         self.say = say
         self.clock = clock
         self.decide = decide
-        self.state = BookState.new(config)
+        self.state = BookState.new(config or AllocatorConfig())
         self.buffer: list[Record] = []
         self.pending_proposals = 0
 
@@ -105,7 +114,8 @@ class AllocatorService:
         if not self.buffer:
             return False
         waiting = len(self.state.portfolio.pending) + self.pending_proposals
-        return self.clock() - last_cycle_at >= self.config.cycle_interval_s or waiting >= self.config.max_pending
+        config = self.state.portfolio.config
+        return self.clock() - last_cycle_at >= config.cycle_interval_s or waiting >= config.max_pending
 
     def cycle(self) -> CycleReport:
         """Fold the buffered batch, decide, and publish decision, governor events and dead letters in one
@@ -118,7 +128,7 @@ class AllocatorService:
             inputs = {tp: self.log.position(tp) for tp in self.log.assignment()}
             request = build_request(self.state, self.topics, self.book_id, inputs)
             outcome = self.decide(request)
-            decision = outcome.decision
+            decision = stamp_config(self.state, outcome.decision)
             decision_changes = fold_decision(self.state, decision)
             changes = [*folded.changes, *((c, decision.decided_at, decision.decision_id) for c in decision_changes)]
             events = governor_events(self.book_id, decision.decision_id, changes)
