@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from allocator.service.audit_engines import AuditEngine
     from allocator.service.backends import LogSettings
     from book.config import AllocatorConfig
     from eventlog.port import EventLog, Topics
@@ -119,6 +120,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
+    import time
+
     from allocator.service.audit import audit_log, summary_table, write_report
     from allocator.service.sequencer import NoConfigOnLog
     from eventlog.port import Topics
@@ -126,34 +129,76 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
     config = _config_file(args)
     settings = _log_settings(args)
+    args.topic_prefix = _topic_prefix(args, settings)
+
+    started = time.monotonic()
 
     def progress(done: int, total: int) -> None:
-        if done == total or done % 50 == 0:
-            print(f"\raudited {done}/{total} decisions", end="" if done < total else "\n", file=sys.stderr, flush=True)
+        if done == total or done % 10 == 0:
+            rate = done / max(time.monotonic() - started, 1e-9)
+            print(f"\raudited {done}/{total} decisions, {rate:,.1f} re-derived/s", end="" if done < total else "\n",
+                  file=sys.stderr, flush=True)  # fmt: skip
 
     codec, topics = make_codec(args.schema_registry), Topics(args.topic_prefix)
-    with settings.open() as reader:
-        on_log = _cross_check(reader, codec, topics, config)
-        try:
-            report = audit_log(reader, codec, topics, config if on_log is None else None, progress)
-        except NoConfigOnLog as exc:
-            raise UsageError(str(exc)) from exc
+    engine = _audit_engine(args)
+    try:
+        with settings.open() as reader:
+            on_log = _cross_check(reader, codec, topics, config)
+            print(f"allocator audit: re-solving on {engine.name} ({engine.workers} workers)", file=sys.stderr)
+            report = audit_log(reader, codec, topics, config if on_log is None else None, progress, engine)
+    except NoConfigOnLog as exc:
+        raise UsageError(str(exc)) from exc
+    finally:
+        engine.close()
     print(summary_table(report))
     write_report(report, args.report)
     print(f"report written to {args.report}")
-    return EXIT_FAILURE if report.mismatches else EXIT_OK
+    return EXIT_FAILURE if report.mismatches or report.errors else EXIT_OK
+
+
+def _audit_engine(args: argparse.Namespace) -> AuditEngine:
+    """Where the re-solves run: --dask ADDRESS, a process pool of --jobs N, or this process."""
+    from allocator.service.audit_engines import DaskEngine, ProcessPoolEngine, SequentialEngine
+
+    if args.dask is not None:
+        if args.jobs is not None:
+            raise UsageError("--jobs and --dask: choose one (the cluster's workers are its own)")
+        try:
+            return DaskEngine(args.dask)
+        except ImportError as exc:
+            raise UsageError(f"--dask needs Dask: pip install 'allocator[audit-cluster]' ({exc})") from exc
+        except OSError as exc:
+            raise UsageError(f"--dask {args.dask}: cannot reach the scheduler: {exc}") from exc
+    if args.jobs is None or args.jobs == 1:
+        return SequentialEngine()
+    if args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: at least 1")
+    return ProcessPoolEngine(args.jobs)
 
 
 def _projector_setup(args: argparse.Namespace) -> tuple[LogSettings, list[str], EventCodec]:
+    from allocator.service.discovery import existing_topics
     from eventlog.port import Topics
     from schemas.codec import make_codec
 
+    settings = _log_settings(args)
+    args.topic_prefix = _topic_prefix(args, settings)
     topics = Topics(args.topic_prefix)
     return (
-        _log_settings(args),
-        [*topics.inputs, *topics.outputs],
+        settings,
+        existing_topics(settings, [*topics.inputs, *topics.outputs]),
         make_codec(args.schema_registry),
     )
+
+
+def _topic_prefix(args: argparse.Namespace, settings: LogSettings) -> str:
+    """--topic-prefix, or the only book an embedded log holds; a missing log, prefix or book is a usage error."""
+    from allocator.service.discovery import BookNotFound, resolve_prefix
+
+    try:
+        return resolve_prefix(settings, args.topic_prefix)
+    except BookNotFound as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def _projection_url(url: str, settings: LogSettings) -> str:
@@ -345,9 +390,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from projections.database import DEFAULT_EMBEDDED_DATABASE, engine_for
     from projections.status import format_status, read_status
 
-    config = _load_config(args, "status")
-    if config is None:
-        return EXIT_USAGE
+    config = _status_config(args)
     url = args.database or os.environ.get("DATABASE_URL") or DEFAULT_EMBEDDED_DATABASE
     engine = engine_for(url, args.schema)
     try:
@@ -391,16 +434,32 @@ def _cross_check(
     return on_log
 
 
-def _load_config(args: argparse.Namespace, command: str) -> AllocatorConfig | None:
-    """The --config file, or the defaults; None (after saying why) when it is not a valid configuration."""
-    from allocator.service.backends import load_config
-    from book.config import ConfigError
+def _status_config(args: argparse.Namespace) -> AllocatorConfig:
+    """The configuration in force as the log's fold has it (its SET_LIMITS included), --config only cross-checks
+    it; without a log (the default file absent) the --config file's, else the defaults."""
+    from pathlib import Path
 
+    from allocator.service.sequencer import NoConfigOnLog, replay_decisions
+    from book.config import AllocatorConfig
+    from eventlog.port import LogError, Topics
+    from schemas.codec import make_codec
+
+    config = _config_file(args)
+    settings = _log_settings(args)
+    named = args.log is not None or args.kafka is not None
+    if not named and (settings.kafka_bootstrap is not None or not Path(settings.embedded_path).is_file()):
+        return config or AllocatorConfig()  # no log named, and no embedded log here: the projection alone
+    args.topic_prefix = _topic_prefix(args, settings)
+    codec, topics = make_codec(args.schema_registry), Topics(args.topic_prefix)
     try:
-        return load_config(args.config)
-    except ConfigError as exc:
-        print(f"allocator {command}: {exc}", file=sys.stderr)
-        return None
+        with settings.open() as reader:
+            on_log = _cross_check(reader, codec, topics, config)
+            state, _, _ = replay_decisions(reader, codec, topics, config if on_log is None else None, lambda _s, d: d)
+    except NoConfigOnLog:
+        return config or AllocatorConfig()
+    except LogError as exc:
+        raise UsageError(f"cannot read the configuration from the log: {exc}") from exc
+    return state.portfolio.config
 
 
 def _log_settings(args: argparse.Namespace) -> LogSettings:
@@ -432,15 +491,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
 
-def _log_options(parser: argparse.ArgumentParser, *, registry: bool = True) -> None:
-    """Where the book's log is: the options every command that reads or writes it shares."""
+def _log_options(parser: argparse.ArgumentParser, *, registry: bool = True, discover: bool = False) -> None:
+    """Where the book's log is: the options every command that reads or writes it shares. A reading command
+    (`discover`) finds the prefix of an embedded log holding one book itself."""
     parser.add_argument("--kafka", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
     parser.add_argument(
         "--log", help="embedded log file when no Kafka (default: $ALLOCATOR_LOG or allocator-log.sqlite)"
     )
-    parser.add_argument(
-        "--topic-prefix", default="allocator", help="topic names are PREFIX.proposals, ... (default: allocator)"
-    )
+    if discover:
+        parser.add_argument(
+            "--topic-prefix",
+            default=None,
+            help="topic names are PREFIX.proposals, ... (default: the only book of an embedded log; on Kafka "
+            "allocator)",
+        )
+    else:
+        parser.add_argument(
+            "--topic-prefix", default="allocator", help="topic names are PREFIX.proposals, ... (default: allocator)"
+        )
     if registry:
         parser.add_argument("--schema-registry", help="schema registry URL (default: single-object encoding)")
 
@@ -490,13 +558,17 @@ def build_parser() -> argparse.ArgumentParser:
         "audit",
         help="re-run every recorded decision on the state it saw and compare; exit 1 on any mismatch",
     )
-    _log_options(audit)
+    _log_options(audit, discover=True)
     audit.add_argument(
         "--config",
         help="a JSON configuration to cross-check against the one the log records (the log's is used); required "
         "only for a log written before wire version 2, which records none",
     )
     audit.add_argument("--report", default="audit-report.json", help="JSON report path (default: audit-report.json)")
+    audit.add_argument("--jobs", type=int, help="re-solve on a local pool of N worker processes (default: 1, here)")
+    audit.add_argument(
+        "--dask", metavar="ADDRESS", help="re-solve on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786)"
+    )
     audit.set_defaults(handler=_cmd_audit)
 
     init = sub.add_parser("init", help="create the book's topics (retained, never compacted)")
@@ -514,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--database", help="SQLAlchemy URL (default: $DATABASE_URL, else sqlite:///allocator-projections.sqlite)"
         )
         p.add_argument("--schema", help="PostgreSQL schema (replay drops and recreates it)")
-        _log_options(p)
+        _log_options(p, discover=True)
         if name == "replay":
             p.add_argument("--batch-size", type=int, default=5_000, help="events per database transaction")
             p.add_argument("--config", help="a JSON configuration to cross-check against the one the log records")
@@ -542,7 +614,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--database", help="SQLAlchemy URL (default: $DATABASE_URL, else sqlite:///allocator-projections.sqlite)"
     )
     status.add_argument("--schema", help="PostgreSQL schema of the projection")
-    status.add_argument("--config", help="the JSON configuration the allocator runs with (for the caps shown)")
+    status.add_argument(
+        "--config",
+        help="a JSON configuration to cross-check against the log's (the caps shown are the log's); used only "
+        "when there is no log or it records no configuration",
+    )
+    _log_options(status, discover=True)
     status.add_argument("--decisions", type=int, default=5, help="how many recent decisions to show (default 5)")
     status.add_argument("--json", action="store_true", help="print the same as JSON")
     status.set_defaults(handler=_cmd_status)
@@ -613,6 +690,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from eventlog.port import LogError
+
+        if not isinstance(exc, LogError):
+            raise
+        # A topic that is not there is the caller's to fix (exit 2); any other refusal of the log is a failure.
+        print(f"allocator {args.command}: the log: {exc}", file=sys.stderr)
+        return EXIT_USAGE if "does not exist" in str(exc) else EXIT_FAILURE
     except BrokenPipeError:
         return EXIT_OK
 
