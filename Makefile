@@ -7,7 +7,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 
-.PHONY: help venv demo test lint typecheck unit services-up services-down bench-solve bench-stream clean
+.PHONY: help venv demo test lint typecheck unit services-up services-down bench-solve bench-stream bench-audit clean
 
 help:
 	@echo "make demo         the simulated session, allocator against naive sizing, report in demo-report/ (no services)"
@@ -15,6 +15,7 @@ help:
 	@echo "make unit         the tests that need no services (services tests skip)"
 	@echo "make bench-solve  the solver benchmark (a table of medians and ratios)"
 	@echo "make bench-stream fold, serve and replay throughput on the real services (starts them)"
+	@echo "make bench-audit  the audit on a process pool and a Dask LocalCluster, 1 and 2 workers (a table)"
 	@echo "make services-up / services-down   start or stop the real services by hand"
 
 # Re-install when the project's metadata or the pinned versions change.
@@ -66,6 +67,9 @@ services-up: $(STAMP)
 
 services-down:
 	infra/services.sh down
+
+bench-audit: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_audit
 
 bench-solve: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_solve

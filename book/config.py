@@ -165,6 +165,11 @@ class AllocatorConfig:
         text = json.dumps(hashed, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        """Pickled as its plain mapping (a read-only mapping proxy does not pickle): the audit ships requests to
+        worker processes."""
+        return (AllocatorConfig.from_mapping, (self.to_mapping(),))
+
     def replace(self, **changes: Any) -> AllocatorConfig:
         return AllocatorConfig.from_mapping({**self.to_mapping(), **changes})
 

@@ -11,10 +11,12 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from prometheus_client import CollectorRegistry
 
+    from allocator.service.audit_engines import AuditEngine
     from allocator.service.backends import LogSettings
     from allocator.service.chain import ChainSettings
     from book.config import AllocatorConfig
     from cli.observe import LogLine, MetricsServer
+    from eventlog.port import EventLog, Topics
     from schemas.codec import EventCodec
 
 EXIT_OK = 0
@@ -74,14 +76,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from allocator.service.loop import AllocatorService, group_of
     from allocator.service.metrics import ServiceMetrics
-    from allocator.service.sequencer import BookState
-    from eventlog.port import EventLog, FencedError, LogError, TopicPartition, Topics, normalise_book_id
+    from allocator.service.sequencer import BookState, NoConfigOnLog
+    from eventlog.port import FencedError, LogError, TopicPartition, Topics, normalise_book_id
     from schemas.codec import make_codec
     from schemas.events import Decision
 
-    config = _load_config(args, "serve")
-    if config is None:
-        return EXIT_USAGE
+    config = _config_file(args)
     try:
         args.book = normalise_book_id(args.book)
     except ValueError as exc:
@@ -132,9 +132,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     holder["service"] = service
     say.info(f"allocator serve: book {args.book} on {settings.describe()}"
              + (f"; metrics on port {server.port}" if server else ""), event="start")  # fmt: skip
-    _say_trust(chain, config, say)
     try:
         service.start()
+        _say_trust(chain, service.state.portfolio.config, say)  # the configuration in force, the log's or the file's
         published = service.run(
             lambda: (
                 stop["now"]
@@ -142,6 +142,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 or (args.max_cycles is not None and service.state.cycle >= args.max_cycles)
             )
         )
+    except NoConfigOnLog as exc:
+        raise UsageError(str(exc)) from exc
     except FencedError as exc:
         metrics.on_fenced()
         say.error(f"allocator serve: another instance took over book {args.book}; stopping ({exc})", event="fenced")
@@ -215,42 +217,90 @@ def _cmd_keys_new(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
+    import time
+
     from allocator.service.audit import audit_log, summary_table, write_report
+    from allocator.service.sequencer import NoConfigOnLog
     from eventlog.port import Topics
     from schemas.codec import make_codec
 
-    config = _load_config(args, "audit")
-    if config is None:
-        return EXIT_USAGE
+    config = _config_file(args)
     settings = _log_settings(args)
+    args.topic_prefix = _topic_prefix(args, settings)
+
+    started = time.monotonic()
 
     def progress(done: int, total: int) -> None:
-        if done == total or done % 50 == 0:
-            print(f"\raudited {done}/{total} decisions", end="" if done < total else "\n", file=sys.stderr, flush=True)
+        if done == total or done % 10 == 0:
+            rate = done / max(time.monotonic() - started, 1e-9)
+            print(f"\raudited {done}/{total} decisions, {rate:,.1f} re-derived/s", end="" if done < total else "\n",
+                  file=sys.stderr, flush=True)  # fmt: skip
 
     trusted = _trusted_keys(args)
     head = args.head.strip().lower() if args.head else None
     if head is not None and (len(head) != 64 or any(c not in "0123456789abcdef" for c in head)):
         raise UsageError(f"--head {args.head!r}: a decision hash is 64 hex characters")
-    with settings.open() as reader:
-        report = audit_log(reader, make_codec(args.schema_registry), Topics(args.topic_prefix), config, progress,
-                           trusted, head)  # fmt: skip
+    codec, topics = make_codec(args.schema_registry), Topics(args.topic_prefix)
+    engine = _audit_engine(args)
+    try:
+        with settings.open() as reader:
+            on_log = _cross_check(reader, codec, topics, config)
+            print(f"allocator audit: re-solving on {engine.name} ({engine.workers} workers)", file=sys.stderr)
+            report = audit_log(reader, codec, topics, config if on_log is None else None, progress, engine,
+                               trusted=trusted, head=head)  # fmt: skip
+    except NoConfigOnLog as exc:
+        raise UsageError(str(exc)) from exc
+    finally:
+        engine.close()
     print(summary_table(report))
     write_report(report, args.report)
     print(f"report written to {args.report}")
-    return EXIT_FAILURE if report.mismatches else EXIT_OK
+    return EXIT_FAILURE if report.mismatches or report.errors else EXIT_OK
+
+
+def _audit_engine(args: argparse.Namespace) -> AuditEngine:
+    """Where the re-solves run: --dask ADDRESS, a process pool of --jobs N, or this process."""
+    from allocator.service.audit_engines import DaskEngine, ProcessPoolEngine, SequentialEngine
+
+    if args.dask is not None:
+        if args.jobs is not None:
+            raise UsageError("--jobs and --dask: choose one (the cluster's workers are its own)")
+        try:
+            return DaskEngine(args.dask)
+        except ImportError as exc:
+            raise UsageError(f"--dask needs Dask: pip install 'allocator[audit-cluster]' ({exc})") from exc
+        except OSError as exc:
+            raise UsageError(f"--dask {args.dask}: cannot reach the scheduler: {exc}") from exc
+    if args.jobs is None or args.jobs == 1:
+        return SequentialEngine()
+    if args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: at least 1")
+    return ProcessPoolEngine(args.jobs)
 
 
 def _projector_setup(args: argparse.Namespace) -> tuple[LogSettings, list[str], EventCodec]:
+    from allocator.service.discovery import existing_topics
     from eventlog.port import Topics
     from schemas.codec import make_codec
 
+    settings = _log_settings(args)
+    args.topic_prefix = _topic_prefix(args, settings)
     topics = Topics(args.topic_prefix)
     return (
-        _log_settings(args),
-        [*topics.inputs, *topics.outputs],
+        settings,
+        existing_topics(settings, [*topics.inputs, *topics.outputs]),
         make_codec(args.schema_registry),
     )
+
+
+def _topic_prefix(args: argparse.Namespace, settings: LogSettings) -> str:
+    """--topic-prefix, or the only book an embedded log holds; a missing log, prefix or book is a usage error."""
+    from allocator.service.discovery import BookNotFound, resolve_prefix
+
+    try:
+        return resolve_prefix(settings, args.topic_prefix)
+    except BookNotFound as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def _projection_url(url: str, settings: LogSettings) -> str:
@@ -332,6 +382,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             check_rebuildable_schema(args.schema)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
+    if args.config is not None:
+        from eventlog.port import Topics
+
+        with settings.open() as reader:
+            _cross_check(reader, codec, Topics(args.topic_prefix), _config_file(args))
     engine = fresh_schema(url, args.schema)
     started = time.monotonic()
     with settings.open() as log:
@@ -582,9 +637,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from projections.database import DEFAULT_EMBEDDED_DATABASE, engine_for
     from projections.status import format_status, read_status
 
-    config = _load_config(args, "status")
-    if config is None:
-        return EXIT_USAGE
+    config = _status_config(args)
     url = args.database or os.environ.get("DATABASE_URL") or DEFAULT_EMBEDDED_DATABASE
     engine = engine_for(url, args.schema)
     try:
@@ -601,16 +654,59 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _load_config(args: argparse.Namespace, command: str) -> AllocatorConfig | None:
-    """The --config file, or the defaults; None (after saying why) when it is not a valid configuration."""
+def _config_file(args: argparse.Namespace) -> AllocatorConfig | None:
+    """The --config file, or None when none was given; a file that is not a valid configuration is a usage error."""
     from allocator.service.backends import load_config
     from book.config import ConfigError
 
+    if args.config is None:
+        return None
     try:
         return load_config(args.config)
     except ConfigError as exc:
-        print(f"allocator {command}: {exc}", file=sys.stderr)
-        return None
+        raise UsageError(str(exc)) from exc
+
+
+def _cross_check(
+    reader: EventLog, codec: EventCodec, topics: Topics, config: AllocatorConfig | None
+) -> AllocatorConfig | None:
+    """The configuration the log records last (None for a log written before wire version 2); a --config file
+    that differs from it is only reported: the log's is the one that was in force."""
+    from allocator.service.sequencer import read_decisions, recorded_config
+
+    on_log = recorded_config(read_decisions(reader, codec, topics))
+    if on_log is not None and config is not None and on_log.config_hash != config.config_hash:
+        print(f"the log ran with hash {on_log.config_hash[:12]}, your file has {config.config_hash[:12]}; "
+              "the log's configuration is used", file=sys.stderr)  # fmt: skip
+    return on_log
+
+
+def _status_config(args: argparse.Namespace) -> AllocatorConfig:
+    """The configuration in force as the log's fold has it (its SET_LIMITS included), --config only cross-checks
+    it; without a log (the default file absent) the --config file's, else the defaults."""
+    from pathlib import Path
+
+    from allocator.service.sequencer import NoConfigOnLog, replay_decisions
+    from book.config import AllocatorConfig
+    from eventlog.port import LogError, Topics
+    from schemas.codec import make_codec
+
+    config = _config_file(args)
+    settings = _log_settings(args)
+    named = args.log is not None or args.kafka is not None
+    if not named and (settings.kafka_bootstrap is not None or not Path(settings.embedded_path).is_file()):
+        return config or AllocatorConfig()  # no log named, and no embedded log here: the projection alone
+    args.topic_prefix = _topic_prefix(args, settings)
+    codec, topics = make_codec(args.schema_registry), Topics(args.topic_prefix)
+    try:
+        with settings.open() as reader:
+            on_log = _cross_check(reader, codec, topics, config)
+            state, _, _ = replay_decisions(reader, codec, topics, config if on_log is None else None, lambda _s, d: d)
+    except NoConfigOnLog:
+        return config or AllocatorConfig()
+    except LogError as exc:
+        raise UsageError(f"cannot read the configuration from the log: {exc}") from exc
+    return state.portfolio.config
 
 
 def _log_line(args: argparse.Namespace, book: str | None, cycle: Callable[[], int | None] = lambda: None) -> LogLine:
@@ -662,8 +758,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
 
-def _log_options(parser: argparse.ArgumentParser, *, registry: bool = True) -> None:
-    """Where the book's log is: the options every command that reads or writes it shares."""
+def _log_options(parser: argparse.ArgumentParser, *, registry: bool = True, discover: bool = False) -> None:
+    """Where the book's log is: the options every command that reads or writes it shares. A reading command
+    (`discover`) finds the prefix of an embedded log holding one book itself."""
     parser.add_argument("--kafka", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
     parser.add_argument(
         "--kafka-config",
@@ -673,9 +770,17 @@ def _log_options(parser: argparse.ArgumentParser, *, registry: bool = True) -> N
     parser.add_argument(
         "--log", help="embedded log file when no Kafka (default: $ALLOCATOR_LOG or allocator-log.sqlite)"
     )
-    parser.add_argument(
-        "--topic-prefix", default="allocator", help="topic names are PREFIX.proposals, ... (default: allocator)"
-    )
+    if discover:
+        parser.add_argument(
+            "--topic-prefix",
+            default=None,
+            help="topic names are PREFIX.proposals, ... (default: the only book of an embedded log; on Kafka "
+            "allocator)",
+        )
+    else:
+        parser.add_argument(
+            "--topic-prefix", default="allocator", help="topic names are PREFIX.proposals, ... (default: allocator)"
+        )
     if registry:
         parser.add_argument("--schema-registry", help="schema registry URL (default: single-object encoding)")
 
@@ -728,7 +833,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--book", default="main", help="the book (wallet) to allocate (default: main)")
     _log_options(serve)
-    serve.add_argument("--config", help="JSON file of configuration keys (default: the defaults of docs/rules.md)")
+    serve.add_argument(
+        "--config",
+        help="JSON file of configuration keys (default: the configuration the log records; on an empty log the "
+        "defaults of docs/rules.md); one that differs from the log's takes effect and is recorded on the next decision",
+    )
     serve.add_argument("--max-cycles", type=int, help="stop after this cycle number")
     serve.add_argument("--duration", type=float, help="stop after this many seconds")
     _observe_options(serve)
@@ -740,11 +849,19 @@ def build_parser() -> argparse.ArgumentParser:
         "audit",
         help="re-run every recorded decision on the state it saw and compare; exit 1 on any mismatch",
     )
-    _log_options(audit)
-    audit.add_argument("--config", help="the JSON configuration the allocator ran with")
+    _log_options(audit, discover=True)
+    audit.add_argument(
+        "--config",
+        help="a JSON configuration to cross-check against the one the log records (the log's is used); required "
+        "only for a log written before wire version 2, which records none",
+    )
     audit.add_argument("--report", default="audit-report.json", help="JSON report path (default: audit-report.json)")
     audit.add_argument("--trusted-keys", help="public key file or folder of *.pub files whose decisions verify")
     audit.add_argument("--head", help="the chain head (decision hash) the log must reach; exit 1 when it does not")
+    audit.add_argument("--jobs", type=int, help="re-solve on a local pool of N worker processes (default: 1, here)")
+    audit.add_argument(
+        "--dask", metavar="ADDRESS", help="re-solve on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786)"
+    )
     audit.set_defaults(handler=_cmd_audit)
 
     keys = sub.add_parser("keys", help="Ed25519 keys for signing decisions and operator commands")
@@ -771,9 +888,10 @@ def build_parser() -> argparse.ArgumentParser:
             "--database", help="SQLAlchemy URL (default: $DATABASE_URL, else sqlite:///allocator-projections.sqlite)"
         )
         p.add_argument("--schema", help="PostgreSQL schema (replay drops and recreates it)")
-        _log_options(p)
+        _log_options(p, discover=True)
         if name == "replay":
             p.add_argument("--batch-size", type=int, default=5_000, help="events per database transaction")
+            p.add_argument("--config", help="a JSON configuration to cross-check against the one the log records")
         else:
             p.add_argument("--once", action="store_true", help="stop when caught up with the log's end (no tailing)")
             _observe_options(p)
@@ -837,7 +955,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--database", help="SQLAlchemy URL (default: $DATABASE_URL, else sqlite:///allocator-projections.sqlite)"
     )
     status.add_argument("--schema", help="PostgreSQL schema of the projection")
-    status.add_argument("--config", help="the JSON configuration the allocator runs with (for the caps shown)")
+    status.add_argument(
+        "--config",
+        help="a JSON configuration to cross-check against the log's (the caps shown are the log's); used only "
+        "when there is no log or it records no configuration",
+    )
+    _log_options(status, discover=True)
     status.add_argument("--decisions", type=int, default=5, help="how many recent decisions to show (default 5)")
     status.add_argument("--json", action="store_true", help="print the same as JSON")
     status.set_defaults(handler=_cmd_status)
@@ -913,6 +1036,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from eventlog.port import LogError
+
+        if not isinstance(exc, LogError):
+            raise
+        # A topic that is not there is the caller's to fix (exit 2); any other refusal of the log is a failure.
+        print(f"allocator {args.command}: the log: {exc}", file=sys.stderr)
+        return EXIT_USAGE if "does not exist" in str(exc) else EXIT_FAILURE
     except BrokenPipeError:
         return EXIT_OK
 

@@ -3,6 +3,7 @@ naive per-agent sizing — then a side-by-side summary and a report folder (HTML
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -111,6 +112,29 @@ def _progress(say: Say, tty: bool) -> Callable[[str, int, int, CycleStats | None
     return show
 
 
+def check_commands(results: Sequence[RunResult], out: Path) -> list[str]:
+    """The exact commands that audit the allocator's log and replay both logs into fresh projections: no other
+    flag is needed, the configuration and (on an embedded log) the topic prefix come from the log itself. The
+    naive run's log is replayed, not audited: its decisions are naive sizing's, which the allocator would not
+    re-derive."""
+    lines: list[str] = []
+    for r in results:
+        b = r.backend
+        where = (f"--kafka {shlex.quote(b.kafka)} --topic-prefix {shlex.quote(b.topic_prefix)}" if b.kafka
+                 else f"--log {shlex.quote(str(b.log_path))}")  # fmt: skip
+        if r.name == "allocator":
+            report = shlex.quote(str(out / "allocator-audit.json"))
+            lines.append(f"allocator audit {where} --report {report}")
+        if b.kafka is None and not b.database_url.startswith("postgresql"):
+            target = "--database " + shlex.quote(f"sqlite:///{out / f'{r.name}-replayed.sqlite'}")
+        else:
+            target = (
+                f"--database {shlex.quote(b.database_url)} --schema {shlex.quote(f'{b.schema or r.name}_replayed')}"
+            )
+        lines.append(f"allocator replay {where} {target}")
+    return lines
+
+
 def _restart_matches(result: RunResult, config: AllocatorConfig, live_equity: float, cycles: int) -> bool:
     """A fresh service rebuilds its state from the log alone: does it land where the live one stopped?"""
     backend = result.backend
@@ -207,7 +231,13 @@ def _run_demo(options: DemoOptions, say: Say) -> int:
 
     plots = plot_all(views, out, config.kill_switch_drawdown, config.solver_time_limit_ms)
     csvs = write_csvs(views, out)
-    (out / "summary.txt").write_text(table + "\n", encoding="utf-8")
+    commands = check_commands(results, out)
+    (out / "summary.txt").write_text(
+        table
+        + "\n\nCheck it yourself: audit the allocator's log and replay both logs\n"
+        + "".join(f"  {c}\n" for c in commands),
+        encoding="utf-8",
+    )
     intro = [
         f"Seed {options.seed}; {options.steps} steps of {STEP_MS // 1000} s of log time; wallet "
         f"{config.initial_cash:,.0f}; {proposals} proposals from {len(AGENTS)} agents; the allocator's risk model "
@@ -236,7 +266,7 @@ def _run_demo(options: DemoOptions, say: Say) -> int:
         "scenarios were sized to make their governor fire.",
     ]
     title = f"Capital allocator demo, seed {options.seed}"
-    page = write_html(out, title, intro, rows, headers, views, plots, csvs, notes)
+    page = write_html(out, title, intro, rows, headers, views, plots, csvs, notes, commands)
     say(f"\nreport: {page}  (plots: {', '.join(plots)}; {len(csvs)} CSV tables)")
     say(f"done in {time.perf_counter() - started:.1f} s")
     return 0 if restart_ok and audit_ok else 1

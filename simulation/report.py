@@ -354,6 +354,7 @@ def write_html(
     plots: Sequence[str],
     csvs: Sequence[str],
     notes: Sequence[str],
+    commands: Sequence[str] = (),
 ) -> Path:
     main = next((v for v in views if v.name == "allocator"), views[0])
     governor_rows = [
@@ -375,6 +376,16 @@ def write_html(
         ".events td{text-align:left}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         *(f"<p>{html.escape(p)}</p>" for p in intro),
+        *(
+            [
+                "<h2>Check it yourself</h2>",
+                "<p>Audit the allocator's log and replay both logs (the configuration and the topic prefix come "
+                "from the log):</p>",
+                "<pre>" + html.escape("\n".join(commands)) + "</pre>",
+            ]
+            if commands
+            else []
+        ),
         "<h2>Side by side</h2>",
         _html_table(["", *headers], ([label, *values] for label, values in summary)),
         "<h2>When and why the governors acted (allocator run)</h2>",

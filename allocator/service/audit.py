@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from allocator.engine.cycle import CycleOutcome, run_cycle
+from allocator.engine.highs_banner import silence_highs_banner
 from allocator.engine.request import CycleRequest
 from allocator.engine.validation import MAX_EXPECTED_PROFIT
 from allocator.engine.verify import DecisionInvariantError, verify_decision
+from allocator.service.audit_engines import AuditEngine, SequentialEngine
 from allocator.service.chain import Trusted, chain_findings, verify_log
-from allocator.service.sequencer import BookState, build_request, replay_decisions
+from allocator.service.sequencer import build_request, replay_steps
 from book.config import AllocatorConfig
 from eventlog.port import EventLog, Record, TopicPartition, Topics
 from schemas.codec import EventCodec
@@ -32,7 +35,7 @@ class Finding:
     cycle: int
     offset: int
     solver_path: str
-    verdict: str  # MATCH, CONSTRAINTS_HELD (a timed-out solve), MISMATCH
+    verdict: str  # MATCH, CONSTRAINTS_HELD (a timed-out solve), MISMATCH, ERROR (the re-run raised)
     problems: list[str] = field(default_factory=list)
     objective_gap_to_resolve: float | None = None
 
@@ -46,6 +49,10 @@ class AuditReport:
     def mismatches(self) -> list[Finding]:
         return [f for f in self.findings if f.verdict not in ("MATCH", "CONSTRAINTS_HELD")]
 
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.verdict == "ERROR"]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "decisions": len(self.findings),
@@ -53,6 +60,7 @@ class AuditReport:
             "constraints_held": sum(f.verdict == "CONSTRAINTS_HELD" for f in self.findings),
             "mismatches": len(self.mismatches),
             "chain_head": self.chain_head,
+            "errors": len(self.errors),
             "findings": [f.__dict__ for f in self.findings],
         }
 
@@ -115,96 +123,207 @@ def compare(recorded: Decision, recomputed: Decision, margin: float = 0.0) -> li
     return problems
 
 
+@dataclass(frozen=True)
+class AuditTask:
+    """What one re-derivation needs, and all it gets: the recorded decision and the request it was made on (the
+    state the decision saw, compact: the book's view, the pending proposals, the configuration; never the log)."""
+
+    index: int  # the decision's place among the log's decisions
+    request: CycleRequest
+    recorded: Decision
+    margin: float = 0.0  # the size margin of a decision written under an older sizing rule (`legacy_margin`)
+
+
+@dataclass(frozen=True)
+class Rederived:
+    """The verdict on one recorded decision and the re-run decision."""
+
+    verdict: str  # MATCH, CONSTRAINTS_HELD, MISMATCH
+    problems: tuple[str, ...]
+    objective_gap_to_resolve: float | None
+    recomputed: Decision
+    fold_recomputed: bool  # after a mismatch the state moves on with the re-run decision, not the record
+
+
+def rederive(task: AuditTask) -> Rederived:
+    """Re-run one recorded cycle on the state it saw and judge the record (runs on a worker)."""
+    silence_highs_banner()  # a worker's first solver must not print on its stdout
+    request, recorded = task.request, task.recorded
+    problems: list[str] = []
+    gap: float | None = None
+    outcome = _rerun(request, recorded)
+    recomputed = outcome.decision
+    rerun_timed_out = recomputed.solver_path in TIMED_PATHS and recorded.solver_path not in TIMED_PATHS
+    if rerun_timed_out:
+        # The re-run ran out of time on this machine: it proves nothing either way about the record, so the
+        # record is checked like a timed-out solve, and the report says so.
+        problems.append("re-run did not finish within the time limit here: constraints checked only")
+    if recorded.solver_path in TIMED_PATHS or rerun_timed_out:
+        # A timed-out solve cannot be re-timed: check that every constraint held, and how far it was from a
+        # full re-solve.
+        verdict = "CONSTRAINTS_HELD"
+        try:
+            columns = {pid: i for i, pid in enumerate(outcome.column_ids)}
+            verify_decision(request, recorded, outcome.problem, columns)
+        except DecisionInvariantError as exc:
+            verdict = "MISMATCH"
+            problems += exc.problems
+        if recomputed.objective > 0:
+            gap = (recomputed.objective - recorded.objective) / recomputed.objective
+    else:
+        problems = compare(recorded, recomputed, task.margin)
+        verdict = "MISMATCH" if problems else "MATCH"
+    return Rederived(verdict, tuple(problems), gap, recomputed, verdict == "MISMATCH")
+
+
+Progress = Callable[[int, int], None]
+
+
 def audit_log(
     reader: EventLog,
     codec: EventCodec,
     topics: Topics,
-    config: AllocatorConfig,
-    progress: Callable[[int, int], None] | None = None,
+    config: AllocatorConfig | None = None,
+    progress: Progress | None = None,
+    engine: AuditEngine | None = None,
+    work: Callable[[AuditTask], Rederived] = rederive,
+    timing: AuditTiming | None = None,
     trusted: Trusted | None = None,
     head: str | None = None,
 ) -> AuditReport:
-    """Audit every decision in the log. Each is re-run on the state rebuilt from the inputs it recorded; the
-    state then moves on with the re-run decision, so one bad record is reported alone."""
+    """Audit every decision in the log: each is re-run on the state rebuilt from the inputs it recorded.
+
+    One sequential pass folds the log (`replay_steps`, as a restart does) and hands each decision's request to
+    `engine` (default: this process), which re-solves them in parallel; the results come back in log order.
+    The fold moves on with each recorded decision; after a mismatch it moves on with the re-run one instead, so
+    one bad record is reported alone: the pass then starts again from the log's start with that correction and
+    re-submits the decisions after it (a refold costs a fold, not a re-solve). `config` is the configuration of
+    a log written before wire version 2 (which records none); NoConfigOnLog without it. The report is the same
+    on every engine and worker count."""
+    engine = engine or SequentialEngine()
+    timing = timing if timing is not None else AuditTiming()
     # Only verified decisions are re-run; an undecodable, forged or altered record is a chain finding.
     verified = verify_log(reader, codec, topics, trusted or {})
     decisions = verified.accepted
-    offsets = {id(d): r.offset for r, d in decisions}
-    written_as = {id(d): single_object_version(r.value or b"") for r, d in decisions}
-    findings: list[Finding] = []
-    recomputed_of: dict[int, Decision] = {}
-
-    def on_decision(state: BookState, recorded: Decision) -> Decision:
-        inputs = {TopicPartition(pos.topic, pos.partition): pos.offset for pos in recorded.inputs}
-        request = build_request(state, topics, recorded.book_id, inputs, recorded.decision_id)
-        finding = Finding(
-            recorded.decision_id, recorded.cycle, offsets[id(recorded)], recorded.solver_path.value, "MATCH"
-        )
+    index_of = {id(d): i for i, (_, d) in enumerate(decisions)}
+    total = len({d.cycle for _, d in decisions})  # a second record for a cycle is compared, not re-derived
+    results: dict[int, Rederived | str] = {}  # index -> the re-derivation, or the error a worker raised
+    overrides: dict[int, Decision] = {}  # index -> the decision folded instead of the record (a mismatch)
+    duplicates: dict[int, Decision] = {}  # index of a second record for a cycle -> the decision folded for it
+    first = 0
+    while True:
+        restart: int | None = None
+        tasks = _timed(_tasks(reader, codec, topics, config, decisions, index_of, overrides, duplicates, first), timing)
         try:
-            outcome = _rerun(request, recorded)
-        except Exception as exc:  # rules.md §10.2: a failing re-run is a finding, never a crash)
-            finding.verdict = "MISMATCH"
-            finding.problems.append(f"re-run failed: {type(exc).__name__}: {exc}")
-            findings.append(finding)
-            if progress is not None:
-                progress(len(findings), len(decisions))
-            return recorded
-        recomputed = outcome.decision
-        rerun_timed_out = recomputed.solver_path in TIMED_PATHS and recorded.solver_path not in TIMED_PATHS
-        if rerun_timed_out:
-            # The re-run ran out of time on this machine: it proves nothing either way about the record, so
-            # the record is checked like a timed-out solve, and the report says so.
-            finding.problems.append("re-run did not finish within the time limit here: constraints checked only")
-        if recorded.solver_path in TIMED_PATHS or rerun_timed_out:
-            # A timed-out solve cannot be re-timed: check that every constraint held, and how far it was
-            # from a full re-solve.
-            finding.verdict = "CONSTRAINTS_HELD"
-            try:
-                columns = {pid: i for i, pid in enumerate(outcome.column_ids)}
-                verify_decision(request, recorded, outcome.problem, columns)
-            except DecisionInvariantError as exc:
-                finding.verdict = "MISMATCH"
-                finding.problems += exc.problems
-            if recomputed.objective > 0:
-                finding.objective_gap_to_resolve = (recomputed.objective - recorded.objective) / recomputed.objective
-            folded = recorded if finding.verdict != "MISMATCH" else recomputed
-        else:
-            margin = legacy_margin(recorded) if written_as.get(id(recorded)) in SAFETY_SLACK_VERSIONS else 0.0
-            finding.problems = compare(recorded, recomputed, margin)
-            if finding.problems:
-                finding.verdict = "MISMATCH"
-            folded = recomputed
-        findings.append(finding)
-        recomputed_of[recorded.cycle] = recomputed
-        if progress is not None:
-            progress(len(findings), len(decisions))
-        return folded
+            for task, outcome in engine.map(work, tasks):
+                timing.workers.setdefault(outcome.worker, 0)
+                timing.workers[outcome.worker] = max(timing.workers[outcome.worker], outcome.max_rss_kb)
+                result: Rederived | str = outcome.result if outcome.error is None else outcome.error
+                results[task.index] = result
+                if progress is not None:
+                    progress(len(results), total)
+                if isinstance(result, Rederived) and result.fold_recomputed:
+                    overrides[task.index] = result.recomputed
+                    restart = task.index + 1
+                    break
+        finally:
+            tasks.close()
+        if restart is None:
+            break
+        for later in [i for i in results if i >= restart]:
+            del results[later]
+        first = restart
+    report = _report(decisions, results, duplicates)
+    report.findings.extend(Finding(**f) for f in chain_findings(verified, head))  # docs/audit.md: the chain
+    report.findings.sort(key=lambda f: f.offset)
+    report.chain_head = verified.head
+    return report
+
+
+@dataclass
+class AuditTiming:
+    """Where the audit's time went: the sequential fold (seconds), and each worker's peak memory (KiB)."""
+
+    fold_s: float = 0.0
+    workers: dict[int, int] = field(default_factory=dict)
+
+
+def _timed(tasks: Iterator[AuditTask], timing: AuditTiming) -> Generator[AuditTask, None, None]:
+    while True:
+        started = time.perf_counter()
+        try:
+            task = next(tasks)
+        except StopIteration:
+            return
+        finally:
+            timing.fold_s += time.perf_counter() - started
+        yield task
+
+
+def _tasks(
+    reader: EventLog,
+    codec: EventCodec,
+    topics: Topics,
+    config: AllocatorConfig | None,
+    decisions: Sequence[tuple[Record, Decision]],
+    index_of: Mapping[int, int],
+    overrides: Mapping[int, Decision],
+    duplicates: dict[int, Decision],
+    first: int,
+) -> Iterator[AuditTask]:
+    """The sequential pass: each decision's request from `first` on, the log folded as a restart folds it."""
 
     def on_duplicate(folded: Decision, duplicate: Decision) -> None:
+        duplicates[index_of[id(duplicate)]] = folded
+
+    steps = replay_steps(reader, codec, topics, config, decisions, on_duplicate)
+    try:
+        state, recorded = next(steps)
+        while True:
+            index = index_of[id(recorded)]
+            if index >= first:
+                inputs = {TopicPartition(pos.topic, pos.partition): pos.offset for pos in recorded.inputs}
+                record = decisions[index][0]
+                margin = (
+                    legacy_margin(recorded)
+                    if single_object_version(record.value or b"") in SAFETY_SLACK_VERSIONS
+                    else 0.0
+                )
+                yield AuditTask(index, build_request(state, topics, recorded.book_id, inputs, recorded.decision_id),
+                                recorded, margin)  # fmt: skip
+            state, recorded = steps.send(overrides.get(index, recorded))
+    except StopIteration:
+        return
+
+
+def _report(
+    decisions: Sequence[tuple[Record, Decision]],
+    results: Mapping[int, Rederived | str],
+    duplicates: Mapping[int, Decision],
+) -> AuditReport:
+    findings: list[Finding] = []
+    recomputed_of: dict[int, Decision] = {}
+    for index, (record, d) in enumerate(decisions):
+        result = results.get(index)
+        if result is None:
+            continue
+        finding = Finding(d.decision_id, d.cycle, record.offset, d.solver_path.value, "ERROR")
+        if isinstance(result, str):
+            finding.problems.append(f"the re-run raised {result}")
+        else:
+            finding.verdict = result.verdict
+            finding.problems = list(result.problems)
+            finding.objective_gap_to_resolve = result.objective_gap_to_resolve
+            recomputed_of[d.cycle] = result.recomputed
+        findings.append(finding)
+    for index, folded in duplicates.items():
+        record, duplicate = decisions[index]
         problems = compare(duplicate, recomputed_of.get(duplicate.cycle, folded))
         problems.insert(0, f"a second decision for cycle {duplicate.cycle}")
-        findings.append(
-            Finding(
-                duplicate.decision_id,
-                duplicate.cycle,
-                offsets[id(duplicate)],
-                duplicate.solver_path.value,
-                "MISMATCH",
-                problems,
-            )
-        )
-
-    replay_decisions(reader, codec, topics, config, on_decision, decisions, on_duplicate)
-    findings.extend(Finding(**f) for f in chain_findings(verified, head))  # docs/audit.md: the chain
+        findings.append(Finding(duplicate.decision_id, duplicate.cycle, record.offset, duplicate.solver_path.value,
+                                "MISMATCH", problems))  # fmt: skip
     findings.sort(key=lambda f: f.offset)
-    return AuditReport(findings, verified.head)
-
-
-def undecodable(record: Record, reason: str) -> Finding:
-    """A record on the decisions topic that is not a decision: a mismatch named by its position."""
-    where = f"{record.topic}[{record.partition}]@{record.offset}"
-    return Finding(f"<undecodable {where}>", -1, record.offset, "", "MISMATCH",
-                   [f"undecodable record at {where}: {reason}"])  # fmt: skip
+    return AuditReport(findings)
 
 
 def _rerun(request: CycleRequest, recorded: Decision) -> CycleOutcome:
@@ -230,6 +349,7 @@ def summary_table(report: AuditReport) -> str:
     lines.append(
         f"{data['decisions']} decisions: {data['matched']} matched, {data['constraints_held']} timed-out solves "
         f"held every constraint, {data['mismatches']} mismatches"
+        + (f", {data['errors']} re-runs raised an error" if data["errors"] else "")
     )
     return "\n".join(lines)
 

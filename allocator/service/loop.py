@@ -20,6 +20,8 @@ from allocator.service.sequencer import (
     halt_after_failure,
     prepare_cycle,
     replay_decisions,
+    stamp_config,
+    take_config,
 )
 from book.config import AllocatorConfig
 from eventlog.port import AbortableError, EventLog, Record, TopicPartition, Topics, normalise_book_id
@@ -62,14 +64,16 @@ def rebuild(
     reader: EventLog,
     codec: EventCodec,
     topics: Topics,
-    config: AllocatorConfig,
+    config: AllocatorConfig | None,
     say: Say,
     chain: ChainSettings | None = None,
 ) -> BookState:
-    """The state the last published decision left, rebuilt from the log alone (see `replay_decisions`).
+    """The state the last published decision left, rebuilt from the log alone (see `replay_decisions`), with the
+    configuration in force: the log's, unless `config` (a file) differs from it (`take_config`).
 
     Only decisions that verify are folded (`allocator/service/chain.py`); a record that does not (undecodable,
-    forged, out of the chain) is named and skipped, and the signer's head moves to the last that does."""
+    forged, out of the chain) is named and skipped, and the signer's head moves to the last that does. Raises
+    NoConfigOnLog when the log records no configuration and `config` is None."""
     chain = chain or ChainSettings()
     verified = verify_log(reader, codec, topics, chain.trusted)
     report_rejections(verified.rejections, say)
@@ -80,6 +84,9 @@ def rebuild(
     )
     if decisions:
         say(f"rebuilt from the log: {decisions} decisions, {events} input events, cycle {state.cycle}")
+    note = take_config(state, config)
+    if note is not None:
+        say(note)
     return state
 
 
@@ -92,7 +99,7 @@ class AllocatorService:
         reader: EventLog,
         codec: EventCodec,
         book_id: str,
-        config: AllocatorConfig,
+        config: AllocatorConfig | None,
         topics: Topics,
         say: Say = print,
         clock: Callable[[], float] = time.monotonic,
@@ -104,7 +111,8 @@ class AllocatorService:
         """`decide` is the cycle: the allocator's own, unless a caller (the demo's naive baseline) swaps it.
         Input topics the service has to create stamp records with the log's append time; a simulation that
         drives log time through its writers' timestamps passes `log_append_time=False` (rules.md §1.5).
-        `metrics`, when given, is told of the start, each published cycle, aborts and idle polls."""
+        `metrics`, when given, is told of the start, each published cycle, aborts and idle polls. `config` is the
+        configuration file's, or None to run with the one the log records."""
         self.log = log
         self.reader = reader
         self.codec = codec
@@ -117,7 +125,7 @@ class AllocatorService:
         self.log_append_time = log_append_time
         self.metrics = metrics
         self.chain = chain or ChainSettings()
-        self.state = BookState.new(config)
+        self.state = BookState.new(config or AllocatorConfig())
         self.buffer: list[Record] = []
         self.pending_proposals = 0
 
@@ -149,7 +157,8 @@ class AllocatorService:
         if not self.buffer:
             return False
         waiting = len(self.state.portfolio.pending) + self.pending_proposals
-        return self.clock() - last_cycle_at >= self.config.cycle_interval_s or waiting >= self.config.max_pending
+        config = self.state.portfolio.config
+        return self.clock() - last_cycle_at >= config.cycle_interval_s or waiting >= config.max_pending
 
     def cycle(self) -> CycleReport:
         """Fold the buffered batch, decide, and publish decision, governor events and dead letters in one
@@ -161,7 +170,7 @@ class AllocatorService:
             prepare_cycle(self.state)
             inputs = {tp: self.log.position(tp) for tp in self.log.assignment()}
             outcome, halted = self._decide_or_halt(inputs)
-            decision = outcome.decision
+            decision = stamp_config(self.state, outcome.decision)
             decision_changes = fold_decision(self.state, decision)
             changes = [
                 *folded.changes,

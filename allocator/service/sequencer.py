@@ -7,7 +7,9 @@ service, a restart and an audit all rebuild exactly the state each decision was 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import dataclasses
+import json
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from allocator.engine.request import CycleRequest
@@ -39,10 +41,76 @@ class BookState:
     cycle: int = 0
     # Validation of each pending proposal, kept while it waits: a deferred proposal is not re-checked every cycle.
     validated: dict[Proposal, Submitted] = field(default_factory=dict)
+    # The last configuration a decision recorded (None: the log holds none, as before wire version 2), and the
+    # canonical JSON the next decision records (set when the book adopted a configuration for it).
+    recorded_config: AllocatorConfig | None = None
+    config_to_record: str | None = None
 
     @classmethod
     def new(cls, config: AllocatorConfig) -> BookState:
         return cls(PortfolioState.new(config))
+
+
+class NoConfigOnLog(ValueError):
+    """The log holds no configuration (it was written before wire version 2) and none was given."""
+
+
+def canonical_config(config: AllocatorConfig) -> str:
+    """The configuration as a decision records it: canonical JSON, keys sorted (what `config_hash` hashes)."""
+    return json.dumps(config.to_mapping(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def config_from_json(text: str) -> AllocatorConfig:
+    """The configuration a decision recorded (validated exactly as a configuration file is)."""
+    return AllocatorConfig.from_mapping(json.loads(text))
+
+
+def adopt_config(state: BookState, text: str) -> AllocatorConfig:
+    """The one fold rule for a recorded configuration, run before the batch of the decision that carries it:
+    the book adopts it. Before the book's first decision the book starts from it (its initial cash included);
+    later it replaces the configuration in force, earlier SET_LIMITS included (later ones apply on top)."""
+    config = config_from_json(text)
+    if state.cycle == 0 and not state.positions:
+        state.portfolio = PortfolioState.new(config)
+    else:
+        state.portfolio.config = config
+        state.portfolio.limits = config.governor_limits()
+    state.recorded_config = config
+    state.config_to_record = text
+    return config
+
+
+def take_config(state: BookState, wanted: AllocatorConfig | None) -> str | None:
+    """A starting allocator's configuration, after the log was folded into `state`: the log's unless `wanted`
+    (a configuration file) differs from the one in force, which the next decision then records. On an empty log
+    the file's, or the defaults, are recorded on the first decision. Returns what to tell the operator.
+
+    Raises NoConfigOnLog when the log has decisions but no configuration (before wire version 2) and none is
+    given."""
+    in_force = state.portfolio.config
+    if state.recorded_config is None:
+        if state.cycle > 0 and wanted is None:
+            raise NoConfigOnLog(
+                "the log holds no configuration (its decisions were written before wire version 2): "
+                "pass --config with the configuration it ran with"
+            )
+        # Nothing on the log yet: record what is in force (the file's, or the defaults, with any SET_LIMITS).
+        adopt_config(state, canonical_config(in_force))
+        return None
+    if wanted is None or wanted.config_hash == in_force.config_hash:
+        return None
+    adopt_config(state, canonical_config(wanted))
+    return (
+        f"the log ran with hash {in_force.config_hash[:12]}, your file has {wanted.config_hash[:12]}; "
+        "the file's configuration takes effect now (recorded on the next decision)"
+    )
+
+
+def stamp_config(state: BookState, decision: Decision) -> Decision:
+    """The decision as published: with the configuration the book adopted for it, if any."""
+    if state.config_to_record is None or decision.config == state.config_to_record:
+        return decision
+    return dataclasses.replace(decision, config=state.config_to_record)
 
 
 @dataclass(frozen=True)
@@ -189,6 +257,7 @@ def prepare_cycle(state: BookState) -> None:
 
 def fold_decision(state: BookState, decision: Decision) -> tuple[GovernorChange, ...]:
     state.cycle = max(state.cycle, decision.cycle)
+    state.config_to_record = None
     return state.portfolio.apply(decision)
 
 
@@ -301,26 +370,35 @@ decision to fold forward: the recorded one to rebuild, or a recomputed one to au
 OnDuplicate = Callable[[Decision, Decision], None]
 """Given the decision folded for a cycle and a later record claiming the same cycle."""
 
+ReplaySteps = Generator[tuple[BookState, Decision], Decision, tuple[BookState, int, int]]
+"""Yields (the state a recorded decision saw, that decision) and is sent the decision to fold forward; returns
+the state after the last decision, the number of decisions and of input events folded."""
 
-def replay_decisions(
+
+def replay_steps(
     reader: EventLog,
     codec: EventCodec,
     topics: Topics,
-    config: AllocatorConfig,
-    on_decision: OnDecision,
+    config: AllocatorConfig | None,
     decisions: Sequence[tuple[Record, Decision]] | None = None,
     on_duplicate: OnDuplicate | None = None,
-) -> tuple[BookState, int, int]:
-    """Fold the log decision by decision: each decision's recorded input position closes one batch.
+) -> ReplaySteps:
+    """Fold the log decision by decision: each decision's recorded input position closes one batch; a decision
+    carrying a configuration has the book adopt it first (`adopt_config`). `config` is the configuration of a log
+    that records none (written before wire version 2); without it such a log raises NoConfigOnLog.
 
     A record claiming a cycle already replayed is never folded; `on_duplicate` sees it beside the decision that
-    was folded for that cycle. Returns the state after the last decision,
-    the number of decisions and of input events folded.
+    was folded for that cycle.
     """
-    state = BookState.new(config)
+    state = BookState.new(config or AllocatorConfig())
     recorded = list(decisions) if decisions is not None else read_decisions(reader, codec, topics)
     if not recorded:
         return state, 0, 0
+    if config is None and recorded[0][1].config is None:
+        raise NoConfigOnLog(
+            f"decision {recorded[0][1].decision_id} records no configuration (written before wire version 2): "
+            "pass --config with the configuration the log ran with"
+        )
     ends: dict[TopicPartition, int] = {}
     for _, d in recorded:
         for pos in d.inputs:
@@ -338,6 +416,8 @@ def replay_decisions(
             if on_duplicate is not None:
                 on_duplicate(seen[d.cycle], d)
             continue
+        if d.config is not None:
+            adopt_config(state, d.config)
         batch: list[Record] = []
         for pos in d.inputs:
             tp = TopicPartition(pos.topic, pos.partition)
@@ -352,9 +432,38 @@ def replay_decisions(
         prepare_cycle(state)
         if d.decision_id in halts:  # the cycle failed live and was decided on the halted book: so here too
             halt_after_failure(state, d.cycle, RuntimeError(halts[d.decision_id]))
-        folded = on_decision(state, d)
+        folded = yield state, d
         seen[d.cycle] = folded
         fold_decision(state, folded)
         for pos in d.inputs:  # the committed position, markers included
             state.positions[TopicPartition(pos.topic, pos.partition)] = pos.offset
     return state, len(seen), len(records)
+
+
+def replay_decisions(
+    reader: EventLog,
+    codec: EventCodec,
+    topics: Topics,
+    config: AllocatorConfig | None,
+    on_decision: OnDecision,
+    decisions: Sequence[tuple[Record, Decision]] | None = None,
+    on_duplicate: OnDuplicate | None = None,
+) -> tuple[BookState, int, int]:
+    """`replay_steps` with each decision to fold forward chosen by `on_decision`."""
+    steps = replay_steps(reader, codec, topics, config, decisions, on_duplicate)
+    try:
+        state, recorded = next(steps)
+        while True:
+            state, recorded = steps.send(on_decision(state, recorded))
+    except StopIteration as stop:
+        result: tuple[BookState, int, int] = stop.value
+        return result
+
+
+def recorded_config(decisions: Iterable[tuple[Record, Decision]]) -> AllocatorConfig | None:
+    """The last configuration the log recorded, or None (a log written before wire version 2)."""
+    text = None
+    for _, d in decisions:
+        if d.config is not None:
+            text = d.config
+    return config_from_json(text) if text is not None else None

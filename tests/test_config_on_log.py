@@ -1,0 +1,164 @@
+"""The configuration in force is on the log (docs/audit.md): a book's first decision records it, a restart takes it
+from there, a different file takes effect on the next decision and says so, and SET_LIMITS still apply on top."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from allocator.service.audit import audit_log
+from allocator.service.loop import AllocatorService, group_of
+from allocator.service.sequencer import NoConfigOnLog, canonical_config
+from book.config import AllocatorConfig
+from cli.main import main
+from eventlog.embedded import EmbeddedEventLog
+from schemas.events import Command, ControlCommand, Decision
+from tests.test_service import TOPICS, T, codec, drain, produce, proposal, read
+
+CONFIG = AllocatorConfig.from_mapping({"scenario_count": 300, "solver_time_limit_ms": 10_000, "initial_cash": 50_000.0})
+OTHER = CONFIG.replace(position_cap=0.01)
+
+
+def start(path: Path, config: AllocatorConfig | None, say: list[str] | None = None) -> AllocatorService:
+    log = EmbeddedEventLog(path, group=group_of(TOPICS, "book1"))
+    svc = AllocatorService(log, EmbeddedEventLog(path), codec, "book1", config, TOPICS,
+                           say=(say.append if say is not None else lambda _: None))  # fmt: skip
+    svc.start()
+    return svc
+
+
+def stop(svc: AllocatorService) -> None:
+    svc.reader.close()
+    svc.log.close()
+
+
+def decide(path: Path, svc: AllocatorService, first: int, count: int = 6) -> list[Decision]:
+    produce(path, TOPICS.proposals, [(codec.encode(proposal(first + i)), T + first + i) for i in range(count)])
+    return drain(svc)
+
+
+def decisions(path: Path) -> list[Decision]:
+    return [d for d in read(path, TOPICS.decisions) if isinstance(d, Decision)]
+
+
+def test_the_first_decision_records_the_configuration_and_a_restart_without_one_adopts_it(tmp_path: Path) -> None:
+    db = tmp_path / "log.sqlite"
+    svc = start(db, CONFIG)
+    decide(db, svc, 0)
+    decide(db, svc, 10)
+    stop(svc)
+    first, second = decisions(db)
+    assert first.config == canonical_config(CONFIG)
+    assert json.loads(first.config) == CONFIG.to_mapping()
+    assert second.config is None
+    assert first.config_hash == CONFIG.config_hash
+
+    said: list[str] = []
+    again = start(db, None, said)  # no file: the log's configuration, initial cash included
+    try:
+        assert again.state.portfolio.config == CONFIG
+        assert again.state.cycle == 2
+        [third] = decide(db, again, 20)
+    finally:
+        stop(again)
+    assert third.config is None and third.config_hash == CONFIG.config_hash
+    assert not [line for line in said if "hash" in line]
+
+    same = start(db, CONFIG)  # the same file: nothing recorded
+    try:
+        [fourth] = decide(db, same, 30)
+    finally:
+        stop(same)
+    assert fourth.config is None
+
+    with EmbeddedEventLog(db) as reader:
+        report = audit_log(reader, codec, TOPICS)  # no configuration given: the log's
+    assert [f.verdict for f in report.findings] == ["MATCH"] * 4
+
+
+def test_a_restart_with_another_file_records_it_says_so_and_the_audit_follows(tmp_path: Path) -> None:
+    db = tmp_path / "log.sqlite"
+    svc = start(db, CONFIG)
+    decide(db, svc, 0)
+    stop(svc)
+
+    said: list[str] = []
+    other = start(db, OTHER, said)
+    try:
+        [changed] = decide(db, other, 10)
+        [after] = decide(db, other, 20)
+    finally:
+        stop(other)
+    assert f"the log ran with hash {CONFIG.config_hash[:12]}, your file has {OTHER.config_hash[:12]}" in "\n".join(said)
+    assert "takes effect now" in "\n".join(said)
+    assert changed.config == canonical_config(OTHER) and changed.config_hash == OTHER.config_hash
+    assert after.config is None and after.config_hash == OTHER.config_hash
+
+    with EmbeddedEventLog(db) as reader:
+        report = audit_log(reader, codec, TOPICS)
+    assert [f.verdict for f in report.findings] == ["MATCH"] * 3
+
+    # The CLI audits with the log's configuration; a file only cross-checks it.
+    other_file = tmp_path / "other.json"
+    other_file.write_text(json.dumps({"scenario_count": 300}), encoding="utf-8")
+    code = main(["audit", "--log", str(db), "--topic-prefix", TOPICS.prefix, "--config", str(other_file),
+                 "--report", str(tmp_path / "audit.json")])  # fmt: skip
+    assert code == 0
+    assert json.loads((tmp_path / "audit.json").read_text(encoding="utf-8"))["matched"] == 3
+
+
+def test_set_limits_apply_on_top_of_the_recorded_configuration(tmp_path: Path) -> None:
+    db = tmp_path / "log.sqlite"
+    svc = start(db, CONFIG)
+    decide(db, svc, 0)
+    command = ControlCommand("c1", "risk", Command.SET_LIMITS, "tighter", {"position_cap": 0.005}, T + 100)
+    produce(db, TOPICS.control, [(codec.encode(command), T + 100)])
+    [limited] = decide(db, svc, 10)
+    stop(svc)
+    tighter = CONFIG.replace(position_cap=0.005)
+    assert limited.config is None and limited.config_hash == tighter.config_hash
+
+    again = start(db, None)  # the log's configuration, with the operator's limits on top
+    try:
+        assert again.state.portfolio.config == tighter
+        [next_one] = decide(db, again, 20)
+    finally:
+        stop(again)
+    assert next_one.config is None and next_one.config_hash == tighter.config_hash
+    with EmbeddedEventLog(db) as reader:
+        report = audit_log(reader, codec, TOPICS)
+    assert [f.verdict for f in report.findings] == ["MATCH"] * 3
+
+
+def test_an_empty_log_without_a_file_records_the_defaults(tmp_path: Path) -> None:
+    db = tmp_path / "log.sqlite"
+    svc = start(db, None)
+    decide(db, svc, 0)
+    stop(svc)
+    [first] = decisions(db)
+    assert first.config == canonical_config(AllocatorConfig())
+
+
+def test_a_log_without_a_recorded_configuration_needs_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Logs written before wire version 2 record none: serve and audit then need --config (exit 2 without)."""
+    import dataclasses
+
+    db = tmp_path / "log.sqlite"
+    svc = start(db, CONFIG)
+    decide(db, svc, 0)
+    stop(svc)
+    old_style = tmp_path / "old.sqlite"
+    [first] = decisions(db)
+    with EmbeddedEventLog(old_style) as log:
+        log.create_topics([*TOPICS.inputs, *TOPICS.outputs])
+    produce(old_style, TOPICS.proposals, [(codec.encode(proposal(i)), T + i) for i in range(6)])
+    produce(old_style, TOPICS.decisions, [(codec.encode(dataclasses.replace(first, config=None)), T + 1)])
+    with EmbeddedEventLog(old_style) as reader, pytest.raises(NoConfigOnLog):
+        audit_log(reader, codec, TOPICS)
+    for command in (["audit", "--report", str(tmp_path / "a.json")], ["serve", "--book", "book1", "--max-cycles", "1"]):
+        code = main([*command, "--log", str(old_style), "--topic-prefix", TOPICS.prefix])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert "--config" in err and "Traceback" not in err
