@@ -18,6 +18,9 @@ from schemas.events import ControlCommand, Event, Fill, FillStatus, MarketResolu
 MAX_ID_LENGTH = 128  # ids and market ids: the projection's key columns hold 128 characters
 MAX_TEXT_LENGTH = 4_096  # free text (a fill's reason, an operator's reason)
 MAX_AMOUNT = 1e12  # sizes and fees, the same bound as a proposal's requested size (rules.md §2)
+# A fill that moved money buys size/price contracts: a price this far from 0 and 1 keeps that finite (the same
+# bounds as a proposal's price, rules.md §2).
+MIN_FILL_PRICE, MAX_FILL_PRICE = 1e-6, 1.0 - 1e-6
 MAX_LIMIT_KEYS = 64  # a SET_LIMITS names configuration keys; there are fewer than this
 
 
@@ -44,7 +47,7 @@ def out_of_bounds(event: Event, known_markets: Container[str]) -> str | None:
     if isinstance(event, Fill):
         moves_money = event.filled_size > 0 and event.status in (FillStatus.FILLED, FillStatus.PARTIAL)
         price_ok = math.isfinite(event.price) and (
-            0.0 < event.price < 1.0 if moves_money else 0.0 <= event.price <= 1.0
+            MIN_FILL_PRICE <= event.price <= MAX_FILL_PRICE if moves_money else 0.0 <= event.price <= 1.0
         )
         return _first(
             *(_text(event, name, MAX_ID_LENGTH) for name in ("fill_id", "decision_id", "proposal_id", "market_id")),
@@ -52,7 +55,7 @@ def out_of_bounds(event: Event, known_markets: Container[str]) -> str | None:
             _amount(event, "filled_size"),
             None
             if price_ok
-            else f"Fill.price: {event.price!r} is not a price in (0, 1)"
+            else f"Fill.price: {event.price!r} is not a price in [{MIN_FILL_PRICE:g}, {MAX_FILL_PRICE:g}]"
             + ("" if moves_money else " (or 0 or 1 for a fill that moved nothing)"),
             _amount(event, "fee"),
             _text(event, "reason", MAX_TEXT_LENGTH),

@@ -222,6 +222,7 @@ def test_no_input_stops_the_service_on_kafka(kafka_bootstrap: str) -> None:
     from confluent_kafka.admin import AdminClient
 
     from eventlog.kafka import KafkaEventLog
+    from eventlog.kafka_properties import client_config
 
     prefixes: list[str] = []
 
@@ -235,7 +236,7 @@ def test_no_input_stops_the_service_on_kafka(kafka_bootstrap: str) -> None:
     try:
         run()
     finally:
-        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        admin = AdminClient(client_config(kafka_bootstrap))
         mine = [t for t in admin.list_topics(timeout=10).topics if any(t.startswith(p + ".") for p in prefixes)]
         if mine:
             for future in admin.delete_topics(mine, operation_timeout=30).values():

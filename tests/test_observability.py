@@ -387,7 +387,7 @@ def test_propose_serve_tail_and_metrics_on_kafka(
         assert main(["fill", str(tmp_path / "fills.jsonl"), *log]) == 0
         from allocator.service.backends import LogSettings
 
-        with LogSettings(kafka_bootstrap, "unused").open() as producer:
+        with LogSettings.resolve(kafka_bootstrap, None).open() as producer:
             client = BookClient(producer, codec, Topics(prefix))
             for a in funded:
                 client.mark(PnlMark(a["market_id"], 0.01, int(time.time() * 1000)))
