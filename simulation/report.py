@@ -323,7 +323,7 @@ def plot_all(views: Sequence[RunView], out: Path, kill_switch: float, time_limit
         bins = [top * i / 50 for i in range(51)]
         ax.hist(list(by_path.values()), bins=bins, stacked=True, label=list(by_path))
     ax.axvline(time_limit_ms, color="black", linestyle="--", linewidth=1)
-    ax.text(time_limit_ms, ax.get_ylim()[1] * 0.95, f" solver budget {time_limit_ms:.0f} ms", fontsize=8, va="top")
+    ax.text(time_limit_ms, ax.get_ylim()[1] * 0.95, f" safety net {time_limit_ms:.0f} ms", fontsize=8, va="top")
     ax.set_xlabel("decision time, validation to decision (ms)")
     ax.set_ylabel("cycles")
     ax.set_title("Decision times per cycle, by solver path (NOT_RUN: nothing to size, or a governor said no)")

@@ -71,21 +71,21 @@ def broken_executor(steps: int) -> Scenario:
 def slow_solver(steps: int) -> Scenario:
     return Scenario(
         "slow-solver",
-        "An operator squeezes the solver's time budget to 2 ms (an overloaded host) and restores it 20% of the "
-        "session later: solves time out, the opportunity window halves, then doubles back.",
+        "An operator squeezes the solver's work budget to 300 units (a host too slow for the book) and restores "
+        "it 20% of the session later: solves run out of budget, the opportunity window halves, then doubles back.",
         Governor.SOLVER_TIMEOUT,
         operator=(
             OperatorAction(
                 _at(steps, 0.12),
                 Command.SET_LIMITS,
-                "host overloaded: solver budget cut to 2 ms",
-                {"solver_time_limit_ms": 2.0},
+                "host overloaded: solver work budget cut to 300 units",
+                {"solver_work_limit": 300.0},
             ),
             OperatorAction(
                 _at(steps, 0.32),
                 Command.SET_LIMITS,
-                "host healthy again: budget back to 250 ms",
-                {"solver_time_limit_ms": 250.0},
+                "host healthy again: work budget back to 32,000 units",
+                {"solver_work_limit": 32_000.0},
             ),
         ),
     )

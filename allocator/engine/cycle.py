@@ -546,9 +546,12 @@ def _outcome(
 
 def _path(solution: Solution | None) -> SolverPath:
     """A solve that used its whole work budget is MIP_WORK_LIMIT (machine-independent, re-derived exactly by an
-    audit); only one the wall-clock safety net stopped stays MIP_TIME_LIMIT (rules.md §4.8)."""
+    audit); one the wall-clock safety net stopped is MIP_TIME_LIMIT, also when the priority fallback then supplied
+    the sizes, so PRIORITY_FALLBACK means the work budget ended without an incumbent (rules.md §4.8)."""
     if solution is None:
         return SolverPath.NOT_RUN
-    if solution.path is SolverPath.MIP_TIME_LIMIT and solution.work_limited and not solution.time_limited:
+    if solution.time_limited:
+        return SolverPath.MIP_TIME_LIMIT  # whatever supplied the sizes, the clock shaped them
+    if solution.path is SolverPath.MIP_TIME_LIMIT and solution.work_limited:
         return SolverPath.MIP_WORK_LIMIT
     return solution.path

@@ -24,7 +24,8 @@ from schemas.events import Decision, SolverPath
 from schemas.versions import single_object_version
 
 SIZE_REL_TOL = 1e-9
-TIMED_PATHS = (SolverPath.MIP_TIME_LIMIT, SolverPath.PRIORITY_FALLBACK)
+# Only a solve the wall-clock safety net stopped depends on the machine; every other path is re-derived exactly.
+TIMED_PATHS = (SolverPath.MIP_TIME_LIMIT,)
 
 
 @dataclass
@@ -35,7 +36,7 @@ class Finding:
     cycle: int
     offset: int
     solver_path: str
-    verdict: str  # MATCH, CONSTRAINTS_HELD (a timed-out solve), MISMATCH, ERROR (the re-run raised)
+    verdict: str  # MATCH, CONSTRAINTS_HELD (stopped by the clock's safety net), MISMATCH, ERROR (the re-run raised)
     problems: list[str] = field(default_factory=list)
     objective_gap_to_resolve: float | None = None
 
@@ -347,8 +348,8 @@ def summary_table(report: AuditReport) -> str:
         lines.append(f"{f.cycle:>7} {f.decision_id:<28} {f.solver_path:<18} {f.verdict:<17} {detail}")
     data = report.to_json()
     lines.append(
-        f"{data['decisions']} decisions: {data['matched']} matched, {data['constraints_held']} timed-out solves "
-        f"held every constraint, {data['mismatches']} mismatches"
+        f"{data['decisions']} decisions: {data['matched']} matched, {data['constraints_held']} stopped by the clock's "
+        f"safety net held every constraint, {data['mismatches']} mismatches"
         + (f", {data['errors']} re-runs raised an error" if data["errors"] else "")
     )
     return "\n".join(lines)
