@@ -48,7 +48,7 @@ def read_status(engine: Engine, config: AllocatorConfig, decisions: int = 5, com
             .order_by(desc(tables.decisions.c.log_partition), desc(tables.decisions.c.log_offset)).limit(1),
         )  # fmt: skip
         markets = _rows(conn, text("SELECT market_id, signed_exposure, gross_exposure FROM exposure_by_market"))
-        keys = _rows(conn, text("SELECT correlation_key, gross_cost FROM exposure_by_key"))
+        keys = _rows(conn, text("SELECT correlation_key, gross_exposure, gross_cost FROM exposure_by_key"))
     latest: dict[str, dict[str, Any]] = {}
     for e in events:
         latest[e["governor"]] = e
@@ -70,7 +70,7 @@ def read_status(engine: Engine, config: AllocatorConfig, decisions: int = 5, com
         ],
         "keys": [
             {**k, "cap": config.group_caps.get(k["correlation_key"], config.group_cap * e_now)}
-            for k in sorted(keys, key=lambda k: -k["gross_cost"])
+            for k in sorted(keys, key=lambda k: -k["gross_exposure"])
         ],
         "decisions": [{**d, "funded": funded.get(d["decision_id"], 0)} for d in last],
         "commands": recent,
@@ -115,8 +115,8 @@ def format_status(status: dict[str, Any]) -> str:
     exposures = (
         ("exposure by market (signed marked value; cap = market_cap x equity)", status["markets"], "market_id",
          "signed_exposure"),
-        ("exposure by correlation key (cost of open positions; cap = group cap)", status["keys"], "correlation_key",
-         "gross_cost"),
+        ("exposure by correlation key (gross marked value, as the group cap counts it; reservations not shown)",
+         status["keys"], "correlation_key", "gross_exposure"),
     )  # fmt: skip
     for title, rows, name, value in exposures:
         out.append(title)

@@ -329,3 +329,28 @@ def test_every_kind_of_row_reads_back_the_same_from_postgres_and_sqlite(tmp_path
     a, b = dump(db_schema.engine), dump(sqlite)
     assert differences(a, b) == []
     assert all(a[t.name] for t in TABLE_ORDER)
+
+
+def test_status_values_a_correlation_key_at_its_marks_as_the_group_cap_does(
+    tmp_path: Path, database: ProjectionDatabase
+) -> None:
+    """The group cap counts marked value (rules.md §4.4); status shows the same, not the cost."""
+    from book.config import AllocatorConfig
+    from projections.status import read_status
+
+    db = tmp_path / "log.sqlite"
+    p = proposal(1)
+    fill = Fill(
+        "f1", "d1", p.proposal_id, p.market_id, Side.BUY, 1_000.0, 1_000.0, 0.5, 0.0, FillStatus.FILLED, None, T
+    )
+    produce(db, TOPICS.proposals, [(codec.encode(p), T)])
+    produce(db, TOPICS.fills, [(codec.encode(fill), T + 1)])
+    produce(db, TOPICS.pnl, [(codec.encode(PnlMark(p.market_id, 0.25, T + 2)), T + 2)])
+    engine = database.migrate()
+    for name in ALL_TOPICS:
+        produce(db, name, [])
+    _project(db, engine)
+    [key] = read_status(engine, AllocatorConfig())["keys"]
+    assert key["correlation_key"] == p.correlation_key
+    assert key["gross_cost"] == pytest.approx(1_000.0)
+    assert key["gross_exposure"] == pytest.approx(500.0)  # 2,000 contracts at the 0.25 mark
