@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -523,60 +523,53 @@ def _read_input(source: str) -> str:
         raise UsageError(f"{source}: cannot read it ({exc.strerror or exc})") from exc
 
 
-def _cmd_propose(args: argparse.Namespace) -> int:
+def _send_records(args: argparse.Namespace, kind: str, parse: Callable[[str, int], Sequence[Any]]) -> int:
+    """The shell tools' one path: read and check every record first (nothing is sent if any is bad, exit 2),
+    then produce them all through the book's client (`propose`: Proposals, `fill`: Fills)."""
     from allocator.service.clients import BookClient
-    from allocator.service.wire import WireError, json_records, proposals_from
+    from allocator.service.wire import WireError
     from eventlog.port import LogError, Topics, wall_clock_ms
     from schemas.codec import make_codec
+    from schemas.events import Proposal
 
     try:
-        proposals = proposals_from(json_records(_read_input(args.file)), wall_clock_ms(), args.agent)
+        records = parse(_read_input(args.file), wall_clock_ms())
     except WireError as exc:
         for problem in exc.problems:
-            print(f"allocator propose: {problem}", file=sys.stderr)
-        print("allocator propose: nothing sent", file=sys.stderr)
+            print(f"allocator {args.command}: {problem}", file=sys.stderr)
+        print(f"allocator {args.command}: nothing sent", file=sys.stderr)
         return EXIT_USAGE
     settings, topics = _log_settings(args), Topics(args.topic_prefix)
     try:
         with settings.open() as log:
             client = BookClient(log, make_codec(args.schema_registry), topics)
-            for proposal in proposals:
-                client.propose(proposal)
+            for record in records:
+                if isinstance(record, Proposal):
+                    client.propose(record)
+                else:
+                    client.report_fill(record)
             client.flush()
     except LogError as exc:
-        print(f"allocator propose: the log refused the proposals: {exc}", file=sys.stderr)
+        print(f"allocator {args.command}: the log refused the {kind}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    for p in proposals:
-        print(f"sent {p.proposal_id} ({p.agent_id}, {p.market_id} {p.side.value} {p.requested_size:g})")
-    print(f"{len(proposals)} proposals sent to {topics.proposals} on {settings.describe()}")
+    for r in records:
+        if isinstance(r, Proposal):
+            print(f"sent {r.proposal_id} ({r.agent_id}, {r.market_id} {r.side.value} {r.requested_size:g})")
+    topic = topics.proposals if kind == "proposals" else topics.fills
+    print(f"{len(records)} {kind} sent to {topic} on {settings.describe()}")
     return EXIT_OK
+
+
+def _cmd_propose(args: argparse.Namespace) -> int:
+    from allocator.service.wire import json_records, proposals_from
+
+    return _send_records(args, "proposals", lambda text, now: proposals_from(json_records(text), now, args.agent))
 
 
 def _cmd_fill(args: argparse.Namespace) -> int:
-    from allocator.service.clients import BookClient
-    from allocator.service.wire import WireError, fills_from, json_records
-    from eventlog.port import LogError, Topics, wall_clock_ms
-    from schemas.codec import make_codec
+    from allocator.service.wire import fills_from, json_records
 
-    try:
-        fills = fills_from(json_records(_read_input(args.file)), wall_clock_ms())
-    except WireError as exc:
-        for problem in exc.problems:
-            print(f"allocator fill: {problem}", file=sys.stderr)
-        print("allocator fill: nothing sent", file=sys.stderr)
-        return EXIT_USAGE
-    settings, topics = _log_settings(args), Topics(args.topic_prefix)
-    try:
-        with settings.open() as log:
-            client = BookClient(log, make_codec(args.schema_registry), topics)
-            for fill in fills:
-                client.report_fill(fill)
-            client.flush()
-    except LogError as exc:
-        print(f"allocator fill: the log refused the fills: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    print(f"{len(fills)} fills sent to {topics.fills} on {settings.describe()}")
-    return EXIT_OK
+    return _send_records(args, "fills", lambda text, now: fills_from(json_records(text), now))
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
