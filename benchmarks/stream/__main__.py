@@ -1,22 +1,24 @@
 """Benchmark the stream processor end to end: the in-memory fold, `allocator serve` on Kafka, replay into SQL.
 
-Three parts, one table:
+Four parts, one table (the signing part needs no services):
 
 1. fold: decode + `PortfolioState.apply` over pre-encoded events (60% proposals with unique ids, 30% marks,
    10% fills), beside fastavro's bare `schemaless_reader` on the same bodies (the ceiling) and
    `SingleObjectCodec.decode` alone; median of 3 runs.
-2. serve: `allocator serve` as a subprocess on the real broker; proposals offered at fixed rates with
+2. sign: signing and verifying one decision of 1,000 allocations (what serve adds to publishing, what an
+   executor or the audit adds to reading; target <= 1 ms together).
+3. serve: `allocator serve` as a subprocess on the real broker; proposals offered at fixed rates with
    created_at = the wall clock at produce time; a separate read_committed consumer of PREFIX.decisions records
    when it RECEIVES the first decision naming each proposal. Then a bounded search for the largest rate served
    without a growing backlog.
-3. replay: N events produced straight to a fresh prefix, then the Projector timed from a fresh schema until
+4. replay: N events produced straight to a fresh prefix, then the Projector timed from a fresh schema until
    caught up, into PostgreSQL and into an SQLite file, at two batch sizes.
 
 Needs KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL (infra/services.sh up; eval "$(infra/services.sh env)").
 Every topic and PostgreSQL schema it creates is unique to the run and deleted at the end.
 
 Run from the repository root:  python -m benchmarks.bench_stream [--quick] [--events N] [--rates 100,1000]
-[--duration S] [--parts fold,serve,replay] [--profile]   (or python -m benchmarks.stream, the same)
+[--duration S] [--parts fold,sign,serve,replay] [--profile]   (or python -m benchmarks.stream, the same)
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from benchmarks.stream.fold import bench_fold, profile_fold
 from benchmarks.stream.replay import bench_replay
 from benchmarks.stream.serve import SERVE_CONFIG, bench_serve
 from benchmarks.stream.services import Created
+from benchmarks.stream.signing import bench_signing
 from benchmarks.stream.table import Report
 
 
@@ -50,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--search-steps", type=int, help="rate-search probes after --rates (default 4; --quick 1)")
     parser.add_argument("--batch-sizes", default="5000,20000", help="Projector batch sizes (default 5000,20000)")
     parser.add_argument("--serve-logs", help="keep the `allocator serve` output in this folder (default: discarded)")
-    parser.add_argument("--parts", default="fold,serve,replay", help="which parts to run (default all three)")
+    parser.add_argument("--parts", default="fold,sign,serve,replay", help="which parts to run (default all four)")
     parser.add_argument(
         "--profile",
         type=int,
@@ -67,8 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rates = [int(r) for r in args.rates.split(",") if r]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     parts = set(args.parts.split(","))
-    if parts - {"fold", "serve", "replay"}:
-        parser.error(f"unknown part(s): {', '.join(sorted(parts - {'fold', 'serve', 'replay'}))}")
+    known = {"fold", "sign", "serve", "replay"}
+    if parts - known:
+        parser.error(f"unknown part(s): {', '.join(sorted(parts - known))}")
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if parts & {"serve", "replay"} and not bootstrap:
         parser.error('KAFKA_BOOTSTRAP_SERVERS is not set: infra/services.sh up; eval "$(infra/services.sh env)"')
@@ -84,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if args.profile:
                     profile_fold(encoded, args.profile)
                 del encoded
+            if "sign" in parts:
+                bench_signing(1_000, 200, report)
             if "serve" in parts:
                 log_dir = Path(args.serve_logs) if args.serve_logs else workdir
                 log_dir.mkdir(parents=True, exist_ok=True)
