@@ -124,8 +124,8 @@ def _delete_acls(bootstrap: str, admin: dict[str, str], principals: list[str]) -
 
     client = AdminClient({**client_config(bootstrap, admin), **_BOUNDED})
     filters = [
-        AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, f"User:{name}", None, AclOperation.ANY,
-                         AclPermissionType.ANY)
+        AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, f"User:{name}", None,  # type: ignore[arg-type]
+                         AclOperation.ANY, AclPermissionType.ANY)
         for name in principals
     ]  # fmt: skip
     for future in client.delete_acls(filters, request_timeout=LIMIT_S).values():
@@ -194,8 +194,12 @@ def _group(book: Book, role: str) -> str:
 def test_each_role_writes_only_its_topics(book: Book, role: str) -> None:
     props = book.users[role]
     for what in sorted(WRITES[role]):
-        topic = getattr(book.topics, what)
-        _eventually(lambda topic=topic: _produce(book.bootstrap, props, topic) is None, f"{role} writes {what}")
+        topic: str = getattr(book.topics, what)
+
+        def writes(topic: str = topic) -> bool:
+            return _produce(book.bootstrap, props, topic) is None
+
+        _eventually(writes, f"{role} writes {what}")
     for what in sorted(set(ALL) - WRITES[role]):
         error = _produce(book.bootstrap, props, getattr(book.topics, what))
         assert error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, (role, what, error)
@@ -209,10 +213,12 @@ def test_each_role_reads_only_its_topics(book: Book, role: str) -> None:
     for what in ALL:
         assert _produce(book.bootstrap, dict(_admin(book)), getattr(book.topics, what), b"seed") is None
     for what in sorted(READS[role]):
-        topic = getattr(book.topics, what)
-        _eventually(
-            lambda topic=topic: _consume(book.bootstrap, props, topic, group).error() is None, f"{role} reads {what}"
-        )
+        topic: str = getattr(book.topics, what)
+
+        def reads(topic: str = topic) -> bool:
+            return bool(_consume(book.bootstrap, props, topic, group).error() is None)
+
+        _eventually(reads, f"{role} reads {what}")
     for what in sorted(set(ALL) - READS[role]):
         message = _consume(book.bootstrap, props, getattr(book.topics, what), group)
         assert message.error() is not None, (role, what)
