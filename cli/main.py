@@ -545,6 +545,31 @@ def _cmd_acl_user(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_db_grant_projector(args: argparse.Namespace) -> int:
+    import os
+
+    from projections.database import engine_for
+    from projections.roles import grant_projector
+
+    url = args.database or os.environ.get("DATABASE_URL")
+    if not url:
+        raise UsageError("no database: pass --database URL or set DATABASE_URL")
+    engine = engine_for(url)
+    if engine.dialect.name != "postgresql":
+        raise UsageError("roles exist on PostgreSQL only")
+    with engine.connect() as conn:
+        from sqlalchemy import text
+
+        exists = conn.execute(text("select 1 from pg_roles where rolname = :r"), {"r": args.role}).first()
+    password = None if exists else _new_secret("ALLOCATOR_DB_PASSWORD", "database password")
+    try:
+        grant_projector(engine, args.role, args.schema or "public", password)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    print(f"role {args.role} can write the projections of schema {args.schema or 'public'} (no DDL)")
+    return EXIT_OK
+
+
 def _cmd_control(args: argparse.Namespace) -> int:
     import uuid
 
@@ -1114,6 +1139,16 @@ def build_parser() -> argparse.ArgumentParser:
     reader.add_argument("--database", help="SQLAlchemy URL of the writer (default: $DATABASE_URL)")
     reader.add_argument("--schema", help="PostgreSQL schema (default: public)")
     reader.set_defaults(handler=_cmd_db_grant_reader)
+
+    writer = db_sub.add_parser(
+        "grant-projector",
+        help="give a role the projector's rights: write rows and offsets, no DDL (a new role's password from "
+        "$ALLOCATOR_DB_PASSWORD or a prompt)",
+    )
+    writer.add_argument("role", help="the projector's role")
+    writer.add_argument("--database", help="SQLAlchemy URL of the owner (default: $DATABASE_URL)")
+    writer.add_argument("--schema", help="PostgreSQL schema (default: public)")
+    writer.set_defaults(handler=_cmd_db_grant_projector)
 
     schemas = sub.add_parser("schemas", help="list every released version of each wire record, with its fingerprint")
     schemas.add_argument("--markdown", action="store_true", help="print the reference page (docs/schemas.md)")
