@@ -135,6 +135,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         service.start()
         _say_trust(chain, service.state.portfolio.config, say)  # the configuration in force, the log's or the file's
+        if not settings.kafka_bootstrap:
+            say.write("warning", f"allocator serve: the embedded log {settings.embedded_path} has no principals: "
+                      "whoever can write its file can write any topic as any role (rules.md §11.1)",
+                      "trust", {"writers_authenticated": False})  # fmt: skip
         published = service.run(
             lambda: (
                 stop["now"]
