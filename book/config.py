@@ -52,6 +52,8 @@ class AllocatorConfig:
     initial_cash: float = 100_000.0
     max_pending: int = 1_000
     fill_timeout_s: float = 300.0
+    # rules.md §11.1: a fill's fee may be at most this fraction of the money it moved (fee <= rate x filled_size)
+    max_fee_rate: float = 0.05
     # rules.md §4 and §8: tail risk and the default risk model
     cvar_alpha: float = 0.95
     cvar_limit: float = 0.05
@@ -283,6 +285,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "initial_cash": (0.0, MAX_AMOUNT, True),
     "max_pending": (1, MAX_PENDING, False),
     "fill_timeout_s": (0.0, 30 * _DAY_S, True),
+    "max_fee_rate": (0.0, 1.0, False),
     "cvar_alpha": (0.0, 0.9999, True),
     "cvar_limit": (0.0, 1.0, True),
     "scenario_count": (1, 20_000, False),

@@ -152,6 +152,16 @@ def _content_hash(proposal: Proposal) -> int:
 
 
 @dataclass
+class Funded:
+    """One funded allocation of a committed decision, and the size fills took of it so far."""
+
+    market_id: str
+    side: Side
+    size: float
+    filled: float = 0.0
+
+
+@dataclass
 class PortfolioState:
     """What the book holds and owes, as the log says. Start from `PortfolioState.new(config)`.
 
@@ -172,6 +182,9 @@ class PortfolioState:
     conflicts: dict[str, Proposal] = field(default_factory=dict)  # an id re-sent with other content: DUPLICATE
     seen: dict[str, Hashable] = field(default_factory=dict)  # proposal id -> content hash, for duplicates
     keys: dict[str, str] = field(default_factory=dict)  # proposal id -> correlation key of funded proposals
+    # (decision id, proposal id) -> what a committed decision funded and what fills took of it so far; kept after
+    # the reservation expires, so a late fill still counts against its allocation (rules.md §11.1)
+    funded: dict[tuple[str, str], Funded] = field(default_factory=dict)
     resolved: set[str] = field(default_factory=set)  # markets that have resolved: nothing left to trade in them
     markets: set[str] = field(default_factory=set)  # every market a proposal, fill or mark named (book/bounds.py)
     last_time: int = 0  # the latest log time folded (set by the sequencer): a cycle's `as_of`
@@ -342,14 +355,38 @@ class PortfolioState:
                 self.reservations[(decision.decision_id, a.proposal_id)] = Reservation(
                     decision.decision_id, a.proposal_id, a.market_id, a.side, a.size, key, decision.decided_at
                 )
+                self.funded[(decision.decision_id, a.proposal_id)] = Funded(a.market_id, a.side, a.size)
         if decision.solver_path is SolverPath.NOT_RUN:
             return ()
         timed_out = decision.solver_path is not SolverPath.MIP_OPTIMAL
         self.governor, changes = on_solve(self.governor, timed_out, self.limits)
         return changes
 
+    def fill_refusal(self, fill: Fill) -> str | None:
+        """Why the fold must not trust `fill` (rules.md §11.1), or None: a fill counts only for an allocation a
+        committed decision funded, in its market and side, for at most the funded size in total, with a fee of at
+        most `max_fee_rate` x filled_size. The sequencer turns a refused fill into a dead letter."""
+        allocation = self.funded.get((fill.decision_id, fill.proposal_id))
+        if allocation is None:
+            return (f"Fill.decision_id/proposal_id: ({fill.decision_id!r}, {fill.proposal_id!r}) is not an "
+                    "allocation a committed decision funded")  # fmt: skip
+        if (fill.market_id, fill.side) != (allocation.market_id, allocation.side):
+            return (f"Fill.market_id/side: {fill.market_id!r} {fill.side.name} is not the allocation's "
+                    f"{allocation.market_id!r} {allocation.side.name}")  # fmt: skip
+        moves = fill.filled_size if fill.status in (FillStatus.FILLED, FillStatus.PARTIAL) else 0.0
+        if allocation.filled + moves > allocation.size * (1 + 1e-9):
+            return (f"Fill.filled_size: {fill.filled_size!r} after {allocation.filled!r} already filled exceeds the "
+                    f"funded size {allocation.size!r}")  # fmt: skip
+        limit = self.config.max_fee_rate * moves
+        if fill.fee > limit:
+            return f"Fill.fee: {fill.fee!r} exceeds max_fee_rate {self.config.max_fee_rate:g} x filled size = {limit!r}"
+        return None
+
     def _on_fill(self, fill: Fill) -> tuple[GovernorChange, ...]:
         reservation = self.reservations.pop((fill.decision_id, fill.proposal_id), None)
+        allocation = self.funded.get((fill.decision_id, fill.proposal_id))
+        if allocation is not None and fill.status in (FillStatus.FILLED, FillStatus.PARTIAL):
+            allocation.filled += fill.filled_size
         self.markets.add(fill.market_id)
         changes: list[GovernorChange] = []
         if fill.filled_size > 0 and fill.status in (FillStatus.FILLED, FillStatus.PARTIAL) and 0 < fill.price < 1:

@@ -135,6 +135,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         service.start()
         _say_trust(chain, service.state.portfolio.config, say)  # the configuration in force, the log's or the file's
+        if not settings.kafka_bootstrap:
+            say.write("warning", f"allocator serve: the embedded log {settings.embedded_path} has no principals: "
+                      "whoever can write its file can write any topic as any role (rules.md §11.1)",
+                      "trust", {"writers_authenticated": False})  # fmt: skip
         published = service.run(
             lambda: (
                 stop["now"]
@@ -461,6 +465,112 @@ def _cmd_db_grant_reader(args: argparse.Namespace) -> int:
         print(f"allocator db grant-reader: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(f"role {args.role} can read schema {args.schema or 'public'} (SELECT only)")
+    return EXIT_OK
+
+
+def _kafka_admin(args: argparse.Namespace, command: str) -> tuple[str, dict[str, str]]:
+    """The broker and the admin's client properties (--kafka/--kafka-config or the environment); usage error when
+    no broker is named."""
+    from allocator.service.backends import LogSettings
+
+    settings = LogSettings.resolve(args.kafka, None, args.kafka_config)
+    if not settings.kafka_bootstrap:
+        raise UsageError(f"{command} needs a Kafka broker: pass --kafka or set KAFKA_BOOTSTRAP_SERVERS")
+    return settings.kafka_bootstrap, settings.kafka_client_properties()
+
+
+def _new_secret(env: str, what: str) -> str:
+    """A new password from the environment variable `env`, else asked twice at the terminal; never an argument,
+    never printed. Without either, a usage error that says how to give one."""
+    import getpass
+    import os
+
+    secret = os.environ.get(env, "")
+    if not secret:
+        if not sys.stdin.isatty():
+            raise UsageError(f"no {what}: set {env} or run at a terminal to be asked (stdin is not a terminal)")
+        secret = getpass.getpass(f"new {what}: ")
+        if getpass.getpass(f"new {what} again: ") != secret:
+            raise UsageError(f"the two {what}s differ; nothing changed")
+    if not secret or any(c in secret for c in "\n\r"):
+        raise UsageError(f"the {what} must be non-empty and on one line; nothing changed")
+    return secret
+
+
+def _acl_principals(args: argparse.Namespace) -> dict[str, list[str]]:
+    from allocator.service.acl import ROLES
+
+    return {role: list(getattr(args, role) or []) for role in ROLES if getattr(args, role)}
+
+
+def _cmd_acl_apply(args: argparse.Namespace) -> int:
+    from allocator.service.acl import acl_table, format_table
+    from eventlog.kafka_acl import AclError, create_acls
+    from eventlog.port import Topics
+
+    principals = _acl_principals(args)
+    if not principals:
+        raise UsageError("name at least one principal (--agent, --executor, --market, ...)")
+    try:
+        rows = acl_table(Topics(args.topic_prefix), args.book, principals)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    for line in format_table(rows, principals):
+        print(line)
+    if args.dry_run:
+        print(f"dry run: {len(rows)} ACLs, nothing changed")
+        return EXIT_OK
+    bootstrap, admin = _kafka_admin(args, "acl apply")
+    try:
+        count = create_acls(bootstrap, admin, rows)
+    except AclError as exc:
+        print(f"allocator acl apply: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"applied {count} ACLs (existing ones unchanged)")
+    return EXIT_OK
+
+
+def _cmd_acl_user(args: argparse.Namespace) -> int:
+    from eventlog.kafka_acl import check_principal_name
+    from eventlog.kafka_scram import MECHANISM, ScramError, set_scram_password
+
+    try:
+        check_principal_name(args.name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    bootstrap, admin = _kafka_admin(args, "acl user")
+    password = _new_secret("ALLOCATOR_NEW_PASSWORD", "password")
+    try:
+        set_scram_password(bootstrap, admin, args.name, password)
+    except (ScramError, ValueError) as exc:
+        print(f"allocator acl user: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"user {args.name}: {MECHANISM} password set (its old one, if any, stops working at its next login)")
+    return EXIT_OK
+
+
+def _cmd_db_grant_projector(args: argparse.Namespace) -> int:
+    import os
+
+    from projections.database import engine_for
+    from projections.roles import grant_projector
+
+    url = args.database or os.environ.get("DATABASE_URL")
+    if not url:
+        raise UsageError("no database: pass --database URL or set DATABASE_URL")
+    engine = engine_for(url)
+    if engine.dialect.name != "postgresql":
+        raise UsageError("roles exist on PostgreSQL only")
+    with engine.connect() as conn:
+        from sqlalchemy import text
+
+        exists = conn.execute(text("select 1 from pg_roles where rolname = :r"), {"r": args.role}).first()
+    password = None if exists else _new_secret("ALLOCATOR_DB_PASSWORD", "database password")
+    try:
+        grant_projector(engine, args.role, args.schema or "public", password)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    print(f"role {args.role} can write the projections of schema {args.schema or 'public'} (no DDL)")
     return EXIT_OK
 
 
@@ -890,6 +1000,38 @@ def build_parser() -> argparse.ArgumentParser:
             _observe_options(p)
         p.set_defaults(handler=_cmd_project if name == "project" else _cmd_replay)
 
+    acl = sub.add_parser("acl", help="Kafka users and ACLs by role: who may write what (docs/security.md)")
+    acl_sub = acl.add_subparsers(dest="acl_command", metavar="ACL_COMMAND")
+    acl_sub.required = True
+    apply = acl_sub.add_parser(
+        "apply",
+        help="create the book's ACLs for each role's principals (idempotent; --dry-run prints the table)",
+        description="Create, as the admin (--kafka-config / KAFKA_CONFIG_FILE), the ALLOW ACLs of one book: agents "
+        "write proposals, executors read decisions and write fills, markets write pnl, operators write control, the "
+        "allocator reads its inputs and writes its outputs with its group and transactional id, projectors and "
+        "auditors read. ACLs that exist are left as they are; none are removed.",
+    )
+    apply.add_argument("--book", default="main", help="the book (default: main)")
+    apply.add_argument("--dry-run", action="store_true", help="print the table principal x resource x operation only")
+    for role, many in (("agent", True), ("executor", True), ("market", True), ("operator", True),
+                       ("allocator", False), ("projector", True), ("auditor", True)):  # fmt: skip
+        apply.add_argument(
+            f"--{role}", action="append", metavar="NAME",
+            help=f"a {role} principal (SCRAM user name)" + ("; repeatable" if many else ""),
+        )  # fmt: skip
+    for p in (apply, acl_sub.add_parser(
+        "user",
+        help="create a SCRAM-SHA-512 user or rotate its password (from $ALLOCATOR_NEW_PASSWORD or a prompt)",
+    )):  # fmt: skip
+        p.add_argument("--kafka", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
+        p.add_argument("--kafka-config", help="the admin's client properties file (default: $KAFKA_CONFIG_FILE)")
+        if p is apply:
+            p.add_argument("--topic-prefix", default="allocator", help="the book's topic prefix (default: allocator)")
+            p.set_defaults(handler=_cmd_acl_apply)
+        else:
+            p.add_argument("name", help="the user name; the password is never an argument and never printed")
+            p.set_defaults(handler=_cmd_acl_user)
+
     control = sub.add_parser(
         "control",
         help="an operator's command to the governors: halt, resume, reset-kill-switch (who and why are required)",
@@ -994,6 +1136,16 @@ def build_parser() -> argparse.ArgumentParser:
     reader.add_argument("--database", help="SQLAlchemy URL of the writer (default: $DATABASE_URL)")
     reader.add_argument("--schema", help="PostgreSQL schema (default: public)")
     reader.set_defaults(handler=_cmd_db_grant_reader)
+
+    writer = db_sub.add_parser(
+        "grant-projector",
+        help="give a role the projector's rights: write rows and offsets, no DDL (a new role's password from "
+        "$ALLOCATOR_DB_PASSWORD or a prompt)",
+    )
+    writer.add_argument("role", help="the projector's role")
+    writer.add_argument("--database", help="SQLAlchemy URL of the owner (default: $DATABASE_URL)")
+    writer.add_argument("--schema", help="PostgreSQL schema (default: public)")
+    writer.set_defaults(handler=_cmd_db_grant_projector)
 
     schemas = sub.add_parser("schemas", help="list every released version of each wire record, with its fingerprint")
     schemas.add_argument("--markdown", action="store_true", help="print the reference page (docs/schemas.md)")

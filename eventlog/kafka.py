@@ -22,6 +22,7 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 from confluent_kafka.cimpl import NewTopic
 
+from eventlog.kafka_acl import PRIVATE_READER_GROUP_PREFIX
 from eventlog.kafka_properties import client_config
 from eventlog.port import (
     AbortableError,
@@ -176,7 +177,9 @@ class KafkaEventLog:
                 {
                     **self._base,
                     # A reader without a group still needs a group.id; it never commits, so a private one is safe.
-                    "group.id": self.group if self.group is not None else f"eventlog-reader-{uuid.uuid4().hex}",
+                    "group.id": (
+                        self.group if self.group is not None else f"{PRIVATE_READER_GROUP_PREFIX}{uuid.uuid4().hex}"
+                    ),
                     "isolation.level": "read_committed",
                     "enable.auto.commit": False,
                     "enable.auto.offset.store": False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from allocator.engine.cycle import run_cycle
 from allocator.service.sequencer import BookState, build_request, fold_batch
 from book.config import AllocatorConfig
+from book.portfolio import Funded
 from eventlog.port import Record, TopicPartition, Topics
 from schemas.codec import SingleObjectCodec
 from schemas.events import AllocationStatus, Fill, FillStatus, MarketResolution, Outcome, PnlMark, Proposal, Side
@@ -25,6 +26,7 @@ def test_a_batch_records_the_next_offset_per_partition_and_the_latest_log_time()
         Record(topics.pnl, 1, 6, None, codec.encode(proposal), T + 25),  # a proposal on the pnl topic
     ]
     state = BookState.new(AllocatorConfig(initial_cash=10_000.0))
+    state.portfolio.funded[("d", "p")] = Funded("m", Side.BUY, 5_000.0)  # what decision d funded (rules.md §11.1)
     state.positions[TopicPartition(topics.proposals, 0)] = 9  # already further on: never moves back
     folded = fold_batch(state, records, codec, topics)
     assert state.positions == {

@@ -8,6 +8,7 @@ import pytest
 
 from allocator.service.loop import AllocatorService, group_of
 from book.config import AllocatorConfig
+from book.portfolio import Funded
 from eventlog.embedded import EmbeddedEventLog
 from eventlog.port import Topics
 from schemas.codec import SingleObjectCodec
@@ -133,6 +134,8 @@ def test_failed_executions_pause_the_book_and_the_change_is_published(tmp_path: 
         Fill(f"f{i}", "d", f"x{i}", "m", Side.BUY, 10.0, 0.0, 0.5, 0.0, FillStatus.FAILED, "venue down", T + i)
         for i in range(20)
     ]
+    for f in fails:  # reports of allocations a decision funded (rules.md §11.1): a report of nothing is refused
+        svc.state.portfolio.funded[(f.decision_id, f.proposal_id)] = Funded("m", Side.BUY, 10.0)
     produce(db, TOPICS.fills, [(codec.encode(f), f.time) for f in fails])
     produce(db, TOPICS.proposals, [(codec.encode(proposal(1)), T + 50)])
     decision = drain(svc)[0]

@@ -25,6 +25,7 @@ from schemas.events import (
     DeadLetter,
     Decision,
     Event,
+    Fill,
     GovernorEvent,
     InputPosition,
     Proposal,
@@ -152,11 +153,22 @@ def decode(record: Record, codec: EventCodec, topics: Topics) -> Event | DeadLet
 DEAD_LETTERS_MOVED_THE_CLOCK = frozenset({("Decision", 1)})
 
 
-def fold_one(book: PortfolioState, record: Record, event: Event) -> tuple[GovernorChange, ...] | DeadLetter:
+# Upcaster of a rule: batches of decisions written with Decision version 1 folded every in-bounds fill, funded
+# or not (a fill after its reservation expired, over its size, with any fee). They replay the same way; the rule of
+# rules.md §11.1 (PortfolioState.fill_refusal) applies to every later decision's batch and to the live service.
+FILLS_UNCHECKED = frozenset({("Decision", 1)})
+
+
+def fold_one(
+    book: PortfolioState, record: Record, event: Event, *, trust_fills: bool = False
+) -> tuple[GovernorChange, ...] | DeadLetter:
     """Fold one decoded input event, or the dead letter that rejects it: a field out of its bounds
-    (book/bounds.py) is rejected before the fold sees it, and a fold that raises anyway is contained here, so no
+    (book/bounds.py) or a fill no committed decision funded (rules.md §11.1; skipped with `trust_fills`, see
+    FILLS_UNCHECKED) is rejected before the fold sees it, and a fold that raises anyway is contained here, so no
     record can stop the sequencer (rules.md §11.2). Only an event the fold accepts moves the book's clock."""
     problem = out_of_bounds(event, book.markets)
+    if problem is None and not trust_fills and isinstance(event, Fill):
+        problem = book.fill_refusal(event)
     if problem is not None:
         return dead_letter(record, f"rejected, no effect on the book: {problem}")
     if record.timestamp_ms > book.last_time:
@@ -168,12 +180,19 @@ def fold_one(book: PortfolioState, record: Record, event: Event) -> tuple[Govern
 
 
 def fold_batch(
-    state: BookState, records: Sequence[Record], codec: EventCodec, topics: Topics, *, legacy_clock: bool = False
+    state: BookState,
+    records: Sequence[Record],
+    codec: EventCodec,
+    topics: Topics,
+    *,
+    legacy_clock: bool = False,
+    trust_fills: bool = False,
 ) -> Folded:
     """Fold one batch of input records (any order: they are put in the canonical one first).
 
     A dead letter never moves the book's clock (rules.md §1.5), except with `legacy_clock`, for the batch of a
-    decision written before that rule (see DEAD_LETTERS_MOVED_THE_CLOCK)."""
+    decision written before that rule (see DEAD_LETTERS_MOVED_THE_CLOCK). `trust_fills` folds unfunded fills, for
+    the batch of a decision written before rules.md §11.1 was enforced (see FILLS_UNCHECKED)."""
     changes: list[tuple[GovernorChange, int, str]] = []
     dead: list[DeadLetter] = []
     book = state.portfolio
@@ -193,7 +212,7 @@ def fold_batch(
             if isinstance(event, DeadLetter):
                 dead.append(event)
                 continue
-            caused = fold_one(book, record, event)
+            caused = fold_one(book, record, event, trust_fills=trust_fills)
             if isinstance(caused, DeadLetter):
                 dead.append(caused)
                 continue
@@ -428,7 +447,14 @@ def replay_steps(
                 i += 1
             cursor[tp] = i
         written = single_object_version(decision_record.value or b"")
-        fold_batch(state, batch, codec, topics, legacy_clock=written in DEAD_LETTERS_MOVED_THE_CLOCK)
+        fold_batch(
+            state,
+            batch,
+            codec,
+            topics,
+            legacy_clock=written in DEAD_LETTERS_MOVED_THE_CLOCK,
+            trust_fills=written in FILLS_UNCHECKED,
+        )
         prepare_cycle(state)
         if d.decision_id in halts:  # the cycle failed live and was decided on the halted book: so here too
             halt_after_failure(state, d.cycle, RuntimeError(halts[d.decision_id]))

@@ -1,0 +1,98 @@
+"""Fills the fold trusts (rules.md §11.1): a fill counts only for an allocation of a committed decision, for at
+most its funded size in total, with a fee within `max_fee_rate`; anything else is a dead letter that changes
+nothing. Batches of decisions written with Decision version 1 keep the old rule (FILLS_UNCHECKED)."""
+
+from __future__ import annotations
+
+from allocator.engine.cycle import run_cycle
+from allocator.service.sequencer import BookState, build_request, fold_batch, fold_decision, prepare_cycle
+from book.config import AllocatorConfig
+from eventlog.port import Record, Topics
+from schemas.codec import SingleObjectCodec
+from schemas.events import AllocationStatus, Decision, Fill, FillStatus, Proposal, Side
+
+T = 1_790_000_000_000
+codec = SingleObjectCodec()
+topics = Topics("trust")
+
+
+def _proposal(pid: str, size: float) -> Proposal:
+    return Proposal(pid, "a", "s", f"m-{pid}", Side.BUY, 0.6, 0.04, 0.9, size, 10.0, 0.1, 0.01, f"k-{pid}", T)
+
+
+def _fill(fid: str, decision_id: str, pid: str, size: float, fee: float = 0.0, market: str | None = None) -> Fill:
+    return Fill(fid, decision_id, pid, market or f"m-{pid}", Side.BUY, size, size, 0.5, fee, FillStatus.FILLED,
+                None, T + 2_000)  # fmt: skip
+
+
+def _fold(state: BookState, *events: Proposal | Fill, at: int = T + 1_000, trust: bool = False) -> list[str]:
+    topic_of = {Proposal: topics.proposals, Fill: topics.fills}
+    start = sum(state.positions.values())
+    records = [Record(topic_of[type(e)], 0, start + i, None, codec.encode(e), at) for i, e in enumerate(events)]
+    folded = fold_batch(state, records, codec, topics, trust_fills=trust)
+    return [d.error for d in folded.dead_letters]
+
+
+def _decide(state: BookState) -> Decision:
+    prepare_cycle(state)
+    decision = run_cycle(build_request(state, topics, "book", {})).decision
+    fold_decision(state, decision)
+    return decision
+
+
+def _config() -> AllocatorConfig:
+    return AllocatorConfig(scenario_count=200)  # initial cash 100,000, position cap 2%
+
+
+def test_a_forged_fill_of_no_allocation_mints_nothing_and_the_cap_still_holds() -> None:
+    state = BookState.new(_config())
+    equity = state.portfolio.equity
+    dead = _fold(state, _fill("forged", "never", "none", 1.0, fee=-900_000.0))
+    assert len(dead) == 1 and "Fill.fee" in dead[0]
+    # A plausible-looking fill of an allocation that never existed: refused, not folded either.
+    dead = _fold(state, _fill("forged2", "never", "none", 50_000.0))
+    assert len(dead) == 1 and "not an allocation a committed decision funded" in dead[0]
+    assert state.portfolio.equity == equity and state.portfolio.cash == equity and not state.portfolio.holdings
+    _fold(state, _proposal("big", 15_000.0))
+    allocation = _decide(state).allocations[0]
+    assert allocation.size <= 0.02 * equity + 1e-6, allocation
+
+
+def test_a_fill_counts_for_at_most_its_funded_size_with_a_bounded_fee() -> None:
+    state = BookState.new(_config())
+    _fold(state, _proposal("p", 1_000.0))
+    decision = _decide(state)
+    [a] = decision.allocations
+    assert a.status is AllocationStatus.FUNDED and a.size > 0
+    half = a.size / 2
+    over_fee = 0.05 * half * 1.01
+    dead = _fold(state, _fill("f0", decision.decision_id, "p", half, fee=over_fee))
+    assert len(dead) == 1 and "Fill.fee" in dead[0] and "max_fee_rate" in dead[0]
+    dead = _fold(state, _fill("f1", decision.decision_id, "p", half, fee=0.05 * half))
+    assert dead == []
+    dead = _fold(state, _fill("fx", decision.decision_id, "p", half, market="elsewhere"))
+    assert len(dead) == 1 and "Fill.market_id/side" in dead[0]
+    cash = state.portfolio.cash
+    dead = _fold(state, _fill("f2", decision.decision_id, "p", half + 1.0))
+    assert len(dead) == 1 and "exceeds the funded size" in dead[0]
+    assert state.portfolio.cash == cash
+    assert _fold(state, _fill("f3", decision.decision_id, "p", half)) == []
+
+
+def test_a_late_fill_still_counts_against_its_allocation_after_the_reservation_expired() -> None:
+    state = BookState.new(_config())
+    _fold(state, _proposal("p", 1_000.0))
+    decision = _decide(state)
+    size = decision.allocations[0].size
+    later = T + 10 * 3_600_000
+    _fold(state, _proposal("q", 1_000.0), at=later)
+    _decide(state)  # the first reservation expires here
+    assert ("trust.book-0000000001", "p") not in state.portfolio.reservations
+    assert _fold(state, _fill("late", decision.decision_id, "p", size), at=later) == []
+    assert len(_fold(state, _fill("again", decision.decision_id, "p", size), at=later)) == 1
+
+
+def test_the_batch_of_a_version_1_decision_folds_any_in_bounds_fill() -> None:
+    state = BookState.new(_config())
+    assert _fold(state, _fill("old", "never", "none", 100.0, fee=50.0), trust=True) == []
+    assert state.portfolio.cash == 100_000.0 - 150.0

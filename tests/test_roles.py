@@ -1,0 +1,346 @@
+"""Who may write what, enforced by the secured broker: one SCRAM user per role, the ACLs of `allocator acl apply`
+on a fresh prefix, and for each role every allowed action works and every forbidden one is refused.
+
+Every client has short socket, request and delivery timeouts and every wait a deadline, so a broker that let a
+client hang fails the test in seconds. ACLs reach the authorizer a moment after they are created: allowed actions
+are retried until a deadline (`_eventually`); refusals need no wait (before the ACLs, everything is refused).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+
+from allocator.service.acl import acl_table, group_prefix
+from allocator.service.loop import transactional_id_of
+from allocator.service.wire import to_json
+from cli.main import main
+from eventlog.kafka import KafkaEventLog
+from eventlog.kafka_acl import PRIVATE_READER_GROUP_PREFIX
+from eventlog.kafka_properties import CONFIG_FILE_ENV, client_config, write_client_properties
+from eventlog.kafka_scram import new_password, revoke_scram_user, set_scram_password, user_client_properties
+from eventlog.port import Topics
+from schemas.codec import SingleObjectCodec
+from schemas.events import Decision, Proposal, Side
+
+pytestmark = pytest.mark.kafka
+
+_BOUNDED: dict[str, Any] = {
+    "socket.timeout.ms": 5_000,
+    "socket.connection.setup.timeout.ms": 5_000,
+    "reconnect.backoff.ms": 200,
+    "reconnect.backoff.max.ms": 1_000,
+    "log_level": 0,
+}
+LIMIT_S = 15.0
+ROLES = ("agent", "executor", "market", "operator", "allocator", "projector", "auditor")
+BOOK = "main"
+
+
+@dataclass
+class Book:
+    bootstrap: str
+    topics: Topics
+    users: dict[str, dict[str, str]]  # role -> client properties
+    files: dict[str, Path]  # role -> properties file
+    admin_file: Path
+
+    def name(self, role: str) -> str:
+        return self.users[role]["sasl.username"]
+
+
+def _produce(bootstrap: str, properties: dict[str, str], topic: str, value: bytes = b"x") -> KafkaError | None:
+    """Produces one record; the delivery error, or None when the broker stored it."""
+    reports: list[KafkaError | None] = []
+    producer = Producer({**client_config(bootstrap, properties), **_BOUNDED, "message.timeout.ms": 8_000})
+    producer.produce(topic, value=value, on_delivery=lambda err, _msg: reports.append(err))
+    assert producer.flush(LIMIT_S) == 0, "no delivery report in time"
+    assert len(reports) == 1
+    return reports[0]
+
+
+def _consume(bootstrap: str, properties: dict[str, str], topic: str, group: str) -> Any:
+    """The first message or error event of `topic` for a subscribed consumer of `group`, from the beginning."""
+    consumer = Consumer(
+        {
+            **client_config(bootstrap, properties),
+            **_BOUNDED,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + LIMIT_S
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is not None:
+                return message
+        raise AssertionError(f"neither a record nor an error from {topic} in {LIMIT_S}s")
+    finally:
+        consumer.close()
+
+
+def _init_transactions(bootstrap: str, properties: dict[str, str], transactional_id: str) -> KafkaError | None:
+    producer = Producer(
+        {**client_config(bootstrap, properties), **_BOUNDED, "transactional.id": transactional_id,
+         "transaction.timeout.ms": 10_000}
+    )  # fmt: skip
+    try:
+        producer.init_transactions(LIMIT_S)
+    except KafkaException as exc:
+        error: KafkaError = exc.args[0]
+        return error
+    return None
+
+
+def _eventually(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + LIMIT_S
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not in {LIMIT_S}s")
+        time.sleep(0.3)
+
+
+def _delete_acls(bootstrap: str, admin: dict[str, str], principals: list[str]) -> None:
+    from confluent_kafka.admin import (  # type: ignore[attr-defined]
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        AdminClient,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    client = AdminClient({**client_config(bootstrap, admin), **_BOUNDED})
+    filters = [
+        AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, f"User:{name}", None,  # type: ignore[arg-type]
+                         AclOperation.ANY, AclPermissionType.ANY)
+        for name in principals
+    ]  # fmt: skip
+    for future in client.delete_acls(filters, request_timeout=LIMIT_S).values():
+        future.result(timeout=LIMIT_S)
+
+
+@pytest.fixture(scope="module")
+def book(
+    kafka_bootstrap: str, kafka_admin_properties: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Book]:
+    folder = tmp_path_factory.mktemp("roles")
+    prefix = f"roles-{uuid.uuid4().hex[:10]}"
+    admin_file = Path(os.environ[CONFIG_FILE_ENV])
+    kafka = ["--kafka", kafka_bootstrap, "--kafka-config", str(admin_file)]
+    assert main(["init", *kafka, "--topic-prefix", prefix]) == 0
+    users: dict[str, dict[str, str]] = {}
+    files: dict[str, Path] = {}
+    for role in ROLES:
+        name = f"{role}-{uuid.uuid4().hex[:8]}"
+        password = new_password()
+        set_scram_password(kafka_bootstrap, kafka_admin_properties, name, password)
+        users[role] = user_client_properties(kafka_admin_properties, name, password)
+        files[role] = folder / f"{role}.properties"
+        write_client_properties(files[role], users[role])
+    options = [arg for role in ROLES for arg in (f"--{role}", users[role]["sasl.username"])]
+    assert main(["acl", "apply", *kafka, "--topic-prefix", prefix, "--book", BOOK, *options]) == 0
+    # Idempotent: a second run asks again and changes nothing.
+    assert main(["acl", "apply", *kafka, "--topic-prefix", prefix, "--book", BOOK, *options]) == 0
+    yield Book(kafka_bootstrap, Topics(prefix), users, files, admin_file)
+    names = [props["sasl.username"] for props in users.values()]
+    _delete_acls(kafka_bootstrap, kafka_admin_properties, names)
+    for name in names:
+        revoke_scram_user(kafka_bootstrap, kafka_admin_properties, name)  # never deleted: see revoke_scram_user
+
+
+WRITES = {
+    "agent": {"proposals"},
+    "executor": {"fills"},
+    "market": {"pnl"},
+    "operator": {"control"},
+    "allocator": {"decisions", "governor", "deadletter"},
+    "projector": set(),
+    "auditor": set(),
+}
+ALL = ("proposals", "fills", "pnl", "control", "decisions", "governor", "deadletter")
+READS = {
+    "agent": set(),
+    "executor": {"decisions"},
+    "market": set(),
+    "operator": set(),
+    "allocator": set(ALL),
+    "projector": set(ALL),
+    "auditor": set(ALL),
+}
+
+
+def _group(book: Book, role: str) -> str:
+    if role == "allocator":
+        return f"allocator-{book.topics.prefix}-{BOOK}"
+    if role in ("executor", "projector", "auditor"):
+        return group_prefix(role, book.topics, book.name(role)) + "-test"
+    return f"{role}-{book.topics.prefix}-{book.name(role)}"  # no group is granted to a writer-only role
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_each_role_writes_only_its_topics(book: Book, role: str) -> None:
+    props = book.users[role]
+    for what in sorted(WRITES[role]):
+        topic: str = getattr(book.topics, what)
+
+        def writes(topic: str = topic) -> bool:
+            return _produce(book.bootstrap, props, topic) is None
+
+        _eventually(writes, f"{role} writes {what}")
+    for what in sorted(set(ALL) - WRITES[role]):
+        error = _produce(book.bootstrap, props, getattr(book.topics, what))
+        assert error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, (role, what, error)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_each_role_reads_only_its_topics(book: Book, role: str) -> None:
+    props = book.users[role]
+    group = _group(book, role)
+    # Something to read on every topic (the admin is a super user).
+    for what in ALL:
+        assert _produce(book.bootstrap, dict(_admin(book)), getattr(book.topics, what), b"seed") is None
+    for what in sorted(READS[role]):
+        topic: str = getattr(book.topics, what)
+
+        def reads(topic: str = topic) -> bool:
+            return bool(_consume(book.bootstrap, props, topic, group).error() is None)
+
+        _eventually(reads, f"{role} reads {what}")
+    for what in sorted(set(ALL) - READS[role]):
+        message = _consume(book.bootstrap, props, getattr(book.topics, what), group)
+        assert message.error() is not None, (role, what)
+        expected = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED}
+        assert message.error().code() in expected, (role, what, message.error())
+
+
+def _admin(book: Book) -> dict[str, str]:
+    from eventlog.kafka_properties import load_client_properties
+
+    return load_client_properties(book.admin_file)
+
+
+def test_a_reader_may_not_use_another_roles_group(book: Book) -> None:
+    # The projector's group prefix is its own: the allocator's group and the executor's are refused to it.
+    props = book.users["projector"]
+    for group in (_group(book, "allocator"), group_prefix("executor", book.topics, book.name("executor"))):
+        message = _consume(book.bootstrap, props, book.topics.decisions, group)
+        assert message.error() is not None and message.error().code() == KafkaError.GROUP_AUTHORIZATION_FAILED
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_only_the_allocator_may_use_its_transactional_id(book: Book, role: str) -> None:
+    transactional_id = transactional_id_of(book.topics, BOOK)
+    props = book.users[role]
+    if role == "allocator":
+        _eventually(
+            lambda: _init_transactions(book.bootstrap, props, transactional_id) is None, "the allocator's transactions"
+        )
+        return
+    error = _init_transactions(book.bootstrap, props, transactional_id)
+    assert error is not None and error.code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, (role, error)
+
+
+def test_serve_as_the_allocator_decides_a_proposal_of_the_agent(book: Book, tmp_path: Path) -> None:
+    prefix = ["--kafka", book.bootstrap, "--topic-prefix", book.topics.prefix]
+    proposal = Proposal("roles-1", "alpha", "s", "m1", Side.BUY, 0.5, 0.04, 0.9, 800.0, 100.0, 0.05, 0.01, "k1", 0)
+    raw = {**to_json(proposal)}
+    del raw["created_at"]
+    file = tmp_path / "p.json"
+    file.write_text(json.dumps(raw), encoding="utf-8")
+    agent = ["--kafka-config", str(book.files["agent"])]
+    _eventually(lambda: main(["propose", str(file), *prefix, *agent]) == 0, "the agent proposes")
+    allocator = ["--kafka-config", str(book.files["allocator"])]
+    assert main(["serve", "--book", BOOK, *prefix, *allocator, "--max-cycles", "1", "--duration", "60"]) == 0
+    codec = SingleObjectCodec()
+    with KafkaEventLog(book.bootstrap, config=book.users["executor"], timeout_s=LIMIT_S) as log:
+        log.assign([book.topics.decisions])
+        decisions: list[Decision] = []
+        deadline = time.monotonic() + LIMIT_S
+        while not decisions and time.monotonic() < deadline:
+            for record in log.poll(100, 0.5):
+                try:
+                    event = codec.decode(record.value or b"")
+                except Exception:  # the seed records of other tests are not events
+                    continue
+                if isinstance(event, Decision):
+                    decisions.append(event)
+    assert decisions, "no decision in time"
+    assert [a.proposal_id for a in decisions[0].allocations] == ["roles-1"]
+
+
+def test_the_table_names_only_the_book_s_resources(book: Book) -> None:
+    rows = acl_table(book.topics, BOOK, {role: [book.name(role)] for role in ROLES})
+    prefix = book.topics.prefix
+    assert all(prefix in row.name or row.name == PRIVATE_READER_GROUP_PREFIX for row in rows)
+    assert {row.operation for row in rows if row.principal in (book.name("projector"), book.name("auditor"))} <= {
+        "READ",
+        "DESCRIBE",
+    }
+
+
+def _logs_in(bootstrap: str, properties: dict[str, str]) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({**client_config(bootstrap, properties), **_BOUNDED})
+    try:
+        admin.list_topics(timeout=5)
+    except KafkaException:
+        return False
+    return True
+
+
+def test_acl_user_creates_and_rotates_a_password_never_printed(
+    kafka_bootstrap: str,
+    kafka_admin_properties: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    name = f"rotated-{uuid.uuid4().hex[:8]}"
+    kafka = ["--kafka", kafka_bootstrap, "--kafka-config", os.environ[CONFIG_FILE_ENV]]
+    first, second = new_password(), new_password()
+    try:
+        monkeypatch.setenv("ALLOCATOR_NEW_PASSWORD", first)
+        assert main(["acl", "user", *kafka, name]) == 0
+        old = user_client_properties(kafka_admin_properties, name, first)
+        _eventually(lambda: _logs_in(kafka_bootstrap, old), "the new user logs in")
+        monkeypatch.setenv("ALLOCATOR_NEW_PASSWORD", second)
+        assert main(["acl", "user", *kafka, name]) == 0
+        new = user_client_properties(kafka_admin_properties, name, second)
+        _eventually(lambda: _logs_in(kafka_bootstrap, new), "the rotated password logs in")
+        assert not _logs_in(kafka_bootstrap, old), "the old password still logs in"
+        out, err = capsys.readouterr()
+        assert first not in out + err and second not in out + err
+    finally:
+        revoke_scram_user(kafka_bootstrap, kafka_admin_properties, name)
+
+
+def test_acl_user_without_a_password_or_a_terminal_fails_clearly(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    monkeypatch.delenv("ALLOCATOR_NEW_PASSWORD", raising=False)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["acl", "user", "--kafka", kafka_bootstrap, f"nobody-{uuid.uuid4().hex[:8]}"]) == 2
+    assert "set ALLOCATOR_NEW_PASSWORD" in capsys.readouterr().err
+
+
+def test_acl_apply_dry_run_prints_the_table_and_changes_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["acl", "apply", "--dry-run", "--topic-prefix", "dry", "--agent", "a1", "--auditor", "au"]) == 0
+    out = capsys.readouterr().out
+    assert "User:a1" in out and "dry.proposals" in out and "dry run: " in out
+    assert "User:a1    agent      TOPIC             LITERAL   dry.decisions" not in out
+    assert main(["acl", "apply", "--dry-run", "--agent", "bad,name"]) == 2
