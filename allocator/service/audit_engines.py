@@ -117,7 +117,7 @@ class ProcessPoolEngine:
         queued: deque[tuple[Any, concurrent.futures.Future[Outcome], bool]] = deque()  # (task, future, retried)
         try:
             for task in tasks:
-                queued.append((task, pool.submit(run_task, work, task), False))
+                queued.append((task, _submit(pool, work, task), False))
                 while len(queued) >= self.window:
                     pool = yield from self._next(work, queued, pool)
             while queued:
@@ -145,7 +145,7 @@ class ProcessPoolEngine:
                 if i == 0 and (retried or again):
                     queued.append((t, _failed("its worker process died, twice: not re-derived"), True))
                     continue
-                queued.append((t, pool.submit(run_task, work, t), True))
+                queued.append((t, _submit(pool, work, t), True))
             return pool
         queued.popleft()
         yield task, outcome
@@ -155,6 +155,19 @@ class ProcessPoolEngine:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+def _submit(
+    pool: concurrent.futures.ProcessPoolExecutor, work: Callable[[Any], Any], task: Any
+) -> concurrent.futures.Future[Outcome]:
+    """The task on the pool; a pool that broke before the task got in (a worker died meanwhile) answers with a
+    future that holds the break, so the task is retried like the tasks already queued."""
+    try:
+        return pool.submit(run_task, work, task)
+    except BrokenProcessPool as exc:
+        broken: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
+        broken.set_exception(exc)
+        return broken
 
 
 def _failed(message: str) -> concurrent.futures.Future[Outcome]:
