@@ -450,22 +450,9 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_db_grant_reader(args: argparse.Namespace) -> int:
-    import os
-
-    from projections.database import engine_for
     from projections.roles import grant_reader
 
-    url = args.database or os.environ.get("DATABASE_URL")
-    if not url:
-        print("allocator db grant-reader: no database: pass --database URL or set DATABASE_URL", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        grant_reader(engine_for(url), args.role, args.schema or "public", args.password)
-    except ValueError as exc:
-        print(f"allocator db grant-reader: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    print(f"role {args.role} can read schema {args.schema or 'public'} (SELECT only)")
-    return EXIT_OK
+    return _grant_role(args, grant_reader, "can read schema {schema} (SELECT only)")
 
 
 def _kafka_admin(args: argparse.Namespace, command: str) -> tuple[str, dict[str, str]]:
@@ -550,10 +537,19 @@ def _cmd_acl_user(args: argparse.Namespace) -> int:
 
 
 def _cmd_db_grant_projector(args: argparse.Namespace) -> int:
+    from projections.roles import grant_projector
+
+    return _grant_role(args, grant_projector, "can write the projections of schema {schema} (no DDL)")
+
+
+def _grant_role(args: argparse.Namespace, grant: Callable[..., None], done: str) -> int:
+    """A PostgreSQL role's rights on the projections; a new role's password from ALLOCATOR_DB_PASSWORD or a prompt,
+    never the command line (docs/security.md)."""
     import os
 
+    from sqlalchemy import text
+
     from projections.database import engine_for
-    from projections.roles import grant_projector
 
     url = args.database or os.environ.get("DATABASE_URL")
     if not url:
@@ -562,15 +558,13 @@ def _cmd_db_grant_projector(args: argparse.Namespace) -> int:
     if engine.dialect.name != "postgresql":
         raise UsageError("roles exist on PostgreSQL only")
     with engine.connect() as conn:
-        from sqlalchemy import text
-
         exists = conn.execute(text("select 1 from pg_roles where rolname = :r"), {"r": args.role}).first()
     password = None if exists else _new_secret("ALLOCATOR_DB_PASSWORD", "database password")
     try:
-        grant_projector(engine, args.role, args.schema or "public", password)
+        grant(engine, args.role, args.schema or "public", password)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    print(f"role {args.role} can write the projections of schema {args.schema or 'public'} (no DDL)")
+    print(f"role {args.role} " + done.format(schema=args.schema or "public"))
     return EXIT_OK
 
 
@@ -1132,7 +1126,6 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(handler=_cmd_db_upgrade)
     reader = db_sub.add_parser("grant-reader", help="give a role read-only access to the projections (auditors)")
     reader.add_argument("role", help="the read-only role")
-    reader.add_argument("--password", help="create the role with this password when it does not exist")
     reader.add_argument("--database", help="SQLAlchemy URL of the writer (default: $DATABASE_URL)")
     reader.add_argument("--schema", help="PostgreSQL schema (default: public)")
     reader.set_defaults(handler=_cmd_db_grant_reader)

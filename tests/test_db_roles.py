@@ -74,16 +74,31 @@ def test_the_projector_role_writes_rows_and_offsets_but_no_ddl(
             _refused(projector, statement)
 
 
-def test_grant_projector_without_a_password_or_a_terminal_fails_clearly(
-    db_schema: DbSchema, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("command", ["grant-projector", "grant-reader"])
+def test_granting_a_new_role_without_a_password_or_a_terminal_fails_clearly(
+    command: str, db_schema: DbSchema, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import io
 
     monkeypatch.delenv("ALLOCATOR_DB_PASSWORD", raising=False)
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
-    role = f"projector_{uuid.uuid4().hex[:8]}"
-    assert main(["db", "grant-projector", role, "--database", db_schema.url, "--schema", db_schema.name]) == 2
+    role = f"role_{uuid.uuid4().hex[:8]}"
+    assert main(["db", command, role, "--database", db_schema.url, "--schema", db_schema.name]) == 2
     assert "set ALLOCATOR_DB_PASSWORD" in capsys.readouterr().err
+
+
+def test_grant_reader_takes_a_new_roles_password_from_the_environment_never_the_command_line(
+    db_schema: DbSchema, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    upgrade(db_schema.url, schema=db_schema.name)
+    role, password = f"auditor_{uuid.uuid4().hex[:8]}", f"pw-{uuid.uuid4().hex}"
+    monkeypatch.setenv("ALLOCATOR_DB_PASSWORD", password)
+    assert main(["db", "grant-reader", role, "--database", db_schema.url, "--schema", db_schema.name]) == 0
+    assert password not in capsys.readouterr().out
+    with _login(db_schema, role, password) as auditor, auditor.connect() as conn:
+        assert conn.execute(text("select count(*) from proposals")).scalar_one() == 0
+    with pytest.raises(SystemExit):
+        main(["db", "grant-reader", role, "--password", password])
 
 
 def test_the_auditor_role_selects_only(db_schema: DbSchema) -> None:
