@@ -107,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "serve" in parts:
         print(
             f"serve config: {json.dumps(SERVE_CONFIG)} (other keys at their defaults: max_pending 1000, "
-            f"solver_work_limit 32,000, safety net solver_time_limit_ms 1,000, initial_cash 100,000); proposals urgency 0.1 (valid 10 s), "
+            f"solver_work_limit 32,000, safety net solver_time_limit_ms 1,000, initial_cash 100,000); "
+            f"proposals urgency 0.1 (valid 10 s), "
             f"~{MARKETS} markets, ~{KEYS} correlation keys; {duration:g} s per rate; latency = receipt of the first "
             f"decision naming the proposal (read_committed consumer) - produce time; 'never' = still undecided "
             f"after the drain"
