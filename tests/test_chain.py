@@ -130,6 +130,29 @@ def test_serve_signs_and_links_every_decision_and_keeps_the_head_across_a_restar
     assert all(d.key_id == signer.key_id and d.signature for d in decisions)
 
 
+def test_a_signed_book_that_recovers_from_a_failed_cycle_keeps_its_own_decisions(
+    tmp_path: Path, keys: tuple[Path, Path, DecisionSigner]
+) -> None:
+    """After a cycle fails even on the halted book, the service rebuilds from its last commit: with its own key
+    trusted, so the signed decisions it published are folded again and the chain goes on from their head."""
+    _, _, signer = keys
+    db, topics = tmp_path / "log.sqlite", Topics("recover")
+    svc = embedded(db, topics, ChainSettings(signer))
+    try:
+        for c in range(2):
+            produce(db, topics.proposals, [codec.encode(proposal(10 * c + i)) for i in range(4)], T + 10 * c)
+            cycle(svc)
+        before = (svc.state.cycle, svc.state.portfolio.equity, dict(svc.state.portfolio.reservations))
+        svc._recover()
+        assert (svc.state.cycle, svc.state.portfolio.equity, dict(svc.state.portfolio.reservations)) == before
+        head = signer.head
+        produce(db, topics.proposals, [codec.encode(proposal(30))], T + 30)
+        third = cycle(svc)
+        assert third.cycle == 3 and third.previous_hash == head != GENESIS
+    finally:
+        close(svc)
+
+
 def test_the_first_chained_decision_links_to_the_last_decision_before_the_chain(
     tmp_path: Path, keys: tuple[Path, Path, DecisionSigner]
 ) -> None:

@@ -229,8 +229,9 @@ class AllocatorService:
         """Back to the last commit: the consumer rewound, the state rebuilt from the log, the batch dropped."""
         self.log.rewind_to_committed()
         # Rare: rebuild what the last commit left from the log itself (copying the state every cycle to
-        # restore it cost tens of ms a cycle, growing with every proposal id ever seen).
-        self.state = rebuild(self.reader, self.codec, self.topics, self.config, self.say)
+        # restore it cost tens of ms a cycle, growing with every proposal id ever seen). With the chain's keys:
+        # without them a signed book's own decisions would not verify and would not be folded.
+        self.state = rebuild(self.reader, self.codec, self.topics, self.config, self.say, self.chain)
         self.buffer = []
         self.pending_proposals = 0
 
