@@ -124,3 +124,13 @@ def test_without_configured_agents_nothing_changes(tmp_path: Path) -> None:
     db = tmp_path / "log.sqlite"
     svc = service(db, AllocatorConfig.from_mapping({"scenario_count": 300, "solver_time_limit_ms": 10_000}))
     assert svc.topics.inputs == Topics("ids").inputs
+
+
+def test_the_forged_and_the_genuine_proposal_in_one_batch(tmp_path: Path) -> None:
+    db = tmp_path / "log.sqlite"
+    svc = service(db)
+    produce(db, TOPICS.proposals_of("alpha"), proposal("b7", "beta", T + 1))  # first: it must not claim b7
+    produce(db, TOPICS.proposals_of("beta"), proposal("b7", "beta", T + 2))
+    decided = [(a.proposal_id, a.status) for a in cycle(svc).allocations]
+    assert sorted(decided) == [("b7", AllocationStatus.FUNDED), ("b7", AllocationStatus.REJECTED)]
+    assert not svc.state.portfolio.refused and not svc.state.portfolio.pending
