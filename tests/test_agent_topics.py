@@ -134,3 +134,10 @@ def test_the_forged_and_the_genuine_proposal_in_one_batch(tmp_path: Path) -> Non
     decided = [(a.proposal_id, a.status) for a in cycle(svc).allocations]
     assert sorted(decided) == [("b7", AllocationStatus.FUNDED), ("b7", AllocationStatus.REJECTED)]
     assert not svc.state.portfolio.refused and not svc.state.portfolio.pending
+
+
+def test_an_agent_s_own_topic_is_never_taken_for_another_book() -> None:
+    from allocator.service.discovery import book_prefixes
+
+    names = [*Topics("ids", agents=("decisions", "alpha")).inputs, *Topics("ids").outputs]
+    assert list(book_prefixes(names)) == ["ids"]
