@@ -7,6 +7,7 @@ import functools
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -14,6 +15,10 @@ from typing import Any
 
 from governors.state import GovernorLimits
 from schemas.signing import SigningKeyError, key_id_of, public_key_from_hex
+
+# An agent id names the agent's own proposals topic `<prefix>.proposals.<agent>`: a topic-name part without dots
+# (the same rule as eventlog.port.check_agent_id, which the pure core may not import).
+_AGENT_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 class ConfigError(ValueError):
@@ -209,6 +214,12 @@ def _coerce(key: str, spec: dataclasses.Field[Any], value: Any) -> Any:
             return None
         if not isinstance(value, list | tuple) or not all(isinstance(a, str) and a for a in value):
             raise ConfigError(f"agents: must be a list of agent ids, got {value!r}")
+        for agent in value:
+            if _AGENT_ID.fullmatch(agent) is None:
+                raise ConfigError(
+                    f"agents: {agent!r} is not an agent id: 1-128 characters of a-z, A-Z, 0-9, '_' and '-' "
+                    "(each agent's proposals topic is named after it)"
+                )
         return tuple(value)
     if kind == "int":
         if isinstance(value, float) and math.isfinite(value) and value.is_integer():

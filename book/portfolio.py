@@ -181,6 +181,9 @@ class PortfolioState:
     received: dict[str, int] = field(default_factory=dict)  # pending proposal id -> log time it was received
     conflicts: dict[str, Proposal] = field(default_factory=dict)  # an id re-sent with other content: DUPLICATE
     seen: dict[str, Hashable] = field(default_factory=dict)  # proposal id -> content hash, for duplicates
+    # proposals from one agent's own topic naming another agent, and why: the next decision rejects them
+    # UNAUTHORIZED; they claim no id (rules.md §11.1)
+    refused: list[tuple[Proposal, str]] = field(default_factory=list)
     keys: dict[str, str] = field(default_factory=dict)  # proposal id -> correlation key of funded proposals
     # (decision id, proposal id) -> what a committed decision funded and what fills took of it so far; kept after
     # the reservation expires, so a late fill still counts against its allocation (rules.md §11.1)
@@ -332,10 +335,19 @@ class PortfolioState:
         elif repeat is Repeat.CONFLICT:
             self.conflicts.setdefault(pid, proposal)
 
+    def refuse_proposal(self, proposal: Proposal, why: str) -> None:
+        """A proposal its writer may not make (rules.md §11.1): the next decision rejects it UNAUTHORIZED with
+        `why`. It is not received: it claims no proposal id, names no market and moves no duplicate rule."""
+        self.refused.append((proposal, why))
+
     def _on_decision(self, decision: Decision) -> tuple[GovernorChange, ...]:
         self.cycles = max(self.cycles, decision.cycle)
         self.last_decision_id = decision.decision_id
+        if self.refused and any(r.code is ReasonCode.UNAUTHORIZED for a in decision.allocations for r in a.reasons):
+            self.refused.clear()  # the decision built from this state named every refused proposal
         for a in decision.allocations:
+            if any(r.code is ReasonCode.UNAUTHORIZED for r in a.reasons):
+                continue  # a refused proposal: never pending, its id is not the rejection's to settle
             if any(r.code is ReasonCode.DUPLICATE for r in a.reasons):
                 self.conflicts.pop(a.proposal_id, None)  # the re-send, not the original it conflicts with
                 continue

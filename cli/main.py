@@ -428,7 +428,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 def _cmd_init(args: argparse.Namespace) -> int:
     from eventlog.port import LogError, Topics
 
-    topics = Topics(args.topic_prefix)
+    config = _config_file(args)
+    topics = Topics(args.topic_prefix, agents=(config.agents or ()) if config is not None else ())
     wanted = {name: args.partitions for name in topics.inputs} | dict.fromkeys(topics.outputs, 1)
     failed = 0
     with _log_settings(args).open() as log:
@@ -629,8 +630,9 @@ def _read_input(source: str) -> str:
 
 def _send_records(args: argparse.Namespace, kind: str, parse: Callable[[str, int], Sequence[Any]]) -> int:
     """The shell tools' one path: read and check every record first (nothing is sent if any is bad, exit 2),
-    then produce them all through the book's client (`propose`: Proposals, `fill`: Fills)."""
-    from allocator.service.clients import BookClient
+    then produce them all through the book's client (`propose`: Proposals, `fill`: Fills). A proposal goes to
+    its agent's own topic when one exists (the book configures the agent), else to the shared one."""
+    from allocator.service.clients import BookClient, agents_with_topics
     from allocator.service.wire import WireError
     from eventlog.port import LogError, Topics, wall_clock_ms
     from schemas.codec import make_codec
@@ -644,10 +646,14 @@ def _send_records(args: argparse.Namespace, kind: str, parse: Callable[[str, int
         print(f"allocator {args.command}: nothing sent", file=sys.stderr)
         return EXIT_USAGE
     settings, topics = _log_settings(args), Topics(args.topic_prefix)
+    used: dict[str, None] = {}
     try:
         with settings.open() as log:
+            agents = {r.agent_id for r in records if isinstance(r, Proposal)}
+            topics = agents_with_topics(log, topics, sorted(agents))  # a configured agent's own topic
             client = BookClient(log, make_codec(args.schema_registry), topics)
             for record in records:
+                used[client.proposals_topic(record.agent_id) if isinstance(record, Proposal) else topics.fills] = None
                 if isinstance(record, Proposal):
                     client.propose(record)
                 else:
@@ -659,8 +665,7 @@ def _send_records(args: argparse.Namespace, kind: str, parse: Callable[[str, int
     for r in records:
         if isinstance(r, Proposal):
             print(f"sent {r.proposal_id} ({r.agent_id}, {r.market_id} {r.side.value} {r.requested_size:g})")
-    topic = topics.proposals if kind == "proposals" else topics.fills
-    print(f"{len(records)} {kind} sent to {topic} on {settings.describe()}")
+    print(f"{len(records)} {kind} sent to {', '.join(used) or topics.fills} on {settings.describe()}")
     return EXIT_OK
 
 
@@ -974,6 +979,9 @@ def build_parser() -> argparse.ArgumentParser:
     _log_options(init, registry=False)
     init.add_argument("--partitions", type=int, default=1, help="partitions of each input topic (default: 1)")
     init.add_argument("--replication-factor", type=int, default=1, help="replication factor (default: 1)")
+    init.add_argument(
+        "--config", help="the book's JSON configuration: each of its `agents` also gets its own PREFIX.proposals.AGENT"
+    )
     init.set_defaults(handler=_cmd_init)
 
     for name, help_text in (
@@ -1043,8 +1051,9 @@ def build_parser() -> argparse.ArgumentParser:
         "propose",
         help="send proposals from JSON (an object, an array or JSON lines; - for stdin), validated first",
         description="Read proposals as JSON, check them with the allocator's own rules (docs/rules.md §2) and "
-        "produce them to PREFIX.proposals. created_at defaults to now. Exit 2, naming the line and the field, "
-        "when any is invalid: then nothing is sent.",
+        "produce them to PREFIX.proposals.AGENT, the agent's own topic, when the book configures agents (allocator "
+        "init created it), else to PREFIX.proposals. created_at defaults to now. Exit 2, naming the line and the "
+        "field, when any is invalid: then nothing is sent.",
     )
     propose.add_argument("file", help="JSON file of proposals, or - for stdin")
     propose.add_argument("--agent", help="refuse any proposal whose agent_id is not this one")

@@ -20,6 +20,18 @@ _TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
 
 _BOOK_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_AGENT_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def check_agent_id(agent: str) -> str:
+    """An agent id that names its own proposals topic `<prefix>.proposals.<agent>`: 1-128 characters of
+    a-z, A-Z, 0-9, '_' and '-' (a topic-name part without dots). Raises ValueError naming it otherwise."""
+    if not isinstance(agent, str) or _AGENT_ID.fullmatch(agent) is None:
+        raise ValueError(
+            f"agent id {agent!r}: must be 1-128 characters of a-z, A-Z, 0-9, '_' and '-' (it names the agent's "
+            "proposals topic)"
+        )
+    return agent
 
 
 def normalise_book_id(raw: str) -> str:
@@ -72,13 +84,53 @@ class Record:
 
 @dataclass(frozen=True)
 class Topics:
-    """The book's topics, named `<prefix>.<role>`."""
+    """The book's topics, named `<prefix>.<role>`. With `agents` (the configured agents), each agent also has its
+    own proposals topic `<prefix>.proposals.<agent>`, among the inputs: the broker lets only that agent write it
+    (rules.md §11.1), and the fold rejects a proposal there naming another agent."""
 
     prefix: str = "allocator"
+    agents: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for agent in self.agents:
+            check_agent_id(agent)
 
     @property
     def proposals(self) -> str:
         return f"{self.prefix}.proposals"
+
+    def proposals_of(self, agent: str) -> str:
+        """The agent's own proposals topic (the agent id must be a valid topic-name part)."""
+        return f"{self.prefix}.proposals.{check_agent_id(agent)}"
+
+    def agent_of(self, topic: str) -> str | None:
+        """The agent whose own proposals topic `topic` is (by its name, configured or not), else None."""
+        head = self._agent_head
+        if not topic.startswith(head):
+            return None
+        agent = topic[len(head) :]
+        return agent if _AGENT_ID.fullmatch(agent) is not None else None
+
+    def is_proposals(self, topic: str) -> bool:
+        """The shared proposals topic or an agent's own."""
+        return topic == self.proposals or self.agent_of(topic) is not None
+
+    def input_rank(self, topic: str) -> int:
+        """Where records of `topic` go among records of the same log time (rules.md §1.5): proposals (the shared
+        topic and every agent's), fills, pnl, control; then anything else. By name only, so a replay that knows
+        no configured agents orders a batch as the live service did."""
+        rank = self._rank.get(topic)
+        if rank is None:
+            rank = 0 if self.agent_of(topic) is not None else len(self._rank)
+        return rank
+
+    @cached_property
+    def _agent_head(self) -> str:
+        return f"{self.prefix}.proposals."
+
+    @cached_property
+    def _rank(self) -> dict[str, int]:
+        return {self.proposals: 0, self.fills: 1, self.pnl: 2, self.control: 3}
 
     @property
     def fills(self) -> str:
@@ -106,15 +158,19 @@ class Topics:
 
     @property
     def inputs(self) -> tuple[str, ...]:
-        return (self.proposals, self.fills, self.pnl, self.control)
+        return (self.proposals, *(self.proposals_of(a) for a in self.agents), self.fills, self.pnl, self.control)
 
     @property
     def outputs(self) -> tuple[str, ...]:
         return (self.decisions, self.governor, self.deadletter)
 
     def accepts(self, topic: str) -> tuple[type[Event], ...]:
-        """The event types an input topic may carry; anything else there is a dead letter."""
-        return self._accepted.get(topic, ())
+        """The event types an input topic may carry (an agent's own proposals topic: proposals, configured or
+        not, so a replay reads what the live service read); anything else there is a dead letter."""
+        accepted = self._accepted.get(topic)
+        if accepted is None:
+            accepted = (Proposal,) if self.agent_of(topic) is not None else ()
+        return accepted
 
     @cached_property
     def _accepted(self) -> dict[str, tuple[type[Event], ...]]:

@@ -8,6 +8,7 @@ are retried until a deadline (`_eventually`); refusals need no wait (before the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -30,7 +31,7 @@ from eventlog.kafka_properties import CONFIG_FILE_ENV, client_config, write_clie
 from eventlog.kafka_scram import new_password, revoke_scram_user, set_scram_password, user_client_properties
 from eventlog.port import Topics
 from schemas.codec import SingleObjectCodec
-from schemas.events import Decision, Proposal, Side
+from schemas.events import AllocationStatus, Decision, Proposal, ReasonCode, Side
 
 pytestmark = pytest.mark.kafka
 
@@ -43,6 +44,7 @@ _BOUNDED: dict[str, Any] = {
 }
 LIMIT_S = 15.0
 ROLES = ("agent", "executor", "market", "operator", "allocator", "projector", "auditor")
+OTHER_AGENT = "agent2"  # a second agent user, for the per-agent proposals topics (rules.md §11.1)
 BOOK = "main"
 
 
@@ -53,9 +55,17 @@ class Book:
     users: dict[str, dict[str, str]]  # role -> client properties
     files: dict[str, Path]  # role -> properties file
     admin_file: Path
+    config_file: Path  # the book's configuration: its agents are the agent role's user and OTHER_AGENT's
 
     def name(self, role: str) -> str:
         return self.users[role]["sasl.username"]
+
+    def topic(self, what: str) -> str:
+        """A topic of the book by its role; `own`/`other`: the agent's own proposals topic, the other agent's."""
+        if what in ("own", "other"):
+            return self.topics.proposals_of(self.name("agent" if what == "own" else OTHER_AGENT))
+        name: str = getattr(self.topics, what)
+        return name
 
 
 def _produce(bootstrap: str, properties: dict[str, str], topic: str, value: bytes = b"x") -> KafkaError | None:
@@ -140,21 +150,25 @@ def book(
     prefix = f"roles-{uuid.uuid4().hex[:10]}"
     admin_file = Path(os.environ[CONFIG_FILE_ENV])
     kafka = ["--kafka", kafka_bootstrap, "--kafka-config", str(admin_file)]
-    assert main(["init", *kafka, "--topic-prefix", prefix]) == 0
     users: dict[str, dict[str, str]] = {}
     files: dict[str, Path] = {}
-    for role in ROLES:
+    for role in (*ROLES, OTHER_AGENT):
         name = f"{role}-{uuid.uuid4().hex[:8]}"
         password = new_password()
         set_scram_password(kafka_bootstrap, kafka_admin_properties, name, password)
         users[role] = user_client_properties(kafka_admin_properties, name, password)
         files[role] = folder / f"{role}.properties"
         write_client_properties(files[role], users[role])
+    agents = [users[role]["sasl.username"] for role in ("agent", OTHER_AGENT)]
+    config_file = folder / "config.json"
+    config_file.write_text(json.dumps({"agents": agents, "scenario_count": 300}), encoding="utf-8")
+    assert main(["init", *kafka, "--topic-prefix", prefix, "--config", str(config_file)]) == 0
     options = [arg for role in ROLES for arg in (f"--{role}", users[role]["sasl.username"])]
+    options += ["--agent", users[OTHER_AGENT]["sasl.username"]]
     assert main(["acl", "apply", *kafka, "--topic-prefix", prefix, "--book", BOOK, *options]) == 0
     # Idempotent: a second run asks again and changes nothing.
     assert main(["acl", "apply", *kafka, "--topic-prefix", prefix, "--book", BOOK, *options]) == 0
-    yield Book(kafka_bootstrap, Topics(prefix), users, files, admin_file)
+    yield Book(kafka_bootstrap, Topics(prefix), users, files, admin_file, config_file)
     names = [props["sasl.username"] for props in users.values()]
     _delete_acls(kafka_bootstrap, kafka_admin_properties, names)
     for name in names:
@@ -162,7 +176,7 @@ def book(
 
 
 WRITES = {
-    "agent": {"proposals"},
+    "agent": {"own"},  # its own proposals topic: neither the other agent's nor the shared one
     "executor": {"fills"},
     "market": {"pnl"},
     "operator": {"control"},
@@ -170,7 +184,7 @@ WRITES = {
     "projector": set(),
     "auditor": set(),
 }
-ALL = ("proposals", "fills", "pnl", "control", "decisions", "governor", "deadletter")
+ALL = ("proposals", "own", "other", "fills", "pnl", "control", "decisions", "governor", "deadletter")
 READS = {
     "agent": set(),
     "executor": {"decisions"},
@@ -194,14 +208,14 @@ def _group(book: Book, role: str) -> str:
 def test_each_role_writes_only_its_topics(book: Book, role: str) -> None:
     props = book.users[role]
     for what in sorted(WRITES[role]):
-        topic: str = getattr(book.topics, what)
+        topic: str = book.topic(what)
 
         def writes(topic: str = topic) -> bool:
             return _produce(book.bootstrap, props, topic) is None
 
         _eventually(writes, f"{role} writes {what}")
     for what in sorted(set(ALL) - WRITES[role]):
-        error = _produce(book.bootstrap, props, getattr(book.topics, what))
+        error = _produce(book.bootstrap, props, book.topic(what))
         assert error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, (role, what, error)
 
 
@@ -211,16 +225,16 @@ def test_each_role_reads_only_its_topics(book: Book, role: str) -> None:
     group = _group(book, role)
     # Something to read on every topic (the admin is a super user).
     for what in ALL:
-        assert _produce(book.bootstrap, dict(_admin(book)), getattr(book.topics, what), b"seed") is None
+        assert _produce(book.bootstrap, dict(_admin(book)), book.topic(what), b"seed") is None
     for what in sorted(READS[role]):
-        topic: str = getattr(book.topics, what)
+        topic: str = book.topic(what)
 
         def reads(topic: str = topic) -> bool:
             return bool(_consume(book.bootstrap, props, topic, group).error() is None)
 
         _eventually(reads, f"{role} reads {what}")
     for what in sorted(set(ALL) - READS[role]):
-        message = _consume(book.bootstrap, props, getattr(book.topics, what), group)
+        message = _consume(book.bootstrap, props, book.topic(what), group)
         assert message.error() is not None, (role, what)
         expected = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED}
         assert message.error().code() in expected, (role, what, message.error())
@@ -253,23 +267,30 @@ def test_only_the_allocator_may_use_its_transactional_id(book: Book, role: str) 
     assert error is not None and error.code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, (role, error)
 
 
-def test_serve_as_the_allocator_decides_a_proposal_of_the_agent(book: Book, tmp_path: Path) -> None:
-    prefix = ["--kafka", book.bootstrap, "--topic-prefix", book.topics.prefix]
-    proposal = Proposal("roles-1", "alpha", "s", "m1", Side.BUY, 0.5, 0.04, 0.9, 800.0, 100.0, 0.05, 0.01, "k1", 0)
+def _propose(book: Book, role: str, proposal: Proposal, tmp_path: Path) -> None:
+    """`allocator propose` as the user of `role` (it picks the agent's own topic, which `init` made)."""
     raw = {**to_json(proposal)}
     del raw["created_at"]
-    file = tmp_path / "p.json"
+    file = tmp_path / f"{proposal.proposal_id}-{role}.json"
     file.write_text(json.dumps(raw), encoding="utf-8")
-    agent = ["--kafka-config", str(book.files["agent"])]
-    _eventually(lambda: main(["propose", str(file), *prefix, *agent]) == 0, "the agent proposes")
+    prefix = ["--kafka", book.bootstrap, "--topic-prefix", book.topics.prefix]
+    agent = ["--kafka-config", str(book.files[role])]
+    _eventually(lambda: main(["propose", str(file), *prefix, *agent]) == 0, f"{role} proposes")
+
+
+def _serve(book: Book, cycles: int) -> None:
+    prefix = ["--kafka", book.bootstrap, "--topic-prefix", book.topics.prefix, "--config", str(book.config_file)]
     allocator = ["--kafka-config", str(book.files["allocator"])]
-    assert main(["serve", "--book", BOOK, *prefix, *allocator, "--max-cycles", "1", "--duration", "60"]) == 0
+    assert main(["serve", "--book", BOOK, *prefix, *allocator, "--max-cycles", str(cycles), "--duration", "60"]) == 0
+
+
+def _decisions(book: Book, count: int) -> list[Decision]:
     codec = SingleObjectCodec()
+    decisions: list[Decision] = []
     with KafkaEventLog(book.bootstrap, config=book.users["executor"], timeout_s=LIMIT_S) as log:
         log.assign([book.topics.decisions])
-        decisions: list[Decision] = []
         deadline = time.monotonic() + LIMIT_S
-        while not decisions and time.monotonic() < deadline:
+        while len(decisions) < count and time.monotonic() < deadline:
             for record in log.poll(100, 0.5):
                 try:
                     event = codec.decode(record.value or b"")
@@ -277,8 +298,37 @@ def test_serve_as_the_allocator_decides_a_proposal_of_the_agent(book: Book, tmp_
                     continue
                 if isinstance(event, Decision):
                     decisions.append(event)
-    assert decisions, "no decision in time"
-    assert [a.proposal_id for a in decisions[0].allocations] == ["roles-1"]
+    assert len(decisions) == count, f"{len(decisions)} decisions in time, not {count}"
+    return decisions
+
+
+def test_serve_funds_an_agent_s_own_proposal_and_rejects_one_under_another_agent_s_id(
+    book: Book, tmp_path: Path
+) -> None:
+    alpha, beta = book.name("agent"), book.name(OTHER_AGENT)
+    genuine = Proposal("roles-1", alpha, "s", "m1", Side.BUY, 0.5, 0.04, 0.9, 800.0, 100.0, 0.05, 0.01, "k1", 0)
+    _propose(book, "agent", genuine, tmp_path)  # to alpha's own topic
+    # alpha writes a proposal naming beta: the broker lets it onto alpha's topic only, never onto beta's.
+    forged = dataclasses.replace(genuine, proposal_id="roles-2", agent_id=beta, created_at=int(time.time() * 1000))
+    data = SingleObjectCodec().encode(forged)
+    refused = _produce(book.bootstrap, book.users["agent"], book.topic("other"), data)
+    assert refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    assert _produce(book.bootstrap, book.users["agent"], book.topic("own"), data) is None
+    _serve(book, 1)
+    first = _decisions(book, 1)
+    # beta's genuine proposal with the same id, from beta's own topic, is still accepted afterwards.
+    _propose(book, OTHER_AGENT, dataclasses.replace(forged, created_at=0), tmp_path)
+    _serve(book, 2)
+    decided = [(d.cycle, a) for d in _decisions(book, 2) for a in d.allocations]
+    assert first[0].cycle == 1 and {a.proposal_id for a in first[0].allocations} >= {"roles-1"}
+    by_id = {(a.proposal_id, a.status): (cycle, a) for cycle, a in decided}
+    assert ("roles-1", AllocationStatus.FUNDED) in by_id
+    cycle_rejected, rejected = by_id[("roles-2", AllocationStatus.REJECTED)]
+    assert [r.code for r in rejected.reasons] == [ReasonCode.UNAUTHORIZED]
+    detail = rejected.reasons[0].detail or ""
+    assert repr(alpha) in detail and book.topic("own") in detail
+    cycle_funded, funded = by_id[("roles-2", AllocationStatus.FUNDED)]
+    assert funded.agent_id == beta and cycle_funded >= cycle_rejected
 
 
 def test_the_table_names_only_the_book_s_resources(book: Book) -> None:

@@ -209,3 +209,16 @@ def rejected_duplicate(submitted: Submitted) -> InvalidProposal:
     pid = submitted.proposal_id
     reason = Reason(ReasonCode.DUPLICATE, f"proposal_id {pid!r} was already received with other content")
     return InvalidProposal(pid, submitted.agent_id, submitted.market_id, submitted.side, (reason,))
+
+
+def rejected_unauthorized(proposal: Proposal, why: str) -> InvalidProposal:
+    """The rejection of a proposal its writer may not make: it came from one agent's own proposals topic and
+    names another agent (rules.md §11.1). Its strings are cut as any rejection's are."""
+    reason = Reason(ReasonCode.UNAUTHORIZED, why)
+    return InvalidProposal(
+        bounded_id(proposal.proposal_id),
+        _text(proposal.agent_id),
+        _text(proposal.market_id),
+        proposal.side if isinstance(proposal.side, Side) else None,
+        (reason,),
+    )

@@ -4,14 +4,17 @@ Principals are SCRAM user names, grouped by role:
 
 | role      | may                                                                                         |
 |-----------|---------------------------------------------------------------------------------------------|
-| agent     | WRITE (and DESCRIBE) the proposals topic                                                    |
+| agent     | WRITE (and DESCRIBE) its own proposals topic `<prefix>.proposals.<agent>` (the user name is |
+|           | the agent id), never another agent's nor the shared `<prefix>.proposals`                    |
 | executor  | READ decisions, WRITE fills; consumer groups `executor-<prefix>-<name>*`                     |
 | market    | WRITE pnl (marks and resolutions)                                                           |
 | operator  | WRITE control                                                                               |
-| allocator | READ every topic of the book, WRITE decisions/governor/deadletter, CREATE the book's topics   |
+| allocator | READ every topic of the book (the agents' own: PREFIXED `<prefix>.proposals.`), WRITE        |
+|           | decisions/governor/deadletter, CREATE the book's topics                                     |
 |           | (serve creates a missing one at start), its consumer group and transactional id             |
 |           | `allocator-<prefix>-<book>` (READ/DESCRIBE; WRITE/DESCRIBE)                                  |
-| projector | READ every topic of the book; consumer groups `projector-<prefix>-<name>*`; writes nothing    |
+| projector | READ every topic of the book, as the allocator; consumer groups `projector-<prefix>-<name>*`; |
+|           | writes nothing                                                                              |
 | auditor   | READ every topic of the book; consumer groups `auditor-<prefix>-<name>*`; writes nothing      |
 
 Nobody else may do anything (the broker runs with allow.everyone.if.no.acl.found=false); the admin and broker
@@ -26,7 +29,7 @@ from collections.abc import Mapping, Sequence
 
 from allocator.service.loop import group_of, transactional_id_of
 from eventlog.kafka_acl import PRIVATE_READER_GROUP_PREFIX, AclEntry, check_principal_name
-from eventlog.port import Topics, normalise_book_id
+from eventlog.port import Topics, check_agent_id, normalise_book_id
 
 ROLES = ("agent", "executor", "market", "operator", "allocator", "projector", "auditor")
 """Every role, in the order the table lists them."""
@@ -46,8 +49,8 @@ def _topic(principal: str, name: str, *operations: str) -> list[AclEntry]:
 
 
 def _role_rows(role: str, principal: str, topics: Topics, book: str) -> list[AclEntry]:
-    if role == "agent":
-        return _topic(principal, topics.proposals, "WRITE", "DESCRIBE")
+    if role == "agent":  # its own proposals topic only: the topic tells the fold who wrote (rules.md §11.1)
+        return _topic(principal, topics.proposals_of(principal), "WRITE", "DESCRIBE")
     if role == "executor":
         return [
             *_topic(principal, topics.decisions, "READ", "DESCRIBE"),
@@ -60,6 +63,7 @@ def _role_rows(role: str, principal: str, topics: Topics, book: str) -> list[Acl
         return _topic(principal, topics.control, "WRITE", "DESCRIBE")
     if role == "allocator":
         rows = [row for name in _all_topics(topics) for row in _topic(principal, name, "READ", "DESCRIBE", "CREATE")]
+        rows += _agent_topics(principal, topics, "READ", "DESCRIBE", "CREATE")
         rows += [row for name in topics.outputs for row in _topic(principal, name, "WRITE")]
         group = group_of(topics, book)
         rows += [AclEntry(principal, "GROUP", "LITERAL", group, op) for op in ("READ", "DESCRIBE")]
@@ -69,8 +73,15 @@ def _role_rows(role: str, principal: str, topics: Topics, book: str) -> list[Acl
         return rows
     if role in ("projector", "auditor"):
         rows = [row for name in _all_topics(topics) for row in _topic(principal, name, "READ", "DESCRIBE")]
+        rows += _agent_topics(principal, topics, "READ", "DESCRIBE")
         return rows + _groups(role, principal, topics)
     raise ValueError(f"role {role!r}: not one of {', '.join(ROLES)}")
+
+
+def _agent_topics(principal: str, topics: Topics, *operations: str) -> list[AclEntry]:
+    """Every agent's own proposals topic, `<prefix>.proposals.<agent>`, present and future (PREFIXED)."""
+    head = topics.proposals_of("x")[:-1]
+    return [AclEntry(principal, "TOPIC", "PREFIXED", head, op) for op in operations]
 
 
 def _groups(role: str, principal: str, topics: Topics) -> list[AclEntry]:
@@ -96,6 +107,8 @@ def acl_table(topics: Topics, book: str, principals: Mapping[str, Sequence[str]]
             raise ValueError(f"role {role!r}: not one of {', '.join(ROLES)}")
         for name in names:
             check_principal_name(name)
+            if role == "agent":
+                check_agent_id(name)
             rows.update(_role_rows(role, name, topics, book))
     return sorted(rows)
 

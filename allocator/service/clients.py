@@ -3,12 +3,13 @@ operators (an adapter). Agents only ever propose; executors act on decisions; no
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from allocator.service.chain import DUPLICATE, ChainVerifier, Rejection, Trusted
-from eventlog.port import EventLog, Record, TopicPartition, Topics
+from eventlog.port import EventLog, LogError, Record, TopicPartition, Topics
 from schemas.codec import EventCodec
 from schemas.events import (
     Command,
@@ -37,8 +38,13 @@ class BookClient:
 
     def propose(self, proposal: Proposal) -> None:
         """An agent's proposal. Its content is judged by the allocator (a bad field is REJECTED with the
-        field named), not here: the log keeps what the agent said."""
-        self._send(self.topics.proposals, proposal, proposal.market_id, proposal.created_at)
+        field named), not here: the log keeps what the agent said. When the book has agents (`topics.agents`),
+        an agent's proposal goes to its own topic, the one the broker lets only it write (rules.md §11.1)."""
+        self._send(self.proposals_topic(proposal.agent_id), proposal, proposal.market_id, proposal.created_at)
+
+    def proposals_topic(self, agent_id: str) -> str:
+        """Where a proposal of `agent_id` goes: its own topic if the book has that agent, else the shared one."""
+        return self.topics.proposals_of(agent_id) if agent_id in self.topics.agents else self.topics.proposals
 
     def report_fill(self, fill: Fill) -> None:
         """An executor's report on one allocation of a decision."""
@@ -141,3 +147,19 @@ class DecisionFeed:
                 return out
             out.extend(self.poll(0.1))
         raise TimeoutError(f"the decision feed did not reach the end of {self.topics.decisions} in {timeout_s} s")
+
+
+def agents_with_topics(log: EventLog, topics: Topics, agent_ids: Iterable[str]) -> Topics:
+    """`topics` with those of `agent_ids` whose own proposals topic exists on the log (`allocator init` or
+    `serve` created it because the book configures the agent): what a writer that does not know the book's
+    configuration uses. An id that cannot name a topic, or a topic this principal cannot see, is left out."""
+    found: list[str] = list(topics.agents)
+    for agent in dict.fromkeys(agent_ids):
+        if agent in found or topics.agent_of(f"{topics.proposals}.{agent}") != agent:
+            continue
+        try:
+            log.end_offsets([topics.proposals_of(agent)])
+        except LogError:
+            continue
+        found.append(agent)
+    return dataclasses.replace(topics, agents=tuple(found))

@@ -33,10 +33,14 @@ def embedded_topics(path: Path) -> list[str]:
 
 
 def book_prefixes(topic_names: list[str]) -> dict[str, list[str]]:
-    """The topics grouped by prefix: `<prefix>.<role>` for every role of `Topics`."""
+    """The topics grouped by prefix: `<prefix>.<role>` for every role of `Topics` (an agent's own proposals topic
+    is not a book's, whatever the agent's name)."""
     out: dict[str, list[str]] = {}
+    names = set(topic_names)
     for name in topic_names:
         prefix, _, role = name.rpartition(".")
+        if prefix in names:  # `<prefix>.proposals.<agent>`, an agent's own topic (an agent may be named `fills`)
+            continue
         if prefix and role in ROLES:
             out.setdefault(prefix, []).append(name)
     return out

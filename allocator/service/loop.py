@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,6 +137,15 @@ class AllocatorService:
         self.log.create_topics(list(self.topics.outputs), None)
         self.log.init_transactions(transactional_id_of(self.topics, self.book_id))
         self.state = rebuild(self.reader, self.codec, self.topics, self.config, self.say, self.chain)
+        # Every configured agent's own proposals topic is an input too (rules.md §11.1), the configuration in
+        # force deciding (the log's or the file's); an agent added later by SET_LIMITS is read after a restart.
+        agents = self.state.portfolio.config.agents or ()
+        missing = tuple(a for a in agents if a not in self.topics.agents)
+        if missing:
+            self.topics = dataclasses.replace(self.topics, agents=(*self.topics.agents, *missing))
+            self.log.create_topics(
+                [self.topics.proposals_of(a) for a in missing], None, log_append_time=self.log_append_time
+            )
         self.log.assign(list(self.topics.inputs))
         for tp in self.log.assignment():
             self.log.seek(tp, self.state.positions.get(tp, 0))
@@ -148,7 +158,7 @@ class AllocatorService:
     def poll(self, timeout_s: float) -> int:
         records = self.log.poll(max_records=5_000, timeout_s=timeout_s)
         self.buffer.extend(records)
-        self.pending_proposals += sum(1 for r in records if r.topic == self.topics.proposals)
+        self.pending_proposals += sum(1 for r in records if self.topics.is_proposals(r.topic))
         if self.metrics is not None and not records:
             self.metrics.on_idle(self.log, self._positions(), len(self.buffer))
         return len(records)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from allocator.engine.request import CycleRequest
-from allocator.engine.validation import Submitted, rejected_duplicate, validate
+from allocator.engine.validation import Submitted, rejected_duplicate, rejected_unauthorized, validate
 from book.bounds import dead_letter_fields, out_of_bounds
 from book.config import AllocatorConfig
 from book.portfolio import PortfolioState
@@ -123,8 +123,11 @@ class Folded:
 
 
 def canonical_order(records: Iterable[Record], topics: Topics) -> list[Record]:
-    rank = {t: i for i, t in enumerate(topics.inputs)}
-    return sorted(records, key=lambda r: (r.timestamp_ms, rank.get(r.topic, len(rank)), r.partition, r.offset))
+    # By log time, then the topic's rank (every agent's own proposals topic ranks as the shared one), then the
+    # topic's name (which tells two proposals topics apart), partition and offset.
+    records = list(records)
+    rank = {t: topics.input_rank(t) for t in {r.topic for r in records}}
+    return sorted(records, key=lambda r: (r.timestamp_ms, rank[r.topic], r.topic, r.partition, r.offset))
 
 
 def dead_letter(record: Record, error: str) -> DeadLetter:
@@ -159,13 +162,36 @@ DEAD_LETTERS_MOVED_THE_CLOCK = frozenset({("Decision", 1)})
 FILLS_UNCHECKED = frozenset({("Decision", 1)})
 
 
+def unauthorized(record: Record, proposal: Proposal, writer: str) -> str | None:
+    """Why a proposal read from agent `writer`'s own topic may not count (its agent_id is another's), or None
+    (rules.md §11.1): the broker lets only that agent write there, so the topic says who wrote it."""
+    if proposal.agent_id == writer:
+        return None
+    claimed = proposal.agent_id if len(proposal.agent_id) <= 64 else f"{proposal.agent_id[:64]}..."
+    return (
+        f"agent_id {claimed!r} on {record.topic}, the proposals topic of agent {writer!r}: "
+        f"only {writer!r} may propose there, and only as itself"
+    )
+
+
 def fold_one(
-    book: PortfolioState, record: Record, event: Event, *, trust_fills: bool = False
+    book: PortfolioState, record: Record, event: Event, *, trust_fills: bool = False, writer: str | None = None
 ) -> tuple[GovernorChange, ...] | DeadLetter:
     """Fold one decoded input event, or the dead letter that rejects it: a field out of its bounds
     (book/bounds.py) or a fill no committed decision funded (rules.md §11.1; skipped with `trust_fills`, see
     FILLS_UNCHECKED) is rejected before the fold sees it, and a fold that raises anyway is contained here, so no
-    record can stop the sequencer (rules.md §11.2). Only an event the fold accepts moves the book's clock."""
+    record can stop the sequencer (rules.md §11.2). Only an event the fold accepts moves the book's clock.
+
+    `writer` is the agent whose own proposals topic the record came from (None: any other topic). A proposal
+    there naming another agent is refused (`PortfolioState.refuse_proposal`): the next decision rejects it
+    UNAUTHORIZED, and its id stays free for the agent it names."""
+    if writer is not None and isinstance(event, Proposal):
+        why = unauthorized(record, event, writer)
+        if why is not None:
+            if record.timestamp_ms > book.last_time:
+                book.last_time = record.timestamp_ms
+            book.refuse_proposal(event, why)
+            return ()
     problem = out_of_bounds(event, book.markets)
     if problem is None and not trust_fills and isinstance(event, Fill):
         problem = book.fill_refusal(event)
@@ -212,7 +238,8 @@ def fold_batch(
             if isinstance(event, DeadLetter):
                 dead.append(event)
                 continue
-            caused = fold_one(book, record, event, trust_fills=trust_fills)
+            writer = topics.agent_of(record.topic) if isinstance(event, Proposal) else None
+            caused = fold_one(book, record, event, trust_fills=trust_fills, writer=writer)
             if isinstance(caused, DeadLetter):
                 dead.append(caused)
                 continue
@@ -247,6 +274,7 @@ def build_request(
     state.validated = {p: state.validated.get(p) or validate(p) for p in pending}
     submitted: list[Submitted] = list(state.validated.values())
     submitted.extend(rejected_duplicate(p) for p in conflicts)
+    submitted.extend(rejected_unauthorized(p, why) for p, why in book.refused)
     cycle = state.cycle + 1
     return CycleRequest(
         decision_id=decision_id or decision_id_of(topics, book_id, cycle),
@@ -423,7 +451,9 @@ def replay_steps(
         for pos in d.inputs:
             tp = TopicPartition(pos.topic, pos.partition)
             ends[tp] = max(ends.get(tp, 0), pos.offset)
-    records = read_records(reader, list(topics.inputs), ends)
+    # The inputs the decisions name, agents' own proposals topics included whether or not `topics` knows them.
+    names = sorted({*topics.inputs, *(tp.topic for tp in ends if topics.accepts(tp.topic))})
+    records = read_records(reader, names, ends)
     halts = failure_halts(reader, codec, topics)
     by_partition: dict[TopicPartition, list[Record]] = {}
     for r in records:
