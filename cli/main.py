@@ -283,16 +283,17 @@ def _audit_engine(args: argparse.Namespace) -> AuditEngine:
 
 
 def _projector_setup(args: argparse.Namespace) -> tuple[LogSettings, list[str], EventCodec]:
-    from allocator.service.discovery import existing_topics
+    from allocator.service.discovery import agent_proposal_topics, existing_topics
     from eventlog.port import Topics
     from schemas.codec import make_codec
 
     settings = _log_settings(args)
     args.topic_prefix = _topic_prefix(args, settings)
     topics = Topics(args.topic_prefix)
+    agents = agent_proposal_topics(settings, topics)  # every agent's own proposals topic, read like the shared one
     return (
         settings,
-        existing_topics(settings, [*topics.inputs, *topics.outputs]),
+        existing_topics(settings, [*topics.inputs, *agents, *topics.outputs]),
         make_codec(args.schema_registry),
     )
 

@@ -141,3 +141,23 @@ def test_an_agent_s_own_topic_is_never_taken_for_another_book() -> None:
 
     names = [*Topics("ids", agents=("decisions", "alpha")).inputs, *Topics("ids").outputs]
     assert list(book_prefixes(names)) == ["ids"]
+
+
+def test_allocator_replay_projects_the_proposals_of_every_agent_s_own_topic(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, text
+
+    from cli.main import main
+
+    db = tmp_path / "log.sqlite"
+    svc = service(db)
+    produce(db, TOPICS.proposals_of("alpha"), proposal("a1", "alpha", T + 1))
+    produce(db, TOPICS.proposals_of("beta"), proposal("b1", "beta", T + 2))
+    produce(db, TOPICS.proposals, proposal("s1", "alpha", T + 3))
+    cycle(svc)
+    svc.log.close()
+    svc.reader.close()
+    target = tmp_path / "projection.sqlite"
+    assert main(["replay", "--log", str(db), "--database", f"sqlite:///{target}"]) == 0
+    with create_engine(f"sqlite:///{target}").connect() as conn:
+        ids = {row[0] for row in conn.execute(text("select proposal_id from proposals"))}
+    assert ids == {"a1", "b1", "s1"}

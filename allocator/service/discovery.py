@@ -75,3 +75,16 @@ def existing_topics(settings: LogSettings, names: list[str]) -> list[str]:
 
 def _listed(books: dict[str, list[str]]) -> str:
     return ", ".join(f"--topic-prefix {prefix}" for prefix in sorted(books))
+
+
+def agent_proposal_topics(settings: LogSettings, topics: Topics) -> list[str]:
+    """Every agent's own proposals topic of the book (`<prefix>.proposals.<agent>`) the log holds, so a reader of
+    the whole book (the projector) reads them besides the shared one."""
+    stem = f"{topics.proposals}."
+    if settings.kafka_bootstrap is None:
+        names = embedded_topics(Path(settings.embedded_path))
+    else:
+        from confluent_kafka.admin import AdminClient
+
+        names = list(AdminClient(settings.kafka_client_config()).list_topics(timeout=30).topics)
+    return sorted(name for name in names if name.startswith(stem) and "." not in name[len(stem) :])
