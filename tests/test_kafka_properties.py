@@ -136,7 +136,8 @@ def test_secrets_are_redacted_and_never_in_a_repr(tmp_path: Path, monkeypatch: p
 def test_the_cli_reports_a_bad_properties_file_without_its_content(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from cli.main import EXIT_USAGE, main
+    from cli.common import EXIT_USAGE
+    from cli.main import main
 
     path = _write(tmp_path, f"security.protocol=SASL_SSL\n{SECRET}\n")
     monkeypatch.setenv(CONFIG_FILE_ENV, str(path))

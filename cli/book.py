@@ -1,0 +1,247 @@
+"""The book's commands: serve it, steer it (control), see it (status), keys, a snapshot's decision, the demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from eventlog.port import EventLog
+
+from cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    _chain_settings,
+    _config_file,
+    _log_line,
+    _log_settings,
+    _metrics_server,
+    _say_trust,
+    _status_config,
+)
+
+
+def _cmd_allocate(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from allocator.engine.cycle import run_cycle
+    from allocator.service.snapshot import SnapshotError, decision_json, load_snapshot
+
+    try:
+        request = load_snapshot(Path(args.snapshot))
+    except SnapshotError as exc:
+        print(f"allocator allocate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    outcome = run_cycle(request)
+    print(json.dumps(decision_json(outcome.decision, timing=not args.no_timing), indent=args.indent))
+    return EXIT_OK
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import time
+
+    from allocator.service.loop import AllocatorService, group_of
+    from allocator.service.metrics import ServiceMetrics
+    from allocator.service.sequencer import BookState, NoConfigOnLog
+    from eventlog.port import FencedError, LogError, TopicPartition, Topics, normalise_book_id
+    from schemas.codec import make_codec
+    from schemas.events import Decision
+
+    config = _config_file(args)
+    try:
+        args.book = normalise_book_id(args.book)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    settings = _log_settings(args)
+    stop = {"now": False}
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stop["now"] = True
+
+    holder: dict[str, AllocatorService] = {}
+    say = _log_line(args, args.book, lambda: holder["service"].state.cycle if "service" in holder else None)
+
+    class LoggedMetrics(ServiceMetrics):
+        """The metrics hook also hands the cycle's facts to the next log line (the cycle's summary)."""
+
+        def on_cycle(
+            self,
+            state: BookState,
+            decision: Decision,
+            inputs: int,
+            dead_letters: int,
+            seconds: float,
+            log: EventLog,
+            positions: Mapping[TopicPartition, int],
+        ) -> None:
+            super().on_cycle(state, decision, inputs, dead_letters, seconds, log, positions)
+            say.expect("cycle", {
+                "decision_id": decision.decision_id, "inputs": inputs, "decided": len(decision.allocations),
+                "funded": sum(1 for a in decision.allocations if a.size > 0), "solver_path": decision.solver_path.value,
+                "solve_ms": decision.solve_ms, "governor_state": decision.governor_state.value,
+                "equity": decision.equity, "available": decision.available, "dead_letters": dead_letters,
+                "duration_s": round(seconds, 6),
+            })  # fmt: skip
+
+    metrics = LoggedMetrics(args.book)
+    server = _metrics_server(args, metrics.registry, metrics.ready)
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    deadline = time.monotonic() + args.duration if args.duration else None
+    chain = _chain_settings(args)
+    log = settings.open(group_of(Topics(args.topic_prefix), args.book))
+    reader = settings.open()
+    service = AllocatorService(
+        log, reader, make_codec(args.schema_registry), args.book, config, Topics(args.topic_prefix),
+        say=say, metrics=metrics, chain=chain,
+    )  # fmt: skip
+    holder["service"] = service
+    say.info(f"allocator serve: book {args.book} on {settings.describe()}"
+             + (f"; metrics on port {server.port}" if server else ""), event="start")  # fmt: skip
+    try:
+        service.start()
+        _say_trust(chain, service.state.portfolio.config, say)  # the configuration in force, the log's or the file's
+        if not settings.kafka_bootstrap:
+            say.write("warning", f"allocator serve: the embedded log {settings.embedded_path} has no principals: "
+                      "whoever can write its file can write any topic as any role (rules.md §11.1)",
+                      "trust", {"writers_authenticated": False})  # fmt: skip
+        published = service.run(
+            lambda: (
+                stop["now"]
+                or (deadline is not None and time.monotonic() >= deadline)
+                or (args.max_cycles is not None and service.state.cycle >= args.max_cycles)
+            )
+        )
+    except NoConfigOnLog as exc:
+        raise UsageError(str(exc)) from exc
+    except FencedError as exc:
+        metrics.on_fenced()
+        say.error(f"allocator serve: another instance took over book {args.book}; stopping ({exc})", event="fenced")
+        return 3
+    except LogError as exc:
+        say.error(f"allocator serve: the log failed: {exc}", event="log_failed")
+        return EXIT_FAILURE
+    finally:
+        reader.close()
+        log.close()
+        if server is not None:
+            server.close()
+    say.info(f"allocator serve: stopped after {published} decisions (cycle {service.state.cycle})", event="stop",
+             decisions=published)  # fmt: skip
+    return EXIT_OK
+
+
+def _cmd_keys_new(args: argparse.Namespace) -> int:
+    from allocator.service.keys import new_key_pair
+    from schemas.signing import SigningKeyError
+
+    try:
+        key_id, _private, public = new_key_pair(args.out)
+    except SigningKeyError as exc:
+        raise UsageError(str(exc)) from exc
+    print(f"key id {key_id}")
+    print(f"public key {public}")
+    return EXIT_OK
+
+
+def _cmd_control(args: argparse.Namespace) -> int:
+    import uuid
+
+    from allocator.service.clients import BookClient, ClientError
+    from eventlog.port import LogError, Topics, wall_clock_ms
+    from schemas.codec import make_codec
+    from schemas.events import Command, ControlCommand
+
+    settings = _log_settings(args)
+    key = None
+    if args.key:
+        from allocator.service.keys import load_signing_key
+        from schemas.signing import SigningKeyError
+
+        try:
+            key = load_signing_key(args.key)
+        except SigningKeyError as exc:
+            raise UsageError(str(exc)) from exc
+    command = ControlCommand(
+        command_id=f"cmd-{uuid.uuid4().hex}",
+        operator_id=args.operator,
+        command=Command(args.action.upper().replace("-", "_")),
+        reason=args.reason,
+        limits=None,
+        time=wall_clock_ms(),
+    )
+    if key is not None:
+        from schemas.signing import sign
+
+        command = sign(command, key)
+    topics = Topics(args.topic_prefix)
+    try:
+        with settings.open() as log:
+            client = BookClient(log, make_codec(args.schema_registry), topics)
+            client.command(command)
+            client.flush()
+    except ClientError as exc:
+        print(f"allocator control: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except LogError as exc:
+        print(f"allocator control: the log refused the command: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"sent {command.command.value} {command.command_id} by {command.operator_id}"
+          + (f" signed by key {command.key_id}" if command.key_id else " unsigned") + f" to {topics.control} on "
+          f"{settings.describe()}; the allocator acts on it in its next cycle")  # fmt: skip
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from projections.database import DEFAULT_EMBEDDED_DATABASE, engine_for
+    from projections.status import format_status, read_status
+
+    config = _status_config(args)
+    url = args.database or os.environ.get("DATABASE_URL") or DEFAULT_EMBEDDED_DATABASE
+    engine = engine_for(url, args.schema)
+    try:
+        status = read_status(engine, config, decisions=args.decisions)
+    except SQLAlchemyError as exc:
+        where = engine.url.render_as_string()
+        problem = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+        print(f"allocator status: cannot read the projection at {where}: {problem} (has `allocator project` run?)",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILURE
+    finally:
+        engine.dispose()
+    print(json.dumps(status, indent=1, default=str) if args.json else format_status(status))
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from simulation.demo import DemoError, DemoOptions, pick_scenarios, run_demo
+
+    try:
+        options = DemoOptions(
+            out=Path(args.out),
+            seed=args.seed,
+            steps=args.steps,
+            scenarios=pick_scenarios(args.scenario),
+            kafka=args.kafka,
+            database=args.database,
+            scenario_count=args.scenario_count,
+        )
+        if options.steps < 20:
+            raise DemoError(f"--steps {options.steps}: at least 20 (the scenarios are placed in fractions of it)")
+        return run_demo(options, say=lambda line: print(line, flush=True))
+    except DemoError as exc:
+        print(f"allocator demo: {exc}", file=sys.stderr)
+        return EXIT_USAGE

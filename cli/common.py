@@ -1,0 +1,256 @@
+"""What the command line's handlers share: exit codes, usage errors, where the log and the configuration are."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from prometheus_client import CollectorRegistry
+
+    from allocator.service.audit_engines import AuditEngine
+    from allocator.service.backends import LogSettings
+    from allocator.service.chain import ChainSettings
+    from book.config import AllocatorConfig
+    from cli.observe import LogLine, MetricsServer
+    from eventlog.port import EventLog, Topics
+    from schemas.codec import EventCodec
+
+
+EXIT_OK = 0
+
+
+EXIT_FAILURE = 1
+
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A command that must not run as asked: its message is printed and the exit code is 2, never a traceback."""
+
+
+def _chain_settings(args: argparse.Namespace) -> ChainSettings:
+    """serve's key and trusted keys from --signing-key and --trusted-keys (errors name the file)."""
+    from allocator.service.chain import ChainSettings, DecisionSigner
+    from allocator.service.keys import load_signing_key
+    from schemas.signing import SigningKeyError
+
+    try:
+        signer = DecisionSigner(load_signing_key(args.signing_key)) if args.signing_key else None
+        return ChainSettings(signer, _trusted_keys(args))
+    except SigningKeyError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _trusted_keys(args: argparse.Namespace) -> dict[str, Ed25519PublicKey]:
+    from allocator.service.keys import load_trusted_keys
+    from schemas.signing import SigningKeyError
+
+    try:
+        return load_trusted_keys(args.trusted_keys) if args.trusted_keys else {}
+    except SigningKeyError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _say_trust(chain: ChainSettings, config: AllocatorConfig, say: LogLine) -> None:
+    """What serve's decisions and commands can be trusted for, said once at start (docs/security.md)."""
+    if chain.signer is None:
+        say.write("warning", "allocator serve: WARNING: decisions are UNSIGNED (no --signing-key): anyone who can "
+                  "write the decisions stream (or the embedded log file) can forge them, and executors cannot tell",
+                  "trust", {"decisions_signed": False})  # fmt: skip
+    else:
+        say.info(f"allocator serve: signing decisions with key {chain.signer.key_id}; trusted keys: "
+                 f"{', '.join(sorted(chain.trusted))}", "trust", decisions_signed=True)  # fmt: skip
+    if not config.operator_keys:
+        say.write("warning", "allocator serve: operator commands are accepted UNSIGNED (operator_keys is empty): "
+                  "anyone who can write the control stream can halt, resume or reset the kill switch",
+                  "trust", {"commands_signed": False})  # fmt: skip
+    else:
+        say.info(f"allocator serve: operator commands must be signed by one of {len(config.operator_keys)} "
+                 f"operator keys (reset quorum {config.kill_switch_reset_quorum})", "trust",
+                 commands_signed=True)  # fmt: skip
+
+
+def _audit_engine(args: argparse.Namespace) -> AuditEngine:
+    """Where the re-solves run: --dask ADDRESS, a process pool of --jobs N, or this process."""
+    from allocator.service.audit_engines import DaskEngine, ProcessPoolEngine, SequentialEngine
+
+    if args.dask is not None:
+        if args.jobs is not None:
+            raise UsageError("--jobs and --dask: choose one (the cluster's workers are its own)")
+        try:
+            return DaskEngine(args.dask)
+        except ImportError as exc:
+            raise UsageError(f"--dask needs Dask: pip install 'allocator[audit-cluster]' ({exc})") from exc
+        except OSError as exc:
+            raise UsageError(f"--dask {args.dask}: cannot reach the scheduler: {exc}") from exc
+    if args.jobs is None or args.jobs == 1:
+        return SequentialEngine()
+    if args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: at least 1")
+    return ProcessPoolEngine(args.jobs)
+
+
+def _projector_setup(args: argparse.Namespace) -> tuple[LogSettings, list[str], EventCodec]:
+    from allocator.service.discovery import agent_proposal_topics, existing_topics
+    from eventlog.port import Topics
+    from schemas.codec import make_codec
+
+    settings = _log_settings(args)
+    args.topic_prefix = _topic_prefix(args, settings)
+    topics = Topics(args.topic_prefix)
+    agents = agent_proposal_topics(settings, topics)  # every agent's own proposals topic, read like the shared one
+    return (
+        settings,
+        existing_topics(settings, [*topics.inputs, *agents, *topics.outputs]),
+        make_codec(args.schema_registry),
+    )
+
+
+def _topic_prefix(args: argparse.Namespace, settings: LogSettings) -> str:
+    """--topic-prefix, or the only book an embedded log holds; a missing log, prefix or book is a usage error."""
+    from allocator.service.discovery import BookNotFound, resolve_prefix
+
+    try:
+        return resolve_prefix(settings, args.topic_prefix)
+    except BookNotFound as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _projection_url(url: str, settings: LogSettings) -> str:
+    """The projection's database URL, refused when it is the embedded event log itself (a replay would delete it)."""
+    from pathlib import Path
+
+    from projections.database import sqlite_file
+
+    target = sqlite_file(url)
+    log_file = Path(settings.embedded_path) if settings.kafka_bootstrap is None else None
+    if target is not None and log_file is not None and target.resolve() == log_file.resolve():
+        raise UsageError(f"the database {url} is the event log {settings.embedded_path} itself; "
+                         "name another file for the projection")  # fmt: skip
+    return url
+
+
+def _kafka_admin(args: argparse.Namespace, command: str) -> tuple[str, dict[str, str]]:
+    """The broker and the admin's client properties (--kafka/--kafka-config or the environment); usage error when
+    no broker is named."""
+    from allocator.service.backends import LogSettings
+
+    settings = LogSettings.resolve(args.kafka, None, args.kafka_config)
+    if not settings.kafka_bootstrap:
+        raise UsageError(f"{command} needs a Kafka broker: pass --kafka or set KAFKA_BOOTSTRAP_SERVERS")
+    return settings.kafka_bootstrap, settings.kafka_client_properties()
+
+
+def _new_secret(env: str, what: str) -> str:
+    """A new password from the environment variable `env`, else asked twice at the terminal; never an argument,
+    never printed. Without either, a usage error that says how to give one."""
+    import getpass
+    import os
+
+    secret = os.environ.get(env, "")
+    if not secret:
+        if not sys.stdin.isatty():
+            raise UsageError(f"no {what}: set {env} or run at a terminal to be asked (stdin is not a terminal)")
+        secret = getpass.getpass(f"new {what}: ")
+        if getpass.getpass(f"new {what} again: ") != secret:
+            raise UsageError(f"the two {what}s differ; nothing changed")
+    if not secret or any(c in secret for c in "\n\r"):
+        raise UsageError(f"the {what} must be non-empty and on one line; nothing changed")
+    return secret
+
+
+def _read_input(source: str) -> str:
+    from pathlib import Path
+
+    if source == "-":
+        return sys.stdin.read()
+    try:
+        return Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{source}: cannot read it ({exc.strerror or exc})") from exc
+
+
+def _config_file(args: argparse.Namespace) -> AllocatorConfig | None:
+    """The --config file, or None when none was given; a file that is not a valid configuration is a usage error."""
+    from allocator.service.backends import load_config
+    from book.config import ConfigError
+
+    if args.config is None:
+        return None
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _cross_check(
+    reader: EventLog, codec: EventCodec, topics: Topics, config: AllocatorConfig | None
+) -> AllocatorConfig | None:
+    """The configuration the log records last (None for a log written before wire version 2); a --config file
+    that differs from it is only reported: the log's is the one that was in force."""
+    from allocator.service.sequencer import read_decisions, recorded_config
+
+    on_log = recorded_config(read_decisions(reader, codec, topics))
+    if on_log is not None and config is not None and on_log.config_hash != config.config_hash:
+        print(f"the log ran with hash {on_log.config_hash[:12]}, your file has {config.config_hash[:12]}; "
+              "the log's configuration is used", file=sys.stderr)  # fmt: skip
+    return on_log
+
+
+def _status_config(args: argparse.Namespace) -> AllocatorConfig:
+    """The configuration in force as the log's fold has it (its SET_LIMITS included), --config only cross-checks
+    it; without a log (the default file absent) the --config file's, else the defaults."""
+    from pathlib import Path
+
+    from allocator.service.sequencer import NoConfigOnLog, replay_decisions
+    from book.config import AllocatorConfig
+    from eventlog.port import LogError, Topics
+    from schemas.codec import make_codec
+
+    config = _config_file(args)
+    settings = _log_settings(args)
+    named = args.log is not None or args.kafka is not None
+    if not named and (settings.kafka_bootstrap is not None or not Path(settings.embedded_path).is_file()):
+        return config or AllocatorConfig()  # no log named, and no embedded log here: the projection alone
+    args.topic_prefix = _topic_prefix(args, settings)
+    codec, topics = make_codec(args.schema_registry), Topics(args.topic_prefix)
+    try:
+        with settings.open() as reader:
+            on_log = _cross_check(reader, codec, topics, config)
+            state, _, _ = replay_decisions(reader, codec, topics, config if on_log is None else None, lambda _s, d: d)
+    except NoConfigOnLog:
+        return config or AllocatorConfig()
+    except LogError as exc:
+        raise UsageError(f"cannot read the configuration from the log: {exc}") from exc
+    return state.portfolio.config
+
+
+def _log_line(args: argparse.Namespace, book: str | None, cycle: Callable[[], int | None] = lambda: None) -> LogLine:
+    from cli.observe import LogLine
+
+    return LogLine(args.log_format, book=book, cycle=cycle)
+
+
+def _metrics_server(
+    args: argparse.Namespace, registry: CollectorRegistry, ready: Callable[[], bool]
+) -> MetricsServer | None:
+    """The /metrics, /healthz and /readyz server on --metrics-port, or None when the flag is absent."""
+    if args.metrics_port is None:
+        return None
+    from cli.observe import MetricsServer
+
+    try:
+        return MetricsServer(registry, ready, args.metrics_port, args.metrics_host).start()
+    except OSError as exc:
+        raise UsageError(f"--metrics-port {args.metrics_port}: cannot listen on it ({exc.strerror or exc})") from exc
+
+
+def _log_settings(args: argparse.Namespace) -> LogSettings:
+    from allocator.service.backends import LogSettings
+
+    return LogSettings.resolve(args.kafka, args.log, getattr(args, "kafka_config", None))

@@ -1,0 +1,223 @@
+"""The read side's commands: audit, project and replay the log, and the database's upgrade and roles."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    _audit_engine,
+    _config_file,
+    _cross_check,
+    _log_line,
+    _log_settings,
+    _metrics_server,
+    _new_secret,
+    _projection_url,
+    _projector_setup,
+    _topic_prefix,
+    _trusted_keys,
+)
+
+
+def _cmd_db_upgrade(args: argparse.Namespace) -> int:
+    import os
+
+    from projections.migrate import upgrade
+
+    url = args.database or os.environ.get("DATABASE_URL")
+    if not url:
+        print("allocator db upgrade: no database: pass --database URL or set DATABASE_URL", file=sys.stderr)
+        return EXIT_USAGE
+    upgrade(url, schema=args.schema, revision=args.revision)
+    print(f"projection schema is at {args.revision}" + (f" in schema {args.schema}" if args.schema else ""))
+    return EXIT_OK
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    import time
+
+    from allocator.service.audit import audit_log, summary_table, write_report
+    from allocator.service.sequencer import NoConfigOnLog
+    from eventlog.port import Topics
+    from schemas.codec import make_codec
+
+    config = _config_file(args)
+    settings = _log_settings(args)
+    args.topic_prefix = _topic_prefix(args, settings)
+
+    started = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % 10 == 0:
+            rate = done / max(time.monotonic() - started, 1e-9)
+            print(f"\raudited {done}/{total} decisions, {rate:,.1f} re-derived/s", end="" if done < total else "\n",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+    trusted = _trusted_keys(args)
+    head = args.head.strip().lower() if args.head else None
+    if head is not None and (len(head) != 64 or any(c not in "0123456789abcdef" for c in head)):
+        raise UsageError(f"--head {args.head!r}: a decision hash is 64 hex characters")
+    codec, topics = make_codec(args.schema_registry), Topics(args.topic_prefix)
+    engine = _audit_engine(args)
+    try:
+        with settings.open() as reader:
+            on_log = _cross_check(reader, codec, topics, config)
+            print(f"allocator audit: re-solving on {engine.name} ({engine.workers} workers)", file=sys.stderr)
+            report = audit_log(reader, codec, topics, config if on_log is None else None, progress, engine,
+                               trusted=trusted, head=head)  # fmt: skip
+    except NoConfigOnLog as exc:
+        raise UsageError(str(exc)) from exc
+    finally:
+        engine.close()
+    print(summary_table(report))
+    write_report(report, args.report)
+    print(f"report written to {args.report}")
+    return EXIT_FAILURE if report.mismatches or report.errors else EXIT_OK
+
+
+def _cmd_project(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    from projections.database import DEFAULT_EMBEDDED_DATABASE, engine_for
+    from projections.metrics import ProjectorMetrics
+    from projections.migrate import upgrade
+    from projections.projector import Projector, StaleProjectorError
+
+    settings, topic_names, codec = _projector_setup(args)
+    say = _log_line(args, None)
+    url = _projection_url(args.database or os.environ.get("DATABASE_URL") or DEFAULT_EMBEDDED_DATABASE, settings)
+    metrics = ProjectorMetrics()
+    server = _metrics_server(args, metrics.registry, metrics.ready)
+    upgrade(url, schema=args.schema)
+    engine = engine_for(url, args.schema)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+    try:
+        with settings.open() as log:
+            projector = Projector(log, engine, codec, topic_names, say=say, metrics=metrics)
+            projector.start()
+            say.info(f"allocator project: {settings.describe()} -> {engine.url.render_as_string()}"
+                     + (f"; metrics on port {server.port}" if server else ""), event="start")  # fmt: skip
+            ends = log.end_offsets(topic_names) if args.once else None
+            try:
+                stats = projector.run(lambda: stop["now"] or (ends is not None and projector.caught_up(ends)))
+            except StaleProjectorError as exc:
+                say.error(f"allocator project: {exc}", event="stale")
+                return 3
+    finally:
+        if server is not None:
+            server.close()
+    say.info(f"allocator project: stopped after {stats.records} events in {stats.batches} batches", event="stop",
+             records=stats.records, batches=stats.batches)  # fmt: skip
+    return EXIT_OK
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    import os
+    import time
+
+    from projections.database import (
+        DEFAULT_EMBEDDED_DATABASE,
+        check_rebuildable_schema,
+        fresh_schema,
+        is_projection_file,
+        sqlite_file,
+    )
+    from projections.projector import Projector, ProjectorStats
+
+    settings, topic_names, codec = _projector_setup(args)
+    url = _projection_url(args.database or os.environ.get("DATABASE_URL") or DEFAULT_EMBEDDED_DATABASE, settings)
+    target = sqlite_file(url)
+    if target is not None and target.exists():
+        if not is_projection_file(target):
+            raise UsageError(f"{target} exists and is not a projection database; a replay replaces its target, "
+                             "so remove it yourself or name another file")  # fmt: skip
+        target.unlink()  # a replay starts from nothing
+    if args.schema is not None:
+        try:
+            check_rebuildable_schema(args.schema)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+    if args.config is not None:
+        from eventlog.port import Topics
+
+        with settings.open() as reader:
+            _cross_check(reader, codec, Topics(args.topic_prefix), _config_file(args))
+    engine = fresh_schema(url, args.schema)
+    started = time.monotonic()
+    with settings.open() as log:
+        ends = log.end_offsets(topic_names)
+        total = sum(ends.values())
+        projector = Projector(
+            log,
+            engine,
+            codec,
+            topic_names,
+            consumer="projector",
+            batch_size=args.batch_size,
+            say=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+
+        def progress(stats: ProjectorStats) -> None:
+            done = stats.records
+            rate = done / max(time.monotonic() - started, 1e-9)
+            eta = (total - done) / rate if rate > 0 else float("inf")
+            width = 30
+            filled = int(width * done / total) if total else width
+            print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} events, {rate:,.0f}/s, ETA {eta:,.0f} s",
+                  end="", file=sys.stderr, flush=True)  # fmt: skip
+
+        projector.start()
+        projector.catch_up(ends, on_batch=progress)
+    elapsed = time.monotonic() - started
+    print(file=sys.stderr)
+    print(f"replayed {projector.stats.records} events into {engine.url.render_as_string()}"
+          + (f" schema {args.schema}" if args.schema else "") + f" in {elapsed:.1f} s "
+          f"({projector.stats.records / max(elapsed, 1e-9):,.0f} events/s)")  # fmt: skip
+    return EXIT_OK
+
+
+def _cmd_db_grant_reader(args: argparse.Namespace) -> int:
+    from projections.roles import grant_reader
+
+    return _grant_role(args, grant_reader, "can read schema {schema} (SELECT only)")
+
+
+def _cmd_db_grant_projector(args: argparse.Namespace) -> int:
+    from projections.roles import grant_projector
+
+    return _grant_role(args, grant_projector, "can write the projections of schema {schema} (no DDL)")
+
+
+def _grant_role(args: argparse.Namespace, grant: Callable[..., None], done: str) -> int:
+    """A PostgreSQL role's rights on the projections; a new role's password from ALLOCATOR_DB_PASSWORD or a prompt,
+    never the command line (docs/security.md)."""
+    import os
+
+    from sqlalchemy import text
+
+    from projections.database import engine_for
+
+    url = args.database or os.environ.get("DATABASE_URL")
+    if not url:
+        raise UsageError("no database: pass --database URL or set DATABASE_URL")
+    engine = engine_for(url)
+    if engine.dialect.name != "postgresql":
+        raise UsageError("roles exist on PostgreSQL only")
+    with engine.connect() as conn:
+        exists = conn.execute(text("select 1 from pg_roles where rolname = :r"), {"r": args.role}).first()
+    password = None if exists else _new_secret("ALLOCATOR_DB_PASSWORD", "database password")
+    try:
+        grant(engine, args.role, args.schema or "public", password)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    print(f"role {args.role} " + done.format(schema=args.schema or "public"))
+    return EXIT_OK
