@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -189,13 +189,20 @@ def _config_file(args: argparse.Namespace) -> AllocatorConfig | None:
 
 
 def _cross_check(
-    reader: EventLog, codec: EventCodec, topics: Topics, config: AllocatorConfig | None
+    reader: EventLog,
+    codec: EventCodec,
+    topics: Topics,
+    config: AllocatorConfig | None,
+    trusted: Mapping[str, Ed25519PublicKey] | None = None,
 ) -> AllocatorConfig | None:
     """The configuration the log records last (None for a log written before wire version 2); a --config file
-    that differs from it is only reported: the log's is the one that was in force."""
+    that differs from it is only reported: the log's is the one that was in force. With `trusted` (the audit's
+    keys), only decisions that verify count, so a forged decision cannot choose the configuration."""
+    from allocator.service.chain import verify_log
     from allocator.service.sequencer import read_decisions, recorded_config
 
-    on_log = recorded_config(read_decisions(reader, codec, topics))
+    decisions = verify_log(reader, codec, topics, trusted).accepted if trusted is not None else None
+    on_log = recorded_config(decisions if decisions is not None else read_decisions(reader, codec, topics))
     if on_log is not None and config is not None and on_log.config_hash != config.config_hash:
         print(f"the log ran with hash {on_log.config_hash[:12]}, your file has {config.config_hash[:12]}; "
               "the log's configuration is used", file=sys.stderr)  # fmt: skip

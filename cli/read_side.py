@@ -67,7 +67,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     engine = _audit_engine(args)
     try:
         with settings.open() as reader:
-            on_log = _cross_check(reader, codec, topics, config)
+            on_log = _cross_check(reader, codec, topics, config, trusted)
             print(f"allocator audit: re-solving on {engine.name} ({engine.workers} workers)", file=sys.stderr)
             report = audit_log(reader, codec, topics, config if on_log is None else None, progress, engine,
                                trusted=trusted, head=head)  # fmt: skip
