@@ -23,6 +23,13 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 
 
+TOPIC_PREFIX_ENV = "ALLOCATOR_TOPIC_PREFIX"
+"""The book's topic prefix when no --topic-prefix is given: one book's commands in one shell need it once."""
+
+
+DEFAULT_PREFIX = "allocator"
+
+
 EXIT_FAILURE = 1
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from cli.book import _cmd_allocate, _cmd_control, _cmd_demo, _cmd_keys_new, _cmd_serve, _cmd_status
-from cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError
+from cli.common import DEFAULT_PREFIX, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, TOPIC_PREFIX_ENV, UsageError
 from cli.read_side import (
     _cmd_audit,
     _cmd_db_grant_projector,
@@ -34,16 +35,22 @@ def _log_options(parser: argparse.ArgumentParser, *, registry: bool = True, disc
     if discover:
         parser.add_argument(
             "--topic-prefix",
-            default=None,
-            help="topic names are PREFIX.proposals, ... (default: the only book of an embedded log; on Kafka "
-            "allocator)",
+            default=os.environ.get(TOPIC_PREFIX_ENV) or None,
+            help=f"topic names are PREFIX.proposals, ... (default: ${TOPIC_PREFIX_ENV}, else the only book of an "
+            "embedded log; on Kafka allocator)",
         )
     else:
-        parser.add_argument(
-            "--topic-prefix", default="allocator", help="topic names are PREFIX.proposals, ... (default: allocator)"
-        )
+        _topic_prefix_option(parser)
     if registry:
         parser.add_argument("--schema-registry", help="schema registry URL (default: single-object encoding)")
+
+
+def _topic_prefix_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--topic-prefix",
+        default=os.environ.get(TOPIC_PREFIX_ENV) or DEFAULT_PREFIX,
+        help=f"topic names are PREFIX.proposals, ... (default: ${TOPIC_PREFIX_ENV}, else {DEFAULT_PREFIX})",
+    )
 
 
 def _observe_options(parser: argparse.ArgumentParser) -> None:
@@ -187,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--kafka", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
         p.add_argument("--kafka-config", help="the admin's client properties file (default: $KAFKA_CONFIG_FILE)")
         if p is apply:
-            p.add_argument("--topic-prefix", default="allocator", help="the book's topic prefix (default: allocator)")
+            _topic_prefix_option(p)
             p.set_defaults(handler=_cmd_acl_apply)
         else:
             p.add_argument("name", help="the user name; the password is never an argument and never printed")

@@ -161,6 +161,36 @@ def test_init_prints_each_topic_created_then_existing_with_the_input_partitions(
     }
 
 
+def test_allocator_topic_prefix_is_every_command_s_default_prefix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from eventlog.embedded import EmbeddedEventLog
+    from eventlog.port import Topics
+
+    path = str(tmp_path / "log.sqlite")
+    monkeypatch.setenv("ALLOCATOR_TOPIC_PREFIX", "fromenv")
+    assert main(["init", "--log", path]) == 0
+    assert main(["init", "--log", path, "--topic-prefix", "fromflag"]) == 0  # the flag wins
+    with EmbeddedEventLog(path) as log:
+        assert set(log.end_offsets([*Topics("fromenv").inputs, *Topics("fromflag").inputs]))
+    parser = build_parser()
+    for argv in (
+        ["serve"],
+        ["audit"],
+        ["status"],
+        ["project"],
+        ["control", "halt", "--reason", "r", "--operator", "o"],
+        ["acl", "apply"],
+        ["tail", "governor"],
+    ):
+        assert parser.parse_known_args(argv)[0].topic_prefix == "fromenv", argv
+    # a reading command on an embedded log of several books takes it as the book to read
+    assert main(["audit", "--log", path, "--report", str(tmp_path / "a.json")]) == 0
+    monkeypatch.delenv("ALLOCATOR_TOPIC_PREFIX")
+    assert main(["audit", "--log", path, "--report", str(tmp_path / "a.json")]) == 2
+    assert "several books" in capsys.readouterr().err
+
+
 def test_init_reports_a_topic_it_cannot_create_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from eventlog.embedded import EmbeddedEventLog
 
