@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
         )  # fmt: skip
     for p in (apply, acl_sub.add_parser(
         "user",
-        help="create a SCRAM-SHA-512 user or rotate its password (from $ALLOCATOR_NEW_PASSWORD or a prompt)",
+        help="create a SCRAM-SHA-512 user or rotate its password (from $ALLOCATOR_NEW_PASSWORD or a prompt; "
+        "random with --out)",
     )):  # fmt: skip
         p.add_argument("--kafka", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
         p.add_argument("--kafka-config", help="the admin's client properties file (default: $KAFKA_CONFIG_FILE)")
@@ -198,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(handler=_cmd_acl_apply)
         else:
             p.add_argument("name", help="the user name; the password is never an argument and never printed")
+            p.add_argument(
+                "--out", metavar="FILE",
+                help="write the user's client properties here (mode 600): the admin file's broker settings, none "
+                "of its credentials, and this login; without $ALLOCATOR_NEW_PASSWORD the password is random",
+            )  # fmt: skip
             p.set_defaults(handler=_cmd_acl_user)
 
     control = sub.add_parser(

@@ -90,21 +90,40 @@ def _cmd_acl_apply(args: argparse.Namespace) -> int:
 
 
 def _cmd_acl_user(args: argparse.Namespace) -> int:
+    import os
+
     from eventlog.kafka_acl import check_principal_name
-    from eventlog.kafka_scram import MECHANISM, ScramError, set_scram_password
+    from eventlog.kafka_properties import KafkaPropertiesError, write_client_properties
+    from eventlog.kafka_scram import (
+        MECHANISM,
+        ScramError,
+        new_password,
+        principal_client_properties,
+        set_scram_password,
+    )
 
     try:
         check_principal_name(args.name)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     bootstrap, admin = _kafka_admin(args, "acl user")
-    password = _new_secret("ALLOCATOR_NEW_PASSWORD", "password")
+    if args.out is not None and not os.environ.get("ALLOCATOR_NEW_PASSWORD"):
+        password = new_password()  # nobody needs to know it: it is written to the principal's file only
+    else:
+        password = _new_secret("ALLOCATOR_NEW_PASSWORD", "password")
+    if args.out is not None:
+        try:  # written before the broker changes anything: a file that cannot be written leaves the user as it was
+            write_client_properties(args.out, principal_client_properties(admin, args.name, password))
+        except (OSError, KafkaPropertiesError) as exc:
+            raise UsageError(f"--out {args.out}: cannot write it ({getattr(exc, 'strerror', None) or exc})") from exc
     try:
         set_scram_password(bootstrap, admin, args.name, password)
     except (ScramError, ValueError) as exc:
         print(f"allocator acl user: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     print(f"user {args.name}: {MECHANISM} password set (its old one, if any, stops working at its next login)")
+    if args.out is not None:
+        print(f"its client properties (the broker's settings and this login; mode 600): {args.out}")
     return EXIT_OK
 
 

@@ -6,7 +6,7 @@ The file is librdkafka-style `key=value` lines (what `infra/services.sh env` nam
     sasl.mechanism=SCRAM-SHA-512
     sasl.username=admin
     sasl.password=...
-    ssl.ca.location=/path/to/ca.pem
+    ssl.ca.location=/path/to/ca.pem    (or ca.pem: a relative path is beside this file)
 
 Every confluent-kafka client of the project builds its configuration with `client_config`, so the bootstrap
 servers come from the command line or KAFKA_BOOTSTRAP_SERVERS and everything else from this file. Values are
@@ -72,8 +72,17 @@ def load_client_properties(path: str | os.PathLike[str]) -> dict[str, str]:
             )
         if key in properties:
             raise KafkaPropertiesError(f"{path}, line {number}: {key} is set a second time")
-        properties[key] = value.strip()
+        properties[key] = _located(path, key, value.strip())
     return properties
+
+
+def _located(path: str | os.PathLike[str], key: str, value: str) -> str:
+    """A relative file named by a `*.location` key (the CA, a keystore) is the one beside the properties file, so a
+    folder holding both can be copied anywhere (out of a container, to another machine) and still work;
+    librdkafka's `probe` (the system's CA store) stays as it is."""
+    if not key.endswith(".location") or not value or value == "probe" or Path(value).is_absolute():
+        return value
+    return str(Path(path).resolve().parent / value)
 
 
 def client_properties_from_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -87,3 +87,20 @@ def _alter(
 def user_client_properties(admin_properties: Mapping[str, str], user: str, password: str) -> dict[str, str]:
     """The admin's client properties (protocol, mechanism, CA) with another user's login."""
     return RedactingDict({**admin_properties, "sasl.username": user, "sasl.password": password})
+
+
+# What identifies the admin rather than the broker: never handed on to another principal's file.
+_ADMIN_ONLY = ("sasl.", "ssl.key.", "ssl.keystore.", "ssl.certificate.", "ssl_key", "ssl_certificate")
+
+
+def principal_client_properties(admin_properties: Mapping[str, str], user: str, password: str) -> dict[str, str]:
+    """The client properties a new principal runs with (`allocator acl user NAME --out FILE`): how to reach the
+    broker from the admin's file (protocol, CA, endpoint checks), none of the admin's own credentials (its SASL
+    login, a client certificate or key), and this user's SCRAM login."""
+    kept = {key: value for key, value in admin_properties.items() if not key.lower().startswith(_ADMIN_ONLY)}
+    # A SCRAM login travels over SASL: over TLS when the admin's connection is (SSL or SASL_SSL).
+    protocol = kept.get("security.protocol", "").upper()
+    kept["security.protocol"] = protocol if protocol.startswith("SASL_") else (
+        "SASL_SSL" if protocol == "SSL" else "SASL_PLAINTEXT"
+    )  # fmt: skip
+    return RedactingDict({**kept, "sasl.mechanism": MECHANISM, "sasl.username": user, "sasl.password": password})

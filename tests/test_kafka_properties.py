@@ -144,3 +144,35 @@ def test_the_cli_reports_a_bad_properties_file_without_its_content(
     assert main(["init", "--kafka", "127.0.0.1:1"]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert f"{path}, line 2" in err and SECRET not in err
+
+
+def test_a_relative_location_is_the_file_beside_the_properties_file(tmp_path: Path) -> None:
+    folder = tmp_path / "kafka-client"
+    folder.mkdir()
+    path = folder / "admin.properties"
+    path.write_text(
+        "ssl.ca.location=ca.pem\nssl.keystore.location=sub/ks.p12\nssl.certificate.location=/abs/cert.pem\n"
+        "ssl.key.location=probe\nsasl.username=ca.pem\n",
+        encoding="utf-8",
+    )
+    found = load_client_properties(path)
+    assert found["ssl.ca.location"] == str(folder.resolve() / "ca.pem")  # wherever the folder was copied to
+    assert found["ssl.keystore.location"] == str(folder.resolve() / "sub" / "ks.p12")
+    assert found["ssl.certificate.location"] == "/abs/cert.pem" and found["ssl.key.location"] == "probe"
+    assert found["sasl.username"] == "ca.pem"  # only *.location keys name files
+
+
+def test_a_principal_s_properties_keep_the_broker_s_settings_and_none_of_the_admin_s_credentials() -> None:
+    from eventlog.kafka_scram import principal_client_properties
+
+    admin = {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "admin",
+             "sasl.password": SECRET, "sasl.jaas.config": SECRET, "ssl.ca.location": "/x/ca.pem",
+             "ssl.key.location": "/x/admin.key", "ssl.certificate.location": "/x/admin.pem",
+             "ssl.endpoint.identification.algorithm": "https"}  # fmt: skip
+    user = principal_client_properties(admin, "alloc-main", "pw")
+    assert user == {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "alloc-main",
+                    "sasl.password": "pw", "ssl.ca.location": "/x/ca.pem",
+                    "ssl.endpoint.identification.algorithm": "https"}  # fmt: skip
+    assert SECRET not in repr(user) and "pw" not in repr(user)
+    assert principal_client_properties({"security.protocol": "SSL"}, "u", "p")["security.protocol"] == "SASL_SSL"
+    assert principal_client_properties({}, "u", "p")["security.protocol"] == "SASL_PLAINTEXT"

@@ -377,6 +377,33 @@ def test_acl_user_creates_and_rotates_a_password_never_printed(
         revoke_scram_user(kafka_bootstrap, kafka_admin_properties, name)
 
 
+def test_acl_user_out_writes_the_principal_s_login_and_nothing_of_the_admin_s(
+    kafka_bootstrap: str,
+    kafka_admin_properties: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    from eventlog.kafka_properties import load_client_properties
+
+    name = f"out-{uuid.uuid4().hex[:8]}"
+    out = tmp_path / f"{name}.properties"
+    monkeypatch.delenv("ALLOCATOR_NEW_PASSWORD", raising=False)  # --out: a random password, in the file only
+    kafka = ["--kafka", kafka_bootstrap, "--kafka-config", os.environ[CONFIG_FILE_ENV]]
+    try:
+        assert main(["acl", "user", *kafka, name, "--out", str(out)]) == 0
+        assert out.stat().st_mode & 0o777 == 0o600
+        written = load_client_properties(out)
+        assert written["sasl.username"] == name and written["sasl.mechanism"] == "SCRAM-SHA-512"
+        assert written["sasl.password"] != kafka_admin_properties["sasl.password"]
+        assert written["ssl.ca.location"] == kafka_admin_properties["ssl.ca.location"]
+        _eventually(lambda: _logs_in(kafka_bootstrap, written), "the written login logs in")
+        printed = "".join(capsys.readouterr())
+        assert written["sasl.password"] not in printed and str(out) in printed
+    finally:
+        revoke_scram_user(kafka_bootstrap, kafka_admin_properties, name)
+
+
 def test_acl_user_without_a_password_or_a_terminal_fails_clearly(
     kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -43,7 +43,8 @@ chmod 600 "$SECRETS"/*
 
 ensure_secrets_dir "$CLIENT"
 cp "$SECRETS/ca.pem" "$CLIENT/ca.pem"
-write_admin_client_properties "$CLIENT/admin.properties" "$SECRETS" "$CLIENT/ca.pem"
+# ca.pem relative: the CA beside the file (eventlog/kafka_properties.py), in the containers and in a copy on the host.
+write_admin_client_properties "$CLIENT/admin.properties" "$SECRETS" ca.pem
 chown -R "$CLIENT_OWNER" "$CLIENT"
 chmod 600 "$CLIENT"/*
 say "secrets ready in $SECRETS (broker, owner $KAFKA_OWNER) and $CLIENT (clients, owner $CLIENT_OWNER)"
