@@ -109,7 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-cycles", type=int, help="stop after this cycle number")
     serve.add_argument("--duration", type=float, help="stop after this many seconds")
     _observe_options(serve)
-    serve.add_argument("--signing-key", help="sign every decision with this Ed25519 key file (allocator keys new)")
+    serve.add_argument(
+        "--signing-key",
+        help="sign every decision with this Ed25519 key file, or the only *.key file of this folder (keys new --out)",
+    )
     serve.add_argument("--trusted-keys", help="public key file or folder of *.pub files trusted besides its own")
     serve.set_defaults(handler=_cmd_serve)
 

@@ -118,3 +118,14 @@ def test_keys_new_writes_a_private_key_only_its_owner_reads_and_a_public_key(tmp
         load_signing_key(tmp_path / "bad.key")
     with pytest.raises(SigningKeyError, match="nowhere"):
         load_trusted_keys(tmp_path / "nowhere")
+
+
+def test_a_folder_with_one_private_key_names_it_and_one_with_several_is_refused(tmp_path: Path) -> None:
+    key_id, _, _ = new_key_pair(tmp_path / "keys")  # what `keys new --out DIR` leaves: serve --signing-key DIR
+    assert key_id_of(load_signing_key(tmp_path / "keys").public_key()) == key_id
+    other, _, _ = new_key_pair(tmp_path / "keys")
+    with pytest.raises(SigningKeyError, match=rf"exactly one \*\.key file \({min(key_id, other)}\.key"):
+        load_signing_key(tmp_path / "keys")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SigningKeyError, match=r"no \*\.key file"):
+        load_signing_key(tmp_path / "empty")

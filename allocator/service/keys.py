@@ -47,8 +47,15 @@ def new_key_pair(out_dir: Path | str) -> tuple[str, Path, Path]:
 
 
 def load_signing_key(path: Path | str) -> Ed25519PrivateKey:
-    """The private key in a PEM file; the error names the file, never its content."""
+    """The private key in a PEM file, or in the only `*.key` file of a folder (`keys new --out DIR` made it); the
+    error names the file, never its content."""
     file = Path(path)
+    if file.is_dir():
+        found = sorted(file.glob(f"*{PRIVATE_SUFFIX}"))
+        if len(found) != 1:
+            names = ", ".join(f.name for f in found) or f"no *{PRIVATE_SUFFIX} file"
+            raise SigningKeyError(f"{file}: a folder must hold exactly one *{PRIVATE_SUFFIX} file ({names}): name one")
+        file = found[0]
     try:
         data = file.read_bytes()
     except OSError as exc:
