@@ -218,7 +218,9 @@ def _cross_check(
 
 def _status_config(args: argparse.Namespace) -> AllocatorConfig:
     """The configuration in force as the log's fold has it (its SET_LIMITS included), --config only cross-checks
-    it; without a log (the default file absent) the --config file's, else the defaults."""
+    it; without a log (no broker named by flag or environment, the default file absent) the --config file's, else
+    the defaults. A broker named only by KAFKA_BOOTSTRAP_SERVERS that cannot give the book's configuration is
+    said on stderr, and the projection is shown with those."""
     from pathlib import Path
 
     from allocator.service.sequencer import NoConfigOnLog, replay_decisions
@@ -229,7 +231,7 @@ def _status_config(args: argparse.Namespace) -> AllocatorConfig:
     config = _config_file(args)
     settings = _log_settings(args)
     named = args.log is not None or args.kafka is not None
-    if not named and (settings.kafka_bootstrap is not None or not Path(settings.embedded_path).is_file()):
+    if not named and settings.kafka_bootstrap is None and not Path(settings.embedded_path).is_file():
         return config or AllocatorConfig()  # no log named, and no embedded log here: the projection alone
     args.topic_prefix = _topic_prefix(args, settings)
     codec, topics = make_codec(args.schema_registry), Topics(args.topic_prefix)
@@ -240,7 +242,12 @@ def _status_config(args: argparse.Namespace) -> AllocatorConfig:
     except NoConfigOnLog:
         return config or AllocatorConfig()
     except LogError as exc:
-        raise UsageError(f"cannot read the configuration from the log: {exc}") from exc
+        if named:
+            raise UsageError(f"cannot read the configuration from the log: {exc}") from exc
+        shown = "--config's" if config is not None else "the defaults'"
+        print(f"allocator status: the caps shown are {shown}: the book's configuration cannot be read from "
+              f"{settings.describe()} ({exc})", file=sys.stderr)  # fmt: skip
+        return config or AllocatorConfig()
     return state.portfolio.config
 
 

@@ -168,6 +168,20 @@ def make_topic(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Iterator
             future.result(timeout=60)
 
 
+@pytest.fixture
+def kafka_prefix(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A topic prefix private to this test (a book of its own); every topic under it is deleted afterwards."""
+    from confluent_kafka.admin import AdminClient
+
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    yield prefix
+    admin = AdminClient(client_config(kafka_bootstrap))
+    mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{prefix}.")]
+    if mine:
+        for future in admin.delete_topics(mine, operation_timeout=30).values():
+            future.result(timeout=60)
+
+
 @dataclass(frozen=True)
 class DbSchema:
     """A PostgreSQL schema private to one test, and an engine whose connections use it."""

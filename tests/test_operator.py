@@ -77,3 +77,33 @@ def test_control_refuses_a_command_without_who_or_why(tmp_path: Path, capsys: py
 def test_status_says_when_there_is_no_projection(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--database", f"sqlite:///{tmp_path / 'none.sqlite'}"]) == 1
     assert "has `allocator project` run?" in capsys.readouterr().err
+
+
+@pytest.mark.kafka
+@pytest.mark.postgres
+def test_status_reads_the_book_s_configuration_from_the_broker_the_environment_names(
+    kafka_bootstrap: str,
+    kafka_prefix: str,
+    db_schema: DbSchema,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)  # no --kafka: as the README's commands run
+    monkeypatch.setenv("ALLOCATOR_TOPIC_PREFIX", kafka_prefix)
+    config = tmp_path / "book.json"
+    config.write_text(json.dumps({"kill_switch_drawdown": 0.2, "scenario_count": 300}), encoding="utf-8")
+    db = ["--database", db_schema.url, "--schema", db_schema.name]
+    assert main(["init"]) == 0
+    assert main(["control", "halt", "--reason", "check", "--operator", "alice"]) == 0
+    assert main(["serve", "--config", str(config), "--max-cycles", "1", "--duration", "60"]) == 0
+    assert main(["project", *db, "--once"]) == 0
+    capsys.readouterr()
+    assert main(["status", *db, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["kill_switch_drawdown"] == 0.2  # the log's, not the default 0.15
+    # a broker without the book's topics: the defaults, and stderr says why
+    monkeypatch.setenv("ALLOCATOR_TOPIC_PREFIX", f"nobook-{uuid.uuid4().hex[:8]}")
+    assert main(["status", *db, "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["kill_switch_drawdown"] == 0.15
+    assert "the caps shown are the defaults'" in err and "does not exist" in err
