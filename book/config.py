@@ -21,6 +21,10 @@ from schemas.signing import SigningKeyError, key_id_of, public_key_from_hex
 _AGENT_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
+AGENT_KEY = "agent:"
+"""A SET_LIMITS key `agent:<id>`: 1 adds the agent to `agents`, 0 removes it (`AllocatorConfig.with_limits`)."""
+
+
 class ConfigError(ValueError):
     """A configuration that must not be used: it names the key and what is wrong with it."""
 
@@ -128,8 +132,32 @@ class AllocatorConfig:
         """An operator's SET_LIMITS applied, validated exactly as a configuration file is: all keys or none.
 
         Raises ConfigError naming the first bad key; integer keys accept integral doubles (the command's
-        values travel as Avro doubles)."""
-        return AllocatorConfig.from_mapping({**self.to_mapping(), **limits})
+        values travel as Avro doubles). A key `agent:<id>` adds that agent to `agents` (value 1) or removes it
+        (value 0): the command's values are numbers, so the list is changed one agent per key (rules.md §7.7)."""
+        plain = {key: value for key, value in limits.items() if not key.startswith(AGENT_KEY)}
+        values = {**self.to_mapping(), **plain}
+        changes = {key: value for key, value in limits.items() if key.startswith(AGENT_KEY)}
+        if changes:
+            values["agents"] = list(self._agents_changed(changes))
+        return AllocatorConfig.from_mapping(values)
+
+    def _agents_changed(self, changes: Mapping[str, float]) -> tuple[str, ...]:
+        """`agents` with the `agent:<id>` keys applied: new ids appended in sorted order, removed ones dropped."""
+        agents = list(self.agents) if self.agents is not None else None
+        for key in sorted(changes):
+            agent, value = key[len(AGENT_KEY) :], changes[key]
+            if _AGENT_ID.fullmatch(agent) is None:
+                raise ConfigError(f"{key}: {agent!r} is not an agent id: 1-128 characters of a-z, A-Z, 0-9, '_', '-'")
+            if isinstance(value, bool) or value not in (0, 1):
+                raise ConfigError(f"{key}: 1 adds the agent, 0 removes it; got {value!r}")
+            if agents is None:
+                raise ConfigError(f"{key}: the book accepts every agent (agents is null); name its agents in the "
+                                  "configuration first")  # fmt: skip
+            if value == 1 and agent not in agents:
+                agents.append(agent)
+            elif value == 0 and agent in agents:
+                agents.remove(agent)
+        return tuple(agents or ())
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> AllocatorConfig:

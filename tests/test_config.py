@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -70,3 +71,20 @@ def test_the_hash_of_a_first_release_configuration_never_changes() -> None:
     first_release = AllocatorConfig(solver_time_limit_ms=250.0)
     assert first_release.config_hash == "607540db3e91a9f69234783d877fcb59d72a50716824b5f0d999df0ac5a858dc"
     assert {f.name for f in dataclasses.fields(AllocatorConfig)} >= FIRST_RELEASE_KEYS
+
+
+def test_set_limits_changes_agents_one_agent_key_at_a_time() -> None:
+    book = AllocatorConfig.from_mapping({"agents": ["alpha", "beta"]})
+    assert book.with_limits({"agent:zed": 1.0, "agent:gamma": 1.0}).agents == ("alpha", "beta", "gamma", "zed")
+    assert book.with_limits({"agent:alpha": 0.0, "agent:alpha2": 0.0}).agents == ("beta",)
+    assert book.with_limits({"agent:beta": 1.0, "position_cap": 0.01}) == book.replace(position_cap=0.01)
+    for limits, named in (
+        ({"agent:gamma": 2.0}, "agent:gamma: 1 adds the agent, 0 removes it"),
+        ({"agent:a.b": 1.0}, "agent:a.b: 'a.b' is not an agent id"),
+        ({"agent:": 1.0}, "agent:: '' is not an agent id"),
+        ({"agents": 1.0}, "agents: must be a list"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(named)):
+            book.with_limits(limits)
+    with pytest.raises(ConfigError, match="accepts every agent"):
+        AllocatorConfig().with_limits({"agent:gamma": 1.0})
