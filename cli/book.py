@@ -173,7 +173,7 @@ def _cmd_control(args: argparse.Namespace) -> int:
         operator_id=args.operator,
         command=Command(args.action.upper().replace("-", "_")),
         reason=args.reason,
-        limits=None,
+        limits=_limits(args.action, args.limits),
         time=wall_clock_ms(),
     )
     if key is not None:
@@ -196,6 +196,33 @@ def _cmd_control(args: argparse.Namespace) -> int:
           + (f" signed by key {command.key_id}" if command.key_id else " unsigned") + f" to {topics.control} on "
           f"{settings.describe()}; the allocator acts on it in its next cycle")  # fmt: skip
     return EXIT_OK
+
+
+def _limits(action: str, pairs: list[str] | None) -> dict[str, float] | None:
+    """set-limits' `--set KEY=VALUE` pairs as the command's limits (numbers: they travel as doubles); whether each
+    key and value is a valid configuration is the allocator's to judge, where the fold answers a bad one."""
+    import math
+
+    if action != "set-limits":
+        if pairs:
+            raise UsageError(f"--set is for set-limits, not {action}")
+        return None
+    if not pairs:
+        raise UsageError("set-limits needs at least one --set KEY=VALUE")
+    limits: dict[str, float] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not sep or not key or not math.isfinite(value):
+            raise UsageError(f"--set {pair!r}: must be KEY=NUMBER (e.g. position_cap=0.01, agent:gamma=1)")
+        if key in limits:
+            raise UsageError(f"--set {key}: given twice")
+        limits[key] = value
+    return limits
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

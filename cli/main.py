@@ -211,14 +211,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     control = sub.add_parser(
         "control",
-        help="an operator's command to the governors: halt, resume, reset-kill-switch (who and why are required)",
+        help="an operator's command: halt, resume, reset-kill-switch, set-limits (who and why are required)",
         description="Publish a ControlCommand on the book's control topic. The allocator acts on it in its next "
         "cycle; the command stays in the log and the projection with its operator and reason.",
     )
-    control.add_argument("action", choices=["halt", "resume", "reset-kill-switch"], help="the command")
+    control.add_argument("action", choices=["halt", "resume", "reset-kill-switch", "set-limits"], help="the command")
+    control.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", dest="limits",
+        help="set-limits: a configuration key and its new number, repeatable (agent:ID=1 adds an agent, "
+        "agent:ID=0 removes it); validated by the allocator: one bad key and nothing changes",
+    )  # fmt: skip
     control.add_argument("--reason", required=True, help="why, in the operator's words")
     control.add_argument("--operator", required=True, help="who sends it")
-    control.add_argument("--key", help="sign the command with this operator's Ed25519 key file")
+    control.add_argument(
+        "--key", help="sign the command with this operator's Ed25519 key file, or the only *.key file of this folder"
+    )
     _log_options(control)
     control.set_defaults(handler=_cmd_control)
 

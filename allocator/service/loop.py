@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from allocator.engine.cycle import CycleOutcome, run_cycle
@@ -137,20 +137,45 @@ class AllocatorService:
         self.log.create_topics(list(self.topics.outputs), None)
         self.log.init_transactions(transactional_id_of(self.topics, self.book_id))
         self.state = rebuild(self.reader, self.codec, self.topics, self.config, self.say, self.chain)
-        # Every configured agent's own proposals topic is an input too (rules.md §11.1), the configuration in
-        # force deciding (the log's or the file's); an agent added later by SET_LIMITS is read after a restart.
-        agents = self.state.portfolio.config.agents or ()
-        missing = tuple(a for a in agents if a not in self.topics.agents)
+        self._add_agent_topics()
+        self._assign_inputs({})
+        if self.metrics is not None:
+            self.metrics.on_start(self.state, self.log, self._positions())
+
+    def _add_agent_topics(self) -> tuple[str, ...]:
+        """The agents' own proposals topics among the inputs (rules.md §11.1): of every agent the configuration in
+        force names (the log's or the file's, with every SET_LIMITS folded), and of every agent whose topic a
+        decision has read, so an agent removed later is still read, live and after a restart alike (its proposals
+        are rejected UNKNOWN_AGENT, with a reason). Missing topics are created (existing ones are used as they
+        are). Returns the agents added."""
+        read = sorted({a for tp in self.state.positions if (a := self.topics.agent_of(tp.topic)) is not None})
+        wanted = dict.fromkeys((*(self.state.portfolio.config.agents or ()), *read))
+        missing = tuple(a for a in wanted if a not in self.topics.agents)
         if missing:
-            self.topics = dataclasses.replace(self.topics, agents=(*self.topics.agents, *missing))
             self.log.create_topics(
                 [self.topics.proposals_of(a) for a in missing], None, log_append_time=self.log_append_time
             )
+            self.topics = dataclasses.replace(self.topics, agents=(*self.topics.agents, *missing))
+        return missing
+
+    def _assign_inputs(self, positions: Mapping[TopicPartition, int]) -> None:
+        """Read every input partition from `positions`, else from where the book's decisions read it to (0 for a
+        partition no decision has read: a new agent's topic is read from its start)."""
         self.log.assign(list(self.topics.inputs))
         for tp in self.log.assignment():
-            self.log.seek(tp, self.state.positions.get(tp, 0))
-        if self.metrics is not None:
-            self.metrics.on_start(self.state, self.log, self._positions())
+            self.log.seek(tp, positions[tp] if tp in positions else self.state.positions.get(tp, 0))
+
+    def _follow_new_agents(self) -> None:
+        """After a committed cycle: an agent a SET_LIMITS of its batch added is read from now on, without a restart.
+        The next decision's `inputs` name the new topic's position, so a restart, a replay and the audit fold
+        exactly the records of it this service folds (rules.md §11.1)."""
+        if all(a in self.topics.agents for a in self.state.portfolio.config.agents or ()):
+            return
+        positions = self._positions()  # the other partitions go on from where they are
+        added = self._add_agent_topics()
+        self._assign_inputs(positions)
+        topics = ", ".join(self.topics.proposals_of(a) for a in added)
+        self.say(f"the configuration now names {', '.join(added)}: reading {topics} from its start")
 
     def _positions(self) -> dict[TopicPartition, int]:
         return {tp: self.log.position(tp) for tp in self.log.assignment()}
@@ -216,6 +241,7 @@ class AllocatorService:
             raise
         self.buffer = []
         self.pending_proposals = 0
+        self._follow_new_agents()
         return CycleReport(decision, len(batch), len(folded.dead_letters), len(events))
 
     def _decide_or_halt(self, inputs: dict[TopicPartition, int]) -> tuple[CycleOutcome, tuple[GovernorChange, ...]]:
