@@ -100,6 +100,7 @@ def _cmd_acl_user(args: argparse.Namespace) -> int:
         new_password,
         principal_client_properties,
         set_scram_password,
+        wait_for_login,
     )
 
     try:
@@ -118,6 +119,8 @@ def _cmd_acl_user(args: argparse.Namespace) -> int:
             raise UsageError(f"--out {args.out}: cannot write it ({getattr(exc, 'strerror', None) or exc})") from exc
     try:
         set_scram_password(bootstrap, admin, args.name, password)
+        # Once this returns, the principal's own commands log in (the credential reached the broker).
+        wait_for_login(bootstrap, principal_client_properties(admin, args.name, password))
     except (ScramError, ValueError) as exc:
         print(f"allocator acl user: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -7,6 +7,7 @@ the same rows twice changes nothing.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -110,4 +111,45 @@ def create_acls(
             raise AclError(f"creating the ACL {entry} failed: {exc}") from None
         except TimeoutError:
             raise AclError(f"creating the ACL {entry}: no answer in {timeout_s:g}s") from None
+    _wait_until_in_force(admin, wanted, timeout_s)
     return len(wanted)
+
+
+def _described(admin: Any, principal: str, timeout_s: float) -> set[AclEntry]:
+    """The ALLOW bindings of `principal` the broker's authorizer holds now."""
+    from confluent_kafka.admin import (  # type: ignore[attr-defined]  # exported, but not declared so
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    query = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, f"User:{principal}", None,  # type: ignore[arg-type]
+                             AclOperation.ANY, AclPermissionType.ALLOW)  # fmt: skip
+    found: set[AclEntry] = set()
+    for b in admin.describe_acls(query, request_timeout=timeout_s).result(timeout=timeout_s):
+        names = (b.restype.name, b.resource_pattern_type.name, b.operation.name)
+        if b.host == "*" and names[0] in RESOURCE_TYPES and names[1] in PATTERNS and names[2] in OPERATIONS:
+            found.add(AclEntry(principal, names[0], names[1], b.name, names[2]))
+    return found
+
+
+def _wait_until_in_force(admin: Any, wanted: list[AclEntry], timeout_s: float) -> None:
+    """Returns once the authorizer the admin client reaches holds every binding of `wanted`: a new binding takes
+    a moment to get from the controller to it, and a principal's next command must not be refused meanwhile."""
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + timeout_s
+    missing = set(wanted)
+    while True:
+        try:
+            for principal in sorted({entry.principal for entry in missing}):
+                missing -= _described(admin, principal, timeout_s)
+        except (KafkaException, TimeoutError) as exc:
+            raise AclError(f"reading back the ACLs just created failed: {exc}") from None
+        if not missing:
+            return
+        if time.monotonic() >= deadline:
+            raise AclError(f"{len(missing)} ACLs created are not in force after {timeout_s:g}s, e.g. {min(missing)}")
+        time.sleep(0.1)

@@ -49,6 +49,30 @@ def set_scram_password(
     _alter(bootstrap_servers, admin_properties, user, alteration, "setting", timeout_s)
 
 
+def wait_for_login(bootstrap_servers: str, properties: Mapping[str, str], *, timeout_s: float = 30.0) -> None:
+    """Returns once the broker accepts the login of `properties`: a new or changed credential takes a moment to
+    get from the controller to the broker, and the principal's first command must not fail meanwhile. Raises
+    ScramError (never naming the password) when it does not within `timeout_s`."""
+    import time
+
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    user = properties.get("sasl.username", "?")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        config: dict[str, Any] = client_config(bootstrap_servers, properties)
+        config.update({"socket.timeout.ms": 5_000, "log_level": 0, "error_cb": lambda _err: None})
+        try:
+            AdminClient(config).list_topics(timeout=min(5.0, max(deadline - time.monotonic(), 0.1)))
+            return
+        except KafkaException:
+            pass
+        if time.monotonic() >= deadline:
+            raise ScramError(f"the broker does not accept the new login of {user!r} after {timeout_s:g}s")
+        time.sleep(0.2)
+
+
 def revoke_scram_user(
     bootstrap_servers: str, admin_properties: Mapping[str, str], user: str, *, timeout_s: float = 30.0
 ) -> None:

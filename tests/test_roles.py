@@ -404,6 +404,25 @@ def test_acl_user_out_writes_the_principal_s_login_and_nothing_of_the_admin_s(
         revoke_scram_user(kafka_bootstrap, kafka_admin_properties, name)
 
 
+def test_a_principal_works_as_soon_as_acl_user_and_acl_apply_return(
+    kafka_bootstrap: str, kafka_admin_properties: dict[str, str], kafka_prefix: str, tmp_path: Path
+) -> None:
+    """No retry here: both commands return only once the broker accepts the login and enforces the ACLs."""
+    from eventlog.kafka_properties import load_client_properties
+
+    name = f"prompt-{uuid.uuid4().hex[:8]}"
+    out = tmp_path / f"{name}.properties"
+    kafka = ["--kafka", kafka_bootstrap, "--kafka-config", os.environ[CONFIG_FILE_ENV], "--topic-prefix", kafka_prefix]
+    try:
+        assert main(["init", *kafka]) == 0
+        assert main(["acl", "user", *kafka[:4], name, "--out", str(out)]) == 0
+        assert main(["acl", "apply", *kafka, "--market", name]) == 0
+        assert _produce(kafka_bootstrap, load_client_properties(out), Topics(kafka_prefix).pnl) is None
+    finally:
+        _delete_acls(kafka_bootstrap, kafka_admin_properties, [name])
+        revoke_scram_user(kafka_bootstrap, kafka_admin_properties, name)
+
+
 def test_acl_user_without_a_password_or_a_terminal_fails_clearly(
     kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
