@@ -101,6 +101,51 @@ def test_compose_file_runs_commands_that_exist() -> None:
             assert dependency in compose["services"]
 
 
+# What only a deployment sets: the port its orchestrator probes.
+DEPLOYMENT_ONLY = frozenset({"metrics_port", "metrics_host"})
+
+
+def test_compose_commands_parse_and_use_the_readme_s_flags() -> None:
+    """Compose cannot run here (no Docker): its commands go through the real parser instead, and every option one
+    sets away from its default is set alike by the README's Kafka walkthrough (tests/test_readme.py runs that)."""
+    import re
+    import shlex
+
+    from tests.readme import Command, kafka_block
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    parser = build_parser()
+    block = kafka_block()
+    readme = {c.name: parser.parse_args(c.argv) for c in reversed(block.commands)}  # the first of each name
+    checked = []
+    for name, service in compose["services"].items():
+        if "build" not in service:
+            continue
+        command = Command(" ".join(service["command"]), tuple(service["command"]))
+        try:
+            used = parser.parse_args(command.argv)
+        except SystemExit:
+            pytest.fail(f"compose service {name}: `allocator {command.line}` does not parse")
+        assert command.name in readme, f"compose service {name} runs `{command.name}`, which the README does not"
+        defaults, ours = vars(parser.parse_args(command.name.split())), vars(readme[command.name])
+        for option, value in vars(used).items():
+            if option in DEPLOYMENT_ONLY or value == defaults.get(option):
+                continue
+            assert ours.get(option) == value, f"compose service {name}: {option}={value!r}, README {ours.get(option)!r}"
+        where = ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_CONFIG_FILE", "DATABASE_URL")
+        needs = {key for key in service.get("environment", {}) if key in where}
+        assert needs <= set(block.exports), f"compose service {name} sets {needs - set(block.exports)}"
+        checked.append(command.name)
+    assert sorted(checked) == ["db upgrade", "init", "project", "serve"]
+    # The README's one-off commands in the compose network: a service with the image, and a command that parses.
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    one_offs = re.findall(r"`docker compose run --rm (\S+) ([^`]+)`", text)
+    assert {service for service, _ in one_offs} == {"serve", "project"}
+    for service, args in one_offs:
+        assert "build" in compose["services"][service]
+        parser.parse_args(shlex.split(args))
+
+
 def test_compose_kafka_is_secured_like_the_test_broker() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
     kafka_env = compose["services"]["kafka"]["environment"]
