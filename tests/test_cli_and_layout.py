@@ -146,6 +146,19 @@ def test_compose_commands_parse_and_use_the_readme_s_flags() -> None:
         parser.parse_args(shlex.split(args))
 
 
+def test_every_command_of_the_readme_s_walkthroughs_parses() -> None:
+    from tests.readme import embedded_block, kafka_block
+
+    parser = build_parser()
+    for block in (embedded_block(), kafka_block()):
+        assert block.commands
+        for command in block.commands:
+            try:
+                parser.parse_args(command.argv)
+            except SystemExit:
+                pytest.fail(f"the README's `{command.line}` does not parse")
+
+
 def test_compose_kafka_is_secured_like_the_test_broker() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
     kafka_env = compose["services"]["kafka"]["environment"]
