@@ -3,6 +3,9 @@
 These run `allocator serve` and `allocator project` as real processes against Kafka and PostgreSQL, kill them
 with SIGKILL at seeded random moments, and then check what a user would: every proposal decided exactly once,
 no decision published twice, capital never over-committed, the audit clean, the projection equal to a replay.
+The book's topics are made by `allocator init --partitions N`, once with 1 and once with 3 input partitions:
+proposals, fills and marks are keyed by market, so they spread over the partitions, and serve reads whatever
+count the topics have.
 """
 
 from __future__ import annotations
@@ -96,6 +99,16 @@ def _env(kafka_bootstrap: str) -> dict[str, str]:
     return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "PYTHONUNBUFFERED": "1"}
 
 
+def _init(prefix: str, partitions: int, env: dict[str, str]) -> None:
+    """The book's topics as a user makes them: `allocator init --partitions N` (inputs N, outputs 1)."""
+    argv = [sys.executable, "-m", "cli.main", "init", "--topic-prefix", prefix, "--partitions", str(partitions)]
+    done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+PARTITIONS = [pytest.param(1, id="1-partition"), pytest.param(3, id="3-partitions")]
+
+
 def _proposal(i: int, now_ms: int, rng: random.Random) -> Proposal:
     # a 2 s lifetime: deferred proposals expire soon, so every one reaches a final status
     return live_proposal(f"p{i:05d}", now_ms, rng, urgency=0.5, strategy_tag="crash-test")
@@ -132,14 +145,16 @@ def _wait_until_projected(kafka_bootstrap: str, db_schema: DbSchema, topics: Top
     raise AssertionError(f"the projector did not catch up: stored {stored}, ends {ends}")
 
 
+@pytest.mark.parametrize("partitions", PARTITIONS)
 def test_sigkilled_services_lose_nothing_and_repeat_nothing(
-    kafka_bootstrap: str, db_schema: DbSchema, prefix: str, tmp_path: Path
+    kafka_bootstrap: str, db_schema: DbSchema, prefix: str, tmp_path: Path, partitions: int
 ) -> None:
     rng = random.Random(20261125)
     topics = Topics(prefix)
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps(CONFIG))
     env = _env(kafka_bootstrap)
+    _init(prefix, partitions, env)
     serve = Process(["serve", "--book", "crash", "--topic-prefix", prefix, "--config", str(config_path)],
                     tmp_path / "serve.log", env)  # fmt: skip
     project = Process(["project", "--topic-prefix", prefix, "--database", db_schema.url, "--schema", db_schema.name],
@@ -153,7 +168,6 @@ def test_sigkilled_services_lose_nothing_and_repeat_nothing(
         filled: set[tuple[str, str]] = set()
         seen_decisions = 0
         with KafkaEventLog(kafka_bootstrap) as agents, KafkaEventLog(kafka_bootstrap) as executor_view:
-            agents.create_topics([*topics.inputs, *topics.outputs])
             executor_view.assign([topics.decisions])
             sent = 0
             deadline = time.monotonic() + 240
@@ -212,6 +226,12 @@ def test_sigkilled_services_lose_nothing_and_repeat_nothing(
         raise
 
     assert serve.starts >= 6 and project.starts >= 3  # at least 5 SIGKILLs of serve happened
+    with KafkaEventLog(kafka_bootstrap) as log:
+        ends = log.end_offsets(topics.inputs)
+    for name in (topics.proposals, topics.fills, topics.pnl):  # every partition of each keyed input was written
+        assert sorted(tp.partition for tp, end in ends.items() if tp.topic == name and end > 0) == list(
+            range(partitions)
+        )
     decisions = [d for _, d in _decisions(kafka_bootstrap, topics)]
     ids = Counter(d.decision_id for d in decisions)
     assert all(n == 1 for n in ids.values()), "a decision was published twice"
@@ -241,28 +261,33 @@ def test_sigkilled_services_lose_nothing_and_repeat_nothing(
         with db_schema.engine.begin() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{replay_schema}" CASCADE'))
     print(
-        f"crash test: {total} proposals, {len(decisions)} decisions, serve killed {serve.starts - 1} times, "
-        f"projector killed {project.starts - 1} times, {len(filled)} fills, audit {len(report.findings)} decisions"
+        f"crash test, {partitions} input partition(s): {total} proposals, {len(decisions)} decisions, serve killed "
+        f"{serve.starts - 1} times, projector killed {project.starts - 1} times, {len(filled)} fills, "
+        f"audit {len(report.findings)} decisions"
     )
 
 
-def test_a_second_serve_for_the_same_book_fences_the_first(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("partitions", PARTITIONS)
+def test_a_second_serve_for_the_same_book_fences_the_first(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path, partitions: int
+) -> None:
     topics = Topics(prefix)
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps(CONFIG))
     env = _env(kafka_bootstrap)
+    _init(prefix, partitions, env)
     args = ["serve", "--book", "fenced", "--topic-prefix", prefix, "--config", str(config_path)]
     first = Process(args, tmp_path / "first.log", env)
     second = Process(args, tmp_path / "second.log", env)
     rng = random.Random(7)
     with KafkaEventLog(kafka_bootstrap) as agents:
-        agents.create_topics([*topics.inputs, *topics.outputs])
         first.start()
 
         def send(start: int, n: int) -> None:
             now = int(time.time() * 1000)
             for i in range(start, start + n):
-                agents.produce(topics.proposals, codec.encode(_proposal(i, now, rng)))
+                p = _proposal(i, now, rng)
+                agents.produce(topics.proposals, codec.encode(p), key=p.market_id.encode())
             agents.flush()
 
         def wait_for(count: int) -> list[Decision]:
