@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from allocator.service.backends import LogSettings
 
 from cli.common import (
     EXIT_FAILURE,
@@ -107,8 +112,17 @@ def _cmd_project(args: argparse.Namespace) -> int:
             say.info(f"allocator project: {settings.describe()} -> {engine.url.render_as_string()}"
                      + (f"; metrics on port {server.port}" if server else ""), event="start")  # fmt: skip
             ends = log.end_offsets(topic_names) if args.once else None
+            new_topics = _AgentTopics(settings, args.topic_prefix, topic_names)
             try:
-                stats = projector.run(lambda: stop["now"] or (ends is not None and projector.caught_up(ends)))
+                while True:
+                    stats = projector.run(lambda: stop["now"] or (ends is not None and projector.caught_up(ends))
+                                          or (ends is None and new_topics.found()))  # fmt: skip
+                    if stop["now"] or ends is not None:
+                        break
+                    # An agent added while projecting (serve made its topic): read it too, from the stored offsets.
+                    say.info(f"allocator project: reading {', '.join(new_topics.added)} as well", event="message")
+                    projector.topics.extend(new_topics.take())
+                    projector.start()
             except StaleProjectorError as exc:
                 say.error(f"allocator project: {exc}", event="stale")
                 return 3
@@ -118,6 +132,31 @@ def _cmd_project(args: argparse.Namespace) -> int:
     say.info(f"allocator project: stopped after {stats.records} events in {stats.batches} batches", event="stop",
              records=stats.records, batches=stats.batches)  # fmt: skip
     return EXIT_OK
+
+
+class _AgentTopics:
+    """The agents' own proposals topics that appear while `project` runs (an agent a SET_LIMITS added), looked
+    for every `every_s` seconds."""
+
+    def __init__(self, settings: LogSettings, prefix: str, known: list[str], every_s: float = 5.0) -> None:
+        self.settings, self.prefix, self.known, self.every_s = settings, prefix, set(known), every_s
+        self.added: list[str] = []
+        self._next = time.monotonic() + every_s
+
+    def found(self) -> bool:
+        from allocator.service.discovery import agent_proposal_topics
+        from eventlog.port import Topics
+
+        if not self.added and time.monotonic() >= self._next:
+            self._next = time.monotonic() + self.every_s
+            present = agent_proposal_topics(self.settings, Topics(self.prefix))
+            self.added = [name for name in present if name not in self.known]
+        return bool(self.added)
+
+    def take(self) -> list[str]:
+        added, self.added = self.added, []
+        self.known.update(added)
+        return added
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:

@@ -197,3 +197,47 @@ def test_control_set_limits_adds_an_agent_from_the_command_line(
                    for a in d.allocations]  # fmt: skip
     assert decided == [(2, "g1", AllocationStatus.FUNDED)]
     assert main(["audit", *log, "--report", str(tmp_path / "audit.json")]) == 0
+
+
+def test_a_running_projector_reads_an_agent_s_topic_made_after_it_started(tmp_path: Path) -> None:
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from sqlalchemy import create_engine, text
+
+    from cli.main import main
+
+    root = Path(__file__).resolve().parent.parent
+    log = ["--log", str(tmp_path / "log.sqlite"), "--topic-prefix", "pj"]
+    config = tmp_path / "book.json"
+    config.write_text(json.dumps({"agents": ["alpha"], "scenario_count": 300}), encoding="utf-8")
+    assert main(["init", *log, "--config", str(config)]) == 0
+    database = f"sqlite:///{tmp_path / 'projection.sqlite'}"
+    out = (tmp_path / "project.out").open("wb")
+    project = subprocess.Popen([sys.executable, "-m", "cli.main", "project", *log, "--database", database],
+                               cwd=root, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        gamma = ["--set", "agent:gamma=1", "--reason", "onboard", "--operator", "ops"]
+        assert main(["control", "set-limits", *gamma, *log]) == 0
+        assert main(["serve", "--book", "b", *log, "--config", str(config), "--max-cycles", "1"]) == 0
+        send(lambda group=None: EmbeddedEventLog(tmp_path / "log.sqlite", group), Topics("pj"),
+             proposal("g1", "gamma", "m1"))  # fmt: skip
+        engine = create_engine(database)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with engine.connect() as conn:
+                    if conn.execute(text("select count(*) from proposals where proposal_id = 'g1'")).scalar_one():
+                        break
+            except Exception:
+                pass  # not migrated yet
+            assert project.poll() is None and time.monotonic() < deadline, (tmp_path / "project.out").read_text()
+            time.sleep(0.3)
+        engine.dispose()
+    finally:
+        project.send_signal(signal.SIGTERM)
+        assert project.wait(60) == 0
+        out.close()
+    assert "reading pj.proposals.gamma as well" in (tmp_path / "project.out").read_text()
