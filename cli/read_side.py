@@ -83,6 +83,9 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     print(summary_table(report))
     write_report(report, args.report)
     print(f"report written to {args.report}")
+    if not trusted and any(f.verdict == "FORGED" for f in report.findings):
+        print("allocator audit: the decisions are signed by keys this audit was not told to trust: pass "
+              "--trusted-keys with the allocator's public key(s) (docs/security.md)", file=sys.stderr)  # fmt: skip
     return EXIT_FAILURE if report.mismatches or report.errors else EXIT_OK
 
 

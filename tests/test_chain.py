@@ -171,6 +171,20 @@ def test_the_first_chained_decision_links_to_the_last_decision_before_the_chain(
     assert report["chain_head"] == decision_hash(chained)
 
 
+def test_an_audit_of_a_signed_log_without_trusted_keys_says_which_flag_it_lacks(
+    tmp_path: Path, keys: tuple[Path, Path, DecisionSigner], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, folder, signer = keys
+    db, topics = tmp_path / "log.sqlite", Topics("chain")
+    signed_log(db, topics, signer, cycles=1)
+    capsys.readouterr()
+    code, report, _ = audit(db, topics, tmp_path)
+    assert code == 1 and report["mismatches"] == 1
+    assert "pass --trusted-keys" in capsys.readouterr().err
+    code, _, _ = audit(db, topics, tmp_path, "--trusted-keys", str(folder))
+    assert code == 0 and "--trusted-keys" not in capsys.readouterr().err
+
+
 # --- the audit names every record that does not verify --------------------------------------------------------
 
 
