@@ -209,16 +209,20 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         )
 
         def progress(stats: ProjectorStats) -> None:
-            done = stats.records
-            rate = done / max(time.monotonic() - started, 1e-9)
-            eta = (total - done) / rate if rate > 0 else float("inf")
+            # By offsets, not events: a transactional topic's end counts its commit markers too, so counting
+            # events against it never reached the end.
+            read = sum(min(log.position(tp), end) for tp, end in ends.items())
+            rate = stats.records / max(time.monotonic() - started, 1e-9)
+            left = (total - read) * stats.records / read / rate if read and rate > 0 else float("inf")
             width = 30
-            filled = int(width * done / total) if total else width
-            print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} events, {rate:,.0f}/s, ETA {eta:,.0f} s",
-                  end="", file=sys.stderr, flush=True)  # fmt: skip
+            filled = int(width * read / total) if total else width
+            print(f"\r[{'#' * filled}{'.' * (width - filled)}] {read / total if total else 1:.0%} of the log, "
+                  f"{stats.records} events, {rate:,.0f}/s, ETA {left:,.0f} s", end="", file=sys.stderr,
+                  flush=True)  # fmt: skip
 
         projector.start()
         projector.catch_up(ends, on_batch=progress)
+        progress(projector.stats)  # caught up: every partition at its end, markers included
     elapsed = time.monotonic() - started
     print(file=sys.stderr)
     print(f"replayed {projector.stats.records} events into {engine.url.render_as_string()}"

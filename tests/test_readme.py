@@ -241,6 +241,8 @@ def test_the_readme_kafka_walkthrough_runs_as_written(
             elif command.name == "status":
                 assert "governor PAUSED" in out and "alice: venue B misbehaving" in out, out
                 assert "kill switch at 12%" in out, out  # examples/book.json's, read from the log
+            elif command.name == "replay":  # its progress reaches the end of a transactional log
+                assert "100% of the log" in out and "replayed " in out, out
             elif command.name == "audit":
                 report = json.loads((cwd / "audit.json").read_text(encoding="utf-8"))
                 verdicts = [f["verdict"] for f in report["findings"]]
