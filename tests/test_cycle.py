@@ -325,15 +325,15 @@ def test_every_decision_keeps_every_constraint(book: dict[str, Any]) -> None:
         assert out.problem is not None
         sizes = np.zeros(out.problem.n)
         # the returned sizes, recomputed into the tail with our own CVaR
-        columns = {pid: i for i, pid in enumerate(_problem_ids(out))}
+        columns = {key: i for i, key in enumerate(_problem_ids(out))}
         for a in funded:
-            sizes[columns[a.proposal_id]] = a.size
+            sizes[columns[(a.agent_id, a.proposal_id)]] = a.size
         tail = _independent_cvar(out.problem.book_losses - out.problem.returns @ sizes, 0.95)
         book_tail = _independent_cvar(out.problem.book_losses, 0.95)
         assert tail <= max(book["config"]["cvar_limit"] * equity, book_tail) * (1 + 1e-9) + 1e-6
 
 
-def _problem_ids(out: CycleOutcome) -> list[str]:
+def _problem_ids(out: CycleOutcome) -> list[tuple[str, str]]:
     assert len(out.column_ids) == (out.problem.n if out.problem is not None else 0)
     return list(out.column_ids)
 

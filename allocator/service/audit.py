@@ -104,8 +104,10 @@ def compare(recorded: Decision, recomputed: Decision, margin: float = 0.0) -> li
         problems.append(f"allocations: recorded {len(recorded.allocations)}, re-run {len(recomputed.allocations)}")
     for a, b in zip(recorded.allocations, recomputed.allocations, strict=False):
         where = f"allocation {a.proposal_id}"
-        if a.proposal_id != b.proposal_id:
-            problems.append(f"allocation order: recorded {a.proposal_id}, re-run {b.proposal_id}")
+        if (a.proposal_id, a.agent_id) != (b.proposal_id, b.agent_id):
+            problems.append(
+                f"allocation order: recorded {a.agent_id}/{a.proposal_id}, re-run {b.agent_id}/{b.proposal_id}"
+            )
             continue
         if a.status != b.status:
             problems.append(f"{where}: status recorded {a.status.value}, re-run {b.status.value}")
@@ -164,7 +166,7 @@ def rederive(task: AuditTask) -> Rederived:
         # full re-solve.
         verdict = "CONSTRAINTS_HELD"
         try:
-            columns = {pid: i for i, pid in enumerate(outcome.column_ids)}
+            columns = {key: i for i, key in enumerate(outcome.column_ids)}
             verify_decision(request, recorded, outcome.problem, columns)
         except DecisionInvariantError as exc:
             verdict = "MISMATCH"

@@ -292,7 +292,9 @@ def build_request(
             for tp, offset in sorted(inputs.items(), key=lambda kv: (kv[0].topic, kv[0].partition))
         ),
         resolved_markets=frozenset(book.resolved),
-        received_at={p.proposal_id: book.received[p.proposal_id] for p in pending if p.proposal_id in book.received},
+        received_at={
+            key: at for p in pending if (at := book.received.get(key := (p.agent_id, p.proposal_id))) is not None
+        },
     )
 
 
