@@ -252,6 +252,34 @@ def test_a_book_already_breaching_cvar_funds_only_trades_that_do_not_raise_tail_
     assert refused.status is AllocationStatus.DEFERRED and codes(refused) == [ReasonCode.CVAR_LIMIT]
 
 
+def test_two_agents_one_proposal_id_each_with_its_own_supplied_returns() -> None:
+    """rules.md §2.2: a snapshot may hold alpha's and beta's "p"; returns keyed "agent_id/proposal_id" tell them
+    apart, so the trade that adds nothing to the tail is funded and the one that loses in it is not."""
+    book = [9_000.0, 9_000.0, 0, 0, 0, 0, 0, 0, 0, 0]
+    out = decide(
+        {
+            "positions": [{"market_id": "x", "side": "BUY", "size": 9_000.0, "price": 0.5, "correlation_key": "x"}],
+            "proposals": [
+                proposal("p", price=None, expected_profit=0.2),
+                proposal("p", agent_id="beta", market_id="m-q", price=None, expected_profit=0.2),
+            ],
+            "scenarios": {
+                "returns": {
+                    "alpha/p": [0.0, 0.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1],
+                    "beta/p": [-1.0, -1.0, 1.0, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3],
+                },
+                "book_losses": book,
+            },
+            "config": {"cvar_alpha": 0.8, "cvar_limit": 0.05},
+        }
+    )
+    status = {a.agent_id: (a.status, codes(a)) for a in out.decision.allocations}
+    assert status == {
+        "alpha": (AllocationStatus.FUNDED, []),
+        "beta": (AllocationStatus.DEFERRED, [ReasonCode.CVAR_LIMIT]),
+    }
+
+
 # --- properties ------------------------------------------------------------------------------------------
 
 
