@@ -111,16 +111,6 @@ def _projector_setup(args: argparse.Namespace) -> tuple[LogSettings, list[str], 
     )
 
 
-def _agent_topic_finder(args: argparse.Namespace, settings: LogSettings) -> Callable[[], list[str]]:
-    """What the projector asks now and then: every agent's own proposals topic the log holds (one a SET_LIMITS
-    added after the projector started included)."""
-    from allocator.service.discovery import agent_proposal_topics
-    from eventlog.port import Topics
-
-    topics = Topics(args.topic_prefix)
-    return lambda: agent_proposal_topics(settings, topics)
-
-
 def _topic_prefix(args: argparse.Namespace, settings: LogSettings) -> str:
     """--topic-prefix, or the only book an embedded log holds; a missing log, prefix or book is a usage error."""
     from allocator.service.discovery import BookNotFound, resolve_prefix

@@ -11,7 +11,6 @@ from cli.common import (
     EXIT_OK,
     EXIT_USAGE,
     UsageError,
-    _agent_topic_finder,
     _audit_engine,
     _config_file,
     _cross_check,
@@ -103,8 +102,7 @@ def _cmd_project(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
     try:
         with settings.open() as log:
-            projector = Projector(log, engine, codec, topic_names, say=say, metrics=metrics,
-                                  discover=_agent_topic_finder(args, settings))  # fmt: skip
+            projector = Projector(log, engine, codec, topic_names, say=say, metrics=metrics)
             projector.start()
             say.info(f"allocator project: {settings.describe()} -> {engine.url.render_as_string()}"
                      + (f"; metrics on port {server.port}" if server else ""), event="start")  # fmt: skip

@@ -327,12 +327,8 @@ class Projector:
         say: Callable[[str], None] = print,
         sleep: Callable[[float], None] = time.sleep,
         metrics: ProjectorMetrics | None = None,
-        discover: Callable[[], Iterable[str]] | None = None,
-        discover_every_s: float = 10.0,
     ) -> None:
-        """`metrics`, when given, is told of the start, each batch written (`step`), retries and idle polls.
-        `discover`, when given, is asked every `discover_every_s` seconds for the topics to read (an agent's own
-        proposals topic created after the start, rules.md §11.1); a new one is read from its start."""
+        """`metrics`, when given, is told of the start, each batch written (`step`), retries and idle polls."""
         self.log = log
         self.engine = engine
         self.codec = codec
@@ -344,9 +340,6 @@ class Projector:
         self.offsets: dict[tuple[str, int], int] = {}
         self.stats = ProjectorStats()
         self.metrics = metrics
-        self.discover = discover
-        self.discover_every_s = discover_every_s
-        self._discovered_at = time.monotonic()
 
     def start(self) -> None:
         """Seek every partition to the offset the database stored (the projection's own position)."""
@@ -357,31 +350,8 @@ class Projector:
         if self.metrics is not None:
             self.metrics.on_start(self.log, self.topics)
 
-    def follow_new_topics(self) -> list[str]:
-        """Add the topics `discover` names that this projector does not read yet, from their start (or from the
-        offset the database stored for them); the others go on from where they are. Returns the topics added."""
-        if self.discover is None:
-            return []
-        self._discovered_at = time.monotonic()
-        added = [t for t in dict.fromkeys(self.discover()) if t not in self.topics]
-        if not added:
-            return []
-        positions = {tp: self.log.position(tp) for tp in self.log.assignment()}
-        self.topics.extend(added)
-        self.log.assign(self.topics)
-        for tp in self.log.assignment():
-            self.log.seek(tp, positions[tp] if tp in positions else self.offsets.get((tp.topic, tp.partition), 0))
-        self.say(f"reading {', '.join(added)} from its start: a topic created after the projector started")
-        return added
-
     def step(self, timeout_s: float = 0.5) -> int:
-        """One batch: poll, then write with retries while the database is away (backoff up to 5 s). Every
-        `discover_every_s` seconds, first the topics created since (`follow_new_topics`)."""
-        if self.discover is not None and time.monotonic() - self._discovered_at >= self.discover_every_s:
-            try:
-                self.follow_new_topics()
-            except Exception as exc:  # the log's admin side away: the projection goes on, asked again later
-                self.say(f"could not list the book's topics ({type(exc).__name__}: {exc}); asking again later")
+        """One batch: poll, then write with retries while the database is away (backoff up to 5 s)."""
         records = self.log.poll(max_records=self.batch_size, timeout_s=timeout_s)
         if not records:
             if self.metrics is not None:

@@ -124,37 +124,6 @@ def test_a_restarted_projector_resumes_at_its_stored_offsets(tmp_path: Path, dat
     assert stored[TOPICS.proposals] == 21 and again.stats.records > 0
 
 
-def test_a_running_projector_reads_an_agent_topic_created_after_it_started(
-    tmp_path: Path, database: ProjectionDatabase
-) -> None:
-    """rules.md §11.1: an agent a SET_LIMITS adds gets its own proposals topic while the projector runs; the
-    projector finds it (`discover`) and reads it from its start, the other topics going on where they were."""
-    db = tmp_path / "log.sqlite"
-    _book(db)
-    engine = database.migrate()
-    new_topic = TOPICS.proposals_of("gamma")
-    said: list[str] = []
-    with EmbeddedEventLog(db) as log:
-        found: list[str] = []
-        projector = Projector(log, engine, codec, ALL_TOPICS, batch_size=50, say=said.append,
-                              discover=lambda: list(found), discover_every_s=0.0)  # fmt: skip
-        projector.start()
-        ends = log.end_offsets(ALL_TOPICS)
-        while not projector.caught_up(ends):
-            projector.step(timeout_s=0.1)
-        log.create_topics([new_topic], 1)
-        produce(db, new_topic, [(codec.encode(replace(proposal(90), agent_id="gamma")), T + 900)])
-        produce(db, TOPICS.proposals, [(codec.encode(proposal(91)), T + 901)])
-        found.append(new_topic)
-        for _ in range(5):
-            projector.step(timeout_s=0.1)
-    with engine.connect() as conn:
-        rows = {(r.agent_id, r.proposal_id, r.log_topic) for r in conn.execute(select(tables.proposals))}
-    assert ("gamma", "p90", new_topic) in rows and ("alpha", "p91", TOPICS.proposals) in rows
-    assert len(rows) == 22  # nothing read twice, nothing skipped
-    assert any(new_topic in line for line in said)
-
-
 def test_a_stale_projector_cannot_move_the_position_back(tmp_path: Path, database: ProjectionDatabase) -> None:
     db = tmp_path / "log.sqlite"
     engine = database.migrate()
