@@ -68,10 +68,12 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     engine = _audit_engine(args)
     try:
         with settings.open() as reader:
-            on_log = _cross_check(verify_log(reader, codec, topics, trusted), config)
+            # One read of the decisions topic, verified, feeds both the configuration's cross-check and the audit.
+            verified = verify_log(reader, codec, topics, trusted)
+            on_log = _cross_check(verified, config)
             print(f"allocator audit: re-solving on {engine.name} ({engine.workers} workers)", file=sys.stderr)
             report = audit_log(reader, codec, topics, config if on_log is None else None, progress, engine,
-                               trusted=trusted, head=head)  # fmt: skip
+                               head=head, verified=verified)  # fmt: skip
     except NoConfigOnLog as exc:
         raise UsageError(str(exc)) from exc
     finally:
