@@ -242,13 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="print committed decisions, governor events or dead letters (JSON lines with --json)",
         description="Print the committed records of PREFIX.decisions, PREFIX.governor or PREFIX.deadletter, "
         "from the end (or the beginning), one per line: a one-line summary, or with --json the record as JSON "
-        "(enums as their names, bytes as base64). Stops after --max records or --timeout seconds, else follows.",
+        "(enums as their names, bytes as base64). Stops after --max records or --timeout seconds, else follows. "
+        "Decisions are shown as written unless --trusted-keys is given: then each is verified (the chain read from "
+        "its start) and one that does not verify is shown REFUSED with its position and why.",
     )
     tail.add_argument("what", choices=["decisions", "governor", "deadletter"], help="which topic")
     tail.add_argument("--from-beginning", action="store_true", help="start at offset 0 instead of the end")
     tail.add_argument("--json", action="store_true", help="one JSON object per record")
     tail.add_argument("--max", type=int, help="stop after this many records")
     tail.add_argument("--timeout", type=float, help="stop after this many seconds")
+    tail.add_argument("--trusted-keys", help=TRUSTED_KEYS_HELP)
     _log_options(tail)
     tail.set_defaults(handler=_cmd_tail)
 

@@ -464,6 +464,32 @@ def test_replay_cross_checks_its_config_against_verified_decisions_only(
     assert "no cross-check of --config" in err and "no --trusted-keys was given" in err
 
 
+def test_tail_decisions_with_trusted_keys_marks_what_does_not_verify(
+    tmp_path: Path, keys: tuple[Path, Path, DecisionSigner], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, folder, signer = keys
+    db, topics = tmp_path / "log.sqlite", Topics("tl")
+    d1, d2 = signed_log(db, topics, signer, cycles=2)
+    forged_decision, forged = forge_config(topics, d2, OTHER)
+    produce(db, topics.decisions, [forged], T + 901)
+    where = ["--log", str(db), "--topic-prefix", topics.prefix, "--from-beginning", "--max", "3", "--timeout", "10"]
+    capsys.readouterr()
+    assert main(["tail", "decisions", *where, "--json", "--trusted-keys", str(folder)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["offset"], r["verified"]) for r in rows] == [(0, True), (1, True), (2, False)]
+    assert [r["record"]["decision_id"] for r in rows[:2]] == [d1.decision_id, d2.decision_id]
+    assert rows[2]["rejection"]["kind"] == FORGED and rows[2]["rejection"]["decision_id"] == forged_decision.decision_id
+    assert main(["tail", "decisions", *where, "--trusted-keys", str(folder)]) == 0
+    text = capsys.readouterr().out
+    assert f"REFUSED forged: decision {forged_decision.decision_id} (cycle 3) at tl.decisions/0/2" in text
+    # Unverified by default, and said so; --trusted-keys is for decisions only.
+    assert main(["tail", "decisions", *where, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "unverified" in captured.err and all("verified" not in json.loads(x) for x in captured.out.splitlines())
+    assert main(["tail", "governor", "--log", str(db), "--topic-prefix", "tl", "--trusted-keys", str(folder)]) == 2
+    assert "goes with `tail decisions` only" in capsys.readouterr().err
+
+
 @pytest.mark.kafka
 def test_status_on_kafka_ignores_a_forged_configuration_and_follows_a_signed_one(
     kafka_bootstrap: str, prefix: str, tmp_path: Path, keys: tuple[Path, Path, DecisionSigner],
