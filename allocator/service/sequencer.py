@@ -27,6 +27,7 @@ from schemas.events import (
     Event,
     Fill,
     GovernorEvent,
+    GovernorState,
     InputPosition,
     Proposal,
 )
@@ -488,7 +489,10 @@ def replay_steps(
             trust_fills=written in FILLS_UNCHECKED,
         )
         prepare_cycle(state)
-        if d.decision_id in halts:  # the cycle failed live and was decided on the halted book: so here too
+        # The cycle failed live and was decided on the halted book: so here too. The governor topic is not
+        # signed, so a halt event counts only for a decision that records a book not ACTIVE (a verified decision
+        # says so): a forged one cannot stop a book whose decisions went on (rules.md §11.3).
+        if d.decision_id in halts and d.governor_state is not GovernorState.ACTIVE:
             halt_after_failure(state, d.cycle, RuntimeError(halts[d.decision_id]))
         folded = yield state, d
         seen[d.cycle] = folded
