@@ -37,6 +37,7 @@ from schemas.events import (
     Outcome,
     PnlMark,
     Proposal,
+    ProposalKey,
     ReasonCode,
     Side,
     SolverPath,
@@ -123,21 +124,27 @@ class Reservation:
     size: float
     correlation_key: str
     decided_at: int
+    agent_id: str = ""
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(decision id, agent id, proposal id): one allocation of one decision."""
+        return (self.decision_id, self.agent_id, self.proposal_id)
 
 
 class Repeat(Enum):
-    """What a proposal id seen before means (rules.md §2): the same content is ignored, other content conflicts."""
+    """What a proposal seen before means (rules.md §2.2): the same content is ignored, other content conflicts."""
 
     NEW = "new"
     SAME = "same"
     CONFLICT = "conflict"
 
 
-def classify_repeat(seen: dict[str, Hashable], proposal_id: str, content: Hashable) -> Repeat:
-    """The one statement of the duplicate rule; records a new id's content in `seen`."""
-    known = seen.get(proposal_id)
+def classify_repeat(seen: dict[ProposalKey, Hashable], key: ProposalKey, content: Hashable) -> Repeat:
+    """The one statement of the duplicate rule, per (agent id, proposal id); records a new key's content."""
+    known = seen.get(key)
     if known is None:
-        seen[proposal_id] = content
+        seen[key] = content
         return Repeat.NEW
     return Repeat.SAME if known == content else Repeat.CONFLICT
 
@@ -176,18 +183,20 @@ class PortfolioState:
     governor: GovernorStatus
     holdings: dict[tuple[str, Side], Holding] = field(default_factory=dict)
     marks: dict[str, float] = field(default_factory=dict)  # YES price per market
-    reservations: dict[tuple[str, str], Reservation] = field(default_factory=dict)
-    pending: dict[str, Proposal] = field(default_factory=dict)  # received, undecided, in arrival order
-    received: dict[str, int] = field(default_factory=dict)  # pending proposal id -> log time it was received
-    conflicts: dict[str, Proposal] = field(default_factory=dict)  # an id re-sent with other content: DUPLICATE
-    seen: dict[str, Hashable] = field(default_factory=dict)  # proposal id -> content hash, for duplicates
+    # Proposals are keyed by (agent id, proposal id): ids are unique per agent (rules.md §2.2).
+    reservations: dict[tuple[str, str, str], Reservation] = field(default_factory=dict)  # by `Reservation.key`
+    pending: dict[ProposalKey, Proposal] = field(default_factory=dict)  # received, undecided, in arrival order
+    received: dict[ProposalKey, int] = field(default_factory=dict)  # pending proposal -> log time it was received
+    conflicts: dict[ProposalKey, Proposal] = field(default_factory=dict)  # re-sent with other content: DUPLICATE
+    seen: dict[ProposalKey, Hashable] = field(default_factory=dict)  # proposal -> content hash, for duplicates
     # proposals from one agent's own topic naming another agent, and why: the next decision rejects them
     # UNAUTHORIZED; they claim no id (rules.md §11.1)
     refused: list[tuple[Proposal, str]] = field(default_factory=list)
-    keys: dict[str, str] = field(default_factory=dict)  # proposal id -> correlation key of funded proposals
-    # (decision id, proposal id) -> what a committed decision funded and what fills took of it so far; kept after
-    # the reservation expires, so a late fill still counts against its allocation (rules.md §11.1)
-    funded: dict[tuple[str, str], Funded] = field(default_factory=dict)
+    keys: dict[ProposalKey, str] = field(default_factory=dict)  # funded proposal -> its correlation key
+    # (decision id, proposal id) -> {agent id: what a committed decision funded and what fills took of it so far};
+    # kept after the reservation expires, so a late fill still counts against its allocation (rules.md §11.1).
+    # Grouped by proposal id so a fill written before Fill version 2 (no agent id) finds its one allocation.
+    funded: dict[tuple[str, str], dict[str, Funded]] = field(default_factory=dict)
     resolved: set[str] = field(default_factory=set)  # markets that have resolved: nothing left to trade in them
     markets: set[str] = field(default_factory=set)  # every market a proposal, fill or mark named (book/bounds.py)
     last_time: int = 0  # the latest log time folded (set by the sequencer): a cycle's `as_of`
@@ -276,7 +285,7 @@ class PortfolioState:
                 continue
             mark = self.contract_mark(h.market_id, h.side, h.cost / h.contracts if h.contracts else 0.5)
             positions.append(Position(h.market_id, h.side, value, min(max(mark, 1e-6), 1 - 1e-6), h.correlation_key))
-        for r in sorted(self.reservations.values(), key=lambda r: (r.decision_id, r.proposal_id)):
+        for r in sorted(self.reservations.values(), key=lambda r: (r.decision_id, r.proposal_id, r.agent_id)):
             mark = self.contract_mark(r.market_id, r.side, 0.5)
             positions.append(Position(r.market_id, r.side, r.size, min(max(mark, 1e-6), 1 - 1e-6), r.correlation_key))
         return Portfolio(
@@ -326,7 +335,7 @@ class PortfolioState:
         return self._equity_changed()
 
     def _on_proposal(self, proposal: Proposal) -> None:
-        pid = proposal.proposal_id
+        pid = (proposal.agent_id, proposal.proposal_id)
         self.markets.add(proposal.market_id)
         repeat = classify_repeat(self.seen, pid, _content_hash(proposal))
         if repeat is Repeat.NEW:
@@ -348,26 +357,26 @@ class PortfolioState:
         for a in decision.allocations:
             if any(r.code is ReasonCode.UNAUTHORIZED for r in a.reasons):
                 continue  # a refused proposal: never pending, its id is not the rejection's to settle
+            pid = (a.agent_id, a.proposal_id)
             if any(r.code is ReasonCode.DUPLICATE for r in a.reasons):
-                self.conflicts.pop(a.proposal_id, None)  # the re-send, not the original it conflicts with
+                self.conflicts.pop(pid, None)  # the re-send, not the original it conflicts with
                 continue
             if a.status is AllocationStatus.DEFERRED:
-                waiting = self.pending.get(a.proposal_id)
+                waiting = self.pending.get(pid)
                 if waiting is not None and a.netted_size > 0:
                     # The matched part is done; only the residual waits for the next cycle.
-                    self.pending[a.proposal_id] = replace(
-                        waiting, requested_size=waiting.requested_size - a.netted_size
-                    )
+                    self.pending[pid] = replace(waiting, requested_size=waiting.requested_size - a.netted_size)
                 continue
-            proposal = self.pending.pop(a.proposal_id, None)
-            self.received.pop(a.proposal_id, None)
+            proposal = self.pending.pop(pid, None)
+            self.received.pop(pid, None)
             if a.size > 0 and a.side is not None:
                 key = proposal.correlation_key if proposal is not None else a.market_id
-                self.keys[a.proposal_id] = key
-                self.reservations[(decision.decision_id, a.proposal_id)] = Reservation(
-                    decision.decision_id, a.proposal_id, a.market_id, a.side, a.size, key, decision.decided_at
-                )
-                self.funded[(decision.decision_id, a.proposal_id)] = Funded(a.market_id, a.side, a.size)
+                self.keys[pid] = key
+                reservation = Reservation(decision.decision_id, a.proposal_id, a.market_id, a.side, a.size, key,
+                                          decision.decided_at, a.agent_id)  # fmt: skip
+                self.reservations[reservation.key] = reservation
+                by_agent = self.funded.setdefault((decision.decision_id, a.proposal_id), {})
+                by_agent[a.agent_id] = Funded(a.market_id, a.side, a.size)
         if decision.solver_path is SolverPath.NOT_RUN:
             return ()
         timed_out = decision.solver_path is not SolverPath.MIP_OPTIMAL
@@ -378,10 +387,13 @@ class PortfolioState:
         """Why the fold must not trust `fill` (rules.md §11.1), or None: a fill counts only for an allocation a
         committed decision funded, in its market and side, for at most the funded size in total, with a fee of at
         most `max_fee_rate` x filled_size. The sequencer turns a refused fill into a dead letter."""
-        allocation = self.funded.get((fill.decision_id, fill.proposal_id))
+        agent, allocation = self._allocation_of(fill)
         if allocation is None:
-            return (f"Fill.decision_id/proposal_id: ({fill.decision_id!r}, {fill.proposal_id!r}) is not an "
-                    "allocation a committed decision funded")  # fmt: skip
+            if agent is None and len(self.funded.get((fill.decision_id, fill.proposal_id), ())) > 1:
+                return (f"Fill.agent_id: null, but decision {fill.decision_id!r} funded proposal_id "
+                        f"{fill.proposal_id!r} for several agents; the fill must name one")  # fmt: skip
+            return (f"Fill.decision_id/agent_id/proposal_id: ({fill.decision_id!r}, {fill.agent_id!r}, "
+                    f"{fill.proposal_id!r}) is not an allocation a committed decision funded")  # fmt: skip
         if (fill.market_id, fill.side) != (allocation.market_id, allocation.side):
             return (f"Fill.market_id/side: {fill.market_id!r} {fill.side.name} is not the allocation's "
                     f"{allocation.market_id!r} {allocation.side.name}")  # fmt: skip
@@ -394,15 +406,35 @@ class PortfolioState:
             return f"Fill.fee: {fill.fee!r} exceeds max_fee_rate {self.config.max_fee_rate:g} x filled size = {limit!r}"
         return None
 
+    def _allocation_of(self, fill: Fill) -> tuple[str | None, Funded | None]:
+        """The agent and the funded allocation `fill` reports on, if a committed decision funded one. A fill with
+        no agent id (written before Fill version 2) names the allocation of its proposal id only when the decision
+        funded that id for one agent."""
+        by_agent = self.funded.get((fill.decision_id, fill.proposal_id))
+        if not by_agent:
+            return fill.agent_id, None
+        if fill.agent_id is not None:
+            return fill.agent_id, by_agent.get(fill.agent_id)
+        if len(by_agent) == 1:
+            ((agent, allocation),) = by_agent.items()
+            return agent, allocation
+        return None, None
+
     def _on_fill(self, fill: Fill) -> tuple[GovernorChange, ...]:
-        reservation = self.reservations.pop((fill.decision_id, fill.proposal_id), None)
-        allocation = self.funded.get((fill.decision_id, fill.proposal_id))
+        agent, allocation = self._allocation_of(fill)
+        reservation = (
+            self.reservations.pop((fill.decision_id, agent, fill.proposal_id), None) if agent is not None else None
+        )
         if allocation is not None and fill.status in (FillStatus.FILLED, FillStatus.PARTIAL):
             allocation.filled += fill.filled_size
         self.markets.add(fill.market_id)
         changes: list[GovernorChange] = []
         if fill.filled_size > 0 and fill.status in (FillStatus.FILLED, FillStatus.PARTIAL) and 0 < fill.price < 1:
-            key = reservation.correlation_key if reservation else self.keys.get(fill.proposal_id, fill.market_id)
+            key = (
+                reservation.correlation_key
+                if reservation
+                else self.keys.get((agent or "", fill.proposal_id), fill.market_id)
+            )
             holding = self.holdings.get((fill.market_id, fill.side))
             if holding is None:
                 holding = Holding(fill.market_id, fill.side, 0.0, 0.0, key)
@@ -496,5 +528,5 @@ class PortfolioState:
         """Release reservations whose fill never came within `timeout_ms` of their decision (log time)."""
         stale = [r for r in self.reservations.values() if now_ms - r.decided_at > timeout_ms]
         for r in stale:
-            del self.reservations[(r.decision_id, r.proposal_id)]
+            del self.reservations[r.key]
         return stale

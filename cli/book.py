@@ -234,11 +234,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from projections.database import DEFAULT_EMBEDDED_DATABASE, engine_for
     from projections.status import format_status, read_status
 
-    config = _status_config(args)
+    shown = _status_config(args)
     url = args.database or os.environ.get("DATABASE_URL") or DEFAULT_EMBEDDED_DATABASE
     engine = engine_for(url, args.schema)
     try:
-        status = read_status(engine, config, decisions=args.decisions)
+        status = read_status(engine, shown.config, decisions=args.decisions)
     except SQLAlchemyError as exc:
         where = engine.url.render_as_string()
         problem = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
@@ -247,6 +247,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     finally:
         engine.dispose()
+    # What the reader made of the log's decisions: the projection records every one as written (docs/security.md).
+    # With no trusted key that signed any, a decision is unverified, not told apart from a forgery.
+    rejected = shown.verified.rejections if shown.verified is not None else []
+    refused = {(r.topic, r.partition, r.offset): "unverified" if shown.warning else r.kind for r in rejected}
+    for d in status["decisions"]:
+        d["refused"] = refused.get((d["log_topic"], d["log_partition"], d["log_offset"]))
+    status["configuration"] = shown.configuration_json()
+    status["chain"] = shown.chain_json()
     print(json.dumps(status, indent=1, default=str) if args.json else format_status(status))
     return EXIT_OK
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -13,10 +14,9 @@ if TYPE_CHECKING:
 
     from allocator.service.audit_engines import AuditEngine
     from allocator.service.backends import LogSettings
-    from allocator.service.chain import ChainSettings
+    from allocator.service.chain import ChainSettings, VerifiedLog
     from book.config import AllocatorConfig
     from cli.observe import LogLine, MetricsServer
-    from eventlog.port import EventLog, Topics
     from schemas.codec import EventCodec
 
 
@@ -195,60 +195,104 @@ def _config_file(args: argparse.Namespace) -> AllocatorConfig | None:
         raise UsageError(str(exc)) from exc
 
 
-def _cross_check(
-    reader: EventLog,
-    codec: EventCodec,
-    topics: Topics,
-    config: AllocatorConfig | None,
-    trusted: Mapping[str, Ed25519PublicKey] | None = None,
-) -> AllocatorConfig | None:
-    """The configuration the log records last (None for a log written before wire version 2); a --config file
-    that differs from it is only reported: the log's is the one that was in force. With `trusted` (the audit's
-    keys), only decisions that verify count, so a forged decision cannot choose the configuration."""
-    from allocator.service.chain import verify_log
-    from allocator.service.sequencer import read_decisions, recorded_config
+def _cross_check(verified: VerifiedLog, config: AllocatorConfig | None) -> AllocatorConfig | None:
+    """The configuration the log's verified decisions record last (None when none records one: a log written before
+    wire version 2); a --config file that differs from it is only reported: the log's is the one that was in force.
 
-    decisions = verify_log(reader, codec, topics, trusted).accepted if trusted is not None else None
-    on_log = recorded_config(decisions if decisions is not None else read_decisions(reader, codec, topics))
+    Only decisions that verify count (`verify_log` with the reader's trusted keys), so a forged decision cannot choose
+    the configuration. The caller reads and verifies the decisions topic once and hands the result here and to what
+    else needs it (the audit's re-runs, status's fold): one read of the topic, one rule for every reader."""
+    from allocator.service.sequencer import recorded_config
+
+    on_log = recorded_config(verified.accepted)
     if on_log is not None and config is not None and on_log.config_hash != config.config_hash:
         print(f"the log ran with hash {on_log.config_hash[:12]}, your file has {config.config_hash[:12]}; "
               "the log's configuration is used", file=sys.stderr)  # fmt: skip
     return on_log
 
 
-def _status_config(args: argparse.Namespace) -> AllocatorConfig:
-    """The configuration in force as the log's fold has it (its SET_LIMITS included), --config only cross-checks
-    it; without a log (no broker named by flag or environment, the default file absent) the --config file's, else
-    the defaults. A broker named only by KAFKA_BOOTSTRAP_SERVERS that cannot give the book's configuration is
-    said on stderr, and the projection is shown with those."""
+@dataclass
+class StatusConfig:
+    """The configuration `allocator status` shows caps against, where it came from, and what the reader made of the
+    decisions on the log (None when no log was read: the projection alone)."""
+
+    config: AllocatorConfig
+    source: str  # "log" (its verified decisions), "file" (--config) or "defaults"
+    note: str | None  # why not the log's, when it is not
+    verified: VerifiedLog | None
+    trusted: Mapping[str, Ed25519PublicKey]
+
+    @property
+    def warning(self) -> str | None:
+        from allocator.service.chain import unverified_chain
+
+        return unverified_chain(self.verified, self.trusted) if self.verified is not None else None
+
+    def configuration_json(self) -> dict[str, Any]:
+        return {"source": self.source, "note": self.note, "config_hash": self.config.config_hash}
+
+    def chain_json(self) -> dict[str, Any]:
+        from allocator.service.chain import signing_keys
+
+        v = self.verified
+        return {
+            "log_read": v is not None,
+            "trusted_keys": sorted(self.trusted),
+            "signing_keys": signing_keys(v) if v is not None else {},
+            "verified_decisions": len(v.accepted) if v is not None else 0,
+            "head": v.head if v is not None else None,
+            "warning": self.warning,
+            "rejections": [r.to_json() for r in v.rejections] if v is not None else [],
+        }
+
+
+def _status_config(args: argparse.Namespace) -> StatusConfig:
+    """The configuration in force as the log's fold has it (its SET_LIMITS included), folded from the decisions that
+    verify with --trusted-keys only (`_cross_check`, the audit's rule), and what the reader made of the chain. When
+    the book is signed and not one decision verifies, nothing is taken from the log. --config only cross-checks the
+    log's; without a log (no broker named by flag or environment, the default file absent) the --config file's,
+    else the defaults. A broker named only by KAFKA_BOOTSTRAP_SERVERS that cannot give the book's configuration
+    is said on stderr, and the projection is shown against those."""
     from pathlib import Path
 
+    from allocator.service.chain import unverified_chain, verify_log
     from allocator.service.sequencer import NoConfigOnLog, replay_decisions
     from book.config import AllocatorConfig
     from eventlog.port import LogError, Topics
     from schemas.codec import make_codec
 
     config = _config_file(args)
+    trusted = _trusted_keys(args)
+    fallback, source = (config, "file") if config is not None else (AllocatorConfig(), "defaults")
     settings = _log_settings(args)
-    named = args.log is not None or args.kafka is not None
+    named = args.log is not None or args.kafka is not None or args.trusted_keys is not None
     if not named and settings.kafka_bootstrap is None and not Path(settings.embedded_path).is_file():
-        return config or AllocatorConfig()  # no log named, and no embedded log here: the projection alone
+        # No log named, and no broker or embedded log here: the projection alone.
+        return StatusConfig(fallback, source, "no log read (name it with --log or --kafka)", None, trusted)
     args.topic_prefix = _topic_prefix(args, settings)
     codec, topics = make_codec(args.schema_registry), Topics(args.topic_prefix)
     try:
         with settings.open() as reader:
-            on_log = _cross_check(reader, codec, topics, config)
-            state, _, _ = replay_decisions(reader, codec, topics, config if on_log is None else None, lambda _s, d: d)
-    except NoConfigOnLog:
-        return config or AllocatorConfig()
+            verified = verify_log(reader, codec, topics, trusted)  # the one read of the decisions topic
+            if unverified_chain(verified, trusted) is not None:
+                return StatusConfig(fallback, source, "not the log's: none of its signed decisions verifies",
+                                    verified, trusted)  # fmt: skip
+            on_log = _cross_check(verified, config)
+            try:
+                state, _, _ = replay_decisions(reader, codec, topics, config if on_log is None else None,
+                                               lambda _s, d: d, verified.accepted)  # fmt: skip
+            except NoConfigOnLog:
+                return StatusConfig(fallback, source, "the log records none", verified, trusted)
     except LogError as exc:
         if named:
             raise UsageError(f"cannot read the configuration from the log: {exc}") from exc
+        note = f"the book's configuration cannot be read from {settings.describe()} ({exc})"
         shown = "--config's" if config is not None else "the defaults'"
-        print(f"allocator status: the caps shown are {shown}: the book's configuration cannot be read from "
-              f"{settings.describe()} ({exc})", file=sys.stderr)  # fmt: skip
-        return config or AllocatorConfig()
-    return state.portfolio.config
+        print(f"allocator status: the caps shown are {shown}: {note}", file=sys.stderr)
+        return StatusConfig(fallback, source, note, None, trusted)
+    if on_log is None:
+        return StatusConfig(state.portfolio.config, source, "the log records none", verified, trusted)
+    return StatusConfig(state.portfolio.config, "log", None, verified, trusted)
 
 
 def _log_line(args: argparse.Namespace, book: str | None, cycle: Callable[[], int | None] = lambda: None) -> LogLine:

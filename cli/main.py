@@ -53,6 +53,10 @@ def _topic_prefix_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+TRUSTED_KEYS_HELP = "public key file or folder of *.pub files whose decisions verify"
+"""--trusted-keys of every command that reads decisions (serve's adds its own key: docs/security.md)."""
+
+
 def _observe_options(parser: argparse.ArgumentParser) -> None:
     """The metrics endpoint and the log format of a long-running command (serve, project)."""
     parser.add_argument(
@@ -127,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         "only for a log written before wire version 2, which records none",
     )
     audit.add_argument("--report", default="audit-report.json", help="JSON report path (default: audit-report.json)")
-    audit.add_argument("--trusted-keys", help="public key file or folder of *.pub files whose decisions verify")
+    audit.add_argument("--trusted-keys", help=TRUSTED_KEYS_HELP)
     audit.add_argument("--head", help="the chain head (decision hash) the log must reach; exit 1 when it does not")
     audit.add_argument("--jobs", type=int, help="re-solve on a local pool of N worker processes (default: 1, here)")
     audit.add_argument(
@@ -165,7 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
         _log_options(p, discover=True)
         if name == "replay":
             p.add_argument("--batch-size", type=int, default=5_000, help="events per database transaction")
-            p.add_argument("--config", help="a JSON configuration to cross-check against the one the log records")
+            p.add_argument(
+                "--config",
+                help="a JSON configuration to cross-check against the one the log's verified decisions record",
+            )
+            p.add_argument("--trusted-keys", help=TRUSTED_KEYS_HELP)
         else:
             p.add_argument("--once", action="store_true", help="stop when caught up with the log's end (no tailing)")
             _observe_options(p)
@@ -257,19 +265,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="print committed decisions, governor events or dead letters (JSON lines with --json)",
         description="Print the committed records of PREFIX.decisions, PREFIX.governor or PREFIX.deadletter, "
         "from the end (or the beginning), one per line: a one-line summary, or with --json the record as JSON "
-        "(enums as their names, bytes as base64). Stops after --max records or --timeout seconds, else follows.",
+        "(enums as their names, bytes as base64). Stops after --max records or --timeout seconds, else follows. "
+        "Decisions are shown as written unless --trusted-keys is given: then each is verified (the chain read from "
+        "its start) and one that does not verify is shown REFUSED with its position and why.",
     )
     tail.add_argument("what", choices=["decisions", "governor", "deadletter"], help="which topic")
     tail.add_argument("--from-beginning", action="store_true", help="start at offset 0 instead of the end")
     tail.add_argument("--json", action="store_true", help="one JSON object per record")
     tail.add_argument("--max", type=int, help="stop after this many records")
     tail.add_argument("--timeout", type=float, help="stop after this many seconds")
+    tail.add_argument("--trusted-keys", help=TRUSTED_KEYS_HELP)
     _log_options(tail)
     tail.set_defaults(handler=_cmd_tail)
 
     status = sub.add_parser(
         "status",
         help="the book now, from the projection: governors and why, equity and drawdown, exposure against caps",
+        description="The book now, from the projection, with its caps from the configuration in force: the one "
+        "the log's verified decisions record (--trusted-keys names the keys of a signed book). Decisions on the log "
+        "that do not verify are named with their position and why.",
     )
     status.add_argument(
         "--database", help="SQLAlchemy URL (default: $DATABASE_URL, else sqlite:///allocator-projections.sqlite)"
@@ -278,9 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--config",
         help="a JSON configuration to cross-check against the log's (the caps shown are the log's); used only "
-        "when there is no log or it records no configuration",
+        "when there is no log, it records no configuration or none of its signed decisions verifies",
     )
     _log_options(status, discover=True)
+    status.add_argument("--trusted-keys", help=TRUSTED_KEYS_HELP)
     status.add_argument("--decisions", type=int, default=5, help="how many recent decisions to show (default 5)")
     status.add_argument("--json", action="store_true", help="print the same as JSON")
     status.set_defaults(handler=_cmd_status)

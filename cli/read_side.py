@@ -48,6 +48,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     import time
 
     from allocator.service.audit import audit_log, summary_table, write_report
+    from allocator.service.chain import verify_log
     from allocator.service.sequencer import NoConfigOnLog
     from eventlog.port import Topics
     from schemas.codec import make_codec
@@ -72,10 +73,12 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     engine = _audit_engine(args)
     try:
         with settings.open() as reader:
-            on_log = _cross_check(reader, codec, topics, config, trusted)
+            # One read of the decisions topic, verified, feeds both the configuration's cross-check and the audit.
+            verified = verify_log(reader, codec, topics, trusted)
+            on_log = _cross_check(verified, config)
             print(f"allocator audit: re-solving on {engine.name} ({engine.workers} workers)", file=sys.stderr)
             report = audit_log(reader, codec, topics, config if on_log is None else None, progress, engine,
-                               trusted=trusted, head=head)  # fmt: skip
+                               head=head, verified=verified)  # fmt: skip
     except NoConfigOnLog as exc:
         raise UsageError(str(exc)) from exc
     finally:
@@ -189,10 +192,17 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
     if args.config is not None:
+        from allocator.service.chain import unverified_chain, verify_log
         from eventlog.port import Topics
 
+        config, trusted = _config_file(args), _trusted_keys(args)
         with settings.open() as reader:
-            _cross_check(reader, codec, Topics(args.topic_prefix), _config_file(args))
+            verified = verify_log(reader, codec, Topics(args.topic_prefix), trusted)
+        warning = unverified_chain(verified, trusted)
+        if warning is not None:
+            print(f"allocator replay: no cross-check of --config: {warning}", file=sys.stderr)
+        else:
+            _cross_check(verified, config)
     engine = fresh_schema(url, args.schema)
     started = time.monotonic()
     with settings.open() as log:

@@ -17,6 +17,7 @@ from cli.common import (
     _log_settings,
     _new_secret,
     _read_input,
+    _trusted_keys,
 )
 
 
@@ -187,42 +188,69 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     import json
     import time
 
+    from allocator.service.chain import Rejection
+    from allocator.service.clients import DecisionFeed
     from allocator.service.wire import one_line, to_json
-    from eventlog.port import LogError, Topics
+    from eventlog.port import LogError, Record, Topics
     from schemas.codec import UndecodableMessage, make_codec
+    from schemas.events import Decision, Event
 
     topics = Topics(args.topic_prefix)
     topic = {"decisions": topics.decisions, "governor": topics.governor, "deadletter": topics.deadletter}[args.what]
+    if args.trusted_keys is not None and args.what != "decisions":
+        raise UsageError("--trusted-keys verifies decisions: it goes with `tail decisions` only")
+    trusted = _trusted_keys(args) if args.trusted_keys is not None else None
+    if args.what == "decisions" and trusted is None:
+        print("allocator tail: decisions as written on the log, unverified (--trusted-keys verifies them)",
+              file=sys.stderr)  # fmt: skip
     codec = make_codec(args.schema_registry)
     printed = 0
+
+    def show(record: Record, event: Event | Rejection) -> None:
+        row: dict[str, Any] = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+        if isinstance(event, Rejection):
+            row |= {"type": "Rejection", "verified": False, "rejection": event.to_json()}
+            print(json.dumps(row) if args.json else f"REFUSED {event.describe()}", flush=True)
+            return
+        row |= {"type": type(event).__name__, "record": to_json(event)}
+        if trusted is not None:
+            row["verified"] = True
+        print(json.dumps(row) if args.json else one_line(event), flush=True)
+
     try:
         with _log_settings(args).open() as log:
             ends = log.end_offsets([topic])
             if not ends:
                 raise UsageError(f"{topic} does not exist (allocator init)")
-            log.assign([topic])
-            for tp, end in ends.items():
-                log.seek(tp, 0 if args.from_beginning else end)
+            start = {tp: 0 if args.from_beginning else end for tp, end in ends.items()}
+            # Verifying reads the chain from its start (as an executor's feed does) and shows records from `start`.
+            feed = DecisionFeed(log, codec, topics, start, trusted) if trusted is not None else None
+            if feed is None:
+                log.assign([topic])
+                for tp, offset in start.items():
+                    log.seek(tp, offset)
             deadline = None if args.timeout is None else time.monotonic() + args.timeout
             while args.max is None or printed < args.max:
                 wait = 0.2 if deadline is None else min(0.2, max(deadline - time.monotonic(), 0.0))
                 if deadline is not None and wait <= 0:
                     break
-                for record in log.poll(max_records=500, timeout_s=max(wait, 0.001)):
-                    try:
-                        if record.value is None:
-                            raise UndecodableMessage("empty message (no value)")
-                        event = codec.decode(record.value, record.topic, record.partition, record.offset)
-                    except UndecodableMessage as exc:
-                        print(f"allocator tail: {record.topic}[{record.partition}]@{record.offset}: {exc.reason}",
-                              file=sys.stderr)  # fmt: skip
-                        continue
-                    if args.json:
-                        row = {"topic": record.topic, "partition": record.partition, "offset": record.offset,
-                               "type": type(event).__name__, "record": to_json(event)}  # fmt: skip
-                        print(json.dumps(row), flush=True)
+                checked: list[tuple[Record, Decision | Rejection | None]] = (
+                    list(feed.poll_checked(max(wait, 0.001))) if feed is not None
+                    else [(r, None) for r in log.poll(max_records=500, timeout_s=max(wait, 0.001))]
+                )  # fmt: skip
+                for record, verdict in checked:
+                    if verdict is not None:
+                        show(record, verdict)
                     else:
-                        print(one_line(event), flush=True)
+                        try:
+                            if record.value is None:
+                                raise UndecodableMessage("empty message (no value)")
+                            event = codec.decode(record.value, record.topic, record.partition, record.offset)
+                        except UndecodableMessage as exc:
+                            print(f"allocator tail: {record.topic}[{record.partition}]@{record.offset}: {exc.reason}",
+                                  file=sys.stderr)  # fmt: skip
+                            continue
+                        show(record, event)
                     printed += 1
                     if args.max is not None and printed >= args.max:
                         break

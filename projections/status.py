@@ -89,11 +89,47 @@ def _share(value: float, cap: float) -> str:
     return f"{abs(value) / cap:6.0%}" if cap > 0 else "     -"
 
 
+REJECTIONS_SHOWN = 10
+
+
+def _configuration_lines(status: dict[str, Any]) -> list[str]:
+    """Where the caps come from, and what the log holds that does not verify (when the caller said: `chain`)."""
+    configuration, chain = status.get("configuration"), status.get("chain")
+    if configuration is None or chain is None:
+        return []
+    where = {"log": "the log's", "file": "the --config file's", "defaults": "the defaults"}[configuration["source"]]
+    line = f"configuration: {where} (hash {configuration['config_hash'][:12]})"
+    if configuration["note"]:
+        line += f": {configuration['note']}"
+    elif chain["signing_keys"]:
+        keys = ", ".join(chain["trusted_keys"])
+        line += f", from {chain['verified_decisions']} verified decisions (trusted keys: {keys})"
+    else:
+        line += "; the decisions are unsigned: a forged one cannot be told apart"
+    out = [line]
+    rejections = chain["rejections"]
+    if rejections and chain["warning"] is None:
+        out.append(f"decisions on the log that do not verify ({len(rejections)}; never folded, not in the caps):")
+        out.extend(f"  {r['describe']}" for r in rejections[:REJECTIONS_SHOWN])
+        if len(rejections) > REJECTIONS_SHOWN:
+            out.append(f"  ... and {len(rejections) - REJECTIONS_SHOWN} more (--json lists every one)")
+    return out
+
+
+def _warning_lines(status: dict[str, Any]) -> list[str]:
+    chain = status.get("chain")
+    if chain is None or chain["warning"] is None:
+        return []
+    hint = "check --trusted-keys" if chain["trusted_keys"] else "pass --trusted-keys"
+    return [f"WARNING: {chain['warning']}; the caps below are not the log's: {hint}"]
+
+
 def format_status(status: dict[str, Any]) -> str:
-    out: list[str] = []
+    out: list[str] = _warning_lines(status)
     equity = status["equity"]
     if not status["decisions"]:
-        return "no decisions in the projection yet (is `allocator project` running against this book's log?)"
+        return "\n".join([*out, "no decisions in the projection yet (is `allocator project` running against this "
+                          "book's log?)", *_configuration_lines(status)])  # fmt: skip
     d0 = status["decisions"][0]
     out.append(f"book {d0['book_id']}: governor {status['governor_state']}   (projection as of cycle {d0['cycle']}, "
                f"{_when(d0['decided_at'])})")  # fmt: skip
@@ -105,6 +141,7 @@ def format_status(status: dict[str, Any]) -> str:
         out.append("  no governor has changed state")
     out.append(f"  opportunity window {status['opportunity_window_ms'] / 1000:,.0f} s "
                f"(configured {status['configured_window_ms'] / 1000:,.0f} s)")  # fmt: skip
+    out.extend(_configuration_lines(status))
     if equity:
         line = status["kill_switch_drawdown"]
         dd = float(equity["drawdown"])
@@ -131,8 +168,9 @@ def format_status(status: dict[str, Any]) -> str:
                f"{'funded':>6}")  # fmt: skip
     for d in status["decisions"]:
         gap = "-" if d["gap"] is None else f"{d['gap']:.1e}"
+        refused = f"  REFUSED: {d['refused']}" if d.get("refused") else ""
         out.append(f"  {d['cycle']:>7}  {_when(d['decided_at']):<23} {d['governor_state']:<8} {d['solver_path']:<17} "
-                   f"{d['solve_ms']:>9.1f} {gap:>9} {d['funded']:>6}")  # fmt: skip
+                   f"{d['solve_ms']:>9.1f} {gap:>9} {d['funded']:>6}{refused}")  # fmt: skip
     out.append("operator commands (latest first)")
     for c in status["commands"]:
         limits = f" {c['limits']}" if c["limits"] else ""

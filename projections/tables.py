@@ -31,10 +31,11 @@ consumed_offsets = Table(
     comment="The projection's position in the log, written in the same transaction as its rows.",
 )
 
+# Keyed by (agent id, proposal id): proposal ids are unique per agent (rules.md §2.2).
 proposals = Table(
     "proposals",
     metadata,
-    Column("proposal_id", String(128), primary_key=True),
+    Column("proposal_id", String(128), nullable=False),
     Column("agent_id", Text, nullable=False),
     Column("strategy_tag", Text, nullable=False),
     Column("market_id", Text, nullable=False),
@@ -51,6 +52,7 @@ proposals = Table(
     Column("log_topic", String(249), nullable=False),
     Column("log_partition", Integer, nullable=False),
     Column("log_offset", BigInteger, nullable=False),
+    PrimaryKeyConstraint("agent_id", "proposal_id", name="proposals_pkey"),
 )
 
 decisions = Table(
@@ -125,6 +127,7 @@ fills = Table(
     Column("status", String(16), nullable=False),
     Column("reason", Text, nullable=True),
     Column("time", BigInteger, nullable=False),
+    Column("agent_id", Text, nullable=True, comment="The allocation's agent; null in fills before Fill version 2."),
 )
 
 governor_events = Table(

@@ -101,6 +101,11 @@ class Proposal:
     created_at: int
 
 
+# A proposal's identity: (agent_id, proposal_id). Proposal ids are unique per agent, not across agents (rules.md
+# §2.2): two agents may both send "p-1" and each is decided on its own.
+ProposalKey = tuple[str, str]
+
+
 @dataclass(frozen=True, slots=True)
 class Fill:
     fill_id: str
@@ -115,6 +120,7 @@ class Fill:
     status: FillStatus
     reason: str | None
     time: int
+    agent_id: str | None = None  # the allocation's agent; None in fills written before Fill version 2
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,17 +56,18 @@ class Executor:
             market = self.world.market(a.market_id)
             if not self.world.is_open(market, step):
                 out.append(Fill(fill_id, decision.decision_id, a.proposal_id, a.market_id, side, a.size, 0.0, 0.5,
-                                0.0, FillStatus.REJECTED, "market closed", time))  # fmt: skip
+                                0.0, FillStatus.REJECTED, "market closed", time, a.agent_id))  # fmt: skip
                 continue
             price = self.world.contract_price(a.market_id, side, step)
             price = round(min(price * (1.0 + self.params.max_slippage * slip), 0.99), 4)
             if fail < self.params.failure_rate(step):
                 out.append(Fill(fill_id, decision.decision_id, a.proposal_id, a.market_id, side, a.size, 0.0, price,
-                                0.0, FillStatus.FAILED, "venue did not confirm the order", time))  # fmt: skip
+                                0.0, FillStatus.FAILED, "venue did not confirm the order", time,
+                                a.agent_id))  # fmt: skip
                 continue
             filled = round(a.size * fraction, 2) if partial < self.params.partial_rate else a.size
             status = FillStatus.PARTIAL if filled < a.size else FillStatus.FILLED
             fee = round(filled * self.params.fee_rate, 2)
             out.append(Fill(fill_id, decision.decision_id, a.proposal_id, a.market_id, side, a.size, filled, price,
-                            fee, status, None, time))  # fmt: skip
+                            fee, status, None, time, a.agent_id))  # fmt: skip
         return out

@@ -40,9 +40,9 @@ class RunView:
 
     def final_outcomes(self) -> Counter[str]:
         """Each proposal's last status (DEFERRED: still waiting when the session ended), REJECTED by reason."""
-        last: dict[tuple[str, bool], Row] = {}
+        last: dict[tuple[str, str, bool], Row] = {}
         for a in self.allocations:
-            last[(a["proposal_id"], "DUPLICATE" in a["reasons"])] = a
+            last[(a["agent_id"], a["proposal_id"], "DUPLICATE" in a["reasons"])] = a
         out: Counter[str] = Counter()
         for a in last.values():
             if a["status"] == "REJECTED":

@@ -103,7 +103,7 @@ def test_a_proposal_under_another_agent_s_id_is_unauthorized_and_claims_nothing(
     svc.reader.close()
     again = service(db)  # a restart rebuilds the same book
     assert again.state.cycle == 3 and not again.state.portfolio.refused
-    assert "b1" in again.state.portfolio.keys
+    assert ("beta", "b1") in again.state.portfolio.keys
 
 
 def test_the_book_client_sends_to_the_agent_s_own_topic_when_it_exists(tmp_path: Path) -> None:
@@ -161,3 +161,38 @@ def test_allocator_replay_projects_the_proposals_of_every_agent_s_own_topic(tmp_
     with create_engine(f"sqlite:///{target}").connect() as conn:
         ids = {row[0] for row in conn.execute(text("select proposal_id from proposals"))}
     assert ids == {"a1", "b1", "s1"}
+
+
+def test_two_agents_may_use_one_proposal_id_and_each_fill_counts_for_its_own(tmp_path: Path) -> None:
+    """rules.md §2.2: ids are unique per agent, not across agents. alpha's and beta's "p-1" are both decided
+    (neither is a DUPLICATE of the other), a fill names its agent, and a restart and the audit agree."""
+    from schemas.events import Fill, FillStatus
+
+    db = tmp_path / "log.sqlite"
+    svc = service(db)
+    produce(db, TOPICS.proposals_of("alpha"), proposal("p-1", "alpha", T + 1))
+    produce(db, TOPICS.proposals_of("beta"), proposal("p-1", "beta", T + 2))
+    decision = cycle(svc)
+    by_agent = {a.agent_id: a for a in decision.allocations}
+    assert sorted(by_agent) == ["alpha", "beta"]
+    assert all(a.proposal_id == "p-1" and a.status is AllocationStatus.FUNDED for a in by_agent.values())
+    cash = svc.state.portfolio.cash
+    size = by_agent["beta"].size
+    with EmbeddedEventLog(db) as log:
+        fill = Fill("f-beta", decision.decision_id, "p-1", "m1", Side.BUY, size, size, 0.5, 0.0, FillStatus.FILLED,
+                    None, T + 3, "beta")  # fmt: skip
+        log.produce(TOPICS.fills, codec.encode(fill), timestamp_ms=T + 3)
+        log.produce(TOPICS.proposals_of("alpha"), codec.encode(proposal("p-2", "alpha", T + 4)), timestamp_ms=T + 4)
+        log.flush()
+    cycle(svc)
+    assert svc.state.portfolio.cash == cash - size
+    held = svc.state.portfolio.reservations
+    assert (decision.decision_id, "alpha", "p-1") in held and (decision.decision_id, "beta", "p-1") not in held
+    with EmbeddedEventLog(db) as reader:
+        report = audit_log(reader, codec, TOPICS, None)
+    assert [f.verdict for f in report.findings] == ["MATCH", "MATCH"]
+    svc.log.close()
+    svc.reader.close()
+    again = service(db)
+    assert again.state.portfolio.cash == cash - size
+    assert set(again.state.portfolio.reservations) == set(svc.state.portfolio.reservations)

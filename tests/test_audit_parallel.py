@@ -5,6 +5,7 @@ that raises is reported, never dropped; a worker that dies is retried."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pickle
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from allocator.service.audit import AuditTask, Rederived, audit_log, rederive
 from allocator.service.audit_engines import AuditEngine, DaskEngine, ProcessPoolEngine, SequentialEngine
 from cli.main import main
 from eventlog.embedded import EmbeddedEventLog
+from eventlog.port import Record
 from schemas.codec import SingleObjectCodec
 from schemas.events import Decision
 from tests.test_config_on_log import CONFIG, decide, start, stop
@@ -170,3 +172,26 @@ def test_allocator_audit_jobs_and_dask_print_the_same_report(
         assert "re-derived/s" in captured.err
         outputs.append((captured.out, report.read_text(encoding="utf-8")))
     assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_allocator_audit_reads_the_decisions_topic_once(
+    tampered_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The configuration's cross-check and the audit share one verified read of the decisions topic, and the report
+    is the one the library's audit gives."""
+    read: list[int] = []
+    poll = EmbeddedEventLog.poll
+
+    def counting(self: EmbeddedEventLog, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
+        records = poll(self, max_records, timeout_s)
+        read.extend(r.offset for r in records if r.topic == TOPICS.decisions)
+        return records
+
+    monkeypatch.setattr(EmbeddedEventLog, "poll", counting)
+    report = tmp_path / "audit.json"
+    assert main(["audit", "--log", str(tampered_log), "--report", str(report)]) == 1  # the mismatches
+    monkeypatch.undo()
+    with EmbeddedEventLog(tampered_log) as log:
+        on_topic = sum(log.end_offsets([TOPICS.decisions]).values())
+    assert sorted(read) == list(range(on_topic))  # every record of the topic, each once
+    assert json.loads(report.read_text(encoding="utf-8")) == _audit(tampered_log, SequentialEngine())

@@ -9,6 +9,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -34,6 +35,8 @@ from schemas.events import (
     Command,
     ControlCommand,
     Decision,
+    Fill,
+    FillStatus,
     Governor,
     GovernorState,
     InputPosition,
@@ -53,15 +56,20 @@ def proposal(i: int) -> Proposal:
                     f"k{i % 3}", T + i)  # fmt: skip
 
 
-def service(log: EventLog, reader: EventLog, topics: Topics, chain: ChainSettings, say: list[str]) -> AllocatorService:
-    svc = AllocatorService(log, reader, codec, BOOK, CONFIG, topics, say=say.append, chain=chain)
+def service(
+    log: EventLog, reader: EventLog, topics: Topics, chain: ChainSettings, say: list[str],
+    config: AllocatorConfig = CONFIG,
+) -> AllocatorService:  # fmt: skip
+    svc = AllocatorService(log, reader, codec, BOOK, config, topics, say=say.append, chain=chain)
     svc.start()
     return svc
 
 
-def embedded(db: Path, topics: Topics, chain: ChainSettings, say: list[str] | None = None) -> AllocatorService:
+def embedded(
+    db: Path, topics: Topics, chain: ChainSettings, say: list[str] | None = None, config: AllocatorConfig = CONFIG
+) -> AllocatorService:
     return service(EmbeddedEventLog(db, group=group_of(topics, BOOK)), EmbeddedEventLog(db), topics, chain,
-                   [] if say is None else say)  # fmt: skip
+                   [] if say is None else say, config)  # fmt: skip
 
 
 def produce(db: Path, topic: str, values: list[bytes], ts: int) -> None:
@@ -363,6 +371,186 @@ def test_decision_feed_never_returns_a_forged_decision_and_audit_names_it_on_kaf
     findings = json.loads(report.read_text(encoding="utf-8"))["findings"]
     assert code == 1
     assert sorted(f["verdict"] for f in findings) == ["FORGED", "MATCH", "MATCH", "UNDECODABLE"]
+
+
+# --- status takes the configuration it shows from verified decisions only ------------------------------------
+
+# Another configuration: each key status shows against (the caps, the kill-switch line, the window) differs.
+OTHER = CONFIG.replace(market_cap=0.05, kill_switch_drawdown=0.25, opportunity_window_s=120.0)
+
+
+def forge_config(topics: Topics, last: Decision, config: AllocatorConfig) -> tuple[Decision, bytes]:
+    """A decision for the next cycle carrying `config`, linked to `last`, signed with a key nobody trusts."""
+    from allocator.service.sequencer import canonical_config
+
+    fake = dataclasses.replace(last, cycle=last.cycle + 1, decision_id=f"{topics.prefix}.{BOOK}-{last.cycle + 1:010d}",
+                               config=canonical_config(config), config_hash=config.config_hash)  # fmt: skip
+    return DecisionSigner(Ed25519PrivateKey.generate(), head=decision_hash(last)).seal(fake, codec, "t")
+
+
+def a_fill(decision: Decision) -> Fill:
+    """A fill of the decision's first funded allocation: a market with exposure, so status shows its cap."""
+    a = next(a for a in decision.allocations if a.size > 0 and a.side is not None)
+    return Fill(f"fill-{decision.cycle}", decision.decision_id, a.proposal_id, a.market_id, a.side or Side.BUY,
+                a.size, a.size, 0.5, 0.0, FillStatus.FILLED, None, decision.decided_at + 1)  # fmt: skip
+
+
+def status(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[dict[str, Any], str]:
+    """`allocator status ... --json` as data, and the same without --json as text."""
+    capsys.readouterr()
+    assert main(["status", *argv, "--json"]) == 0
+    shown: dict[str, Any] = json.loads(capsys.readouterr().out)
+    assert main(["status", *argv]) == 0
+    return shown, capsys.readouterr().out
+
+
+def shows(shown: dict[str, Any], config: AllocatorConfig) -> None:
+    """status showed `config`: its hash, its kill-switch line and window, and each market's cap against it."""
+    assert shown["configuration"]["config_hash"] == config.config_hash
+    assert shown["kill_switch_drawdown"] == config.kill_switch_drawdown
+    assert shown["configured_window_ms"] == round(config.opportunity_window_s * 1000)
+    equity = shown["equity"]["equity"]
+    assert shown["markets"] and all(m["cap"] == pytest.approx(config.market_cap * equity) for m in shown["markets"])
+
+
+def test_status_shows_the_caps_of_verified_decisions_only(
+    tmp_path: Path, keys: tuple[Path, Path, DecisionSigner], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, folder, signer = keys
+    db, topics = tmp_path / "log.sqlite", Topics("st")
+    _d1, d2 = signed_log(db, topics, signer, cycles=2)
+    forged_decision, forged = forge_config(topics, d2, OTHER)
+    produce(db, topics.fills, [codec.encode(a_fill(d2))], T + 900)
+    produce(db, topics.decisions, [forged], T + 901)  # at st.decisions/0/2
+    where = ["--log", str(db), "--topic-prefix", topics.prefix]
+    projection = ["--database", f"sqlite:///{tmp_path / 'projection.sqlite'}"]
+    assert main(["project", *where, *projection, "--once"]) == 0
+
+    shown, text = status(capsys, *where, *projection, "--trusted-keys", str(folder))
+    shows(shown, CONFIG)  # not the forged decision's OTHER
+    assert shown["configuration"]["source"] == "log" and shown["chain"]["warning"] is None
+    (rejection,) = shown["chain"]["rejections"]
+    assert (rejection["kind"], rejection["topic"], rejection["offset"]) == (FORGED, topics.decisions, 2)
+    assert rejection["decision_id"] == forged_decision.decision_id and "unknown key" in rejection["detail"]
+    assert shown["chain"]["verified_decisions"] == 2 and shown["chain"]["head"] == decision_hash(d2)
+    refused = {d["cycle"]: d["refused"] for d in shown["decisions"]}
+    assert refused == {3: FORGED, 2: None, 1: None}  # the projector recorded the forgery; status names it
+    assert f"forged: decision {forged_decision.decision_id} (cycle 3) at st.decisions/0/2: unknown key" in text
+    assert "REFUSED: forged" in text and "WARNING" not in text
+
+    # No trusted keys on a signed book: said, and nothing is taken from the log (an unsigned decision appended
+    # after the signed ones would count as "before the chain" to a reader that verifies none of them).
+    shown, text = status(capsys, *where, *projection)
+    assert shown["configuration"]["source"] == "defaults" and "not the log's" in shown["configuration"]["note"]
+    assert "no --trusted-keys was given" in shown["chain"]["warning"]
+    assert shown["chain"]["signing_keys"] == {signer.key_id: 2, forged_decision.key_id: 1}
+    assert text.startswith("WARNING: the book's decisions are signed") and "pass --trusted-keys" in text
+    assert {d["refused"] for d in shown["decisions"]} == {"unverified"}  # not told apart from a forgery
+    shows(status(capsys, *where, *projection, "--config", str(config_file(tmp_path)))[0], CONFIG)  # the file's
+
+    # The allocator itself, restarted with OTHER: its signed decision records it, and status follows.
+    svc = embedded(db, topics, ChainSettings(DecisionSigner(signer.key)), config=OTHER)
+    try:
+        produce(db, topics.proposals, [codec.encode(proposal(300 + i)) for i in range(4)], T + 1000)
+        genuine = cycle(svc)
+    finally:
+        close(svc)
+    assert genuine.cycle == 3 and genuine.config_hash == OTHER.config_hash and genuine.key_id == signer.key_id
+    assert main(["project", *where, *projection, "--once"]) == 0
+    shown, _ = status(capsys, *where, *projection, "--trusted-keys", str(folder))
+    shows(shown, OTHER)
+    assert [r["offset"] for r in shown["chain"]["rejections"]] == [2]  # the forgery, still named
+
+
+def test_replay_cross_checks_its_config_against_verified_decisions_only(
+    tmp_path: Path, keys: tuple[Path, Path, DecisionSigner], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, folder, signer = keys
+    db, topics = tmp_path / "log.sqlite", Topics("rp")
+    (d1,) = signed_log(db, topics, signer, cycles=1)
+    produce(db, topics.decisions, [forge_config(topics, d1, OTHER)[1]], T + 901)
+    replay = ["replay", "--log", str(db), "--topic-prefix", topics.prefix, "--config", str(config_file(tmp_path))]
+    capsys.readouterr()
+    assert main([*replay, "--database", f"sqlite:///{tmp_path / 'a.sqlite'}", "--trusted-keys", str(folder)]) == 0
+    assert "the log ran with hash" not in capsys.readouterr().err  # the file is the verified log's: no forged hash
+    assert main([*replay, "--database", f"sqlite:///{tmp_path / 'b.sqlite'}"]) == 0
+    err = capsys.readouterr().err
+    assert "no cross-check of --config" in err and "no --trusted-keys was given" in err
+
+
+def test_tail_decisions_with_trusted_keys_marks_what_does_not_verify(
+    tmp_path: Path, keys: tuple[Path, Path, DecisionSigner], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, folder, signer = keys
+    db, topics = tmp_path / "log.sqlite", Topics("tl")
+    d1, d2 = signed_log(db, topics, signer, cycles=2)
+    forged_decision, forged = forge_config(topics, d2, OTHER)
+    produce(db, topics.decisions, [forged], T + 901)
+    where = ["--log", str(db), "--topic-prefix", topics.prefix, "--from-beginning", "--max", "3", "--timeout", "10"]
+    capsys.readouterr()
+    assert main(["tail", "decisions", *where, "--json", "--trusted-keys", str(folder)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["offset"], r["verified"]) for r in rows] == [(0, True), (1, True), (2, False)]
+    assert [r["record"]["decision_id"] for r in rows[:2]] == [d1.decision_id, d2.decision_id]
+    assert rows[2]["rejection"]["kind"] == FORGED and rows[2]["rejection"]["decision_id"] == forged_decision.decision_id
+    assert main(["tail", "decisions", *where, "--trusted-keys", str(folder)]) == 0
+    text = capsys.readouterr().out
+    assert f"REFUSED forged: decision {forged_decision.decision_id} (cycle 3) at tl.decisions/0/2" in text
+    # Unverified by default, and said so; --trusted-keys is for decisions only.
+    assert main(["tail", "decisions", *where, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "unverified" in captured.err and all("verified" not in json.loads(x) for x in captured.out.splitlines())
+    assert main(["tail", "governor", "--log", str(db), "--topic-prefix", "tl", "--trusted-keys", str(folder)]) == 2
+    assert "goes with `tail decisions` only" in capsys.readouterr().err
+
+
+@pytest.mark.kafka
+def test_status_on_kafka_ignores_a_forged_configuration_and_follows_a_signed_one(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path, keys: tuple[Path, Path, DecisionSigner],
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    from eventlog.kafka import KafkaEventLog
+
+    _, folder, signer = keys
+    topics = Topics(prefix)
+
+    def allocator(config: AllocatorConfig) -> AllocatorService:
+        return service(KafkaEventLog(kafka_bootstrap, group=group_of(topics, BOOK)), KafkaEventLog(kafka_bootstrap),
+                       topics, ChainSettings(DecisionSigner(signer.key)), [], config)  # fmt: skip
+
+    def send(topic: str, values: list[bytes], ts: int) -> None:
+        with KafkaEventLog(kafka_bootstrap) as writer:
+            for value in values:
+                writer.produce(topic, value, timestamp_ms=ts)
+            writer.flush()
+
+    svc = allocator(CONFIG)
+    try:
+        send(topics.proposals, [codec.encode(proposal(i)) for i in range(6)], T + 1)
+        genuine = cycle(svc)
+    finally:
+        close(svc)
+    forged_decision, forged = forge_config(topics, genuine, OTHER)
+    send(topics.fills, [codec.encode(a_fill(genuine))], T + 2)
+    send(topics.decisions, [forged], T + 3)
+    where = ["--kafka", kafka_bootstrap, "--topic-prefix", prefix]
+    projection = ["--database", f"sqlite:///{tmp_path / 'projection.sqlite'}"]
+    assert main(["project", *where, *projection, "--once"]) == 0
+    shown, text = status(capsys, *where, *projection, "--trusted-keys", str(folder))
+    shows(shown, CONFIG)
+    (rejection,) = shown["chain"]["rejections"]
+    assert (rejection["kind"], rejection["decision_id"]) == (FORGED, forged_decision.decision_id)
+    assert f"at {prefix}.decisions/0/{rejection['offset']}: unknown key" in text  # after a transaction marker
+
+    svc = allocator(OTHER)
+    try:
+        send(topics.proposals, [codec.encode(proposal(100 + i)) for i in range(4)], T + 4)
+        assert cycle(svc).config_hash == OTHER.config_hash
+    finally:
+        close(svc)
+    assert main(["project", *where, *projection, "--once"]) == 0
+    shown, _ = status(capsys, *where, *projection, "--trusted-keys", str(folder))
+    shows(shown, OTHER)
 
 
 # --- the CLI: keys new, control --key -------------------------------------------------------------------------

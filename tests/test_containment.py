@@ -285,6 +285,30 @@ def test_a_cycle_that_raises_halts_the_book_once_and_a_restart_keeps_it_halted_u
     assert [(e.governor, e.new_state) for e in _governor_events(db)][-1] == (Governor.OPERATOR, "ACTIVE")
 
 
+def test_a_forged_cycle_failure_halt_on_the_governor_topic_cannot_stop_a_book_whose_decisions_went_on(
+    tmp_path: Path,
+) -> None:
+    """The governor topic is not signed: a halt event naming an ACTIVE decision (a writer of the log file, or a
+    broker principal that could write there) changes neither a restart nor the audit (rules.md §11.3)."""
+    from allocator.service.sequencer import CYCLE_FAILURE_SOURCE
+
+    db = tmp_path / "log.sqlite"
+    svc = _service_with(db, run_cycle)
+    produce(db, TOPICS.proposals, [(codec.encode(proposal(i)), T + i) for i in range(3)])
+    [first] = drain(svc)
+    assert first.governor_state is GovernorState.ACTIVE
+    forged = GovernorEvent(f"{first.decision_id}-g0", "book1", Governor.OPERATOR, "ACTIVE", "PAUSED",
+                           "allocator: cycle 1 failed: forged", None, None, CYCLE_FAILURE_SOURCE, T + 10)  # fmt: skip
+    produce(db, TOPICS.governor, [(codec.encode(forged), T + 10)])
+    restarted = _service_with(db, run_cycle)
+    assert restarted.state.portfolio.governor.state is GovernorState.ACTIVE
+    with EmbeddedEventLog(db) as reader:
+        report = audit_log(reader, codec, TOPICS, CONFIG)
+    assert [f.verdict for f in report.findings] == ["MATCH"]
+    produce(db, TOPICS.proposals, [(codec.encode(proposal(7)), T + 20)])
+    assert drain(restarted)[0].governor_state is GovernorState.ACTIVE
+
+
 def test_a_cycle_that_raises_even_on_a_halted_book_publishes_nothing_and_does_not_spin(tmp_path: Path) -> None:
     db = tmp_path / "log.sqlite"
 

@@ -252,6 +252,34 @@ def test_a_book_already_breaching_cvar_funds_only_trades_that_do_not_raise_tail_
     assert refused.status is AllocationStatus.DEFERRED and codes(refused) == [ReasonCode.CVAR_LIMIT]
 
 
+def test_two_agents_one_proposal_id_each_with_its_own_supplied_returns() -> None:
+    """rules.md §2.2: a snapshot may hold alpha's and beta's "p"; returns keyed "agent_id/proposal_id" tell them
+    apart, so the trade that adds nothing to the tail is funded and the one that loses in it is not."""
+    book = [9_000.0, 9_000.0, 0, 0, 0, 0, 0, 0, 0, 0]
+    out = decide(
+        {
+            "positions": [{"market_id": "x", "side": "BUY", "size": 9_000.0, "price": 0.5, "correlation_key": "x"}],
+            "proposals": [
+                proposal("p", price=None, expected_profit=0.2),
+                proposal("p", agent_id="beta", market_id="m-q", price=None, expected_profit=0.2),
+            ],
+            "scenarios": {
+                "returns": {
+                    "alpha/p": [0.0, 0.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1],
+                    "beta/p": [-1.0, -1.0, 1.0, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3],
+                },
+                "book_losses": book,
+            },
+            "config": {"cvar_alpha": 0.8, "cvar_limit": 0.05},
+        }
+    )
+    status = {a.agent_id: (a.status, codes(a)) for a in out.decision.allocations}
+    assert status == {
+        "alpha": (AllocationStatus.FUNDED, []),
+        "beta": (AllocationStatus.DEFERRED, [ReasonCode.CVAR_LIMIT]),
+    }
+
+
 # --- properties ------------------------------------------------------------------------------------------
 
 
@@ -325,15 +353,15 @@ def test_every_decision_keeps_every_constraint(book: dict[str, Any]) -> None:
         assert out.problem is not None
         sizes = np.zeros(out.problem.n)
         # the returned sizes, recomputed into the tail with our own CVaR
-        columns = {pid: i for i, pid in enumerate(_problem_ids(out))}
+        columns = {key: i for i, key in enumerate(_problem_ids(out))}
         for a in funded:
-            sizes[columns[a.proposal_id]] = a.size
+            sizes[columns[(a.agent_id, a.proposal_id)]] = a.size
         tail = _independent_cvar(out.problem.book_losses - out.problem.returns @ sizes, 0.95)
         book_tail = _independent_cvar(out.problem.book_losses, 0.95)
         assert tail <= max(book["config"]["cvar_limit"] * equity, book_tail) * (1 + 1e-9) + 1e-6
 
 
-def _problem_ids(out: CycleOutcome) -> list[str]:
+def _problem_ids(out: CycleOutcome) -> list[tuple[str, str]]:
     assert len(out.column_ids) == (out.problem.n if out.problem is not None else 0)
     return list(out.column_ids)
 

@@ -16,13 +16,21 @@ codec = SingleObjectCodec()
 topics = Topics("trust")
 
 
-def _proposal(pid: str, size: float) -> Proposal:
-    return Proposal(pid, "a", "s", f"m-{pid}", Side.BUY, 0.6, 0.04, 0.9, size, 10.0, 0.1, 0.01, f"k-{pid}", T)
+def _proposal(pid: str, size: float, agent: str = "a") -> Proposal:
+    return Proposal(pid, agent, "s", f"m-{pid}", Side.BUY, 0.6, 0.04, 0.9, size, 10.0, 0.1, 0.01, f"k-{pid}", T)
 
 
-def _fill(fid: str, decision_id: str, pid: str, size: float, fee: float = 0.0, market: str | None = None) -> Fill:
+def _fill(
+    fid: str,
+    decision_id: str,
+    pid: str,
+    size: float,
+    fee: float = 0.0,
+    market: str | None = None,
+    agent: str | None = None,
+) -> Fill:
     return Fill(fid, decision_id, pid, market or f"m-{pid}", Side.BUY, size, size, 0.5, fee, FillStatus.FILLED,
-                None, T + 2_000)  # fmt: skip
+                None, T + 2_000, agent)  # fmt: skip
 
 
 def _fold(state: BookState, *events: Proposal | Fill, at: int = T + 1_000, trust: bool = False) -> list[str]:
@@ -87,7 +95,7 @@ def test_a_late_fill_still_counts_against_its_allocation_after_the_reservation_e
     later = T + 10 * 3_600_000
     _fold(state, _proposal("q", 1_000.0), at=later)
     _decide(state)  # the first reservation expires here
-    assert ("trust.book-0000000001", "p") not in state.portfolio.reservations
+    assert ("trust.book-0000000001", "a", "p") not in state.portfolio.reservations
     assert _fold(state, _fill("late", decision.decision_id, "p", size), at=later) == []
     assert len(_fold(state, _fill("again", decision.decision_id, "p", size), at=later)) == 1
 
@@ -96,3 +104,34 @@ def test_the_batch_of_a_version_1_decision_folds_any_in_bounds_fill() -> None:
     state = BookState.new(_config())
     assert _fold(state, _fill("old", "never", "none", 100.0, fee=50.0), trust=True) == []
     assert state.portfolio.cash == 100_000.0 - 150.0
+
+
+def test_two_agents_one_proposal_id_each_fill_counts_for_its_own_allocation() -> None:
+    """rules.md §2.2, §11.1: proposal ids are unique per agent, so a fill names its agent; a fill without one
+    (written before Fill version 2) is refused where the decision funded that id for several agents."""
+    state = BookState.new(_config())
+    _fold(state, _proposal("p", 1_000.0, agent="a"), _proposal("p", 600.0, agent="b"))
+    decision = _decide(state)
+    funded = {a.agent_id: a for a in decision.allocations}
+    assert set(funded) == {"a", "b"} and all(a.status is AllocationStatus.FUNDED for a in funded.values())
+    assert not any(r.code.value == "DUPLICATE" for a in decision.allocations for r in a.reasons)
+    cash = state.portfolio.cash
+    dead = _fold(state, _fill("ambiguous", decision.decision_id, "p", 100.0))
+    assert len(dead) == 1 and "Fill.agent_id" in dead[0] and "several agents" in dead[0]
+    assert state.portfolio.cash == cash
+    # b's allocation is 600: a fill of 1,000 under b's name is over its size, under a's it is not.
+    dead = _fold(state, _fill("b-over", decision.decision_id, "p", 1_000.0, agent="b"))
+    assert len(dead) == 1 and "exceeds the funded size 600.0" in dead[0]
+    assert _fold(state, _fill("a-whole", decision.decision_id, "p", 1_000.0, agent="a")) == []
+    assert _fold(state, _fill("b-whole", decision.decision_id, "p", 600.0, agent="b")) == []
+    assert state.portfolio.cash == cash - 1_600.0 and not state.portfolio.reservations
+    dead = _fold(state, _fill("c", decision.decision_id, "p", 1.0, agent="c"))
+    assert len(dead) == 1 and "'c'" in dead[0] and "not an allocation" in dead[0]
+
+
+def test_a_fill_without_an_agent_id_still_counts_where_its_proposal_id_names_one_allocation() -> None:
+    state = BookState.new(_config())
+    _fold(state, _proposal("p", 1_000.0))
+    decision = _decide(state)
+    assert _fold(state, _fill("old-style", decision.decision_id, "p", 1_000.0)) == []
+    assert not state.portfolio.reservations

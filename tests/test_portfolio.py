@@ -58,7 +58,7 @@ def fill(pid: str, cycle: int, size: float, price: float, status: FillStatus = F
 def test_a_funded_allocation_reserves_capital_until_its_fill() -> None:
     book = PortfolioState.new(AllocatorConfig(initial_cash=100_000.0))
     book.apply(proposal("p"))
-    assert list(book.pending) == ["p"]
+    assert list(book.pending) == [("alpha", "p")]
     book.apply(decision(1, funded("p", 1_000.0)))
     assert book.pending == {} and book.available == 99_000.0 and book.equity == 100_000.0
     book.apply(fill("p", 1, 1_000.0, 0.5))
@@ -119,7 +119,7 @@ def test_duplicates_and_deferrals() -> None:
         "p", "alpha", "m", Side.BUY, 0.0, 0.0, AllocationStatus.REJECTED, (Reason(ReasonCode.DUPLICATE),)
     )
     book.apply(decision(1, deferred, duplicate))
-    assert list(book.pending) == ["p"] and book.conflicts == {}  # the original waits, the re-send is gone
+    assert list(book.pending) == [("alpha", "p")] and book.conflicts == {}  # the original waits, the re-send is gone
 
 
 def test_timed_out_solves_shrink_the_window_through_decisions() -> None:
@@ -155,7 +155,7 @@ def test_a_deferred_proposal_keeps_only_its_residual_after_netting() -> None:
     deferred = Allocation("b", "alpha", "m", Side.BUY, 0.0, 400.0, AllocationStatus.DEFERRED, ())
     netted = Allocation("s", "alpha", "m", Side.SELL, 0.0, 400.0, AllocationStatus.NETTED, ())
     book.apply(decision(1, deferred, netted))
-    assert list(book.pending) == ["b"] and book.pending["b"].requested_size == 600.0
+    assert list(book.pending) == [("alpha", "b")] and book.pending[("alpha", "b")].requested_size == 600.0
 
 
 # --- equity kept incrementally equals equity recomputed from scratch --------------------------------------

@@ -153,21 +153,25 @@ def _records(topic: str, first: int, values: list[bytes]) -> list[Record]:
 
 
 def test_repeated_keys_keep_the_first_row(database: ProjectionDatabase) -> None:
-    """Repeated keys, in one batch and across batches, with different content: the first row stays."""
+    """Repeated keys, in one batch and across batches, with different content: the first row stays. Another
+    agent's proposal of the same id is its own row (rules.md §2.2)."""
     engine = database.migrate()
     p1, p2 = proposal(1), proposal(2)
     first = _records(TOPICS.proposals, 0, [codec.encode(p1), codec.encode(p2),
-                                           codec.encode(replace(p1, agent_id="second")), b"\x01junk"])  # fmt: skip
+                                           codec.encode(replace(p1, confidence=0.2)), b"\x01junk"])  # fmt: skip
     late = DeadLetter(TOPICS.proposals, 0, 3, "seen again by the allocator", b"\x01junk", T)
-    second = _records(TOPICS.proposals, 4, [codec.encode(replace(p2, confidence=0.1)), codec.encode(proposal(3))])
+    second = _records(TOPICS.proposals, 4, [codec.encode(replace(p2, confidence=0.1)), codec.encode(proposal(3)),
+                                            codec.encode(replace(p1, agent_id="beta"))])  # fmt: skip
     second += _records(TOPICS.deadletter, 0, [codec.encode(late)])
     offsets = write_batch(engine, "projector", first, codec, {})
     write_batch(engine, "projector", second, codec, offsets)
     with engine.connect() as conn:
-        rows = {r.proposal_id: r for r in conn.execute(select(tables.proposals))}
+        by_key = {(r.agent_id, r.proposal_id): r for r in conn.execute(select(tables.proposals))}
         dead = conn.execute(select(tables.dead_letters.c.offset, tables.dead_letters.c.error)).all()
-    assert sorted(rows) == ["p1", "p2", "p3"]
-    assert (rows["p1"].agent_id, rows["p1"].log_offset) == ("alpha", 0)
+    assert sorted(by_key) == [("alpha", "p1"), ("alpha", "p2"), ("alpha", "p3"), ("beta", "p1")]
+    rows = {pid: r for (agent, pid), r in by_key.items() if agent == "alpha"}
+    assert (rows["p1"].confidence, rows["p1"].log_offset) == (0.9, 0)
+    assert by_key[("beta", "p1")].log_offset == 6
     assert (rows["p2"].confidence, rows["p2"].log_offset) == (0.9, 1)
     assert len(dead) == 1 and dead[0].offset == 3 and dead[0].error != late.error
 
@@ -257,7 +261,9 @@ def _every_kind_of_record() -> list[Record]:
     )  # fmt: skip
     events: list[Event] = [
         proposal(1),
-        Fill("f1", "d1", "p1", "m1", Side.BUY, 300.0, 150.0, 0.4, 0.15, FillStatus.PARTIAL, "thin book", T + 1),
+        Fill(
+            "f1", "d1", "p1", "m1", Side.BUY, 300.0, 150.0, 0.4, 0.15, FillStatus.PARTIAL, "thin book", T + 1, "alpha"
+        ),
         PnlMark("m1", 0.55, T + 2),
         MarketResolution("m1", Outcome.NO, T + 3),
         ControlCommand("c1", "risk", Command.SET_LIMITS, "tighter", {"b": 0.2, "a": 0.1}, T + 4),
@@ -281,7 +287,8 @@ def test_every_event_becomes_rows_whose_columns_hold_its_fields() -> None:
                                   "log_offset": 0}]  # fmt: skip
     assert rows["fills"] == [{"fill_id": "f1", "decision_id": "d1", "proposal_id": "p1", "market_id": "m1",
                               "side": "BUY", "requested_size": 300.0, "filled_size": 150.0, "price": 0.4, "fee": 0.15,
-                              "status": "PARTIAL", "reason": "thin book", "time": T + 1}]  # fmt: skip
+                              "status": "PARTIAL", "reason": "thin book", "time": T + 1,
+                              "agent_id": "alpha"}]  # fmt: skip
     assert rows["marks"] == [{**at, "log_offset": 2, "market_id": "m1", "mark_price": 0.55, "time": T + 2}]
     assert rows["resolutions"] == [{"market_id": "m1", "outcome": "NO", "time": T + 3}]
     assert rows["control_commands"] == [

@@ -60,6 +60,7 @@ RELEASED_FINGERPRINTS = {
     ("DeadLetter", 1): "033802151ef9f93f",
     ("Decision", 2): "76fa6234833d83b3",
     ("ControlCommand", 2): "bd473c0eec976d6b",
+    ("Fill", 2): "0ba6a05fe9d99fa8",
 }
 
 codec = SingleObjectCodec()

@@ -26,7 +26,8 @@ def test_a_batch_records_the_next_offset_per_partition_and_the_latest_log_time()
         Record(topics.pnl, 1, 6, None, codec.encode(proposal), T + 25),  # a proposal on the pnl topic
     ]
     state = BookState.new(AllocatorConfig(initial_cash=10_000.0))
-    state.portfolio.funded[("d", "p")] = Funded("m", Side.BUY, 5_000.0)  # what decision d funded (rules.md §11.1)
+    # what decision d funded (rules.md §11.1)
+    state.portfolio.funded[("d", "p")] = {proposal.agent_id: Funded("m", Side.BUY, 5_000.0)}
     state.positions[TopicPartition(topics.proposals, 0)] = 9  # already further on: never moves back
     folded = fold_batch(state, records, codec, topics)
     assert state.positions == {
@@ -39,7 +40,7 @@ def test_a_batch_records_the_next_offset_per_partition_and_the_latest_log_time()
     assert [(c.new_state, time, source) for c, time, source in folded.changes] == [
         ("TRIPPED", T + 30, f"{topics.pnl}/1/7")
     ]
-    assert list(state.portfolio.pending) == ["p"]
+    assert list(state.portfolio.pending) == [(proposal.agent_id, "p")]
 
 
 def test_a_pending_proposal_whose_market_resolved_expires_in_the_next_decision() -> None:

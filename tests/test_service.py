@@ -135,7 +135,7 @@ def test_failed_executions_pause_the_book_and_the_change_is_published(tmp_path: 
         for i in range(20)
     ]
     for f in fails:  # reports of allocations a decision funded (rules.md §11.1): a report of nothing is refused
-        svc.state.portfolio.funded[(f.decision_id, f.proposal_id)] = Funded("m", Side.BUY, 10.0)
+        svc.state.portfolio.funded[(f.decision_id, f.proposal_id)] = {"a": Funded("m", Side.BUY, 10.0)}
     produce(db, TOPICS.fills, [(codec.encode(f), f.time) for f in fails])
     produce(db, TOPICS.proposals, [(codec.encode(proposal(1)), T + 50)])
     decision = drain(svc)[0]

@@ -40,6 +40,7 @@ from schemas.events import (
     GovernorState,
     Order,
     Proposal,
+    ProposalKey,
     Reason,
     ReasonCode,
     Side,
@@ -55,7 +56,7 @@ class CycleOutcome:
     decision: Decision
     solution: Solution | None
     problem: AllocationProblem | None = field(default=None, repr=False)
-    column_ids: tuple[str, ...] = ()  # the proposal id of each column of `problem`
+    column_ids: tuple[ProposalKey, ...] = ()  # the (agent id, proposal id) of each column of `problem`
 
 
 @dataclass
@@ -74,6 +75,16 @@ class _Entry:
     @property
     def proposal_id(self) -> str:
         return self.submitted.proposal_id
+
+    @property
+    def key(self) -> ProposalKey:
+        """The proposal's identity: ids are unique per agent (rules.md §2.2)."""
+        return (self.submitted.agent_id, self.submitted.proposal_id)
+
+    @property
+    def order(self) -> tuple[str, str]:
+        """The tie-break after priority: proposal id, then agent id."""
+        return (self.submitted.proposal_id, self.submitted.agent_id)
 
     def finish(self, status: AllocationStatus, *reasons: Reason) -> None:
         self.status = status
@@ -121,11 +132,11 @@ def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutco
         return _outcome(request, entries, None, None)
 
     # 3. Netting of opposite sides in one market (rules.md §6).
-    proposals = {e.proposal_id: e.submitted for e in pending if isinstance(e.submitted, Proposal)}
+    proposals = {e.key: e.submitted for e in pending if isinstance(e.submitted, Proposal)}
     netted = net_opposites(proposals.values(), priority)
     candidates: list[_Entry] = []
     for e in pending:
-        n = netted[e.proposal_id]
+        n = netted[e.key]
         e.netted, e.residual = n.netted_size, n.residual
         p = n.proposal
         if n.residual <= 0.0:
@@ -146,7 +157,7 @@ def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutco
     group_held = portfolio.group_exposure()
     market_limit = config.market_cap * equity
     sized: list[_Entry] = []
-    cap_reasons: dict[str, list[Reason]] = {}
+    cap_reasons: dict[ProposalKey, list[Reason]] = {}
     for e in candidates:
         cand = _proposal(e)
         caps = {
@@ -164,7 +175,7 @@ def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutco
             )
             continue
         e.upper = min(e.residual, *caps.values())
-        cap_reasons[e.proposal_id] = [
+        cap_reasons[e.key] = [
             _reason(code, f"capped at {room:.2f}") for code, room in caps.items() if room < e.residual
         ]
         sized.append(e)
@@ -172,8 +183,8 @@ def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutco
     if not sized:
         return _outcome(request, entries, None, None)
 
-    # 5. The optimisation (rules.md §4) over the candidates, in a fixed order: priority, then id.
-    sized.sort(key=lambda e: (-priority(_proposal(e)), e.proposal_id))
+    # 5. The optimisation (rules.md §4) over the candidates, in a fixed order: priority, then ids.
+    sized.sort(key=lambda e: (-priority(_proposal(e)), *e.order))
     for column, e in enumerate(sized):
         e.column = column
     seed = risk.seed_from_decision_id(request.decision_id) & SEED_MASK
@@ -199,7 +210,7 @@ def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutco
             e.size = e.residual
             e.finish(AllocationStatus.FUNDED)
         else:
-            reasons = list(cap_reasons[e.proposal_id]) if size >= e.upper * (1.0 - 1e-9) else []
+            reasons = list(cap_reasons[e.key]) if size >= e.upper * (1.0 - 1e-9) else []
             if size < e.upper * (1.0 - 1e-9):
                 reasons += _blocked_by(problem, sizes, losses, e.column, e.upper, book_cvar)
             if not reasons:
@@ -207,8 +218,8 @@ def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutco
             e.finish(AllocationStatus.CUT, *reasons)
 
     outcome = _outcome(request, entries, solution, problem, seed=seed)
-    verify_decision(request, outcome.decision, problem, {e.proposal_id: e.column for e in sized})
-    return replace(outcome, column_ids=tuple(e.proposal_id for e in sized))
+    verify_decision(request, outcome.decision, problem, {e.key: e.column for e in sized})
+    return replace(outcome, column_ids=tuple(e.key for e in sized))
 
 
 def book_cvar(request: CycleRequest) -> float:
@@ -255,7 +266,7 @@ def _screen(request: CycleRequest, entries: Sequence[_Entry]) -> list[_Entry]:
                 AllocationStatus.REJECTED,
                 _reason(ReasonCode.INVALID_FIELD, "price: null needs caller-supplied scenario returns"),
             )
-        elif request.scenarios is not None and len(request.scenarios.returns.get(s.proposal_id, ())) != (
+        elif request.scenarios is not None and len(request.scenarios.returns_of(s.agent_id, s.proposal_id)) != (
             request.scenarios.count
         ):
             e.finish(
@@ -265,14 +276,12 @@ def _screen(request: CycleRequest, entries: Sequence[_Entry]) -> list[_Entry]:
                     f"scenarios.returns[{s.proposal_id!r}]: needs {request.scenarios.count} returns",
                 ),
             )
-        elif (
-            skew := ahead_of_log_time(s, request.received_at.get(s.proposal_id), config.max_clock_skew_ms)
-        ) is not None:
+        elif (skew := ahead_of_log_time(s, request.received_at.get(e.key), config.max_clock_skew_ms)) is not None:
             e.finish(AllocationStatus.REJECTED, skew)
         elif s.market_id in request.resolved_markets:
             e.finish(AllocationStatus.EXPIRED, _reason(ReasonCode.EXPIRED, f"market {s.market_id!r} has resolved"))
-        elif is_expired(s, request.as_of, request.window_ms, request.received_at.get(s.proposal_id)):
-            age = request.as_of - request.received_at.get(s.proposal_id, s.created_at)
+        elif is_expired(s, request.as_of, request.window_ms, request.received_at.get(e.key)):
+            age = request.as_of - request.received_at.get(e.key, s.created_at)
             e.finish(
                 AllocationStatus.EXPIRED,
                 _reason(ReasonCode.EXPIRED, f"age {age} ms > lifetime {lifetime_ms(s, request.window_ms):.0f} ms"),
@@ -302,7 +311,7 @@ def _market_index(
 ) -> tuple[list[str], dict[str, int], list[int], int]:
     """Markets in a fixed order (sorted ids) and the correlation key each belongs to for the risk model."""
     key_of: dict[str, str] = {}
-    for p in sorted(proposals, key=lambda p: p.proposal_id):
+    for p in sorted(proposals, key=lambda p: (p.proposal_id, p.agent_id)):
         key_of.setdefault(p.market_id, p.correlation_key)
     for pos in request.portfolio.positions:
         key_of.setdefault(pos.market_id, pos.correlation_key)
@@ -316,7 +325,7 @@ def _scenarios(request: CycleRequest, proposals: Sequence[Proposal], seed: int) 
     """Per-unit returns (S x n) of the candidates and the book's losses (S), supplied or from the default model."""
     supplied = request.scenarios
     if supplied is not None:
-        returns = np.array([supplied.returns[p.proposal_id] for p in proposals], dtype=np.float64).T
+        returns = np.array([supplied.returns_of(p.agent_id, p.proposal_id) for p in proposals], dtype=np.float64).T
         return returns.reshape(supplied.count, len(proposals)), np.asarray(supplied.book_losses, dtype=np.float64)
     config = request.config
     _, index, market_key, n_keys = _market_index(request, proposals)
@@ -477,7 +486,7 @@ def _not_chosen(
 def _ordered(entries: Sequence[_Entry]) -> list[_Entry]:
     """Funded and cut first in descending priority (executors work them in that order), then the rest as given."""
     funded = [e for e in entries if e.status in (AllocationStatus.FUNDED, AllocationStatus.CUT)]
-    funded.sort(key=lambda e: (-priority(_proposal(e)), e.proposal_id))
+    funded.sort(key=lambda e: (-priority(_proposal(e)), *e.order))
     return funded + [e for e in entries if e.status not in (AllocationStatus.FUNDED, AllocationStatus.CUT)]
 
 

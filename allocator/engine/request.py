@@ -9,15 +9,21 @@ from dataclasses import dataclass, field
 from allocator.engine.validation import Submitted
 from book.config import AllocatorConfig
 from book.portfolio import Portfolio
-from schemas.events import GovernorState, InputPosition
+from schemas.events import GovernorState, InputPosition, ProposalKey
 
 
 @dataclass(frozen=True)
 class SuppliedScenarios:
-    """Scenario returns given by the caller instead of the default risk model (rules.md §8, last sentence)."""
+    """Scenario returns given by the caller instead of the default risk model (rules.md §8, last sentence),
+    keyed by proposal id, or by "agent_id/proposal_id" where two agents use one proposal id."""
 
     returns: Mapping[str, tuple[float, ...]]
     book_losses: tuple[float, ...]
+
+    def returns_of(self, agent_id: str, proposal_id: str) -> tuple[float, ...]:
+        """One proposal's returns: under "agent_id/proposal_id" if given so, else under its proposal id."""
+        found = self.returns.get(f"{agent_id}/{proposal_id}")
+        return found if found is not None else self.returns.get(proposal_id, ())
 
     @property
     def count(self) -> int:
@@ -39,6 +45,6 @@ class CycleRequest:
     inputs: tuple[InputPosition, ...] = ()
     scenarios: SuppliedScenarios | None = None
     resolved_markets: frozenset[str] = frozenset()
-    received_at: Mapping[str, int] = field(
-        default_factory=dict
-    )  # proposal id -> log time received (rules.md §1.5)  # markets the log says have resolved: nothing left to trade
+    # markets the log says have resolved: nothing left to trade (above); (agent id, proposal id) -> the log time
+    # each pending proposal was received (rules.md §1.5)
+    received_at: Mapping[ProposalKey, int] = field(default_factory=dict)

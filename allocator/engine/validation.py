@@ -205,9 +205,11 @@ def priority(proposal: Proposal) -> float:
 
 
 def rejected_duplicate(submitted: Submitted) -> InvalidProposal:
-    """The rejection of a proposal id re-sent with other content (rules.md §2)."""
+    """The rejection of a proposal id its agent re-sent with other content (rules.md §2.2)."""
     pid = submitted.proposal_id
-    reason = Reason(ReasonCode.DUPLICATE, f"proposal_id {pid!r} was already received with other content")
+    reason = Reason(
+        ReasonCode.DUPLICATE, f"proposal_id {pid!r} was already received from {submitted.agent_id!r} with other content"
+    )
     return InvalidProposal(pid, submitted.agent_id, submitted.market_id, submitted.side, (reason,))
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from allocator.engine.problem import AllocationProblem, cvar, market_flow_band
 from allocator.engine.request import CycleRequest
-from schemas.events import AllocationStatus, Decision, GovernorState, Proposal
+from schemas.events import AllocationStatus, Decision, GovernorState, Proposal, ProposalKey
 
 REL_TOL = 1e-9
 ABS_TOL = 1e-6  # currency units
@@ -37,16 +37,17 @@ def verify_decision(
     request: CycleRequest,
     decision: Decision,
     problem: AllocationProblem | None = None,
-    columns: Mapping[str, int] | None = None,
+    columns: Mapping[ProposalKey, int] | None = None,
 ) -> None:
     """Raise `DecisionInvariantError` unless the decision keeps every rule; `problem` supplies the scenarios."""
     config = request.config
     equity = request.portfolio.equity
     problems: list[str] = []
-    proposals = {s.proposal_id: s for s in request.submitted if isinstance(s, Proposal)}
+    # Proposals by (agent id, proposal id): ids are unique per agent (rules.md §2.2).
+    proposals = {(s.agent_id, s.proposal_id): s for s in request.submitted if isinstance(s, Proposal)}
 
-    submitted_ids = Counter(s.proposal_id for s in request.submitted)
-    decided_ids = Counter(a.proposal_id for a in decision.allocations)
+    submitted_ids = Counter((s.agent_id, s.proposal_id) for s in request.submitted)
+    decided_ids = Counter((a.agent_id, a.proposal_id) for a in decision.allocations)
     if submitted_ids != decided_ids:
         problems.append(f"allocations {dict(decided_ids)} do not name each submission once {dict(submitted_ids)}")
 
@@ -64,12 +65,12 @@ def verify_decision(
         if not math.isfinite(a.size) or a.size < 0:
             problems.append(f"{a.proposal_id}: size {a.size} is not a finite amount >= 0")
         if a.size <= 0:
-            if a.status is AllocationStatus.NETTED and a.proposal_id in proposals:
-                whole = proposals[a.proposal_id].requested_size
+            if a.status is AllocationStatus.NETTED and (a.agent_id, a.proposal_id) in proposals:
+                whole = proposals[(a.agent_id, a.proposal_id)].requested_size
                 if abs(a.netted_size - whole) > ABS_TOL:
                     problems.append(f"{a.proposal_id}: NETTED but only {a.netted_size} of {whole} matched")
             continue
-        p = proposals.get(a.proposal_id)
+        p = proposals.get((a.agent_id, a.proposal_id))
         if p is None:
             problems.append(f"{a.proposal_id}: funded but not a valid proposal of this cycle")
             continue
@@ -113,10 +114,11 @@ def verify_decision(
         else:
             sizes = np.zeros(problem.n)
             for a in funded:
-                if a.proposal_id not in columns:
+                column = columns.get((a.agent_id, a.proposal_id))
+                if column is None:
                     problems.append(f"{a.proposal_id}: funded but not a candidate of this cycle")
                     continue
-                sizes[columns[a.proposal_id]] += a.size
+                sizes[column] += a.size
             book_cvar = cvar(problem.book_losses, config.cvar_alpha)
             bound = max(config.cvar_limit * equity, book_cvar)
             tail = cvar(problem.book_losses - problem.returns @ sizes, config.cvar_alpha)

@@ -15,7 +15,7 @@ from allocator.engine.request import CycleRequest
 from allocator.engine.validation import MAX_EXPECTED_PROFIT
 from allocator.engine.verify import DecisionInvariantError, verify_decision
 from allocator.service.audit_engines import AuditEngine, SequentialEngine
-from allocator.service.chain import Trusted, chain_findings, verify_log
+from allocator.service.chain import Trusted, VerifiedLog, chain_findings, verify_log
 from allocator.service.sequencer import build_request, replay_steps
 from book.config import AllocatorConfig
 from eventlog.port import EventLog, Record, TopicPartition, Topics
@@ -104,8 +104,10 @@ def compare(recorded: Decision, recomputed: Decision, margin: float = 0.0) -> li
         problems.append(f"allocations: recorded {len(recorded.allocations)}, re-run {len(recomputed.allocations)}")
     for a, b in zip(recorded.allocations, recomputed.allocations, strict=False):
         where = f"allocation {a.proposal_id}"
-        if a.proposal_id != b.proposal_id:
-            problems.append(f"allocation order: recorded {a.proposal_id}, re-run {b.proposal_id}")
+        if (a.proposal_id, a.agent_id) != (b.proposal_id, b.agent_id):
+            problems.append(
+                f"allocation order: recorded {a.agent_id}/{a.proposal_id}, re-run {b.agent_id}/{b.proposal_id}"
+            )
             continue
         if a.status != b.status:
             problems.append(f"{where}: status recorded {a.status.value}, re-run {b.status.value}")
@@ -164,7 +166,7 @@ def rederive(task: AuditTask) -> Rederived:
         # full re-solve.
         verdict = "CONSTRAINTS_HELD"
         try:
-            columns = {pid: i for i, pid in enumerate(outcome.column_ids)}
+            columns = {key: i for i, key in enumerate(outcome.column_ids)}
             verify_decision(request, recorded, outcome.problem, columns)
         except DecisionInvariantError as exc:
             verdict = "MISMATCH"
@@ -191,6 +193,7 @@ def audit_log(
     timing: AuditTiming | None = None,
     trusted: Trusted | None = None,
     head: str | None = None,
+    verified: VerifiedLog | None = None,
 ) -> AuditReport:
     """Audit every decision in the log: each is re-run on the state rebuilt from the inputs it recorded.
 
@@ -200,11 +203,15 @@ def audit_log(
     one bad record is reported alone: the pass then starts again from the log's start with that correction and
     re-submits the decisions after it (a refold costs a fold, not a re-solve). `config` is the configuration of
     a log written before wire version 2 (which records none); NoConfigOnLog without it. The report is the same
-    on every engine and worker count."""
+    on every engine and worker count.
+
+    `verified` is the decisions topic already read and verified (`verify_log`) by a caller that needed it first,
+    for the configuration's cross-check: the audit then reads the topic no second time (`trusted` is unused)."""
     engine = engine or SequentialEngine()
     timing = timing if timing is not None else AuditTiming()
     # Only verified decisions are re-run; an undecodable, forged or altered record is a chain finding.
-    verified = verify_log(reader, codec, topics, trusted or {})
+    if verified is None:
+        verified = verify_log(reader, codec, topics, trusted or {})
     decisions = verified.accepted
     index_of = {id(d): i for i, (_, d) in enumerate(decisions)}
     total = len({d.cycle for _, d in decisions})  # a second record for a cycle is compared, not re-derived

@@ -52,6 +52,7 @@ class Rejection:
     detail: str
     decision_id: str | None = None
     cycle: int | None = None
+    key_id: str | None = None  # the key the record names, if any (trusted or not)
 
     @property
     def where(self) -> str:
@@ -60,6 +61,12 @@ class Rejection:
     def describe(self) -> str:
         what = f"decision {self.decision_id} (cycle {self.cycle})" if self.decision_id is not None else "a record"
         return f"{self.kind}: {what} at {self.where}: {self.detail}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The rejection as plain data: its kind, position, why, and the decision it claims to be."""
+        return {"kind": self.kind, "topic": self.topic, "partition": self.partition, "offset": self.offset,
+                "decision_id": self.decision_id, "cycle": self.cycle, "key_id": self.key_id, "detail": self.detail,
+                "describe": self.describe()}  # fmt: skip
 
 
 def _header(codec: EventCodec) -> bytes | None:
@@ -95,7 +102,7 @@ class ChainVerifier:
 
         def reject(kind: str, detail: str, d: Decision | None = None) -> Rejection:
             return Rejection(kind, record.topic, record.partition, record.offset, detail,
-                             d.decision_id if d else None, d.cycle if d else None)  # fmt: skip
+                             d.decision_id if d else None, d.cycle if d else None, d.key_id if d else None)  # fmt: skip
 
         if record.value is None:
             return reject(UNDECODABLE, "empty message (no value)")
@@ -160,6 +167,29 @@ def verify_log(reader: EventLog, codec: EventCodec, topics: Topics, trusted: Tru
     records = read_records(reader, [topics.decisions], reader.end_offsets([topics.decisions]))
     records.sort(key=lambda r: (r.partition, r.offset))
     return verify_records(records, trusted, codec)
+
+
+def signing_keys(verified: VerifiedLog) -> dict[str, int]:
+    """Each key id the log's decisions name, verified or not, with how many decisions name it."""
+    named = [d.key_id for _, d in verified.accepted] + [r.key_id for r in verified.rejections]
+    out: dict[str, int] = {}
+    for key_id in named:
+        if key_id is not None:
+            out[key_id] = out.get(key_id, 0) + 1
+    return out
+
+
+def unverified_chain(verified: VerifiedLog, trusted: Trusted) -> str | None:
+    """Why nothing on the log can be trusted, or None: the book's decisions are signed and not one of them
+    verified (no trusted keys, or none of the keys that signed them). Then the chain never began for this reader,
+    so even an unsigned decision appended after the signed ones counts as "before the chain": what the log
+    records cannot be told from a forgery, and a reader must not take its configuration from it."""
+    keys = signing_keys(verified)
+    if verified.began or not keys:
+        return None
+    named = ", ".join(f"key {key_id} on {count}" for key_id, count in sorted(keys.items(), key=lambda kv: -kv[1]))
+    why = "no --trusted-keys was given" if not trusted else f"no trusted key ({', '.join(sorted(trusted))}) signed one"
+    return f"the book's decisions are signed ({named}) and {why}: none of them is verified"
 
 
 @dataclass

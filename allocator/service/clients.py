@@ -111,19 +111,27 @@ class DecisionFeed:
         """The next decisions. A record that is not a decision is skipped, kept in `skipped` (as a dead letter
         naming its position and why) and handed to `on_skip`: one bad record never stops an executor."""
         out: list[Decision] = []
+        for record, checked in self.poll_checked(timeout_s):
+            if isinstance(checked, Rejection):
+                self._reject(record, checked)
+            else:
+                out.append(checked)
+        return out
+
+    def poll_checked(self, timeout_s: float = 0.2) -> list[tuple[Record, Decision | Rejection]]:
+        """The next records from `start` on, each with what verification made of it: its decision, or why it
+        does not verify. `poll` keeps the decisions; `allocator tail decisions --trusted-keys` shows both."""
+        out: list[tuple[Record, Decision | Rejection]] = []
         for record in self.log.poll(max_records=500, timeout_s=timeout_s):
             checked = self.verifier.check(record)
             if isinstance(checked, Decision) and checked.cycle in self._cycles:
                 detail = f"cycle {checked.cycle} was already decided"
                 checked = Rejection(DUPLICATE, record.topic, record.partition, record.offset, detail,
-                                    checked.decision_id, checked.cycle)  # fmt: skip
-            if isinstance(checked, Rejection):
-                if record.offset >= self.start.get(record.topic_partition, 0):
-                    self._reject(record, checked)
-                continue
-            self._cycles.add(checked.cycle)
+                                    checked.decision_id, checked.cycle, checked.key_id)  # fmt: skip
+            if isinstance(checked, Decision):
+                self._cycles.add(checked.cycle)
             if record.offset >= self.start.get(record.topic_partition, 0):
-                out.append(checked)
+                out.append((record, checked))
         return out
 
     def _reject(self, record: Record, rejection: Rejection) -> None:

@@ -27,6 +27,7 @@ from schemas.events import (
     Event,
     Fill,
     GovernorEvent,
+    GovernorState,
     InputPosition,
     Proposal,
 )
@@ -292,7 +293,9 @@ def build_request(
             for tp, offset in sorted(inputs.items(), key=lambda kv: (kv[0].topic, kv[0].partition))
         ),
         resolved_markets=frozenset(book.resolved),
-        received_at={p.proposal_id: book.received[p.proposal_id] for p in pending if p.proposal_id in book.received},
+        received_at={
+            key: at for p in pending if (at := book.received.get(key := (p.agent_id, p.proposal_id))) is not None
+        },
     )
 
 
@@ -486,7 +489,10 @@ def replay_steps(
             trust_fills=written in FILLS_UNCHECKED,
         )
         prepare_cycle(state)
-        if d.decision_id in halts:  # the cycle failed live and was decided on the halted book: so here too
+        # The cycle failed live and was decided on the halted book: so here too. The governor topic is not
+        # signed, so a halt event counts only for a decision that records a book not ACTIVE (a verified decision
+        # says so): a forged one cannot stop a book whose decisions went on (rules.md §11.3).
+        if d.decision_id in halts and d.governor_state is not GovernorState.ACTIVE:
             halt_after_failure(state, d.cycle, RuntimeError(halts[d.decision_id]))
         folded = yield state, d
         seen[d.cycle] = folded

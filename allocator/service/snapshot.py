@@ -22,7 +22,7 @@ from allocator.engine.validation import (
 from book.config import MAX_AMOUNT, MAX_PENDING, AllocatorConfig, ConfigError
 from book.portfolio import Portfolio, Position, Repeat, classify_repeat
 from governors.rules import book_state, drawdown, failure_pause_triggered, failure_rate, kill_switch_triggered
-from schemas.events import Decision, Reason, ReasonCode, Side
+from schemas.events import Decision, ProposalKey, Reason, ReasonCode, Side
 
 TOP_LEVEL_KEYS = frozenset(
     {
@@ -94,7 +94,9 @@ def _position(i: int, raw: Any) -> Position:
 
 def _scenarios(raw: Any, has_positions: bool) -> SuppliedScenarios:
     if not isinstance(raw, Mapping) or not isinstance(raw.get("returns"), Mapping):
-        raise SnapshotError('scenarios: must be an object with "returns": {proposal_id: [returns]}')
+        raise SnapshotError(
+            'scenarios: must be an object with "returns": {proposal_id or "agent_id/proposal_id": [returns]}'
+        )
     extra = sorted(set(raw) - {"returns", "book_losses"})
     if extra:
         raise SnapshotError(f"scenarios: unknown key(s) {', '.join(extra)}")
@@ -215,10 +217,11 @@ def parse_snapshot(data: Any, decision_id: str) -> CycleRequest:
 
 def _without_repeats(items: Iterable[tuple[Submitted, Any]]) -> list[Submitted]:
     """The duplicate rule of rules.md §2 over a file's proposals, comparing repeats by their JSON content."""
-    seen: dict[str, Hashable] = {}
+    seen: dict[ProposalKey, Hashable] = {}
     out: list[Submitted] = []
     for submitted, raw in items:
-        repeat = classify_repeat(seen, submitted.proposal_id, json.dumps(raw, sort_keys=True, default=str))
+        key = (submitted.agent_id, submitted.proposal_id)
+        repeat = classify_repeat(seen, key, json.dumps(raw, sort_keys=True, default=str))
         if repeat is Repeat.NEW:
             out.append(submitted)
         elif repeat is Repeat.CONFLICT:

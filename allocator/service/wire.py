@@ -124,19 +124,20 @@ def _typed(line: int, name: str, value: Any, kind: str) -> str | None:
 FILL_TYPES: dict[str, str] = {
     "fill_id": "str", "decision_id": "str", "proposal_id": "str", "market_id": "str", "side": "side",
     "requested_size": "float", "filled_size": "float", "price": "float", "fee": "float", "status": "status",
-    "reason": "str?", "time": "int",
+    "reason": "str?", "time": "int", "agent_id": "str?",
 }  # fmt: skip
 
 
 def fills_from(records: list[tuple[int, Any]], now_ms: int) -> list[Fill]:
-    """Fills from JSON objects (`time` filled with `now_ms` when absent, `reason` with null); types checked."""
+    """Fills from JSON objects (`time` filled with `now_ms` when absent, `reason` and `agent_id` with null); types
+    checked. `agent_id` is the allocation's agent (rules.md §2.2): needed where two agents share a proposal id."""
     problems: list[str] = []
     out: list[Fill] = []
     for line, raw in records:
         if not isinstance(raw, dict):
             problems.append(f"line {line}: a fill must be a JSON object, got {type(raw).__name__}")
             continue
-        raw = {"time": now_ms, "reason": None, **raw}
+        raw = {"time": now_ms, "reason": None, "agent_id": None, **raw}
         found = [f"line {line}: {name}: is not a field of Fill" for name in sorted(set(raw) - set(FILL_TYPES))]
         for name, kind in FILL_TYPES.items():
             if name not in raw:
@@ -148,7 +149,7 @@ def fills_from(records: list[tuple[int, Any]], now_ms: int) -> list[Fill]:
             continue
         fill = Fill(raw["fill_id"], raw["decision_id"], raw["proposal_id"], raw["market_id"], Side(raw["side"]),
                     float(raw["requested_size"]), float(raw["filled_size"]), float(raw["price"]), float(raw["fee"]),
-                    FillStatus(raw["status"]), raw["reason"], int(raw["time"]))  # fmt: skip
+                    FillStatus(raw["status"]), raw["reason"], int(raw["time"]), raw["agent_id"])  # fmt: skip
         out.append(fill)
     if problems:
         raise WireError(problems)

@@ -264,15 +264,17 @@ def book_json(state: BookState) -> dict[str, Any]:
             ],
             "marks": dict(sorted(book.marks.items())),
             "resolved_markets": sorted(book.resolved),
+            # Proposal ids in this log are one per agent and never shared, so the recorded summary names them alone
+            # (it was written before ids were keyed by agent, rules.md §2.2).
             "reservations": [
-                dataclasses.asdict(r) | {"side": r.side.value}
+                {k: v for k, v in dataclasses.asdict(r).items() if k != "agent_id"} | {"side": r.side.value}
                 for r in sorted(book.reservations.values(), key=lambda r: (r.decision_id, r.proposal_id))
             ],
             "pending_proposals": [
                 {"proposal_id": p.proposal_id, "requested_size": p.requested_size} for p in book.pending.values()
             ],
-            "conflicting_resends": sorted(book.conflicts),
-            "seen_proposal_ids": sorted(book.seen),
+            "conflicting_resends": sorted(pid for _, pid in book.conflicts),
+            "seen_proposal_ids": sorted(pid for _, pid in book.seen),
             "config_in_force": book.config.to_mapping(),
             "governor_limits": dataclasses.asdict(book.limits),
             "governor": {
