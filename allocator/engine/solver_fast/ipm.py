@@ -369,6 +369,21 @@ def _evaluate(
 
 # ------------------------------------------------------------------------------------------------ the IPM
 
+
+@dataclass(frozen=True)
+class _Point:
+    """An IPM iterate as the search uses it: its dual point in problem units (μ, raw weights over the IPM's
+    scenarios, row prices on upper and lower limits), its sizes, objective and relative duality gap."""
+
+    price: float
+    raw: FloatArray
+    row_hi: FloatArray
+    row_lo: FloatArray
+    sizes: FloatArray
+    estimate: float
+    gap: float
+
+
 # A Newton direction: dx, dt, du, and per constraint block the slack and dual steps.
 _Direction = tuple[FloatArray, float, FloatArray, list[FloatArray], list[FloatArray]]
 
@@ -432,6 +447,9 @@ class _Ipm:
                 self.row_of.append((r, -1, norm))
         n, m, count = columns.shape[0], len(limits), scenarios.shape[0]
         self.rows_t: FloatArray = np.ascontiguousarray(np.array(pieces).T) if m else np.zeros((n, 0))
+        self.row_index = np.array([r for r, _, _ in self.row_of], dtype=np.int64)
+        self.row_side = np.array([side for _, side, _ in self.row_of], dtype=np.int64)
+        self.row_norm = np.array([norm for _, _, norm in self.row_of], dtype=np.float64)
         self.b: FloatArray = np.array(limits, dtype=np.float64)
         # The start: x at `start_share` of its box, t at the k-th worst loss there, excesses 1 above the losses.
         share = settings.start_share
@@ -479,30 +497,36 @@ class _Ipm:
         p, d = self.primal_objective(), self.dual_objective()
         return abs(p - d) / (1.0 + abs(p))
 
-    def dual_point(self) -> tuple[float, FloatArray, FloatArray, FloatArray]:
-        """(μ, raw weights over the subset's scenarios, row prices on upper and lower limits) in problem units."""
+    def point(self) -> _Point:
         price = max(self.mu, 0.0) * self.c_scale / self.l_scale
+        value = np.maximum(self.y_rows, 0.0) * self.c_scale / self.row_norm
+        upper_side = self.row_side > 0
         row_hi = np.zeros(self.rows_count)
         row_lo = np.zeros(self.rows_count)
-        for j, (r, side, norm) in enumerate(self.row_of):
-            value = max(float(self.y_rows[j]), 0.0) * self.c_scale / norm
-            if side > 0:
-                row_hi[r] += value
-            else:
-                row_lo[r] += value
-        return price, np.maximum(self.v, 0.0), row_hi, row_lo
-
-    def sizes(self) -> FloatArray:
+        np.add.at(row_hi, self.row_index[upper_side], value[upper_side])
+        np.add.at(row_lo, self.row_index[~upper_side], value[~upper_side])
         sizes = np.zeros(self.problem.n)
         sizes[self.columns] = np.clip(self.x, 0.0, 1.0) * self.problem.upper[self.columns]
-        return sizes
+        return _Point(
+            price=price,
+            raw=np.maximum(self.v, 0.0),
+            row_hi=row_hi,
+            row_lo=row_lo,
+            sizes=sizes,
+            estimate=self.primal_objective() * self.c_scale,
+            gap=self.relative_gap(),
+        )
 
     # -------------------------------------------------------------------------------------- one iteration
 
     def step(self) -> tuple[float, float]:
         """One predictor-corrector iteration; returns the largest primal and dual residual it started from
         (relative to the scaled data). Raises _Breakdown if the normal matrix cannot be factorised or the step
-        degenerates (the iterate is then left as it was)."""
+        is not finite (the iterate is then left as it was)."""
+        with np.errstate(all="ignore"):
+            return self._step()
+
+    def _step(self) -> tuple[float, float]:
         k, n, count = self.k, self.x.shape[0], self.u.shape[0]
         returns_t, rows_t = self.returns_t, self.rows_t
         ax = self.x @ returns_t
@@ -620,7 +644,8 @@ class _Ipm:
         ap, ad = step_lengths(ds, dl)
         share = self.settings.step_share
         ap, ad = min(1.0, share * ap), min(1.0, share * ad)
-        if not (math.isfinite(ap) and math.isfinite(ad) and ap > 0.0 and ad > 0.0):
+        finite = math.isfinite(dt) and all(bool(np.all(np.isfinite(part))) for part in (dx, du, *ds, *dl))
+        if not (finite and math.isfinite(ap) and math.isfinite(ad) and ap > 0.0 and ad > 0.0):
             raise _Breakdown("step")
         self.x = self.x + ap * dx
         self.t = self.t + ap * dt
@@ -884,25 +909,24 @@ class _Search:
             columns, scenarios = grown
         return self.result()
 
-    def close(self, ipm: _Ipm, search: bool) -> tuple[FloatArray, FloatArray] | None:
-        """Certify an IPM's iterate: its own row prices, then HiGHS's, then (if `search`) the μ search; (reduced
-        costs, the inner LP's optimal sizes) at the IPM's μ, or None if the budget stopped it."""
-        price, raw, row_hi, row_lo = ipm.dual_point()
+    def close(self, point: _Point, scenarios: IntArray, search: bool) -> tuple[FloatArray, FloatArray] | None:
+        """Certify an iterate: its own row prices, then HiGHS's, then (if `search`) the μ search; (reduced
+        costs, the inner LP's optimal sizes) at its μ, or None if the budget stopped it."""
         weights = np.zeros(self.problem.scenario_count)
-        weights[ipm.scenarios] = project_weights(raw, self.k)
+        weights[scenarios] = project_weights(point.raw, self.k)
         terms = self.terms(weights)
-        if terms is None or self.certify(price, weights, terms, row_hi, row_lo) is None:
+        if terms is None or self.certify(point.price, weights, terms, point.row_hi, point.row_lo) is None:
             return None
-        priced = self.reprice(price, weights, terms)
+        priced = self.reprice(point.price, weights, terms)
         if priced is None:
             return None
         if search:
-            self.tune_price(price, weights, terms)
+            self.tune_price(point.price, weights, terms)
         return priced[1], priced[2]
 
     def round(self, columns: IntArray, scenarios: IntArray) -> tuple[IntArray, IntArray] | None:
-        """One IPM over the subsets, certified at its end; the grown subsets if the iterate showed candidates or
-        scenarios missing, None when done (converged, out of budget, or stuck)."""
+        """One IPM over the subsets, its best iterate certified; the grown subsets if that iterate showed
+        candidates or scenarios missing, None when done (converged, out of budget, or stuck)."""
         problem, settings, budget = self.problem, self.settings, self.budget
         total = problem.scenario_count
         setup = settings.setup_work + _cells(
@@ -913,13 +937,15 @@ class _Search:
         ipm = _Ipm(problem, self.rows, columns, scenarios, settings)
         budget.charge(setup)
         self.columns, self.scenarios = int(columns.size), int(scenarios.size)
-        stop = self.iterate(ipm, settings.round_tolerance)
-        self.estimate = ipm.primal_objective() * ipm.c_scale
+        stop, point = self.iterate(ipm, settings.round_tolerance, None)
+        if point is None:
+            return None
+        self.estimate = point.estimate
         # The μ search pays where the subsets are not yet the whole problem, or the IPM was stopped short.
         whole = columns.size == self.fundable and scenarios.size == total
-        closed = self.close(ipm, search=not (whole and stop is _Stop.REACHED))
+        closed = self.close(point, scenarios, search=not (whole and stop is _Stop.REACHED))
         # A stalled or broken IPM still shows what is missing if it got close; out of work or far off, stop.
-        usable = stop is _Stop.REACHED or (stop is not _Stop.OUT and ipm.relative_gap() <= settings.stall_gap)
+        usable = stop is _Stop.REACHED or (stop is not _Stop.OUT and point.gap <= settings.stall_gap)
         if not usable or closed is None:
             return None
         reduced, favoured = closed
@@ -937,8 +963,7 @@ class _Search:
             cost = _cells(float(total) * (columns.size + 2), settings)
             if not budget.allows(cost):
                 return None
-            sizes = ipm.sizes()
-            losses = problem.book_losses - problem.returns[:, columns] @ sizes[columns]
+            losses = problem.book_losses - problem.returns[:, columns] @ point.sizes[columns]
             budget.charge(cost)
             take = min(total, math.ceil(settings.tail_margin * self.k))
             worst = np.argpartition(-losses, take - 1)[:take]
@@ -947,38 +972,43 @@ class _Search:
             new_scenarios = worst[~known[worst]].astype(np.int64)
         if outside.size == 0 and new_scenarios.size == 0:
             # Nothing missing: the subset LP is the LP. Finish this IPM to the final tolerance.
-            self.converged = self.iterate(ipm, settings.tolerance) is _Stop.REACHED
-            self.estimate = ipm.primal_objective() * ipm.c_scale
-            self.close(ipm, search=not self.converged)
+            stop, final = self.iterate(ipm, settings.tolerance, point)
+            self.converged = stop is _Stop.REACHED
+            if final is not None and final is not point:
+                self.estimate = final.estimate
+                self.close(final, scenarios, search=not self.converged)
             return None
         return (
             np.union1d(columns, outside).astype(np.int64),
             np.union1d(scenarios, new_scenarios).astype(np.int64),
         )
 
-    def iterate(self, ipm: _Ipm, tolerance: float) -> _Stop:
+    def iterate(self, ipm: _Ipm, tolerance: float, best: _Point | None) -> tuple[_Stop, _Point | None]:
         """IPM iterations until the relative duality gap is at most `tolerance` (and the residuals at most
-        `residual_tolerance`), or until something else stops them."""
+        `residual_tolerance`), or until something else stops them; why, and the iterate with the smallest gap
+        (`best` if none beat it: late iterates can wander)."""
         settings, budget = self.settings, self.budget
         cost = _iteration_work(ipm.columns.size, ipm.scenarios.size, ipm.b.shape[0], settings)
-        # Always leave enough to certify the last iterate with its own prices.
+        # Always leave enough to certify an iterate with its own prices.
         n = self.problem.n
         reserve = _cells(2.0 * ipm.scenarios.size * n + 10.0 * n + 4.0 * self.rows.matrix.nnz, settings)
-        best_gap = math.inf
+        best_gap = math.inf if best is None else best.gap
         stalled = 0
         while self.iterations < settings.max_iterations:
             if not budget.allows(cost + reserve):
-                return _Stop.OUT
+                return _Stop.OUT, best
             try:
                 primal, dual = ipm.step()
             except _Breakdown:
                 budget.charge(cost)
-                return _Stop.BROKEN
+                return _Stop.BROKEN, best
             budget.charge(cost)
             self.iterations += 1
             gap = ipm.relative_gap()
+            if best is None or gap < best.gap:
+                best = ipm.point()
             if gap <= tolerance and max(primal, dual) <= settings.residual_tolerance:
-                return _Stop.REACHED
+                return _Stop.REACHED, best
             # Near the end rounding makes the gap wander instead of shrinking: once below `stall_gap`, stop after
             # `stall_iterations` iterations that do not halve the best gap.
             if gap < 0.5 * best_gap:
@@ -986,8 +1016,8 @@ class _Search:
             elif best_gap < settings.stall_gap:
                 stalled += 1
                 if stalled >= settings.stall_iterations:
-                    return _Stop.STALLED
-        return _Stop.OUT
+                    return _Stop.STALLED, best
+        return _Stop.OUT, best
 
 
 def _first_columns(
