@@ -74,7 +74,7 @@ class BoundSettings:
 
     # Interior-point iterations in all (over every round), the step's share of the way to the boundary, and how
     # many iterations without halving a duality gap below `stall_gap` count as a stall.
-    max_iterations: int = 80
+    max_iterations: int = 150
     step_share: float = 0.995
     # Where the IPM starts each size (a share of its upper bound; 0.5, the box's middle, took ~15% more
     # iterations on the benchmark instances).
@@ -109,9 +109,10 @@ class BoundSettings:
     # seven timings per size at |J| 20-350, |Q| 750-5000 with other work on the machine): an IPM iteration
     # costs a fixed part (~150 numpy calls), `step_passes` passes over the |J|x|Q| scenario block, the
     # symmetric rank update (|Q|·|J|²/2 multiply-adds) and the Cholesky factorisation (|J|³/3); building an
-    # IPM a fixed part and `setup_passes` passes (a gather from the scenario matrix); any other pass over scenarios or
-    # candidates the cells it touches.
-    iteration_work: float = 70.0
+    # IPM a fixed part and `setup_passes` passes (a gather from the scenario matrix); a call that sets up or
+    # evaluates a bound a fixed part (`call_work`, a quarter of it for an evaluation) plus the cells it touches.
+    iteration_work: float = 90.0
+    call_work: float = 20.0
     step_passes: float = 4.0
     setup_work: float = 100.0
     setup_passes: float = 8.0
@@ -313,6 +314,31 @@ def _weight_terms(problem: AllocationProblem, weights: FloatArray) -> _WeightTer
     return _WeightTerms(block.T @ w, np.abs(block).T @ w, float(w @ losses), float(w @ np.abs(losses)))
 
 
+@dataclass(frozen=True)
+class _Fixed:
+    """What every evaluation of one problem's bound shares: the tie-broken values, the sizes' upper ends with
+    `check`'s tolerance, the CVaR limit with it, and the rows' transposes."""
+
+    values: FloatArray
+    upper: FloatArray
+    below: float
+    budget: float
+    matrix_t: sp.csr_matrix
+    abs_matrix_t: sp.csr_matrix
+
+
+def _fixed(problem: AllocationProblem, rows: LinearRows) -> _Fixed:
+    limit = effective_cvar_bound(problem)
+    return _Fixed(
+        values=tie_break_values(problem),
+        upper=problem.upper + _slack(problem.upper),
+        below=DEFAULT_TOLERANCE.slack(0.0),
+        budget=limit + DEFAULT_TOLERANCE.slack(limit),
+        matrix_t=sp.csr_matrix(rows.matrix.T),
+        abs_matrix_t=sp.csr_matrix(abs(rows.matrix).T),
+    )
+
+
 def lagrangian_value(
     problem: AllocationProblem,
     rows: LinearRows,
@@ -330,39 +356,35 @@ def lagrangian_value(
     of `ROUNDING_MARGIN` times the sum of the absolute values involved. Rows whose limit is infinite take no
     price. O(n·|support of w|).
     """
-    return _evaluate(problem, rows, price, _weight_terms(problem, weights), row_hi, row_lo)
+    terms = _weight_terms(problem, weights)
+    return _evaluate(_fixed(problem, rows), rows, price, terms, row_hi, row_lo)
 
 
 def _evaluate(
-    problem: AllocationProblem,
+    fixed: _Fixed,
     rows: LinearRows,
     price: float,
     terms: _WeightTerms,
     row_hi: FloatArray,
     row_lo: FloatArray,
 ) -> tuple[float, FloatArray]:
-    """`lagrangian_value` with the weights' terms already computed: O(n + nonzeros of the rows)."""
+    """`lagrangian_value` with the problem's fixed parts and the weights' terms computed: O(n + nonzeros)."""
     mu = max(float(price), 0.0)
-    values = tie_break_values(problem)
     y_hi = np.where(np.isfinite(rows.hi), np.maximum(row_hi, 0.0), 0.0)
     y_lo = np.where(np.isfinite(rows.lo), np.maximum(row_lo, 0.0), 0.0)
-    reduced: FloatArray = values + mu * terms.rho - rows.matrix.T @ (y_hi - y_lo)
-    upper = problem.upper + _slack(problem.upper)
-    below = DEFAULT_TOLERANCE.slack(0.0)
-    box = np.maximum(reduced * upper, -reduced * below)
+    reduced: FloatArray = fixed.values + mu * terms.rho - fixed.matrix_t @ (y_hi - y_lo)
+    box = np.maximum(reduced * fixed.upper, -reduced * fixed.below)
     hi = np.where(y_hi > 0.0, rows.hi + rows.hi_tol, 0.0)
     lo = np.where(y_lo > 0.0, rows.lo - rows.lo_tol, 0.0)
-    limit = effective_cvar_bound(problem)
-    budget = limit + DEFAULT_TOLERANCE.slack(limit)
-    total = float(box.sum()) + float(y_hi @ hi) - float(y_lo @ lo) + mu * (budget - terms.book)
+    total = float(box.sum()) + float(y_hi @ hi) - float(y_lo @ lo) + mu * (fixed.budget - terms.book)
     magnitude = (
         float(np.abs(box).sum())
-        + float(np.abs(values) @ upper)
-        + mu * float(terms.rho_abs @ upper)
-        + float((abs(rows.matrix).T @ (y_hi + y_lo)) @ upper)
+        + float(np.abs(fixed.values) @ fixed.upper)
+        + mu * float(terms.rho_abs @ fixed.upper)
+        + float((fixed.abs_matrix_t @ (y_hi + y_lo)) @ fixed.upper)
         + float(y_hi @ np.abs(hi))
         + float(y_lo @ np.abs(lo))
-        + mu * (abs(budget) + terms.book_abs)
+        + mu * (abs(fixed.budget) + terms.book_abs)
     )
     return total + ROUNDING_MARGIN * magnitude, reduced
 
@@ -758,7 +780,10 @@ class _Search:
         self.start_used = budget.used
         self.k = tail_count(problem.cvar_alpha, problem.scenario_count)
         self.rows = linear_rows(problem)
-        budget.charge(_cells(4.0 * problem.n + problem.group_count + problem.market_count, settings))
+        self.fixed = _fixed(problem, self.rows)
+        # The rows, the tie-broken values and the book's CVaR (a sort): ~40 units at n=1000, S=5000.
+        cells = 4.0 * problem.n + problem.group_count + problem.market_count + 4.0 * problem.scenario_count
+        budget.charge(settings.call_work + _cells(cells, settings))
         total = problem.scenario_count
         self.value = math.inf
         self.price = 0.0
@@ -788,10 +813,10 @@ class _Search:
     ) -> tuple[float, FloatArray] | None:
         """Evaluate the bound at a dual point and keep it if it is the best: (value, reduced costs), or None if
         the budget does not allow the evaluation."""
-        cost = _cells(8.0 * self.problem.n + 4.0 * self.rows.matrix.nnz, self.settings)
+        cost = self.settings.call_work / 4.0 + _cells(8.0 * self.problem.n + 4.0 * self.rows.matrix.nnz, self.settings)
         if not self.budget.allows(cost):
             return None
-        value, reduced = _evaluate(self.problem, self.rows, price, terms, row_hi, row_lo)
+        value, reduced = _evaluate(self.fixed, self.rows, price, terms, row_hi, row_lo)
         self.budget.charge(cost)
         if value < self.value:
             self.value, self.price, self.weights, self.row_prices = value, price, weights, (row_hi, row_lo)
