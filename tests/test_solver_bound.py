@@ -233,7 +233,8 @@ def test_work_is_charged_and_a_small_budget_gives_a_weaker_bound() -> None:
         assert result.bound >= full.bound * (1.0 - 1e-12)
         # The scenario-free bound comes first, so a short budget is never worse than it.
         assert result.bound <= free * (1.0 + 1e-6)
-    assert math.isinf(bound_of(problem, work=0).bound)
+    nothing = bound_of(problem, work=0)
+    assert math.isinf(nothing.bound) and nothing.work == 0
 
 
 # ---------------------------------------------------------------------------------------------- degenerate

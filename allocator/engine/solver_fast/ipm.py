@@ -781,9 +781,12 @@ class _Search:
         self.k = tail_count(problem.cvar_alpha, problem.scenario_count)
         self.rows = linear_rows(problem)
         self.fixed = _fixed(problem, self.rows)
-        # The rows, the tie-broken values and the book's CVaR (a sort): ~40 units at n=1000, S=5000.
+        # The rows, the tie-broken values and the book's CVaR (a sort): ~40 units at n=1000, S=5000. Without them
+        # nothing can be certified: a budget too small for them leaves the bound at +inf.
         cells = 4.0 * problem.n + problem.group_count + problem.market_count + 4.0 * problem.scenario_count
-        budget.charge(settings.call_work + _cells(cells, settings))
+        self.started = budget.allows(settings.call_work + _cells(cells, settings))
+        if self.started:
+            budget.charge(settings.call_work + _cells(cells, settings))
         total = problem.scenario_count
         self.value = math.inf
         self.price = 0.0
@@ -833,7 +836,7 @@ class _Search:
         self.budget.charge(cost)
         if self.inner is None:
             self.inner = _InnerLp(self.problem, self.rows, self.budget)
-        solved = self.inner.solve(tie_break_values(self.problem) + price * terms.rho, self.budget)
+        solved = self.inner.solve(self.fixed.values + price * terms.rho, self.budget)
         if solved is None:
             return None
         row_hi, row_lo, sizes = solved
@@ -885,6 +888,8 @@ class _Search:
         fundable = np.flatnonzero(problem.upper > 0.0).astype(np.int64)
         self.fundable = int(fundable.size)
         uniform = _WeightTerms(np.zeros(n), np.zeros(n), 0.0, 0.0)
+        if not self.started:
+            return self.result()
         if fundable.size == 0:
             # Nothing can be funded: μ = 0 and no row prices bound the optimum by the tolerances alone.
             self.certify(0.0, self.weights, uniform, *self.row_prices)
