@@ -97,6 +97,10 @@ class FastSettings:
     greedy_cells_factor: float = 5.0
     # Share of the work budget kept for the final exact re-optimisation of the best funded set.
     polish_share: float = 0.05
+    # rules.md §4.8 (`solver_revision`): 1 is the solver before the key existed, kept bit for bit for the decisions
+    # already on logs (every field above keeps the value it had then); 2 replaces the local search by
+    # search.py's LP-ranked roundings and seeded starts.
+    revision: int = 2
 
 
 DEFAULT_SETTINGS = FastSettings()

@@ -64,6 +64,7 @@ def solve_fast(
     time_limit_s: float = DEFAULT_TIME_LIMIT_S,
     settings: FastSettings = DEFAULT_SETTINGS,
     work_limit: int = DEFAULT_WORK_LIMIT,
+    seed: int = 0,
 ) -> Solution:
     """Maximise Σ value·size under every constraint of rules.md §4 within `work_limit` units of deterministic
     work (see `Budget`), with `time_limit_s` seconds of wall clock as a safety net only.
@@ -78,12 +79,43 @@ def solve_fast(
     tripped); otherwise the best allocation with its proven gap (NaN if no bound was reached): MIP_TIME_LIMIT,
     or PRIORITY_FALLBACK when nothing beat the priority greedy — `work_limited` or `time_limited` says which
     limit stopped it.
+
+    `settings.revision` picks the algorithm (rules.md §4.8, `solver_revision`): revision 1 is the solver the
+    decisions written before the key existed were made by, kept bit for bit; revision 2 will seed its starts with
+    `seed` (the decision's seed). Revision 1 ignores `seed`.
     """
+    if settings.revision not in (1, 2):
+        raise ValueError(f"solver revision {settings.revision}: this release runs revisions 1 and 2")
     with single_threaded_blas():
-        return _solve(problem, time_limit_s, settings, work_limit)
+        return _solve(problem, time_limit_s, settings, work_limit, seed)
 
 
-def _solve(problem: AllocationProblem, time_limit_s: float, settings: FastSettings, work_limit: int) -> Solution:
+def _revision_2_bound(problem: AllocationProblem, clock: Budget) -> float:
+    """The place for a certified bound of revision 2's own, `(problem, budget) -> float` (a tighter one is being
+    written in allocator/engine/solver_fast/ipm.py): it is called once the root LP's bounds are in, with the stage
+    budget; the driver keeps the smaller of it and the bounds it has. None yet: +inf, no work spent. Whatever it
+    spends or returns shapes revision 2's decisions, so once decisions of revision 2 are on logs a new bound goes
+    into a revision 3 (book/config.py, `solver_revision`), never into 2."""
+    return math.inf
+
+
+def _search_stage(
+    model: _Model,
+    starts: list[FloatArray],
+    root_x: FloatArray | None,
+    sink: _Sink,
+    settings: FastSettings,
+    clock: Budget,
+    seed: int,
+) -> None:
+    """What follows the LP (rules.md §4.8): revision 1's local search; revision 2 runs it too until its own
+    search lands."""
+    _local_search(model, starts, root_x, sink, settings, clock)
+
+
+def _solve(
+    problem: AllocationProblem, time_limit_s: float, settings: FastSettings, work_limit: int, seed: int
+) -> Solution:
     # The safety net stops stages at a slightly earlier deadline: the wrap-up (a last check, an interrupted
     # HiGHS call returning) then still ends inside the caller's limit.
     reserve = settings.reserve_share * time_limit_s + 2 * settings.check_seconds_per_cell * _cells(problem)
@@ -157,9 +189,11 @@ def _solve(problem: AllocationProblem, time_limit_s: float, settings: FastSettin
     # predicted to fit (small n·S) it comes first and the local search only uses what it leaves; elsewhere the
     # local search comes first, and the MIP runs only if its whole predicted root still fits after it.
     searchable = model is not None and settings.local_search_trials > 0
+    if settings.revision >= 2 and not clock.expired():
+        bound = min(bound, _revision_2_bound(problem, clock))
     if searchable and not mip_first and not _closed(bound, best, settings) and not clock.expired():
         assert model is not None
-        _local_search(model, _starts(best, greedy, columns), root_x, sink, settings, clock)
+        _search_stage(model, _starts(best, greedy, columns), root_x, sink, settings, clock, seed)
     mip_worth_it = clock.allows(max(mip_share, predicted_root))
     if (
         model is not None
@@ -194,7 +228,7 @@ def _solve(problem: AllocationProblem, time_limit_s: float, settings: FastSettin
         nodes = mip.nodes
     if searchable and mip_first and not _closed(bound, best, settings) and not clock.expired():
         assert model is not None
-        _local_search(model, _starts(best, greedy, columns), root_x, sink, settings, clock)
+        _search_stage(model, _starts(best, greedy, columns), root_x, sink, settings, clock, seed)
 
     if model is not None:
         rows = len(model.scenarios)
