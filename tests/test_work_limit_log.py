@@ -14,10 +14,15 @@ from typing import Any
 
 import pytest
 
+from allocator.service.audit import audit_log
+from allocator.service.sequencer import read_decisions
+from book.config import AllocatorConfig
 from cli.main import main
 from eventlog.embedded import EmbeddedEventLog
+from schemas.codec import SingleObjectCodec
+from schemas.events import SolverPath
 from tests.golden.common import read_all, records_digest
-from tests.golden.make_work_limit_log import FACTS_NAME, HERE, LOG_NAME, PREFIX, TOPICS
+from tests.golden.make_work_limit_log import CONFIG_VALUES, FACTS_NAME, HERE, LOG_NAME, PREFIX, SEED, TOPICS, run
 
 
 def _facts() -> dict[str, Any]:
@@ -57,3 +62,17 @@ def test_allocator_audit_re_derives_every_work_limited_decision(
     assert [(f["decision_id"], f["solver_path"], f["verdict"]) for f in report["findings"]] == [
         (d["decision_id"], "MIP_WORK_LIMIT", "MATCH") for d in facts["decisions"]
     ]
+
+
+def test_a_log_written_by_revision_2_audits_too(tmp_path: Path) -> None:
+    """The same session written by today's solver (revision 2, recorded on the log): every decision re-derives."""
+    path = tmp_path / "revision-2.sqlite"
+    config = AllocatorConfig.from_mapping(CONFIG_VALUES)
+    assert config.solver_revision == 2
+    run(path, config, SEED, lambda _: None)
+    with EmbeddedEventLog(path) as reader:
+        decisions = [d for _, d in read_decisions(reader, SingleObjectCodec(), TOPICS)]
+        report = audit_log(reader, SingleObjectCodec(), TOPICS)
+    assert decisions[0].config is not None and json.loads(decisions[0].config)["solver_revision"] == 2
+    assert [f.verdict for f in report.findings] == ["MATCH"] * len(decisions)
+    assert {d.solver_path for d in decisions} == {SolverPath.MIP_WORK_LIMIT}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -42,6 +43,7 @@ from allocator.engine.solver_fast.heuristics import (
 from allocator.engine.solver_fast.incumbents import _Best, _Embed, _Sink, _snap
 from allocator.engine.solver_fast.mip import _Mip
 from allocator.engine.solver_fast.model import _LpStatus, _Model, restrict
+from allocator.engine.solver_fast.search import search
 
 # The fast solver: scenario-generation LP/MIP in highspy, primal heuristics, a deterministic work budget (budget.py)
 # with the wall clock only as a safety net.
@@ -81,11 +83,19 @@ def solve_fast(
     limit stopped it.
 
     `settings.revision` picks the algorithm (rules.md §4.8, `solver_revision`): revision 1 is the solver the
-    decisions written before the key existed were made by, kept bit for bit; revision 2 will seed its starts with
-    `seed` (the decision's seed). Revision 1 ignores `seed`.
+    decisions written before the key existed were made by, kept bit for bit; revision 2 runs `search.search`
+    (LP-ranked roundings and starts seeded with `seed`, the decision's seed) where revision 1 runs its local
+    search. Revision 1 ignores `seed`.
     """
     if settings.revision not in (1, 2):
         raise ValueError(f"solver revision {settings.revision}: this release runs revisions 1 and 2")
+    if settings.revision >= 2:
+        settings = dataclasses.replace(
+            settings,
+            tail_margin=settings.revision_2_tail_margin,
+            search_tail_margin=settings.revision_2_search_tail_margin,
+            polish_share=settings.revision_2_polish_share,
+        )
     with single_threaded_blas():
         return _solve(problem, time_limit_s, settings, work_limit, seed)
 
@@ -108,9 +118,11 @@ def _search_stage(
     clock: Budget,
     seed: int,
 ) -> None:
-    """What follows the LP (rules.md §4.8): revision 1's local search; revision 2 runs it too until its own
-    search lands."""
-    _local_search(model, starts, root_x, sink, settings, clock)
+    """What follows the LP: revision 1's local search, or revision 2's search (rules.md §4.8)."""
+    if settings.revision >= 2:
+        search(model, starts, root_x, sink, settings, clock, seed)
+    else:
+        _local_search(model, starts, root_x, sink, settings, clock)
 
 
 def _solve(
@@ -124,7 +136,7 @@ def _solve(
     clock = budget.capped(work_limit * (1.0 - settings.polish_share))
     n = problem.n
     best = _Best(problem)
-    pass_work = settings.greedy_cells_factor * cells_cost(float(_cells(problem)), settings)
+    pass_work = _pass_work(problem, settings)
     greedy = [greedy_sizes(problem, priority_order(problem))]
     clock.charge(pass_work)
     best.offer(greedy[0], SolverPath.PRIORITY_FALLBACK)
@@ -235,6 +247,16 @@ def _solve(
     # The re-optimised funded set is no longer the priority greedy's allocation, whatever it started from.
     _polish(problem, best.sizes, settings, budget, best, SolverPath.MIP_TIME_LIMIT)
     return _finish(problem, best, bound, budget, settings, nodes=nodes, rounds=rounds, rows=rows)
+
+
+def _pass_work(problem: AllocationProblem, settings: FastSettings) -> float:
+    """The work of one greedy pass. Revision 1 counts its n·S cells (`greedy_cells_factor` times over); revision 2
+    a part per candidate (the pass's Python loop) and one per scenario it touches, fitted to the passes' time at
+    N=100..1000, S=2000..5000 at the LP stages' rate of work: within 10% of revision 1's count at N=100, S=2000,
+    40% below it at N=1000, S=5000, where revision 1 overcharged and so ran one pass fewer than its time allows."""
+    if settings.revision >= 2:
+        return problem.n * (settings.greedy_candidate_work + problem.scenario_count * settings.greedy_scenario_work)
+    return settings.greedy_cells_factor * cells_cost(float(_cells(problem)), settings)
 
 
 def _starts(best: _Best, greedy: list[FloatArray], columns: IntArray) -> list[FloatArray]:
