@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -105,8 +105,24 @@ def busy_cores() -> Iterator[None]:
             worker.join(timeout=30.0)
 
 
-def _same(a: CycleRequest, first: Decision) -> bool:
-    return replace(run_cycle(a).decision, solve_ms=0.0) == replace(first, solve_ms=0.0)
+def _rerun(request: CycleRequest, first: Decision) -> tuple[bool, bool]:
+    """A second run of the decision: whether it is identical (solve_ms aside), and whether the wall-clock safety
+    net stopped it (the one machine-dependent outcome, rules.md §4.8)."""
+    outcome = run_cycle(request)
+    tripped = outcome.solution is not None and outcome.solution.time_limited
+    return replace(outcome.decision, solve_ms=0.0) == replace(first, solve_ms=0.0), tripped
+
+
+@dataclass
+class _Cell:
+    """One revision's decisions in one cell."""
+
+    times: list[float] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)
+    paths: Counter[str] = field(default_factory=Counter)
+    same: int = 0
+    same_loaded: int = 0
+    tripped_loaded: int = 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -131,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--revisions",
         default=f"{defaults.solver_revision},1",
-        help=f"comma-separated solver_revision values, one block each (default {defaults.solver_revision},1)",
+        help=f"comma-separated solver_revision values (default {defaults.solver_revision},1), run interleaved",
     )
     parser.add_argument("--no-load", action="store_true", help="skip the third run with every core kept busy")
     args = parser.parse_args(argv)
@@ -140,45 +156,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     silence_highs_banner()
     header = (
         f"{'rev':>3} {'N':>5} {'S':>5} | {'median':>8} {'p95':>8} {'max':>8} | {'paths':<12} {'median gap':>10} "
-        f"{'max gap':>9} | {'same':>5} {'loaded':>6}"
+        f"{'max gap':>9} | {'same':>5} {'loaded':>13}"
     )
     rows = [header, "-" * len(header)]
-    for revision in revisions:
-        for n, s in cells:
-            times: list[float] = []
-            gaps: list[float] = []
-            paths: Counter[str] = Counter()
-            same = same_loaded = 0
-            for i in range(args.instances):
-                req = request(n, s, 1_000 + i, args.time_limit_ms, args.work_limit)
-                req = replace(req, config=req.config.replace(solver_revision=revision))
+    short = {"MIP_OPTIMAL": "O", "MIP_WORK_LIMIT": "W", "MIP_TIME_LIMIT": "T", "PRIORITY_FALLBACK": "F"}
+    for n, s in cells:
+        # The revisions take turns on each instance, so a change in the machine's other load touches both alike.
+        results = {revision: _Cell() for revision in revisions}
+        for i in range(args.instances):
+            base = request(n, s, 1_000 + i, args.time_limit_ms, args.work_limit)
+            for revision in revisions:
+                req = replace(base, config=base.config.replace(solver_revision=revision))
+                cell = results[revision]
                 started = time.perf_counter()
                 decision = run_cycle(req).decision
-                times.append(time.perf_counter() - started)
-                same += _same(req, decision)
+                cell.times.append(time.perf_counter() - started)
+                cell.same += _rerun(req, decision)[0]
                 if not args.no_load:
                     with busy_cores():
-                        same_loaded += _same(req, decision)
-                paths[decision.solver_path.value] += 1
-                gaps.append(decision.gap if decision.gap is not None else float("nan"))
-                print(f"\rrevision {revision} {n}x{s}: {i + 1}/{args.instances}", end="", file=sys.stderr, flush=True)
-            print(file=sys.stderr)
-            finite = [g for g in gaps if g == g]
-            short = {"MIP_OPTIMAL": "O", "MIP_WORK_LIMIT": "W", "MIP_TIME_LIMIT": "T", "PRIORITY_FALLBACK": "F"}
-            mix = "/".join(f"{c}{short[p]}" for p, c in sorted(paths.items()))
+                        same, tripped = _rerun(req, decision)
+                    cell.same_loaded += same
+                    cell.tripped_loaded += tripped
+                cell.paths[decision.solver_path.value] += 1
+                cell.gaps.append(decision.gap if decision.gap is not None else float("nan"))
+            print(f"\r{n}x{s}: {i + 1}/{args.instances}", end="", file=sys.stderr, flush=True)
+        print(file=sys.stderr)
+        for revision, cell in results.items():
+            finite = [g for g in cell.gaps if g == g]
+            mix = "/".join(f"{c}{short[p]}" for p, c in sorted(cell.paths.items()))
             median_gap = statistics.median(finite) if finite else float("nan")
             max_gap = max(finite) if finite else float("nan")
-            loaded = "-" if args.no_load else f"{same_loaded}/{args.instances}"
+            loaded = "-" if args.no_load else f"{cell.same_loaded}/{args.instances}"
+            if cell.tripped_loaded:
+                loaded += f" ({cell.tripped_loaded} net)"
             rows.append(
-                f"{revision:>3} {n:>5} {s:>5} | {statistics.median(times) * 1000:>6.0f}ms "
-                f"{np.percentile(times, 95) * 1000:>6.0f}ms {max(times) * 1000:>6.0f}ms | {mix:<12} "
-                f"{median_gap:>10.1e} {max_gap:>9.1e} | {same:>2}/{args.instances} {loaded:>6}"
+                f"{revision:>3} {n:>5} {s:>5} | {statistics.median(cell.times) * 1000:>6.0f}ms "
+                f"{np.percentile(cell.times, 95) * 1000:>6.0f}ms {max(cell.times) * 1000:>6.0f}ms | {mix:<12} "
+                f"{median_gap:>10.1e} {max_gap:>9.1e} | {cell.same:>2}/{args.instances} {loaded:>13}"
             )
     print(
         f"Whole decisions (validation to decision), solver_work_limit={args.work_limit:,}, safety net "
-        f"solver_time_limit_ms={args.time_limit_ms:g}, {args.instances} instances per cell; rev = solver_revision; "
-        "paths O=MIP_OPTIMAL W=MIP_WORK_LIMIT T=MIP_TIME_LIMIT F=PRIORITY_FALLBACK; same = a second run gave an "
-        "identical decision (solve_ms aside); loaded = so did a third with every core kept busy"
+        f"solver_time_limit_ms={args.time_limit_ms:g}, {args.instances} instances per cell; rev = solver_revision "
+        "(the revisions take turns on each instance); paths O=MIP_OPTIMAL W=MIP_WORK_LIMIT T=MIP_TIME_LIMIT "
+        "F=PRIORITY_FALLBACK; same = a second run gave an identical decision (solve_ms aside); loaded = so did a "
+        "third with every core kept busy, '(k net)' = k of those third runs were stopped by the wall-clock safety net"
     )
     print("\n".join(rows))
     return 0
