@@ -9,13 +9,17 @@ Run from the repository root:  python -m benchmarks.bench_decision [--instances 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import random
 import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +28,7 @@ from allocator.engine.highs_banner import silence_highs_banner
 from allocator.engine.request import CycleRequest
 from book.config import AllocatorConfig
 from book.portfolio import Portfolio
-from schemas.events import GovernorState, Proposal, Side
+from schemas.events import Decision, GovernorState, Proposal, Side
 
 CELLS = [(n, s) for n in (20, 100, 200, 1000) for s in (1000, 2000, 5000)]
 AS_OF = 1_790_000_000_000
@@ -75,6 +79,52 @@ def request(
     )
 
 
+def _spin(started: Any) -> None:
+    started.set()
+    while True:
+        pass
+
+
+@contextmanager
+def busy_cores() -> Iterator[None]:
+    """Every core kept busy by a busy-loop process for the duration (the load of a shared machine); always killed."""
+    ctx = multiprocessing.get_context("fork")
+    workers = []
+    try:
+        for _ in range(os.cpu_count() or 2):
+            started = ctx.Event()
+            worker = ctx.Process(target=_spin, args=(started,), daemon=True)
+            worker.start()
+            workers.append(worker)
+            started.wait(timeout=30.0)
+        yield
+    finally:
+        for worker in workers:
+            worker.kill()
+        for worker in workers:
+            worker.join(timeout=30.0)
+
+
+def _rerun(request: CycleRequest, first: Decision) -> tuple[bool, bool]:
+    """A second run of the decision: whether it is identical (solve_ms aside), and whether the wall-clock safety
+    net stopped it (the one machine-dependent outcome, rules.md §4.8)."""
+    outcome = run_cycle(request)
+    tripped = outcome.solution is not None and outcome.solution.time_limited
+    return replace(outcome.decision, solve_ms=0.0) == replace(first, solve_ms=0.0), tripped
+
+
+@dataclass
+class _Cell:
+    """One revision's decisions in one cell."""
+
+    times: list[float] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)
+    paths: Counter[str] = field(default_factory=Counter)
+    same: int = 0
+    same_loaded: int = 0
+    tripped_loaded: int = 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=10, help="instances per cell (default 10)")
@@ -94,43 +144,62 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=defaults.solver_work_limit,
         help=f"solver_work_limit (default {defaults.solver_work_limit:,})",
     )
+    parser.add_argument(
+        "--revisions",
+        default=f"{defaults.solver_revision},1",
+        help=f"comma-separated solver_revision values (default {defaults.solver_revision},1), run interleaved",
+    )
+    parser.add_argument("--no-load", action="store_true", help="skip the third run with every core kept busy")
     args = parser.parse_args(argv)
     cells = [tuple(int(x) for x in c.split("x")) for c in args.cells.split(",")] if args.cells else CELLS
+    revisions = [int(r) for r in args.revisions.split(",")]
     silence_highs_banner()
     header = (
-        f"{'N':>5} {'S':>5} | {'median':>8} {'p95':>8} {'max':>8} | {'paths':<12} {'median gap':>10} {'max gap':>9}"
-        f" | {'same':>5}"
+        f"{'rev':>3} {'N':>5} {'S':>5} | {'median':>8} {'p95':>8} {'max':>8} | {'paths':<12} {'median gap':>10} "
+        f"{'max gap':>9} | {'same':>5} {'loaded':>13}"
     )
     rows = [header, "-" * len(header)]
+    short = {"MIP_OPTIMAL": "O", "MIP_WORK_LIMIT": "W", "MIP_TIME_LIMIT": "T", "PRIORITY_FALLBACK": "F"}
     for n, s in cells:
-        times: list[float] = []
-        gaps: list[float] = []
-        paths: Counter[str] = Counter()
-        same = 0
+        # The revisions take turns on each instance, so a change in the machine's other load touches both alike.
+        results = {revision: _Cell() for revision in revisions}
         for i in range(args.instances):
-            req = request(n, s, 1_000 + i, args.time_limit_ms, args.work_limit)
-            started = time.perf_counter()
-            decision = run_cycle(req).decision
-            times.append(time.perf_counter() - started)
-            again = run_cycle(req).decision
-            same += replace(again, solve_ms=0.0) == replace(decision, solve_ms=0.0)
-            paths[decision.solver_path.value] += 1
-            gaps.append(decision.gap if decision.gap is not None else float("nan"))
+            base = request(n, s, 1_000 + i, args.time_limit_ms, args.work_limit)
+            for revision in revisions:
+                req = replace(base, config=base.config.replace(solver_revision=revision))
+                cell = results[revision]
+                started = time.perf_counter()
+                decision = run_cycle(req).decision
+                cell.times.append(time.perf_counter() - started)
+                cell.same += _rerun(req, decision)[0]
+                if not args.no_load:
+                    with busy_cores():
+                        same, tripped = _rerun(req, decision)
+                    cell.same_loaded += same
+                    cell.tripped_loaded += tripped
+                cell.paths[decision.solver_path.value] += 1
+                cell.gaps.append(decision.gap if decision.gap is not None else float("nan"))
             print(f"\r{n}x{s}: {i + 1}/{args.instances}", end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)
-        finite = [g for g in gaps if g == g]
-        short = {"MIP_OPTIMAL": "O", "MIP_TIME_LIMIT": "T", "PRIORITY_FALLBACK": "F"}
-        mix = "/".join(f"{c}{short[p]}" for p, c in sorted(paths.items()))
-        median_gap = statistics.median(finite) if finite else float("nan")
-        max_gap = max(finite) if finite else float("nan")
-        rows.append(
-            f"{n:>5} {s:>5} | {statistics.median(times) * 1000:>6.0f}ms {np.percentile(times, 95) * 1000:>6.0f}ms "
-            f"{max(times) * 1000:>6.0f}ms | {mix:<12} {median_gap:>10.1e} {max_gap:>9.1e} | {same:>2}/{args.instances}"
-        )
+        for revision, cell in results.items():
+            finite = [g for g in cell.gaps if g == g]
+            mix = "/".join(f"{c}{short[p]}" for p, c in sorted(cell.paths.items()))
+            median_gap = statistics.median(finite) if finite else float("nan")
+            max_gap = max(finite) if finite else float("nan")
+            loaded = "-" if args.no_load else f"{cell.same_loaded}/{args.instances}"
+            if cell.tripped_loaded:
+                loaded += f" ({cell.tripped_loaded} net)"
+            rows.append(
+                f"{revision:>3} {n:>5} {s:>5} | {statistics.median(cell.times) * 1000:>6.0f}ms "
+                f"{np.percentile(cell.times, 95) * 1000:>6.0f}ms {max(cell.times) * 1000:>6.0f}ms | {mix:<12} "
+                f"{median_gap:>10.1e} {max_gap:>9.1e} | {cell.same:>2}/{args.instances} {loaded:>13}"
+            )
     print(
         f"Whole decisions (validation to decision), solver_work_limit={args.work_limit:,}, safety net "
-        f"solver_time_limit_ms={args.time_limit_ms:g}, {args.instances} instances per cell; paths O=MIP_OPTIMAL "
-        "T=MIP_TIME_LIMIT F=PRIORITY_FALLBACK; same = a second run gave an identical decision (solve_ms aside)"
+        f"solver_time_limit_ms={args.time_limit_ms:g}, {args.instances} instances per cell; rev = solver_revision "
+        "(the revisions take turns on each instance); paths O=MIP_OPTIMAL W=MIP_WORK_LIMIT T=MIP_TIME_LIMIT "
+        "F=PRIORITY_FALLBACK; same = a second run gave an identical decision (solve_ms aside); loaded = so did a "
+        "third with every core kept busy, '(k net)' = k of those third runs were stopped by the wall-clock safety net"
     )
     print("\n".join(rows))
     return 0

@@ -1,10 +1,11 @@
-"""Benchmark the fast path (work budget) against the old clock-shaped fast path and the CVXPY + HiGHS reference.
+"""Benchmark the fast path (work budget) against its revision 1, the old clock-shaped path and CVXPY + HiGHS.
 
-Per cell, side by side: the new path (`solve_fast`, default `solver_work_limit`), the old path
-(`benchmarks/legacy_fast.py`, wall-clock budget) and, on the first few instances only (it is slow), HiGHS on the
-straightforward model after `--reference-limit` seconds. Each column gives the median objective ÷ the best
-known for the instance (the best of every run of every solver), the median proven gap, solver time p50/p95,
-and how many instances gave bit-identical sizes on two runs.
+Per cell, side by side: the new path (`solve_fast`, solver revision 2, default `solver_work_limit`), revision 1
+of the same solver (the one decisions written before `solver_revision` existed were made by, same budget), the
+old path (`benchmarks/legacy_fast.py`, wall-clock budget) and, on the first few instances only (it is slow),
+HiGHS on the straightforward model after `--reference-limit` seconds. Each column gives the median objective ÷
+the best known for the instance (the best of every run of every solver), the worst instance's, the median
+proven gap, solver time p50/p95, and how many instances gave bit-identical sizes on two runs.
 
 Run from the repository root:  python -m benchmarks.bench_solve [--quick] [--instances K] [--cells
 100x2000,...] [--reference-instances R]
@@ -23,8 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from allocator.engine.highs_banner import silence_highs_banner
-from allocator.engine.problem import Solution, SolverPath
-from allocator.engine.solver_fast import DEFAULT_TIME_LIMIT_S, solve_fast
+from allocator.engine.problem import AllocationProblem, Solution, SolverPath
+from allocator.engine.solver_fast import DEFAULT_TIME_LIMIT_S, FastSettings, solve_fast
 from allocator.engine.solver_fast.budget import DEFAULT_WORK_LIMIT
 from allocator.engine.solver_reference import solve_reference
 from benchmarks import legacy_fast
@@ -36,6 +37,8 @@ QUICK_CELLS = [(20, 1000), (100, 2000), (1000, 5000)]
 # 1000x5000: still in presolve); elsewhere the table says it was not run.
 DEFAULT_REFERENCE_MAX_CELLS = 200_000
 LEGACY_LIMIT_S = 0.25
+NEW = FastSettings(revision=2)
+REVISION_1 = FastSettings(revision=1)
 
 
 @dataclass
@@ -51,6 +54,7 @@ class CellResult:
     n: int
     scenarios: int
     new: Runs = field(default_factory=Runs)
+    rev1: Runs = field(default_factory=Runs)
     old: Runs = field(default_factory=Runs)
     reference: list[Solution] = field(default_factory=list)
     best: list[float] = field(default_factory=list)  # best known objective per instance
@@ -82,6 +86,14 @@ def _paths(solutions: Sequence[Solution]) -> str:
     return f"{text} ({work}W)" if work else text
 
 
+def _solve(path: str, problem: AllocationProblem, seed: int, work_limit: int) -> Solution:
+    """One solve by the new path (revision 2, seeded like a decision), revision 1 or the old clock-shaped path."""
+    if path == "old":
+        return legacy_fast.solve_fast(problem, time_limit_s=LEGACY_LIMIT_S)
+    settings = NEW if path == "new" else REVISION_1
+    return solve_fast(problem, DEFAULT_TIME_LIMIT_S, settings, work_limit, seed=seed)
+
+
 def run_cell(
     n: int,
     scenario_count: int,
@@ -93,18 +105,20 @@ def run_cell(
 ) -> CellResult:
     result = CellResult(n, scenario_count, reference_skipped=reference_instances == 0)
     for i in range(instances):
-        problem = make_instance(n, scenario_count, seed0 + i)
-        new = solve_fast(problem, time_limit_s=DEFAULT_TIME_LIMIT_S, work_limit=work_limit)
-        new_again = solve_fast(problem, time_limit_s=DEFAULT_TIME_LIMIT_S, work_limit=work_limit)
-        old = legacy_fast.solve_fast(problem, time_limit_s=LEGACY_LIMIT_S)
-        old_again = legacy_fast.solve_fast(problem, time_limit_s=LEGACY_LIMIT_S)
-        result.new.first.append(new)
-        result.new.identical.append(new.sizes.tobytes() == new_again.sizes.tobytes())
-        result.old.first.append(old)
-        result.old.identical.append(old.sizes.tobytes() == old_again.sizes.tobytes())
-        best = max(new.objective, new_again.objective, old.objective, old_again.objective)
+        seed = seed0 + i
+        problem = make_instance(n, scenario_count, seed)
+        runs: list[tuple[Runs, Solution, Solution]] = []
+        for runs_of, path in ((result.new, "new"), (result.rev1, "rev1"), (result.old, "old")):
+            first, again = _solve(path, problem, seed, work_limit), _solve(path, problem, seed, work_limit)
+            runs_of.first.append(first)
+            runs_of.identical.append(first.sizes.tobytes() == again.sizes.tobytes())
+            runs.append((runs_of, first, again))
+        best = max(s.objective for _, first, again in runs for s in (first, again))
+        new, rev1, old = (first for _, first, _ in runs)
         line = f"  {n}x{scenario_count} #{i}: new {new.solve_seconds:.3f}s {new.objective:.2f} work {new.work_used}"
-        line += f" | old {old.solve_seconds:.3f}s {old.objective:.2f}"
+        line += (
+            f" | rev1 {rev1.solve_seconds:.3f}s {rev1.objective:.2f} | old {old.solve_seconds:.3f}s {old.objective:.2f}"
+        )
         if i < reference_instances:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # CVXPY warns on every time-out; the path says it already
@@ -131,14 +145,16 @@ def _column(runs: Runs, best: Sequence[float]) -> str:
 def format_table(results: Sequence[CellResult], work_limit: int, reference_limit: float) -> str:
     sub = f"{'obj/best':>6} {'min':>6} {'gap':>6} {'p50':>6} {'p95':>6} {'paths':>12} {'same':>7}"
     ref = f"{'obj/best':>8} {'gap':>6} {'time':>6} {'k':>2} {'new/ref':>8}"
-    header = f"{'N':>5} {'S':>5} {'k':>3} | {sub} | {sub} | {ref}"
+    header = f"{'N':>5} {'S':>5} {'k':>3} | {sub} | {sub} | {sub} | {ref}"
     title = (
-        f"{'':>15} | {'new: work budget ' + format(work_limit, ','):<56} | "
+        f"{'':>15} | {'new: revision 2, work budget ' + format(work_limit, ','):<56} | "
+        f"{'revision 1, work budget ' + format(work_limit, ','):<56} | "
         f"{'old: wall clock ' + format(LEGACY_LIMIT_S, 'g') + ' s':<56} | HiGHS, full model, {reference_limit:g} s"
     )
     lines = [
-        f"new path: solver_work_limit={work_limit:,} (safety net {DEFAULT_TIME_LIMIT_S:g} s); old path: the "
-        f"clock-shaped fast path ({LEGACY_LIMIT_S:g} s);",
+        f"new path: solver revision 2, solver_work_limit={work_limit:,} (safety net {DEFAULT_TIME_LIMIT_S:g} s); "
+        "revision 1: the same budget, the solver of the decisions written before solver_revision;",
+        f"old path: the clock-shaped fast path ({LEGACY_LIMIT_S:g} s);",
         f"reference: CVXPY + HiGHS on the straightforward model, {reference_limit:g} s, first k instances only.",
         "obj/best = median objective / best known for the instance (best of all runs), min = the worst instance;",
         "gap = median proven relative gap; p50/p95 = solver seconds; paths: O optimal, T time-limited path",
@@ -150,7 +166,7 @@ def format_table(results: Sequence[CellResult], work_limit: int, reference_limit
     ]
     for cell in results:
         row = f"{cell.n:>5} {cell.scenarios:>5} {len(cell.new.first):>3} | {_column(cell.new, cell.best)} | "
-        row += f"{_column(cell.old, cell.best)} | "
+        row += f"{_column(cell.rev1, cell.best)} | {_column(cell.old, cell.best)} | "
         if not cell.reference:
             row += f"{'not run':>29}"
         else:

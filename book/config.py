@@ -31,6 +31,8 @@ class ConfigError(ValueError):
 
 # Far above any useful budget (about 1,000x the default): a guard against a typo'd extra digit or two.
 MAX_SOLVER_WORK_LIMIT = 50_000_000
+# The solver revisions this release can run (rules.md §4.8): 1, the solver before the key existed, and 2.
+MAX_SOLVER_REVISION = 2
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,10 @@ class AllocatorConfig:
     solver_work_limit: int = 32_000
     solver_time_limit_ms: float = 1_000.0
     mip_rel_gap: float = 1e-4
+    # rules.md §4.8: which solver decides. 1 is the solver of the releases before this key existed, and a recorded
+    # configuration without the key ran on it (`from_recorded`); 2 adds LP-ranked and seeded multi-start roundings
+    # to it (allocator/engine/solver_fast/search.py). New books get 2; a book keeps the revision its log records.
+    solver_revision: int = 2
     # rules.md §2: agents allowed to propose; None accepts every agent
     agents: tuple[str, ...] | None = None
     # rules.md §11: the operator keyring, key_id -> raw Ed25519 public key in hex; empty accepts unsigned commands
@@ -160,6 +166,12 @@ class AllocatorConfig:
         return tuple(agents or ())
 
     @classmethod
+    def from_recorded(cls, values: Mapping[str, Any]) -> AllocatorConfig:
+        """A configuration as a decision recorded it: like `from_mapping`, except that a key the recording release
+        did not have takes the value that release ran with (`ABSENT_MEANS`), not today's default."""
+        return cls.from_mapping({**ABSENT_MEANS, **values})
+
+    @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> AllocatorConfig:
         """Defaults overridden by `values`; an unknown key is an error, so a typo never switches a limit off."""
         known = {f.name: f for f in dataclasses.fields(cls)}
@@ -189,13 +201,14 @@ class AllocatorConfig:
     def config_hash(self) -> str:
         """SHA-256 of the canonical JSON of the configuration: decisions record it for the audit.
 
-        A key added after the first release is left out while it holds its default, so a configuration written
-        before the key existed hashes as it always did and old decisions still audit against it."""
-        defaults = _defaults()
+        A key added after the first release is left out while it holds the value every configuration written
+        before it had (its default, or its `ABSENT_MEANS` value), so such a configuration hashes as it always did
+        and old decisions still audit against it."""
+        omitted_at = {**_defaults(), **ABSENT_MEANS}
         hashed = {
             key: value
             for key, value in self.to_mapping().items()
-            if key in FIRST_RELEASE_KEYS or value != defaults[key]
+            if key in FIRST_RELEASE_KEYS or value != omitted_at[key]
         }
         text = json.dumps(hashed, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -220,6 +233,12 @@ FIRST_RELEASE_KEYS = frozenset(
         "mip_rel_gap", "agents",
     }
 )  # fmt: skip
+
+
+# Keys whose absence from a recorded configuration (a decision's `config`) means another value than today's default:
+# the value the releases before the key ran with. `config_hash` also leaves such a key out at that value, so those
+# configurations keep their hashes. A configuration file or a snapshot still gets the default for a missing key.
+ABSENT_MEANS: Mapping[str, Any] = MappingProxyType({"solver_revision": 1})
 
 
 @functools.cache
@@ -333,6 +352,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "tail_dof": (1.0, 1_000.0, False),
     "solver_time_limit_ms": (0.0, 3_600_000.0, True),
     "solver_work_limit": (1, MAX_SOLVER_WORK_LIMIT, False),
+    "solver_revision": (1, MAX_SOLVER_REVISION, False),
     "mip_rel_gap": (0.0, 0.5, True),
     "kill_switch_reset_quorum": (1, 2, False),
     "kill_switch_reset_window_s": (0.0, _DAY_S, True),

@@ -67,10 +67,14 @@ def test_the_hash_of_a_first_release_configuration_never_changes() -> None:
     from book.config import FIRST_RELEASE_KEYS
 
     # The first release's defaults, with solver_time_limit_ms at its old default of 250 ms: the default moved to
-    # 1,000 ms when it became a safety net, which is a different configuration and hashes differently.
-    first_release = AllocatorConfig(solver_time_limit_ms=250.0)
+    # 1,000 ms when it became a safety net, which is a different configuration and hashes differently. Likewise
+    # it ran solver revision 1, which a configuration recorded without `solver_revision` reads as
+    # (`from_recorded`); today's default, revision 2, is a different configuration.
+    first_release = AllocatorConfig(solver_time_limit_ms=250.0, solver_revision=1)
     assert first_release.config_hash == "607540db3e91a9f69234783d877fcb59d72a50716824b5f0d999df0ac5a858dc"
     assert {f.name for f in dataclasses.fields(AllocatorConfig)} >= FIRST_RELEASE_KEYS
+    recorded = {k: v for k, v in first_release.to_mapping().items() if k in FIRST_RELEASE_KEYS}
+    assert AllocatorConfig.from_recorded(recorded).config_hash == first_release.config_hash
 
 
 def test_set_limits_changes_agents_one_agent_key_at_a_time() -> None:

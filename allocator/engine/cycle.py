@@ -95,20 +95,23 @@ def _reason(code: ReasonCode, detail: str | None = None) -> Reason:
     return Reason(code, detail)
 
 
-Solver = Callable[[AllocationProblem, AllocatorConfig], Solution]
-"""(problem, configuration) -> solution; the fast path unless a caller picks another."""
+Solver = Callable[[AllocationProblem, AllocatorConfig, int], Solution]
+"""(problem, configuration, seed) -> solution; the fast path unless a caller picks another. The seed is the
+decision's scenario seed (from its id, recorded on the decision), so a re-run gets the same one."""
 
 
-def default_solver(problem: AllocationProblem, config: AllocatorConfig) -> Solution:
-    """The fast path with the configured work budget (`solver_work_limit`, what shapes the decision), the
-    wall-clock safety net (`solver_time_limit_ms`) and the optimality tolerance (`mip_rel_gap`)."""
+def default_solver(problem: AllocationProblem, config: AllocatorConfig, seed: int = 0) -> Solution:
+    """The fast path of the configured revision (`solver_revision`, rules.md §4.8) with the configured work budget
+    (`solver_work_limit`, what shapes the decision), the wall-clock safety net (`solver_time_limit_ms`) and the
+    optimality tolerance (`mip_rel_gap`); revision 2 seeds its extra starts with `seed`."""
     from allocator.engine.solver_fast import FastSettings, solve_fast
 
     return solve_fast(
         problem,
         time_limit_s=config.solver_time_limit_ms / 1000.0,
-        settings=FastSettings(mip_rel_gap=config.mip_rel_gap),
+        settings=FastSettings(mip_rel_gap=config.mip_rel_gap, revision=config.solver_revision),
         work_limit=config.solver_work_limit,
+        seed=seed,
     )
 
 
@@ -192,7 +195,7 @@ def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutco
     cvar_limit = config.cvar_limit * equity
     book_cvar = cvar(book, config.cvar_alpha)
     problem = _problem(request, sized, returns, book, max(cvar_limit, book_cvar), market_held, group_held)
-    solution = solve(problem, config)
+    solution = solve(problem, config, seed)
     sizes = _snap(solution.sizes, problem)
 
     # 6. Statuses, and for each cut or deferred proposal the constraint that stopped it.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -75,6 +76,12 @@ def _close(a: float, b: float, margin: float = 0.0) -> bool:
 # within that slack, for up to SLACK_LIMITS limits a size can meet, on the scale of the book's equity.
 SAFETY_SLACK_VERSIONS = frozenset({("Decision", 1)})
 SLACK_REL, SLACK_ABS, SLACK_LIMITS = 1e-8, 1e-7, 4
+
+
+# Upcaster of a rule: decisions written with Decision version 1 were all made by solver revision 1 (rules.md §4.8,
+# `solver_revision`). Such a log records no configuration, and the `--config` that stands for it is re-run with
+# the revision it ran with, whatever the file says (a file without the key means today's default).
+SOLVER_REVISION_1_VERSIONS = frozenset({("Decision", 1)})
 
 
 def legacy_margin(recorded: Decision) -> float:
@@ -291,14 +298,12 @@ def _tasks(
             index = index_of[id(recorded)]
             if index >= first:
                 inputs = {TopicPartition(pos.topic, pos.partition): pos.offset for pos in recorded.inputs}
-                record = decisions[index][0]
-                margin = (
-                    legacy_margin(recorded)
-                    if single_object_version(record.value or b"") in SAFETY_SLACK_VERSIONS
-                    else 0.0
-                )
-                yield AuditTask(index, build_request(state, topics, recorded.book_id, inputs, recorded.decision_id),
-                                recorded, margin)  # fmt: skip
+                written = single_object_version(decisions[index][0].value or b"")
+                margin = legacy_margin(recorded) if written in SAFETY_SLACK_VERSIONS else 0.0
+                request = build_request(state, topics, recorded.book_id, inputs, recorded.decision_id)
+                if written in SOLVER_REVISION_1_VERSIONS and request.config.solver_revision != 1:
+                    request = dataclasses.replace(request, config=request.config.replace(solver_revision=1))
+                yield AuditTask(index, request, recorded, margin)
             state, recorded = steps.send(overrides.get(index, recorded))
     except StopIteration:
         return

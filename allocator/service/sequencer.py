@@ -63,8 +63,9 @@ def canonical_config(config: AllocatorConfig) -> str:
 
 
 def config_from_json(text: str) -> AllocatorConfig:
-    """The configuration a decision recorded (validated exactly as a configuration file is)."""
-    return AllocatorConfig.from_mapping(json.loads(text))
+    """The configuration a decision recorded (validated exactly as a configuration file is; a key its release did
+    not have takes the value that release ran with: `AllocatorConfig.from_recorded`)."""
+    return AllocatorConfig.from_recorded(json.loads(text))
 
 
 def adopt_config(state: BookState, text: str) -> AllocatorConfig:
