@@ -26,7 +26,7 @@ import numpy as np
 from allocator.engine.cycle import run_cycle
 from allocator.engine.highs_banner import silence_highs_banner
 from allocator.engine.request import CycleRequest
-from book.config import AllocatorConfig
+from book.config import ABSENT_MEANS, AllocatorConfig
 from book.portfolio import Portfolio
 from schemas.events import Decision, GovernorState, Proposal, Side
 
@@ -166,7 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i in range(args.instances):
             base = request(n, s, 1_000 + i, args.time_limit_ms, args.work_limit)
             for revision in revisions:
-                req = replace(base, config=base.config.replace(solver_revision=revision))
+                # Revision 1 at its own default budget (book/config.py ABSENT_MEANS), as books that recorded it run.
+                own = {**ABSENT_MEANS} if revision == 1 and args.work_limit == defaults.solver_work_limit else {}
+                req = replace(base, config=base.config.replace(**own, solver_revision=revision))
                 cell = results[revision]
                 started = time.perf_counter()
                 decision = run_cycle(req).decision

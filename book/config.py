@@ -74,9 +74,10 @@ class AllocatorConfig:
     tail_dof: float = 4.0
     # rules.md §4: the solver. `solver_work_limit` (deterministic work units, see
     # allocator/engine/solver_fast/budget.py) shapes the decision: calibrated so a whole decision at N=100,
-    # S=2000 takes <= 250 ms on the project's machine. `solver_time_limit_ms` is only a safety net (4x that); its
-    # trip is the one machine-dependent outcome (path MIP_TIME_LIMIT).
-    solver_work_limit: int = 32_000
+    # S=2000 takes <= 250 ms on the project's machine (revision 2: 32,000 for the search, the rest for its certified
+    # bound). `solver_time_limit_ms` is only a safety net (4x that); its trip is the one machine-dependent outcome
+    # (path MIP_TIME_LIMIT).
+    solver_work_limit: int = 50_000
     solver_time_limit_ms: float = 1_000.0
     mip_rel_gap: float = 1e-4
     # rules.md §4.8: which solver decides. 1 is the solver of the releases before this key existed, and a recorded
@@ -236,9 +237,10 @@ FIRST_RELEASE_KEYS = frozenset(
 
 
 # Keys whose absence from a recorded configuration (a decision's `config`) means another value than today's default:
-# the value the releases before the key ran with. `config_hash` also leaves such a key out at that value, so those
-# configurations keep their hashes. A configuration file or a snapshot still gets the default for a missing key.
-ABSENT_MEANS: Mapping[str, Any] = MappingProxyType({"solver_revision": 1})
+# the value the releases before the key (or before its default changed) ran with. `config_hash` also leaves such a
+# key out at that value, so those configurations keep their hashes. A configuration file or a snapshot still gets
+# the default for a missing key. `solver_work_limit` was 32,000 by default until revision 2's bound took a share.
+ABSENT_MEANS: Mapping[str, Any] = MappingProxyType({"solver_revision": 1, "solver_work_limit": 32_000})
 
 
 @functools.cache

@@ -15,7 +15,7 @@ def test_defaults_are_the_spec_numbers() -> None:
     assert (c.position_cap, c.market_cap, c.group_cap, c.kill_switch_drawdown) == (0.02, 0.10, 0.05, 0.15)
     assert (c.failure_rate_limit, c.failure_window, c.failure_min_samples) == (0.30, 50, 20)
     assert (c.cvar_alpha, c.cvar_limit, c.scenario_count, c.solver_time_limit_ms) == (0.95, 0.05, 2000, 1000.0)
-    assert c.solver_work_limit == 32_000
+    assert c.solver_work_limit == 50_000
     from allocator.engine.solver_fast.budget import DEFAULT_TIME_LIMIT_S, DEFAULT_WORK_LIMIT
 
     assert (c.solver_work_limit, c.solver_time_limit_ms) == (DEFAULT_WORK_LIMIT, DEFAULT_TIME_LIMIT_S * 1000.0)
@@ -69,8 +69,9 @@ def test_the_hash_of_a_first_release_configuration_never_changes() -> None:
     # The first release's defaults, with solver_time_limit_ms at its old default of 250 ms: the default moved to
     # 1,000 ms when it became a safety net, which is a different configuration and hashes differently. Likewise
     # it ran solver revision 1, which a configuration recorded without `solver_revision` reads as
-    # (`from_recorded`); today's default, revision 2, is a different configuration.
-    first_release = AllocatorConfig(solver_time_limit_ms=250.0, solver_revision=1)
+    # (`from_recorded`), with the work budget then in force (32,000; `ABSENT_MEANS`); today's defaults, revision 2
+    # and its larger budget, are a different configuration.
+    first_release = AllocatorConfig(solver_time_limit_ms=250.0, solver_revision=1, solver_work_limit=32_000)
     assert first_release.config_hash == "607540db3e91a9f69234783d877fcb59d72a50716824b5f0d999df0ac5a858dc"
     assert {f.name for f in dataclasses.fields(AllocatorConfig)} >= FIRST_RELEASE_KEYS
     recorded = {k: v for k, v in first_release.to_mapping().items() if k in FIRST_RELEASE_KEYS}

@@ -16,11 +16,12 @@ from allocator.engine.problem import Solution, check
 from allocator.engine.solver_fast import FastSettings, solve_fast
 from benchmarks.bench_decision import request
 from benchmarks.instances import make_instance
-from book.config import AllocatorConfig, ConfigError
+from book.config import ABSENT_MEANS, AllocatorConfig, ConfigError
 from tests.golden.record_solver_rev1 import OUT, SAFETY_NET_S
 
 RECORD: dict[str, Any] = json.loads(OUT.read_text(encoding="utf-8"))
 REVISION_1 = FastSettings(revision=1)
+REVISION_1_WORK = ABSENT_MEANS["solver_work_limit"]  # the default budget when the record was made
 
 
 def _digest(solution: Solution) -> dict[str, Any]:
@@ -37,7 +38,9 @@ def _digest(solution: Solution) -> dict[str, Any]:
 def test_revision_1_solves_as_it_did_before_revision_2_existed(case: dict[str, Any]) -> None:
     problem = make_instance(case["n"], case["scenarios"], case["seed"])
     # The seed is revision 2's: revision 1 must not depend on it.
-    solution = solve_fast(problem, time_limit_s=SAFETY_NET_S, settings=REVISION_1, seed=12345)
+    solution = solve_fast(
+        problem, time_limit_s=SAFETY_NET_S, settings=REVISION_1, work_limit=REVISION_1_WORK, seed=12345
+    )
     expected = {k: case[k] for k in ("sizes_sha256", "objective", "work_used", "path", "work_limited")}
     assert _digest(solution) == expected
 
@@ -45,7 +48,7 @@ def test_revision_1_solves_as_it_did_before_revision_2_existed(case: dict[str, A
 @pytest.mark.parametrize("case", RECORD["decisions"], ids=lambda c: f"{c['n']}x{c['scenarios']}-{c['seed']}")
 def test_revision_1_decides_as_it_did_through_run_cycle(case: dict[str, Any]) -> None:
     base = request(case["n"], case["scenarios"], case["seed"], SAFETY_NET_S * 1000.0)
-    revision_1 = dataclasses.replace(base, config=base.config.replace(solver_revision=1))
+    revision_1 = dataclasses.replace(base, config=base.config.replace(**ABSENT_MEANS))  # revision 1, its budget
     solution = run_cycle(revision_1).solution
     assert solution is not None
     expected = {k: case[k] for k in ("sizes_sha256", "objective", "work_used", "path", "work_limited")}

@@ -18,7 +18,7 @@ from allocator.engine.verify import DecisionInvariantError, verify_decision
 from allocator.service.audit_engines import AuditEngine, SequentialEngine
 from allocator.service.chain import Trusted, VerifiedLog, chain_findings, verify_log
 from allocator.service.sequencer import build_request, replay_steps
-from book.config import AllocatorConfig
+from book.config import ABSENT_MEANS, AllocatorConfig
 from eventlog.port import EventLog, Record, TopicPartition, Topics
 from schemas.codec import EventCodec
 from schemas.events import Decision, SolverPath
@@ -79,8 +79,9 @@ SLACK_REL, SLACK_ABS, SLACK_LIMITS = 1e-8, 1e-7, 4
 
 
 # Upcaster of a rule: decisions written with Decision version 1 were all made by solver revision 1 (rules.md §4.8,
-# `solver_revision`). Such a log records no configuration, and the `--config` that stands for it is re-run with
-# the revision it ran with, whatever the file says (a file without the key means today's default).
+# `solver_revision`) with the work budget then in force. Such a log records no configuration, and the `--config`
+# that stands for it is re-run with the values of `ABSENT_MEANS` (book/config.py), whatever the file says (a file
+# without a key means today's default).
 SOLVER_REVISION_1_VERSIONS = frozenset({("Decision", 1)})
 
 
@@ -301,8 +302,8 @@ def _tasks(
                 written = single_object_version(decisions[index][0].value or b"")
                 margin = legacy_margin(recorded) if written in SAFETY_SLACK_VERSIONS else 0.0
                 request = build_request(state, topics, recorded.book_id, inputs, recorded.decision_id)
-                if written in SOLVER_REVISION_1_VERSIONS and request.config.solver_revision != 1:
-                    request = dataclasses.replace(request, config=request.config.replace(solver_revision=1))
+                if written in SOLVER_REVISION_1_VERSIONS:
+                    request = dataclasses.replace(request, config=request.config.replace(**ABSENT_MEANS))
                 yield AuditTask(index, request, recorded, margin)
             state, recorded = steps.send(overrides.get(index, recorded))
     except StopIteration:

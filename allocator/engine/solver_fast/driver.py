@@ -41,6 +41,7 @@ from allocator.engine.solver_fast.heuristics import (
     _polish,
 )
 from allocator.engine.solver_fast.incumbents import _Best, _Embed, _Sink, _snap
+from allocator.engine.solver_fast.ipm import certified_bound
 from allocator.engine.solver_fast.mip import _Mip
 from allocator.engine.solver_fast.model import _LpStatus, _Model, restrict
 from allocator.engine.solver_fast.search import search
@@ -100,13 +101,12 @@ def solve_fast(
         return _solve(problem, time_limit_s, settings, work_limit, seed)
 
 
-def _revision_2_bound(problem: AllocationProblem, clock: Budget) -> float:
-    """The place for a certified bound of revision 2's own, `(problem, budget) -> float` (a tighter one is being
-    written in allocator/engine/solver_fast/ipm.py): it is called once the root LP's bounds are in, with the stage
-    budget; the driver keeps the smaller of it and the bounds it has. None yet: +inf, no work spent. Whatever it
-    spends or returns shapes revision 2's decisions, so once decisions of revision 2 are on logs a new bound goes
-    into a revision 3 (book/config.py, `solver_revision`), never into 2."""
-    return math.inf
+def _revision_2_bound(problem: AllocationProblem, budget: Budget, hint: FloatArray) -> float:
+    """Revision 2's certified bound (ipm.py), run last on what the budget has left (its `bound_share` at least),
+    the allocation decided as its hint; the driver reports the smaller of it and the bounds it has as the gap. It
+    runs after every stage that shapes the allocation, so it changes the reported bound and gap (and a path that
+    closes the gap within `mip_rel_gap`) but never the sizes. Its work counts in `work_used`."""
+    return certified_bound(problem, budget, hint=hint).bound
 
 
 def _search_stage(
@@ -132,8 +132,11 @@ def _solve(
     # HiGHS call returning) then still ends inside the caller's limit.
     reserve = settings.reserve_share * time_limit_s + 2 * settings.check_seconds_per_cell * _cells(problem)
     budget = Budget(work_limit, max(time_limit_s - reserve, 0.0))
+    # Revision 2 keeps `bound_share` of the budget for the certified bound at the end (ipm.py); every stage before
+    # it, the final re-optimisation included, works within the rest as revision 1 works within the whole.
+    search_limit = work_limit - int(settings.bound_share * work_limit) if settings.revision >= 2 else work_limit
     # The final re-optimisation of the best funded set has its own share, so it always runs.
-    clock = budget.capped(work_limit * (1.0 - settings.polish_share))
+    clock = budget.capped(search_limit * (1.0 - settings.polish_share))
     n = problem.n
     best = _Best(problem)
     pass_work = _pass_work(problem, settings)
@@ -165,13 +168,13 @@ def _solve(
     # How many candidates an LP can take within the work budget, predicted from the sizes alone: all of them,
     # or a subset chosen by the greedy allocations.
     per_scenario_set = settings.lp_work_coefficient * problem.scenario_count**1.5
-    affordable = int((settings.lp_budget_share * work_limit / per_scenario_set) ** (1 / 0.8))
+    affordable = int((settings.lp_budget_share * search_limit / per_scenario_set) ** (1 / 0.8))
     columns = np.arange(n, dtype=np.int64)
     if affordable < n:
         worth_it = affordable >= settings.lp_min_columns and not clock.expired()
         columns = _candidate_columns(problem, greedy, affordable) if worth_it else columns[:0]
     # Where the MIP's root is predicted to fit (small n·S) the MIP runs first; elsewhere the local search.
-    mip_share = settings.mip_min_share * work_limit
+    mip_share = settings.mip_min_share * search_limit
     predicted_root = settings.mip_root_factor * per_scenario_set * n**0.8
     mip_first = predicted_root <= mip_share and columns.size == n
     sub = problem if columns.size == n else restrict(problem, columns)
@@ -182,7 +185,7 @@ def _solve(
     if columns.size and not clock.expired():
         model = _Model(sub, settings, clock)
         model.add_tail(model.losses(best.sizes[columns]))
-        cap = clock.capped(settings.lp_cap_share * work_limit)
+        cap = clock.capped(settings.lp_cap_share * search_limit)
         root = model.solve_lp(np.zeros(sub.n), model.x_cap.copy(), clock=cap)
         root_solved = root.status is _LpStatus.OPTIMAL
         root_x = root.x if root_solved else None
@@ -201,8 +204,6 @@ def _solve(
     # predicted to fit (small n·S) it comes first and the local search only uses what it leaves; elsewhere the
     # local search comes first, and the MIP runs only if its whole predicted root still fits after it.
     searchable = model is not None and settings.local_search_trials > 0
-    if settings.revision >= 2 and not clock.expired():
-        bound = min(bound, _revision_2_bound(problem, clock))
     if searchable and not mip_first and not _closed(bound, best, settings) and not clock.expired():
         assert model is not None
         _search_stage(model, _starts(best, greedy, columns), root_x, sink, settings, clock, seed)
@@ -245,7 +246,9 @@ def _solve(
     if model is not None:
         rows = len(model.scenarios)
     # The re-optimised funded set is no longer the priority greedy's allocation, whatever it started from.
-    _polish(problem, best.sizes, settings, budget, best, SolverPath.MIP_TIME_LIMIT)
+    _polish(problem, best.sizes, settings, budget.capped(search_limit - budget.used), best, SolverPath.MIP_TIME_LIMIT)
+    if settings.revision >= 2 and not _closed(bound, best, settings) and not budget.expired():
+        bound = min(bound, _revision_2_bound(problem, budget, best.sizes))
     return _finish(problem, best, bound, budget, settings, nodes=nodes, rounds=rounds, rows=rows)
 
 
