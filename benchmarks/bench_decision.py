@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for revision in revisions:
                 # Revision 1 at its own default budget (book/config.py ABSENT_MEANS), as books that recorded it run.
                 own = {**ABSENT_MEANS} if revision == 1 and args.work_limit == defaults.solver_work_limit else {}
-                req = replace(base, config=base.config.replace(**own, solver_revision=revision))
+                req = replace(base, config=base.config.replace(**{**own, "solver_revision": revision}))
                 cell = results[revision]
                 started = time.perf_counter()
                 decision = run_cycle(req).decision

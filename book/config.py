@@ -74,10 +74,10 @@ class AllocatorConfig:
     tail_dof: float = 4.0
     # rules.md §4: the solver. `solver_work_limit` (deterministic work units, see
     # allocator/engine/solver_fast/budget.py) shapes the decision: calibrated so a whole decision at N=100,
-    # S=2000 takes <= 250 ms on the project's machine (revision 2: 32,000 for the search, the rest for its certified
+    # S=2000 takes <= 250 ms on the project's machine (revision 2: 32,000 for the search, 8,000 for its certified
     # bound). `solver_time_limit_ms` is only a safety net (4x that); its trip is the one machine-dependent outcome
     # (path MIP_TIME_LIMIT).
-    solver_work_limit: int = 50_000
+    solver_work_limit: int = 40_000
     solver_time_limit_ms: float = 1_000.0
     mip_rel_gap: float = 1e-4
     # rules.md §4.8: which solver decides. 1 is the solver of the releases before this key existed, and a recorded

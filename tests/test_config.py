@@ -15,7 +15,7 @@ def test_defaults_are_the_spec_numbers() -> None:
     assert (c.position_cap, c.market_cap, c.group_cap, c.kill_switch_drawdown) == (0.02, 0.10, 0.05, 0.15)
     assert (c.failure_rate_limit, c.failure_window, c.failure_min_samples) == (0.30, 50, 20)
     assert (c.cvar_alpha, c.cvar_limit, c.scenario_count, c.solver_time_limit_ms) == (0.95, 0.05, 2000, 1000.0)
-    assert c.solver_work_limit == 50_000
+    assert c.solver_work_limit == 40_000
     from allocator.engine.solver_fast.budget import DEFAULT_TIME_LIMIT_S, DEFAULT_WORK_LIMIT
 
     assert (c.solver_work_limit, c.solver_time_limit_ms) == (DEFAULT_WORK_LIMIT, DEFAULT_TIME_LIMIT_S * 1000.0)

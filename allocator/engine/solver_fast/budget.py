@@ -18,9 +18,9 @@ _INF = highspy.kHighsInf
 BoolArray = npt.NDArray[np.bool_]
 # The work budget of a decision (config `solver_work_limit`), calibrated so that a whole decision at N=100,
 # S=2000 takes at most 250 ms on the project's 2-core machine (docs/performance.md): for revision 2, 32,000 units
-# for the stages that shape the allocation and `bound_share` (36%) for its certified bound; the wall clock
+# for the stages that shape the allocation and `bound_share` (20%) for its certified bound; the wall clock
 # (`solver_time_limit_ms`) is only a safety net at 4x that.
-DEFAULT_WORK_LIMIT = 50_000
+DEFAULT_WORK_LIMIT = 40_000
 DEFAULT_TIME_LIMIT_S = 1.0
 
 # HiGHS's sub-MIP heuristics (RINS, RENS), restarts and symmetry detection cost 100s of ms per solve on these
@@ -120,7 +120,7 @@ class FastSettings:
     # Revision 2: the last stage, the certified bound of ipm.py (an interior-point solve of the LP relaxation,
     # certified through the Lagrangian bound), gets this share of the work budget besides what the stages before
     # it left; the stages work within the rest. It reaches the LP bound at N <= 200 in ~2,000-17,000 units.
-    bound_share: float = 0.36
+    bound_share: float = 0.2
 
 
 DEFAULT_SETTINGS = FastSettings()
