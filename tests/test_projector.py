@@ -107,6 +107,26 @@ def test_projection_in_small_batches_equals_a_replay(
     assert a["positions"] and a["exposure_by_key"]
 
 
+def test_exposure_by_key_counts_a_fill_for_its_own_agent_s_proposal(database: ProjectionDatabase) -> None:
+    """rules.md §2.2: alpha's and beta's "p1" sit under different correlation keys; a fill naming beta counts under
+    beta's key only, and a fill without an agent id (Fill version 1) counts nowhere while the id is shared."""
+    engine = database.migrate()
+    alpha = replace(proposal(1), correlation_key="k-alpha")
+    beta = replace(proposal(1), agent_id="beta", correlation_key="k-beta")
+    fills = [
+        Fill(
+            "f-beta", "d1", "p1", alpha.market_id, Side.BUY, 100.0, 100.0, 0.5, 0.0, FillStatus.FILLED, None, T, "beta"
+        ),
+        Fill("f-old", "d1", "p1", alpha.market_id, Side.BUY, 50.0, 50.0, 0.5, 0.0, FillStatus.FILLED, None, T),
+    ]
+    records = _records(TOPICS.proposals, 0, [codec.encode(alpha), codec.encode(beta)])
+    records += _records(TOPICS.fills, 0, [codec.encode(f) for f in fills])
+    write_batch(engine, "projector", records, codec, {})
+    with engine.connect() as conn:
+        rows = dict(conn.execute(text("select correlation_key, gross_cost from exposure_by_key")).all())
+    assert rows == {"k-beta": 100.0}
+
+
 def test_a_restarted_projector_resumes_at_its_stored_offsets(tmp_path: Path, database: ProjectionDatabase) -> None:
     db = tmp_path / "log.sqlite"
     _book(db)

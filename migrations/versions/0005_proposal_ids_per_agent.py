@@ -23,7 +23,7 @@ depends_on: str | Sequence[str] | None = None
 # agent used that id — as the allocator counts it only where its decision funded that id for one agent.
 FILL_MATCHES_PROPOSAL = """(f.agent_id = p.agent_id OR (f.agent_id IS NULL AND NOT EXISTS (
     SELECT 1 FROM proposals p2 WHERE p2.proposal_id = f.proposal_id AND p2.agent_id <> p.agent_id)))"""
-EXPOSURE_BY_KEY = f"""
+VIEW = """
 CREATE VIEW exposure_by_key AS
 SELECT p.correlation_key,
        SUM(f.filled_size) AS gross_cost,
@@ -32,27 +32,14 @@ SELECT p.correlation_key,
                          CASE WHEN f.side = 'BUY' THEN lm.mark_price ELSE 1.0 - lm.mark_price END, f.price)
                 ELSE 0 END) AS gross_exposure
 FROM fills f
-JOIN proposals p ON p.proposal_id = f.proposal_id AND {FILL_MATCHES_PROPOSAL}
+JOIN proposals p ON {join}
 LEFT JOIN latest_marks lm ON lm.market_id = f.market_id
 WHERE f.status IN ('FILLED', 'PARTIAL') AND f.filled_size > 0
   AND f.market_id NOT IN (SELECT market_id FROM resolutions)
 GROUP BY p.correlation_key
 """
-PREVIOUS = """
-CREATE VIEW exposure_by_key AS
-SELECT p.correlation_key,
-       SUM(f.filled_size) AS gross_cost,
-       SUM(CASE WHEN f.price > 0 AND f.price < 1
-                THEN f.filled_size / f.price * COALESCE(
-                         CASE WHEN f.side = 'BUY' THEN lm.mark_price ELSE 1.0 - lm.mark_price END, f.price)
-                ELSE 0 END) AS gross_exposure
-FROM fills f
-JOIN proposals p ON p.proposal_id = f.proposal_id
-LEFT JOIN latest_marks lm ON lm.market_id = f.market_id
-WHERE f.status IN ('FILLED', 'PARTIAL') AND f.filled_size > 0
-  AND f.market_id NOT IN (SELECT market_id FROM resolutions)
-GROUP BY p.correlation_key
-"""
+EXPOSURE_BY_KEY = VIEW.format(join=f"p.proposal_id = f.proposal_id AND {FILL_MATCHES_PROPOSAL}")
+PREVIOUS = VIEW.format(join="p.proposal_id = f.proposal_id")  # revision 0004's
 
 
 def upgrade() -> None:
