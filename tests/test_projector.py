@@ -123,8 +123,8 @@ def test_exposure_by_key_counts_a_fill_for_its_own_agent_s_proposal(database: Pr
     records += _records(TOPICS.fills, 0, [codec.encode(f) for f in fills])
     write_batch(engine, "projector", records, codec, {})
     with engine.connect() as conn:
-        rows = dict(conn.execute(text("select correlation_key, gross_cost from exposure_by_key")).all())
-    assert rows == {"k-beta": 100.0}
+        rows = conn.execute(text("select correlation_key, gross_cost from exposure_by_key")).all()
+    assert [tuple(r) for r in rows] == [("k-beta", 100.0)]
 
 
 def test_a_restarted_projector_resumes_at_its_stored_offsets(tmp_path: Path, database: ProjectionDatabase) -> None:
