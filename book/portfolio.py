@@ -361,7 +361,11 @@ class PortfolioState:
                 continue  # a refused proposal: never pending, its id is not the rejection's to settle
             pid = (a.agent_id, a.proposal_id)
             if any(r.code is ReasonCode.DUPLICATE for r in a.reasons):
-                self.conflicts.pop(pid, None)  # the re-send, not the original it conflicts with
+                # The re-send, not the original it conflicts with. A log of an earlier release, when ids were one
+                # namespace for all agents, may reject another agent's proposal of a used id as DUPLICATE: it was
+                # received as a proposal of its own here, and the decision settles it, so it is never decided again.
+                if self.conflicts.pop(pid, None) is None and self.pending.pop(pid, None) is not None:
+                    self.received.pop(pid, None)
                 continue
             if a.status is AllocationStatus.DEFERRED:
                 waiting = self.pending.get(pid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -306,3 +307,19 @@ def test_a_rejected_kill_switch_limit_cannot_keep_a_drawn_down_book_active() -> 
     book.apply(Fill("f2", "d", "p2", "m2", Side.BUY, 1_000.0, 1_000.0, 0.5, 0.0, FillStatus.FILLED, None, T))
     book.apply(PnlMark("m2", 0.0, T))  # 20% down
     assert book.governor.state is GovernorState.HALTED
+
+
+def test_a_decision_of_an_earlier_release_rejecting_another_agent_s_id_as_duplicate_settles_it() -> None:
+    """Before ids were per agent (rules.md §2.2) a second agent's proposal of a used id was REJECTED DUPLICATE. Such
+    a log folds today with that proposal received as its own; the recorded decision settles it, so a restart never
+    decides it again."""
+    book = PortfolioState.new(AllocatorConfig(initial_cash=10_000.0))
+    book.apply(proposal("p"))
+    book.apply(dataclasses.replace(proposal("p", size=2_000.0), agent_id="beta"))
+    assert list(book.pending) == [("alpha", "p"), ("beta", "p")]
+    deferred = Allocation("p", "alpha", "m", Side.BUY, 0.0, 0.0, AllocationStatus.DEFERRED, ())
+    duplicate = Allocation(
+        "p", "beta", "m", Side.BUY, 0.0, 0.0, AllocationStatus.REJECTED, (Reason(ReasonCode.DUPLICATE),)
+    )
+    book.apply(decision(1, deferred, duplicate))
+    assert list(book.pending) == [("alpha", "p")] and list(book.received) == [("alpha", "p")]
