@@ -15,25 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from eventlog.kafka import KafkaEventLog
 from eventlog.kafka_properties import client_config
 from eventlog.port import LogError
+from tests.broker_clients import BOUNDED, LIMIT_S, consume_first, eventually, produce_one
 
 pytestmark = pytest.mark.kafka
 
-# Small enough that a refusal shows in seconds; a probe gives up after PROBE_S whatever happens.
-_BOUNDED: dict[str, Any] = {
-    "socket.timeout.ms": 5_000,
-    "socket.connection.setup.timeout.ms": 5_000,
-    "reconnect.backoff.ms": 200,
-    "reconnect.backoff.max.ms": 1_000,
-    "log_level": 0,
-}
+# A probe gives up after PROBE_S whatever happens.
 PROBE_S = 4.0
-# Nothing here may take longer than this, refusal or not.
-LIMIT_S = 15.0
 
 
 @dataclass
@@ -53,7 +45,7 @@ def _probe(bootstrap: str, properties: dict[str, str]) -> Probe:
 
     seen: list[KafkaError] = []
     start = time.monotonic()
-    config: dict[str, Any] = {**client_config(bootstrap, properties), **_BOUNDED, "error_cb": seen.append}
+    config: dict[str, Any] = {**client_config(bootstrap, properties), **BOUNDED, "error_cb": seen.append}
     admin = AdminClient(config)
     deadline = start + PROBE_S
     # Short asks until an answer, a refused login (reported to error_cb, served by poll) or the deadline.
@@ -106,7 +98,7 @@ def test_a_client_without_credentials_is_refused(kafka_bootstrap: str, kafka_adm
     # SASL_SSL without a user name or password: librdkafka refuses to make the client at all.
     no_login = {k: v for k, v in kafka_admin_properties.items() if k not in ("sasl.username", "sasl.password")}
     with pytest.raises(KafkaException, match=r"sasl\.username and sasl\.password must be set"):
-        Producer({**client_config(kafka_bootstrap, no_login), **_BOUNDED})
+        Producer({**client_config(kafka_bootstrap, no_login), **BOUNDED})
 
 
 @pytest.mark.parametrize("wrong", ["password", "user"])
@@ -126,40 +118,6 @@ def test_a_wrong_login_is_refused_with_an_authentication_error(
     assert all(kafka_admin_properties["sasl.password"] not in str(e) for e in probe.errors)
 
 
-def _produce_one(bootstrap: str, properties: dict[str, str], topic: str) -> KafkaError | None:
-    """Produces one record; the delivery error, or None when the broker stored it."""
-    reports: list[KafkaError | None] = []
-    producer = Producer({**client_config(bootstrap, properties), **_BOUNDED, "message.timeout.ms": 10_000})
-    producer.produce(topic, value=b"x", on_delivery=lambda err, _msg: reports.append(err))
-    assert producer.flush(LIMIT_S) == 0, "no delivery report in time"
-    assert len(reports) == 1
-    return reports[0]
-
-
-def _consume_first(bootstrap: str, properties: dict[str, str], topic: str, group: str) -> Any:
-    """The first message or error event of `topic`, read from the beginning by a subscribed consumer (an assigned one
-    waits silently for a topic it may not describe)."""
-    consumer = Consumer(
-        {
-            **client_config(bootstrap, properties),
-            **_BOUNDED,
-            "group.id": group,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    try:
-        consumer.subscribe([topic])
-        deadline = time.monotonic() + LIMIT_S
-        while time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is not None:
-                return message
-        raise AssertionError(f"neither a record nor an error from {topic} in {LIMIT_S}s")
-    finally:
-        consumer.close()
-
-
 @pytest.fixture
 def grant(kafka_bootstrap: str, kafka_admin_properties: dict[str, str]) -> Iterator[Callable[..., None]]:
     """Adds ALLOW ACLs as the admin, and removes them after the test."""
@@ -173,7 +131,7 @@ def grant(kafka_bootstrap: str, kafka_admin_properties: dict[str, str]) -> Itera
         ResourceType,
     )
 
-    admin = AdminClient({**client_config(kafka_bootstrap, kafka_admin_properties), **_BOUNDED})
+    admin = AdminClient({**client_config(kafka_bootstrap, kafka_admin_properties), **BOUNDED})
     made: list[tuple[Any, ...]] = []
 
     def add(principal: str, resource: str, name: str, operation: str) -> None:
@@ -197,15 +155,6 @@ def grant(kafka_bootstrap: str, kafka_admin_properties: dict[str, str]) -> Itera
             future.result(timeout=LIMIT_S)
 
 
-def _eventually(check: Callable[[], bool], what: str) -> None:
-    """ACLs reach the broker's authorizer a moment after the controller accepts them."""
-    deadline = time.monotonic() + LIMIT_S
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not in {LIMIT_S}s")
-        time.sleep(0.2)
-
-
 def test_a_user_without_acls_may_log_in_but_neither_produce_nor_consume(
     kafka_bootstrap: str,
     make_topic: Callable[..., str],
@@ -219,7 +168,7 @@ def test_a_user_without_acls_may_log_in_but_neither_produce_nor_consume(
     probe = _probe(kafka_bootstrap, user)
     assert probe.answered, f"the new user could not log in: {[str(e) for e in probe.errors]}"
 
-    error = _produce_one(kafka_bootstrap, user, topic)
+    error = produce_one(kafka_bootstrap, user, topic)
     assert error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, error
     # The project's own log adapter says so at once instead of waiting for a topic it cannot see.
     with KafkaEventLog(kafka_bootstrap, config=user, timeout_s=LIMIT_S) as log, pytest.raises(LogError) as caught:
@@ -227,13 +176,13 @@ def test_a_user_without_acls_may_log_in_but_neither_produce_nor_consume(
     assert "not authorized" in str(caught.value)
 
     group = f"test-{uuid.uuid4().hex}"
-    message = _consume_first(kafka_bootstrap, user, topic, group)
+    message = consume_first(kafka_bootstrap, user, topic, group)
     assert message.error() is not None and message.error().code() == KafkaError.GROUP_AUTHORIZATION_FAILED
     # With its consumer group allowed, the topic itself is still refused.
     grant(name, "GROUP", group, "READ")
-    _eventually(
+    eventually(
         lambda: (
-            _consume_first(kafka_bootstrap, user, topic, group).error().code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+            consume_first(kafka_bootstrap, user, topic, group).error().code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
         ),
         "the topic's refusal after the group was allowed",
     )
@@ -241,8 +190,8 @@ def test_a_user_without_acls_may_log_in_but_neither_produce_nor_consume(
     # ACLs are what opens it: WRITE and READ on this one topic, and the same user can.
     grant(name, "TOPIC", topic, "WRITE")
     grant(name, "TOPIC", topic, "READ")
-    _eventually(lambda: _produce_one(kafka_bootstrap, user, topic) is None, "a produce allowed by an ACL")
-    message = _consume_first(kafka_bootstrap, user, topic, group)
+    eventually(lambda: produce_one(kafka_bootstrap, user, topic) is None, "a produce allowed by an ACL")
+    message = consume_first(kafka_bootstrap, user, topic, group)
     assert message.error() is None and message.value() == b"x"
 
 
@@ -250,6 +199,6 @@ def test_the_admin_may_produce_and_consume(
     kafka_bootstrap: str, kafka_admin_properties: dict[str, str], make_topic: Callable[..., str]
 ) -> None:
     topic = make_topic("admin")
-    assert _produce_one(kafka_bootstrap, kafka_admin_properties, topic) is None
-    message = _consume_first(kafka_bootstrap, kafka_admin_properties, topic, f"test-{uuid.uuid4().hex}")
+    assert produce_one(kafka_bootstrap, kafka_admin_properties, topic) is None
+    message = consume_first(kafka_bootstrap, kafka_admin_properties, topic, f"test-{uuid.uuid4().hex}")
     assert message.error() is None and message.value() == b"x"

@@ -3,7 +3,7 @@ on a fresh prefix, and for each role every allowed action works and every forbid
 
 Every client has short socket, request and delivery timeouts and every wait a deadline, so a broker that let a
 client hang fails the test in seconds. ACLs reach the authorizer a moment after they are created: allowed actions
-are retried until a deadline (`_eventually`); refusals need no wait (before the ACLs, everything is refused).
+are retried until a deadline (`eventually`); refusals need no wait (before the ACLs, everything is refused).
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from allocator.service.acl import acl_table, group_prefix
 from allocator.service.loop import transactional_id_of
@@ -32,17 +31,10 @@ from eventlog.kafka_scram import new_password, revoke_scram_user, set_scram_pass
 from eventlog.port import Topics
 from schemas.codec import SingleObjectCodec
 from schemas.events import AllocationStatus, Decision, Proposal, ReasonCode, Side
+from tests.broker_clients import BOUNDED, LIMIT_S, consume_first, eventually, produce_one
 
 pytestmark = pytest.mark.kafka
 
-_BOUNDED: dict[str, Any] = {
-    "socket.timeout.ms": 5_000,
-    "socket.connection.setup.timeout.ms": 5_000,
-    "reconnect.backoff.ms": 200,
-    "reconnect.backoff.max.ms": 1_000,
-    "log_level": 0,
-}
-LIMIT_S = 15.0
 ROLES = ("agent", "executor", "market", "operator", "allocator", "projector", "auditor")
 OTHER_AGENT = "agent2"  # a second agent user, for the per-agent proposals topics (rules.md §11.1)
 BOOK = "main"
@@ -68,42 +60,9 @@ class Book:
         return name
 
 
-def _produce(bootstrap: str, properties: dict[str, str], topic: str, value: bytes = b"x") -> KafkaError | None:
-    """Produces one record; the delivery error, or None when the broker stored it."""
-    reports: list[KafkaError | None] = []
-    producer = Producer({**client_config(bootstrap, properties), **_BOUNDED, "message.timeout.ms": 8_000})
-    producer.produce(topic, value=value, on_delivery=lambda err, _msg: reports.append(err))
-    assert producer.flush(LIMIT_S) == 0, "no delivery report in time"
-    assert len(reports) == 1
-    return reports[0]
-
-
-def _consume(bootstrap: str, properties: dict[str, str], topic: str, group: str) -> Any:
-    """The first message or error event of `topic` for a subscribed consumer of `group`, from the beginning."""
-    consumer = Consumer(
-        {
-            **client_config(bootstrap, properties),
-            **_BOUNDED,
-            "group.id": group,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    try:
-        consumer.subscribe([topic])
-        deadline = time.monotonic() + LIMIT_S
-        while time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is not None:
-                return message
-        raise AssertionError(f"neither a record nor an error from {topic} in {LIMIT_S}s")
-    finally:
-        consumer.close()
-
-
 def _init_transactions(bootstrap: str, properties: dict[str, str], transactional_id: str) -> KafkaError | None:
     producer = Producer(
-        {**client_config(bootstrap, properties), **_BOUNDED, "transactional.id": transactional_id,
+        {**client_config(bootstrap, properties), **BOUNDED, "transactional.id": transactional_id,
          "transaction.timeout.ms": 10_000}
     )  # fmt: skip
     try:
@@ -112,14 +71,6 @@ def _init_transactions(bootstrap: str, properties: dict[str, str], transactional
         error: KafkaError = exc.args[0]
         return error
     return None
-
-
-def _eventually(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + LIMIT_S
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not in {LIMIT_S}s")
-        time.sleep(0.3)
 
 
 def _delete_acls(bootstrap: str, admin: dict[str, str], principals: list[str]) -> None:
@@ -132,7 +83,7 @@ def _delete_acls(bootstrap: str, admin: dict[str, str], principals: list[str]) -
         ResourceType,
     )
 
-    client = AdminClient({**client_config(bootstrap, admin), **_BOUNDED})
+    client = AdminClient({**client_config(bootstrap, admin), **BOUNDED})
     filters = [
         AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, f"User:{name}", None,  # type: ignore[arg-type]
                          AclOperation.ANY, AclPermissionType.ANY)
@@ -211,11 +162,11 @@ def test_each_role_writes_only_its_topics(book: Book, role: str) -> None:
         topic: str = book.topic(what)
 
         def writes(topic: str = topic) -> bool:
-            return _produce(book.bootstrap, props, topic) is None
+            return produce_one(book.bootstrap, props, topic) is None
 
-        _eventually(writes, f"{role} writes {what}")
+        eventually(writes, f"{role} writes {what}")
     for what in sorted(set(ALL) - WRITES[role]):
-        error = _produce(book.bootstrap, props, book.topic(what))
+        error = produce_one(book.bootstrap, props, book.topic(what))
         assert error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, (role, what, error)
 
 
@@ -225,16 +176,16 @@ def test_each_role_reads_only_its_topics(book: Book, role: str) -> None:
     group = _group(book, role)
     # Something to read on every topic (the admin is a super user).
     for what in ALL:
-        assert _produce(book.bootstrap, dict(_admin(book)), book.topic(what), b"seed") is None
+        assert produce_one(book.bootstrap, dict(_admin(book)), book.topic(what), b"seed") is None
     for what in sorted(READS[role]):
         topic: str = book.topic(what)
 
         def reads(topic: str = topic) -> bool:
-            return bool(_consume(book.bootstrap, props, topic, group).error() is None)
+            return bool(consume_first(book.bootstrap, props, topic, group).error() is None)
 
-        _eventually(reads, f"{role} reads {what}")
+        eventually(reads, f"{role} reads {what}")
     for what in sorted(set(ALL) - READS[role]):
-        message = _consume(book.bootstrap, props, book.topic(what), group)
+        message = consume_first(book.bootstrap, props, book.topic(what), group)
         assert message.error() is not None, (role, what)
         expected = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED}
         assert message.error().code() in expected, (role, what, message.error())
@@ -250,7 +201,7 @@ def test_a_reader_may_not_use_another_roles_group(book: Book) -> None:
     # The projector's group prefix is its own: the allocator's group and the executor's are refused to it.
     props = book.users["projector"]
     for group in (_group(book, "allocator"), group_prefix("executor", book.topics, book.name("executor"))):
-        message = _consume(book.bootstrap, props, book.topics.decisions, group)
+        message = consume_first(book.bootstrap, props, book.topics.decisions, group)
         assert message.error() is not None and message.error().code() == KafkaError.GROUP_AUTHORIZATION_FAILED
 
 
@@ -259,7 +210,7 @@ def test_only_the_allocator_may_use_its_transactional_id(book: Book, role: str) 
     transactional_id = transactional_id_of(book.topics, BOOK)
     props = book.users[role]
     if role == "allocator":
-        _eventually(
+        eventually(
             lambda: _init_transactions(book.bootstrap, props, transactional_id) is None, "the allocator's transactions"
         )
         return
@@ -275,7 +226,7 @@ def _propose(book: Book, role: str, proposal: Proposal, tmp_path: Path) -> None:
     file.write_text(json.dumps(raw), encoding="utf-8")
     prefix = ["--kafka", book.bootstrap, "--topic-prefix", book.topics.prefix]
     agent = ["--kafka-config", str(book.files[role])]
-    _eventually(lambda: main(["propose", str(file), *prefix, *agent]) == 0, f"{role} proposes")
+    eventually(lambda: main(["propose", str(file), *prefix, *agent]) == 0, f"{role} proposes")
 
 
 def _serve(book: Book, cycles: int) -> None:
@@ -311,9 +262,9 @@ def test_serve_funds_an_agent_s_own_proposal_and_rejects_one_under_another_agent
     # alpha writes a proposal naming beta: the broker lets it onto alpha's topic only, never onto beta's.
     forged = dataclasses.replace(genuine, proposal_id="roles-2", agent_id=beta, created_at=int(time.time() * 1000))
     data = SingleObjectCodec().encode(forged)
-    refused = _produce(book.bootstrap, book.users["agent"], book.topic("other"), data)
+    refused = produce_one(book.bootstrap, book.users["agent"], book.topic("other"), data)
     assert refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
-    assert _produce(book.bootstrap, book.users["agent"], book.topic("own"), data) is None
+    assert produce_one(book.bootstrap, book.users["agent"], book.topic("own"), data) is None
     _serve(book, 1)
     first = _decisions(book, 1)
     # beta's genuine proposal with the same id, from beta's own topic, is still accepted afterwards.
@@ -344,7 +295,7 @@ def test_the_table_names_only_the_book_s_resources(book: Book) -> None:
 def _logs_in(bootstrap: str, properties: dict[str, str]) -> bool:
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({**client_config(bootstrap, properties), **_BOUNDED})
+    admin = AdminClient({**client_config(bootstrap, properties), **BOUNDED})
     try:
         admin.list_topics(timeout=5)
     except KafkaException:
@@ -365,11 +316,11 @@ def test_acl_user_creates_and_rotates_a_password_never_printed(
         monkeypatch.setenv("ALLOCATOR_NEW_PASSWORD", first)
         assert main(["acl", "user", *kafka, name]) == 0
         old = user_client_properties(kafka_admin_properties, name, first)
-        _eventually(lambda: _logs_in(kafka_bootstrap, old), "the new user logs in")
+        eventually(lambda: _logs_in(kafka_bootstrap, old), "the new user logs in")
         monkeypatch.setenv("ALLOCATOR_NEW_PASSWORD", second)
         assert main(["acl", "user", *kafka, name]) == 0
         new = user_client_properties(kafka_admin_properties, name, second)
-        _eventually(lambda: _logs_in(kafka_bootstrap, new), "the rotated password logs in")
+        eventually(lambda: _logs_in(kafka_bootstrap, new), "the rotated password logs in")
         assert not _logs_in(kafka_bootstrap, old), "the old password still logs in"
         out, err = capsys.readouterr()
         assert first not in out + err and second not in out + err
@@ -397,7 +348,7 @@ def test_acl_user_out_writes_the_principal_s_login_and_nothing_of_the_admin_s(
         assert written["sasl.username"] == name and written["sasl.mechanism"] == "SCRAM-SHA-512"
         assert written["sasl.password"] != kafka_admin_properties["sasl.password"]
         assert written["ssl.ca.location"] == kafka_admin_properties["ssl.ca.location"]
-        _eventually(lambda: _logs_in(kafka_bootstrap, written), "the written login logs in")
+        eventually(lambda: _logs_in(kafka_bootstrap, written), "the written login logs in")
         printed = "".join(capsys.readouterr())
         assert written["sasl.password"] not in printed and str(out) in printed
     finally:
@@ -417,7 +368,7 @@ def test_a_principal_works_as_soon_as_acl_user_and_acl_apply_return(
         assert main(["init", *kafka]) == 0
         assert main(["acl", "user", *kafka[:4], name, "--out", str(out)]) == 0
         assert main(["acl", "apply", *kafka, "--market", name]) == 0
-        assert _produce(kafka_bootstrap, load_client_properties(out), Topics(kafka_prefix).pnl) is None
+        assert produce_one(kafka_bootstrap, load_client_properties(out), Topics(kafka_prefix).pnl) is None
     finally:
         _delete_acls(kafka_bootstrap, kafka_admin_properties, [name])
         revoke_scram_user(kafka_bootstrap, kafka_admin_properties, name)
