@@ -50,7 +50,10 @@ def out_of_bounds(event: Event, known_markets: Container[str]) -> str | None:
             MIN_FILL_PRICE <= event.price <= MAX_FILL_PRICE if moves_money else 0.0 <= event.price <= 1.0
         )
         return _first(
-            *(_text(event, name, MAX_ID_LENGTH) for name in ("fill_id", "decision_id", "proposal_id", "market_id")),
+            *(
+                _text(event, name, MAX_ID_LENGTH)
+                for name in ("fill_id", "decision_id", "proposal_id", "market_id", "agent_id")
+            ),
             _amount(event, "requested_size"),
             _amount(event, "filled_size"),
             None

@@ -117,6 +117,7 @@ BAD_INPUTS: list[tuple[str, object, str]] = [
     ("fills", _fill(fee=INF), "Fill.fee"),
     ("fills", _fill(fee=-1.0), "Fill.fee"),
     ("fills", _fill(market_id="m" * 1_000_000), "Fill.market_id"),
+    ("fills", _fill(agent_id="a" * 1_000_000), "Fill.agent_id"),
     ("fills", _fill(reason="x" * 100_000), "Fill.reason"),
     ("pnl", PnlMark("m1", NAN, T), "PnlMark.mark_price"),
     ("pnl", PnlMark("m1", 1e308, T), "PnlMark.mark_price"),
