@@ -1,10 +1,9 @@
-"""Solver revisions (rules.md §4.8, `solver_revision`): revision 1 stays bit for bit what it was, and a configuration
-recorded without the key is revision 1 whatever today's default."""
+"""Solver revisions (rules.md §4.8, `solver_revision`): each revision stays bit for bit what the release that introduced
+it decided, and a configuration recorded without the key is revision 1 whatever today's default."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import pickle
 from typing import Any
@@ -12,47 +11,54 @@ from typing import Any
 import pytest
 
 from allocator.engine.cycle import run_cycle
-from allocator.engine.problem import Solution, check
+from allocator.engine.problem import check
 from allocator.engine.solver_fast import FastSettings, solve_fast
 from benchmarks.bench_decision import request
 from benchmarks.instances import make_instance
 from book.config import ABSENT_MEANS, AllocatorConfig, ConfigError
-from tests.golden.record_solver_rev1 import OUT, SAFETY_NET_S
+from tests.golden.record_solver import SAFETY_NET_S, WORK_LIMITS, digest, record_path
 
-RECORD: dict[str, Any] = json.loads(OUT.read_text(encoding="utf-8"))
-REVISION_1 = FastSettings(revision=1)
-REVISION_1_WORK = ABSENT_MEANS["solver_work_limit"]  # the default budget when the record was made
-
-
-def _digest(solution: Solution) -> dict[str, Any]:
-    return {
-        "sizes_sha256": hashlib.sha256(solution.sizes.tobytes()).hexdigest(),
-        "objective": solution.objective,
-        "work_used": solution.work_used,
-        "path": solution.path.value,
-        "work_limited": solution.work_limited,
-    }
+RECORDS: dict[int, dict[str, Any]] = {
+    revision: json.loads(record_path(revision).read_text(encoding="utf-8")) for revision in WORK_LIMITS
+}
+FIELDS = ("sizes_sha256", "objective", "work_used", "path", "work_limited")
 
 
-@pytest.mark.parametrize("case", RECORD["solves"], ids=lambda c: f"{c['n']}x{c['scenarios']}-{c['seed']}")
-def test_revision_1_solves_as_it_did_before_revision_2_existed(case: dict[str, Any]) -> None:
+def _cases(kind: str) -> list[Any]:
+    return [
+        pytest.param(revision, case, id=f"rev{revision}-{case['n']}x{case['scenarios']}-{case['seed']}")
+        for revision, record in RECORDS.items()
+        for case in record[kind]
+    ]
+
+
+@pytest.mark.parametrize(("revision", "case"), _cases("solves"))
+def test_each_revision_solves_as_the_release_that_introduced_it(revision: int, case: dict[str, Any]) -> None:
     problem = make_instance(case["n"], case["scenarios"], case["seed"])
-    # The seed is revision 2's: revision 1 must not depend on it.
+    # Revision 2 is seeded with the decision's seed (the instance's here, as recorded); revision 1 must not
+    # depend on it at all.
+    seed = 12345 if revision == 1 else case["seed"]
+    settings = FastSettings(revision=revision)
     solution = solve_fast(
-        problem, time_limit_s=SAFETY_NET_S, settings=REVISION_1, work_limit=REVISION_1_WORK, seed=12345
+        problem, time_limit_s=SAFETY_NET_S, settings=settings, work_limit=WORK_LIMITS[revision], seed=seed
     )
-    expected = {k: case[k] for k in ("sizes_sha256", "objective", "work_used", "path", "work_limited")}
-    assert _digest(solution) == expected
+    assert digest(solution) == {k: case[k] for k in FIELDS}
 
 
-@pytest.mark.parametrize("case", RECORD["decisions"], ids=lambda c: f"{c['n']}x{c['scenarios']}-{c['seed']}")
-def test_revision_1_decides_as_it_did_through_run_cycle(case: dict[str, Any]) -> None:
+@pytest.mark.parametrize(("revision", "case"), _cases("decisions"))
+def test_each_revision_decides_as_it_did_through_run_cycle(revision: int, case: dict[str, Any]) -> None:
     base = request(case["n"], case["scenarios"], case["seed"], SAFETY_NET_S * 1000.0)
-    revision_1 = dataclasses.replace(base, config=base.config.replace(**ABSENT_MEANS))  # revision 1, its budget
-    solution = run_cycle(revision_1).solution
+    if revision == 1:
+        config = base.config.replace(**ABSENT_MEANS)  # what a configuration recorded before the key reads as
+    else:
+        config = base.config.replace(solver_revision=revision, solver_work_limit=WORK_LIMITS[revision])
+    solution = run_cycle(dataclasses.replace(base, config=config)).solution
     assert solution is not None
-    expected = {k: case[k] for k in ("sizes_sha256", "objective", "work_used", "path", "work_limited")}
-    assert _digest(solution) == expected
+    assert digest(solution) == {k: case[k] for k in FIELDS}
+
+
+def test_revision_1_is_what_a_configuration_recorded_before_the_key_reads_as() -> None:
+    assert {"solver_revision": 1, "solver_work_limit": WORK_LIMITS[1]} == ABSENT_MEANS
 
 
 @pytest.mark.parametrize(("n", "scenarios", "seed"), [(20, 1000, 1000), (100, 2000, 1001), (200, 2000, 1002)])
