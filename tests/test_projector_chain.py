@@ -199,3 +199,48 @@ def test_replay_without_the_flag_projects_as_before_and_says_once_that_it_did_no
     replay(plain, topics, f"sqlite:///{tmp_path / 'plain-projection.sqlite'}")
     project(plain, topics, f"sqlite:///{tmp_path / 'plain-live.sqlite'}")
     assert "WARNING" not in capsys.readouterr().err
+
+
+@pytest.mark.kafka
+def test_on_kafka_a_restarted_verifying_projector_skips_a_forgery_and_projects_the_genuine_decisions(
+    kafka_bootstrap: str, kafka_prefix: str, tmp_path: Path, signer: tuple[Path, DecisionSigner]
+) -> None:
+    """The allocator's transactions put commit markers between its decisions: the chain is read back up to the
+    stored offset all the same, and the projector then reads every topic from where it stood."""
+    from allocator.service.loop import group_of
+    from eventlog.kafka import KafkaEventLog
+    from tests.test_chain import service
+
+    folder, key = signer
+    topics = Topics(kafka_prefix)
+
+    def send(topic: str, values: list[bytes], ts: int) -> None:
+        with KafkaEventLog(kafka_bootstrap) as writer:
+            writer.create_topics([topic])
+            for value in values:
+                writer.produce(topic, value, timestamp_ms=ts)
+            writer.flush()
+
+    def decide_on_kafka(first: int) -> Decision:
+        svc = service(KafkaEventLog(kafka_bootstrap, group=group_of(topics, BOOK)), KafkaEventLog(kafka_bootstrap),
+                      topics, ChainSettings(DecisionSigner(key.key)), [])  # fmt: skip
+        try:
+            send(topics.proposals, [codec.encode(proposal(first + i)) for i in range(4)], T + first)
+            return cycle(svc)
+        finally:
+            close(svc)
+
+    url = f"sqlite:///{tmp_path / 'projection.sqlite'}"
+    where = ["--kafka", kafka_bootstrap, "--topic-prefix", kafka_prefix, "--database", url, "--trusted-keys",
+             str(folder)]  # fmt: skip
+    d1 = decide_on_kafka(0)
+    assert main(["project", *where, "--once"]) == 0
+    forged, forged_bytes = forge(topics, d1)
+    send(topics.decisions, [forged_bytes], T + 900)
+    d2 = decide_on_kafka(100)
+    assert main(["project", *where, "--once"]) == 0
+    d3 = decide_on_kafka(200)
+    assert main(["project", *where, "--once"]) == 0
+    assert projected(url) == {d.cycle: (decision_hash(d), key.key_id, d.equity) for d in (d1, d2, d3)}
+    (letter,) = rows(url, tables.dead_letters)
+    assert letter.topic == topics.decisions and f"{FORGED}: decision {forged.decision_id} (cycle 2)" in letter.error
