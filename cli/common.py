@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from allocator.service.chain import ChainSettings, VerifiedLog
     from book.config import AllocatorConfig
     from cli.observe import LogLine, MetricsServer
+    from projections.projector import DecisionChain
     from schemas.codec import EventCodec
 
 
@@ -61,6 +62,28 @@ def _trusted_keys(args: argparse.Namespace) -> dict[str, Ed25519PublicKey]:
         return load_trusted_keys(args.trusted_keys) if args.trusted_keys else {}
     except SigningKeyError as exc:
         raise UsageError(str(exc)) from exc
+
+
+def _projection_chain(
+    args: argparse.Namespace, command: str, codec: EventCodec, say: Callable[[str], None]
+) -> tuple[DecisionChain | None, Callable[[str], None] | None]:
+    """What `project` and `replay` verify decisions with: with --trusted-keys, the chain (the verifier every reader
+    of decisions uses, `ChainVerifier`) on the book's decisions topic; without, nothing, and what says once that a
+    signed decision is projected unverified (docs/security.md)."""
+    from allocator.service.chain import ChainVerifier
+    from eventlog.port import Topics
+    from projections.projector import DecisionChain
+
+    if args.trusted_keys is not None:
+        return DecisionChain(Topics(args.topic_prefix).decisions, ChainVerifier(_trusted_keys(args), codec).check), None
+
+    def unverified(key_id: str) -> None:
+        say(f"allocator {command}: WARNING: the log's decisions are signed (key {key_id}) and are projected "
+            "UNVERIFIED (no --trusted-keys): the tables hold every decision as written, and a forged decision "
+            "projected before the genuine one of its cycle stands in its place; pass --trusted-keys with the "
+            "allocator's public key(s) to project only decisions that verify (docs/security.md)")  # fmt: skip
+
+    return None, unverified
 
 
 def _say_trust(chain: ChainSettings, config: AllocatorConfig, say: LogLine) -> None:

@@ -167,13 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--schema", help="PostgreSQL schema (replay drops and recreates it)")
         _log_options(p, discover=True)
+        p.add_argument(
+            "--trusted-keys",
+            help=f"{TRUSTED_KEYS_HELP}: only those decisions are projected, the others are dead letters naming why "
+            "(default: every decision is projected as written, unverified)",
+        )
         if name == "replay":
             p.add_argument("--batch-size", type=int, default=5_000, help="events per database transaction")
             p.add_argument(
                 "--config",
                 help="a JSON configuration to cross-check against the one the log's verified decisions record",
             )
-            p.add_argument("--trusted-keys", help=TRUSTED_KEYS_HELP)
         else:
             p.add_argument("--once", action="store_true", help="stop when caught up with the log's end (no tailing)")
             _observe_options(p)

@@ -23,6 +23,7 @@ from cli.common import (
     _log_settings,
     _metrics_server,
     _new_secret,
+    _projection_chain,
     _projection_url,
     _projector_setup,
     _topic_prefix,
@@ -103,6 +104,9 @@ def _cmd_project(args: argparse.Namespace) -> int:
 
     settings, topic_names, codec = _projector_setup(args)
     say = _log_line(args, None)
+    chain, on_unverified = _projection_chain(
+        args, "project", codec, lambda line: say.write("warning", line, "trust", {"verified": False})
+    )
     url = _projection_url(args.database or os.environ.get("DATABASE_URL") or DEFAULT_EMBEDDED_DATABASE, settings)
     metrics = ProjectorMetrics()
     server = _metrics_server(args, metrics.registry, metrics.ready)
@@ -113,9 +117,11 @@ def _cmd_project(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
     try:
         with settings.open() as log:
-            projector = Projector(log, engine, codec, topic_names, say=say, metrics=metrics)
+            projector = Projector(log, engine, codec, topic_names, say=say, metrics=metrics, chain=chain,
+                                  on_unverified=on_unverified)  # fmt: skip
             projector.start()
-            say.info(f"allocator project: {settings.describe()} -> {engine.url.render_as_string()}"
+            verifying = f"; decisions verified against {args.trusted_keys}" if chain is not None else ""
+            say.info(f"allocator project: {settings.describe()} -> {engine.url.render_as_string()}{verifying}"
                      + (f"; metrics on port {server.port}" if server else ""), event="start")  # fmt: skip
             ends = log.end_offsets(topic_names) if args.once else None
             new_topics = _AgentTopics(settings, args.topic_prefix, topic_names)
@@ -179,6 +185,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from projections.projector import Projector, ProjectorStats
 
     settings, topic_names, codec = _projector_setup(args)
+    unverified: list[str] = []  # said after the progress bar
+    chain, on_unverified = _projection_chain(args, "replay", codec, unverified.append)
     url = _projection_url(args.database or os.environ.get("DATABASE_URL") or DEFAULT_EMBEDDED_DATABASE, settings)
     target = sqlite_file(url)
     if target is not None and target.exists():
@@ -216,6 +224,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             consumer="projector",
             batch_size=args.batch_size,
             say=lambda line: print(line, file=sys.stderr, flush=True),
+            chain=chain,
+            on_unverified=on_unverified,
         )
 
         def progress(stats: ProjectorStats) -> None:
@@ -235,6 +245,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         progress(projector.stats)  # caught up: every partition at its end, markers included
     elapsed = time.monotonic() - started
     print(file=sys.stderr)
+    for line in unverified:
+        print(line, file=sys.stderr)
     print(f"replayed {projector.stats.records} events into {engine.url.render_as_string()}"
           + (f" schema {args.schema}" if args.schema else "") + f" in {elapsed:.1f} s "
           f"({projector.stats.records / max(elapsed, 1e-9):,.0f} events/s)")  # fmt: skip

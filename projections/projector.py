@@ -4,6 +4,10 @@ An adapter (it touches the log and the database). Each record becomes rows by it
 live projection and a replay from offset 0 write the same rows; positions and exposures are views over them.
 The database, not Kafka, holds the projection's position: on start the projector seeks to the offsets it
 stored, and it stores them only forward (a stale projector's write fails and rolls back).
+
+Given a `DecisionChain` (`allocator project/replay --trusted-keys`), the projector writes a decision's rows only
+when it verifies; one that does not is a dead letter at its position naming it and why (docs/security.md). Without
+one, every decision is projected as written, the log trusted.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Double, Engine, String, Table, bindparam, insert, select, update
 from sqlalchemy.exc import OperationalError
@@ -47,6 +51,27 @@ class StaleProjectorError(RuntimeError):
     """Another projector moved this projection's position: this one's batch was rolled back."""
 
 
+class Refusal(Protocol):
+    """Why a record of the decisions topic does not verify (`allocator.service.chain.Rejection`)."""
+
+    def describe(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class DecisionChain:
+    """The decisions topic and the check of each of its records, in log order: the record's decision when it
+    verifies, else why not. The command line hands in `allocator.service.chain.ChainVerifier.check`, the verifier
+    every reader of decisions uses (the read side cannot import it: it knows nothing of the engine)."""
+
+    topic: str
+    check: Callable[[Record], Decision | Refusal]
+
+
+NOT_VERIFIED = "not projected, the decision does not verify"
+"""How a dead letter for a decision the projector's chain refused begins; the rest is the refusal's `describe()`:
+kind, decision id and cycle, position, why."""
+
+
 # Parents before children, so a reader never sees allocations without their decision.
 TABLE_ORDER = (
     tables.proposals, tables.fills, tables.marks, tables.resolutions, tables.control_commands,
@@ -59,19 +84,32 @@ TABLE_ORDER = (
 Rows = dict[Table, list[Row]]
 
 
-def rows_of(records: Iterable[Record], codec: EventCodec) -> Rows:
-    """The rows the log records become, per table. Undecodable bytes become a dead letter with their position."""
+def rows_of(records: Iterable[Record], codec: EventCodec, chain: DecisionChain | None = None) -> Rows:
+    """The rows the log records become, per table. Undecodable bytes become a dead letter with their position.
+
+    With `chain`, each record of its topic is checked in turn (the chain moves on): one that does not verify
+    becomes a dead letter (`NOT_VERIFIED` and why) instead of decision rows."""
     out: Rows = {table: [] for table in TABLE_ORDER}
     proposals = out[tables.proposals]
     for record in records:
-        try:
-            if record.value is None:
-                raise UndecodableMessage("empty message (no value)")
-            event: Event = codec.decode(record.value, record.topic, record.partition, record.offset)
-        except UndecodableMessage as exc:
-            out[tables.dead_letters].append((record.topic, record.partition, record.offset,
-                                             *dead_letter_fields(exc.reason, record.value)))  # fmt: skip
-            continue
+        event: Event
+        if chain is not None and record.topic == chain.topic:
+            checked = chain.check(record)
+            if not isinstance(checked, Decision):
+                out[tables.dead_letters].append((record.topic, record.partition, record.offset,
+                                                 *dead_letter_fields(f"{NOT_VERIFIED}: {checked.describe()}",
+                                                                     record.value)))  # fmt: skip
+                continue
+            event = checked
+        else:
+            try:
+                if record.value is None:
+                    raise UndecodableMessage("empty message (no value)")
+                event = codec.decode(record.value, record.topic, record.partition, record.offset)
+            except UndecodableMessage as exc:
+                out[tables.dead_letters].append((record.topic, record.partition, record.offset,
+                                                 *dead_letter_fields(exc.reason, record.value)))  # fmt: skip
+                continue
         if isinstance(event, Proposal):  # most of the log: inline
             e = event
             row = (e.proposal_id, e.agent_id, e.strategy_tag, e.market_id, e.side.value, e.price,
@@ -132,6 +170,7 @@ def _checks(table: Table) -> tuple[tuple[int, str, int | None], ...]:
 
 
 _CHECKS = {table: _checks(table) for table in TABLE_ORDER}
+_KEY_ID = written_columns(tables.decisions).index("key_id")
 
 
 def row_problem(table: Table, row: Row) -> str | None:
@@ -226,13 +265,14 @@ class Batch:
     records: int
 
 
-def prepare_batch(records: Sequence[Record], codec: EventCodec) -> Batch:
-    """Decode `records` into rows (no I/O: this half of a batch may run while the previous one is written)."""
+def prepare_batch(records: Sequence[Record], codec: EventCodec, chain: DecisionChain | None = None) -> Batch:
+    """Decode `records` into rows (no I/O: this half of a batch may run while the previous one is written).
+    With `chain`, batches must be prepared in log order: the chain moves on with each decision it checks."""
     moved: dict[tuple[str, int], int] = {}
     for record in records:
         key = (record.topic, record.partition)
         moved[key] = max(moved.get(key, 0), record.offset + 1)
-    return Batch(rows_of(records, codec), moved, len(records))
+    return Batch(rows_of(records, codec, chain), moved, len(records))
 
 
 def store_batch(
@@ -327,8 +367,15 @@ class Projector:
         say: Callable[[str], None] = print,
         sleep: Callable[[float], None] = time.sleep,
         metrics: ProjectorMetrics | None = None,
+        chain: DecisionChain | None = None,
+        on_unverified: Callable[[str], None] | None = None,
     ) -> None:
-        """`metrics`, when given, is told of the start, each batch written (`step`), retries and idle polls."""
+        """`metrics`, when given, is told of the start, each batch written (`step`), retries and idle polls.
+
+        `chain`, when given, verifies every decision before it is projected (`rows_of`); on the first `start` it
+        reads the decisions topic from its start up to the stored offset, so a restarted projector's chain stands
+        where the stored rows left it. Without it, `on_unverified` is told once, with its key id, when a signed
+        decision is projected unverified."""
         self.log = log
         self.engine = engine
         self.codec = codec
@@ -340,15 +387,49 @@ class Projector:
         self.offsets: dict[tuple[str, int], int] = {}
         self.stats = ProjectorStats()
         self.metrics = metrics
+        self.chain = chain
+        self.on_unverified = on_unverified
+        self._chain_resumed = False
+        self._told_unverified = False
 
     def start(self) -> None:
         """Seek every partition to the offset the database stored (the projection's own position)."""
         self.offsets = stored_offsets(self.engine, self.consumer)
+        if self.chain is not None and not self._chain_resumed:
+            self._resume_chain(self.chain)
+            self._chain_resumed = True
         self.log.assign(self.topics)
         for tp in self.log.assignment():
             self.log.seek(tp, self.offsets.get((tp.topic, tp.partition), 0))
         if self.metrics is not None:
             self.metrics.on_start(self.log, self.topics)
+
+    def _resume_chain(self, chain: DecisionChain) -> None:
+        """Check every record of the decisions topic below the stored offsets, in log order, writing nothing: the
+        chain then holds what it held when those offsets were stored (the previous hash, the last cycle, whether
+        it began). It is the log's state, read again as every other reader of the chain does, not a row's: the
+        tables keep the first decision of a cycle only, and may hold rows a projector without a chain wrote."""
+        stored = {(t, p): offset for (t, p), offset in self.offsets.items() if t == chain.topic and offset > 0}
+        if not stored:
+            return
+        present = self.log.end_offsets([chain.topic])
+        upto = {tp: min(stored.get((tp.topic, tp.partition), 0), end) for tp, end in present.items()}
+        self.log.assign([chain.topic])
+        for tp in self.log.assignment():
+            self.log.seek(tp, 0)
+        while any(self.log.position(tp) < upto.get(tp, 0) for tp in self.log.assignment()):
+            for record in self.log.poll(max_records=self.batch_size, timeout_s=0.5):
+                if record.offset < upto.get(record.topic_partition, 0):
+                    chain.check(record)
+
+    def _prepare(self, records: Sequence[Record]) -> Batch:
+        batch = prepare_batch(records, self.codec, self.chain)
+        if self.chain is None and self.on_unverified is not None and not self._told_unverified:
+            key_id = next((row[_KEY_ID] for row in batch.rows[tables.decisions] if row[_KEY_ID] is not None), None)
+            if key_id is not None:
+                self._told_unverified = True
+                self.on_unverified(str(key_id))
+        return batch
 
     def step(self, timeout_s: float = 0.5) -> int:
         """One batch: poll, then write with retries while the database is away (backoff up to 5 s)."""
@@ -359,7 +440,7 @@ class Projector:
             return 0
         started = time.perf_counter()
         try:
-            self._store(prepare_batch(records, self.codec))
+            self._store(self._prepare(records))
         except StaleProjectorError:
             if self.metrics is not None:
                 self.metrics.on_stale()
@@ -417,7 +498,7 @@ class Projector:
                         records = self.log.poll(max_records=self.batch_size, timeout_s=timeout_s)
                         if not records:
                             continue
-                        batch = prepare_batch(records, self.codec)
+                        batch = self._prepare(records)
                         if pending is not None:
                             pending.result()
                             on_batch(self.stats)
