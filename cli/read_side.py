@@ -118,7 +118,9 @@ def _cmd_project(args: argparse.Namespace) -> int:
     try:
         with settings.open() as log:
             projector = Projector(log, engine, codec, topic_names, say=say, metrics=metrics, chain=chain,
-                                  on_unverified=on_unverified)  # fmt: skip
+                                  on_unverified=on_unverified,
+                                  on_refused=lambda why: say.write("warning", f"allocator project: {why}", "trust",
+                                                                   {"verified": False}))  # fmt: skip
             projector.start()
             verifying = f"; decisions verified against {args.trusted_keys}" if chain is not None else ""
             say.info(f"allocator project: {settings.describe()} -> {engine.url.render_as_string()}{verifying}"
@@ -186,6 +188,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     settings, topic_names, codec = _projector_setup(args)
     unverified: list[str] = []  # said after the progress bar
+    refused: list[str] = []
     chain, on_unverified = _projection_chain(args, "replay", codec, unverified.append)
     url = _projection_url(args.database or os.environ.get("DATABASE_URL") or DEFAULT_EMBEDDED_DATABASE, settings)
     target = sqlite_file(url)
@@ -226,6 +229,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             say=lambda line: print(line, file=sys.stderr, flush=True),
             chain=chain,
             on_unverified=on_unverified,
+            on_refused=refused.append,
         )
 
         def progress(stats: ProjectorStats) -> None:
@@ -247,6 +251,14 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     print(file=sys.stderr)
     for line in unverified:
         print(line, file=sys.stderr)
+    if refused:
+        shown = 5
+        print(f"allocator replay: WARNING: {len(refused)} decision(s) did not verify with --trusted-keys and were not "
+              "projected (each is a dead letter at its position):", file=sys.stderr)  # fmt: skip
+        for why in refused[:shown]:
+            print(f"  {why}", file=sys.stderr)
+        if len(refused) > shown:
+            print(f"  ... and {len(refused) - shown} more (table dead_letters)", file=sys.stderr)
     print(f"replayed {projector.stats.records} events into {engine.url.render_as_string()}"
           + (f" schema {args.schema}" if args.schema else "") + f" in {elapsed:.1f} s "
           f"({projector.stats.records / max(elapsed, 1e-9):,.0f} events/s)")  # fmt: skip

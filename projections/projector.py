@@ -369,13 +369,15 @@ class Projector:
         metrics: ProjectorMetrics | None = None,
         chain: DecisionChain | None = None,
         on_unverified: Callable[[str], None] | None = None,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
         """`metrics`, when given, is told of the start, each batch written (`step`), retries and idle polls.
 
         `chain`, when given, verifies every decision before it is projected (`rows_of`); on the first `start` it
         reads the decisions topic from its start up to the stored offset, so a restarted projector's chain stands
-        where the stored rows left it. Without it, `on_unverified` is told once, with its key id, when a signed
-        decision is projected unverified."""
+        where the stored rows left it, and `on_refused` is told of each decision it refuses (the dead letter's
+        reason), so a wrong key does not fill `dead_letters` unseen. Without it, `on_unverified` is told once, with
+        its key id, when a signed decision is projected unverified."""
         self.log = log
         self.engine = engine
         self.codec = codec
@@ -389,6 +391,7 @@ class Projector:
         self.metrics = metrics
         self.chain = chain
         self.on_unverified = on_unverified
+        self.on_refused = on_refused
         self._chain_resumed = False
         self._told_unverified = False
 
@@ -424,6 +427,10 @@ class Projector:
 
     def _prepare(self, records: Sequence[Record]) -> Batch:
         batch = prepare_batch(records, self.codec, self.chain)
+        if self.chain is not None and self.on_refused is not None:
+            for letter in batch.rows[tables.dead_letters]:
+                if letter[0] == self.chain.topic and str(letter[3]).startswith(NOT_VERIFIED):
+                    self.on_refused(str(letter[3]))
         if self.chain is None and self.on_unverified is not None and not self._told_unverified:
             key_id = next((row[_KEY_ID] for row in batch.rows[tables.decisions] if row[_KEY_ID] is not None), None)
             if key_id is not None:

@@ -108,7 +108,9 @@ def test_a_forgery_projected_first_hides_the_genuine_decision_unless_the_project
     # With the flag: the genuine decision, and a dead letter for each record that does not verify.
     verifying = f"sqlite:///{tmp_path / 'verifying.sqlite'}"
     project(db, topics, verifying, "--trusted-keys", str(folder))
-    assert "UNVERIFIED" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "UNVERIFIED" not in err
+    assert err.count(NOT_VERIFIED) == 4  # each refusal is said as it happens, not only left in dead_letters
     assert projected(verifying) == {1: (hashes[1], key.key_id, d1.equity), 2: (hashes[2], key.key_id, d2.equity),
                                     3: (decision_hash(genuine), key.key_id, genuine.equity)}  # fmt: skip
     letters = {r.offset: r for r in rows(verifying, tables.dead_letters)}
@@ -244,3 +246,19 @@ def test_on_kafka_a_restarted_verifying_projector_skips_a_forgery_and_projects_t
     assert projected(url) == {d.cycle: (decision_hash(d), key.key_id, d.equity) for d in (d1, d2, d3)}
     (letter,) = rows(url, tables.dead_letters)
     assert letter.topic == topics.decisions and f"{FORGED}: decision {forged.decision_id} (cycle 2)" in letter.error
+
+
+def test_a_key_that_signed_nothing_is_said_not_only_left_in_dead_letters(
+    tmp_path: Path, signer: tuple[Path, DecisionSigner], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, key = signer
+    db, topics = tmp_path / "log.sqlite", Topics("wk")
+    signed_log(db, topics, key, cycles=3)
+    new_key_pair(tmp_path / "other")  # someone else's key: it signed none of the book's decisions
+    url = f"sqlite:///{tmp_path / 'replayed.sqlite'}"
+    capsys.readouterr()
+    replay(db, topics, url, "--trusted-keys", str(tmp_path / "other"))
+    err = capsys.readouterr().err
+    assert "WARNING: 3 decision(s) did not verify with --trusted-keys and were not projected" in err
+    assert err.count(f"{NOT_VERIFIED}: {FORGED}") == 3 and "unknown key" in err
+    assert rows(url, tables.decisions) == [] and len(rows(url, tables.dead_letters)) == 3
