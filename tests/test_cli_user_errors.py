@@ -59,3 +59,37 @@ def test_an_audit_report_that_cannot_be_written_is_named(tmp_path: Path, capsys:
         capsys.readouterr()
         assert main(["audit", "--report", str(report), *log]) == 2
         assert f"allocator audit: {report}: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tail", "governor", "--max", "1", "--timeout", "1"],
+        ["propose", "-"],
+        ["fill", "-"],
+        ["control", "halt", "--reason", "r", "--operator", "o"],
+    ],
+)
+def test_a_command_on_a_log_file_that_is_not_there_names_it_and_creates_nothing(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+    import json
+
+    fill = {"fill_id": "f", "decision_id": "d", "proposal_id": "p", "market_id": "m", "side": "BUY",
+            "requested_size": 1, "filled_size": 1, "price": 0.5, "fee": 0, "status": "FILLED"}  # fmt: skip
+    examples = Path(__file__).resolve().parent.parent / "examples" / "proposals.json"
+    stdin = json.dumps(fill) if argv[0] == "fill" else examples.read_text(encoding="utf-8")
+    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    log = tmp_path / "typo.sqlite"
+    assert main([*argv, "--log", str(log)]) == 2
+    assert f"no event log at {log}: create the book with `allocator init" in capsys.readouterr().err
+    assert not log.exists()
+
+
+def test_tail_of_a_topic_that_is_not_there_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = ["--log", str(tmp_path / "log.sqlite")]
+    assert main(["init", *log, "--topic-prefix", "other"]) == 0
+    assert main(["tail", "governor", "--max", "1", "--timeout", "1", *log]) == 2
+    assert "allocator init" in capsys.readouterr().err
