@@ -203,6 +203,9 @@ class PortfolioState:
     cycles: int = 0
     last_decision_id: str | None = None
     reset_vote: tuple[str, int] | None = None  # the first of a two-person RESET_KILL_SWITCH: (key id, log time)
+    # command ids of the commands a non-empty operator keyring let through: a signed command written again (a copy
+    # of a record anyone can read on the log) is refused, so it can never move a governor twice (rules.md §11.3)
+    commands: set[str] = field(default_factory=set)
     # The marked value of each holding (same keys as `holdings`) in exact 2**-1074 units, None if not finite,
     # and the sum of those units; `_nonfinite` counts the Nones (any leaves equity to `math.fsum`).
     _held_units: dict[tuple[str, Side], int | None] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -473,6 +476,11 @@ class PortfolioState:
 
     def _on_command(self, command: ControlCommand) -> tuple[GovernorChange, ...]:
         refused = operator_refusal(command, self.config.operator_keys)
+        if refused is None and self.config.operator_keys:
+            if command.command_id in self.commands:
+                refused = f"replayed: command_id {command.command_id!r} was already taken by a signed command"
+            else:
+                self.commands.add(command.command_id)
         if refused is not None:
             return (self._operator_event(f"{command.command.value} {command.command_id} by {command.operator_id} "
                                          f"rejected, nothing changed: {refused}"),)  # fmt: skip

@@ -17,6 +17,7 @@ from cli.common import (
     UsageError,
     _chain_settings,
     _config_file,
+    _existing_log,
     _log_line,
     _log_settings,
     _metrics_server,
@@ -158,7 +159,7 @@ def _cmd_control(args: argparse.Namespace) -> int:
     from schemas.codec import make_codec
     from schemas.events import Command, ControlCommand
 
-    settings = _log_settings(args)
+    settings = _existing_log(args)
     key = None
     if args.key:
         from allocator.service.keys import load_signing_key

@@ -342,3 +342,17 @@ def _log_settings(args: argparse.Namespace) -> LogSettings:
     from allocator.service.backends import LogSettings
 
     return LogSettings.resolve(args.kafka, args.log, getattr(args, "kafka_config", None))
+
+
+def _existing_log(args: argparse.Namespace) -> LogSettings:
+    """The log of a command that neither creates a book nor serves one (tail, propose, fill, control): an embedded
+    log file must exist already, for opening one creates an empty file and the command would then fail on it."""
+    settings = _log_settings(args)
+    from pathlib import Path
+
+    if not settings.kafka_bootstrap and not Path(settings.embedded_path).is_file():
+        raise UsageError(
+            f"no event log at {settings.embedded_path}: create the book with `allocator init --log "
+            f"{settings.embedded_path}`, or pass --log FILE (or --kafka HOST:PORT)"
+        )
+    return settings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -18,6 +19,41 @@ from cli.read_side import (
     _cmd_replay,
 )
 from cli.wire import _cmd_acl_apply, _cmd_acl_user, _cmd_fill, _cmd_init, _cmd_propose, _cmd_schemas, _cmd_tail
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `low`, else a usage error naming the flag and the value."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text!r}: at least {low}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 0 (any free one) to 65535."""
+    value = _at_least(0)(text)
+    if value > 65_535:
+        raise argparse.ArgumentTypeError(f"{text!r}: a port is 0 to 65535")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite, non-negative number of seconds (NaN or inf would never stop)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: a finite number of seconds, at least 0")
+    return value
 
 
 def _log_options(parser: argparse.ArgumentParser, *, registry: bool = True, discover: bool = False) -> None:
@@ -60,7 +96,7 @@ TRUSTED_KEYS_HELP = "public key file or folder of *.pub files whose decisions ve
 def _observe_options(parser: argparse.ArgumentParser) -> None:
     """The metrics endpoint and the log format of a long-running command (serve, project)."""
     parser.add_argument(
-        "--metrics-port", type=int, help="serve /metrics, /healthz and /readyz on this port (default: off; 0: any)"
+        "--metrics-port", type=_port, help="serve /metrics, /healthz and /readyz on this port (default: off; 0: any)"
     )
     parser.add_argument("--metrics-host", default="0.0.0.0", help="address the metrics port binds (default 0.0.0.0)")
     parser.add_argument(
@@ -93,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print solve_ms as null, so equal snapshots give byte-identical output",
     )
-    allocate.add_argument("--indent", type=int, default=None, help="pretty-print with this indent")
+    allocate.add_argument("--indent", type=_at_least(0), default=None, help="pretty-print with this indent")
     allocate.set_defaults(handler=_cmd_allocate)
 
     serve = sub.add_parser(
@@ -110,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON file of configuration keys (default: the configuration the log records; on an empty log the "
         "defaults of docs/rules.md); one that differs from the log's takes effect and is recorded on the next decision",
     )
-    serve.add_argument("--max-cycles", type=int, help="stop after this cycle number")
-    serve.add_argument("--duration", type=float, help="stop after this many seconds")
+    serve.add_argument("--max-cycles", type=_at_least(1), help="stop after this cycle number")
+    serve.add_argument("--duration", type=_seconds, help="stop after this many seconds")
     _observe_options(serve)
     serve.add_argument(
         "--signing-key",
@@ -150,8 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = sub.add_parser("init", help="create the book's topics (retained, never compacted)")
     _log_options(init, registry=False)
-    init.add_argument("--partitions", type=int, default=1, help="partitions of each input topic (default: 1)")
-    init.add_argument("--replication-factor", type=int, default=1, help="replication factor (default: 1)")
+    init.add_argument("--partitions", type=_at_least(1), default=1, help="partitions of each input topic (default: 1)")
+    init.add_argument("--replication-factor", type=_at_least(1), default=1, help="replication factor (default: 1)")
     init.add_argument(
         "--config", help="the book's JSON configuration: each of its `agents` also gets its own PREFIX.proposals.AGENT"
     )
@@ -276,8 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("what", choices=["decisions", "governor", "deadletter"], help="which topic")
     tail.add_argument("--from-beginning", action="store_true", help="start at offset 0 instead of the end")
     tail.add_argument("--json", action="store_true", help="one JSON object per record")
-    tail.add_argument("--max", type=int, help="stop after this many records")
-    tail.add_argument("--timeout", type=float, help="stop after this many seconds")
+    tail.add_argument("--max", type=_at_least(1), help="stop after this many records")
+    tail.add_argument("--timeout", type=_seconds, help="stop after this many seconds")
     tail.add_argument("--trusted-keys", help=TRUSTED_KEYS_HELP)
     _log_options(tail)
     tail.set_defaults(handler=_cmd_tail)
@@ -300,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _log_options(status, discover=True)
     status.add_argument("--trusted-keys", help=TRUSTED_KEYS_HELP)
-    status.add_argument("--decisions", type=int, default=5, help="how many recent decisions to show (default 5)")
+    status.add_argument(
+        "--decisions", type=_at_least(0), default=5, help="how many recent decisions to show (default 5)"
+    )
     status.add_argument("--json", action="store_true", help="print the same as JSON")
     status.set_defaults(handler=_cmd_status)
 
@@ -384,6 +422,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (`| head`)
+        return EXIT_OK
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        # A file or folder the command was given that cannot be read or written (a report path in a missing
+        # folder, a folder where a file is wanted): the caller's to fix, named, never a traceback.
+        print(f"allocator {args.command}: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as exc:
         from eventlog.port import LogError
 
@@ -392,8 +439,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A topic that is not there is the caller's to fix (exit 2); any other refusal of the log is a failure.
         print(f"allocator {args.command}: the log: {exc}", file=sys.stderr)
         return EXIT_USAGE if "does not exist" in str(exc) else EXIT_FAILURE
-    except BrokenPipeError:
-        return EXIT_OK
 
 
 if __name__ == "__main__":

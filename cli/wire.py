@@ -13,6 +13,7 @@ from cli.common import (
     EXIT_USAGE,
     UsageError,
     _config_file,
+    _existing_log,
     _kafka_admin,
     _log_settings,
     _new_secret,
@@ -148,7 +149,7 @@ def _send_records(args: argparse.Namespace, kind: str, parse: Callable[[str, int
             print(f"allocator {args.command}: {problem}", file=sys.stderr)
         print(f"allocator {args.command}: nothing sent", file=sys.stderr)
         return EXIT_USAGE
-    settings, topics = _log_settings(args), Topics(args.topic_prefix)
+    settings, topics = _existing_log(args), Topics(args.topic_prefix)
     used: dict[str, None] = {}
     try:
         with settings.open() as log:
@@ -218,7 +219,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
         print(json.dumps(row) if args.json else one_line(event), flush=True)
 
     try:
-        with _log_settings(args).open() as log:
+        with _existing_log(args).open() as log:
             ends = log.end_offsets([topic])
             if not ends:
                 raise UsageError(f"{topic} does not exist (allocator init)")
@@ -256,5 +257,5 @@ def _cmd_tail(args: argparse.Namespace) -> int:
                         break
     except LogError as exc:
         print(f"allocator tail: the log failed: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return EXIT_USAGE if "does not exist" in str(exc) else EXIT_FAILURE  # a topic that is not there: exit 2
     return EXIT_OK

@@ -200,7 +200,7 @@ class EmbeddedEventLog:
                 select(topics_table.c.partitions).where(topics_table.c.name == topic)
             ).scalar_one_or_none()
             if found is None:
-                raise LogError(f"topic {topic!r} does not exist in {self.path}: create it with create_topics() first")
+                raise LogError(f"topic {topic!r} does not exist in {self.path}: create it first (allocator init)")
             count = self._partition_counts[topic] = int(found)
         return count
 

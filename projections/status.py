@@ -82,7 +82,10 @@ def read_status(engine: Engine, config: AllocatorConfig, decisions: int = 5, com
 def _when(ms: int | None) -> str:
     if ms is None:
         return "-"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (ValueError, OverflowError, OSError):  # a log time outside the years 1-9999 (a damaged log) is shown raw
+        return f"{ms} ms since the epoch"
 
 
 def _share(value: float, cap: float) -> str:

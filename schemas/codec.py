@@ -72,9 +72,24 @@ def load_schema(event_type: type[Event]) -> dict[str, Any]:
     return loaded
 
 
+def _plain_longs(schema: Any) -> Any:
+    """The schema with every `timestamp-millis` long read as the plain long it is on the wire. fastavro would make
+    each a datetime, which exists only for the years 1 to 9999: a log time or `created_at` outside them (a writer's
+    clock, a damaged log) made the whole record undecodable, even a decision the allocator had just published. The
+    events hold milliseconds anyway (`_millis`), and the bytes, the fingerprints and the logical type on the wire
+    stay as released."""
+    if isinstance(schema, list):
+        return [_plain_longs(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if schema.get("type") == "long" and schema.get("logicalType") == "timestamp-millis":
+        return {k: v for k, v in schema.items() if k != "logicalType"}
+    return {k: _plain_longs(v) if k in ("type", "fields", "items", "values") else v for k, v in schema.items()}
+
+
 def _parse(schema: Mapping[str, Any]) -> Any:
     # Each file is self-contained, so each gets its own name space: two files may both define `Side`.
-    return fastavro.parse_schema(dict(schema), named_schemas={})
+    return fastavro.parse_schema(_plain_longs(dict(schema)), named_schemas={})
 
 
 def _full_name(schema: Mapping[str, Any]) -> str:

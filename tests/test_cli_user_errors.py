@@ -1,0 +1,95 @@
+"""A user's mistake on the command line (a bad number, a path that cannot be read or written) is a usage error
+naming the flag or the file, exit 2, before anything is sent or created: never a traceback, never a command
+that runs for ever."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cli.main import main
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["tail", "decisions", "--timeout", "nan"], "--timeout"),  # followed the topic for ever
+        (["tail", "decisions", "--timeout", "inf"], "--timeout"),
+        (["tail", "decisions", "--timeout", "-5"], "--timeout"),
+        (["tail", "decisions", "--max", "-1"], "--max"),
+        (["serve", "--duration", "nan"], "--duration"),  # served for ever
+        (["serve", "--duration", "-1"], "--duration"),
+        (["serve", "--max-cycles", "0"], "--max-cycles"),
+        (["serve", "--metrics-port", "99999"], "--metrics-port"),  # an OverflowError traceback from bind()
+        (["project", "--metrics-port", "-1"], "--metrics-port"),
+        (["init", "--partitions", "0"], "--partitions"),  # created half the topics, then failed
+        (["init", "--replication-factor", "0"], "--replication-factor"),
+        (["status", "--decisions", "-3"], "--decisions"),
+        (["allocate", "x.json", "--indent", "-5"], "--indent"),
+    ],
+)
+def test_a_bad_number_is_a_usage_error_naming_the_flag(
+    argv: list[str], named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "log.sqlite"
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--log", str(log)] if argv[0] != "allocate" else argv)
+    assert exit_.value.code == 2
+    assert f"argument {named}" in capsys.readouterr().err
+    assert not log.exists()  # nothing created
+
+
+def test_a_config_that_is_a_folder_or_not_text_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = ["--log", str(tmp_path / "log.sqlite")]
+    assert main(["init", *log]) == 0
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe{}")
+    for config, why in ((tmp_path, "cannot read it"), (binary, "not UTF-8")):
+        capsys.readouterr()
+        assert main(["serve", "--book", "main", "--config", str(config), "--max-cycles", "1", *log]) == 2
+        err = capsys.readouterr().err
+        assert f"{config}: {why}" in err and "Traceback" not in err
+
+
+def test_an_audit_report_that_cannot_be_written_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = ["--log", str(tmp_path / "log.sqlite")]
+    assert main(["init", *log]) == 0
+    for report in (tmp_path / "missing" / "audit.json", tmp_path):
+        capsys.readouterr()
+        assert main(["audit", "--report", str(report), *log]) == 2
+        assert f"allocator audit: {report}: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tail", "governor", "--max", "1", "--timeout", "1"],
+        ["propose", "-"],
+        ["fill", "-"],
+        ["control", "halt", "--reason", "r", "--operator", "o"],
+    ],
+)
+def test_a_command_on_a_log_file_that_is_not_there_names_it_and_creates_nothing(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+    import json
+
+    fill = {"fill_id": "f", "decision_id": "d", "proposal_id": "p", "market_id": "m", "side": "BUY",
+            "requested_size": 1, "filled_size": 1, "price": 0.5, "fee": 0, "status": "FILLED"}  # fmt: skip
+    examples = Path(__file__).resolve().parent.parent / "examples" / "proposals.json"
+    stdin = json.dumps(fill) if argv[0] == "fill" else examples.read_text(encoding="utf-8")
+    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    log = tmp_path / "typo.sqlite"
+    assert main([*argv, "--log", str(log)]) == 2
+    assert f"no event log at {log}: create the book with `allocator init" in capsys.readouterr().err
+    assert not log.exists()
+
+
+def test_tail_of_a_topic_that_is_not_there_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = ["--log", str(tmp_path / "log.sqlite")]
+    assert main(["init", *log, "--topic-prefix", "other"]) == 0
+    assert main(["tail", "governor", "--max", "1", "--timeout", "1", *log]) == 2
+    assert "allocator init" in capsys.readouterr().err
