@@ -91,6 +91,9 @@ class AllocatorConfig:
     # rules.md §7.1: signed RESET_KILL_SWITCH commands from this many distinct operator keys, within the window
     kill_switch_reset_quorum: int = 1
     kill_switch_reset_window_s: float = 300.0
+    # rules.md §7.4: how many execution reports one funded allocation may add to the failure window (its first
+    # ones); 0 counts every report, the rule of the releases before the key (`ABSENT_MEANS`)
+    failure_reports_per_allocation: int = 1
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -239,8 +242,11 @@ FIRST_RELEASE_KEYS = frozenset(
 # Keys whose absence from a recorded configuration (a decision's `config`) means another value than today's default:
 # the value the releases before the key (or before its default changed) ran with. `config_hash` also leaves such a
 # key out at that value, so those configurations keep their hashes. A configuration file or a snapshot still gets
-# the default for a missing key. `solver_work_limit` was 32,000 by default until revision 2's bound took a share.
-ABSENT_MEANS: Mapping[str, Any] = MappingProxyType({"solver_revision": 1, "solver_work_limit": 32_000})
+# the default for a missing key. `solver_work_limit` was 32,000 by default until revision 2's bound took a share;
+# `failure_reports_per_allocation` was unbounded (0) before it existed.
+ABSENT_MEANS: Mapping[str, Any] = MappingProxyType(
+    {"solver_revision": 1, "solver_work_limit": 32_000, "failure_reports_per_allocation": 0}
+)
 
 
 @functools.cache
@@ -358,4 +364,5 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "mip_rel_gap": (0.0, 0.5, True),
     "kill_switch_reset_quorum": (1, 2, False),
     "kill_switch_reset_window_s": (0.0, _DAY_S, True),
+    "failure_reports_per_allocation": (0, 100_000, False),
 }

@@ -166,6 +166,7 @@ class Funded:
     side: Side
     size: float
     filled: float = 0.0
+    reports: int = 0  # execution reports on it counted in the failure window (rules.md §7.4)
 
 
 @dataclass
@@ -454,11 +455,25 @@ class PortfolioState:
             self.cash -= fill.filled_size
         if math.isfinite(fill.fee):
             self.cash -= fill.fee
-        failed = fill.status in (FillStatus.FAILED, FillStatus.REJECTED)
-        self.governor, report_changes = on_execution_report(self.governor, failed, self.limits)
-        changes += report_changes
+        if self._counts_in_window(allocation):
+            failed = fill.status in (FillStatus.FAILED, FillStatus.REJECTED)
+            self.governor, report_changes = on_execution_report(self.governor, failed, self.limits)
+            changes += report_changes
         changes += self._equity_changed()
         return tuple(changes)
+
+    def _counts_in_window(self, allocation: Funded | None) -> bool:
+        """Whether an execution report on `allocation` counts in the failure window (rules.md §7.4): only its first
+        `failure_reports_per_allocation` do, so one executor writing the same FAILED report again cannot pause the
+        book, nor zero-size FILLED reports dilute real failures. 0 counts every report (books recorded before the
+        key), and so does a fill trusted without an allocation (batches of Decision version 1)."""
+        cap = self.config.failure_reports_per_allocation
+        if cap == 0 or allocation is None:
+            return True
+        if allocation.reports >= cap:
+            return False
+        allocation.reports += 1
+        return True
 
     def _on_resolution(self, resolution: MarketResolution) -> tuple[GovernorChange, ...]:
         self.resolved.add(resolution.market_id)

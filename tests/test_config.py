@@ -70,8 +70,10 @@ def test_the_hash_of_a_first_release_configuration_never_changes() -> None:
     # 1,000 ms when it became a safety net, which is a different configuration and hashes differently. Likewise
     # it ran solver revision 1, which a configuration recorded without `solver_revision` reads as
     # (`from_recorded`), with the work budget then in force (32,000; `ABSENT_MEANS`); today's defaults, revision 2
-    # and its larger budget, are a different configuration.
-    first_release = AllocatorConfig(solver_time_limit_ms=250.0, solver_revision=1, solver_work_limit=32_000)
+    # and its larger budget, are a different configuration. And it counted every execution report in the failure
+    # window (`failure_reports_per_allocation` 0).
+    first_release = AllocatorConfig(solver_time_limit_ms=250.0, solver_revision=1, solver_work_limit=32_000,
+                                    failure_reports_per_allocation=0)  # fmt: skip
     assert first_release.config_hash == "607540db3e91a9f69234783d877fcb59d72a50716824b5f0d999df0ac5a858dc"
     assert {f.name for f in dataclasses.fields(AllocatorConfig)} >= FIRST_RELEASE_KEYS
     recorded = {k: v for k, v in first_release.to_mapping().items() if k in FIRST_RELEASE_KEYS}

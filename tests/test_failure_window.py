@@ -1,0 +1,79 @@
+"""rules.md §7.4: a funded allocation adds at most `failure_reports_per_allocation` execution reports (its first ones)
+to the failure-rate window, so one executor cannot pause the book by writing the same FAILED report again, nor hide
+real failures behind repeated zero-size FILLED reports; a configuration recorded without the key counts every
+report, as the releases before it did."""
+
+from __future__ import annotations
+
+from book.config import ABSENT_MEANS, AllocatorConfig
+from book.portfolio import PortfolioState
+from schemas.events import (
+    Allocation,
+    AllocationStatus,
+    Decision,
+    Fill,
+    FillStatus,
+    GovernorState,
+    Order,
+    Side,
+    SolverPath,
+)
+
+T = 1_700_000_000_000
+
+
+def funded(n: int) -> Decision:
+    """One committed decision funding n allocations of 100 each, on markets m0..m(n-1)."""
+    allocations = tuple(
+        Allocation(f"p{i}", "a", f"m{i}", Side.BUY, 100.0, 0.0, AllocationStatus.FUNDED, ()) for i in range(n)
+    )
+    orders = tuple(Order(f"m{i}", Side.BUY, 100.0) for i in range(n))
+    return Decision("d1", "main", 1, T, (), "v", "h", 1, GovernorState.ACTIVE, 300_000, 1e5, 1e5, 1e5,
+                    SolverPath.MIP_OPTIMAL, 1.0, 1.0, 0.0, allocations, orders)  # fmt: skip
+
+
+def report(i: int, status: FillStatus, size: float = 0.0, fill_id: str = "f") -> Fill:
+    return Fill(fill_id, "d1", f"p{i}", f"m{i}", Side.BUY, 100.0, size, 0.5, 0.0, status, None, T, "a")
+
+
+def book_with(decision: Decision, config: AllocatorConfig) -> PortfolioState:
+    book = PortfolioState.new(config)
+    book.apply(decision)
+    return book
+
+
+def fold(book: PortfolioState, fills: list[Fill]) -> None:
+    for fill in fills:
+        assert book.fill_refusal(fill) is None  # each is a fill the rules of §11.1 let through
+        book.apply(fill)
+
+
+def test_the_same_failed_report_written_again_does_not_pause_the_book() -> None:
+    book = book_with(funded(1), AllocatorConfig())
+    fold(book, [report(0, FillStatus.FAILED, fill_id=f"f{k}") for k in range(40)])
+    assert book.governor.state is GovernorState.ACTIVE
+
+
+def test_failures_of_distinct_allocations_still_pause_it() -> None:
+    book = book_with(funded(30), AllocatorConfig())
+    fold(book, [report(i, FillStatus.FAILED) for i in range(10)] + [report(i, FillStatus.FILLED, 100.0)
+                                                                    for i in range(10, 20)])  # fmt: skip
+    assert book.governor.state is GovernorState.PAUSED  # 10 of 20 reports failed: 50% > 30%
+
+
+def test_zero_size_reports_written_again_do_not_hide_failures() -> None:
+    book = book_with(funded(30), AllocatorConfig())
+    # Forty zero-size FILLED reports on one allocation count once, so 7 failures of 20 reports pause the book.
+    fill_ups = [report(29, FillStatus.FILLED, 0.0) for _ in range(40)]
+    fold(book, fill_ups + [report(i, FillStatus.FAILED) for i in range(7)]
+         + [report(i, FillStatus.FILLED, 100.0) for i in range(7, 19)])  # fmt: skip
+    assert book.governor.state is GovernorState.PAUSED
+
+
+def test_a_book_recorded_before_the_key_counts_every_report_as_it_did() -> None:
+    recorded = AllocatorConfig.from_recorded({})
+    assert recorded.failure_reports_per_allocation == ABSENT_MEANS["failure_reports_per_allocation"] == 0
+    assert recorded.config_hash == recorded.replace(failure_reports_per_allocation=0).config_hash
+    book = book_with(funded(1), recorded)
+    fold(book, [report(0, FillStatus.FAILED, fill_id=f"f{k}") for k in range(20)])
+    assert book.governor.state is GovernorState.PAUSED
