@@ -344,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="five agents, one wallet: a simulated session with the allocator and with naive sizing, and a report",
+        help="seven agents in five strategies, one wallet: a simulated session with the allocator and with naive "
+        "sizing, and a report",
         description="Run one seeded session of simulated markets, agents, operator and executor twice through "
         "the real pipeline (service, log, projector): with the allocator, and with naive per-agent sizing. Print "
         "the two side by side and write a report folder (index.html, PNG plots, CSV tables). Embedded log and "
