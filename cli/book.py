@@ -154,12 +154,11 @@ def _cmd_keys_new(args: argparse.Namespace) -> int:
 def _cmd_control(args: argparse.Namespace) -> int:
     import uuid
 
-    from allocator.service.clients import BookClient, ClientError
+    from allocator.service.clients import BookClient, ClientError, check_command
     from eventlog.port import LogError, Topics, wall_clock_ms
     from schemas.codec import make_codec
     from schemas.events import Command, ControlCommand
 
-    settings = _existing_log(args)
     key = None
     if args.key:
         from allocator.service.keys import load_signing_key
@@ -177,6 +176,12 @@ def _cmd_control(args: argparse.Namespace) -> int:
         limits=_limits(args.action, args.limits),
         time=wall_clock_ms(),
     )
+    try:
+        check_command(command)  # the command's own fields first, then whether its log exists
+    except ClientError as exc:
+        print(f"allocator control: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    settings = _existing_log(args)
     if key is not None:
         from schemas.signing import sign
 

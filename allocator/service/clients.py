@@ -60,12 +60,7 @@ class BookClient:
 
     def command(self, command: ControlCommand) -> None:
         """An operator's command; who and why are required, so the log can say it later."""
-        if not command.operator_id.strip():
-            raise ClientError("operator_id: an operator command must say who sent it")
-        if not command.reason.strip():
-            raise ClientError("reason: an operator command must say why")
-        if command.command is Command.SET_LIMITS and not command.limits:
-            raise ClientError("limits: SET_LIMITS needs at least one configuration key")
+        check_command(command)
         self._send(self.topics.control, command, "operator", command.time)
 
     def flush(self) -> None:
@@ -171,3 +166,14 @@ def agents_with_topics(log: EventLog, topics: Topics, agent_ids: Iterable[str]) 
             continue
         found.append(agent)
     return dataclasses.replace(topics, agents=tuple(found))
+
+
+def check_command(command: ControlCommand) -> None:
+    """What `BookClient.command` requires of an operator's command before it goes on the log (ClientError naming the
+    field): who sent it and why, and for SET_LIMITS at least one key."""
+    if not command.operator_id.strip():
+        raise ClientError("operator_id: an operator command must say who sent it")
+    if not command.reason.strip():
+        raise ClientError("reason: an operator command must say why")
+    if command.command is Command.SET_LIMITS and not command.limits:
+        raise ClientError("limits: SET_LIMITS needs at least one configuration key")
