@@ -192,7 +192,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     from allocator.service.chain import Rejection
     from allocator.service.clients import DecisionFeed
     from allocator.service.wire import one_line, to_json
-    from eventlog.port import LogError, Record, Topics
+    from eventlog.port import LogError, Record, Topics, decode_value
     from schemas.codec import UndecodableMessage, make_codec
     from schemas.events import Decision, Event
 
@@ -244,9 +244,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
                         show(record, verdict)
                     else:
                         try:
-                            if record.value is None:
-                                raise UndecodableMessage("empty message (no value)")
-                            event = codec.decode(record.value, record.topic, record.partition, record.offset)
+                            event = decode_value(record, codec)
                         except UndecodableMessage as exc:
                             print(f"allocator tail: {record.topic}[{record.partition}]@{record.offset}: {exc.reason}",
                                   file=sys.stderr)  # fmt: skip

@@ -10,6 +10,7 @@ from functools import cached_property
 from types import TracebackType
 from typing import Protocol, Self
 
+from schemas.codec import EventCodec, UndecodableMessage
 from schemas.events import ControlCommand, Event, Fill, MarketResolution, PnlMark, Proposal
 
 Clock = Callable[[], int]
@@ -80,6 +81,15 @@ class Record:
     def next_offset(self) -> int:
         """The offset to commit once this record is processed: offsets name the NEXT record to read."""
         return self.offset + 1
+
+
+def decode_value(record: Record, codec: EventCodec) -> Event:
+    """The event `record` holds; UndecodableMessage, with the record's position, when it holds none (no value, or
+    bytes `codec` cannot read). One statement for every reader that turns records into events."""
+    if record.value is None:
+        raise UndecodableMessage("empty message (no value)", topic=record.topic, partition=record.partition,
+                                 offset=record.offset)  # fmt: skip
+    return codec.decode(record.value, record.topic, record.partition, record.offset)
 
 
 @dataclass(frozen=True)

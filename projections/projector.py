@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Double, Engine, String, Table, bindparam, ins
 from sqlalchemy.exc import OperationalError
 
 from book.bounds import dead_letter_fields, out_of_bounds
-from eventlog.port import EventLog, Record, TopicPartition
+from eventlog.port import EventLog, Record, TopicPartition, decode_value
 from governors.rules import drawdown
 from projections import tables
 from projections.bulk import Row, insert_ignoring_repeats, written_columns
@@ -103,9 +103,7 @@ def rows_of(records: Iterable[Record], codec: EventCodec, chain: DecisionChain |
             event = checked
         else:
             try:
-                if record.value is None:
-                    raise UndecodableMessage("empty message (no value)")
-                event = codec.decode(record.value, record.topic, record.partition, record.offset)
+                event = decode_value(record, codec)
             except UndecodableMessage as exc:
                 out[tables.dead_letters].append((record.topic, record.partition, record.offset,
                                                  *dead_letter_fields(exc.reason, record.value)))  # fmt: skip

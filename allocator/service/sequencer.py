@@ -17,7 +17,7 @@ from allocator.engine.validation import Submitted, rejected_duplicate, rejected_
 from book.bounds import dead_letter_fields, out_of_bounds
 from book.config import AllocatorConfig
 from book.portfolio import PortfolioState
-from eventlog.port import EventLog, Record, TopicPartition, Topics
+from eventlog.port import EventLog, Record, TopicPartition, Topics, decode_value
 from governors.state import GovernorChange, on_command
 from schemas.codec import EventCodec, UndecodableMessage
 from schemas.events import (
@@ -141,10 +141,7 @@ def dead_letter(record: Record, error: str) -> DeadLetter:
 def decode(record: Record, codec: EventCodec, topics: Topics) -> Event | DeadLetter:
     """The record's event, or the dead letter that says why it cannot be one."""
     try:
-        if record.value is None:
-            raise UndecodableMessage("empty message (no value)", topic=record.topic, partition=record.partition,
-                                     offset=record.offset)  # fmt: skip
-        event = codec.decode(record.value, record.topic, record.partition, record.offset)
+        event = decode_value(record, codec)
     except UndecodableMessage as exc:
         return dead_letter(record, exc.reason)
     if not isinstance(event, topics.accepts(record.topic)):
@@ -389,10 +386,8 @@ OnUndecodable = Callable[[Record, str], None]
 def decode_decision(record: Record, codec: EventCodec) -> Decision | str:
     """The decision a record on the decisions topic holds, or why it holds none (rules.md §11.2: a bad record
     there is skipped and named, never a crash)."""
-    if record.value is None:
-        return "empty message (no value)"
     try:
-        event = codec.decode(record.value, record.topic, record.partition, record.offset)
+        event = decode_value(record, codec)
     except UndecodableMessage as exc:
         return exc.reason
     if not isinstance(event, Decision):
