@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import sys
@@ -19,6 +20,9 @@ from cli.read_side import (
     _cmd_replay,
 )
 from cli.wire import _cmd_acl_apply, _cmd_acl_user, _cmd_fill, _cmd_init, _cmd_propose, _cmd_schemas, _cmd_tail
+
+# Errors about a path the caller gave (missing, a folder, not a folder, not permitted): a usage error naming it.
+_CALLERS_FILE_ERRORS = frozenset({errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM})
 
 
 def _at_least(low: int) -> Callable[[str], int]:
@@ -426,8 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader of stdout went away (`| head`)
         return EXIT_OK
     except OSError as exc:
-        if exc.filename is None:
-            raise
+        if exc.filename is None or exc.errno not in _CALLERS_FILE_ERRORS:
+            raise  # a full disk or a failing device is not the caller's to fix: a failure, not a usage error
         # A file or folder the command was given that cannot be read or written (a report path in a missing
         # folder, a folder where a file is wanted): the caller's to fix, named, never a traceback.
         print(f"allocator {args.command}: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
