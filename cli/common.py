@@ -339,9 +339,19 @@ def _metrics_server(
 
 
 def _log_settings(args: argparse.Namespace) -> LogSettings:
+    from pathlib import Path
+
     from allocator.service.backends import LogSettings
 
-    return LogSettings.resolve(args.kafka, args.log, getattr(args, "kafka_config", None))
+    settings = LogSettings.resolve(args.kafka, args.log, getattr(args, "kafka_config", None))
+    if not settings.kafka_bootstrap:
+        # SQLite's own answer for these is "unable to open database file", which names neither the path nor why.
+        path = Path(settings.embedded_path)
+        if path.is_dir():
+            raise UsageError(f"--log {path}: is a folder, not an event log file")
+        if not path.parent.is_dir():
+            raise UsageError(f"--log {path}: the folder {path.parent} does not exist (create it first)")
+    return settings
 
 
 def _existing_log(args: argparse.Namespace) -> LogSettings:

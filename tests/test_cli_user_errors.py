@@ -93,3 +93,17 @@ def test_tail_of_a_topic_that_is_not_there_exits_2(tmp_path: Path, capsys: pytes
     assert main(["init", *log, "--topic-prefix", "other"]) == 0
     assert main(["tail", "governor", "--max", "1", "--timeout", "1", *log]) == 2
     assert "allocator init" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["init"], ["serve", "--max-cycles", "1"]])
+def test_a_log_in_a_missing_folder_or_a_folder_as_the_log_is_named(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    missing = tmp_path / "no-such-folder" / "book.sqlite"
+    for log, why in ((missing, f"the folder {missing.parent} does not exist"), (tmp_path, "is a folder")):
+        capsys.readouterr()
+        assert main([*command, "--log", str(log)]) == 2
+        err = capsys.readouterr().err
+        assert f"--log {log}: {why}" in err and "sqlite" not in err.replace(str(log), "")
+    assert not missing.parent.exists()
