@@ -208,11 +208,11 @@ class AllocatorConfig:
         A key added after the first release is left out while it holds the value every configuration written
         before it had (its default, or its `ABSENT_MEANS` value), so such a configuration hashes as it always did
         and old decisions still audit against it."""
-        omitted_at = {**_defaults(), **ABSENT_MEANS}
+        omitted_at = {**_defaults(), **ABSENT_MEANS}  # `to_mapping` already left out _ADDED_AT_DEFAULT_OMITTED
         hashed = {
             key: value
             for key, value in self.to_mapping().items()
-            if key in FIRST_RELEASE_KEYS or value != omitted_at[key]
+            if key in FIRST_RELEASE_KEYS or key not in omitted_at or value != omitted_at[key]
         }
         text = json.dumps(hashed, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()

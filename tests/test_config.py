@@ -95,3 +95,44 @@ def test_set_limits_changes_agents_one_agent_key_at_a_time() -> None:
             book.with_limits(limits)
     with pytest.raises(ConfigError, match="accepts every agent"):
         AllocatorConfig().with_limits({"agent:gamma": 1.0})
+
+
+def _keyring(n: int) -> dict[str, str]:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from allocator.service.keys import public_key_hex
+    from schemas.signing import key_id_of
+
+    keys = [Ed25519PrivateKey.generate().public_key() for _ in range(n)]
+    return {key_id_of(k): public_key_hex(k) for k in keys}
+
+
+# One valid value other than the default for every key: a new key must be added here (the test below says so).
+_NOT_DEFAULT: dict[str, object] = {
+    "config_version": "1", "position_cap": 0.01, "market_cap": 0.2, "group_cap": 0.06, "group_caps": {"k": 5.0},
+    "kill_switch_drawdown": 0.2, "failure_rate_limit": 0.4, "failure_window": 60, "failure_min_samples": 10,
+    "solver_timeout_trigger": 4, "solver_timeout_window": 12, "solver_recovery_solves": 5, "min_window_s": 2.0,
+    "cycle_interval_s": 3.0, "opportunity_window_s": 90.0, "max_clock_skew_s": 7.0, "initial_cash": 5_000.0,
+    "max_pending": 50, "fill_timeout_s": 60.0, "max_fee_rate": 0.01, "cvar_alpha": 0.9, "cvar_limit": 0.08,
+    "scenario_count": 500, "within_key_correlation": 0.4, "common_correlation": 0.05, "tail_dof": 6.0,
+    "solver_work_limit": 50_000, "solver_time_limit_ms": 2_000.0, "mip_rel_gap": 1e-3, "solver_revision": 1,
+    "agents": ["alpha"], "operator_keys": _keyring(2), "kill_switch_reset_quorum": 2,
+    "kill_switch_reset_window_s": 60.0, "failure_reports_per_allocation": 3,
+}  # fmt: skip
+
+
+def test_every_key_at_another_value_hashes_and_reads_back_from_a_decision() -> None:
+    """A book decides only if its configuration hashes (the decision records the hash): each key, set alone to a
+    value other than its default, must give a hash of its own, and the configuration a decision records must read
+    back (`from_recorded`) as the same one. A key added later that the hash mishandles fails here."""
+    names = {f.name for f in dataclasses.fields(AllocatorConfig)}
+    assert set(_NOT_DEFAULT) == names, f"give these keys a value in _NOT_DEFAULT: {sorted(names - set(_NOT_DEFAULT))}"
+    default = AllocatorConfig().config_hash
+    for key, value in _NOT_DEFAULT.items():
+        if key == "config_version":
+            continue  # one version exists
+        extra = {"operator_keys": _NOT_DEFAULT["operator_keys"]} if key == "kill_switch_reset_quorum" else {}
+        config = AllocatorConfig.from_mapping({key: value, **extra})
+        assert getattr(config, key) != getattr(AllocatorConfig(), key), key
+        assert config.config_hash != default, key
+        assert AllocatorConfig.from_recorded(config.to_mapping()).config_hash == config.config_hash, key
