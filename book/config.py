@@ -94,6 +94,9 @@ class AllocatorConfig:
     # rules.md §7.4: how many execution reports one funded allocation may add to the failure window (its first
     # ones); 0 counts every report, the rule of the releases before the key (`ABSENT_MEANS`)
     failure_reports_per_allocation: int = 1
+    # rules.md §11.3: 1 refuses a signed operator command that does not name this book (`<topic prefix>.<book id>`);
+    # 0 takes one naming no book, as the releases before ControlCommand version 3 did (`ABSENT_MEANS`)
+    operator_commands_name_book: int = 1
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -243,10 +246,12 @@ FIRST_RELEASE_KEYS = frozenset(
 # the value the releases before the key (or before its default changed) ran with. `config_hash` also leaves such a
 # key out at that value, so those configurations keep their hashes. A configuration file or a snapshot still gets
 # the default for a missing key. `solver_work_limit` was 32,000 by default until revision 2's bound took a share;
-# `failure_reports_per_allocation` was unbounded (0) before it existed.
+# `failure_reports_per_allocation` was unbounded (0) before it existed; before `operator_commands_name_book` a
+# signed command named no book (0).
 ABSENT_MEANS: Mapping[str, Any] = MappingProxyType(
-    {"solver_revision": 1, "solver_work_limit": 32_000, "failure_reports_per_allocation": 0}
-)
+    {"solver_revision": 1, "solver_work_limit": 32_000, "failure_reports_per_allocation": 0,
+     "operator_commands_name_book": 0}
+)  # fmt: skip
 
 
 @functools.cache
@@ -365,4 +370,5 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "kill_switch_reset_quorum": (1, 2, False),
     "kill_switch_reset_window_s": (0.0, _DAY_S, True),
     "failure_reports_per_allocation": (0, 100_000, False),
+    "operator_commands_name_book": (0, 1, False),
 }

@@ -45,7 +45,9 @@ from schemas.events import (
 from schemas.signing import check_signature, public_key_from_hex
 
 _SIDES = (Side.BUY, Side.SELL)
-CONFIGURATION_ONLY = frozenset({"operator_keys", "kill_switch_reset_quorum", "kill_switch_reset_window_s"})
+CONFIGURATION_ONLY = frozenset(
+    {"operator_keys", "kill_switch_reset_quorum", "kill_switch_reset_window_s", "operator_commands_name_book"}
+)
 
 
 def operator_refusal(command: ControlCommand, operator_keys: Mapping[str, str]) -> str | None:
@@ -207,6 +209,9 @@ class PortfolioState:
     # command ids of the commands a non-empty operator keyring let through: a signed command written again (a copy
     # of a record anyone can read on the log) is refused, so it can never move a governor twice (rules.md §11.3)
     commands: set[str] = field(default_factory=set)
+    # the book this fold is, `<topic prefix>.<book id>` (set by the sequencer): a command naming another book is
+    # refused (rules.md §11.3). None where a caller folds without one (a test, a benchmark): nothing to compare.
+    book: str | None = None
     # The marked value of each holding (same keys as `holdings`) in exact 2**-1074 units, None if not finite,
     # and the sum of those units; `_nonfinite` counts the Nones (any leaves equity to `math.fsum`).
     _held_units: dict[tuple[str, Side], int | None] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -221,11 +226,12 @@ class PortfolioState:
             self._revalue(key)
 
     @classmethod
-    def new(cls, config: AllocatorConfig) -> PortfolioState:
+    def new(cls, config: AllocatorConfig, book: str | None = None) -> PortfolioState:
         return cls(
             config=config,
             cash=config.initial_cash,
             governor=GovernorStatus.initial(config.initial_cash, config.governor_limits()),
+            book=book,
         )
 
     # --- derived values ----------------------------------------------------------------------------------
@@ -490,7 +496,7 @@ class PortfolioState:
         return self._equity_changed()
 
     def _on_command(self, command: ControlCommand) -> tuple[GovernorChange, ...]:
-        refused = operator_refusal(command, self.config.operator_keys)
+        refused = self._book_refusal(command) or operator_refusal(command, self.config.operator_keys)
         if refused is None and self.config.operator_keys:
             if command.command_id in self.commands:
                 refused = f"replayed: command_id {command.command_id!r} was already taken by a signed command"
@@ -507,6 +513,21 @@ class PortfolioState:
                 return (waiting,)
         self.governor, changes = on_command(self.governor, command.command, command.reason, command.operator_id)
         return changes
+
+    def _book_refusal(self, command: ControlCommand) -> str | None:
+        """Why a book with an operator keyring refuses a command as not its own (rules.md §11.3), or None: it names
+        another book, or, with `operator_commands_name_book`, none (signed before commands named their book, it
+        would verify on every book that shares the keys). A book without a keyring authenticates nothing, so it
+        takes any command on its control topic, as before."""
+        if not self.config.operator_keys:
+            return None
+        if command.book is None:
+            if self.config.operator_commands_name_book:
+                return "it names no book (ControlCommand.book), and this book's commands must name it"
+            return None
+        if self.book is not None and command.book != self.book:
+            return f"it is for book {command.book!r}, not this book {self.book!r}"
+        return None
 
     def _operator_event(self, cause: str) -> GovernorChange:
         state = self.governor.state.value

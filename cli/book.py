@@ -155,7 +155,8 @@ def _cmd_control(args: argparse.Namespace) -> int:
     import uuid
 
     from allocator.service.clients import BookClient, ClientError, check_command
-    from eventlog.port import LogError, Topics, wall_clock_ms
+    from allocator.service.sequencer import book_name
+    from eventlog.port import LogError, Topics, normalise_book_id, wall_clock_ms
     from schemas.codec import make_codec
     from schemas.events import Command, ControlCommand
 
@@ -168,6 +169,10 @@ def _cmd_control(args: argparse.Namespace) -> int:
             key = load_signing_key(args.key)
         except SigningKeyError as exc:
             raise UsageError(str(exc)) from exc
+    try:
+        book = book_name(Topics(args.topic_prefix), normalise_book_id(args.book))
+    except ValueError as exc:
+        raise UsageError(f"--book: {exc}") from exc
     command = ControlCommand(
         command_id=f"cmd-{uuid.uuid4().hex}",
         operator_id=args.operator,
@@ -175,6 +180,7 @@ def _cmd_control(args: argparse.Namespace) -> int:
         reason=args.reason,
         limits=_limits(args.action, args.limits),
         time=wall_clock_ms(),
+        book=book,
     )
     try:
         check_command(command)  # the command's own fields first, then whether its log exists
@@ -198,7 +204,7 @@ def _cmd_control(args: argparse.Namespace) -> int:
     except LogError as exc:
         print(f"allocator control: the log refused the command: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    print(f"sent {command.command.value} {command.command_id} by {command.operator_id}"
+    print(f"sent {command.command.value} {command.command_id} by {command.operator_id} for book {book}"
           + (f" signed by key {command.key_id}" if command.key_id else " unsigned") + f" to {topics.control} on "
           f"{settings.describe()}; the allocator acts on it in its next cycle")  # fmt: skip
     return EXIT_OK

@@ -278,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     control.add_argument(
         "--key", help="sign the command with this operator's Ed25519 key file, or the only *.key file of this folder"
     )
+    control.add_argument(
+        "--book", default="main",
+        help="the book the command is for (default: main); the command names PREFIX.BOOK, signed with it, and "
+        "any other book refuses it",
+    )  # fmt: skip
     _log_options(control)
     control.set_defaults(handler=_cmd_control)
 

@@ -219,6 +219,8 @@ class ControlCommand:
     reason: str
     limits: dict[str, float] | None
     time: int
+    # The book the command is for, `<topic prefix>.<book id>` (version 3; None in older commands): signed with it.
+    book: str | None = None
     key_id: str | None = None
     signature: bytes | None = None
 

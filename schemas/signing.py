@@ -1,7 +1,8 @@
 """Canonical bytes, Ed25519 signatures and the hash chain of decisions and operator commands (docs/security.md).
 
 Pure: no files, no log. The canonical bytes of a `Decision` or `ControlCommand` are the Avro binary body
-(schemaless, the record's current schema) of the record with `signature` set to None; a signature is Ed25519
+(schemaless, the record's current schema; version 2 for a command naming no book) of the record with `signature`
+set to None; a signature is Ed25519
 over those bytes, and a key's id is the first 16 hex characters of the SHA-256 of its raw 32-byte public key.
 A decision's hash — the link the next decision's `previous_hash` holds — is
 `sha256(canonical_bytes + (signature or b""))` in hex; the chain's genesis is 64 zeros (rules.md §9, §11).
@@ -41,13 +42,24 @@ class SigningKeyError(ValueError):
 _PARSED: dict[str, Any] = {}
 
 
-def _parsed(event_type: type[Signed]) -> Any:
-    """The record's current schema (its .avsc beside this module; schemas/codec.py writes the same one)."""
+def _parsed(event_type: type[Signed], version: int | None = None) -> Any:
+    """The record's current schema (its .avsc beside this module; schemas/codec.py writes the same one), or the
+    released `version` of it."""
     name = event_type.__name__
-    if name not in _PARSED:
-        schema = json.loads((Path(__file__).resolve().parent / f"{name}.avsc").read_text(encoding="utf-8"))
-        _PARSED[name] = fastavro.parse_schema(schema, named_schemas={})
-    return _PARSED[name]
+    key = name if version is None else f"{name}/{version}"
+    if key not in _PARSED:
+        here = Path(__file__).resolve().parent
+        path = here / f"{name}.avsc" if version is None else here / "versions" / name / f"{version}.avsc"
+        schema = json.loads(path.read_text(encoding="utf-8"))
+        _PARSED[key] = fastavro.parse_schema(schema, named_schemas={})
+    return _PARSED[key]
+
+
+# An operator command naming no book (all written before ControlCommand version 3) is signed over its version-2
+# body: its canonical bytes stay those it was signed over, so a command signed before the book field existed still
+# verifies. One naming a book is signed over the current body, which holds the book: moving the signature to the
+# same command with another book, or with none, breaks it.
+_UNBOUND_COMMAND_VERSION = 2
 
 
 def _plain(value: Any) -> Any:
@@ -66,8 +78,9 @@ def _plain(value: Any) -> Any:
 def canonical_bytes(event: Signed) -> bytes:
     """The Avro body of the record with `signature` None: what is signed and hashed."""
     unsigned = dataclasses.replace(event, signature=None) if event.signature is not None else event
+    version = _UNBOUND_COMMAND_VERSION if isinstance(event, ControlCommand) and event.book is None else None
     out = io.BytesIO()
-    fastavro.schemaless_writer(out, _parsed(type(event)), _plain(unsigned))
+    fastavro.schemaless_writer(out, _parsed(type(event), version), _plain(unsigned))
     return out.getvalue()
 
 

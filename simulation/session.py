@@ -14,6 +14,7 @@ from allocator.engine.cycle import CycleOutcome, book_cvar
 from allocator.engine.request import CycleRequest
 from allocator.service.clients import BookClient, DecisionFeed
 from allocator.service.loop import AllocatorService, Decide, group_of
+from allocator.service.sequencer import book_name
 from book.config import AllocatorConfig
 from eventlog.port import EventLog, Topics
 from projections.database import fresh_schema
@@ -189,7 +190,7 @@ def run_session(
                 events_in += 1
             for i, action in enumerate(commands.get(step, ())):
                 client.command(ControlCommand(f"{BOOK}-cmd-{step:04d}-{i}", OPERATOR, action.command, action.reason,
-                                              action.limits, t0 + 3_500))  # fmt: skip
+                                              action.limits, t0 + 3_500, book_name(topics, BOOK)))  # fmt: skip
                 events_in += 1
             if step == inputs.damaged_step:
                 producer.produce(topics.proposals, DAMAGED, key=b"?", timestamp_ms=t0 + 3_600)

@@ -38,6 +38,7 @@ from schemas.events import (
     Fill,
     FillStatus,
     Governor,
+    GovernorEvent,
     GovernorState,
     InputPosition,
     Proposal,
@@ -585,7 +586,7 @@ def operator_keys(n: int) -> tuple[list[Ed25519PrivateKey], dict[str, str]]:
 
 
 def command(action: Command, i: int = 1) -> ControlCommand:
-    return ControlCommand(f"c{i}", "ops", action, "because", None, T + i)
+    return ControlCommand(f"c{i}", "ops", action, "because", None, T + i, book="allocator.main")
 
 
 def test_the_keyring_refuses_unsigned_unknown_and_badly_signed_commands_with_an_event() -> None:
@@ -654,3 +655,44 @@ def test_allocator_control_key_signs_the_command(tmp_path: Path, capsys: pytest.
     from schemas.signing import check_signature
 
     assert check_signature(sent, load_trusted_keys(tmp_path / "ops")) is None
+
+
+def test_a_signed_command_copied_onto_another_books_log_moves_nothing_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two books share one operator's key; `allocator control --book alpha` names its book under the signature, so
+    the record copied onto book beta's control topic is refused there by the running allocator, with a reason."""
+    from allocator.service.keys import public_key_hex
+
+    key_id, private, _ = new_key_pair(tmp_path / "ops")
+    ring = {key_id: public_key_hex(load_signing_key(private).public_key())}
+    config = tmp_path / "book.json"
+    config.write_text(json.dumps({"scenario_count": 300, "operator_keys": ring}), encoding="utf-8")
+    alpha, beta = ["--log", str(tmp_path / "alpha.sqlite")], ["--log", str(tmp_path / "beta.sqlite")]
+    for log in (alpha, beta):
+        assert main(["init", *log, "--config", str(config)]) == 0
+    assert main(["control", "halt", "--book", "alpha", "--reason", "r", "--operator", "alice", "--key", str(private),
+                 *alpha]) == 0  # fmt: skip
+    assert "for book allocator.alpha signed by key" in capsys.readouterr().out
+    control = Topics().control
+    with EmbeddedEventLog(tmp_path / "alpha.sqlite") as reader:
+        reader.assign([control])
+        (record,) = reader.poll(10, 1.0)
+    with EmbeddedEventLog(tmp_path / "beta.sqlite") as writer:
+        writer.produce(control, record.value, key=record.key, timestamp_ms=record.timestamp_ms)
+        writer.flush()
+
+    def served(book: str, log: list[str]) -> tuple[Decision, list[GovernorEvent]]:
+        serve = ["serve", "--book", book, *log, "--config", str(config), "--max-cycles", "1", "--duration", "60"]
+        assert main(serve) == 0
+        with EmbeddedEventLog(log[1]) as reader:
+            reader.assign([Topics().decisions, Topics().governor])
+            events = [codec.decode(r.value or b"") for r in reader.poll(100, 1.0)]
+        (decision,) = [e for e in events if isinstance(e, Decision)]
+        return decision, [e for e in events if isinstance(e, GovernorEvent)]
+
+    decision, _ = served("alpha", alpha)
+    assert decision.governor_state is GovernorState.PAUSED  # its own book acts on it
+    decision, events = served("beta", beta)
+    assert decision.governor_state is GovernorState.ACTIVE
+    assert any("for book 'allocator.alpha', not this book 'allocator.beta'" in e.cause for e in events)

@@ -61,6 +61,7 @@ RELEASED_FINGERPRINTS = {
     ("Decision", 2): "76fa6234833d83b3",
     ("ControlCommand", 2): "bd473c0eec976d6b",
     ("Fill", 2): "0ba6a05fe9d99fa8",
+    ("ControlCommand", 3): "6fbec0f5b55f30a8",
 }
 
 codec = SingleObjectCodec()

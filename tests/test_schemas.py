@@ -41,7 +41,7 @@ GOLDEN_FINGERPRINTS = {
     "MarketResolution": "94e4a39caac84760",
     "Decision": "76fa6234833d83b3",
     "GovernorEvent": "b705d4eccd3cc9ca",
-    "ControlCommand": "bd473c0eec976d6b",
+    "ControlCommand": "6fbec0f5b55f30a8",
     "DeadLetter": "033802151ef9f93f",
 }
 

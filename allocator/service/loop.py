@@ -14,6 +14,7 @@ from allocator.service.metrics import ServiceMetrics
 from allocator.service.sequencer import (
     CYCLE_FAILURE_SOURCE,
     BookState,
+    book_name,
     build_request,
     fold_batch,
     fold_decision,
@@ -68,6 +69,7 @@ def rebuild(
     config: AllocatorConfig | None,
     say: Say,
     chain: ChainSettings | None = None,
+    book: str | None = None,
 ) -> BookState:
     """The state the last published decision left, rebuilt from the log alone (see `replay_decisions`), with the
     configuration in force: the log's, unless `config` (a file) differs from it (`take_config`).
@@ -85,6 +87,8 @@ def rebuild(
     )
     if decisions:
         say(f"rebuilt from the log: {decisions} decisions, {events} input events, cycle {state.cycle}")
+    if book is not None:
+        state.portfolio.book = book
     note = take_config(state, config)
     if note is not None:
         say(note)
@@ -118,6 +122,7 @@ class AllocatorService:
         self.reader = reader
         self.codec = codec
         self.book_id = normalise_book_id(book_id)
+        self.book = book_name(topics, self.book_id)  # what this book's operator commands name (rules.md §11.3)
         self.config = config
         self.topics = topics
         self.say = say
@@ -126,7 +131,7 @@ class AllocatorService:
         self.log_append_time = log_append_time
         self.metrics = metrics
         self.chain = chain or ChainSettings()
-        self.state = BookState.new(config or AllocatorConfig())
+        self.state = BookState.new(config or AllocatorConfig(), self.book)
         self.buffer: list[Record] = []
         self.pending_proposals = 0
 
@@ -136,7 +141,7 @@ class AllocatorService:
         self.log.create_topics(list(self.topics.inputs), None, log_append_time=self.log_append_time)
         self.log.create_topics(list(self.topics.outputs), None)
         self.log.init_transactions(transactional_id_of(self.topics, self.book_id))
-        self.state = rebuild(self.reader, self.codec, self.topics, self.config, self.say, self.chain)
+        self.state = rebuild(self.reader, self.codec, self.topics, self.config, self.say, self.chain, self.book)
         self._add_agent_topics()
         self._assign_inputs({})
         if self.metrics is not None:
@@ -235,7 +240,7 @@ class AllocatorService:
             self.log.rewind_to_committed()
             # Rare: rebuild what the last commit left from the log itself (copying the state every cycle to
             # restore it cost tens of ms a cycle, growing with every proposal id ever seen).
-            self.state = rebuild(self.reader, self.codec, self.topics, self.config, self.say, self.chain)
+            self.state = rebuild(self.reader, self.codec, self.topics, self.config, self.say, self.chain, self.book)
             self.buffer = []
             self.pending_proposals = 0
             raise
@@ -267,7 +272,7 @@ class AllocatorService:
         # Rare: rebuild what the last commit left from the log itself (copying the state every cycle to
         # restore it cost tens of ms a cycle, growing with every proposal id ever seen). With the chain's keys:
         # without them a signed book's own decisions would not verify and would not be folded.
-        self.state = rebuild(self.reader, self.codec, self.topics, self.config, self.say, self.chain)
+        self.state = rebuild(self.reader, self.codec, self.topics, self.config, self.say, self.chain, self.book)
         self.buffer = []
         self.pending_proposals = 0
 

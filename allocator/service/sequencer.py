@@ -49,8 +49,9 @@ class BookState:
     config_to_record: str | None = None
 
     @classmethod
-    def new(cls, config: AllocatorConfig) -> BookState:
-        return cls(PortfolioState.new(config))
+    def new(cls, config: AllocatorConfig, book: str | None = None) -> BookState:
+        """`book` is the book's name (`book_name`), which operator commands must name (rules.md §11.3)."""
+        return cls(PortfolioState.new(config, book))
 
 
 class NoConfigOnLog(ValueError):
@@ -74,7 +75,7 @@ def adopt_config(state: BookState, text: str) -> AllocatorConfig:
     later it replaces the configuration in force, earlier SET_LIMITS included (later ones apply on top)."""
     config = config_from_json(text)
     if state.cycle == 0 and not state.positions:
-        state.portfolio = PortfolioState.new(config)
+        state.portfolio = PortfolioState.new(config, state.portfolio.book)
     else:
         state.portfolio.config = config
         state.portfolio.limits = config.governor_limits()
@@ -252,9 +253,15 @@ def fold_batch(
     return Folded(tuple(changes), tuple(dead))
 
 
+def book_name(topics: Topics, book_id: str) -> str:
+    """A book's name, `<topic prefix>.<book id>`: what its decision ids start with and its operator commands name
+    (`ControlCommand.book`, rules.md §11.3)."""
+    return f"{topics.prefix}.{book_id}"
+
+
 def decision_id_of(topics: Topics, book_id: str, cycle: int) -> str:
     """A decision's id, unique per topic prefix, book and cycle; the risk model's scenarios are seeded from it."""
-    return f"{topics.prefix}.{book_id}-{cycle:010d}"
+    return f"{book_name(topics, book_id)}-{cycle:010d}"
 
 
 def build_request(
@@ -445,6 +452,7 @@ def replay_steps(
             f"decision {recorded[0][1].decision_id} records no configuration (written before wire version 2): "
             "pass --config with the configuration the log ran with"
         )
+    state.portfolio.book = book_name(topics, recorded[0][1].book_id)  # the book the decisions are of
     ends: dict[TopicPartition, int] = {}
     for _, d in recorded:
         for pos in d.inputs:

@@ -183,5 +183,6 @@ def one_line(event: Event | DeadLetter) -> str:
     if isinstance(event, DeadLetter):
         return f"dead letter {event.topic}[{event.partition}]@{event.offset}: {event.error}"
     if isinstance(event, ControlCommand):
-        return f"command {event.command.value} by {event.operator_id}: {event.reason}"
+        book = f" for {event.book}" if event.book is not None else ""
+        return f"command {event.command.value}{book} by {event.operator_id}: {event.reason}"
     return f"{type(event).__name__} {json.dumps(to_json(event))}"
