@@ -337,24 +337,22 @@ class RegistryCodec:
                 import authlib.deprecate  # noqa: F401  (its import installs the "always" filter first)
             warnings.simplefilter("ignore", DeprecationWarning)
             from confluent_kafka.schema_registry import SchemaRegistryClient, topic_record_subject_name_strategy
-            from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+            from confluent_kafka.schema_registry.avro import AvroSerializer
 
         # new_client gives the in-process mock for mock:// URLs (tests, demos), a REST client otherwise
         self._client = SchemaRegistryClient.new_client({"url": url, **(extra_config or {})})
         conf = {"auto.register.schemas": True, "subject.name.strategy": topic_record_subject_name_strategy}
         self._serializers: dict[type[Event], Any] = {}
-        self._deserializers: dict[str, tuple[type[Event], Any]] = {}
+        # Read with fastavro and the timestamps as plain longs (`_parse`), writer and reader alike: the registry's
+        # deserializer would make them datetimes and fail on a time outside the years 1-9999.
+        self._readers: dict[str, tuple[type[Event], Any]] = {}
         for event_type in EVENT_TYPES:
             current = record_versions(event_type.__name__, versions_dir)[-1].schema
-            text = json.dumps(current)
             self._serializers[event_type] = AvroSerializer(
-                self._client, text, to_dict=lambda obj, _ctx: to_record(obj), conf=conf
+                self._client, json.dumps(current), to_dict=lambda obj, _ctx: to_record(obj), conf=conf
             )
-            self._deserializers[_full_name(current)] = (
-                event_type,
-                AvroDeserializer(self._client, text),
-            )
-        self._names_by_id: dict[int, str] = {}
+            self._readers[_full_name(current)] = (event_type, _parse(current))
+        self._writers: dict[int, tuple[str, Any]] = {}  # schema id -> (record name, parsed writer schema)
 
     def encode(self, event: Event, topic: str = "") -> bytes:
         from confluent_kafka.serialization import MessageField, SerializationContext
@@ -362,17 +360,15 @@ class RegistryCodec:
         data: bytes = self._serializers[type(event)](event, SerializationContext(topic, MessageField.VALUE))
         return data
 
-    def _record_name(self, schema_id: int) -> str:
-        name = self._names_by_id.get(schema_id)
-        if name is None:
-            schema = self._client.get_schema(schema_id)
-            name = _full_name(json.loads(schema.schema_str or "{}"))
-            self._names_by_id[schema_id] = name
-        return name
+    def _writer(self, schema_id: int) -> tuple[str, Any]:
+        known = self._writers.get(schema_id)
+        if known is None:
+            schema = json.loads(self._client.get_schema(schema_id).schema_str or "{}")
+            known = (_full_name(schema), _parse(schema))
+            self._writers[schema_id] = known
+        return known
 
     def decode(self, data: bytes, topic: str = "", partition: int = -1, offset: int = -1) -> Event:
-        from confluent_kafka.serialization import MessageField, SerializationContext
-
         def bad(reason: str) -> UndecodableMessage:
             return UndecodableMessage(reason, topic=topic, partition=partition, offset=offset)
 
@@ -380,15 +376,18 @@ class RegistryCodec:
             raise bad("not Confluent wire format (magic byte 0 and a schema id)")
         (schema_id,) = struct.unpack(">I", data[1:5])
         try:
-            name = self._record_name(schema_id)
+            name, writer = self._writer(schema_id)
         except Exception as exc:
             raise bad(f"unknown schema id {schema_id}: {exc}") from exc
-        known = self._deserializers.get(name)
+        known = self._readers.get(name)
         if known is None:
             raise bad(f"schema id {schema_id} is record {name}, not an event of ours")
-        event_type, deserializer = known
+        event_type, reader = known
         try:
-            record = deserializer(data, SerializationContext(topic, MessageField.VALUE))
+            body = io.BytesIO(data[5:])
+            record = fastavro.schemaless_reader(body, writer, reader)
+            if body.tell() != len(data) - 5:
+                raise ValueError(f"{len(data) - 5 - body.tell()} trailing bytes after the record")
             return from_record(event_type, record)
         except Exception as exc:
             raise bad(f"{event_type.__name__} body does not decode: {exc}") from exc

@@ -213,6 +213,21 @@ def test_registry_wire_format_round_trip(event: Event) -> None:
     assert registry.decode(data, "allocator.test") == event
 
 
+@pytest.mark.parametrize("at", [2**62, 253_402_300_800_000, -62_135_596_800_001, -(2**63), 2**63 - 1])
+def test_the_registry_codec_reads_a_time_outside_python_s_dates_as_the_long_it_is(at: int) -> None:
+    """Timestamp fields travel as longs; beyond year 9999 or before year 1 a reader that made them dates would fail
+    on a record it wrote (the single-object codec is held to this in test_far_timestamps.py)."""
+    proposal = Proposal("p", "a", "s", "m", Side.BUY, None, 0.04, 0.9, 100.0, 10.0, 0.1, 0.01, "k", at)
+    for event in (DeadLetter("t", 0, 0, "e", None, at), proposal):
+        assert REGISTRY.decode(REGISTRY.encode(event, "allocator.test"), "allocator.test") == event
+
+
+def test_the_registry_codec_refuses_bytes_after_the_record_as_the_single_object_codec_does() -> None:
+    data = REGISTRY.encode(DeadLetter("t", 0, 0, "e", None, 5), "allocator.test")
+    with pytest.raises(UndecodableMessage, match="1 trailing bytes after the record"):
+        REGISTRY.decode(data + b"\x00", "allocator.test")
+
+
 def test_registry_codec_rejects_single_object_bytes_with_position() -> None:
     registry = make_codec("mock://reject")
     assert isinstance(registry, RegistryCodec)
