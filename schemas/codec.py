@@ -385,7 +385,7 @@ class RegistryCodec:
         event_type, reader = known
         try:
             body = io.BytesIO(data[5:])
-            record = fastavro.schemaless_reader(body, writer, reader)
+            record = typing.cast(dict[str, Any], fastavro.schemaless_reader(body, writer, reader))
             if body.tell() != len(data) - 5:
                 raise ValueError(f"{len(data) - 5 - body.tell()} trailing bytes after the record")
             return from_record(event_type, record)
