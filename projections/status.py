@@ -49,9 +49,13 @@ def read_status(engine: Engine, config: AllocatorConfig, decisions: int = 5, com
         )  # fmt: skip
         markets = _rows(conn, text("SELECT market_id, signed_exposure, gross_exposure FROM exposure_by_market"))
         keys = _rows(conn, text("SELECT correlation_key, gross_exposure, gross_cost FROM exposure_by_key"))
+    # Each governor's last change. An event whose old and new state are the same is a notice, not a change (a
+    # refused operator command, a reset awaiting its second key: those carry the book's state, HALTED while the kill
+    # switch is tripped), and must not hide the change before it: an operator halt stays a halt.
     latest: dict[str, dict[str, Any]] = {}
     for e in events:
-        latest[e["governor"]] = e
+        if e["old_state"] != e["new_state"]:
+            latest[e["governor"]] = e
     equity = latest_equity[0] if latest_equity else None
     e_now = float(equity["equity"]) if equity else 0.0
     tripped = latest.get(Governor.KILL_SWITCH, {}).get("new_state") == KillSwitchState.TRIPPED

@@ -381,3 +381,31 @@ def test_status_values_a_correlation_key_at_its_marks_as_the_group_cap_does(
     assert key["correlation_key"] == p.correlation_key
     assert key["gross_cost"] == pytest.approx(1_000.0)
     assert key["gross_exposure"] == pytest.approx(500.0)  # 2,000 contracts at the 0.25 mark
+
+
+def test_status_keeps_an_operator_halt_through_refused_commands_and_a_kill_switch_reset(
+    tmp_path: Path, database: ProjectionDatabase
+) -> None:
+    """A refused operator command (or a reset awaiting its second key) is an OPERATOR event whose old and new state
+    are the book's, HALTED while the kill switch is tripped: status took it for the operator governor's state, and
+    showed ACTIVE a book the allocator kept PAUSED."""
+    from book.config import AllocatorConfig
+    from projections.status import read_status
+
+    db = tmp_path / "log.sqlite"
+    events = [
+        GovernorEvent("g1", "b", Governor.OPERATOR, "ACTIVE", "PAUSED", "alice: ops halt", None, None, "c1", T + 1),
+        GovernorEvent("g2", "b", Governor.KILL_SWITCH, "ARMED", "TRIPPED", "drawdown", 0.3, 0.15, "f1", T + 2),
+        GovernorEvent(
+            "g3", "b", Governor.OPERATOR, "HALTED", "HALTED", "SET_LIMITS c2 by bob rejected", None, None, "c2", T + 3
+        ),
+        GovernorEvent("g4", "b", Governor.KILL_SWITCH, "TRIPPED", "ARMED", "reset by alice", None, None, "c3", T + 4),
+    ]
+    produce(db, TOPICS.governor, [(codec.encode(e), e.time) for e in events])
+    engine = database.migrate()
+    for name in ALL_TOPICS:
+        produce(db, name, [])
+    _project(db, engine)
+    status = read_status(engine, AllocatorConfig())
+    assert status["governor_state"] == "PAUSED"
+    assert status["governors"]["OPERATOR"]["cause"] == "alice: ops halt"
