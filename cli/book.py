@@ -47,6 +47,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import time
 
+    from allocator.service.chain import UnverifiedBook
     from allocator.service.loop import AllocatorService, group_of
     from allocator.service.metrics import ServiceMetrics
     from allocator.service.sequencer import BookState, NoConfigOnLog
@@ -119,7 +120,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 or (args.max_cycles is not None and service.state.cycle >= args.max_cycles)
             )
         )
-    except NoConfigOnLog as exc:
+    except (NoConfigOnLog, UnverifiedBook) as exc:
         raise UsageError(str(exc)) from exc
     except FencedError as exc:
         metrics.on_fenced()

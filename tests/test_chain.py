@@ -696,3 +696,31 @@ def test_a_signed_command_copied_onto_another_books_log_moves_nothing_there(
     decision, events = served("beta", beta)
     assert decision.governor_state is GovernorState.ACTIVE
     assert any("for book 'allocator.alpha', not this book 'allocator.beta'" in e.cause for e in events)
+
+
+def test_serve_refuses_a_signed_book_it_cannot_verify_instead_of_starting_it_over(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Restarted without the allocator's key, serve verified none of the book's decisions and started a new book
+    from nothing beside the chain (the configuration, keyring and equity gone): it must refuse to start instead."""
+    key_id, private, _ = new_key_pair(tmp_path / "alloc")
+    log = ["--log", str(tmp_path / "log.sqlite")]
+    examples = Path(__file__).resolve().parent.parent / "examples" / "proposals.json"
+    assert main(["init", *log]) == 0
+    assert main(["propose", str(examples), *log]) == 0
+    assert main(["serve", *log, "--signing-key", str(private), "--max-cycles", "1", "--duration", "60"]) == 0
+
+    def decisions() -> int:
+        with EmbeddedEventLog(tmp_path / "log.sqlite") as reader:
+            reader.assign([Topics().decisions])
+            return len(reader.poll(100, 0.5))
+
+    assert decisions() == 1
+    assert main(["control", "halt", "--reason", "r", "--operator", "o", *log]) == 0  # a batch: a cycle would run
+    capsys.readouterr()
+    assert main(["serve", *log, "--max-cycles", "2", "--duration", "5"]) == 2
+    err = capsys.readouterr().err
+    assert f"signed (key {key_id} on 1)" in err and "--trusted-keys" in err and "start the book over" in err
+    assert decisions() == 1
+    assert main(["serve", *log, "--signing-key", str(private), "--max-cycles", "2", "--duration", "60"]) == 0
+    assert decisions() == 2

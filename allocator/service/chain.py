@@ -192,6 +192,11 @@ def unverified_chain(verified: VerifiedLog, trusted: Trusted) -> str | None:
     return f"the book's decisions are signed ({named}) and {why}: none of them is verified"
 
 
+class UnverifiedBook(ValueError):
+    """The book's decisions are signed and not one verifies under the keys given: serving it would start the book over
+    from nothing (its configuration, keyring, tripped kill switch and equity lost) beside its real chain."""
+
+
 @dataclass
 class DecisionSigner:
     """The allocator's key and the chain head it extends; `seal` signs a decision and moves the head."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from allocator.engine.cycle import CycleOutcome, run_cycle
 from allocator.engine.request import CycleRequest
-from allocator.service.chain import ChainSettings, report_rejections, verify_log
+from allocator.service.chain import ChainSettings, UnverifiedBook, report_rejections, unverified_chain, verify_log
 from allocator.service.metrics import ServiceMetrics
 from allocator.service.sequencer import (
     CYCLE_FAILURE_SOURCE,
@@ -76,9 +76,16 @@ def rebuild(
 
     Only decisions that verify are folded (`allocator/service/chain.py`); a record that does not (undecodable,
     forged, out of the chain) is named and skipped, and the signer's head moves to the last that does. Raises
-    NoConfigOnLog when the log records no configuration and `config` is None."""
+    NoConfigOnLog when the log records no configuration and `config` is None, UnverifiedBook when the log's decisions
+    are signed and none verifies (`unverified_chain`)."""
     chain = chain or ChainSettings()
     verified = verify_log(reader, codec, topics, chain.trusted)
+    unverified = unverified_chain(verified, chain.trusted)
+    if unverified is not None:
+        raise UnverifiedBook(
+            f"{unverified}: serving would start the book over from nothing beside its chain; pass the key that "
+            "signs its decisions (--signing-key) or the keys that signed them (--trusted-keys)"
+        )
     report_rejections(verified.rejections, say)
     if chain.signer is not None:
         chain.signer.head = verified.head
