@@ -724,3 +724,23 @@ def test_serve_refuses_a_signed_book_it_cannot_verify_instead_of_starting_it_ove
     assert decisions() == 1
     assert main(["serve", *log, "--signing-key", str(private), "--max-cycles", "2", "--duration", "60"]) == 0
     assert decisions() == 2
+
+
+def test_serve_refuses_a_second_book_id_on_a_topic_prefix_that_has_another_books_decisions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`serve --book other` on a log with book main's decisions rebuilt main's state and decided for it under
+    another name: two books spending one wallet's inputs. It is refused, naming the book the log holds."""
+    log = ["--log", str(tmp_path / "log.sqlite")]
+    examples = Path(__file__).resolve().parent.parent / "examples" / "proposals.json"
+    assert main(["init", *log]) == 0
+    assert main(["propose", str(examples), *log]) == 0
+    assert main(["serve", "--book", "main", *log, "--max-cycles", "1", "--duration", "60"]) == 0
+    capsys.readouterr()
+    assert main(["serve", "--book", "other", *log, "--max-cycles", "2", "--duration", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "the decisions on this log are book main's (topic prefix allocator), not allocator.other's" in err
+    assert main(["init", *log, "--topic-prefix", "other"]) == 0
+    assert (
+        main(["serve", "--book", "other", *log, "--topic-prefix", "other", "--max-cycles", "1", "--duration", "2"]) == 0
+    )

@@ -32,6 +32,12 @@ from schemas.codec import EventCodec
 from schemas.events import Decision
 
 Say = Callable[[str], None]
+
+
+class OtherBook(ValueError):
+    """The log's decisions are another book's: a second book id on one topic prefix would spend the same inputs."""
+
+
 Decide = Callable[[CycleRequest], CycleOutcome]
 
 
@@ -77,7 +83,7 @@ def rebuild(
     Only decisions that verify are folded (`allocator/service/chain.py`); a record that does not (undecodable,
     forged, out of the chain) is named and skipped, and the signer's head moves to the last that does. Raises
     NoConfigOnLog when the log records no configuration and `config` is None, UnverifiedBook when the log's decisions
-    are signed and none verifies (`unverified_chain`)."""
+    are signed and none verifies (`unverified_chain`), OtherBook when its decisions are another book's."""
     chain = chain or ChainSettings()
     verified = verify_log(reader, codec, topics, chain.trusted)
     unverified = unverified_chain(verified, chain.trusted)
@@ -87,6 +93,15 @@ def rebuild(
             "signs its decisions (--signing-key) or the keys that signed them (--trusted-keys)"
         )
     report_rejections(verified.rejections, say)
+    others = sorted(
+        {d.book_id for _, d in verified.accepted if book is not None and book_name(topics, d.book_id) != book}
+    )
+    if others:
+        raise OtherBook(
+            f"the decisions on this log are book {', '.join(others)}'s (topic prefix {topics.prefix}), not {book}'s: "
+            "one book per topic prefix (they share its proposals, fills and control topics); serve --book "
+            f"{others[0]}, or give the new book its own --topic-prefix"
+        )
     if chain.signer is not None:
         chain.signer.head = verified.head
     state, decisions, events = replay_decisions(
