@@ -144,6 +144,7 @@ def test_service_metrics_move_with_the_book_and_readyz_follows_the_lag(
     assert value(after, "allocator_cycle_duration_seconds_count", book="obs") == 1
     assert value(after, "allocator_solve_duration_seconds_count", book="obs") == 1
     assert value(after, "allocator_solver_work_used_count", book="obs") == 1
+    assert value(after, "allocator_solver_work_budget", book="obs") == CONFIG.solver_work_limit > 0  # it read 0
     funded_total = sum(
         v
         for (name, labels), v in after.items()

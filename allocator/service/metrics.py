@@ -205,8 +205,7 @@ class ServiceMetrics:
         g["kill"].set(config.kill_switch_drawdown)
         g["pending"].set(pending)
         g["solve_limit"].set(config.solver_time_limit_ms / 1000.0)
-        budget = getattr(config, "mip_work_limit", None)
-        g["work_budget"].set(float(budget) if isinstance(budget, int | float) else 0.0)
+        g["work_budget"].set(float(config.solver_work_limit))
         now = time.monotonic()
         if now - self._exposure_at >= self.exposure_interval_s:
             self._exposure_at = now
