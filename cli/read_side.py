@@ -100,7 +100,7 @@ def _cmd_project(args: argparse.Namespace) -> int:
     from projections.database import DEFAULT_EMBEDDED_DATABASE, engine_for
     from projections.metrics import ProjectorMetrics
     from projections.migrate import upgrade
-    from projections.projector import Projector, StaleProjectorError
+    from projections.projector import ProjectionWriteError, Projector, StaleProjectorError
 
     settings, topic_names, codec = _projector_setup(args)
     say = _log_line(args, None)
@@ -140,6 +140,9 @@ def _cmd_project(args: argparse.Namespace) -> int:
             except StaleProjectorError as exc:
                 say.error(f"allocator project: {exc}", event="stale")
                 return 3
+            except ProjectionWriteError as exc:
+                say.error(f"allocator project: {exc} ({engine.url.render_as_string()}); stopping", event="error")
+                return EXIT_FAILURE
     finally:
         if server is not None:
             server.close()

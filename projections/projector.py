@@ -51,6 +51,21 @@ class StaleProjectorError(RuntimeError):
     """Another projector moved this projection's position: this one's batch was rolled back."""
 
 
+class ProjectionWriteError(RuntimeError):
+    """The projection database refused a batch for good (an SQLite file replaced or made read-only under a running
+    projector): retrying would never end. Nothing of the batch was written; a restart resumes from the stored
+    offsets."""
+
+
+class _Stopped(Exception):
+    """A stop was asked for while a batch waited for the database: the batch is left unwritten (its offsets too)."""
+
+
+# SQLite's errors that pass: another connection holds the file. Any other OperationalError of a local file (no such
+# table, read-only, disk I/O) stays, so it is raised instead of retried.
+_SQLITE_TRANSIENT = ("database is locked", "database table is locked", "busy")
+
+
 class Refusal(Protocol):
     """Why a record of the decisions topic does not verify (`allocator.service.chain.Rejection`)."""
 
@@ -392,6 +407,7 @@ class Projector:
         self.on_refused = on_refused
         self._chain_resumed = False
         self._told_unverified = False
+        self._stopping: Callable[[], bool] = lambda: False
 
     def start(self) -> None:
         """Seek every partition to the offset the database stored (the projection's own position)."""
@@ -463,10 +479,15 @@ class Projector:
             except OperationalError as exc:
                 if abandoned is not None and abandoned.is_set():
                     raise  # the caller is gone: stop retrying rather than outlive it
+                why = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
+                if self.engine.dialect.name == "sqlite" and not any(t in why.lower() for t in _SQLITE_TRANSIENT):
+                    raise ProjectionWriteError(f"the projection database refused a batch: {why}") from exc
+                if self._stopping():
+                    raise _Stopped from exc
                 self.stats.retries += 1
                 if self.metrics is not None:
                     self.metrics.on_retry()
-                self.say(f"database unavailable ({type(exc.orig).__name__}); retrying in {delay:.1f} s")
+                self.say(f"database unavailable ({type(exc.orig).__name__}: {why}); retrying in {delay:.1f} s")
                 self.sleep(delay)
                 delay = min(delay * 2, 5.0)
         self.stats.records += batch.records
@@ -476,8 +497,16 @@ class Projector:
         return all(self.log.position(tp) >= end for tp, end in ends.items())
 
     def run(self, should_stop: Callable[[], bool]) -> ProjectorStats:
-        while not should_stop():
-            self.step()
+        """Project until `should_stop`; asked while a batch waits for an unavailable database, it stops waiting (the
+        batch and its offsets stay unwritten, for the next start)."""
+        self._stopping = should_stop
+        try:
+            while not should_stop():
+                self.step()
+        except _Stopped:
+            pass
+        finally:
+            self._stopping = lambda: False
         return self.stats
 
     def catch_up(

@@ -16,7 +16,7 @@ from projections import tables
 from projections.bulk import written_columns
 from projections.database import engine_for, fresh_schema
 from projections.migrate import upgrade
-from projections.projector import TABLE_ORDER, Projector, StaleProjectorError, rows_of, write_batch
+from projections.projector import TABLE_ORDER, Projector, StaleProjectorError, rows_of, stored_offsets, write_batch
 from schemas.codec import SingleObjectCodec
 from schemas.events import (
     Allocation,
@@ -409,3 +409,56 @@ def test_status_keeps_an_operator_halt_through_refused_commands_and_a_kill_switc
     status = read_status(engine, AllocatorConfig())
     assert status["governor_state"] == "PAUSED"
     assert status["governors"]["OPERATOR"]["cause"] == "alice: ops halt"
+
+
+def _sqlite_projection(tmp_path: Path, name: str) -> tuple[str, Engine]:
+    url = f"sqlite:///{tmp_path / name}"
+    upgrade(url)
+    return url, engine_for(url)
+
+
+def test_a_projection_file_replaced_under_a_running_projector_stops_it_with_the_reason(tmp_path: Path) -> None:
+    """`replay` into the file a running `project` writes left the projector retrying "database unavailable" for
+    ever (and deaf to SIGTERM): SQLite's refusal of a local file does not pass. It now stops, naming it."""
+    from cli.main import main
+    from projections.projector import ProjectionWriteError
+
+    db = tmp_path / "log.sqlite"
+    produce(db, TOPICS.proposals, [(codec.encode(proposal(1)), T)])
+    for name in ALL_TOPICS:
+        produce(db, name, [])
+    url, engine = _sqlite_projection(tmp_path, "projection.sqlite")
+    with EmbeddedEventLog(db) as log:
+        projector = Projector(log, engine, codec, ALL_TOPICS, say=lambda _: None, sleep=lambda _: None)
+        projector.start()
+        projector.step(timeout_s=0.1)
+        assert main(["replay", "--log", str(db), "--database", url, "--topic-prefix", TOPICS.prefix]) == 0
+        produce(db, TOPICS.proposals, [(codec.encode(proposal(2)), T + 1)])
+        with pytest.raises(ProjectionWriteError, match=r"the projection database refused a batch: .*readonly"):
+            for _ in range(5):
+                projector.step(timeout_s=0.1)
+        assert projector.stats.retries == 0
+
+
+def test_a_stop_ends_the_wait_for_a_database_that_is_away(tmp_path: Path) -> None:
+    """While a batch waits for the database (here a lock another connection holds), a stop ends `run` at the next
+    retry; the batch and its offsets stay unwritten, for the next start."""
+    import sqlite3
+
+    db = tmp_path / "log.sqlite"
+    produce(db, TOPICS.proposals, [(codec.encode(proposal(1)), T)])
+    for name in ALL_TOPICS:
+        produce(db, name, [])
+    _, engine = _sqlite_projection(tmp_path, "projection.sqlite")
+    asked = {"stop": False}
+    with EmbeddedEventLog(db) as log:
+        projector = Projector(log, engine, codec, ALL_TOPICS, say=lambda _: None,
+                              sleep=lambda _: asked.update(stop=True))  # fmt: skip
+        projector.start()
+        holder = sqlite3.connect(tmp_path / "projection.sqlite", timeout=0.1)
+        holder.execute("BEGIN IMMEDIATE")  # another writer: this projector's batch waits
+        stats = projector.run(lambda: asked["stop"])
+    holder.rollback()
+    holder.close()
+    assert asked["stop"] and stats.retries == 1 and stats.batches == 0
+    assert stored_offsets(engine, "projector") == {}
