@@ -140,15 +140,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys_new(args: argparse.Namespace) -> int:
-    from allocator.service.keys import new_key_pair
+    import json
+
+    from allocator.service.keys import load_trusted_keys, new_key_pair, public_key_hex
     from schemas.signing import SigningKeyError
 
     try:
         key_id, _private, public = new_key_pair(args.out)
+        raw = public_key_hex(load_trusted_keys(public)[key_id])
     except SigningKeyError as exc:
         raise UsageError(str(exc)) from exc
     print(f"key id {key_id}")
     print(f"public key {public}")
+    # What a book's operator keyring takes (operator_keys: key id -> raw public key in hex), ready to paste.
+    print(f"operator_keys entry {json.dumps({key_id: raw})}")
     return EXIT_OK
 
 

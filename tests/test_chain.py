@@ -566,6 +566,12 @@ def test_keys_new_prints_the_id_and_public_file_never_the_key(
     key_id = private.stem
     assert f"key id {key_id}" in out and str(tmp_path / "k" / f"{key_id}.pub") in out
     assert "PRIVATE" not in out and private.read_text(encoding="utf-8").splitlines()[1] not in out
+    from allocator.service.keys import public_key_hex
+
+    (entry,) = [line for line in out.splitlines() if line.startswith("operator_keys entry ")]
+    ring = json.loads(entry.removeprefix("operator_keys entry "))
+    assert ring == {key_id: public_key_hex(load_signing_key(private).public_key())}
+    assert AllocatorConfig.from_mapping({"operator_keys": ring}).operator_keys == ring  # a keyring as printed
 
 
 def test_serve_warns_that_unsigned_decisions_can_be_forged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
