@@ -34,7 +34,7 @@ def failure_pause_triggered(reports: int, failures: int, limit: float, min_sampl
 
 
 def solver_timeouts_trigger(recent_timeouts: int, trigger: int) -> bool:
-    """The opportunity window halves when `trigger` (3) of the last solves (10) hit the time limit."""
+    """The opportunity window halves when `trigger` (3) of the last solves (10) ran out of their work or time budget."""
     return recent_timeouts >= trigger
 
 

@@ -171,7 +171,8 @@ def on_solve(status: GovernorStatus, timed_out: bool, limits: GovernorLimits) ->
             Governor.SOLVER_TIMEOUT,
             str(status.window_ms),
             str(window),
-            f"{timeouts} of the last {len(history)} solves hit the time limit: opportunity window halved",
+            f"{timeouts} of the last {len(history)} solves ran out of their budget (work or time): opportunity window "
+            "halved",
             measured=float(timeouts),
             limit=float(limits.solver_timeout_trigger),
         )

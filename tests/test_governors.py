@@ -97,6 +97,8 @@ def test_solver_timeouts_halve_the_window_to_its_floor_and_on_time_solves_double
     for timed_out in [True, False, True, False, False, True]:  # the third time-out in ten
         status, changes = on_solve(status, timed_out, LIMITS)
         windows += [int(c.new_state) for c in changes]
+        # A solve counts when it ran out of its work budget or the clock's net: the cause says both, not "time".
+        assert all("ran out of their budget (work or time)" in c.cause for c in changes)
     assert windows == [300_000, 150_000]
     for _ in range(40):
         status, _ = on_solve(status, True, LIMITS)
