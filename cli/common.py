@@ -218,9 +218,10 @@ def _config_file(args: argparse.Namespace) -> AllocatorConfig | None:
         raise UsageError(str(exc)) from exc
 
 
-def _cross_check(verified: VerifiedLog, config: AllocatorConfig | None) -> AllocatorConfig | None:
+def _cross_check(verified: VerifiedLog, config: AllocatorConfig | None, say: bool = True) -> AllocatorConfig | None:
     """The configuration the log's verified decisions record last (None when none records one: a log written before
-    wire version 2); a --config file that differs from it is only reported: the log's is the one that was in force.
+    wire version 2); a --config file that differs from it is only reported (unless not `say`: a caller that folds
+    the log compares the configuration in force instead, SET_LIMITS included): the log's is the one that was used.
 
     Only decisions that verify count (`verify_log` with the reader's trusted keys), so a forged decision cannot choose
     the configuration. The caller reads and verifies the decisions topic once and hands the result here and to what
@@ -228,9 +229,10 @@ def _cross_check(verified: VerifiedLog, config: AllocatorConfig | None) -> Alloc
     from allocator.service.sequencer import recorded_config
 
     on_log = recorded_config(verified.accepted)
-    if on_log is not None and config is not None and on_log.config_hash != config.config_hash:
-        print(f"the log ran with hash {on_log.config_hash[:12]}, your file has {config.config_hash[:12]}; "
-              "the log's configuration is used", file=sys.stderr)  # fmt: skip
+    if say and on_log is not None and config is not None and on_log.config_hash != config.config_hash:
+        print(f"the log ran with hash {on_log.config_hash[:12]} (as its decisions last recorded it; SET_LIMITS since "
+              f"then not counted), your file has {config.config_hash[:12]}; the log's configuration is used",
+              file=sys.stderr)  # fmt: skip
     return on_log
 
 
@@ -300,12 +302,17 @@ def _status_config(args: argparse.Namespace) -> StatusConfig:
             if unverified_chain(verified, trusted) is not None:
                 return StatusConfig(fallback, source, "not the log's: none of its signed decisions verifies",
                                     verified, trusted)  # fmt: skip
-            on_log = _cross_check(verified, config)
+            on_log = _cross_check(verified, config, say=False)
             try:
                 state, _, _ = replay_decisions(reader, codec, topics, config if on_log is None else None,
                                                lambda _s, d: d, verified.accepted)  # fmt: skip
             except NoConfigOnLog:
                 return StatusConfig(fallback, source, "the log records none", verified, trusted)
+            in_force = state.portfolio.config
+            if on_log is not None and config is not None and in_force.config_hash != config.config_hash:
+                print(f"the log ran with hash {in_force.config_hash[:12]} (in force now, SET_LIMITS included), "
+                      f"your file has {config.config_hash[:12]}; the log's configuration is used",
+                      file=sys.stderr)  # fmt: skip
     except LogError as exc:
         if named:
             raise UsageError(f"cannot read the configuration from the log: {exc}") from exc

@@ -162,3 +162,30 @@ def test_a_log_without_a_recorded_configuration_needs_one(tmp_path: Path, capsys
         err = capsys.readouterr().err
         assert code == 2, err
         assert "--config" in err and "Traceback" not in err
+
+
+def test_status_cross_checks_a_file_against_the_configuration_in_force_set_limits_included(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """status compared --config with the configuration the log last recorded, so after a SET_LIMITS it named one
+    hash in its warning and another as the log's: it compares the one in force, the one it shows."""
+    log = ["--log", str(tmp_path / "log.sqlite")]
+    db = ["--database", f"sqlite:///{tmp_path / 'projection.sqlite'}"]
+    config = tmp_path / "book.json"
+    config.write_text(json.dumps({"scenario_count": 300}), encoding="utf-8")
+    examples = Path(__file__).resolve().parent.parent / "examples" / "proposals.json"
+    assert main(["init", *log, "--config", str(config)]) == 0
+    assert main(["propose", str(examples), *log]) == 0
+    assert main(["serve", *log, "--config", str(config), "--max-cycles", "1", "--duration", "60"]) == 0
+    assert main(["control", "set-limits", "--set", "position_cap=0.01", "--reason", "r", "--operator", "o", *log]) == 0
+    assert main(["serve", *log, "--max-cycles", "2", "--duration", "60"]) == 0
+    assert main(["project", *log, *db, "--once"]) == 0
+    in_force = AllocatorConfig.from_mapping({"scenario_count": 300, "position_cap": 0.01}).config_hash[:12]
+    capsys.readouterr()
+    assert main(["status", *log, *db, "--config", str(config)]) == 0
+    out, err = capsys.readouterr()
+    assert f"the log ran with hash {in_force} (in force now, SET_LIMITS included)" in err
+    assert f"configuration: the log's (hash {in_force})" in out
+    (tmp_path / "now.json").write_text(json.dumps({"scenario_count": 300, "position_cap": 0.01}), encoding="utf-8")
+    assert main(["status", *log, *db, "--config", str(tmp_path / "now.json")]) == 0
+    assert "the log ran with hash" not in capsys.readouterr().err  # the file is the configuration in force
