@@ -61,7 +61,11 @@ def read_status(engine: Engine, config: AllocatorConfig, decisions: int = 5, com
     tripped = latest.get(Governor.KILL_SWITCH, {}).get("new_state") == KillSwitchState.TRIPPED
     paused = any(latest.get(g, {}).get("new_state") == PauseState.PAUSED for g in PAUSING_GOVERNORS)
     governor = book_state(tripped, paused).value
+    # The last decision records the window it ran with; a change its own solve caused (published with it) is newer.
     window_ms = int(last[0]["opportunity_window_ms"]) if last else round(config.opportunity_window_s * 1000)
+    resized = latest.get(Governor.SOLVER_TIMEOUT)
+    if resized is not None and (not last or int(resized["time"]) >= int(last[0]["decided_at"])):
+        window_ms = int(resized["new_state"])
     return {
         "governor_state": governor,
         "governors": {g: latest[g] for g in GOVERNORS if g in latest},
@@ -155,7 +159,10 @@ def format_status(status: dict[str, Any]) -> str:
         room = "BEYOND" if dd >= line else f"{line - dd:.2%} away"
         out.append(f"equity {equity['equity']:,.2f}   high-water mark {equity['high_water_mark']:,.2f}   drawdown "
                    f"{dd:.2%} (kill switch at {line:.0%}: {room})")  # fmt: skip
-        out.append(f"available {equity['available']:,.2f}")
+        out.append(
+            f"available {equity['available']:,.2f} (at the start of cycle {equity['cycle']}: cash less "
+            "reservations, before its allocations)"
+        )
     exposures = (
         ("exposure by market (signed marked value; cap = market_cap x equity)", status["markets"], "market_id",
          "signed_exposure"),

@@ -462,3 +462,26 @@ def test_a_stop_ends_the_wait_for_a_database_that_is_away(tmp_path: Path) -> Non
     holder.close()
     assert asked["stop"] and stats.retries == 1 and stats.batches == 0
     assert stored_offsets(engine, "projector") == {}
+
+
+def test_status_shows_the_window_a_solve_timeout_just_halved(tmp_path: Path, database: ProjectionDatabase) -> None:
+    """The last decision records the window it ran with; the halving its own solve caused is published with it and
+    is the window now (status showed the one before)."""
+    from book.config import AllocatorConfig
+    from projections.status import format_status, read_status
+
+    db = tmp_path / "log.sqlite"
+    decision = Decision("d1", "book1", 1, T, (), "v1", "cafe", 42, GovernorState.ACTIVE, 300_000, 900.0, 600.0,
+                        1000.0, SolverPath.MIP_WORK_LIMIT, 12.5, 3.25, None, (), ())  # fmt: skip
+    cut = GovernorEvent("g1", "b", Governor.SOLVER_TIMEOUT, str(decision.opportunity_window_ms),
+                        str(decision.opportunity_window_ms // 2), "3 of the last 3 solves ran out of their budget",
+                        3.0, 3.0, decision.decision_id, decision.decided_at)  # fmt: skip
+    produce(db, TOPICS.governor, [(codec.encode(cut), decision.decided_at)])
+    produce(db, TOPICS.decisions, [(codec.encode(decision), decision.decided_at)])
+    engine = database.migrate()
+    for name in ALL_TOPICS:
+        produce(db, name, [])
+    _project(db, engine)
+    status = read_status(engine, AllocatorConfig())
+    assert status["opportunity_window_ms"] == decision.opportunity_window_ms // 2
+    assert f"opportunity window {decision.opportunity_window_ms // 2000:,} s" in format_status(status)
