@@ -79,6 +79,7 @@ def out_of_bounds(event: Event, known_markets: Container[str]) -> str | None:
             _text(event, "command_id", MAX_ID_LENGTH),
             _text(event, "operator_id", MAX_ID_LENGTH),
             _text(event, "reason", MAX_TEXT_LENGTH),
+            _text(event, "book", MAX_TEXT_LENGTH),
             f"ControlCommand.limits: {len(limits)} keys, at most {MAX_LIMIT_KEYS}"
             if len(limits) > MAX_LIMIT_KEYS
             else None,

@@ -564,7 +564,7 @@ class PortfolioState:
             config = self.config.with_limits(command.limits or {})
         except ConfigError as exc:
             state = self.governor.state.value
-            cause = f"SET_LIMITS by {command.operator_id} rejected, limits unchanged: {exc}"
+            cause = f"SET_LIMITS {command.command_id} by {command.operator_id} rejected, limits unchanged: {exc}"
             return (GovernorChange(Governor.OPERATOR, state, state, cause),)
         self.config = config
         self.limits = config.governor_limits()

@@ -218,7 +218,8 @@ def _other_rows(event: Event, record: Record, out: Rows) -> None:
     elif isinstance(event, ControlCommand):
         limits = json.dumps(event.limits, sort_keys=True) if event.limits else None
         out[tables.control_commands].append((event.command_id, event.operator_id, event.command.value,
-                                             event.reason, limits, event.time))  # fmt: skip
+                                             event.reason, limits, event.time, event.book, event.key_id,
+                                             f"{record.topic}/{record.partition}/{record.offset}"))  # fmt: skip
     elif isinstance(event, GovernorEvent):
         out[tables.governor_events].append((event.event_id, event.book_id, event.governor.value, event.old_state,
                                             event.new_state, event.cause, event.measured, event.limit,

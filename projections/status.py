@@ -49,6 +49,13 @@ def read_status(engine: Engine, config: AllocatorConfig, decisions: int = 5, com
         )  # fmt: skip
         markets = _rows(conn, text("SELECT market_id, signed_exposure, gross_exposure FROM exposure_by_market"))
         keys = _rows(conn, text("SELECT correlation_key, gross_exposure, gross_cost FROM exposure_by_key"))
+    # What the fold made of each command: the same-state events its record caused (refused, or awaiting a second key).
+    noted: dict[str, str] = {}
+    for e in events:
+        if e["old_state"] == e["new_state"] and e["source"]:
+            noted[e["source"]] = e["cause"]
+    for c in recent:
+        c["noted"] = noted.get(c["source"]) if c.get("source") else None
     # Each governor's last change. An event whose old and new state are the same is a notice, not a change (a
     # refused operator command, a reset awaiting its second key: those carry the book's state, HALTED while the kill
     # switch is tripped), and must not hide the change before it: an operator halt stays a halt.
@@ -188,7 +195,10 @@ def format_status(status: dict[str, Any]) -> str:
     out.append("operator commands (latest first)")
     for c in status["commands"]:
         limits = f" {c['limits']}" if c["limits"] else ""
-        out.append(f"  {_when(c['time'])}  {c['command']:<17} by {c['operator_id']}: {c['reason']}{limits}")
+        signed = f" (key {c['key_id']})" if c.get("key_id") else ""
+        noted = f"  [{c['noted']}]" if c.get("noted") else ""
+        out.append(f"  {_when(c['time'])}  {c['command']:<17} by {c['operator_id']}{signed}: {c['reason']}{limits}"
+                   f"{noted}")  # fmt: skip
     if not status["commands"]:
         out.append("  none")
     return "\n".join(out)

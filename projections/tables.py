@@ -154,6 +154,14 @@ control_commands = Table(
     Column("reason", Text, nullable=False),
     Column("limits", Text, nullable=True, comment="SET_LIMITS values as JSON."),
     Column("time", BigInteger, nullable=False),
+    Column("book", Text, nullable=True, comment="The book the command names; null before version 3."),
+    Column("key_id", Text, nullable=True, comment="The operator key that signed it; null unsigned."),
+    Column(
+        "source",
+        Text,
+        nullable=True,
+        comment="topic/partition/offset of its record: the source of the governor events it caused.",
+    ),
 )
 
 dead_letters = Table(

@@ -288,7 +288,7 @@ def test_a_set_limits_with_any_bad_key_changes_nothing_and_says_which_key(limits
     assert book.config == before and book.config.position_cap == 0.01
     assert book.limits == before.governor_limits()
     assert len(changes) == 1 and changes[0].governor is Governor.OPERATOR
-    assert named in changes[0].cause and "rejected" in changes[0].cause
+    assert named in changes[0].cause and changes[0].cause.startswith("SET_LIMITS c by risk rejected")  # names its id
     assert changes[0].old_state == changes[0].new_state == "ACTIVE"
 
 

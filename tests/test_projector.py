@@ -313,7 +313,7 @@ def test_every_event_becomes_rows_whose_columns_hold_its_fields() -> None:
     assert rows["resolutions"] == [{"market_id": "m1", "outcome": "NO", "time": T + 3}]
     assert rows["control_commands"] == [
         {"command_id": "c1", "operator_id": "risk", "command": "SET_LIMITS", "reason": "tighter",
-         "limits": '{"a": 0.1, "b": 0.2}', "time": T + 4}
+         "limits": '{"a": 0.1, "b": 0.2}', "time": T + 4, "book": None, "key_id": None, "source": "x.t/0/4"}
     ]  # fmt: skip
     assert rows["governor_events"] == [
         {"event_id": "g1", "book_id": "book1", "governor": "KILL_SWITCH", "old_state": "ACTIVE",
@@ -485,3 +485,30 @@ def test_status_shows_the_window_a_solve_timeout_just_halved(tmp_path: Path, dat
     status = read_status(engine, AllocatorConfig())
     assert status["opportunity_window_ms"] == decision.opportunity_window_ms // 2
     assert f"opportunity window {decision.opportunity_window_ms // 2000:,} s" in format_status(status)
+
+
+def test_status_says_what_the_fold_made_of_each_command(tmp_path: Path, database: ProjectionDatabase) -> None:
+    """A refused command was listed like an accepted one: each command's row holds its record's position, the source
+    of the events it caused, so status marks the one the fold refused with why, and names a signing key."""
+    from book.config import AllocatorConfig
+    from projections.status import format_status, read_status
+
+    db = tmp_path / "log.sqlite"
+    halt = ControlCommand("c1", "mallory", Command.HALT, "let me", None, T + 1)
+    resume = ControlCommand("c2", "alice", Command.RESUME, "fixed", None, T + 2, "allocator.main", "k1", b"\x00" * 64)
+    produce(db, TOPICS.control, [(codec.encode(halt), T + 1), (codec.encode(resume), T + 2)])
+    refused = GovernorEvent("g1", "b", Governor.OPERATOR, "ACTIVE", "ACTIVE", "HALT c1 by mallory rejected, nothing "
+                            "changed: unsigned", None, None, f"{TOPICS.control}/0/0", T + 3)  # fmt: skip
+    produce(db, TOPICS.governor, [(codec.encode(refused), T + 3)])
+    engine = database.migrate()
+    for name in ALL_TOPICS:
+        produce(db, name, [])
+    _project(db, engine)
+    status = read_status(engine, AllocatorConfig())
+    by_id = {c["command_id"]: c for c in status["commands"]}
+    assert by_id["c1"]["noted"] == refused.cause and by_id["c2"]["noted"] is None
+    assert by_id["c2"]["book"] == "allocator.main" and by_id["c2"]["key_id"] == "k1"
+    text = format_status({**status, "decisions": [{"book_id": "b", "cycle": 1, "decided_at": T, "governor_state":
+                          "ACTIVE", "solver_path": "NOT_RUN", "solve_ms": 0.0, "gap": None, "funded": 0}]})  # fmt: skip
+    assert "by mallory: let me  [HALT c1 by mallory rejected, nothing changed: unsigned]" in text
+    assert "by alice (key k1): fixed" in text
