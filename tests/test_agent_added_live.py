@@ -227,9 +227,13 @@ def test_a_running_projector_reads_an_agent_s_topic_made_after_it_started(tmp_pa
         engine = create_engine(database)
         deadline = time.monotonic() + 60
         while True:
+            # g1 went to the shared topic (this client knows no agents), so it can be projected before the projector
+            # looks for new topics (every 5 s): wait for both, or the SIGTERM below races the discovery.
+            found = "reading pj.proposals.gamma as well" in (tmp_path / "project.out").read_text()
             try:
                 with engine.connect() as conn:
-                    if conn.execute(text("select count(*) from proposals where proposal_id = 'g1'")).scalar_one():
+                    projected = conn.execute(text("select count(*) from proposals where proposal_id = 'g1'"))
+                    if projected.scalar_one() and found:
                         break
             except Exception:
                 pass  # not migrated yet
