@@ -260,8 +260,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     except SQLAlchemyError as exc:
         where = engine.url.render_as_string()
         problem = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
-        print(f"allocator status: cannot read the projection at {where}: {problem} (has `allocator project` run?)",
-              file=sys.stderr)  # fmt: skip
+        print(f"allocator status: cannot read the projection at {where}: {problem} (has `allocator project` run? "
+              "one made by an older release needs `allocator db upgrade`)", file=sys.stderr)  # fmt: skip
         return EXIT_FAILURE
     finally:
         engine.dispose()

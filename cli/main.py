@@ -49,6 +49,16 @@ def _port(text: str) -> int:
     return value
 
 
+def _topic_prefix(text: str) -> str:
+    """An argparse type: a topic prefix, the start of Kafka topic names (a-z, A-Z, 0-9, '.', '_', '-')."""
+    import re
+
+    if not re.fullmatch(r"[a-zA-Z0-9._-]{1,200}", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: 1-200 characters of a-z, A-Z, 0-9, '.', '_' and '-' (it starts "
+                                         "every topic name)")  # fmt: skip
+    return text
+
+
 def _seconds(text: str) -> float:
     """An argparse type: a finite, non-negative number of seconds (NaN or inf would never stop)."""
     try:
@@ -75,6 +85,7 @@ def _log_options(parser: argparse.ArgumentParser, *, registry: bool = True, disc
     if discover:
         parser.add_argument(
             "--topic-prefix",
+            type=_topic_prefix,
             default=os.environ.get(TOPIC_PREFIX_ENV) or None,
             help=f"topic names are PREFIX.proposals, ... (default: ${TOPIC_PREFIX_ENV}, else the only book of an "
             "embedded log; on Kafka allocator)",
@@ -88,6 +99,7 @@ def _log_options(parser: argparse.ArgumentParser, *, registry: bool = True, disc
 def _topic_prefix_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--topic-prefix",
+        type=_topic_prefix,
         default=os.environ.get(TOPIC_PREFIX_ENV) or DEFAULT_PREFIX,
         help=f"topic names are PREFIX.proposals, ... (default: ${TOPIC_PREFIX_ENV}, else {DEFAULT_PREFIX})",
     )
@@ -280,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     control.add_argument(
         "--book", default="main",
-        help="the book the command is for (default: main); the command names PREFIX.BOOK, signed with it, and "
-        "any other book refuses it",
+        help="the book the command is for (default: main); the command names PREFIX.BOOK, signed with it, and a "
+        "book with operator keys that is not that book refuses it",
     )  # fmt: skip
     _log_options(control)
     control.set_defaults(handler=_cmd_control)

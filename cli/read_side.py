@@ -97,6 +97,8 @@ def _cmd_project(args: argparse.Namespace) -> int:
     import os
     import signal
 
+    from sqlalchemy.exc import OperationalError
+
     from projections.database import DEFAULT_EMBEDDED_DATABASE, engine_for
     from projections.metrics import ProjectorMetrics
     from projections.migrate import upgrade
@@ -109,8 +111,14 @@ def _cmd_project(args: argparse.Namespace) -> int:
     )
     url = _projection_url(args.database or os.environ.get("DATABASE_URL") or DEFAULT_EMBEDDED_DATABASE, settings)
     metrics = ProjectorMetrics()
+    try:
+        upgrade(url, schema=args.schema)
+    except OperationalError as exc:  # a database that is away or locked at start: said in one line, not a traceback
+        why = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
+        say.error(f"allocator project: cannot migrate the projection database ({why}); nothing projected",
+                  event="error")  # fmt: skip
+        return EXIT_FAILURE
     server = _metrics_server(args, metrics.registry, metrics.ready)
-    upgrade(url, schema=args.schema)
     engine = engine_for(url, args.schema)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))

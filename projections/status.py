@@ -47,6 +47,18 @@ def read_status(engine: Engine, config: AllocatorConfig, decisions: int = 5, com
                    tables.decisions.c.previous_hash, tables.decisions.c.key_id)
             .order_by(desc(tables.decisions.c.log_partition), desc(tables.decisions.c.log_offset)).limit(1),
         )  # fmt: skip
+        # The dead letters of the commands listed: a command out of its bounds never reached the fold.
+        positions = [tuple(c["source"].rsplit("/", 2)) for c in recent if c.get("source")]
+        dl = tables.dead_letters
+        rejected = {
+            f"{r.topic}/{r.partition}/{r.offset}": r.error
+            for topic in {p[0] for p in positions}
+            for r in conn.execute(
+                select(dl.c.topic, dl.c.partition, dl.c.offset, dl.c.error)
+                .where(dl.c.topic == topic)
+                .where(dl.c.offset.in_([int(p[2]) for p in positions if p[0] == topic]))
+            )
+        }
         markets = _rows(conn, text("SELECT market_id, signed_exposure, gross_exposure FROM exposure_by_market"))
         keys = _rows(conn, text("SELECT correlation_key, gross_exposure, gross_cost FROM exposure_by_key"))
     # What the fold made of each command: the same-state events its record caused (refused, or awaiting a second key).
@@ -55,7 +67,12 @@ def read_status(engine: Engine, config: AllocatorConfig, decisions: int = 5, com
         if e["old_state"] == e["new_state"] and e["source"]:
             noted[e["source"]] = e["cause"]
     for c in recent:
-        c["noted"] = noted.get(c["source"]) if c.get("source") else None
+        source = c.get("source")
+        c["noted"] = (
+            None
+            if source is None
+            else noted.get(source) or (f"dead letter, no effect: {rejected[source]}" if source in rejected else None)
+        )
     # Each governor's last change. An event whose old and new state are the same is a notice, not a change (a
     # refused operator command, a reset awaiting its second key: those carry the book's state, HALTED while the kill
     # switch is tripped), and must not hide the change before it: an operator halt stays a halt.

@@ -745,8 +745,28 @@ def test_serve_refuses_a_second_book_id_on_a_topic_prefix_that_has_another_books
     capsys.readouterr()
     assert main(["serve", "--book", "other", *log, "--max-cycles", "2", "--duration", "5"]) == 2
     err = capsys.readouterr().err
-    assert "the decisions on this log are book main's (topic prefix allocator), not allocator.other's" in err
+    assert "the decisions on this log are book allocator.main's, not allocator.other's" in err
     assert main(["init", *log, "--topic-prefix", "other"]) == 0
     assert (
         main(["serve", "--book", "other", *log, "--topic-prefix", "other", "--max-cycles", "1", "--duration", "2"]) == 0
     )
+
+
+def test_serve_after_a_key_rotation_without_the_earlier_key_says_to_trust_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The refusal said "no trusted key (k2) signed one" although k2 had: its decisions link to k1's."""
+    _, k1, pub1 = new_key_pair(tmp_path / "k1")
+    id2, k2, _ = new_key_pair(tmp_path / "k2")
+    log = ["--log", str(tmp_path / "log.sqlite")]
+    examples = Path(__file__).resolve().parent.parent / "examples" / "proposals.json"
+    assert main(["init", *log]) == 0
+    assert main(["propose", str(examples), *log]) == 0
+    assert main(["serve", *log, "--signing-key", str(k1), "--max-cycles", "1", "--duration", "60"]) == 0
+    assert main(["control", "halt", "--reason", "r", "--operator", "o", *log]) == 0
+    rotated = ["--signing-key", str(k2), "--trusted-keys", str(pub1), "--max-cycles", "2", "--duration", "60"]
+    assert main(["serve", *log, *rotated]) == 0
+    capsys.readouterr()
+    assert main(["serve", *log, "--signing-key", str(k2), "--max-cycles", "3", "--duration", "5"]) == 2
+    err = capsys.readouterr().err
+    assert f"those of trusted key {id2} link to decisions signed by" in err and "trust the earlier key too" in err

@@ -27,6 +27,8 @@ from cli.main import main
         (["init", "--replication-factor", "0"], "--replication-factor"),
         (["status", "--decisions", "-3"], "--decisions"),
         (["allocate", "x.json", "--indent", "-5"], "--indent"),
+        (["control", "halt", "--reason", "r", "--operator", "o", "--topic-prefix", "a b"], "--topic-prefix"),
+        (["status", "--topic-prefix", "x/y"], "--topic-prefix"),
     ],
 )
 def test_a_bad_number_is_a_usage_error_naming_the_flag(

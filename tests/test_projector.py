@@ -496,7 +496,12 @@ def test_status_says_what_the_fold_made_of_each_command(tmp_path: Path, database
     db = tmp_path / "log.sqlite"
     halt = ControlCommand("c1", "mallory", Command.HALT, "let me", None, T + 1)
     resume = ControlCommand("c2", "alice", Command.RESUME, "fixed", None, T + 2, "allocator.main", "k1", b"\x00" * 64)
-    produce(db, TOPICS.control, [(codec.encode(halt), T + 1), (codec.encode(resume), T + 2)])
+    huge = ControlCommand("c3", "mallory", Command.RESUME, "resumed by ops", None, T + 3, "allocator.main" + "x" * 5000)
+    produce(
+        db, TOPICS.control, [(codec.encode(halt), T + 1), (codec.encode(resume), T + 2), (codec.encode(huge), T + 3)]
+    )
+    bounds = "rejected, no effect on the book: ControlCommand.book: 5014 characters, at most 4096"
+    produce(db, TOPICS.deadletter, [(codec.encode(DeadLetter(TOPICS.control, 0, 2, bounds, None, T + 3)), T + 3)])
     refused = GovernorEvent("g1", "b", Governor.OPERATOR, "ACTIVE", "ACTIVE", "HALT c1 by mallory rejected, nothing "
                             "changed: unsigned", None, None, f"{TOPICS.control}/0/0", T + 3)  # fmt: skip
     produce(db, TOPICS.governor, [(codec.encode(refused), T + 3)])
@@ -507,8 +512,35 @@ def test_status_says_what_the_fold_made_of_each_command(tmp_path: Path, database
     status = read_status(engine, AllocatorConfig())
     by_id = {c["command_id"]: c for c in status["commands"]}
     assert by_id["c1"]["noted"] == refused.cause and by_id["c2"]["noted"] is None
+    assert by_id["c3"]["noted"] == f"dead letter, no effect: {bounds}"  # never folded: no governor event names it
     assert by_id["c2"]["book"] == "allocator.main" and by_id["c2"]["key_id"] == "k1"
     text = format_status({**status, "decisions": [{"book_id": "b", "cycle": 1, "decided_at": T, "governor_state":
                           "ACTIVE", "solver_path": "NOT_RUN", "solve_ms": 0.0, "gap": None, "funded": 0}]})  # fmt: skip
     assert "by mallory: let me  [HALT c1 by mallory rejected, nothing changed: unsigned]" in text
     assert "by alice (key k1): fixed" in text
+
+
+def test_project_says_in_one_line_that_its_database_is_locked_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A projection file another process holds locked when `project` starts was an Alembic traceback."""
+    import sqlite3
+
+    from cli.main import main
+
+    db = tmp_path / "log.sqlite"
+    assert main(["init", "--log", str(db)]) == 0
+    holder = sqlite3.connect(tmp_path / "projection.sqlite", timeout=0.1)
+    holder.execute("CREATE TABLE held (x)")
+    holder.commit()
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        capsys.readouterr()
+        code = main(["project", "--log", str(db), "--database", f"sqlite:///{tmp_path / 'projection.sqlite'}",
+                     "--once"])  # fmt: skip
+    finally:
+        holder.rollback()
+        holder.close()
+    err = capsys.readouterr().err
+    assert code == 1 and "cannot migrate the projection database (database is locked)" in err
+    assert "Traceback" not in err

@@ -188,7 +188,17 @@ def unverified_chain(verified: VerifiedLog, trusted: Trusted) -> str | None:
     if verified.began or not keys:
         return None
     named = ", ".join(f"key {key_id} on {count}" for key_id, count in sorted(keys.items(), key=lambda kv: -kv[1]))
-    why = "no --trusted-keys was given" if not trusted else f"no trusted key ({', '.join(sorted(trusted))}) signed one"
+    mine = sorted(set(trusted) & set(keys))
+    if not trusted:
+        why = "no --trusted-keys was given"
+    elif mine:  # a rotation: the trusted key's decisions link to ones signed by a key no longer trusted
+        earlier = ", ".join(sorted(set(keys) - set(trusted)))
+        why = (
+            f"those of trusted key {', '.join(mine)} link to decisions signed by {earlier}, which is not trusted "
+            "(after a key rotation, trust the earlier key too)"
+        )
+    else:
+        why = f"no trusted key ({', '.join(sorted(trusted))}) signed one"
     return f"the book's decisions are signed ({named}) and {why}: none of them is verified"
 
 

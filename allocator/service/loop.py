@@ -97,8 +97,9 @@ def rebuild(
         {d.book_id for _, d in verified.accepted if book is not None and book_name(topics, d.book_id) != book}
     )
     if others:
+        named = ", ".join(book_name(topics, other) for other in others)
         raise OtherBook(
-            f"the decisions on this log are book {', '.join(others)}'s (topic prefix {topics.prefix}), not {book}'s: "
+            f"the decisions on this log are book {named}'s, not {book}'s: "
             "one book per topic prefix (they share its proposals, fills and control topics); serve --book "
             f"{others[0]}, or give the new book its own --topic-prefix"
         )
