@@ -58,10 +58,13 @@ def _trusted_keys(args: argparse.Namespace) -> dict[str, Ed25519PublicKey]:
     from allocator.service.keys import load_trusted_keys
     from schemas.signing import SigningKeyError
 
+    trusted: dict[str, Ed25519PublicKey] = {}
     try:
-        return load_trusted_keys(args.trusted_keys) if args.trusted_keys else {}
+        for place in args.trusted_keys or ():  # repeatable: every one given is trusted (not only the last)
+            trusted.update(load_trusted_keys(place))
     except SigningKeyError as exc:
         raise UsageError(str(exc)) from exc
+    return trusted
 
 
 def _projection_chain(

@@ -105,7 +105,7 @@ def _topic_prefix_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-TRUSTED_KEYS_HELP = "public key file or folder of *.pub files whose decisions verify"
+TRUSTED_KEYS_HELP = "public key file or folder of *.pub files whose decisions verify (repeatable: all are trusted)"
 """--trusted-keys of every command that reads decisions (serve's adds its own key: docs/security.md)."""
 
 
@@ -169,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--signing-key",
         help="sign every decision with this Ed25519 key file, or the only *.key file of this folder (keys new --out)",
     )
-    serve.add_argument("--trusted-keys", help="public key file or folder of *.pub files trusted besides its own")
+    serve.add_argument(
+        "--trusted-keys", action="append", help="public key file or folder of *.pub files trusted besides its own"
+    )
     serve.set_defaults(handler=_cmd_serve)
 
     audit = sub.add_parser(
@@ -183,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         "only for a log written before wire version 2, which records none",
     )
     audit.add_argument("--report", default="audit-report.json", help="JSON report path (default: audit-report.json)")
-    audit.add_argument("--trusted-keys", help=TRUSTED_KEYS_HELP)
+    audit.add_argument("--trusted-keys", action="append", help=TRUSTED_KEYS_HELP)
     audit.add_argument("--head", help="the chain head (decision hash) the log must reach; exit 1 when it does not")
     audit.add_argument("--jobs", type=int, help="re-solve on a local pool of N worker processes (default: 1, here)")
     audit.add_argument(
@@ -221,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         _log_options(p, discover=True)
         p.add_argument(
             "--trusted-keys",
+            action="append",
             help=f"{TRUSTED_KEYS_HELP}: only those decisions are projected, the others are dead letters naming why "
             "(default: every decision is projected as written, unverified)",
         )
@@ -335,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--json", action="store_true", help="one JSON object per record")
     tail.add_argument("--max", type=_at_least(1), help="stop after this many records")
     tail.add_argument("--timeout", type=_seconds, help="stop after this many seconds")
-    tail.add_argument("--trusted-keys", help=TRUSTED_KEYS_HELP)
+    tail.add_argument("--trusted-keys", action="append", help=TRUSTED_KEYS_HELP)
     _log_options(tail)
     tail.set_defaults(handler=_cmd_tail)
 
@@ -356,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
         "when there is no log, it records no configuration or none of its signed decisions verifies",
     )
     _log_options(status, discover=True)
-    status.add_argument("--trusted-keys", help=TRUSTED_KEYS_HELP)
+    status.add_argument("--trusted-keys", action="append", help=TRUSTED_KEYS_HELP)
     status.add_argument(
         "--decisions", type=_at_least(0), default=5, help="how many recent decisions to show (default 5)"
     )

@@ -130,7 +130,7 @@ def _cmd_project(args: argparse.Namespace) -> int:
                                   on_refused=lambda why: say.write("warning", f"allocator project: {why}", "trust",
                                                                    {"verified": False}))  # fmt: skip
             projector.start()
-            verifying = f"; decisions verified against {args.trusted_keys}" if chain is not None else ""
+            verifying = f"; decisions verified against {', '.join(args.trusted_keys)}" if chain is not None else ""
             say.info(f"allocator project: {settings.describe()} -> {engine.url.render_as_string()}{verifying}"
                      + (f"; metrics on port {server.port}" if server else ""), event="start")  # fmt: skip
             ends = log.end_offsets(topic_names) if args.once else None

@@ -757,7 +757,7 @@ def test_serve_after_a_key_rotation_without_the_earlier_key_says_to_trust_it(
 ) -> None:
     """The refusal said "no trusted key (k2) signed one" although k2 had: its decisions link to k1's."""
     _, k1, pub1 = new_key_pair(tmp_path / "k1")
-    id2, k2, _ = new_key_pair(tmp_path / "k2")
+    id2, k2, pub2 = new_key_pair(tmp_path / "k2")
     log = ["--log", str(tmp_path / "log.sqlite")]
     examples = Path(__file__).resolve().parent.parent / "examples" / "proposals.json"
     assert main(["init", *log]) == 0
@@ -770,3 +770,7 @@ def test_serve_after_a_key_rotation_without_the_earlier_key_says_to_trust_it(
     assert main(["serve", *log, "--signing-key", str(k2), "--max-cycles", "3", "--duration", "5"]) == 2
     err = capsys.readouterr().err
     assert f"those of trusted key {id2} link to decisions signed by" in err and "trust the earlier key too" in err
+    # --trusted-keys is repeatable: both keys are trusted (it kept only the last, and the audit found forgeries).
+    report = ["--report", str(tmp_path / "audit.json")]
+    assert main(["audit", *log, "--trusted-keys", str(pub1), "--trusted-keys", str(pub2), *report]) == 0
+    assert main(["audit", *log, "--trusted-keys", str(pub2), *report]) == 1
