@@ -170,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="sign every decision with this Ed25519 key file, or the only *.key file of this folder (keys new --out)",
     )
     serve.add_argument(
-        "--trusted-keys", action="append", help="public key file or folder of *.pub files trusted besides its own"
+        "--trusted-keys",
+        action="append",
+        help="public key file or folder of *.pub files trusted besides its own (repeatable)",
     )
     serve.set_defaults(handler=_cmd_serve)
 

@@ -129,6 +129,7 @@ def _cmd_project(args: argparse.Namespace) -> int:
                                   on_unverified=on_unverified,
                                   on_refused=lambda why: say.write("warning", f"allocator project: {why}", "trust",
                                                                    {"verified": False}))  # fmt: skip
+            projector.interrupted = lambda: stop["now"]
             projector.start()
             verifying = f"; decisions verified against {', '.join(args.trusted_keys)}" if chain is not None else ""
             say.info(f"allocator project: {settings.describe()} -> {engine.url.render_as_string()}{verifying}"

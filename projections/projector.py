@@ -408,7 +408,9 @@ class Projector:
         self.on_refused = on_refused
         self._chain_resumed = False
         self._told_unverified = False
-        self._stopping: Callable[[], bool] = lambda: False
+        # Whether a stop was asked for (SIGTERM, Ctrl-C: set by the caller), which ends a wait for the database. Not
+        # `run`'s condition: "caught up" is true while the last batch polled waits, and must not drop it.
+        self.interrupted: Callable[[], bool] = lambda: False
 
     def start(self) -> None:
         """Seek every partition to the offset the database stored (the projection's own position)."""
@@ -483,7 +485,7 @@ class Projector:
                 why = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
                 if self.engine.dialect.name == "sqlite" and not any(t in why.lower() for t in _SQLITE_TRANSIENT):
                     raise ProjectionWriteError(f"the projection database refused a batch: {why}") from exc
-                if self._stopping():
+                if self.interrupted():
                     raise _Stopped from exc
                 self.stats.retries += 1
                 if self.metrics is not None:
@@ -498,16 +500,13 @@ class Projector:
         return all(self.log.position(tp) >= end for tp, end in ends.items())
 
     def run(self, should_stop: Callable[[], bool]) -> ProjectorStats:
-        """Project until `should_stop`; asked while a batch waits for an unavailable database, it stops waiting (the
-        batch and its offsets stay unwritten, for the next start)."""
-        self._stopping = should_stop
+        """Project until `should_stop`. When `interrupted` says so while a batch waits for an unavailable database,
+        it stops waiting (the batch and its offsets stay unwritten, for the next start)."""
         try:
             while not should_stop():
                 self.step()
         except _Stopped:
             pass
-        finally:
-            self._stopping = lambda: False
         return self.stats
 
     def catch_up(

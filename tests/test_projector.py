@@ -454,6 +454,7 @@ def test_a_stop_ends_the_wait_for_a_database_that_is_away(tmp_path: Path) -> Non
     with EmbeddedEventLog(db) as log:
         projector = Projector(log, engine, codec, ALL_TOPICS, say=lambda _: None,
                               sleep=lambda _: asked.update(stop=True))  # fmt: skip
+        projector.interrupted = lambda: asked["stop"]
         projector.start()
         holder = sqlite3.connect(tmp_path / "projection.sqlite", timeout=0.1)
         holder.execute("BEGIN IMMEDIATE")  # another writer: this projector's batch waits
@@ -544,3 +545,27 @@ def test_project_says_in_one_line_that_its_database_is_locked_at_start(
     err = capsys.readouterr().err
     assert code == 1 and "cannot migrate the projection database (database is locked)" in err
     assert "Traceback" not in err
+
+
+def test_a_projector_caught_up_by_position_still_writes_the_batch_that_waited(tmp_path: Path) -> None:
+    """`project --once` stops when its position reaches the log's end, which it does as soon as the last batch is
+    polled: a batch waiting for the database must still be written, not dropped because "caught up" holds."""
+    import sqlite3
+
+    db = tmp_path / "log.sqlite"
+    produce(db, TOPICS.proposals, [(codec.encode(proposal(1)), T)])
+    for name in ALL_TOPICS:
+        produce(db, name, [])
+    _, engine = _sqlite_projection(tmp_path, "projection.sqlite")
+    holder = sqlite3.connect(tmp_path / "projection.sqlite", timeout=0.1)
+    with EmbeddedEventLog(db) as log:
+        projector = Projector(
+            log, engine, codec, ALL_TOPICS, say=lambda _: None, sleep=lambda _: holder.rollback()
+        )  # fmt: skip  (the lock goes away)
+        projector.start()
+        ends = log.end_offsets(ALL_TOPICS)
+        holder.execute("BEGIN IMMEDIATE")
+        stats = projector.run(lambda: projector.caught_up(ends))
+    holder.close()
+    assert stats.retries == 1 and stats.batches == 1
+    assert stored_offsets(engine, "projector")
