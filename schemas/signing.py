@@ -2,8 +2,8 @@
 
 Pure: no files, no log. The canonical bytes of a `Decision` or `ControlCommand` are the Avro binary body
 (schemaless, the record's current schema; version 2 for a command naming no book) of the record with `signature`
-set to None; a signature is Ed25519
-over those bytes, and a key's id is the first 16 hex characters of the SHA-256 of its raw 32-byte public key.
+set to None; a signature is Ed25519 over those bytes, and a key's id is the first 16 hex characters of the SHA-256
+of its raw 32-byte public key.
 A decision's hash — the link the next decision's `previous_hash` holds — is
 `sha256(canonical_bytes + (signature or b""))` in hex; the chain's genesis is 64 zeros (rules.md §9, §11).
 """
