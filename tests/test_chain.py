@@ -704,17 +704,24 @@ def test_a_signed_command_copied_onto_another_books_log_moves_nothing_there(
     assert any("for book 'allocator.alpha', not this book 'allocator.beta'" in e.cause for e in events)
 
 
+def _one_cycle_book(tmp_path: Path, *serve: str) -> list[str]:
+    """A book on an embedded log that decided the example proposals in one cycle (served with `serve`'s flags);
+    returns the --log flags."""
+    log = ["--log", str(tmp_path / "log.sqlite")]
+    examples = Path(__file__).resolve().parent.parent / "examples" / "proposals.json"
+    assert main(["init", *log]) == 0
+    assert main(["propose", str(examples), *log]) == 0
+    assert main(["serve", *log, *serve, "--max-cycles", "1", "--duration", "60"]) == 0
+    return log
+
+
 def test_serve_refuses_a_signed_book_it_cannot_verify_instead_of_starting_it_over(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Restarted without the allocator's key, serve verified none of the book's decisions and started a new book
     from nothing beside the chain (the configuration, keyring and equity gone): it must refuse to start instead."""
     key_id, private, _ = new_key_pair(tmp_path / "alloc")
-    log = ["--log", str(tmp_path / "log.sqlite")]
-    examples = Path(__file__).resolve().parent.parent / "examples" / "proposals.json"
-    assert main(["init", *log]) == 0
-    assert main(["propose", str(examples), *log]) == 0
-    assert main(["serve", *log, "--signing-key", str(private), "--max-cycles", "1", "--duration", "60"]) == 0
+    log = _one_cycle_book(tmp_path, "--signing-key", str(private))
 
     def decisions() -> int:
         with EmbeddedEventLog(tmp_path / "log.sqlite") as reader:
@@ -737,11 +744,7 @@ def test_serve_refuses_a_second_book_id_on_a_topic_prefix_that_has_another_books
 ) -> None:
     """`serve --book other` on a log with book main's decisions rebuilt main's state and decided for it under
     another name: two books spending one wallet's inputs. It is refused, naming the book the log holds."""
-    log = ["--log", str(tmp_path / "log.sqlite")]
-    examples = Path(__file__).resolve().parent.parent / "examples" / "proposals.json"
-    assert main(["init", *log]) == 0
-    assert main(["propose", str(examples), *log]) == 0
-    assert main(["serve", "--book", "main", *log, "--max-cycles", "1", "--duration", "60"]) == 0
+    log = _one_cycle_book(tmp_path, "--book", "main")
     capsys.readouterr()
     assert main(["serve", "--book", "other", *log, "--max-cycles", "2", "--duration", "5"]) == 2
     err = capsys.readouterr().err
@@ -758,11 +761,7 @@ def test_serve_after_a_key_rotation_without_the_earlier_key_says_to_trust_it(
     """The refusal said "no trusted key (k2) signed one" although k2 had: its decisions link to k1's."""
     _, k1, pub1 = new_key_pair(tmp_path / "k1")
     id2, k2, pub2 = new_key_pair(tmp_path / "k2")
-    log = ["--log", str(tmp_path / "log.sqlite")]
-    examples = Path(__file__).resolve().parent.parent / "examples" / "proposals.json"
-    assert main(["init", *log]) == 0
-    assert main(["propose", str(examples), *log]) == 0
-    assert main(["serve", *log, "--signing-key", str(k1), "--max-cycles", "1", "--duration", "60"]) == 0
+    log = _one_cycle_book(tmp_path, "--signing-key", str(k1))
     assert main(["control", "halt", "--reason", "r", "--operator", "o", *log]) == 0
     rotated = ["--signing-key", str(k2), "--trusted-keys", str(pub1), "--max-cycles", "2", "--duration", "60"]
     assert main(["serve", *log, *rotated]) == 0
