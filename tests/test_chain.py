@@ -73,12 +73,17 @@ def embedded(
                    [] if say is None else say, config)  # fmt: skip
 
 
-def produce(db: Path, topic: str, values: list[bytes], ts: int) -> None:
-    with EmbeddedEventLog(db) as log:
+def write(log: EventLog, topic: str, values: list[bytes], ts: int) -> None:
+    """Raw values onto `topic` (created if missing) at log time `ts`, on any log; closes it."""
+    with log:
         log.create_topics([topic])
         for v in values:
             log.produce(topic, v, timestamp_ms=ts)
         log.flush()
+
+
+def produce(db: Path, topic: str, values: list[bytes], ts: int) -> None:
+    write(EmbeddedEventLog(db), topic, values, ts)
 
 
 def cycle(svc: AllocatorService) -> Decision:

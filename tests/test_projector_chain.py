@@ -23,7 +23,7 @@ from projections.projector import NOT_VERIFIED
 from schemas.events import Decision
 from schemas.signing import GENESIS, decision_hash
 from tests.projection_compare import differences, dump
-from tests.test_chain import BOOK, T, close, codec, cycle, embedded, produce, proposal, signed_log
+from tests.test_chain import BOOK, T, close, codec, cycle, embedded, produce, proposal, signed_log, write
 
 
 @pytest.fixture
@@ -217,11 +217,7 @@ def test_on_kafka_a_restarted_verifying_projector_skips_a_forgery_and_projects_t
     topics = Topics(kafka_prefix)
 
     def send(topic: str, values: list[bytes], ts: int) -> None:
-        with KafkaEventLog(kafka_bootstrap) as writer:
-            writer.create_topics([topic])
-            for value in values:
-                writer.produce(topic, value, timestamp_ms=ts)
-            writer.flush()
+        write(KafkaEventLog(kafka_bootstrap), topic, values, ts)
 
     def decide_on_kafka(first: int) -> Decision:
         svc = service(KafkaEventLog(kafka_bootstrap, group=group_of(topics, BOOK)), KafkaEventLog(kafka_bootstrap),
