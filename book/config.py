@@ -31,8 +31,8 @@ class ConfigError(ValueError):
 
 # Far above any useful budget (about 1,000x the default): a guard against a typo'd extra digit or two.
 MAX_SOLVER_WORK_LIMIT = 50_000_000
-# The solver revisions this release can run (rules.md §4.8): 1, the solver before the key existed, and 2.
-MAX_SOLVER_REVISION = 2
+# The solver revisions this release can run (rules.md §4.8): 1, the solver before the key existed, 2 and 3.
+MAX_SOLVER_REVISION = 3
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,10 @@ class AllocatorConfig:
     mip_rel_gap: float = 1e-4
     # rules.md §4.8: which solver decides. 1 is the solver of the releases before this key existed, and a recorded
     # configuration without the key ran on it (`from_recorded`); 2 adds LP-ranked and seeded multi-start roundings
-    # to it (allocator/engine/solver_fast/search.py). New books get 2; a book keeps the revision its log records.
-    solver_revision: int = 2
+    # to it (allocator/engine/solver_fast/search.py); 3 ranks by an early interior-point iterate where the simplex
+    # LP can take fewer than half the candidates (N of a few hundred and more). New books get 3; a book keeps the
+    # revision its log records.
+    solver_revision: int = 3
     # rules.md §2: agents allowed to propose; None accepts every agent
     agents: tuple[str, ...] | None = None
     # rules.md §11: the operator keyring, key_id -> raw Ed25519 public key in hex; empty accepts unsigned commands

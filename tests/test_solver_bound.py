@@ -35,6 +35,7 @@ from allocator.engine.solver_fast.ipm import (
     BoundSettings,
     CertifiedBound,
     certified_bound,
+    early_iterate,
     lagrangian_value,
     linear_rows,
     project_weights,
@@ -235,6 +236,35 @@ def test_work_is_charged_and_a_small_budget_gives_a_weaker_bound() -> None:
         assert result.bound <= free * (1.0 + 1e-6)
     nothing = bound_of(problem, work=0)
     assert math.isinf(nothing.bound) and nothing.work == 0
+
+
+# ---------------------------------------------------------------------------------------------- early iterates
+
+
+def test_early_iterates_come_in_gap_order_within_the_box_and_bit_identical() -> None:
+    problem = make_instance(100, 2000, 1004)
+    budget = Budget(PLENTY, 60.0)
+    points = early_iterate(problem, budget, None, (0.5, 0.15), 25)
+    assert len(points) == 2 and budget.used > 0
+    for sizes in points:
+        assert sizes.shape == (problem.n,)
+        assert np.all(sizes >= 0.0) and np.all(sizes <= problem.upper)
+    # A tighter gap is a later iterate: the IPM has moved on between them.
+    assert points[0].tobytes() != points[1].tobytes()
+    again = early_iterate(problem, Budget(PLENTY, 60.0), None, (0.5, 0.15), 25)
+    assert [p.tobytes() for p in again] == [p.tobytes() for p in points]
+
+
+def test_early_iterates_stop_at_their_iteration_cap_and_budget() -> None:
+    problem = make_instance(60, 1000, 1001)
+    # Unreachable in three iterations: nothing, not a worse iterate.
+    assert early_iterate(problem, Budget(PLENTY, 60.0), None, (1e-12,), 3) == []
+    # Only what was reached: a gap of 0.5 comes before one of 1e-12.
+    assert len(early_iterate(problem, Budget(PLENTY, 60.0), None, (0.5, 1e-12), 25)) == 1
+    for work in (0, 50, 500):
+        budget = Budget(work, 60.0)
+        early_iterate(problem, budget, None, (0.5,), 25)
+        assert budget.used <= work
 
 
 # ---------------------------------------------------------------------------------------------- degenerate

@@ -35,13 +35,12 @@ def _cases(kind: str) -> list[Any]:
 @pytest.mark.parametrize(("revision", "case"), _cases("solves"))
 def test_each_revision_solves_as_the_release_that_introduced_it(revision: int, case: dict[str, Any]) -> None:
     problem = make_instance(case["n"], case["scenarios"], case["seed"])
-    # Revision 2 is seeded with the decision's seed (the instance's here, as recorded); revision 1 must not
+    # Revisions 2 and 3 are seeded with the decision's seed (the instance's here, as recorded); revision 1 must not
     # depend on it at all.
     seed = 12345 if revision == 1 else case["seed"]
     settings = FastSettings(revision=revision)
-    solution = solve_fast(
-        problem, time_limit_s=SAFETY_NET_S, settings=settings, work_limit=WORK_LIMITS[revision], seed=seed
-    )
+    budget = case.get("work_limit", WORK_LIMITS[revision])
+    solution = solve_fast(problem, time_limit_s=SAFETY_NET_S, settings=settings, work_limit=budget, seed=seed)
     assert digest(solution) == {k: case[k] for k in FIELDS}
 
 
@@ -57,25 +56,40 @@ def test_each_revision_decides_as_it_did_through_run_cycle(revision: int, case: 
     assert digest(solution) == {k: case[k] for k in FIELDS}
 
 
+def test_revision_3_decides_better_where_the_simplex_lp_takes_only_some_candidates() -> None:
+    """N=200, S=2000 at the default budget: the simplex root LP affords 69 of the 200 candidates. Revision 2 ranks
+    by it; revision 3 ranks all of them by early interior-point iterates and sizes more roundings."""
+    problem = make_instance(200, 2000, 1006)
+    before, after = (
+        solve_fast(problem, time_limit_s=SAFETY_NET_S, settings=FastSettings(revision=r), seed=1006) for r in (2, 3)
+    )
+    assert check(problem, after.sizes) == []
+    assert after.objective > 1.05 * before.objective
+
+
 def test_revision_1_is_what_a_configuration_recorded_before_the_key_reads_as() -> None:
     assert (ABSENT_MEANS["solver_revision"], ABSENT_MEANS["solver_work_limit"]) == (1, WORK_LIMITS[1])
 
 
+@pytest.mark.parametrize("revision", [2, 3])
 @pytest.mark.parametrize(("n", "scenarios", "seed"), [(20, 1000, 1000), (100, 2000, 1001), (200, 2000, 1002)])
-def test_revision_2_is_deterministic_and_every_answer_is_checked(n: int, scenarios: int, seed: int) -> None:
+def test_revisions_2_and_3_are_deterministic_and_every_answer_is_checked(
+    revision: int, n: int, scenarios: int, seed: int
+) -> None:
     problem = make_instance(n, scenarios, seed)
-    first = solve_fast(problem, time_limit_s=SAFETY_NET_S, seed=seed)
-    again = solve_fast(problem, time_limit_s=SAFETY_NET_S, seed=seed)
+    settings = FastSettings(revision=revision)
+    first = solve_fast(problem, time_limit_s=SAFETY_NET_S, settings=settings, seed=seed)
+    again = solve_fast(problem, time_limit_s=SAFETY_NET_S, settings=settings, seed=seed)
     assert first.sizes.tobytes() == again.sizes.tobytes() and first.work_used == again.work_used
     assert check(problem, first.sizes) == []
 
 
-def test_new_books_run_revision_2_and_recorded_configurations_without_the_key_revision_1() -> None:
-    assert AllocatorConfig().solver_revision == 2
-    assert AllocatorConfig.from_mapping({}).solver_revision == 2  # a configuration file: today's default
+def test_new_books_run_revision_3_and_recorded_configurations_without_the_key_revision_1() -> None:
+    assert AllocatorConfig().solver_revision == 3
+    assert AllocatorConfig.from_mapping({}).solver_revision == 3  # a configuration file: today's default
     assert AllocatorConfig.from_recorded({}).solver_revision == 1  # a decision's record from before the key
     assert AllocatorConfig.from_recorded({"solver_revision": 2}).solver_revision == 2
-    for bad in (0, 3, 1.5, "2"):
+    for bad in (0, 4, 1.5, "2"):
         with pytest.raises(ConfigError, match="solver_revision"):
             AllocatorConfig.from_mapping({"solver_revision": bad})
 

@@ -64,15 +64,17 @@ def test_allocator_audit_re_derives_every_work_limited_decision(
     ]
 
 
-def test_a_log_written_by_revision_2_audits_too(tmp_path: Path) -> None:
-    """The same session written by today's solver (revision 2, recorded on the log): every decision re-derives."""
-    path = tmp_path / "revision-2.sqlite"
-    config = AllocatorConfig.from_mapping(CONFIG_VALUES)
-    assert config.solver_revision == 2
+@pytest.mark.parametrize("revision", [2, 3])
+def test_a_log_written_by_a_later_revision_audits_too(tmp_path: Path, revision: int) -> None:
+    """The same session written by revision 2 and by today's solver (revision 3, recorded on the log): every
+    decision re-derives."""
+    path = tmp_path / f"revision-{revision}.sqlite"
+    config = AllocatorConfig.from_mapping(CONFIG_VALUES).replace(solver_revision=revision)
+    assert AllocatorConfig.from_mapping(CONFIG_VALUES).solver_revision == 3
     run(path, config, SEED, lambda _: None)
     with EmbeddedEventLog(path) as reader:
         decisions = [d for _, d in read_decisions(reader, SingleObjectCodec(), TOPICS)]
         report = audit_log(reader, SingleObjectCodec(), TOPICS)
-    assert decisions[0].config is not None and json.loads(decisions[0].config)["solver_revision"] == 2
+    assert decisions[0].config is not None and json.loads(decisions[0].config)["solver_revision"] == revision
     assert [f.verdict for f in report.findings] == ["MATCH"] * len(decisions)
     assert {d.solver_path for d in decisions} == {SolverPath.MIP_WORK_LIMIT}

@@ -59,20 +59,23 @@ def _polish(
     clock: Budget,
     best: _Sink,
     source: SolverPath,
-) -> None:
+) -> bool:
     """Re-optimise the sizes of a funded set exactly: the LP over that set with its min sizes as lower bounds,
-    on a model restricted to those candidates (cheap however large n is)."""
+    on a model restricted to those candidates (cheap however large n is). Whether the LP was solved (its answer
+    is then offered to `best`)."""
     support = np.flatnonzero(sizes > 0.0).astype(np.int64)
     if support.size == 0 or clock.expired():
-        return
+        return False
     sub = restrict(problem, support)
     model = _Model(sub, settings, clock)
     model.add_tail(model.losses(sizes[support]))
     result = model.solve_lp(model.min_fraction.copy(), model.x_cap.copy())
-    if result.status is _LpStatus.OPTIMAL:
-        polished = np.zeros(problem.n)
-        polished[support] = _snap(model, result.x, np.ones(sub.n, dtype=bool))
-        best.offer(polished, source)
+    if result.status is not _LpStatus.OPTIMAL:
+        return False
+    polished = np.zeros(problem.n)
+    polished[support] = _snap(model, result.x, np.ones(sub.n, dtype=bool))
+    best.offer(polished, source)
+    return True
 
 
 def _lp_guided_greedy(model: _Model, x: FloatArray, best: _Sink, settings: FastSettings, clock: Budget) -> None:

@@ -717,6 +717,23 @@ def certified_bound(
         return _Search(problem, budget, settings).run(hint)
 
 
+def early_iterate(
+    problem: AllocationProblem,
+    budget: Budget,
+    hint: FloatArray | None,
+    gaps: tuple[float, ...],
+    max_iterations: int,
+    settings: BoundSettings = DEFAULT_BOUND_SETTINGS,
+) -> list[FloatArray]:
+    """Solver revision 3's ranking point (rules.md §4.8): the interior-point iterate of `certified_bound`'s first
+    round (same candidates and scenarios, from `hint`) at the first iteration whose relative duality gap is at most
+    `gap`, as sizes; None if it was not reached within `max_iterations` or the budget. Far from converged on
+    purpose: at N=1,000 such an iterate still funds most of the candidates the best allocations hold, which the
+    converged LP point, at a vertex, has mostly dropped (docs/performance.md). Deterministic as the bound is."""
+    with single_threaded_blas():
+        return _Search(problem, budget, settings).early(hint, gaps, max_iterations)
+
+
 def _cells(count: float, settings: BoundSettings) -> float:
     return count / settings.cells_per_unit
 
@@ -899,6 +916,69 @@ class _Search:
             # W is the uniform weights alone (and the IPM's t would have no lower end): μ = 0, the rows priced.
             self.reprice(0.0, self.weights, uniform)
             return self.result()
+        subsets = self.first_subsets(hint, fundable)
+        if subsets is None:
+            return self.result()
+        columns, scenarios = subsets
+        previous = math.inf
+        for _ in range(settings.max_rounds):
+            grown = self.round(columns, scenarios)
+            if grown is None:
+                break
+            added = grown[0].size + grown[1].size - columns.size - scenarios.size
+            small = added <= settings.small_revision * (columns.size + scenarios.size)
+            if small and math.isfinite(previous) and previous - self.value <= settings.round_gain * abs(self.value):
+                break
+            previous = self.value
+            columns, scenarios = grown
+        return self.result()
+
+    def early(self, hint: FloatArray | None, gaps: tuple[float, ...], max_iterations: int) -> list[FloatArray]:
+        """Per relative duality gap in `gaps` (descending), the first round's first iterate whose gap is at most it,
+        as sizes (problem units, 0 outside the round's candidates; interior, so not an allocation), as far as the
+        budget, a breakdown or `max_iterations` let the IPM go. Nothing is certified: this shapes an allocation,
+        never a bound."""
+        found: list[FloatArray] = []
+        problem, settings, budget = self.problem, self.settings, self.budget
+        fundable = np.flatnonzero(problem.upper > 0.0).astype(np.int64)
+        self.fundable = int(fundable.size)
+        if not self.started or fundable.size == 0 or problem.scenario_count <= self.k:
+            return found
+        subsets = self.first_subsets(hint, fundable)
+        if subsets is None:
+            return found
+        columns, scenarios = subsets
+        setup = settings.setup_work + _cells(
+            settings.setup_passes * columns.size * scenarios.size + 4.0 * self.rows.matrix.nnz, settings
+        )
+        if not budget.allows(setup + _iteration_work(columns.size, scenarios.size, self.rows.count, settings)):
+            return found
+        ipm = _Ipm(problem, self.rows, columns, scenarios, settings)
+        budget.charge(setup)
+        self.columns, self.scenarios = int(columns.size), int(scenarios.size)
+        cost = _iteration_work(ipm.columns.size, ipm.scenarios.size, ipm.b.shape[0], settings)
+        for _ in range(max_iterations):
+            if not budget.allows(cost):
+                return found
+            try:
+                ipm.step()
+            except _Breakdown:
+                budget.charge(cost)
+                return found
+            budget.charge(cost)
+            self.iterations += 1
+            while len(found) < len(gaps) and ipm.relative_gap() <= gaps[len(found)]:
+                found.append(ipm.point().sizes)
+            if len(found) == len(gaps):
+                break
+        return found
+
+    def first_subsets(self, hint: FloatArray | None, fundable: IntArray) -> tuple[IntArray, IntArray] | None:
+        """The first round's candidates and scenarios (after the scenario-free certificate), or None if the
+        budget does not reach them."""
+        problem, settings, k = self.problem, self.settings, self.k
+        n, total = problem.n, problem.scenario_count
+        uniform = _WeightTerms(np.zeros(n), np.zeros(n), 0.0, 0.0)
         # The scenario-free bound (μ = 0) first: a certificate at once (so the result is never above it), and
         # its optimal sizes are the candidates the rows alone favour.
         priced = self.reprice(0.0, self.weights, uniform)
@@ -915,7 +995,7 @@ class _Search:
         funded = np.flatnonzero(start > 0.0).astype(np.int64)
         cost = _cells(float(total) * (funded.size + 2), settings)
         if not self.budget.allows(cost):
-            return self.result()
+            return None
         losses = problem.book_losses - problem.returns[:, funded] @ start[funded]
         self.budget.charge(cost)
         if fundable.size > settings.all_columns:
@@ -926,18 +1006,7 @@ class _Search:
         else:
             first = min(total, max(math.ceil(settings.scenario_margin * k), math.floor(k) + 1))
             scenarios = np.sort(np.argpartition(-losses, first - 1)[:first]).astype(np.int64)
-        previous = math.inf
-        for _ in range(settings.max_rounds):
-            grown = self.round(columns, scenarios)
-            if grown is None:
-                break
-            added = grown[0].size + grown[1].size - columns.size - scenarios.size
-            small = added <= settings.small_revision * (columns.size + scenarios.size)
-            if small and math.isfinite(previous) and previous - self.value <= settings.round_gain * abs(self.value):
-                break
-            previous = self.value
-            columns, scenarios = grown
-        return self.result()
+        return columns, scenarios
 
     def close(self, point: _Point, scenarios: IntArray, search: bool) -> tuple[FloatArray, FloatArray] | None:
         """Certify an iterate: its own row prices, then HiGHS's, then (if `search`) the μ search; (reduced
