@@ -26,6 +26,7 @@ import numpy as np
 from allocator.engine.cycle import run_cycle
 from allocator.engine.highs_banner import silence_highs_banner
 from allocator.engine.request import CycleRequest
+from benchmarks.bench_solve import LARGE_N, LARGE_WORK_LIMIT, safety_net_s
 from book.config import ABSENT_MEANS, AllocatorConfig
 from book.portfolio import Portfolio
 from schemas.events import Decision, GovernorState, Proposal, Side
@@ -135,19 +136,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--time-limit-ms",
         type=float,
-        default=defaults.solver_time_limit_ms,
-        help=f"solver_time_limit_ms, the safety net (default {defaults.solver_time_limit_ms:g})",
+        default=None,
+        help=f"solver_time_limit_ms, the safety net (default {defaults.solver_time_limit_ms:g} per "
+        f"{defaults.solver_work_limit:,} units of the budget, at least {defaults.solver_time_limit_ms:g})",
     )
     parser.add_argument(
         "--work-limit",
         type=int,
-        default=defaults.solver_work_limit,
-        help=f"solver_work_limit (default {defaults.solver_work_limit:,})",
+        default=None,
+        help=f"solver_work_limit (default {defaults.solver_work_limit:,}; {LARGE_WORK_LIMIT:,} at N >= {LARGE_N:,})",
     )
     parser.add_argument(
         "--revisions",
-        default=f"{defaults.solver_revision},1",
-        help=f"comma-separated solver_revision values (default {defaults.solver_revision},1), run interleaved",
+        default=f"{defaults.solver_revision},2",
+        help=f"comma-separated solver_revision values (default {defaults.solver_revision},2), run interleaved",
     )
     parser.add_argument("--no-load", action="store_true", help="skip the third run with every core kept busy")
     args = parser.parse_args(argv)
@@ -155,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     revisions = [int(r) for r in args.revisions.split(",")]
     silence_highs_banner()
     header = (
-        f"{'rev':>3} {'N':>5} {'S':>5} | {'median':>8} {'p95':>8} {'max':>8} | {'paths':<12} {'median gap':>10} "
+        f"{'rev':>3} {'N':>5} {'S':>5} {'budget':>8} {'net':>6} | {'median':>8} {'p95':>8} {'max':>8} | "
+        f"{'paths':<12} {'median gap':>10} "
         f"{'max gap':>9} | {'same':>5} {'loaded':>13}"
     )
     rows = [header, "-" * len(header)]
@@ -163,16 +166,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     # One decision before any is timed: a process's first pays one-time costs (lazy imports, loading HiGHS and
     # the BLAS controller: ~0.3-0.6 s) that a running service has paid at its start.
     for revision in revisions:
-        warm = request(20, 1000, 999, args.time_limit_ms, args.work_limit)
+        warm = request(20, 1000, 999, 1_000.0)
         run_cycle(replace(warm, config=warm.config.replace(solver_revision=revision)))
     for n, s in cells:
+        work = LARGE_WORK_LIMIT if n >= LARGE_N else defaults.solver_work_limit
+        work = work if args.work_limit is None else args.work_limit
+        net_ms = safety_net_s(work) * 1000.0 if args.time_limit_ms is None else args.time_limit_ms
         # The revisions take turns on each instance, so a change in the machine's other load touches both alike.
         results = {revision: _Cell() for revision in revisions}
         for i in range(args.instances):
-            base = request(n, s, 1_000 + i, args.time_limit_ms, args.work_limit)
+            base = request(n, s, 1_000 + i, net_ms, work)
             for revision in revisions:
                 # Revision 1 at its own default budget (book/config.py ABSENT_MEANS), as books that recorded it run.
-                own = {**ABSENT_MEANS} if revision == 1 and args.work_limit == defaults.solver_work_limit else {}
+                own = {**ABSENT_MEANS} if revision == 1 and work == defaults.solver_work_limit else {}
                 req = replace(base, config=base.config.replace(**{**own, "solver_revision": revision}))
                 cell = results[revision]
                 started = time.perf_counter()
@@ -197,13 +203,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if cell.tripped_loaded:
                 loaded += f" ({cell.tripped_loaded} net)"
             rows.append(
-                f"{revision:>3} {n:>5} {s:>5} | {statistics.median(cell.times) * 1000:>6.0f}ms "
+                f"{revision:>3} {n:>5} {s:>5} {work:>8,} {net_ms / 1000:>5g}s | "
+                f"{statistics.median(cell.times) * 1000:>6.0f}ms "
                 f"{np.percentile(cell.times, 95) * 1000:>6.0f}ms {max(cell.times) * 1000:>6.0f}ms | {mix:<12} "
                 f"{median_gap:>10.1e} {max_gap:>9.1e} | {cell.same:>2}/{args.instances} {loaded:>13}"
             )
     print(
-        f"Whole decisions (validation to decision), solver_work_limit={args.work_limit:,}, safety net "
-        f"solver_time_limit_ms={args.time_limit_ms:g}, {args.instances} instances per cell; rev = solver_revision "
+        "Whole decisions (validation to decision); budget = solver_work_limit, net = the safety net "
+        f"solver_time_limit_ms; {args.instances} instances per cell; rev = solver_revision "
         "(the revisions take turns on each instance); paths O=MIP_OPTIMAL W=MIP_WORK_LIMIT T=MIP_TIME_LIMIT "
         "F=PRIORITY_FALLBACK; same = a second run gave an identical decision (solve_ms aside); loaded = so did a "
         "third with every core kept busy, '(k net)' = k of those third runs were stopped by the wall-clock safety net"

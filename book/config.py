@@ -74,17 +74,17 @@ class AllocatorConfig:
     tail_dof: float = 4.0
     # rules.md §4: the solver. `solver_work_limit` (deterministic work units, see
     # allocator/engine/solver_fast/budget.py) shapes the decision: calibrated so a whole decision at N=100,
-    # S=2000 takes <= 250 ms on the project's machine (revision 2: 32,000 for the search, 8,000 for its certified
-    # bound). `solver_time_limit_ms` is only a safety net (4x that); its trip is the one machine-dependent outcome
-    # (path MIP_TIME_LIMIT).
+    # S=2000 takes <= 250 ms on the project's machine (revisions 2 and 3: 32,000 for the search, 8,000 for the
+    # certified bound; docs/operations.md gives the budget for larger books). `solver_time_limit_ms` is only a
+    # safety net (4x that); its trip is the one machine-dependent outcome (path MIP_TIME_LIMIT).
     solver_work_limit: int = 40_000
     solver_time_limit_ms: float = 1_000.0
     mip_rel_gap: float = 1e-4
     # rules.md §4.8: which solver decides. 1 is the solver of the releases before this key existed, and a recorded
     # configuration without the key ran on it (`from_recorded`); 2 adds LP-ranked and seeded multi-start roundings
-    # to it (allocator/engine/solver_fast/search.py); 3 ranks by an early interior-point iterate where the simplex
-    # LP can take fewer than half the candidates (N of a few hundred and more). New books get 3; a book keeps the
-    # revision its log records.
+    # to it (allocator/engine/solver_fast/search.py); 3 ranks every candidate by early interior-point iterates
+    # where the simplex LP cannot take them all within the budget (ranked.py; at the default budget, more than 69
+    # candidates over 2,000 scenarios). New books get 3; a book keeps the revision its log records.
     solver_revision: int = 3
     # rules.md §2: agents allowed to propose; None accepts every agent
     agents: tuple[str, ...] | None = None

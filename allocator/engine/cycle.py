@@ -103,7 +103,7 @@ decision's scenario seed (from its id, recorded on the decision), so a re-run ge
 def default_solver(problem: AllocationProblem, config: AllocatorConfig, seed: int = 0) -> Solution:
     """The fast path of the configured revision (`solver_revision`, rules.md §4.8) with the configured work budget
     (`solver_work_limit`, what shapes the decision), the wall-clock safety net (`solver_time_limit_ms`) and the
-    optimality tolerance (`mip_rel_gap`); revision 2 seeds its extra starts with `seed`."""
+    optimality tolerance (`mip_rel_gap`); revisions 2 and 3 seed their extra starts with `seed`."""
     from allocator.engine.solver_fast import FastSettings, solve_fast
 
     return solve_fast(

@@ -87,7 +87,9 @@ def solve_fast(
     `settings.revision` picks the algorithm (rules.md §4.8, `solver_revision`): revision 1 is the solver the
     decisions written before the key existed were made by, kept bit for bit; revision 2 runs `search.search`
     (LP-ranked roundings and starts seeded with `seed`, the decision's seed) where revision 1 runs its local
-    search. Revision 1 ignores `seed`.
+    search; revision 3, where the simplex root LP cannot take every candidate, runs `ranked.ranked_roundings`
+    (every candidate ranked by early interior-point iterates, each rounding sized by an LP over its members) in
+    place of that LP and the search. Revision 1 ignores `seed`.
     """
     if settings.revision not in (1, 2, 3):
         raise ValueError(f"solver revision {settings.revision}: this release runs revisions 1 to 3")

@@ -2,20 +2,23 @@
 iterate, each rounding sized by an LP over its own members.
 
 Where the simplex root LP can take only part of the candidates within the work budget (N=100, S=2,000: 69 of 100 at
-the default budget; N=1,000, S=5,000: 65 of 1,000 at 150,000 units), revision 2 ranks by an LP over a subset chosen
+the default budget; N=1,000, S=5,000: 65 of 1,000 at 140,000 units), revision 2 ranks by an LP over a subset chosen
 by the greedy allocations, and misses what that choice leaves out. Revision 3 ranks every candidate instead, by
 the share of its min size that an interior-point iterate of the LP relaxation funds (`ipm.early_iterate`: the first
-iteration of the certified bound's first round whose relative duality gap is at most `ipm_rank_gap`). Far from
-converged on purpose: at N=1,000 such an iterate still funds most of the members of the best allocations known,
-which the converged point, at a vertex, has mostly dropped; at N=100 it ranks as well as the converged one, and it
-costs a fraction of the simplex root LP.
+iterations of the certified bound's first round whose relative duality gap is at most 0.5 and 0.15,
+`ipm_rank_gaps`). Far from converged on purpose: at N=1,000 such an iterate still funds most of the members of the
+best allocations known, which the converged point, at a vertex, has mostly dropped; at N=100 it ranks as well as
+the converged one (what the simplex LP over a subset misses is the candidates left out), and it costs a fraction
+of the simplex root LP.
 
-The roundings are revision 2's (search.py): the ranking's greedy fill at min sizes first, then the seeded perturbed
-fills and the prefixes. Each is sized by one LP over its members only (`heuristics._polish`: a model of the set's
-columns and the scenario rows its tail needs), which at N=100 costs about a third of the same LP on a model of
-every candidate, so three times as many roundings are sized. The plain fill is sized first; the others are drawn
-only if the budget is predicted to hold their drawing and one more LP, and each is sized while the budget is
-predicted to hold one more (the median cost so far). Every allocation offered is checked by `_Best`.
+The roundings: the greedy fill at min sizes along the tighter iterate's ranking first (the better one at N=1,000),
+then the looser iterate's fill and revision 2's other roundings of its ranking (search.py: the seeded perturbed
+fills and the prefixes; at N=100 the looser iterate's were the better ones). Each is sized by one LP over its
+members only (`heuristics._polish`: a model of the set's columns and the scenario rows its tail needs), which at
+N=100 costs about a third of the same LP on a model of every candidate, so three times as many roundings are
+sized. The first fill is sized first; the others are drawn only if the budget is predicted to hold their drawing
+and one more LP, and each is sized while the budget is predicted to hold one more (the median cost so far). Every
+allocation offered is checked by `_Best`.
 """
 
 from __future__ import annotations
