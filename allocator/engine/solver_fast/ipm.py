@@ -947,15 +947,9 @@ class _Search:
         subsets = self.first_subsets(hint, fundable)
         if subsets is None:
             return found
-        columns, scenarios = subsets
-        setup = settings.setup_work + _cells(
-            settings.setup_passes * columns.size * scenarios.size + 4.0 * self.rows.matrix.nnz, settings
-        )
-        if not budget.allows(setup + _iteration_work(columns.size, scenarios.size, self.rows.count, settings)):
+        ipm = self.start_ipm(*subsets)
+        if ipm is None:
             return found
-        ipm = _Ipm(problem, self.rows, columns, scenarios, settings)
-        budget.charge(setup)
-        self.columns, self.scenarios = int(columns.size), int(scenarios.size)
         cost = _iteration_work(ipm.columns.size, ipm.scenarios.size, ipm.b.shape[0], settings)
         for _ in range(max_iterations):
             if not budget.allows(cost):
@@ -1023,19 +1017,28 @@ class _Search:
             self.tune_price(point.price, weights, terms)
         return priced[1], priced[2]
 
-    def round(self, columns: IntArray, scenarios: IntArray) -> tuple[IntArray, IntArray] | None:
-        """One IPM over the subsets, its best iterate certified; the grown subsets if that iterate showed
-        candidates or scenarios missing, None when done (converged, out of budget, or stuck)."""
-        problem, settings, budget = self.problem, self.settings, self.budget
-        total = problem.scenario_count
+    def start_ipm(self, columns: IntArray, scenarios: IntArray) -> _Ipm | None:
+        """An IPM over the subsets, its setup charged; None if the budget does not hold the setup and one
+        iteration."""
+        settings, budget = self.settings, self.budget
         setup = settings.setup_work + _cells(
             settings.setup_passes * columns.size * scenarios.size + 4.0 * self.rows.matrix.nnz, settings
         )
         if not budget.allows(setup + _iteration_work(columns.size, scenarios.size, self.rows.count, settings)):
             return None
-        ipm = _Ipm(problem, self.rows, columns, scenarios, settings)
+        ipm = _Ipm(self.problem, self.rows, columns, scenarios, settings)
         budget.charge(setup)
         self.columns, self.scenarios = int(columns.size), int(scenarios.size)
+        return ipm
+
+    def round(self, columns: IntArray, scenarios: IntArray) -> tuple[IntArray, IntArray] | None:
+        """One IPM over the subsets, its best iterate certified; the grown subsets if that iterate showed
+        candidates or scenarios missing, None when done (converged, out of budget, or stuck)."""
+        problem, settings, budget = self.problem, self.settings, self.budget
+        total = problem.scenario_count
+        ipm = self.start_ipm(columns, scenarios)
+        if ipm is None:
+            return None
         stop, point = self.iterate(ipm, settings.round_tolerance, None)
         if point is None:
             return None
