@@ -125,13 +125,11 @@ class FastSettings:
     # Revision 3 (ranked.py): where the simplex root LP cannot take every candidate, they are ranked by early
     # interior-point iterates (ipm.early_iterate: the first iterations of the bound's first round whose relative
     # duality gap is at most each of `ipm_rank_gaps`, within `ipm_rank_iterations`); each rounding is sized by an LP
-    # over its members, the first predicted at `ipm_polish_work` units per member and scenario (measured 0.04-0.08
-    # at N=1,000, S=5,000). The stage starts only if that LP is predicted to fit for `ipm_start_share` of the best
-    # allocation's members (the first fill funded 0.6-1.0 times as many as the min-first greedy pass at N=1,000).
+    # over its members, the first only if predicted to fit at `ipm_polish_work` units per member and scenario
+    # (measured 0.04-0.08 at N=1,000, S=5,000).
     ipm_rank_gaps: tuple[float, ...] = (0.5, 0.15)
     ipm_rank_iterations: int = 25
     ipm_polish_work: float = 0.09
-    ipm_start_share: float = 0.75
 
 
 DEFAULT_SETTINGS = FastSettings()

@@ -174,23 +174,27 @@ def _solve(
     # or a subset chosen by the greedy allocations.
     per_scenario_set = settings.lp_work_coefficient * problem.scenario_count**1.5
     affordable = int((settings.lp_budget_share * search_limit / per_scenario_set) ** (1 / 0.8))
-    # Revision 3 ranks every candidate by an early interior-point iterate where the simplex root LP cannot take
-    # them all (ranked.py): after the best single greedy pass, and in place of the others once it has sized a set
-    # (at N=1,000 their allocations were 7-11% below its own).
+    # Revision 3 ranks every candidate by early interior-point iterates where the simplex root LP cannot take
+    # them all (ranked.py), from the first half of the best single greedy pass (each candidate at its min size, by
+    # value per tail loss), in place of the other greedy passes (at N=1,000 their allocations were 7-11% below its
+    # own) and of the LP over a subset.
     sized: set[bytes] = set()
+    ranked = False
     if settings.revision >= 3 and affordable < n:
-        greedy_passes(orders[:1])
-        sized = ranked_roundings(problem, best, settings, clock, seed)
-        if not sized:
-            greedy_passes(orders[1:])
-    else:
+        hint = best.sizes
+        if clock.allows(pass_work):
+            clock.charge(pass_work)
+            hint = greedy_sizes(problem, by_ratio, problem.lower, stop=clock.past_deadline)
+            best.offer(hint, SolverPath.MIP_TIME_LIMIT)
+        sized, ranked = ranked_roundings(problem, best, hint, settings, clock, seed)
+    if not ranked:
         greedy_passes(orders)
 
     rows = nodes = rounds = 0
     columns = np.arange(n, dtype=np.int64)
     if affordable < n:
         # Revision 3's roundings, where they ran, stand in for the simplex root LP over a subset and its search.
-        worth_it = affordable >= settings.lp_min_columns and not clock.expired() and not sized
+        worth_it = affordable >= settings.lp_min_columns and not clock.expired() and not ranked
         columns = _candidate_columns(problem, greedy, affordable) if worth_it else columns[:0]
     # Where the MIP's root is predicted to fit (small n·S) the MIP runs first; elsewhere the local search.
     mip_share = settings.mip_min_share * search_limit

@@ -11,22 +11,29 @@ best allocations known, which the converged point, at a vertex, has mostly dropp
 the converged one (what the simplex LP over a subset misses is the candidates left out), and it costs a fraction
 of the simplex root LP.
 
+The interior-point method starts from the first half of the best single greedy pass (each candidate at its min size,
+by value per tail loss): its funded candidates choose the method's first candidates and scenarios at N > 250.
+
 The roundings: the greedy fill at min sizes along the tighter iterate's ranking first (the better one at N=1,000),
 then the looser iterate's fill and revision 2's other roundings of its ranking (search.py: the seeded perturbed
-fills and the prefixes; at N=100 the looser iterate's were the better ones). Each is sized by one LP over its
-members only (`heuristics._polish`: a model of the set's columns and the scenario rows its tail needs), which at
-N=100 costs about a third of the same LP on a model of every candidate, so three times as many roundings are
-sized. The first fill is sized first; the others are drawn only if the budget is predicted to hold their drawing
-and one more LP, and each is sized while the budget is predicted to hold one more (the median cost so far). Every
-allocation offered is checked by `_Best`.
+fills and the prefixes; at N=100 the looser iterate's were the better ones). Each of the two fills is also raised
+by a greedy pass along its ranking (each member as far as it fits; no LP): at N=1,000 that alone gave 0.955-1.009 of
+the best allocations known, which is what a book of that size gets at the default budget, where no LP fits. Each
+rounding is then sized by one LP over its members only (`heuristics._polish`: a model of the set's columns and the
+scenario rows its tail needs), which at N=100 costs about a third of the same LP on a model of every candidate,
+so three times as many roundings are sized. The first LP runs only if predicted to fit for its members; the other
+roundings are drawn only if the budget is predicted to hold their drawing and one more LP, and each is sized while
+the budget is predicted to hold one more (the median cost so far). Every allocation offered is checked by
+`_Best`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from allocator.engine.problem import AllocationProblem, FloatArray, SolverPath
-from allocator.engine.solver_fast.budget import BoolArray, Budget, FastSettings
+from allocator.engine.fallback import greedy_sizes
+from allocator.engine.problem import AllocationProblem, FloatArray, IntArray, SolverPath
+from allocator.engine.solver_fast.budget import BoolArray, Budget, FastSettings, cells_cost
 from allocator.engine.solver_fast.heuristics import _polish
 from allocator.engine.solver_fast.incumbents import _Best
 from allocator.engine.solver_fast.ipm import early_iterate
@@ -40,47 +47,77 @@ def support_key(sizes: FloatArray) -> bytes:
 
 
 def ranked_roundings(
-    problem: AllocationProblem, best: _Best, settings: FastSettings, clock: Budget, seed: int
-) -> set[bytes]:
-    """Revision 3's stage (see the module docstring) within `clock`, from the best allocation so far; `seed` the
-    decision's. Returns the funded sets an LP sized exactly (`support_key`), empty if none was: the stage starts only
-    if the first LP is predicted to fit for `ipm_start_share` of the members of the best allocation so far, and that
-    LP runs only if it is predicted to fit for the members of the first fill."""
+    problem: AllocationProblem,
+    best: _Best,
+    hint: FloatArray,
+    settings: FastSettings,
+    clock: Budget,
+    seed: int,
+) -> tuple[set[bytes], bool]:
+    """Revision 3's stage (see the module docstring) within `clock`; `hint` starts the interior-point method (a
+    greedy allocation), `seed` is the decision's. Returns the funded sets an LP sized exactly (`support_key`) and
+    whether the stage offered an allocation at all: it does once the tighter iterate's fill and its raise are
+    predicted to fit. An LP runs only if predicted to fit for the set's members (the first) or within the median
+    cost so far (the others)."""
     scenarios = problem.scenario_count
-    funded = int(np.count_nonzero(best.sizes))
-    if not clock.allows(settings.ipm_polish_work * scenarios * max(settings.ipm_start_share * funded, 1.0)):
-        return set()
-    points = early_iterate(problem, clock, best.sizes, settings.ipm_rank_gaps, settings.ipm_rank_iterations)
+    sized: set[bytes] = set()
+    points = early_iterate(problem, clock, hint, settings.ipm_rank_gaps, settings.ipm_rank_iterations)
     if not points or clock.expired():
-        return set()
+        return sized, False
     model = _Model(problem, settings, clock)
     screen = _Screen(model, settings, clock)
-    # Model order; the tightest iterate first.
-    xs = [model.x_of(point) for point in reversed(points)]
-    used = clock.used
-    fills = [_plain_fill(model, screen, x, settings) for x in xs]
-    fill_work = (clock.used - used) / len(fills)
-    sized: set[bytes] = set()
+    # Model order, the tightest iterate first; each ranking's candidates that the iterate funds at all.
+    orders = [_wanted_ranking(model, model.x_of(point), settings) for point in reversed(points)]
     costs: list[int] = []
+
+    def draw(order: IntArray) -> BoolArray | None:
+        """The fill along `order` at min sizes, and the same raised along it by a greedy pass (each member as far
+        as it fits): both offered; the fill, or None if the budget does not hold both."""
+        fill_work = cells_cost(settings.greedy_cells_factor * scenarios * (order.size + 1), settings)
+        raise_work = cells_cost(float(scenarios) * model.n, settings) + order.size * (
+            settings.greedy_candidate_work + scenarios * settings.greedy_scenario_work
+        )
+        if not clock.allows(fill_work + raise_work):
+            return None
+        on = screen.fill(order)
+        at_min = model.sizes_of(np.where(on, model.min_fraction, 0.0))
+        best.offer(at_min, SolverPath.MIP_TIME_LIMIT)
+        clock.charge(raise_work)
+        raised = greedy_sizes(problem, model.order[order], start=at_min, stop=clock.past_deadline)
+        best.offer(raised, SolverPath.MIP_TIME_LIMIT)
+        return on
 
     def size(on: BoolArray, cap: Budget) -> None:
         at_min = model.sizes_of(np.where(on, model.min_fraction, 0.0))
-        best.offer(at_min, SolverPath.MIP_TIME_LIMIT)
         before = clock.used
         if _polish(problem, at_min, settings, cap, best, SolverPath.MIP_TIME_LIMIT):
             sized.add(support_key(at_min))
         costs.append(clock.used - before)
 
-    members = int(np.count_nonzero(fills[0]))
+    first = draw(orders[0])
+    if first is None:
+        return sized, False
+    members = int(np.count_nonzero(first))
     if members == 0 or not clock.allows(settings.ipm_polish_work * scenarios * members):
-        return sized
-    size(fills[0], clock)
+        return sized, True
+    size(first, clock)
+    seen = {np.packbits(first).tobytes()}
+    for order in orders[1:]:
+        if not clock.allows(float(np.median(costs))):
+            return sized, True
+        fill = draw(order)
+        if fill is None:
+            return sized, True
+        seen.add(np.packbits(fill).tobytes())
+        if np.any(fill) and clock.allows(float(np.median(costs))):
+            size(fill, clock.capped(max(settings.local_search_trial_work * 4.0, 2.0 * float(np.median(costs)))))
     # The seeded fills and the prefixes of the loosest iterate's ranking cost about one fill each to draw.
-    drawing = (settings.seeded_starts + 2) * fill_work
+    drawing = (settings.seeded_starts + 2) * cells_cost(
+        settings.greedy_cells_factor * scenarios * (orders[-1].size + 1), settings
+    )
     if not clock.allows(drawing + float(np.median(costs))):
-        return sized
-    seen = {np.packbits(fills[0]).tobytes()}
-    for on in [*fills[1:], *_roundings(model, xs[-1], settings, clock, seed)]:
+        return sized, True
+    for on in _roundings(model, model.x_of(points[0]), settings, clock, seed):
         key = np.packbits(on).tobytes()
         if key in seen or not np.any(on):
             continue
@@ -88,13 +125,17 @@ def ranked_roundings(
         if not clock.allows(median):
             break
         seen.add(key)
+        at_min = model.sizes_of(np.where(on, model.min_fraction, 0.0))
+        best.offer(at_min, SolverPath.MIP_TIME_LIMIT)
         size(on, clock.capped(max(settings.local_search_trial_work * 4.0, 2.0 * median)))
-    return sized
+    return sized, True
 
 
-def _plain_fill(model: _Model, screen: _Screen, x: FloatArray, settings: FastSettings) -> BoolArray:
-    """The greedy fill at min sizes along the ranking of `x` (model order), as search.py's plain fill."""
+def _wanted_ranking(model: _Model, x: FloatArray, settings: FastSettings) -> IntArray:
+    """Candidates (model order) by the share of their min size `x` funds, ties by index, only those it funds to at
+    least `fill_min_share` (search.py's plain fill takes the same)."""
     share = np.where(model.x_cap > 0.0, x / np.maximum(model.min_fraction, 1e-12), 0.0)
     rank = _ranking(share)
     wanted = share >= settings.fill_min_share
-    return screen.fill(rank[wanted[rank]])
+    result: IntArray = rank[wanted[rank]]
+    return result
