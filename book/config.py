@@ -82,9 +82,9 @@ class AllocatorConfig:
     mip_rel_gap: float = 1e-4
     # rules.md §4.8: which solver decides. 1 is the solver of the releases before this key existed, and a recorded
     # configuration without the key ran on it (`from_recorded`); 2 adds LP-ranked and seeded multi-start roundings
-    # to it (allocator/engine/solver_fast/search.py); 3 ranks every candidate by early interior-point iterates
-    # where the simplex LP cannot take them all within the budget (ranked.py; at the default budget, more than 69
-    # candidates over 2,000 scenarios). New books get 3; a book keeps the revision its log records.
+    # to it (allocator/engine/solver_fast/search.py); 3 ranks by early interior-point iterates (every candidate up
+    # to 250) where the simplex LP cannot take them all within the budget (ranked.py; at the default budget, more
+    # than 69 candidates over 2,000 scenarios). New books get 3; a book keeps the revision its log records.
     solver_revision: int = 3
     # rules.md §2: agents allowed to propose; None accepts every agent
     agents: tuple[str, ...] | None = None

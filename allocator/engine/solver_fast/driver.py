@@ -88,8 +88,8 @@ def solve_fast(
     decisions written before the key existed were made by, kept bit for bit; revision 2 runs `search.search`
     (LP-ranked roundings and starts seeded with `seed`, the decision's seed) where revision 1 runs its local
     search; revision 3, where the simplex root LP cannot take every candidate, runs `ranked.ranked_roundings`
-    (every candidate ranked by early interior-point iterates, each rounding sized by an LP over its members) in
-    place of that LP and the search. Revision 1 ignores `seed`.
+    (the candidates ranked by early interior-point iterates, each rounding sized by an LP over its members) in
+    place of that LP, its search and the other greedy passes. Revision 1 ignores `seed`.
     """
     if settings.revision not in (1, 2, 3):
         raise ValueError(f"solver revision {settings.revision}: this release runs revisions 1 to 3")
@@ -174,10 +174,10 @@ def _solve(
     # or a subset chosen by the greedy allocations.
     per_scenario_set = settings.lp_work_coefficient * problem.scenario_count**1.5
     affordable = int((settings.lp_budget_share * search_limit / per_scenario_set) ** (1 / 0.8))
-    # Revision 3 ranks every candidate by early interior-point iterates where the simplex root LP cannot take
-    # them all (ranked.py), from the first half of the best single greedy pass (each candidate at its min size, by
-    # value per tail loss), in place of the other greedy passes (at N=1,000 their allocations were 7-11% below its
-    # own) and of the LP over a subset.
+    # Revision 3 ranks by early interior-point iterates (every candidate up to 250) where the simplex root LP
+    # cannot take them all (ranked.py), from the first half of the best single greedy pass (each candidate at its
+    # min size, by value per tail loss), in place of the other greedy passes (at N=1,000 their allocations were
+    # 7-11% below its own) and of the LP over a subset.
     sized: set[bytes] = set()
     ranked = False
     if settings.revision >= 3 and affordable < n:

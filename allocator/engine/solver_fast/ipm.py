@@ -725,11 +725,13 @@ def early_iterate(
     max_iterations: int,
     settings: BoundSettings = DEFAULT_BOUND_SETTINGS,
 ) -> list[FloatArray]:
-    """Solver revision 3's ranking point (rules.md §4.8): the interior-point iterate of `certified_bound`'s first
-    round (same candidates and scenarios, from `hint`) at the first iteration whose relative duality gap is at most
-    `gap`, as sizes; None if it was not reached within `max_iterations` or the budget. Far from converged on
-    purpose: at N=1,000 such an iterate still funds most of the candidates the best allocations hold, which the
-    converged LP point, at a vertex, has mostly dropped (docs/performance.md). Deterministic as the bound is."""
+    """Solver revision 3's ranking points (rules.md §4.8): per relative duality gap in `gaps` (descending), the
+    interior-point iterate of `certified_bound`'s first round (the same candidates and scenarios, chosen from `hint`:
+    all of them up to `all_columns` candidates) at the first iteration whose gap is at most it, as sizes (0 outside
+    the round's candidates). Only those reached within `max_iterations` and the budget are returned (possibly none).
+    Far from converged on purpose: at N=1,000 such an iterate still funds most of the candidates the best
+    allocations hold, which the converged LP point, at a vertex, has mostly dropped (docs/performance.md).
+    Deterministic as the bound is."""
     with single_threaded_blas():
         return _Search(problem, budget, settings).early(hint, gaps, max_iterations)
 

@@ -2,14 +2,17 @@
 iterate, each rounding sized by an LP over its own members.
 
 Where the simplex root LP can take only part of the candidates within the work budget (N=100, S=2,000: 69 of 100 at
-the default budget; N=1,000, S=5,000: 65 of 1,000 at 140,000 units), revision 2 ranks by an LP over a subset chosen
-by the greedy allocations, and misses what that choice leaves out. Revision 3 ranks every candidate instead, by
-the share of its min size that an interior-point iterate of the LP relaxation funds (`ipm.early_iterate`: the first
-iterations of the certified bound's first round whose relative duality gap is at most 0.5 and 0.15,
-`ipm_rank_gaps`). Far from converged on purpose: at N=1,000 such an iterate still funds most of the members of the
-best allocations known, which the converged point, at a vertex, has mostly dropped; at N=100 it ranks as well as
-the converged one (what the simplex LP over a subset misses is the candidates left out), and it costs a fraction
-of the simplex root LP.
+the default budget; N=1,000, S=5,000: 59 of 1,000 at 140,000 units), revision 2 ranks by an LP over a subset chosen
+by the greedy allocations, and misses what that choice leaves out. Revision 3 ranks instead by the share of its min
+size that an interior-point iterate of the LP relaxation funds (`ipm.early_iterate`: the first iterations of the
+certified bound's first round whose relative duality gap is at most 0.5 and 0.15, `ipm_rank_gaps`). That round takes
+every candidate up to 250 (`BoundSettings.all_columns`); above, the start allocation's funded candidates, those the
+scenario-free bound funds and the best by value per tail loss, 150 or more (~200 of 1,000 at N=1,000): the others
+are not ranked, and once the stage has offered an allocation they can enter only the two greedy passes before it
+(revision 3 drops revision 2's other passes and its LP over a subset there). Far from converged on purpose: at
+N=1,000 such an iterate still funds most of the members of the best allocations known, which the converged point, at
+a vertex, has mostly dropped; at N=100 it ranks as well as the converged one (what the simplex LP over a subset
+misses is the candidates left out), and it costs a fraction of the simplex root LP.
 
 The interior-point method starts from the first half of the best single greedy pass (each candidate at its min size,
 by value per tail loss): its funded candidates choose the method's first candidates and scenarios at N > 250.
@@ -117,7 +120,7 @@ def ranked_roundings(
     )
     if not clock.allows(drawing + float(np.median(costs))):
         return sized, True
-    for on in _roundings(model, model.x_of(points[0]), settings, clock, seed):
+    for on in _roundings(model, model.x_of(points[0]), settings, clock, seed, screen):
         key = np.packbits(on).tobytes()
         if key in seen or not np.any(on):
             continue

@@ -189,13 +189,17 @@ def search(
         _climb(search_model, found[0][2], best, settings, clock, 0, seen)
 
 
-def _roundings(model: _Model, root_x: FloatArray, settings: FastSettings, clock: Budget, seed: int) -> list[BoolArray]:
-    """Funded sets (model order) from the root LP, most promising first: the ranking's greedy fill at min sizes,
-    the best of the seeded perturbed fills, the longest prefix of the ranking that fits, the next fill, the prefix
-    one shorter, then the other fills. Fills are ranked by their value at min sizes (a lower bound of their LP's,
-    and on the benchmark instances its best predictor among the cheap ones); the prefixes leave the LP room to
-    size their members above their mins, which the fills seldom do."""
-    screen = _Screen(model, settings, clock)
+def _roundings(
+    model: _Model, root_x: FloatArray, settings: FastSettings, clock: Budget, seed: int, screen: _Screen | None = None
+) -> list[BoolArray]:
+    """Funded sets (model order) from the root LP, most promising first: the ranking's greedy fill at min sizes, the
+    best of the seeded perturbed fills, the longest prefix of the ranking that fits, the next fill, the prefix one
+    shorter, then the other fills. Fills are ranked by their value at min sizes (a lower bound of their LP's, and on
+    the benchmark instances its best predictor among the cheap ones); the prefixes leave the LP room to size their
+    members above their mins, which the fills seldom do. `screen`, if given, is the model's screen already built
+    (and paid for).
+    """
+    screen = screen or _Screen(model, settings, clock)
     share = np.where(model.x_cap > 0.0, root_x / np.maximum(model.min_fraction, 1e-12), 0.0)
     rank = _ranking(share)
     longest = _largest_prefix(screen, rank)
