@@ -40,9 +40,10 @@ LEGACY_LIMIT_S = 0.25
 NEW = FastSettings(revision=3)
 PREVIOUS = FastSettings(revision=2)
 # The work budget docs/operations.md gives books of about 1,000 proposals (the default is calibrated at N=100):
-# revision 3's ranked roundings need it there, and a whole decision at N=1,000, S=5,000 stays near 1 s.
+# there it holds revision 3's LP over its first fill and a converged certified bound, and a whole decision at
+# N=1,000, S=5,000 stays within 1 s.
 LARGE_N = 1000
-LARGE_WORK_LIMIT = 140_000
+LARGE_WORK_LIMIT = 100_000
 
 
 @dataclass

@@ -2,7 +2,7 @@
 iterate, each rounding sized by an LP over its own members.
 
 Where the simplex root LP can take only part of the candidates within the work budget (N=100, S=2,000: 69 of 100 at
-the default budget; N=1,000, S=5,000: 59 of 1,000 at 140,000 units), revision 2 ranks by an LP over a subset chosen
+the default budget; N=1,000, S=5,000: 12 of 1,000, 39 at 100,000 units), revision 2 ranks by an LP over a subset chosen
 by the greedy allocations, and misses what that choice leaves out. Revision 3 ranks instead by the share of its min
 size that an interior-point iterate of the LP relaxation funds (`ipm.early_iterate`: the first iterations of the
 certified bound's first round whose relative duality gap is at most 0.5 and 0.15, `ipm_rank_gaps`). That round takes
