@@ -19,15 +19,16 @@ by value per tail loss): its funded candidates choose the method's first candida
 
 The roundings: the greedy fill at min sizes along the tighter iterate's ranking first (the better one at N=1,000),
 then the looser iterate's fill and revision 2's other roundings of its ranking (search.py: the seeded perturbed
-fills and the prefixes; at N=100 the looser iterate's were the better ones). Each of the two fills is also raised
-by a greedy pass along its ranking (each member as far as it fits; no LP): at N=1,000 that alone gave 0.955-1.009 of
-the best allocations known, which is what a book of that size gets at the default budget, where no LP fits. Each
-rounding is then sized by one LP over its members only (`heuristics._polish`: a model of the set's columns and the
-scenario rows its tail needs), which at N=100 costs about a third of the same LP on a model of every candidate,
-so three times as many roundings are sized. The first LP runs only if predicted to fit for its members; the other
-roundings are drawn only if the budget is predicted to hold their drawing and one more LP, and each is sized while
-the budget is predicted to hold one more (the median cost so far). Every allocation offered is checked by
-`_Best`.
+fills and the prefixes; at N=100 the looser iterate's were the better ones). Each of the two fills is also raised by
+a greedy pass along its ranking (each member as far as it fits, and a candidate it left out if one now fits at its
+min size; no LP): at N=1,000 that alone gave 0.955-1.009 of the best allocations known, which is what a book of that
+size gets at the default budget, where no LP fits. Each rounding is then sized by one LP over its members only
+(`heuristics._polish`: a model of the set's columns and the scenario rows its tail needs; for the two fills, the
+raised set's, which at N=1,000 was better than the fill's and at N=100 the same or better), which at N=100 costs
+about a third of the same LP on a model of every candidate, so three times as many roundings are sized. The first LP
+runs only if predicted to fit for its members; the other roundings are drawn only if the budget is predicted to hold
+their drawing and one more LP, and each is sized while the budget is predicted to hold one more (the median cost so
+far). Every allocation offered is checked by `_Best`.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def ranked_roundings(
 
     def draw(order: IntArray) -> BoolArray | None:
         """The fill along `order` at min sizes, and the same raised along it by a greedy pass (each member as far
-        as it fits): both offered; the fill, or None if the budget does not hold both."""
+        as it fits): both offered; the raised set's members, or None if the budget does not hold both."""
         fill_work = cells_cost(settings.greedy_cells_factor * scenarios * (order.size + 1), settings)
         raise_work = cells_cost(float(scenarios) * model.n, settings) + order.size * (
             settings.greedy_candidate_work + scenarios * settings.greedy_scenario_work
@@ -88,7 +89,7 @@ def ranked_roundings(
         clock.charge(raise_work)
         raised = greedy_sizes(problem, model.order[order], start=at_min, stop=clock.past_deadline)
         best.offer(raised, SolverPath.MIP_TIME_LIMIT)
-        return on
+        return model.x_of(raised) > 0.0
 
     def size(on: BoolArray, cap: Budget) -> None:
         at_min = model.sizes_of(np.where(on, model.min_fraction, 0.0))
