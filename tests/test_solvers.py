@@ -141,7 +141,7 @@ def test_revision_3_ranked_roundings_return_checked_allocations(
     assert solution.work_used <= work + 2 * RANKED.call_work  # the stages' predictions hold
 
 
-def test_revision_3_ranked_roundings_size_sets_by_lp() -> None:
+def test_revision_3_ranked_roundings_beat_the_greedy_passes_where_the_lp_is_out_of_reach() -> None:
     """The ranked stage runs and decides: where the LP is out of reach, revision 3 beats the greedy passes that
     revision 2 is left with (one instance, the same budget)."""
     problem = random_problem(7, 30, 300, cvar_limit=0.03)
