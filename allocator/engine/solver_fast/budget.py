@@ -255,6 +255,12 @@ def cells_cost(cells: float, settings: FastSettings) -> float:
     return cells / settings.cells_per_unit
 
 
+def greedy_pass_work(candidates: int, scenarios: int, settings: FastSettings) -> float:
+    """Revisions 2 and 3's work of a greedy pass over `candidates`: a part per candidate (the pass's Python loop)
+    and one per scenario it touches."""
+    return candidates * (settings.greedy_candidate_work + scenarios * settings.greedy_scenario_work)
+
+
 class _MipMeter:
     """The work of one branch-and-bound run, counted live: HiGHS's MIP callback reports nodes but no LP
     iterations, so each callback invocation (a deterministic point of the search: a node, a cut round, a

@@ -29,6 +29,7 @@ from allocator.engine.solver_fast.budget import (
     Budget,
     FastSettings,
     cells_cost,
+    greedy_pass_work,
     single_threaded_blas,
 )
 from allocator.engine.solver_fast.heuristics import (
@@ -285,7 +286,7 @@ def _pass_work(problem: AllocationProblem, settings: FastSettings) -> float:
     N=100..1000, S=2000..5000 at the LP stages' rate of work: within 10% of revision 1's count at N=100, S=2000,
     40% below it at N=1000, S=5000, where revision 1 overcharged and so ran one pass fewer than its time allows."""
     if settings.revision >= 2:
-        return problem.n * (settings.greedy_candidate_work + problem.scenario_count * settings.greedy_scenario_work)
+        return greedy_pass_work(problem.n, problem.scenario_count, settings)
     return settings.greedy_cells_factor * cells_cost(float(_cells(problem)), settings)
 
 

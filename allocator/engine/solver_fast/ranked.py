@@ -37,12 +37,12 @@ import numpy as np
 
 from allocator.engine.fallback import greedy_sizes
 from allocator.engine.problem import AllocationProblem, FloatArray, IntArray, SolverPath
-from allocator.engine.solver_fast.budget import BoolArray, Budget, FastSettings, cells_cost
+from allocator.engine.solver_fast.budget import BoolArray, Budget, FastSettings, cells_cost, greedy_pass_work
 from allocator.engine.solver_fast.heuristics import _polish
 from allocator.engine.solver_fast.incumbents import _Best
 from allocator.engine.solver_fast.ipm import early_iterate
 from allocator.engine.solver_fast.model import _Model
-from allocator.engine.solver_fast.search import _ranking, _roundings, _Screen
+from allocator.engine.solver_fast.search import _ranking, _roundings, _Screen, _shares
 
 
 def support_key(sizes: FloatArray) -> bytes:
@@ -71,17 +71,17 @@ def ranked_roundings(
     model = _Model(problem, settings, clock)
     screen = _Screen(model, settings, clock)
     # Model order, the tightest iterate first; each ranking's candidates that the iterate funds at all.
-    orders = [_wanted_ranking(model, model.x_of(point), settings) for point in reversed(points)]
+    xs = [model.x_of(point) for point in points]
+    orders = [_wanted_ranking(model, x, settings) for x in reversed(xs)]
     costs: list[int] = []
 
     def draw(order: IntArray) -> BoolArray | None:
         """The fill along `order` at min sizes, and the same raised along it by a greedy pass (each member as far
         as it fits): both offered; the raised set's members, or None if the budget does not hold both."""
-        fill_work = cells_cost(settings.greedy_cells_factor * scenarios * (order.size + 1), settings)
-        raise_work = cells_cost(float(scenarios) * model.n, settings) + order.size * (
-            settings.greedy_candidate_work + scenarios * settings.greedy_scenario_work
+        raise_work = cells_cost(float(scenarios) * model.n, settings) + greedy_pass_work(
+            int(order.size), scenarios, settings
         )
-        if not clock.allows(fill_work + raise_work):
+        if not clock.allows(screen.fill_work(order.size) + raise_work):
             return None
         on = screen.fill(order)
         at_min = model.sizes_of(np.where(on, model.min_fraction, 0.0))
@@ -116,12 +116,10 @@ def ranked_roundings(
         if np.any(fill) and clock.allows(float(np.median(costs))):
             size(fill, clock.capped(max(settings.local_search_trial_work * 4.0, 2.0 * float(np.median(costs)))))
     # The seeded fills and the prefixes of the loosest iterate's ranking cost about one fill each to draw.
-    drawing = (settings.seeded_starts + 2) * cells_cost(
-        settings.greedy_cells_factor * scenarios * (orders[-1].size + 1), settings
-    )
+    drawing = (settings.seeded_starts + 2) * screen.fill_work(orders[-1].size)
     if not clock.allows(drawing + float(np.median(costs))):
         return sized, True
-    for on in _roundings(model, model.x_of(points[0]), settings, clock, seed, screen):
+    for on in _roundings(model, xs[0], settings, clock, seed, screen):
         key = np.packbits(on).tobytes()
         if key in seen or not np.any(on):
             continue
@@ -138,7 +136,7 @@ def ranked_roundings(
 def _wanted_ranking(model: _Model, x: FloatArray, settings: FastSettings) -> IntArray:
     """Candidates (model order) by the share of their min size `x` funds, ties by index, only those it funds to at
     least `fill_min_share` (search.py's plain fill takes the same)."""
-    share = np.where(model.x_cap > 0.0, x / np.maximum(model.min_fraction, 1e-12), 0.0)
+    share = _shares(model, x)
     rank = _ranking(share)
     wanted = share >= settings.fill_min_share
     result: IntArray = rank[wanted[rank]]

@@ -90,6 +90,11 @@ class _Screen:
         losses = self.model.problem.book_losses - at_min.sum(axis=1)
         return tail_mean(losses, self.model.k) <= self.model.cvar_bound
 
+    def fill_work(self, count: int) -> float:
+        """The work `fill` charges for a ranking of `count` candidates."""
+        scenarios = self.model.problem.scenario_count
+        return cells_cost(self.settings.greedy_cells_factor * scenarios * (count + 1), self.settings)
+
     def fill(self, rank: IntArray) -> BoolArray:
         """Along `rank`, each candidate at its min size if the set so far still fits with it (O(S) each)."""
         p = self.model.problem
@@ -98,9 +103,7 @@ class _Screen:
         spent = 0.0
         per_group = np.zeros(p.group_count)
         flow = np.zeros(p.market_count)
-        self.clock.charge(
-            cells_cost(self.settings.greedy_cells_factor * p.scenario_count * (rank.size + 1), self.settings)
-        )
+        self.clock.charge(self.fill_work(rank.size))
         for j in rank.tolist():
             size = float(self.min_size[j])
             g, m = int(self.group[j]), int(self.market[j])
@@ -117,6 +120,13 @@ class _Screen:
             per_group[g] += size
             flow[m] = moved
         return on
+
+
+def _shares(model: _Model, x: FloatArray) -> FloatArray:
+    """The share of its min size a model point `x` funds, per candidate (model order; 0 for one that cannot be
+    funded)."""
+    result: FloatArray = np.where(model.x_cap > 0.0, x / np.maximum(model.min_fraction, 1e-12), 0.0)
+    return result
 
 
 def _ranking(share: FloatArray) -> IntArray:
@@ -200,7 +210,7 @@ def _roundings(
     (and paid for).
     """
     screen = screen or _Screen(model, settings, clock)
-    share = np.where(model.x_cap > 0.0, root_x / np.maximum(model.min_fraction, 1e-12), 0.0)
+    share = _shares(model, root_x)
     rank = _ranking(share)
     longest = _largest_prefix(screen, rank)
     prefixes = []
