@@ -344,17 +344,25 @@ class EmbeddedEventLog:
         with self._txn.init_transactions(transactional_id):
             if self._pending:
                 raise LogError("init_transactions() must come before any produce(): plain records are still unflushed")
-            with self._db(f"register transactional id {transactional_id!r}"), self._write() as conn:
-                current = conn.execute(
-                    select(producers_table.c.epoch).where(producers_table.c.transactional_id == transactional_id)
-                ).scalar_one_or_none()
-                epoch = 0 if current is None else int(current) + 1
-                conn.execute(
-                    sqlite_insert(producers_table)
-                    .values(transactional_id=transactional_id, epoch=epoch)
-                    .on_conflict_do_update(index_elements=[producers_table.c.transactional_id], set_={"epoch": epoch})
-                )
-            self._epoch = epoch
+            self._epoch = self._next_epoch(transactional_id)
+
+    def fence(self, transactional_id: str) -> None:
+        self._txn.check_open("fence")
+        self._next_epoch(transactional_id)
+
+    def _next_epoch(self, transactional_id: str) -> int:
+        """Registers a new epoch of `transactional_id` (0 for a new id); a writer of an older one is fenced."""
+        with self._db(f"register transactional id {transactional_id!r}"), self._write() as conn:
+            current = conn.execute(
+                select(producers_table.c.epoch).where(producers_table.c.transactional_id == transactional_id)
+            ).scalar_one_or_none()
+            epoch = 0 if current is None else int(current) + 1
+            conn.execute(
+                sqlite_insert(producers_table)
+                .values(transactional_id=transactional_id, epoch=epoch)
+                .on_conflict_do_update(index_elements=[producers_table.c.transactional_id], set_={"epoch": epoch})
+            )
+        return epoch
 
     def begin(self) -> None:
         with self._txn.begin():

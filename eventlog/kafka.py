@@ -451,6 +451,12 @@ class KafkaEventLog:
                 f"init transactions for {transactional_id!r}", lambda: producer.init_transactions(self._timeout_s)
             )
 
+    def fence(self, transactional_id: str) -> None:
+        self._txn.check_open("fence")
+        # A producer of its own, dropped once the coordinator has bumped the id's epoch: this log's writer is not it.
+        producer = Producer({**self._producer_config(), "transactional.id": transactional_id})
+        self._call(f"fence transactional id {transactional_id!r}", lambda: producer.init_transactions(self._timeout_s))
+
     def begin(self) -> None:
         with self._txn.begin():
             self._call("begin a transaction", self._producer_client().begin_transaction)

@@ -289,6 +289,12 @@ class EventLog(Protocol):
         raises FencedError."""
         ...
 
+    def fence(self, transactional_id: str) -> None:
+        """Fences any instance writing under `transactional_id`, as `init_transactions` would, without this log
+        becoming that writer: that instance's open transaction never becomes visible and its next commit raises
+        FencedError. For an id an earlier release wrote under."""
+        ...
+
     def begin(self) -> None:
         """Starts a transaction (transactional writers only; one at a time)."""
         ...

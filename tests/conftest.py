@@ -26,6 +26,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 
 from eventlog.kafka_properties import CONFIG_FILE_ENV, client_config, client_properties_from_env
+from eventlog.port import EventLog, Topics
 from projections.database import engine_for, fresh_schema
 from projections.migrate import upgrade
 
@@ -272,3 +273,24 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Project
             with found.engine.begin() as conn:
                 for name in found._schemas:
                     conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+
+
+Open = Callable[..., EventLog]
+"""Opens a book's log: `open_log(group=None)`."""
+
+
+@pytest.fixture(params=["embedded", pytest.param("kafka", marks=pytest.mark.kafka)])
+def log_kind(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Open, Topics]]:
+    """How to open a book's log (group optional) and the book's topics: a fresh file, or a fresh prefix on the
+    broker."""
+    if request.param == "embedded":
+        from eventlog.embedded import EmbeddedEventLog
+
+        path = tmp_path / "log.sqlite"
+        yield (lambda group=None: EmbeddedEventLog(path, group)), Topics("live")
+        return
+    from eventlog.kafka import KafkaEventLog
+
+    bootstrap: str = request.getfixturevalue("kafka_bootstrap")
+    prefix: str = request.getfixturevalue("kafka_prefix")
+    yield (lambda group=None: KafkaEventLog(bootstrap, group)), Topics(prefix)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,13 +16,13 @@ from allocator.service.clients import BookClient, agents_with_topics
 from allocator.service.loop import AllocatorService, group_of
 from book.config import AllocatorConfig
 from eventlog.embedded import EmbeddedEventLog
-from eventlog.port import EventLog, TopicPartition, Topics
+from eventlog.port import TopicPartition, Topics
 from schemas.codec import SingleObjectCodec
 from schemas.events import AllocationStatus, Command, ControlCommand, Decision, Proposal, ReasonCode, Side
+from tests.conftest import Open
 
 codec = SingleObjectCodec()
 CONFIG = AllocatorConfig.from_mapping({"scenario_count": 300, "solver_time_limit_ms": 10_000, "agents": ["alpha"]})
-Open = Callable[..., EventLog]
 
 
 def proposal(pid: str, agent: str, market: str) -> Proposal:
@@ -34,20 +33,6 @@ def proposal(pid: str, agent: str, market: str) -> Proposal:
 def set_limits(limits: dict[str, float]) -> ControlCommand:
     return ControlCommand(f"cmd-{uuid.uuid4().hex[:8]}", "ops", Command.SET_LIMITS, "onboard gamma", limits,
                           int(time.time() * 1000))  # fmt: skip
-
-
-@pytest.fixture(params=["embedded", pytest.param("kafka", marks=pytest.mark.kafka)])
-def log_kind(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Open, Topics]]:
-    """How to open the book's log (group optional) and the book's topics: a fresh file, or a fresh prefix."""
-    if request.param == "embedded":
-        path = tmp_path / "log.sqlite"
-        yield (lambda group=None: EmbeddedEventLog(path, group)), Topics("live")
-        return
-    from eventlog.kafka import KafkaEventLog
-
-    bootstrap: str = request.getfixturevalue("kafka_bootstrap")
-    prefix: str = request.getfixturevalue("kafka_prefix")
-    yield (lambda group=None: KafkaEventLog(bootstrap, group)), Topics(prefix)
 
 
 def service(open_log: Open, topics: Topics, config: AllocatorConfig | None = CONFIG) -> AllocatorService:

@@ -21,7 +21,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from allocator.service.acl import acl_table, group_prefix
-from allocator.service.loop import transactional_id_of
+from allocator.service.loop import legacy_transactional_id_of, transactional_id_of
 from allocator.service.wire import to_json
 from cli.main import main
 from eventlog.kafka import KafkaEventLog
@@ -206,16 +206,19 @@ def test_a_reader_may_not_use_another_roles_group(book: Book) -> None:
 
 
 @pytest.mark.parametrize("role", ROLES)
-def test_only_the_allocator_may_use_its_transactional_id(book: Book, role: str) -> None:
-    transactional_id = transactional_id_of(book.topics, BOOK)
+def test_only_the_allocator_may_use_its_transactional_ids(book: Book, role: str) -> None:
+    """The prefix's id it publishes under, and the one releases before used for the book (fenced at start)."""
     props = book.users[role]
-    if role == "allocator":
-        eventually(
-            lambda: _init_transactions(book.bootstrap, props, transactional_id) is None, "the allocator's transactions"
-        )
-        return
-    error = _init_transactions(book.bootstrap, props, transactional_id)
-    assert error is not None and error.code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, (role, error)
+    for transactional_id in (transactional_id_of(book.topics), legacy_transactional_id_of(book.topics, BOOK)):
+        if role == "allocator":
+
+            def granted(txn: str = transactional_id) -> bool:
+                return _init_transactions(book.bootstrap, props, txn) is None
+
+            eventually(granted, f"the allocator's transactions under {transactional_id}")
+            continue
+        error = _init_transactions(book.bootstrap, props, transactional_id)
+        assert error is not None and error.code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, (role, error)
 
 
 def _propose(book: Book, role: str, proposal: Proposal, tmp_path: Path) -> None:

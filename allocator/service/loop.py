@@ -9,7 +9,14 @@ from dataclasses import dataclass
 
 from allocator.engine.cycle import CycleOutcome, run_cycle
 from allocator.engine.request import CycleRequest
-from allocator.service.chain import ChainSettings, UnverifiedBook, report_rejections, unverified_chain, verify_log
+from allocator.service.chain import (
+    ChainSettings,
+    UnverifiedBook,
+    VerifiedLog,
+    report_rejections,
+    unverified_chain,
+    verify_log,
+)
 from allocator.service.metrics import ServiceMetrics
 from allocator.service.sequencer import (
     CYCLE_FAILURE_SOURCE,
@@ -62,10 +69,28 @@ def group_of(topics: Topics, book_id: str) -> str:
     return f"allocator-{topics.prefix}-{normalise_book_id(book_id)}"
 
 
-def transactional_id_of(topics: Topics, book_id: str) -> str:
-    """The allocator's transactional id: a second instance of the same book and prefix fences the first, and only
-    that one."""
+def transactional_id_of(topics: Topics) -> str:
+    """The allocator's transactional id, one per topic prefix: a second allocator on the prefix fences the first,
+    whichever book it names (one book per topic prefix: they would spend the same inputs), and no other."""
+    return f"allocator-{topics.prefix}"
+
+
+def legacy_transactional_id_of(topics: Topics, book_id: str) -> str:
+    """The transactional id releases before the prefix-wide one wrote a book's decisions under: fenced at start, so
+    an instance of such a release still running the book stops at its next commit."""
     return f"allocator-{topics.prefix}-{normalise_book_id(book_id)}"
+
+
+def refuse_other_books(verified: VerifiedLog, topics: Topics, book: str) -> None:
+    """Raises OtherBook when a verified decision of the log is another book's than `book` (`<prefix>.<id>`)."""
+    others = sorted({d.book_id for _, d in verified.accepted if book_name(topics, d.book_id) != book})
+    if others:
+        named = ", ".join(book_name(topics, other) for other in others)
+        raise OtherBook(
+            f"the decisions on this log are book {named}'s, not {book}'s: "
+            "one book per topic prefix (they share its proposals, fills and control topics); serve --book "
+            f"{others[0]}, or give the new book its own --topic-prefix"
+        )
 
 
 def rebuild(
@@ -93,16 +118,8 @@ def rebuild(
             "signs its decisions (--signing-key) or the keys that signed them (--trusted-keys)"
         )
     report_rejections(verified.rejections, say)
-    others = sorted(
-        {d.book_id for _, d in verified.accepted if book is not None and book_name(topics, d.book_id) != book}
-    )
-    if others:
-        named = ", ".join(book_name(topics, other) for other in others)
-        raise OtherBook(
-            f"the decisions on this log are book {named}'s, not {book}'s: "
-            "one book per topic prefix (they share its proposals, fills and control topics); serve --book "
-            f"{others[0]}, or give the new book its own --topic-prefix"
-        )
+    if book is not None:
+        refuse_other_books(verified, topics, book)
     if chain.signer is not None:
         chain.signer.head = verified.head
     state, decisions, events = replay_decisions(
@@ -159,11 +176,19 @@ class AllocatorService:
         self.pending_proposals = 0
 
     def start(self) -> None:
-        """Fence older instances, then rebuild the state from the log before deciding anything."""
+        """Fence older instances, then rebuild the state from the log before deciding anything.
+
+        The transactional id is the topic prefix's, so two allocators on one prefix never both publish, whichever
+        books they name: the later fences the earlier (docs/operations.md: one book per topic prefix). A book whose
+        prefix holds another book's decisions is refused before it fences anyone (a mistaken `--book` does not stop
+        the running book), and again after (that book may have committed a decision in between; both then stop, and
+        nothing is published twice). The id an earlier release used for this book is fenced too."""
         # Topics that exist are used as they are, whatever their partition count; missing ones are created.
         self.log.create_topics(list(self.topics.inputs), None, log_append_time=self.log_append_time)
         self.log.create_topics(list(self.topics.outputs), None)
-        self.log.init_transactions(transactional_id_of(self.topics, self.book_id))
+        refuse_other_books(verify_log(self.reader, self.codec, self.topics, self.chain.trusted), self.topics, self.book)
+        self.log.fence(legacy_transactional_id_of(self.topics, self.book_id))
+        self.log.init_transactions(transactional_id_of(self.topics))
         self.state = rebuild(self.reader, self.codec, self.topics, self.config, self.say, self.chain, self.book)
         self._add_agent_topics()
         self._assign_inputs({})

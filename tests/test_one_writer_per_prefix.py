@@ -1,0 +1,122 @@
+"""One writer of decisions per topic prefix (docs/operations.md, "One book per topic prefix"): the allocator's
+transactional id is the prefix's, so two allocators started at once on a prefix with no decision yet never both
+publish, whichever books they name; a second book on a prefix that holds another book's decisions is refused before
+it fences the running one; and an instance of the release before, writing under the book's own id, is fenced at
+start. On the embedded log and on the secured broker."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from allocator.service.loop import AllocatorService, OtherBook, group_of, legacy_transactional_id_of
+from book.config import AllocatorConfig
+from eventlog.port import FencedError, Topics
+from schemas.codec import SingleObjectCodec
+from schemas.events import Decision, Proposal, Side
+from tests.conftest import Open
+
+codec = SingleObjectCodec()
+CONFIG = AllocatorConfig.from_mapping({"scenario_count": 300, "solver_time_limit_ms": 10_000})
+
+
+def allocator(open_log: Open, topics: Topics, book: str) -> AllocatorService:
+    """An allocator for `book`, not started."""
+    return AllocatorService(open_log(group_of(topics, book)), open_log(), codec, book, CONFIG, topics,
+                            say=lambda _: None)  # fmt: skip
+
+
+def propose(open_log: Open, topics: Topics, *ids: str) -> None:
+    now = int(time.time() * 1000)
+    with open_log() as log:
+        for pid in ids:
+            p = Proposal(pid, "alpha", "s", f"m-{pid}", Side.BUY, 0.5, 0.04, 0.9, 800.0, 100.0, 0.05, 0.01, "k", now)
+            log.produce(topics.proposals, codec.encode(p), key=p.market_id.encode())
+        log.flush()
+
+
+def decide(svc: AllocatorService, records: int) -> Decision:
+    """Poll until `records` input records are buffered, then decide and publish them."""
+    deadline = time.monotonic() + 60
+    while len(svc.buffer) < records:
+        assert time.monotonic() < deadline, f"{len(svc.buffer)} of {records} records in 60 s"
+        svc.poll(0.2)
+    return svc.cycle().decision
+
+
+def books_decided(open_log: Open, topics: Topics) -> list[str]:
+    """The book id of every committed decision on the prefix, in log order."""
+    with open_log() as log:
+        ends = log.end_offsets([topics.decisions])
+        log.assign([topics.decisions])
+        found: list[str] = []
+        deadline = time.monotonic() + 30
+        while any(log.position(tp) < end for tp, end in ends.items()):
+            assert time.monotonic() < deadline
+            for record in log.poll(100, 0.2):
+                assert record.value is not None
+                decision = codec.decode(record.value, record.topic, record.partition, record.offset)
+                assert isinstance(decision, Decision)
+                found.append(decision.book_id)
+        return found
+
+
+def close(*services: AllocatorService) -> None:
+    for svc in services:
+        svc.log.close()
+        svc.reader.close()
+
+
+def test_two_books_started_at_once_on_a_new_prefix_never_both_publish(log_kind: tuple[Open, Topics]) -> None:
+    """Both find no decision on the prefix; the later start fences the earlier, whose cycle publishes nothing."""
+    open_log, topics = log_kind
+    alpha, beta = allocator(open_log, topics, "alpha"), allocator(open_log, topics, "beta")
+    try:
+        alpha.start()
+        beta.start()
+        propose(open_log, topics, "p1", "p2")
+        with pytest.raises(FencedError):
+            decide(alpha, 2)
+        decided = decide(beta, 2)
+        assert sorted(a.proposal_id for a in decided.allocations) == ["p1", "p2"]
+        assert books_decided(open_log, topics) == ["beta"]
+    finally:
+        close(alpha, beta)
+
+
+def test_a_second_book_on_a_prefix_with_decisions_is_refused_and_the_running_book_goes_on(
+    log_kind: tuple[Open, Topics],
+) -> None:
+    open_log, topics = log_kind
+    alpha, beta = allocator(open_log, topics, "alpha"), allocator(open_log, topics, "beta")
+    try:
+        alpha.start()
+        propose(open_log, topics, "p1")
+        decide(alpha, 1)
+        with pytest.raises(OtherBook, match=f"book {topics.prefix}.alpha's, not {topics.prefix}.beta's"):
+            beta.start()
+        propose(open_log, topics, "p2")
+        decide(alpha, 1)  # not fenced by the refused start
+        assert books_decided(open_log, topics) == ["alpha", "alpha"]
+    finally:
+        close(alpha, beta)
+
+
+def test_an_instance_of_the_release_before_is_fenced_at_start(log_kind: tuple[Open, Topics]) -> None:
+    """Releases before wrote a book's decisions under `allocator-<prefix>-<book>`: a new start fences that id, so
+    such an instance still running cannot publish beside the new one."""
+    open_log, topics = log_kind
+    with open_log() as old:
+        old.create_topics([topics.decisions])
+        old.init_transactions(legacy_transactional_id_of(topics, "alpha"))
+        old.begin()
+        old.produce(topics.decisions, b"a decision of the release before", key=b"alpha")
+        alpha = allocator(open_log, topics, "alpha")
+        try:
+            alpha.start()
+            with pytest.raises(FencedError):
+                old.commit()
+            assert books_decided(open_log, topics) == []
+        finally:
+            close(alpha)
