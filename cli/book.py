@@ -48,7 +48,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import time
 
     from allocator.service.chain import UnverifiedBook
-    from allocator.service.loop import AllocatorService, OtherBook, group_of
+    from allocator.service.loop import AllocatorService, Contradicted, OtherBook, group_of
     from allocator.service.metrics import ServiceMetrics
     from allocator.service.sequencer import BookState, NoConfigOnLog
     from eventlog.port import FencedError, LogError, TopicPartition, Topics, normalise_book_id
@@ -120,7 +120,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 or (args.max_cycles is not None and service.state.cycle >= args.max_cycles)
             )
         )
-    except (NoConfigOnLog, UnverifiedBook, OtherBook) as exc:
+    except (NoConfigOnLog, UnverifiedBook, OtherBook, Contradicted) as exc:
         raise UsageError(str(exc)) from exc
     except FencedError as exc:
         metrics.on_fenced()

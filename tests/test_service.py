@@ -258,3 +258,46 @@ def test_serve_uses_the_topics_init_made_whatever_their_partition_count(tmp_path
     with EmbeddedEventLog(log) as reader:
         reader.assign([Topics("allocator").proposals])
         assert len(reader.assignment()) == 3
+
+
+def test_a_restart_refuses_inputs_edited_after_a_decision_recorded_the_state_they_made(tmp_path: Path) -> None:
+    """A mark tripped the kill switch and the next decision recorded the book HALTED; rewriting that mark in the log
+    file (anyone who can write it can) made the restart rebuild an ACTIVE book and fund again, with no operator
+    reset. The restart now refuses, naming the decision and what it records."""
+    import sqlite3
+
+    from allocator.service.loop import Contradicted
+
+    db = tmp_path / "log.sqlite"
+    config = CONFIG.replace(kill_switch_drawdown=0.005)
+
+    def start() -> AllocatorService:
+        svc = AllocatorService(EmbeddedEventLog(db, group=group_of(TOPICS, "book1")), EmbeddedEventLog(db), codec,
+                               "book1", config, TOPICS, say=lambda _: None)  # fmt: skip
+        svc.start()
+        return svc
+
+    svc = start()
+    produce(db, TOPICS.proposals, [(codec.encode(proposal(i)), T + i) for i in range(10)])
+    first = drain(svc)[0]
+    funded = [a for a in first.allocations if a.size > 0]
+    assert funded
+    fills = [Fill(f"f{i}", first.decision_id, a.proposal_id, a.market_id, Side.BUY, a.size, a.size, 0.5, 0.0,
+                  FillStatus.FILLED, None, T + 100 + i) for i, a in enumerate(funded)]  # fmt: skip
+    produce(db, TOPICS.fills, [(codec.encode(f), f.time) for f in fills])
+    crash = PnlMark(funded[0].market_id, 0.0, T + 200)  # its loss alone is over 0.5% of equity
+    assert funded[0].size > 0.005 * svc.state.portfolio.equity
+    produce(db, TOPICS.pnl, [(codec.encode(crash), T + 200)])
+    produce(db, TOPICS.proposals, [(codec.encode(proposal(20)), T + 300)])
+    halted = drain(svc)[0]
+    assert halted.governor_state is GovernorState.HALTED
+    svc.log.close()
+    svc.reader.close()
+    assert start().state.portfolio.governor.state is GovernorState.HALTED  # the log as written rebuilds it
+
+    with sqlite3.connect(db) as conn:  # the mark rewritten to the price it was bought at
+        benign = codec.encode(PnlMark(crash.market_id, 0.5, crash.time))
+        assert conn.execute("UPDATE records SET value = ? WHERE topic = ?", (benign, TOPICS.pnl)).rowcount == 1
+    refused = rf"{halted.decision_id} \(cycle 2\) records governor HALTED \(rebuilt ACTIVE\)"
+    with pytest.raises(Contradicted, match=refused):
+        start()

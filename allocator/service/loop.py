@@ -23,6 +23,7 @@ from allocator.service.sequencer import (
     BookState,
     book_name,
     build_request,
+    contradicted,
     fold_batch,
     fold_decision,
     governor_events,
@@ -39,6 +40,11 @@ from schemas.codec import EventCodec
 from schemas.events import Decision
 
 Say = Callable[[str], None]
+
+
+class Contradicted(ValueError):
+    """The log's inputs no longer rebuild the state one of its decisions records it was made on: deciding on the
+    rebuilt state would undo what the decisions did (a tripped kill switch lifted by an edited mark)."""
 
 
 class OtherBook(ValueError):
@@ -108,7 +114,8 @@ def rebuild(
     Only decisions that verify are folded (`allocator/service/chain.py`); a record that does not (undecodable,
     forged, out of the chain) is named and skipped, and the signer's head moves to the last that does. Raises
     NoConfigOnLog when the log records no configuration and `config` is None, UnverifiedBook when the log's decisions
-    are signed and none verifies (`unverified_chain`), OtherBook when its decisions are another book's."""
+    are signed and none verifies (`unverified_chain`), OtherBook when its decisions are another book's, Contradicted
+    when the state rebuilt for a decision is not the one it records it was made on (`contradicted`)."""
     chain = chain or ChainSettings()
     verified = verify_log(reader, codec, topics, chain.trusted)
     unverified = unverified_chain(verified, chain.trusted)
@@ -122,9 +129,18 @@ def rebuild(
         refuse_other_books(verified, topics, book)
     if chain.signer is not None:
         chain.signer.head = verified.head
-    state, decisions, events = replay_decisions(
-        reader, codec, topics, config, lambda _state, recorded: recorded, verified.accepted
-    )
+
+    def check(rebuilt: BookState, recorded: Decision) -> Decision:
+        why = contradicted(rebuilt, recorded)
+        if why is not None:
+            raise Contradicted(
+                f"decision {recorded.decision_id} (cycle {recorded.cycle}) records {why}: the log's inputs no longer "
+                "rebuild the state it was decided on (changed after it was written?); serving would decide on a "
+                "state the book's own decisions contradict. `allocator audit` names every decision affected"
+            )
+        return recorded
+
+    state, decisions, events = replay_decisions(reader, codec, topics, config, check, verified.accepted)
     if decisions:
         say(f"rebuilt from the log: {decisions} decisions, {events} input events, cycle {state.cycle}")
     if book is not None:

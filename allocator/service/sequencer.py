@@ -526,6 +526,28 @@ def replay_decisions(
         return result
 
 
+REBUILD_REL_TOL = 1e-9
+"""How far a rebuilt equity, available capital or high-water mark may be from a decision's record (relative, as the
+audit compares them)."""
+
+
+def contradicted(state: BookState, decision: Decision) -> str | None:
+    """What the state replay rebuilt for `decision` (its inputs folded, just before its cycle) contradicts of what the
+    decision records it was made on — the governor state, equity, available capital, high-water mark — or None. The
+    live cycle built its request from that same state, so they agree unless the inputs changed after the decision
+    (an edited log) or the fold changed under it."""
+    portfolio = state.portfolio.portfolio()
+    found: list[str] = []
+    rebuilt_governor = state.portfolio.governor.state
+    if rebuilt_governor is not decision.governor_state:
+        found.append(f"governor {decision.governor_state.value} (rebuilt {rebuilt_governor.value})")
+    for name in ("equity", "available", "high_water_mark"):
+        recorded, rebuilt = float(getattr(decision, name)), float(getattr(portfolio, name))
+        if abs(recorded - rebuilt) > REBUILD_REL_TOL * max(abs(recorded), abs(rebuilt), 1.0):
+            found.append(f"{name} {recorded!r} (rebuilt {rebuilt!r})")
+    return ", ".join(found) if found else None
+
+
 def recorded_config(decisions: Iterable[tuple[Record, Decision]]) -> AllocatorConfig | None:
     """The last configuration the log recorded, or None (a log written before wire version 2)."""
     text = None
