@@ -301,3 +301,20 @@ def test_a_restart_refuses_inputs_edited_after_a_decision_recorded_the_state_the
     refused = rf"{halted.decision_id} \(cycle 2\) records governor HALTED \(rebuilt ACTIVE\)"
     with pytest.raises(Contradicted, match=refused):
         start()
+
+
+def test_a_rejection_for_a_huge_id_stays_small(tmp_path: Path) -> None:
+    """The reason quoted a bad proposal_id whole: 20 proposals with 1 MB ids made every decision 20 MB, over what
+    Kafka takes. The id is named by a cut plus a digest and the reason quotes a cut."""
+    import dataclasses
+
+    db = tmp_path / "log.sqlite"
+    svc = service(db)
+    huge = dataclasses.replace(proposal(1), proposal_id="L" * 100_000)
+    produce(db, TOPICS.proposals, [(codec.encode(huge), T)])
+    decision = drain(svc)[0]
+    (rejected,) = decision.allocations
+    assert rejected.status is AllocationStatus.REJECTED and len(rejected.proposal_id) <= 128
+    assert [r.code.value for r in rejected.reasons] == ["INVALID_FIELD"]
+    assert "proposal_id" in rejected.reasons[0].detail and "100000 chars" in rejected.reasons[0].detail
+    assert len(codec.encode(decision)) < 2_000

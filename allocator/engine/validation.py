@@ -71,7 +71,7 @@ def field_problems(raw: Mapping[str, Any]) -> list[Reason]:
 
     pid = present.get("proposal_id")
     if "proposal_id" in present and (not isinstance(pid, str) or not 1 <= len(pid) <= MAX_ID_LENGTH):
-        problems.append(_problem("proposal_id", f"must be a string of 1-{MAX_ID_LENGTH} characters, got {pid!r}"))
+        problems.append(_problem("proposal_id", f"must be a string of 1-{MAX_ID_LENGTH} characters, got {_shown(pid)}"))
     for name in ("agent_id", "market_id", "correlation_key"):
         value = present.get(name)
         if name in present and (not isinstance(value, str) or not 1 <= len(value) <= MAX_ID_LENGTH):
