@@ -149,6 +149,9 @@ def _send_records(args: argparse.Namespace, kind: str, parse: Callable[[str, int
             print(f"allocator {args.command}: {problem}", file=sys.stderr)
         print(f"allocator {args.command}: nothing sent", file=sys.stderr)
         return EXIT_USAGE
+    if not records:
+        print(f"allocator {args.command}: the input holds no {kind}; nothing sent", file=sys.stderr)
+        return EXIT_USAGE
     settings, topics = _existing_log(args), Topics(args.topic_prefix)
     used: dict[str, None] = {}
     try:
@@ -169,7 +172,7 @@ def _send_records(args: argparse.Namespace, kind: str, parse: Callable[[str, int
     for r in records:
         if isinstance(r, Proposal):
             print(f"sent {r.proposal_id} ({r.agent_id}, {r.market_id} {r.side.value} {r.requested_size:g})")
-    print(f"{len(records)} {kind} sent to {', '.join(used) or topics.fills} on {settings.describe()}")
+    print(f"{len(records)} {kind} sent to {', '.join(used)} on {settings.describe()}")
     return EXIT_OK
 
 

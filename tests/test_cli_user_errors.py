@@ -109,3 +109,33 @@ def test_a_log_in_a_missing_folder_or_a_folder_as_the_log_is_named(
         err = capsys.readouterr().err
         assert f"--log {log}: {why}" in err and "sqlite" not in err.replace(str(log), "")
     assert not missing.parent.exists()
+
+
+def test_text_that_is_not_unicode_is_refused_before_anything_is_sent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`propose` sent a file's first proposal, then died on the second's "\\ud800" (no encoder takes a lone
+    surrogate) with a traceback; `control --reason` of bytes that are not UTF-8 did the same. Both now exit 2 naming
+    the field, with nothing on the log."""
+    import io
+    import json
+
+    from eventlog.embedded import EmbeddedEventLog
+
+    log = tmp_path / "log.sqlite"
+    assert main(["init", "--log", str(log)]) == 0
+    good = json.loads((Path(__file__).resolve().parent.parent / "examples" / "proposals.json").read_text())[0]
+    text = json.dumps(good) + "\n" + json.dumps({**good, "proposal_id": "p-\ud800"}) + "\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(text))
+    assert main(["propose", "-", "--log", str(log)]) == 2
+    err = capsys.readouterr().err
+    assert "line 2: proposal_id: not valid Unicode text" in err and "nothing sent" in err
+    not_utf8 = b"\xff".decode("utf-8", "surrogateescape")  # what Python makes of such an argument
+    argv = ["control", "halt", "--operator", "alice", "--log", str(log)]
+    assert main([*argv, "--reason", f"why {not_utf8}"]) == 2
+    assert "reason: not valid Unicode text" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
+    assert main(["propose", "-", "--log", str(log)]) == 2
+    assert "the input holds no proposals; nothing sent" in capsys.readouterr().err
+    with EmbeddedEventLog(log) as reader:
+        assert sum(reader.end_offsets(["allocator.proposals", "allocator.control"]).values()) == 0

@@ -316,5 +316,6 @@ def test_a_rejection_for_a_huge_id_stays_small(tmp_path: Path) -> None:
     (rejected,) = decision.allocations
     assert rejected.status is AllocationStatus.REJECTED and len(rejected.proposal_id) <= 128
     assert [r.code.value for r in rejected.reasons] == ["INVALID_FIELD"]
-    assert "proposal_id" in rejected.reasons[0].detail and "100000 chars" in rejected.reasons[0].detail
+    detail = rejected.reasons[0].detail or ""
+    assert "proposal_id" in detail and "100000 chars" in detail
     assert len(codec.encode(decision)) < 2_000

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from allocator.service.chain import DUPLICATE, ChainVerifier, Rejection, Trusted
+from allocator.service.wire import not_text
 from eventlog.port import EventLog, LogError, Record, TopicPartition, Topics
 from schemas.codec import EventCodec
 from schemas.events import (
@@ -171,6 +172,10 @@ def agents_with_topics(log: EventLog, topics: Topics, agent_ids: Iterable[str]) 
 def check_command(command: ControlCommand) -> None:
     """What `BookClient.command` requires of an operator's command before it goes on the log (ClientError naming the
     field): who sent it and why, and for SET_LIMITS at least one key."""
+    for name in ("operator_id", "reason", "limits", "book"):
+        found = not_text(getattr(command, name), name)
+        if found is not None:
+            raise ClientError(found)
     if not command.operator_id.strip():
         raise ClientError("operator_id: an operator command must say who sent it")
     if not command.reason.strip():
