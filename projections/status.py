@@ -84,7 +84,12 @@ def read_status(engine: Engine, config: AllocatorConfig, decisions: int = 5, com
     e_now = float(equity["equity"]) if equity else 0.0
     tripped = latest.get(Governor.KILL_SWITCH, {}).get("new_state") == KillSwitchState.TRIPPED
     paused = any(latest.get(g, {}).get("new_state") == PauseState.PAUSED for g in PAUSING_GOVERNORS)
-    governor = book_state(tripped, paused).value
+    # The book's state is the one its last decision records (a signed decision is verified when the projector ran
+    # with --trusted-keys); governor events are not signed, so what they add up to is only a claim until a decision
+    # confirms it: a forged TRIPPED -> ARMED must not show a halted book as ACTIVE. They differ for real only between
+    # a cycle that failed (its halt is published without a decision) and the next decision.
+    claimed = book_state(tripped, paused).value
+    governor = str(last[0]["governor_state"]) if last else claimed
     # The last decision records the window it ran with; a change its own solve caused (published with it) is newer.
     window_ms = int(last[0]["opportunity_window_ms"]) if last else round(config.opportunity_window_s * 1000)
     resized = latest.get(Governor.SOLVER_TIMEOUT)
@@ -92,6 +97,8 @@ def read_status(engine: Engine, config: AllocatorConfig, decisions: int = 5, com
         window_ms = int(resized["new_state"])
     return {
         "governor_state": governor,
+        # What the governor events add up to, when it is not what the last decision records (see above).
+        "governor_events_claim": claimed if claimed != governor else None,
         "governors": {g: latest[g] for g in GOVERNORS if g in latest},
         "equity": equity,
         "kill_switch_drawdown": config.kill_switch_drawdown,
@@ -168,6 +175,11 @@ def format_status(status: dict[str, Any]) -> str:
     d0 = status["decisions"][0]
     out.append(f"book {d0['book_id']}: governor {status['governor_state']}   (projection as of cycle {d0['cycle']}, "
                f"{_when(d0['decided_at'])})")  # fmt: skip
+    if status.get("governor_events_claim"):
+        out.append(f"  the governor events add up to {status['governor_events_claim']}, not what the last decision "
+                   "records: governor events are not signed, so the book's state is the decision's until a decision "
+                   "confirms them (a cycle that failed halts the book before its next decision; anything else is "
+                   "not the allocator's: run `allocator audit`)")  # fmt: skip
     names = {"KILL_SWITCH": "kill switch", "FAILURE_RATE": "failure rate", "OPERATOR": "operator halt",
              "SOLVER_TIMEOUT": "solver timeout"}  # fmt: skip
     for g, e in status["governors"].items():

@@ -107,3 +107,34 @@ def test_status_reads_the_book_s_configuration_from_the_broker_the_environment_n
     out, err = capsys.readouterr()
     assert json.loads(out)["kill_switch_drawdown"] == 0.15
     assert "the caps shown are the defaults'" in err and "does not exist" in err
+
+
+def test_status_takes_the_book_s_state_from_its_decisions_not_from_forged_governor_events(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Governor events are not signed: one appended by anyone who can write the log (OPERATOR PAUSED -> ACTIVE)
+    made `status` show a paused book ACTIVE. The state is now the last decision's, and the claim is named."""
+    import time
+
+    from eventlog.embedded import EmbeddedEventLog
+    from schemas.codec import SingleObjectCodec
+    from schemas.events import Governor, GovernorEvent
+
+    path = tmp_path / "log.sqlite"
+    log, db = ["--log", str(path), "--topic-prefix", "ops"], ["--database", f"sqlite:///{tmp_path / 'p.sqlite'}"]
+    for argv in (["init", *log], ["control", "halt", "--reason", "venue B", "--operator", "alice", *log],
+                 ["serve", "--book", "ops", *log, "--max-cycles", "1", "--duration", "60"]):  # fmt: skip
+        assert main(argv) == 0, argv
+    forged = GovernorEvent("ops.ops-0000000001-g9", "ops", Governor.OPERATOR, "PAUSED", "ACTIVE",
+                           "resumed by mallory", None, None, None, int(time.time() * 1000) + 1_000)  # fmt: skip
+    with EmbeddedEventLog(path) as writer:
+        writer.produce("ops.governor", SingleObjectCodec().encode(forged))
+        writer.flush()
+    assert main(["project", *log, *db, "--once"]) == 0
+    capsys.readouterr()
+    assert main(["status", *db, "--json"]) == 0
+    state = json.loads(capsys.readouterr().out)
+    assert (state["governor_state"], state["governor_events_claim"]) == ("PAUSED", "ACTIVE")
+    assert main(["status", *db]) == 0
+    text = capsys.readouterr().out
+    assert "governor PAUSED" in text and "governor events add up to ACTIVE" in text and "not signed" in text
