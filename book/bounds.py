@@ -10,6 +10,7 @@ Pure: the decision depends only on the event and on the markets the book has see
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Container
 
@@ -22,6 +23,26 @@ MAX_AMOUNT = 1e12  # sizes and fees, the same bound as a proposal's requested si
 # bounds as a proposal's price, rules.md §2).
 MIN_FILL_PRICE, MAX_FILL_PRICE = 1e-6, 1.0 - 1e-6
 MAX_LIMIT_KEYS = 64  # a SET_LIMITS names configuration keys; there are fewer than this
+
+
+def is_control(text: str) -> bool:
+    """Whether `text` holds a control character (U+0000-U+001F, U+007F): no id may (PostgreSQL refuses NUL)."""
+    return any(ch < " " or ch == "\x7f" for ch in text)
+
+
+EMPTY_ID = "<empty proposal_id>"
+"""What a rejection names a proposal with an empty proposal_id by."""
+
+
+def decision_name(value: str) -> str:
+    """What a decision names a rejected proposal's id (or agent or market) by, from proposal id rules 2 on
+    (`proposal_id_rules`): the value itself when it is at most MAX_ID_LENGTH characters with no control character,
+    else a cut of it (control characters as "?") and a digest of the whole, MAX_ID_LENGTH characters in all: a
+    decision never carries an unbounded string or one a projection cannot store, and two ids stay apart."""
+    if len(value) <= MAX_ID_LENGTH and not is_control(value):
+        return value
+    cut = "".join("?" if is_control(ch) else ch for ch in value[: MAX_ID_LENGTH - 34])
+    return f"{cut}..{hashlib.sha256(value.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}"
 
 
 def _text(event: Event, name: str, limit: int) -> str | None:

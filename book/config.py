@@ -99,6 +99,10 @@ class AllocatorConfig:
     # rules.md §11.3: 1 refuses a signed operator command that does not name this book (`<topic prefix>.<book id>`);
     # 0 takes one naming no book, as the releases before ControlCommand version 3 did (`ABSENT_MEANS`)
     operator_commands_name_book: int = 1
+    # rules.md §2: 2 refuses control characters in a proposal's ids, names a rejected one by a bounded form and
+    # settles it with the decision that rejects it; 1 takes any string of 1-128 characters and keeps a proposal whose
+    # id is bad pending (rejected again each cycle), as the releases before the key did (`ABSENT_MEANS`)
+    proposal_id_rules: int = 2
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -249,10 +253,10 @@ FIRST_RELEASE_KEYS = frozenset(
 # key out at that value, so those configurations keep their hashes. A configuration file or a snapshot still gets
 # the default for a missing key. `solver_work_limit` was 32,000 by default until revision 2's bound took a share;
 # `failure_reports_per_allocation` was unbounded (0) before it existed; before `operator_commands_name_book` a
-# signed command named no book (0).
+# signed command named no book (0); before `proposal_id_rules` a proposal's ids were checked by rules 1.
 ABSENT_MEANS: Mapping[str, Any] = MappingProxyType(
     {"solver_revision": 1, "solver_work_limit": 32_000, "failure_reports_per_allocation": 0,
-     "operator_commands_name_book": 0}
+     "operator_commands_name_book": 0, "proposal_id_rules": 1}
 )  # fmt: skip
 
 
@@ -373,4 +377,5 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "kill_switch_reset_window_s": (0.0, _DAY_S, True),
     "failure_reports_per_allocation": (0, 100_000, False),
     "operator_commands_name_book": (0, 1, False),
+    "proposal_id_rules": (1, 2, False),
 }

@@ -12,6 +12,7 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
+from book.bounds import EMPTY_ID, decision_name
 from book.config import AllocatorConfig, ConfigError
 from book.exactsum import rounded, units
 from governors.state import (
@@ -46,8 +47,21 @@ from schemas.signing import check_signature, public_key_from_hex
 
 _SIDES = (Side.BUY, Side.SELL)
 CONFIGURATION_ONLY = frozenset(
-    {"operator_keys", "kill_switch_reset_quorum", "kill_switch_reset_window_s", "operator_commands_name_book"}
-)
+    {"operator_keys", "kill_switch_reset_quorum", "kill_switch_reset_window_s", "operator_commands_name_book",
+     "proposal_id_rules"}
+)  # fmt: skip
+
+
+def _named_key(name: ProposalKey, table: Mapping[ProposalKey, Proposal]) -> ProposalKey:
+    """The key of `table` a rejection's (agent id, proposal id) names: itself when present, else the first whose
+    `decision_name`s are those (a bad id is named by a bounded form), else `name`."""
+    if name in table:
+        return name
+    for key in table:
+        agent, pid = key
+        if (decision_name(agent), decision_name(pid or EMPTY_ID)) == name:
+            return key
+    return name
 
 
 def operator_refusal(command: ControlCommand, operator_keys: Mapping[str, str]) -> str | None:
@@ -370,6 +384,10 @@ class PortfolioState:
             if any(r.code is ReasonCode.UNAUTHORIZED for r in a.reasons):
                 continue  # a refused proposal: never pending, its id is not the rejection's to settle
             pid = (a.agent_id, a.proposal_id)
+            if a.status is AllocationStatus.REJECTED and self.config.proposal_id_rules >= 2:
+                # The rejection names a bad id by a bounded form (rules.md §2): settle the proposal it names.
+                pid = _named_key(pid, self.conflicts if ReasonCode.DUPLICATE in {r.code for r in a.reasons} else
+                                 self.pending)  # fmt: skip
             if any(r.code is ReasonCode.DUPLICATE for r in a.reasons):
                 # The re-send, not the original it conflicts with. A log of an earlier release, when ids were one
                 # namespace for all agents, may reject another agent's proposal of a used id as DUPLICATE: it was

@@ -319,3 +319,42 @@ def test_a_rejection_for_a_huge_id_stays_small(tmp_path: Path) -> None:
     detail = rejected.reasons[0].detail or ""
     assert "proposal_id" in detail and "100000 chars" in detail
     assert len(codec.encode(decision)) < 2_000
+
+
+def test_a_proposal_with_a_bad_id_is_rejected_once_under_a_name_a_projection_can_store(tmp_path: Path) -> None:
+    """An outside probe: a proposal with an empty or 100,000-character id was rejected again in every later cycle
+    (the rejection named it by a cut, which never matched the pending id), and one with a NUL in its id was funded,
+    so its decision, every agent's allocations in it, was a dead letter to the projector. Under proposal_id_rules 2
+    each is rejected once, named without control characters in at most 128; rules 1 (a log recorded before the key)
+    keeps the old behaviour, so such logs still re-derive."""
+    import dataclasses
+
+    bad = [
+        dataclasses.replace(proposal(1), proposal_id=""),
+        dataclasses.replace(proposal(2), proposal_id="L" * 100_000),
+        dataclasses.replace(proposal(3), proposal_id="a\x00b"),
+        dataclasses.replace(proposal(4), agent_id="x\x00y"),
+        dataclasses.replace(proposal(5), market_id="m\n5"),
+    ]
+
+    def run(rules: int, db: Path) -> list[Decision]:
+        config = CONFIG.replace(proposal_id_rules=rules)
+        svc = AllocatorService(EmbeddedEventLog(db, group=group_of(TOPICS, "book1")), EmbeddedEventLog(db), codec,
+                               "book1", config, TOPICS, say=lambda _: None)  # fmt: skip
+        svc.start()
+        produce(db, TOPICS.proposals, [(codec.encode(p), T + i) for i, p in enumerate(bad)])
+        first = drain(svc)
+        produce(db, TOPICS.proposals, [(codec.encode(proposal(9)), T + 10)])
+        return first + drain(svc)
+
+    first, second = run(2, tmp_path / "rules2.sqlite")
+    assert all(a.status is AllocationStatus.REJECTED for a in first.allocations) and len(first.allocations) == 5
+    assert all(r.code.value == "INVALID_FIELD" for a in first.allocations for r in a.reasons)
+    for a in first.allocations:
+        for text in (a.proposal_id, a.agent_id, a.market_id):
+            assert len(text) <= 128 and not any(ch < " " for ch in text), a
+    assert [a.proposal_id for a in second.allocations] == ["p9"]  # the rejected ones are settled
+
+    old_first, old_second = run(1, tmp_path / "rules1.sqlite")
+    assert {a.proposal_id: a.status for a in old_first.allocations}["a\x00b"] is AllocationStatus.FUNDED
+    assert {a.proposal_id for a in old_second.allocations} >= {"p9", "<empty proposal_id>"}

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from book.bounds import EMPTY_ID, decision_name, is_control
 from schemas.events import Proposal, Reason, ReasonCode, Side
 
 PROPOSAL_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Proposal))
@@ -59,8 +60,24 @@ def _number_problem(field: str, value: Any, low: float, high: float, low_open: b
     return None
 
 
-def field_problems(raw: Mapping[str, Any]) -> list[Reason]:
-    """Every problem of one proposal's fields, in field order; empty when the proposal is well formed."""
+ID_RULES = 2
+"""The proposal id rules new books get (config `proposal_id_rules`, rules.md §2): 2 refuses control characters in
+a proposal's strings, names a rejected proposal by `decision_name` and settles it with the decision that rejects it;
+1, the rules of the releases before the key, takes any string of 1-128 characters."""
+
+
+def _id_problem(name: str, value: Any, id_rules: int, low: int = 1) -> Reason | None:
+    """A string field's problem: its type and length (`low` to MAX_ID_LENGTH), and from rules 2 control characters."""
+    if not isinstance(value, str) or not low <= len(value) <= MAX_ID_LENGTH:
+        return _problem(name, f"must be a string of {low}-{MAX_ID_LENGTH} characters, got {_shown(value)}")
+    if id_rules >= 2 and is_control(value):
+        return _problem(name, f"must hold no control character (U+0000-U+001F, U+007F), got {_shown(value)}")
+    return None
+
+
+def field_problems(raw: Mapping[str, Any], id_rules: int = ID_RULES) -> list[Reason]:
+    """Every problem of one proposal's fields, in field order; empty when the proposal is well formed. `id_rules`
+    is the book's `proposal_id_rules`."""
     problems: list[Reason] = []
     for name in sorted(set(raw) - set(PROPOSAL_FIELDS)):
         problems.append(_problem(name, "is not a field of Proposal"))
@@ -69,18 +86,11 @@ def field_problems(raw: Mapping[str, Any]) -> list[Reason]:
             problems.append(_problem(name, "is missing"))
     present = {k: v for k, v in raw.items() if k in PROPOSAL_FIELDS}
 
-    pid = present.get("proposal_id")
-    if "proposal_id" in present and (not isinstance(pid, str) or not 1 <= len(pid) <= MAX_ID_LENGTH):
-        problems.append(_problem("proposal_id", f"must be a string of 1-{MAX_ID_LENGTH} characters, got {_shown(pid)}"))
-    for name in ("agent_id", "market_id", "correlation_key"):
-        value = present.get(name)
-        if name in present and (not isinstance(value, str) or not 1 <= len(value) <= MAX_ID_LENGTH):
-            problems.append(_problem(name, f"must be a string of 1-{MAX_ID_LENGTH} characters, got {_shown(value)}"))
-    tag = present.get("strategy_tag")
-    if "strategy_tag" in present and (not isinstance(tag, str) or len(tag) > MAX_ID_LENGTH):
-        problems.append(
-            _problem("strategy_tag", f"must be a string of at most {MAX_ID_LENGTH} characters, got {_shown(tag)}")
-        )
+    for name in ("proposal_id", "agent_id", "market_id", "correlation_key", "strategy_tag"):
+        if name in present:
+            problem = _id_problem(name, present[name], id_rules, 0 if name == "strategy_tag" else 1)
+            if problem:
+                problems.append(problem)
     if "side" in present and present["side"] not in ("BUY", "SELL"):
         problems.append(_problem("side", f"must be BUY or SELL, got {present['side']!r}"))
     if "price" in present and present["price"] is not None:
@@ -133,16 +143,29 @@ def bounded_id(pid: str) -> str:
     return f"{pid[: MAX_ID_LENGTH - 34]}..{hashlib.sha256(pid.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}"
 
 
-def parse_proposal(raw: Mapping[str, Any], fallback_id: str) -> Submitted:
+def named(value: Any, id_rules: int) -> str:
+    """A string field of a rejected proposal as its rejection names it: rules 1 cut it (`_text`), rules 2 take
+    `decision_name` ("" for a value that is not a string)."""
+    if id_rules >= 2:
+        return decision_name(value) if isinstance(value, str) else ""
+    return _text(value)
+
+
+def rejected_id(pid: Any, fallback_id: str, id_rules: int) -> str:
+    """The proposal id a rejection names: the id (`fallback_id` when it is empty or not a string), bounded."""
+    whole = pid if isinstance(pid, str) and pid else fallback_id
+    return decision_name(whole) if id_rules >= 2 else bounded_id(whole)
+
+
+def parse_proposal(raw: Mapping[str, Any], fallback_id: str, id_rules: int = ID_RULES) -> Submitted:
     """A well-formed `Proposal`, or an `InvalidProposal` naming every bad field (never an exception)."""
-    problems = field_problems(raw)
+    problems = field_problems(raw, id_rules)
     if problems:
-        pid = raw.get("proposal_id")
         side = raw.get("side")
         return InvalidProposal(
-            proposal_id=bounded_id(pid if isinstance(pid, str) and pid else fallback_id),
-            agent_id=_text(raw.get("agent_id")),
-            market_id=_text(raw.get("market_id")),
+            proposal_id=rejected_id(raw.get("proposal_id"), fallback_id, id_rules),
+            agent_id=named(raw.get("agent_id"), id_rules),
+            market_id=named(raw.get("market_id"), id_rules),
             side=Side(side) if side in ("BUY", "SELL") else None,
             reasons=tuple(problems),
         )
@@ -165,11 +188,11 @@ def parse_proposal(raw: Mapping[str, Any], fallback_id: str) -> Submitted:
     )
 
 
-def validate(proposal: Proposal) -> Submitted:
-    """Checks a decoded proposal (Avro guarantees the types, not the ranges)."""
+def validate(proposal: Proposal, id_rules: int = ID_RULES) -> Submitted:
+    """Checks a decoded proposal (Avro guarantees the types, not the ranges) under the book's `proposal_id_rules`."""
     raw = {name: getattr(proposal, name) for name in PROPOSAL_FIELDS}
     raw["side"] = proposal.side.value
-    result = parse_proposal(raw, proposal.proposal_id or "<empty proposal_id>")
+    result = parse_proposal(raw, EMPTY_ID, id_rules)
     return proposal if isinstance(result, Proposal) else result
 
 
@@ -204,23 +227,26 @@ def priority(proposal: Proposal) -> float:
     )
 
 
-def rejected_duplicate(submitted: Submitted) -> InvalidProposal:
-    """The rejection of a proposal id its agent re-sent with other content (rules.md §2.2)."""
-    pid = submitted.proposal_id
-    reason = Reason(
-        ReasonCode.DUPLICATE, f"proposal_id {pid!r} was already received from {submitted.agent_id!r} with other content"
-    )
-    return InvalidProposal(pid, submitted.agent_id, submitted.market_id, submitted.side, (reason,))
+def rejected_duplicate(submitted: Submitted, id_rules: int = 1) -> InvalidProposal:
+    """The rejection of a proposal id its agent re-sent with other content (rules.md §2.2); from rules 2 its strings
+    are named as any rejection's are."""
+    pid, agent, market = submitted.proposal_id, submitted.agent_id, submitted.market_id
+    if id_rules >= 2:
+        pid, agent, market = rejected_id(pid, EMPTY_ID, id_rules), named(agent, id_rules), named(market, id_rules)
+    quote = _shown if id_rules >= 2 else repr
+    reason = Reason(ReasonCode.DUPLICATE, f"proposal_id {quote(pid)} was already received from {quote(agent)} "
+                    "with other content")  # fmt: skip
+    return InvalidProposal(pid, agent, market, submitted.side, (reason,))
 
 
-def rejected_unauthorized(proposal: Proposal, why: str) -> InvalidProposal:
+def rejected_unauthorized(proposal: Proposal, why: str, id_rules: int = 1) -> InvalidProposal:
     """The rejection of a proposal its writer may not make: it came from one agent's own proposals topic and
-    names another agent (rules.md §11.1). Its strings are cut as any rejection's are."""
+    names another agent (rules.md §11.1). Its strings are named as any rejection's are."""
     reason = Reason(ReasonCode.UNAUTHORIZED, why)
     return InvalidProposal(
-        bounded_id(proposal.proposal_id),
-        _text(proposal.agent_id),
-        _text(proposal.market_id),
+        decision_name(proposal.proposal_id) if id_rules >= 2 else bounded_id(proposal.proposal_id),
+        named(proposal.agent_id, id_rules),
+        named(proposal.market_id, id_rules),
         proposal.side if isinstance(proposal.side, Side) else None,
         (reason,),
     )

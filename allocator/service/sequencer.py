@@ -43,6 +43,7 @@ class BookState:
     cycle: int = 0
     # Validation of each pending proposal, kept while it waits: a deferred proposal is not re-checked every cycle.
     validated: dict[Proposal, Submitted] = field(default_factory=dict)
+    validated_rules: int = 0  # the `proposal_id_rules` those were checked under
     # The last configuration a decision recorded (None: the log holds none, as before wire version 2), and the
     # canonical JSON the next decision records (set when the book adopted a configuration for it).
     recorded_config: AllocatorConfig | None = None
@@ -277,10 +278,13 @@ def build_request(
     book = state.portfolio
     config = book.config
     pending, conflicts = book.undecided()
-    state.validated = {p: state.validated.get(p) or validate(p) for p in pending}
+    rules = config.proposal_id_rules
+    kept = state.validated if state.validated_rules == rules else {}
+    state.validated = {p: kept.get(p) or validate(p, rules) for p in pending}
+    state.validated_rules = rules
     submitted: list[Submitted] = list(state.validated.values())
-    submitted.extend(rejected_duplicate(p) for p in conflicts)
-    submitted.extend(rejected_unauthorized(p, why) for p, why in book.refused)
+    submitted.extend(rejected_duplicate(p, rules) for p in conflicts)
+    submitted.extend(rejected_unauthorized(p, why, rules) for p, why in book.refused)
     cycle = state.cycle + 1
     return CycleRequest(
         decision_id=decision_id or decision_id_of(topics, book_id, cycle),
