@@ -15,12 +15,13 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -29,6 +30,10 @@ from eventlog.kafka_properties import CONFIG_FILE_ENV, client_config, client_pro
 from eventlog.port import EventLog, Topics
 from projections.database import engine_for, fresh_schema
 from projections.migrate import upgrade
+
+if TYPE_CHECKING:
+    from allocator.service.loop import AllocatorService
+    from schemas.events import Decision
 
 HOW_TO_START = (
     "start the services with `infra/services.sh up` and export what `infra/services.sh env` prints "
@@ -294,3 +299,14 @@ def log_kind(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[O
     bootstrap: str = request.getfixturevalue("kafka_bootstrap")
     prefix: str = request.getfixturevalue("kafka_prefix")
     yield (lambda group=None: KafkaEventLog(bootstrap, group)), Topics(prefix)
+
+
+def cycle(svc: AllocatorService, records: int) -> Decision:
+    """Poll until exactly `records` input records are buffered, then decide and publish them."""
+    deadline = time.monotonic() + 60
+    while len(svc.buffer) < records:
+        assert time.monotonic() < deadline, f"{len(svc.buffer)} of {records} records in 60 s"
+        svc.poll(0.2)
+    svc.poll(0.2)
+    assert len(svc.buffer) == records
+    return svc.cycle().decision

@@ -19,7 +19,7 @@ from eventlog.embedded import EmbeddedEventLog
 from eventlog.port import TopicPartition, Topics
 from schemas.codec import SingleObjectCodec
 from schemas.events import AllocationStatus, Command, ControlCommand, Decision, Proposal, ReasonCode, Side
-from tests.conftest import Open
+from tests.conftest import Open, cycle
 
 codec = SingleObjectCodec()
 CONFIG = AllocatorConfig.from_mapping({"scenario_count": 300, "solver_time_limit_ms": 10_000, "agents": ["alpha"]})
@@ -57,17 +57,6 @@ def send(open_log: Open, topics: Topics, *events: Proposal | ControlCommand) -> 
             else:
                 client.command(event)
         client.flush()
-
-
-def cycle(svc: AllocatorService, records: int) -> Decision:
-    """Poll until `records` input records are buffered, then decide them."""
-    deadline = time.monotonic() + 60
-    while len(svc.buffer) < records:
-        assert time.monotonic() < deadline, f"{len(svc.buffer)} of {records} records in 60 s"
-        svc.poll(0.2)
-    svc.poll(0.2)
-    assert len(svc.buffer) == records
-    return svc.cycle().decision
 
 
 def by_id(decision: Decision) -> dict[str, AllocationStatus]:

@@ -15,7 +15,7 @@ from book.config import AllocatorConfig
 from eventlog.port import FencedError, Topics
 from schemas.codec import SingleObjectCodec
 from schemas.events import Decision, Proposal, Side
-from tests.conftest import Open
+from tests.conftest import Open, cycle
 
 codec = SingleObjectCodec()
 CONFIG = AllocatorConfig.from_mapping({"scenario_count": 300, "solver_time_limit_ms": 10_000})
@@ -34,15 +34,6 @@ def propose(open_log: Open, topics: Topics, *ids: str) -> None:
             p = Proposal(pid, "alpha", "s", f"m-{pid}", Side.BUY, 0.5, 0.04, 0.9, 800.0, 100.0, 0.05, 0.01, "k", now)
             log.produce(topics.proposals, codec.encode(p), key=p.market_id.encode())
         log.flush()
-
-
-def decide(svc: AllocatorService, records: int) -> Decision:
-    """Poll until `records` input records are buffered, then decide and publish them."""
-    deadline = time.monotonic() + 60
-    while len(svc.buffer) < records:
-        assert time.monotonic() < deadline, f"{len(svc.buffer)} of {records} records in 60 s"
-        svc.poll(0.2)
-    return svc.cycle().decision
 
 
 def books_decided(open_log: Open, topics: Topics) -> list[str]:
@@ -77,8 +68,8 @@ def test_two_books_started_at_once_on_a_new_prefix_never_both_publish(log_kind: 
         beta.start()
         propose(open_log, topics, "p1", "p2")
         with pytest.raises(FencedError):
-            decide(alpha, 2)
-        decided = decide(beta, 2)
+            cycle(alpha, 2)
+        decided = cycle(beta, 2)
         assert sorted(a.proposal_id for a in decided.allocations) == ["p1", "p2"]
         assert books_decided(open_log, topics) == ["beta"]
     finally:
@@ -93,11 +84,11 @@ def test_a_second_book_on_a_prefix_with_decisions_is_refused_and_the_running_boo
     try:
         alpha.start()
         propose(open_log, topics, "p1")
-        decide(alpha, 1)
+        cycle(alpha, 1)
         with pytest.raises(OtherBook, match=f"book {topics.prefix}.alpha's, not {topics.prefix}.beta's"):
             beta.start()
         propose(open_log, topics, "p2")
-        decide(alpha, 1)  # not fenced by the refused start
+        cycle(alpha, 1)  # not fenced by the refused start
         assert books_decided(open_log, topics) == ["alpha", "alpha"]
     finally:
         close(alpha, beta)
