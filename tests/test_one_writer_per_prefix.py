@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from allocator.service.chain import ChainSettings, DecisionSigner, UnverifiedBook
 from allocator.service.loop import AllocatorService, OtherBook, group_of, legacy_transactional_id_of
 from book.config import AllocatorConfig
 from eventlog.port import FencedError, Topics
@@ -21,10 +22,10 @@ codec = SingleObjectCodec()
 CONFIG = AllocatorConfig.from_mapping({"scenario_count": 300, "solver_time_limit_ms": 10_000})
 
 
-def allocator(open_log: Open, topics: Topics, book: str) -> AllocatorService:
+def allocator(open_log: Open, topics: Topics, book: str, chain: ChainSettings | None = None) -> AllocatorService:
     """An allocator for `book`, not started."""
     return AllocatorService(open_log(group_of(topics, book)), open_log(), codec, book, CONFIG, topics,
-                            say=lambda _: None)  # fmt: skip
+                            say=lambda _: None, chain=chain)  # fmt: skip
 
 
 def propose(open_log: Open, topics: Topics, *ids: str) -> None:
@@ -92,6 +93,29 @@ def test_a_second_book_on_a_prefix_with_decisions_is_refused_and_the_running_boo
         assert books_decided(open_log, topics) == ["alpha", "alpha"]
     finally:
         close(alpha, beta)
+
+
+def test_a_start_without_the_key_of_a_signed_book_is_refused_and_the_running_book_goes_on(
+    log_kind: tuple[Open, Topics],
+) -> None:
+    """Refused before it fences anyone, whichever book it names: it could not verify the running book's decisions."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    open_log, topics = log_kind
+    alpha = allocator(open_log, topics, "alpha", ChainSettings(DecisionSigner(Ed25519PrivateKey.generate())))
+    others = [allocator(open_log, topics, book) for book in ("alpha", "beta")]
+    try:
+        alpha.start()
+        propose(open_log, topics, "p1")
+        cycle(alpha, 1)
+        for other in others:
+            with pytest.raises(UnverifiedBook, match="none of them is verified"):
+                other.start()
+        propose(open_log, topics, "p2")
+        cycle(alpha, 1)  # not fenced by the refused starts
+        assert books_decided(open_log, topics) == ["alpha", "alpha"]
+    finally:
+        close(alpha, *others)
 
 
 def test_an_instance_of_the_release_before_is_fenced_at_start(log_kind: tuple[Open, Topics]) -> None:

@@ -227,7 +227,7 @@ def priority(proposal: Proposal) -> float:
     )
 
 
-def rejected_duplicate(submitted: Submitted, id_rules: int = 1) -> InvalidProposal:
+def rejected_duplicate(submitted: Submitted, id_rules: int = ID_RULES) -> InvalidProposal:
     """The rejection of a proposal id its agent re-sent with other content (rules.md §2.2); from rules 2 its strings
     are named as any rejection's are."""
     pid, agent, market = submitted.proposal_id, submitted.agent_id, submitted.market_id
@@ -239,7 +239,7 @@ def rejected_duplicate(submitted: Submitted, id_rules: int = 1) -> InvalidPropos
     return InvalidProposal(pid, agent, market, submitted.side, (reason,))
 
 
-def rejected_unauthorized(proposal: Proposal, why: str, id_rules: int = 1) -> InvalidProposal:
+def rejected_unauthorized(proposal: Proposal, why: str, id_rules: int = ID_RULES) -> InvalidProposal:
     """The rejection of a proposal its writer may not make: it came from one agent's own proposals topic and
     names another agent (rules.md §11.1). Its strings are named as any rejection's are."""
     reason = Reason(ReasonCode.UNAUTHORIZED, why)

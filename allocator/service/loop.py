@@ -11,6 +11,7 @@ from allocator.engine.cycle import CycleOutcome, run_cycle
 from allocator.engine.request import CycleRequest
 from allocator.service.chain import (
     ChainSettings,
+    Trusted,
     UnverifiedBook,
     VerifiedLog,
     report_rejections,
@@ -87,8 +88,17 @@ def legacy_transactional_id_of(topics: Topics, book_id: str) -> str:
     return f"allocator-{topics.prefix}-{normalise_book_id(book_id)}"
 
 
-def refuse_other_books(verified: VerifiedLog, topics: Topics, book: str) -> None:
-    """Raises OtherBook when a verified decision of the log is another book's than `book` (`<prefix>.<id>`)."""
+def refuse_log(verified: VerifiedLog, trusted: Trusted, topics: Topics, book: str | None) -> None:
+    """Raises UnverifiedBook when the log's decisions are signed and none verifies (`unverified_chain`), OtherBook
+    when a verified decision is another book's than `book` (`<prefix>.<id>`; None: any book)."""
+    unverified = unverified_chain(verified, trusted)
+    if unverified is not None:
+        raise UnverifiedBook(
+            f"{unverified}: serving would start the book over from nothing beside its chain; pass the key that "
+            "signs its decisions (--signing-key) or the keys that signed them (--trusted-keys)"
+        )
+    if book is None:
+        return
     others = sorted({d.book_id for _, d in verified.accepted if book_name(topics, d.book_id) != book})
     if others:
         named = ", ".join(book_name(topics, other) for other in others)
@@ -118,15 +128,8 @@ def rebuild(
     when the state rebuilt for a decision is not the one it records it was made on (`contradicted`)."""
     chain = chain or ChainSettings()
     verified = verify_log(reader, codec, topics, chain.trusted)
-    unverified = unverified_chain(verified, chain.trusted)
-    if unverified is not None:
-        raise UnverifiedBook(
-            f"{unverified}: serving would start the book over from nothing beside its chain; pass the key that "
-            "signs its decisions (--signing-key) or the keys that signed them (--trusted-keys)"
-        )
+    refuse_log(verified, chain.trusted, topics, book)
     report_rejections(verified.rejections, say)
-    if book is not None:
-        refuse_other_books(verified, topics, book)
     if chain.signer is not None:
         chain.signer.head = verified.head
 
@@ -196,13 +199,15 @@ class AllocatorService:
 
         The transactional id is the topic prefix's, so two allocators on one prefix never both publish, whichever
         books they name: the later fences the earlier (docs/operations.md: one book per topic prefix). A book whose
-        prefix holds another book's decisions is refused before it fences anyone (a mistaken `--book` does not stop
-        the running book), and again after (that book may have committed a decision in between; both then stop, and
-        nothing is published twice). The id an earlier release used for this book is fenced too."""
+        prefix holds another book's decisions, or signed ones none of whose keys it was given, is refused before it
+        fences anyone (a mistaken `--book` or a missing key does not stop the running book), and again after (that
+        book may have committed a decision in between; both then stop, and nothing is published twice). The id an
+        earlier release used for this book is fenced too."""
         # Topics that exist are used as they are, whatever their partition count; missing ones are created.
         self.log.create_topics(list(self.topics.inputs), None, log_append_time=self.log_append_time)
         self.log.create_topics(list(self.topics.outputs), None)
-        refuse_other_books(verify_log(self.reader, self.codec, self.topics, self.chain.trusted), self.topics, self.book)
+        trusted = self.chain.trusted
+        refuse_log(verify_log(self.reader, self.codec, self.topics, trusted), trusted, self.topics, self.book)
         self.log.fence(legacy_transactional_id_of(self.topics, self.book_id))
         self.log.init_transactions(transactional_id_of(self.topics))
         self.state = rebuild(self.reader, self.codec, self.topics, self.config, self.say, self.chain, self.book)
