@@ -117,9 +117,11 @@ def rebuild(
     say: Say,
     chain: ChainSettings | None = None,
     book: str | None = None,
+    verified: VerifiedLog | None = None,
 ) -> BookState:
     """The state the last published decision left, rebuilt from the log alone (see `replay_decisions`), with the
-    configuration in force: the log's, unless `config` (a file) differs from it (`take_config`).
+    configuration in force: the log's, unless `config` (a file) differs from it (`take_config`). `verified`, when
+    given, is the decisions topic as `verify_log` read it, still whole.
 
     Only decisions that verify are folded (`allocator/service/chain.py`); a record that does not (undecodable,
     forged, out of the chain) is named and skipped, and the signer's head moves to the last that does. Raises
@@ -127,7 +129,7 @@ def rebuild(
     are signed and none verifies (`unverified_chain`), OtherBook when its decisions are another book's, Contradicted
     when the state rebuilt for a decision is not the one it records it was made on (`contradicted`)."""
     chain = chain or ChainSettings()
-    verified = verify_log(reader, codec, topics, chain.trusted)
+    verified = verified or verify_log(reader, codec, topics, chain.trusted)
     refuse_log(verified, chain.trusted, topics, book)
     report_rejections(verified.rejections, say)
     if chain.signer is not None:
@@ -206,11 +208,15 @@ class AllocatorService:
         # Topics that exist are used as they are, whatever their partition count; missing ones are created.
         self.log.create_topics(list(self.topics.inputs), None, log_append_time=self.log_append_time)
         self.log.create_topics(list(self.topics.outputs), None)
-        trusted = self.chain.trusted
-        refuse_log(verify_log(self.reader, self.codec, self.topics, trusted), trusted, self.topics, self.book)
+        trusted, decisions = self.chain.trusted, [self.topics.decisions]
+        ends = self.reader.end_offsets(decisions)
+        verified = verify_log(self.reader, self.codec, self.topics, trusted)
+        refuse_log(verified, trusted, self.topics, self.book)
         self.log.fence(legacy_transactional_id_of(self.topics, self.book_id))
         self.log.init_transactions(transactional_id_of(self.topics))
-        self.state = rebuild(self.reader, self.codec, self.topics, self.config, self.say, self.chain, self.book)
+        # Read again only if a decision was committed meanwhile (another allocator's, before this one fenced it).
+        whole = verified if self.reader.end_offsets(decisions) == ends else None
+        self.state = rebuild(self.reader, self.codec, self.topics, self.config, self.say, self.chain, self.book, whole)
         self._add_agent_topics()
         self._assign_inputs({})
         if self.metrics is not None:
