@@ -90,9 +90,25 @@ def _kafka_error(exc: KafkaException) -> KafkaError | None:
     return first if isinstance(first, KafkaError) else None
 
 
+# Refusals by the broker's authorizer: the principal's role does not allow the call (docs/security.md). A producer
+# whose principal may write no topic at all is refused its idempotent producer id (CLUSTER_AUTHORIZATION_FAILED), a
+# fatal error that says nothing of fencing.
+_NOT_AUTHORIZED = frozenset(
+    {
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+    }
+)
+
+
 def _translate(what: str, exc: KafkaException) -> LogError:
-    """The notes' mapping: fatal (fenced included) → stop, requires-abort → abort and rewind, else a plain failure."""
+    """The notes' mapping: fatal (fenced included) → stop, requires-abort → abort and rewind, else a plain failure;
+    an authorization refusal is a plain failure that says so."""
     err = _kafka_error(exc)
+    if err is not None and err.code() in _NOT_AUTHORIZED:
+        return LogError(f"{what}: this principal is not authorized (its role does not allow it): {err.str()}")
     if err is not None and err.fatal():
         return FencedError(f"{what}: fatal Kafka error, this instance must stop (fenced by a newer one?): {err}")
     if err is not None and err.txn_requires_abort():
@@ -202,6 +218,19 @@ class KafkaEventLog:
         if self._producer is None:
             self._producer = Producer(self._producer_config())
         return self._producer
+
+    def _call_producer(self, what: str, operation: Callable[[], T]) -> T:
+        """A producer call whose fatal error may surface while librdkafka runs a delivery callback (then as a
+        SystemError chained to the KafkaException): translated as `_call` translates it."""
+        try:
+            return operation()
+        except KafkaException as exc:
+            raise _translate(what, exc) from exc
+        except SystemError as exc:
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, KafkaException):
+                raise _translate(what, cause) from exc
+            raise
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -526,7 +555,7 @@ class KafkaEventLog:
         self._txn.check_open("flush")
         if self._producer is None:
             return
-        remaining = int(self._producer.flush(timeout_s))
+        remaining = int(self._call_producer("deliver the records", lambda: self._producer_client().flush(timeout_s)))
         failures, self._delivery_errors = self._delivery_errors, []
         if remaining:
             raise LogError(f"{remaining} records were not delivered within {timeout_s}s")
@@ -544,7 +573,8 @@ class KafkaEventLog:
                     # it until the coordinator's timeout.
                     log.warning("closing with an open transaction: it is aborted")
                     self._producer.abort_transaction(self._timeout_s)
-                remaining = int(self._producer.flush(self._timeout_s))
+                producer = self._producer
+                remaining = int(self._call_producer("close the producer", lambda: producer.flush(self._timeout_s)))
                 if remaining:
                     raise LogError(f"closing: {remaining} records were not delivered within {self._timeout_s}s")
         except KafkaException as exc:

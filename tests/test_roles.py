@@ -170,6 +170,25 @@ def test_each_role_writes_only_its_topics(book: Book, role: str) -> None:
         assert error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, (role, what, error)
 
 
+@pytest.mark.parametrize("role", ["projector", "auditor"])
+def test_a_role_that_may_write_nothing_gets_a_refusal_naming_it_not_a_traceback(
+    book: Book, role: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its idempotent producer is refused an id (CLUSTER_AUTHORIZATION_FAILED, fatal), which surfaced inside a
+    delivery callback as a SystemError and a traceback from `allocator propose` or `control`."""
+    from eventlog.port import LogError
+
+    with KafkaEventLog(book.bootstrap, config=book.users[role], timeout_s=LIMIT_S) as log:
+        log.produce(book.topic("proposals"), b"x")
+        with pytest.raises(LogError, match="not authorized"):
+            log.flush()
+    prefix = ["--kafka", book.bootstrap, "--topic-prefix", book.topics.prefix, "--kafka-config", str(book.files[role])]
+    capsys.readouterr()
+    assert main(["control", "halt", "--reason", "r", "--operator", "o", *prefix]) == 1
+    err = capsys.readouterr().err
+    assert "not authorized" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("role", ROLES)
 def test_each_role_reads_only_its_topics(book: Book, role: str) -> None:
     props = book.users[role]
