@@ -209,7 +209,8 @@ def _other_rows(event: Event, record: Record, out: Rows) -> None:
     if isinstance(event, Fill):
         out[tables.fills].append((event.fill_id, event.decision_id, event.proposal_id, event.market_id,
                                   event.side.value, event.requested_size, event.filled_size, event.price, event.fee,
-                                  event.status.value, event.reason, event.time, event.agent_id))  # fmt: skip
+                                  event.status.value, event.reason, event.time, event.agent_id, record.topic,
+                                  record.partition, record.offset))  # fmt: skip
     elif isinstance(event, PnlMark):
         out[tables.marks].append((record.topic, record.partition, record.offset, event.market_id, event.mark_price,
                                   event.time))  # fmt: skip

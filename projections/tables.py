@@ -128,6 +128,11 @@ fills = Table(
     Column("reason", Text, nullable=True),
     Column("time", BigInteger, nullable=False),
     Column("agent_id", Text, nullable=True, comment="The allocation's agent; null in fills before Fill version 2."),
+    # Where the fill is on the log: a dead letter at that position is the allocator's refusal, and the views then
+    # leave the fill out of positions and exposures (migration 0007). Null in rows projected before it.
+    Column("log_topic", String(249), nullable=True, comment="The topic of the fill's record; null before 0007."),
+    Column("log_partition", Integer, nullable=True, comment="The partition of the fill's record; null before 0007."),
+    Column("log_offset", BigInteger, nullable=True, comment="The offset of the fill's record; null before 0007."),
 )
 
 governor_events = Table(

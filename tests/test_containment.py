@@ -100,6 +100,50 @@ def test_the_decision_feed_skips_and_reports_a_record_that_is_not_a_decision(tmp
 NAN, INF = float("nan"), float("inf")
 
 
+def _project(db: Path, engine: Engine, batch_size: int = 1_000) -> None:
+    """Project the embedded log `db` into `engine` until caught up."""
+    from projections.projector import Projector
+
+    with EmbeddedEventLog(db) as log:
+        names = [*TOPICS.inputs, *TOPICS.outputs]
+        projector = Projector(log, engine, codec, names, batch_size=batch_size, say=lambda _: None)
+        projector.start()
+        ends = log.end_offsets(names)
+        while not projector.caught_up(ends):
+            projector.step(timeout_s=0.1)
+
+
+def test_a_fill_the_allocator_refused_moves_no_projected_position(tmp_path: Path, database: ProjectionDatabase) -> None:
+    """An outside probe: an executor's fill for a decision that never funded it was a dead letter to the allocator,
+    yet the projection's positions and exposures (what `status` shows) summed it: 5,000,000 of exposure, 50,000% of
+    its market's cap. They now leave out a fill the allocator refused; its row stays in `fills`."""
+    from sqlalchemy import text
+
+    db = tmp_path / "log.sqlite"
+    svc = service(db)
+    produce(db, TOPICS.proposals, [(codec.encode(proposal(i)), T + i) for i in range(5)])
+    decision = drain(svc)[0]
+    funded = next(a for a in decision.allocations if a.size > 0)
+    genuine = _fill(fill_id="ok", decision_id=decision.decision_id, proposal_id=funded.proposal_id,
+                    market_id=funded.market_id, requested_size=funded.size, filled_size=funded.size, fee=0.0,
+                    agent_id=funded.agent_id)  # fmt: skip
+    bogus = _fill(fill_id="bogus", decision_id="no-such-decision", proposal_id="nope", market_id="elsewhere",
+                  requested_size=5e6, filled_size=5e6)  # fmt: skip
+    produce(db, TOPICS.fills, [(codec.encode(genuine), T + 10), (codec.encode(bogus), T + 11)])
+    produce(db, TOPICS.proposals, [(codec.encode(proposal(20)), T + 20)])
+    drain(svc)  # the cycle that folds the fills: the bogus one becomes a dead letter
+    assert any(isinstance(d, DeadLetter) and d.topic == TOPICS.fills for d in read(db, TOPICS.deadletter))
+    engine = database.migrate()
+    _project(db, engine)
+    with engine.connect() as conn:
+        exposure = dict(conn.execute(text("SELECT market_id, gross_exposure FROM exposure_by_market")).all())
+        keys = {k for (k,) in conn.execute(text("SELECT correlation_key FROM exposure_by_key"))}
+        fills = {f for (f,) in conn.execute(text("SELECT fill_id FROM fills"))}
+    assert exposure == {funded.market_id: pytest.approx(funded.size)}  # at cost: the market has no mark
+    assert keys == {proposal(int(funded.proposal_id[1:])).correlation_key}
+    assert fills == {"ok", "bogus"}
+
+
 def _fill(**changes: object) -> Fill:
     base = Fill("f1", "d", "p1", "m1", Side.BUY, 100.0, 100.0, 0.5, 0.1, FillStatus.FILLED, None, T + 1)
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
@@ -167,7 +211,6 @@ def test_the_projector_stores_absurd_records_alike_on_both_databases_and_never_s
     """A Proposal whose expected_profit is NaN once stopped `allocator project` for good (SQLite stores NaN as
     NULL: NOT NULL constraint failed); a 200-character id or a NUL stops PostgreSQL. Each becomes a dead-letter
     row with its position, the same in both databases, and a replay writes the same rows."""
-    from projections.projector import Projector
     from tests.projection_compare import differences, dump
 
     db = tmp_path / "log.sqlite"
@@ -191,19 +234,10 @@ def test_the_projector_stores_absurd_records_alike_on_both_databases_and_never_s
     forged = dataclasses.replace(decided[0], decision_id="forged", cycle=99, equity=NAN)
     produce(db, TOPICS.decisions, [(codec.encode(forged), T + 20)])
 
-    def project(engine: Engine, batch_size: int) -> None:
-        with EmbeddedEventLog(db) as log:
-            names = [*TOPICS.inputs, *TOPICS.outputs]
-            projector = Projector(log, engine, codec, names, batch_size=batch_size, say=lambda _: None)
-            projector.start()
-            ends = log.end_offsets(names)
-            while not projector.caught_up(ends):
-                projector.step(timeout_s=0.1)
-
     live = database.migrate()
-    project(live, 2)
+    _project(db, live, 2)
     replayed = database.fresh("replay")
-    project(replayed, 10_000)
+    _project(db, replayed, 10_000)
     a, b = dump(live), dump(replayed)
     for d in (a, b):  # its id numbers the rows in arrival order, which batching changes
         d["dead_letters"] = sorted((row[1:] for row in d["dead_letters"]), key=repr)

@@ -308,7 +308,7 @@ def test_every_event_becomes_rows_whose_columns_hold_its_fields() -> None:
     assert rows["fills"] == [{"fill_id": "f1", "decision_id": "d1", "proposal_id": "p1", "market_id": "m1",
                               "side": "BUY", "requested_size": 300.0, "filled_size": 150.0, "price": 0.4, "fee": 0.15,
                               "status": "PARTIAL", "reason": "thin book", "time": T + 1,
-                              "agent_id": "alpha"}]  # fmt: skip
+                              "agent_id": "alpha", **at, "log_offset": 1}]  # fmt: skip
     assert rows["marks"] == [{**at, "log_offset": 2, "market_id": "m1", "mark_price": 0.55, "time": T + 2}]
     assert rows["resolutions"] == [{"market_id": "m1", "outcome": "NO", "time": T + 3}]
     assert rows["control_commands"] == [
