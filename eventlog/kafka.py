@@ -106,14 +106,17 @@ _NOT_AUTHORIZED = frozenset(
 def _translate(what: str, exc: KafkaException) -> LogError:
     """The notes' mapping: fatal (fenced included) → stop, requires-abort → abort and rewind, else a plain failure;
     an authorization refusal is a plain failure that says so."""
-    err = _kafka_error(exc)
+    return _translate_error(what, _kafka_error(exc), str(exc))
+
+
+def _translate_error(what: str, err: KafkaError | None, text: str) -> LogError:
     if err is not None and err.code() in _NOT_AUTHORIZED:
         return LogError(f"{what}: this principal is not authorized (its role does not allow it): {err.str()}")
     if err is not None and err.fatal():
         return FencedError(f"{what}: fatal Kafka error, this instance must stop (fenced by a newer one?): {err}")
     if err is not None and err.txn_requires_abort():
         return AbortableError(f"{what}: the transaction failed and must be aborted, then the input rewound: {err}")
-    return LogError(f"{what} failed: {exc}")
+    return LogError(f"{what} failed: {text}")
 
 
 class KafkaEventLog:
@@ -153,6 +156,7 @@ class KafkaEventLog:
         self._producer: Any = None
         self._txn = Transactions("this Kafka event log")
         self._delivery_errors: list[str] = []
+        self._fatal: list[KafkaError] = []  # fatal producer errors (`_on_error`), raised by the next flush
         self._assignment: list[TopicPartition] = []
         # Where each partition was (re)assigned to start: the position until the consumer reports its own.
         self._start: dict[TopicPartition, int] = {}
@@ -212,7 +216,16 @@ class KafkaEventLog:
             "message.max.bytes": MAX_MESSAGE_BYTES,
             # CRC-32 of the key, like the embedded log: a key lands on the same partition on both adapters.
             "partitioner": "consistent_random",
+            # A fatal producer error is kept and raised by the next flush: without this callback confluent-kafka
+            # raises it from inside a delivery callback, where it surfaced as a SystemError.
+            "error_cb": self._on_error,
         }
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._fatal.append(err)
+        else:  # librdkafka recovers from these on its own (a broker restart, a lost connection)
+            log.debug("producer: %s", err)
 
     def _producer_client(self) -> Any:
         if self._producer is None:
@@ -228,9 +241,11 @@ class KafkaEventLog:
             raise _translate(what, exc) from exc
         except SystemError as exc:
             cause = exc.__cause__ or exc.__context__
+            if self._fatal:
+                raise _translate_error(what, self._fatal[0], self._fatal[0].str()) from exc
             if isinstance(cause, KafkaException):
                 raise _translate(what, cause) from exc
-            raise
+            raise LogError(f"{what} failed: {exc}") from exc
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -557,6 +572,8 @@ class KafkaEventLog:
             return
         remaining = int(self._call_producer("deliver the records", lambda: self._producer_client().flush(timeout_s)))
         failures, self._delivery_errors = self._delivery_errors, []
+        if self._fatal:
+            raise _translate_error("deliver the records", self._fatal[0], self._fatal[0].str())
         if remaining:
             raise LogError(f"{remaining} records were not delivered within {timeout_s}s")
         if failures and not self._txn.transactional:

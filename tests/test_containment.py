@@ -136,7 +136,9 @@ def test_a_fill_the_allocator_refused_moves_no_projected_position(tmp_path: Path
     engine = database.migrate()
     _project(db, engine)
     with engine.connect() as conn:
-        exposure = dict(conn.execute(text("SELECT market_id, gross_exposure FROM exposure_by_market")).all())
+        exposure: dict[str, float] = dict(
+            conn.execute(text("SELECT market_id, gross_exposure FROM exposure_by_market")).all()
+        )
         keys = {k for (k,) in conn.execute(text("SELECT correlation_key FROM exposure_by_key"))}
         fills = {f for (f,) in conn.execute(text("SELECT fill_id FROM fills"))}
     assert exposure == {funded.market_id: pytest.approx(funded.size)}  # at cost: the market has no mark
