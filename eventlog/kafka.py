@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -241,11 +242,19 @@ class KafkaEventLog:
             raise _translate(what, exc) from exc
         except SystemError as exc:
             cause = exc.__cause__ or exc.__context__
+            for _ in range(20):  # let the error callback report the fatal error behind it
+                if self._fatal or self._producer is None:
+                    break
+                with contextlib.suppress(KafkaException, SystemError):
+                    self._producer.poll(0.05)
             if self._fatal:
                 raise _translate_error(what, self._fatal[0], self._fatal[0].str()) from exc
             if isinstance(cause, KafkaException):
                 raise _translate(what, cause) from exc
-            raise LogError(f"{what} failed: {exc}") from exc
+            raise LogError(
+                f"{what} failed: a fatal Kafka client error ({exc}); a principal whose role may write no topic is "
+                "refused the producer id every write needs (docs/security.md)"
+            ) from exc
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
