@@ -122,6 +122,15 @@ def _with(**changes: Any) -> dict[str, Any]:
         (_with(config={"solver_time_limit_ms": 1e300}), "solver_time_limit_ms"),
         (_with(config={"scenario_count": 1e9}), "scenario_count"),
         (_with(available=1e300), "available"),
+        # A config that is not an object reached the configuration reader first: a traceback, exit 1.
+        (_with(config=["position_cap"]), "config: must be an object"),
+        (_with(config=5), "config: must be an object"),
+        (_with(config=True), "config: must be an object"),
+        (_with(config="abc"), "config: must be an object"),
+        (
+            json.dumps(_with(proposals=[{**BASIC["proposals"][0], "proposal_id": "\ud800"}])),
+            "proposals.0.proposal_id: not valid Unicode text",
+        ),
     ],
 )
 def test_a_malformed_snapshot_exits_2_naming_the_field(

@@ -19,6 +19,7 @@ from allocator.engine.validation import (
     parse_proposal,
     rejected_duplicate,
 )
+from allocator.service.wire import not_text
 from book.config import MAX_AMOUNT, MAX_PENDING, AllocatorConfig, ConfigError
 from book.portfolio import Portfolio, Position, Repeat, classify_repeat
 from governors.rules import book_state, drawdown, failure_pause_triggered, failure_rate, kill_switch_triggered
@@ -140,12 +141,12 @@ def parse_snapshot(data: Any, decision_id: str) -> CycleRequest:
     for key in ("as_of", "equity", "proposals"):
         if key not in data:
             raise SnapshotError(f"{key}: is missing")
+    if "config" in data and not isinstance(data["config"], Mapping):
+        raise SnapshotError("config: must be an object")
     try:
         config = AllocatorConfig.from_mapping(data.get("config") or {})
     except ConfigError as exc:
         raise SnapshotError(f"config: {exc}") from exc
-    if "config" in data and not isinstance(data["config"], Mapping):
-        raise SnapshotError("config: must be an object")
 
     as_of = _integer("as_of", data["as_of"])
     equity = _number("equity", data["equity"], minimum=0.0)
@@ -247,6 +248,9 @@ def load_snapshot(path: Path) -> CycleRequest:
         raise SnapshotError(f"{path}: JSON nested too deeply") from exc
     except SnapshotError as exc:
         raise SnapshotError(f"{path}: {exc}") from exc
+    found = not_text(data)
+    if found is not None:
+        raise SnapshotError(f"{path}: {found}")
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     decision_id = "snapshot-" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
     try:
