@@ -130,7 +130,7 @@ def on_equity(status: GovernorStatus, equity: float, limits: GovernorLimits) -> 
             Governor.KILL_SWITCH,
             ARMED,
             TRIPPED,
-            f"drawdown {d:.2%} reached the {limits.kill_switch_drawdown:.0%} limit "
+            f"drawdown {d:.2%} reached the {limits.kill_switch_drawdown * 100:g}% limit "
             f"(equity {equity:,.2f}, high-water mark {hwm:,.2f})",
             measured=d,
             limit=limits.kill_switch_drawdown,
