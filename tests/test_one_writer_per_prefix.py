@@ -77,39 +77,29 @@ def test_two_books_started_at_once_on_a_new_prefix_never_both_publish(log_kind: 
         close(alpha, beta)
 
 
-def test_a_second_book_on_a_prefix_with_decisions_is_refused_and_the_running_book_goes_on(
-    log_kind: tuple[Open, Topics],
+@pytest.mark.parametrize(
+    ("signed", "books", "refusal", "says"),
+    [
+        (False, ("beta",), OtherBook, "book {prefix}.alpha's, not {prefix}.beta's"),  # another book's decisions
+        (True, ("alpha", "beta"), UnverifiedBook, "none of them is verified"),  # signed, and no key given
+    ],
+)
+def test_a_start_that_is_refused_is_refused_before_it_fences_the_running_book(
+    log_kind: tuple[Open, Topics], signed: bool, books: tuple[str, ...], refusal: type[Exception], says: str
 ) -> None:
-    open_log, topics = log_kind
-    alpha, beta = allocator(open_log, topics, "alpha"), allocator(open_log, topics, "beta")
-    try:
-        alpha.start()
-        propose(open_log, topics, "p1")
-        cycle(alpha, 1)
-        with pytest.raises(OtherBook, match=f"book {topics.prefix}.alpha's, not {topics.prefix}.beta's"):
-            beta.start()
-        propose(open_log, topics, "p2")
-        cycle(alpha, 1)  # not fenced by the refused start
-        assert books_decided(open_log, topics) == ["alpha", "alpha"]
-    finally:
-        close(alpha, beta)
-
-
-def test_a_start_without_the_key_of_a_signed_book_is_refused_and_the_running_book_goes_on(
-    log_kind: tuple[Open, Topics],
-) -> None:
-    """Refused before it fences anyone, whichever book it names: it could not verify the running book's decisions."""
+    """A mistaken `--book`, or a start without the keys of a signed book, does not stop the book that runs."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     open_log, topics = log_kind
-    alpha = allocator(open_log, topics, "alpha", ChainSettings(DecisionSigner(Ed25519PrivateKey.generate())))
-    others = [allocator(open_log, topics, book) for book in ("alpha", "beta")]
+    chain = ChainSettings(DecisionSigner(Ed25519PrivateKey.generate())) if signed else None
+    alpha = allocator(open_log, topics, "alpha", chain)
+    others = [allocator(open_log, topics, book) for book in books]
     try:
         alpha.start()
         propose(open_log, topics, "p1")
         cycle(alpha, 1)
         for other in others:
-            with pytest.raises(UnverifiedBook, match="none of them is verified"):
+            with pytest.raises(refusal, match=says.format(prefix=topics.prefix)):
                 other.start()
         propose(open_log, topics, "p2")
         cycle(alpha, 1)  # not fenced by the refused starts
