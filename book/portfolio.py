@@ -52,16 +52,27 @@ CONFIGURATION_ONLY = frozenset(
 )  # fmt: skip
 
 
-def _named_key(name: ProposalKey, table: Mapping[ProposalKey, Proposal]) -> ProposalKey:
-    """The key of `table` a rejection's (agent id, proposal id) names: itself when present, else the first whose
-    `decision_name`s are those (a bad id is named by a bounded form), else `name`."""
-    if name in table:
-        return name
-    for key in table:
-        agent, pid = key
-        if (decision_name(agent), decision_name(pid or EMPTY_ID)) == name:
-            return key
-    return name
+class _Names:
+    """The keys of a table (pending proposals, or conflicting re-sends) by the names rejections give them (a bad id
+    is named by a bounded form, rules.md §2), for one decision's fold: built once, when a name is first not a key,
+    so a decision naming many bad ids costs one pass over the table, not one per id."""
+
+    def __init__(self, table: Mapping[ProposalKey, Proposal]) -> None:
+        self.table = table
+        self.by_name: dict[ProposalKey, ProposalKey] | None = None
+
+    def key(self, name: ProposalKey) -> ProposalKey:
+        """The key a rejection's (agent id, proposal id) names: itself when present, else the first whose names
+        are those, else `name`."""
+        if name in self.table:
+            return name
+        if self.by_name is None:
+            self.by_name = {}
+            for key in self.table:
+                named = (decision_name(key[0]), decision_name(key[1] or EMPTY_ID))
+                if named != key:
+                    self.by_name.setdefault(named, key)
+        return self.by_name.get(name, name)
 
 
 def operator_refusal(command: ControlCommand, operator_keys: Mapping[str, str]) -> str | None:
@@ -380,14 +391,15 @@ class PortfolioState:
         self.last_decision_id = decision.decision_id
         if self.refused and any(r.code is ReasonCode.UNAUTHORIZED for a in decision.allocations for r in a.reasons):
             self.refused.clear()  # the decision built from this state named every refused proposal
+        pending_names, conflict_names = _Names(self.pending), _Names(self.conflicts)
         for a in decision.allocations:
             if any(r.code is ReasonCode.UNAUTHORIZED for r in a.reasons):
                 continue  # a refused proposal: never pending, its id is not the rejection's to settle
             pid = (a.agent_id, a.proposal_id)
             if a.status is AllocationStatus.REJECTED and self.config.proposal_id_rules >= 2:
                 # The rejection names a bad id by a bounded form (rules.md §2): settle the proposal it names.
-                pid = _named_key(pid, self.conflicts if ReasonCode.DUPLICATE in {r.code for r in a.reasons} else
-                                 self.pending)  # fmt: skip
+                duplicate = any(r.code is ReasonCode.DUPLICATE for r in a.reasons)
+                pid = (conflict_names if duplicate else pending_names).key(pid)
             if any(r.code is ReasonCode.DUPLICATE for r in a.reasons):
                 # The re-send, not the original it conflicts with. A log of an earlier release, when ids were one
                 # namespace for all agents, may reject another agent's proposal of a used id as DUPLICATE: it was
