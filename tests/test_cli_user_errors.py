@@ -139,3 +139,16 @@ def test_text_that_is_not_unicode_is_refused_before_anything_is_sent(
     assert "the input holds no proposals; nothing sent" in capsys.readouterr().err
     with EmbeddedEventLog(log) as reader:
         assert sum(reader.end_offsets(["allocator.proposals", "allocator.control"]).values()) == 0
+
+
+def test_input_nested_past_what_the_json_reader_takes_is_refused_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    log = tmp_path / "log.sqlite"
+    assert main(["init", "--log", str(log)]) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("[" * 5_000 + "]" * 5_000))
+    assert main(["propose", "-", "--log", str(log)]) == 2
+    err = capsys.readouterr().err
+    assert "nested too deeply" in err and "nothing sent" in err

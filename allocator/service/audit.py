@@ -17,14 +17,13 @@ from allocator.engine.validation import MAX_EXPECTED_PROFIT
 from allocator.engine.verify import DecisionInvariantError, verify_decision
 from allocator.service.audit_engines import AuditEngine, SequentialEngine
 from allocator.service.chain import Trusted, VerifiedLog, chain_findings, verify_log
-from allocator.service.sequencer import build_request, replay_steps
+from allocator.service.sequencer import build_request, close_enough, replay_steps
 from book.config import ABSENT_MEANS, AllocatorConfig
 from eventlog.port import EventLog, Record, TopicPartition, Topics
 from schemas.codec import EventCodec
 from schemas.events import Decision, SolverPath
 from schemas.versions import single_object_version
 
-SIZE_REL_TOL = 1e-9
 # Only a solve the wall-clock safety net stopped depends on the machine; every other path is re-derived exactly.
 TIMED_PATHS = (SolverPath.MIP_TIME_LIMIT,)
 
@@ -67,10 +66,6 @@ class AuditReport:
         }
 
 
-def _close(a: float, b: float, margin: float = 0.0) -> bool:
-    return a == b or abs(a - b) <= SIZE_REL_TOL * max(abs(a), abs(b), 1.0) + margin
-
-
 # Upcaster of a rule: decisions written with Decision version 1 were sized by solvers that kept a safety slack of
 # 1e-8 relative + 1e-7 absolute inside every limit (today's size exactly to the limit). Their sizes are compared
 # within that slack, for up to SLACK_LIMITS limits a size can meet, on the scale of the book's equity.
@@ -106,7 +101,7 @@ def compare(recorded: Decision, recomputed: Decision, margin: float = 0.0) -> li
             problems.append(f"{name}: recorded {getattr(recorded, name)!r}, re-run {getattr(recomputed, name)!r}")
     for name in ("equity", "available", "high_water_mark", "objective"):
         allowed = objective_margin * MAX_EXPECTED_PROFIT if name == "objective" else 0.0
-        if not _close(getattr(recorded, name), getattr(recomputed, name), allowed):
+        if not close_enough(getattr(recorded, name), getattr(recomputed, name), allowed):
             problems.append(f"{name}: recorded {getattr(recorded, name)!r}, re-run {getattr(recomputed, name)!r}")
     if len(recorded.allocations) != len(recomputed.allocations):
         problems.append(f"allocations: recorded {len(recorded.allocations)}, re-run {len(recomputed.allocations)}")
@@ -122,12 +117,12 @@ def compare(recorded: Decision, recomputed: Decision, margin: float = 0.0) -> li
         if [r.code for r in a.reasons] != [r.code for r in b.reasons]:
             problems.append(f"{where}: reasons recorded {[r.code.value for r in a.reasons]}, re-run "
                             f"{[r.code.value for r in b.reasons]}")  # fmt: skip
-        if not _close(a.size, b.size, margin) or not _close(a.netted_size, b.netted_size, margin):
+        if not close_enough(a.size, b.size, margin) or not close_enough(a.netted_size, b.netted_size, margin):
             problems.append(f"{where}: size recorded {a.size!r}/{a.netted_size!r}, re-run {b.size!r}/{b.netted_size!r}")
     recorded_orders = [(o.market_id, o.side, o.size) for o in recorded.orders]
     recomputed_orders = [(o.market_id, o.side, o.size) for o in recomputed.orders]
     if len(recorded_orders) != len(recomputed_orders) or any(
-        x[:2] != y[:2] or not _close(x[2], y[2], objective_margin)
+        x[:2] != y[:2] or not close_enough(x[2], y[2], objective_margin)
         for x, y in zip(recorded_orders, recomputed_orders, strict=False)
     ):
         problems.append(f"orders: recorded {recorded_orders}, re-run {recomputed_orders}")

@@ -530,9 +530,13 @@ def replay_decisions(
         return result
 
 
-REBUILD_REL_TOL = 1e-9
-"""How far a rebuilt equity, available capital or high-water mark may be from a decision's record (relative, as the
-audit compares them)."""
+SIZE_REL_TOL = 1e-9
+"""How far a re-derived amount may be from a decision's record, relative (the audit's and the restart's test)."""
+
+
+def close_enough(a: float, b: float, margin: float = 0.0) -> bool:
+    """Whether a re-derived amount `b` is the recorded `a`: within SIZE_REL_TOL, plus `margin` (currency)."""
+    return a == b or abs(a - b) <= SIZE_REL_TOL * max(abs(a), abs(b), 1.0) + margin
 
 
 def contradicted(state: BookState, decision: Decision) -> str | None:
@@ -547,7 +551,7 @@ def contradicted(state: BookState, decision: Decision) -> str | None:
         found.append(f"governor {decision.governor_state.value} (rebuilt {rebuilt_governor.value})")
     for name in ("equity", "available", "high_water_mark"):
         recorded, rebuilt = float(getattr(decision, name)), float(getattr(portfolio, name))
-        if abs(recorded - rebuilt) > REBUILD_REL_TOL * max(abs(recorded), abs(rebuilt), 1.0):
+        if not close_enough(recorded, rebuilt):
             found.append(f"{name} {recorded!r} (rebuilt {rebuilt!r})")
     return ", ".join(found) if found else None
 

@@ -37,29 +37,36 @@ class WireError(ValueError):
 
 
 def not_text(value: Any, path: str = "") -> str | None:
-    """The first string in `value` (walking objects and arrays) that is not Unicode text a record can carry — JSON's
-    "\\ud800" escapes, or a command-line argument of bytes that are not UTF-8, give lone surrogates, which no
-    encoder takes — named by its path, or None."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            return f"{path or 'value'}: not valid Unicode text ({value[exc.start]!a} at character {exc.start})"
-        return None
-    items: Any = value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        where = f"{path}.{key}" if path else str(key)
-        found = not_text(key, f"{where} (the name)") if isinstance(key, str) else None
-        found = found or not_text(item, where)
-        if found:
-            return found
+    """The first string in `value` (walking objects and arrays, without recursion: any depth) that is not Unicode text
+    a record can carry — JSON's "\\ud800" escapes, or a command-line argument of bytes that are not UTF-8, give lone
+    surrogates, which no encoder takes — named by its path, or None."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return f"{where or 'value'}: not valid Unicode text ({item[exc.start]!a} at character {exc.start})"
+            continue
+        pairs: list[tuple[Any, Any]] = (
+            list(item.items()) if isinstance(item, Mapping) else list(enumerate(item)) if isinstance(item, list) else []
+        )
+        for key, child in reversed(pairs):  # popped in document order, each name before its value
+            at = f"{where}.{key}" if where else str(key)
+            stack.append((child, at))
+            if isinstance(key, str):  # checked before its value; a bad name is not repeated in its own path
+                stack.append((key, f"{where or 'value'} (a name in it)"))
     return None
 
 
 def json_records(text: str) -> list[tuple[int, Any]]:
     """The records of `text` with the line each starts on: one JSON object, a JSON array, or JSON lines. A record
     with a string that is not Unicode text (`not_text`) is refused, naming its line and field."""
-    records = _json_records(text)
+    try:
+        records = _json_records(text)
+    except RecursionError as exc:
+        raise WireError(["the input is nested too deeply to be a record"]) from exc
     problems = [f"line {line}: {found}" for line, value in records if (found := not_text(value)) is not None]
     if problems:
         raise WireError(problems)

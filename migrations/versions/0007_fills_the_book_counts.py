@@ -8,6 +8,7 @@ Create Date: 2026-12-03
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -24,49 +25,22 @@ depends_on: str | Sequence[str] | None = None
 # size. A fill projected before this revision has no position (null) and counts as before until a replay.
 TAKEN = """NOT EXISTS (SELECT 1 FROM dead_letters d
     WHERE d.topic = f.log_topic AND d."partition" = f.log_partition AND d."offset" = f.log_offset)"""
-POSITIONS = f"""
-CREATE VIEW positions AS
-SELECT f.market_id, f.side,
-       SUM(f.filled_size / f.price) AS contracts,
-       SUM(f.filled_size) AS cost,
-       SUM(f.filled_size / f.price) * COALESCE(
-           CASE WHEN f.side = 'BUY' THEN lm.mark_price ELSE 1.0 - lm.mark_price END,
-           SUM(f.filled_size) / SUM(f.filled_size / f.price)) AS value
-FROM fills f
-LEFT JOIN latest_marks lm ON lm.market_id = f.market_id
-WHERE f.status IN ('FILLED', 'PARTIAL') AND f.filled_size > 0 AND f.price > 0 AND f.price < 1
-  AND f.market_id NOT IN (SELECT market_id FROM resolutions)
-  AND {TAKEN}
-GROUP BY f.market_id, f.side, lm.mark_price
-"""
-EXPOSURE_BY_MARKET = """
-CREATE VIEW exposure_by_market AS
-SELECT market_id,
-       SUM(CASE WHEN side = 'BUY' THEN value ELSE -value END) AS signed_exposure,
-       SUM(value) AS gross_exposure
-FROM positions
-GROUP BY market_id
-"""
-FILL_MATCHES_PROPOSAL = """(f.agent_id = p.agent_id OR (f.agent_id IS NULL AND NOT EXISTS (
-    SELECT 1 FROM proposals p2 WHERE p2.proposal_id = f.proposal_id AND p2.agent_id <> p.agent_id)))"""
-KEY_VIEW = """
-CREATE VIEW exposure_by_key AS
-SELECT p.correlation_key,
-       SUM(f.filled_size) AS gross_cost,
-       SUM(CASE WHEN f.price > 0 AND f.price < 1
-                THEN f.filled_size / f.price * COALESCE(
-                         CASE WHEN f.side = 'BUY' THEN lm.mark_price ELSE 1.0 - lm.mark_price END, f.price)
-                ELSE 0 END) AS gross_exposure
-FROM fills f
-JOIN proposals p ON p.proposal_id = f.proposal_id AND {matches}
-LEFT JOIN latest_marks lm ON lm.market_id = f.market_id
-WHERE f.status IN ('FILLED', 'PARTIAL') AND f.filled_size > 0
-  AND f.market_id NOT IN (SELECT market_id FROM resolutions){taken}
-GROUP BY p.correlation_key
-"""
-EXPOSURE_BY_KEY = KEY_VIEW.format(matches=FILL_MATCHES_PROPOSAL, taken=f"\n  AND {TAKEN}")
-PREVIOUS_BY_KEY = KEY_VIEW.format(matches=FILL_MATCHES_PROPOSAL, taken="")  # revision 0005's
-PREVIOUS_POSITIONS = POSITIONS.replace(f"\n  AND {TAKEN}", "")  # revision 0002's
+# The views as the revisions before left them (0002: positions and exposure by market; 0005: exposure by key), and
+# the same with the condition added before their GROUP BY.
+_0002 = importlib.import_module("migrations.versions.0002_marks_equity_views")
+_0005 = importlib.import_module("migrations.versions.0005_proposal_ids_per_agent")
+PREVIOUS_POSITIONS: str = _0002.POSITIONS
+EXPOSURE_BY_MARKET: str = _0002.EXPOSURE_BY_MARKET
+PREVIOUS_BY_KEY: str = _0005.EXPOSURE_BY_KEY
+
+
+def _taken(view: str) -> str:
+    head, group = view.split("\nGROUP BY ")
+    return f"{head}\n  AND {TAKEN}\nGROUP BY {group}"
+
+
+POSITIONS = _taken(PREVIOUS_POSITIONS)
+EXPOSURE_BY_KEY = _taken(PREVIOUS_BY_KEY)
 VIEWS = ("exposure_by_key", "exposure_by_market", "positions")
 
 
