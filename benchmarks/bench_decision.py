@@ -148,8 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--revisions",
-        default=f"{defaults.solver_revision},2",
-        help=f"comma-separated solver_revision values (default {defaults.solver_revision},2), run interleaved",
+        default=f"{defaults.solver_revision},{defaults.solver_revision - 1}",
+        help=f"comma-separated solver_revision values (default {defaults.solver_revision},"
+        f"{defaults.solver_revision - 1}: today's and the previous release's), run interleaved",
     )
     parser.add_argument("--no-load", action="store_true", help="skip the third run with every core kept busy")
     args = parser.parse_args(argv)

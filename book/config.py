@@ -32,7 +32,7 @@ class ConfigError(ValueError):
 # Far above any useful budget (about 1,000x the default): a guard against a typo'd extra digit or two.
 MAX_SOLVER_WORK_LIMIT = 50_000_000
 # The solver revisions this release can run (rules.md §4.8): 1, the solver before the key existed, 2 and 3.
-MAX_SOLVER_REVISION = 3
+MAX_SOLVER_REVISION = 4
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,10 @@ class AllocatorConfig:
     # configuration without the key ran on it (`from_recorded`); 2 adds LP-ranked and seeded multi-start roundings
     # to it (allocator/engine/solver_fast/search.py); 3 ranks by early interior-point iterates (every candidate up
     # to 250) where the simplex LP cannot take them all within the budget (ranked.py; at the default budget, more
-    # than 69 candidates over 2,000 scenarios). New books get 3; a book keeps the revision its log records.
-    solver_revision: int = 3
+    # than 69 candidates over 2,000 scenarios); 4 spends what 3 spent on more roundings there on moves from its best
+    # sized set, each screened by its exact tail before any LP (climb.py). New books get 4; a book keeps the
+    # revision its log records.
+    solver_revision: int = 4
     # rules.md §2: agents allowed to propose; None accepts every agent
     agents: tuple[str, ...] | None = None
     # rules.md §11: the operator keyring, key_id -> raw Ed25519 public key in hex; empty accepts unsigned commands

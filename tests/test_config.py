@@ -69,7 +69,7 @@ def test_the_hash_of_a_first_release_configuration_never_changes() -> None:
     # The first release's defaults, with solver_time_limit_ms at its old default of 250 ms: the default moved to
     # 1,000 ms when it became a safety net, which is a different configuration and hashes differently. Likewise
     # it ran solver revision 1, which a configuration recorded without `solver_revision` reads as
-    # (`from_recorded`), with the work budget then in force (32,000; `ABSENT_MEANS`); today's defaults, revision 3
+    # (`from_recorded`), with the work budget then in force (32,000; `ABSENT_MEANS`); today's defaults, revision 4
     # and its larger budget, are a different configuration. And it counted every execution report in the failure
     # window (`failure_reports_per_allocation` 0), and its signed operator commands named no book
     # (`operator_commands_name_book` 0), and it checked a proposal's ids by rules 1 (`proposal_id_rules`).

@@ -72,8 +72,8 @@ def _same_solution(a: Solution, b: Solution) -> None:
     assert a.bound == b.bound or (a.bound != a.bound and b.bound != b.bound)  # equal, or both NaN
 
 
-# (n, scenarios, seed, work budget): the last two run revision 3's ranked roundings (N=200 at the default budget;
-# N=1,000 at the budget docs/operations.md gives for that size).
+# (n, scenarios, seed, work budget): the first and the last two run the ranked roundings (N=200 at the default
+# budget; N=1,000 at the budget docs/operations.md gives for that size), and at N=100 and N=200 revision 4's climb.
 @pytest.mark.parametrize(
     ("n", "scenarios", "seed", "work"),
     [(100, 2000, 1000, 40_000), (60, 1000, 7, 40_000), (200, 2000, 1003, 40_000), (1000, 5000, 1004, 100_000)],

@@ -64,13 +64,13 @@ def test_allocator_audit_re_derives_every_work_limited_decision(
     ]
 
 
-@pytest.mark.parametrize("revision", [2, 3])
+@pytest.mark.parametrize("revision", [2, 3, 4])
 def test_a_log_written_by_a_later_revision_audits_too(tmp_path: Path, revision: int) -> None:
-    """The same session written by revision 2 and by today's solver (revision 3, recorded on the log): every
+    """The same session written by revisions 2 and 3 and by today's solver (revision 4, recorded on the log): every
     decision re-derives."""
     path = tmp_path / f"revision-{revision}.sqlite"
     config = AllocatorConfig.from_mapping(CONFIG_VALUES).replace(solver_revision=revision)
-    assert AllocatorConfig.from_mapping(CONFIG_VALUES).solver_revision == 3
+    assert AllocatorConfig.from_mapping(CONFIG_VALUES).solver_revision == 4
     run(path, config, SEED, lambda _: None)
     with EmbeddedEventLog(path) as reader:
         decisions = [d for _, d in read_decisions(reader, SingleObjectCodec(), TOPICS)]

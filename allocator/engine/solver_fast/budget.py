@@ -100,9 +100,9 @@ class FastSettings:
     polish_share: float = 0.05
     # rules.md §4.8 (`solver_revision`): 1 is the solver before the key existed, kept bit for bit for the decisions
     # already on logs (every field above keeps the value it had then); 2 replaces the local search by
-    # search.py's LP-ranked roundings and seeded starts; 3 adds the interior-point ranking at the end of this class.
-    # The fields below are revision 2's and 3's only.
-    revision: int = 3
+    # search.py's LP-ranked roundings and seeded starts; 3 adds the interior-point ranking at the end of this class;
+    # 4 the climb after it (climb.py). The fields below are revision 2's to 4's only.
+    revision: int = 4
     # Revision 2: fills take only candidates the root LP funds to at least this share of their min size; this
     # many fills of the ranking perturbed by noise (log-normal, this sigma) seeded from the decision id; the
     # climb runs only if the budget left is predicted to hold this many trials.
@@ -130,6 +130,12 @@ class FastSettings:
     ipm_rank_gaps: tuple[float, ...] = (0.5, 0.15)
     ipm_rank_iterations: int = 25
     ipm_polish_work: float = 0.09
+    # Revision 4 (climb.py): after the two fills, moves from the best sized set, estimated on the scenarios within
+    # `climb_near_tail` tail sizes of the worst; swaps of the `climb_width` best additions with every member; at most
+    # `climb_tries` LPs from one set.
+    climb_near_tail: float = 4.0
+    climb_width: int = 10
+    climb_tries: int = 6
 
 
 DEFAULT_SETTINGS = FastSettings()

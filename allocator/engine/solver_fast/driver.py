@@ -90,10 +90,12 @@ def solve_fast(
     (LP-ranked roundings and starts seeded with `seed`, the decision's seed) where revision 1 runs its local
     search; revision 3, where the simplex root LP cannot take every candidate, runs `ranked.ranked_roundings`
     (the candidates ranked by early interior-point iterates, each rounding sized by an LP over its members) in
-    place of that LP, its search and the other greedy passes. Revision 1 ignores `seed`.
+    place of that LP, its search and the other greedy passes; revision 4 runs the same stage but, after its two
+    fills, climbs from the best set an LP sized (`climb.climb`: moves screened by their exact tail, then sized by
+    LP) instead of sizing more roundings. Revision 1 ignores `seed`.
     """
-    if settings.revision not in (1, 2, 3):
-        raise ValueError(f"solver revision {settings.revision}: this release runs revisions 1 to 3")
+    if settings.revision not in (1, 2, 3, 4):
+        raise ValueError(f"solver revision {settings.revision}: this release runs revisions 1 to 4")
     if settings.revision >= 2:
         settings = dataclasses.replace(
             settings,

@@ -48,6 +48,10 @@ def restrict(problem: AllocationProblem, columns: IntArray) -> AllocationProblem
     )
 
 
+# A linear row's identity: ("capital", 0), ("group", g) or ("market", m).
+RowLabel = tuple[str, int]
+
+
 def _linear_rows(
     p: AllocationProblem, order: IntArray, scale: FloatArray, cap: FloatArray, *, tight: bool
 ) -> list[tuple[FloatArray, IntArray, float, float]]:
@@ -56,20 +60,27 @@ def _linear_rows(
     `tight` moves each limit inward by the shared safety slack (for models whose answers become allocations);
     the Lagrangian bound uses the exact limits.
     """
+    return [(coef, cols, lo, hi) for _, coef, cols, lo, hi in _labelled_rows(p, order, scale, cap, tight=tight)]
+
+
+def _labelled_rows(
+    p: AllocationProblem, order: IntArray, scale: FloatArray, cap: FloatArray, *, tight: bool
+) -> list[tuple[RowLabel, FloatArray, IntArray, float, float]]:
+    """`_linear_rows` with each row's identity first, in the same order."""
     up_limit = tighten_upper if tight else float
     low_limit = tighten_lower if tight else float
     n = order.shape[0]
-    rows: list[tuple[FloatArray, IntArray, float, float]] = []
+    rows: list[tuple[RowLabel, FloatArray, IntArray, float, float]] = []
     room = capital_room(p)
     if float(scale @ cap) > room:
-        rows.append((scale.copy(), np.arange(n, dtype=np.int64), -_INF, up_limit(room)))
+        rows.append((("capital", 0), scale.copy(), np.arange(n, dtype=np.int64), -_INF, up_limit(room)))
     group = p.group[order]
     limits = group_limit(p)
     for g in np.unique(group).tolist():
         cols = np.flatnonzero(group == g).astype(np.int64)
         lim = float(limits[g])
         if float(scale[cols] @ cap[cols]) > lim:
-            rows.append((scale[cols].copy(), cols, -_INF, up_limit(lim)))
+            rows.append((("group", int(g)), scale[cols].copy(), cols, -_INF, up_limit(lim)))
     market = p.market[order]
     signed = p.direction[order].astype(np.float64) * scale
     band_lo, band_hi = market_band(p)
@@ -81,7 +92,7 @@ def _linear_rows(
         if up > hi or down > -lo:
             row_lo = low_limit(lo) if down > -lo else -_INF
             row_hi = up_limit(hi) if up > hi else _INF
-            rows.append((signed[cols].copy(), cols, row_lo, row_hi))
+            rows.append((("market", int(m)), signed[cols].copy(), cols, row_lo, row_hi))
     return rows
 
 
@@ -137,6 +148,10 @@ class _Model:
 
     def linear_rows(self) -> list[tuple[FloatArray, IntArray, float, float]]:
         return _linear_rows(self.problem, self.order, self.scale, self.x_cap, tight=True)
+
+    def row_labels(self) -> list[RowLabel]:
+        """The identity of each linear row, in the model's row order (they come first, then the CVaR row)."""
+        return [row[0] for row in _labelled_rows(self.problem, self.order, self.scale, self.x_cap, tight=True)]
 
     def _build(self) -> None:
         n, h = self.n, self.h

@@ -38,6 +38,7 @@ import numpy as np
 from allocator.engine.fallback import greedy_sizes
 from allocator.engine.problem import AllocationProblem, FloatArray, IntArray, SolverPath
 from allocator.engine.solver_fast.budget import BoolArray, Budget, FastSettings, cells_cost, greedy_pass_work
+from allocator.engine.solver_fast.climb import Sizing, climb, size_set
 from allocator.engine.solver_fast.heuristics import _polish
 from allocator.engine.solver_fast.incumbents import _Best
 from allocator.engine.solver_fast.ipm import early_iterate
@@ -91,10 +92,17 @@ def ranked_roundings(
         best.offer(raised, SolverPath.MIP_TIME_LIMIT)
         return model.x_of(raised) > 0.0
 
+    sizings: list[Sizing] = []
+
     def size(on: BoolArray, cap: Budget) -> None:
         at_min = model.sizes_of(np.where(on, model.min_fraction, 0.0))
         before = clock.used
-        if _polish(problem, at_min, settings, cap, best, SolverPath.MIP_TIME_LIMIT):
+        if settings.revision >= 4:
+            sizing = size_set(problem, at_min, settings, cap, best)
+            if sizing is not None:
+                sized.add(support_key(at_min))
+                sizings.append(sizing)
+        elif _polish(problem, at_min, settings, cap, best, SolverPath.MIP_TIME_LIMIT):
             sized.add(support_key(at_min))
         costs.append(clock.used - before)
 
@@ -115,6 +123,12 @@ def ranked_roundings(
         seen.add(np.packbits(fill).tobytes())
         if np.any(fill) and clock.allows(float(np.median(costs))):
             size(fill, clock.capped(max(settings.local_search_trial_work * 4.0, 2.0 * float(np.median(costs)))))
+    if settings.revision >= 4:
+        # Revision 4 climbs from the best set an LP sized instead of sizing more roundings of one ranking.
+        if sizings:
+            start = max(sizings, key=lambda sizing: sizing.value)
+            climb(problem, start, best, settings, clock, costs, sized)
+        return sized, True
     # The seeded fills and the prefixes of the loosest iterate's ranking cost about one fill each to draw.
     drawing = (settings.seeded_starts + 2) * screen.fill_work(orders[-1].size)
     if not clock.allows(drawing + float(np.median(costs))):
