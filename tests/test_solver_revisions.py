@@ -81,6 +81,20 @@ def test_revision_4_climbs_past_revision_3_in_the_same_budget(seed: int) -> None
     assert after.objective > 1.01 * before.objective
 
 
+def test_revision_4_decides_no_worse_with_more_budget_where_revision_3_did() -> None:
+    """N=100, S=2000: at 60,000 units the simplex root LP could take every candidate, and revision 3 took that path
+    instead of its ranked stage, deciding worse than at the default 40,000 (0.938 of HiGHS after 30 s against
+    0.994). Revision 4 keeps the ranked stage and its climb until the LP would fit twice over."""
+    problem = make_instance(100, 2000, 1006)
+
+    def solve(revision: int, budget: int) -> float:
+        settings = FastSettings(revision=revision)
+        return solve_fast(problem, time_limit_s=SAFETY_NET_S, settings=settings, work_limit=budget, seed=1006).objective
+
+    assert solve(3, 60_000) < solve(3, 40_000)  # the case is meant
+    assert solve(4, 60_000) >= solve(4, 40_000)
+
+
 def test_revision_1_is_what_a_configuration_recorded_before_the_key_reads_as() -> None:
     assert (ABSENT_MEANS["solver_revision"], ABSENT_MEANS["solver_work_limit"]) == (1, WORK_LIMITS[1])
 

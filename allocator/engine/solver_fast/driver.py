@@ -183,7 +183,7 @@ def _solve(
     # 7-11% below its own) and of the LP over a subset.
     sized: set[bytes] = set()
     ranked = False
-    if settings.revision >= 3 and affordable < n:
+    if settings.revision >= 3 and affordable < (settings.ranked_factor if settings.revision >= 4 else 1.0) * n:
         hint = best.sizes
         if clock.allows(pass_work):
             clock.charge(pass_work)
