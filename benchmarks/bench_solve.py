@@ -128,7 +128,7 @@ def run_cell(
         new, previous, old = (first for _, first, _ in runs)
         line = f"  {n}x{scenario_count} #{i}: new {new.solve_seconds:.3f}s {new.objective:.2f} work {new.work_used}"
         line += (
-            f" | rev2 {previous.solve_seconds:.3f}s {previous.objective:.2f}"
+            f" | previous {previous.solve_seconds:.3f}s {previous.objective:.2f}"
             f" | old {old.solve_seconds:.3f}s {old.objective:.2f}"
         )
         if i < reference_instances:
