@@ -5,6 +5,7 @@ checked and better than where it started."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,13 +15,17 @@ from hypothesis import strategies as st
 from allocator.engine.fallback import greedy_sizes
 from allocator.engine.problem import (
     AllocationProblem,
+    ConstraintKind,
     FloatArray,
+    binding,
     capital_room,
     check,
     tail_count,
     tail_mean,
     tie_break_values,
 )
+from allocator.engine.solver_fast import climb as climb_module
+from allocator.engine.solver_fast import solve_fast
 from allocator.engine.solver_fast.budget import Budget, FastSettings
 from allocator.engine.solver_fast.climb import (
     Sizing,
@@ -33,6 +38,7 @@ from allocator.engine.solver_fast.climb import (
 from allocator.engine.solver_fast.heuristics import _greedy_orders
 from allocator.engine.solver_fast.incumbents import _Best
 from benchmarks.instances import make_instance
+from tests.test_solvers import assert_valid, random_problem
 
 PLENTY = 10**9
 
@@ -61,8 +67,12 @@ def _sized(problem: AllocationProblem) -> tuple[Sizing, _Best]:
     return sizing, best
 
 
-@pytest.mark.parametrize("seed", [3, 11])
-def test_each_estimate_is_the_priced_value_change_less_the_priced_exact_cvar_change(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "block_cells"), [(3, climb_module._BLOCK_CELLS), (11, 7 * 400)])
+def test_each_estimate_is_the_priced_value_change_less_the_priced_exact_cvar_change(
+    seed: int, block_cells: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The second case estimates the moves seven at a time (blocks bound the matrices' memory at large sizes).
+    monkeypatch.setattr(climb_module, "_BLOCK_CELLS", block_cells)
     problem = make_instance(30, 400, seed)
     sizing, _ = _sized(problem)
     k = tail_count(problem.cvar_alpha, problem.scenario_count)
@@ -117,3 +127,45 @@ def test_the_climb_ends_better_than_it_started_and_every_allocation_it_keeps_is_
     assert check(problem, best.sizes) == []
     assert _value(problem, best.sizes) > 1.02 * start
     assert np.packbits(best.sizes > 0.0).tobytes() in sized  # the LP that sized it ran inside the climb
+
+
+@pytest.mark.parametrize(
+    "limit",
+    ["capital", "groups", "markets", "cvar", "book"],
+)
+def test_revision_4_where_each_limit_binds_climbs_and_keeps_every_limit(
+    limit: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Instances built as the cycle builds them (tests/test_solvers.py), 60 candidates over 2,000 scenarios: the
+    ranked stage and its climb run (the simplex root LP would not fit twice over), with one limit made to bind."""
+    problem = random_problem(41, 60, 2000, cvar_limit=0.2)
+    if limit == "capital":
+        problem = dataclasses.replace(problem, capital=0.25 * float(problem.lower.sum()))
+    elif limit == "groups":
+        problem = dataclasses.replace(
+            problem, group_room=np.full(problem.group_count, 0.5 * float(problem.upper.max()))
+        )
+    elif limit == "markets":
+        problem = dataclasses.replace(problem, market_limit=0.6 * float(problem.upper.max()))
+    elif limit == "cvar":
+        problem = random_problem(41, 60, 2000, cvar_limit=0.01)
+    else:
+        problem = random_problem(41, 60, 2000, cvar_limit=0.2, book_size=500.0)  # a book held: its tail counts
+    climbs: list[int] = []
+    real_climb = climb_module.climb
+
+    def counted(*args: Any, **kwargs: Any) -> None:
+        climbs.append(1)
+        real_climb(*args, **kwargs)
+
+    monkeypatch.setattr("allocator.engine.solver_fast.ranked.climb", counted)
+    settings_4 = FastSettings(revision=4)
+    first = solve_fast(problem, time_limit_s=600.0, settings=settings_4, seed=41)
+    again = solve_fast(problem, time_limit_s=600.0, settings=settings_4, seed=41)
+    assert climbs, "the climb ran"
+    assert_valid(problem, first)
+    kind = {"capital": ConstraintKind.CAPITAL, "groups": ConstraintKind.GROUP_CAP, "markets": ConstraintKind.MARKET_CAP}
+    blocked = set().union(*binding(problem, first.sizes))
+    assert kind.get(limit, ConstraintKind.CVAR_LIMIT) in blocked  # the limit meant does bind
+    assert first.objective > 0.0
+    assert first.sizes.tobytes() == again.sizes.tobytes() and first.work_used == again.work_used

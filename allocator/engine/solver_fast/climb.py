@@ -44,6 +44,8 @@ from allocator.engine.solver_fast.budget import Budget, FastSettings, cells_cost
 from allocator.engine.solver_fast.incumbents import _Best, _snap
 from allocator.engine.solver_fast.model import _LpStatus, _Model, restrict
 
+_BLOCK_CELLS = 1 << 20
+
 
 @dataclass(frozen=True)
 class Sizing:
@@ -150,9 +152,16 @@ def move_estimates(
     add_step = np.append(problem.lower, 0.0)
     drop_step = np.append(sizes, 0.0)
 
+    near_losses = losses[tail]
+    # Moves a block at a time, so the matrices stay within ~_BLOCK_CELLS cells at any size.
+    block = max(_BLOCK_CELLS // near, 1)
+
     def estimate(adds: IntArray, drops: IntArray) -> FloatArray:
-        moved = losses[tail][:, None] - returns[:, adds] * add_step[adds] + returns[:, drops] * drop_step[drops]
-        after = _tail_means(moved, k)
+        after = np.empty(adds.size)
+        for first in range(0, adds.size, block):
+            a, d = adds[first : first + block], drops[first : first + block]
+            moved = near_losses[:, None] - returns[:, a] * add_step[a] + returns[:, d] * drop_step[d]
+            after[first : first + block] = _tail_means(moved, k)
         result: FloatArray = (
             gain[adds] * add_step[adds] - gain[drops] * drop_step[drops] - current.cvar_price * (after - before)
         )
