@@ -180,7 +180,8 @@ def _solve(
     # Revision 3 ranks by early interior-point iterates (every candidate up to 250) where the simplex root LP
     # cannot take them all (ranked.py), from the first half of the best single greedy pass (each candidate at its
     # min size, by value per tail loss), in place of the other greedy passes (at N=1,000 their allocations were
-    # 7-11% below its own) and of the LP over a subset.
+    # 7-11% below its own) and of the LP over a subset. Revision 4 also where the LP could take them all but not
+    # twice as many (`ranked_factor`): there revision 3's root-LP path decided worse with more budget.
     sized: set[bytes] = set()
     ranked = False
     if settings.revision >= 3 and affordable < (settings.ranked_factor if settings.revision >= 4 else 1.0) * n:

@@ -29,6 +29,10 @@ about a third of the same LP on a model of every candidate, so three times as ma
 runs only if predicted to fit for its members; the other roundings are drawn only if the budget is predicted to hold
 their drawing and one more LP, and each is sized while the budget is predicted to hold one more (the median cost so
 far). Every allocation offered is checked by `_Best`.
+
+Revision 4 keeps the two fills and their LPs, and instead of the seeded fills and the prefixes climbs from the best set
+an LP sized (climb.py: moves screened by their exact tail before any LP): at N=100, S=2,000 the climb gains a median
+7.5% over the set it starts from, and the solver's median against HiGHS after 30 s goes from 1.045 to 1.090.
 """
 
 from __future__ import annotations
