@@ -41,8 +41,9 @@ from allocator.engine.problem import (
     tie_break_values,
 )
 from allocator.engine.solver_fast.budget import Budget, FastSettings, cells_cost
-from allocator.engine.solver_fast.incumbents import _Best, _snap
-from allocator.engine.solver_fast.model import _LpStatus, _Model, restrict
+from allocator.engine.solver_fast.heuristics import _set_lp
+from allocator.engine.solver_fast.incumbents import _Best
+from allocator.engine.solver_fast.model import _Model
 
 _BLOCK_CELLS = 1 << 20
 
@@ -61,19 +62,12 @@ def size_set(
     problem: AllocationProblem, start: FloatArray, settings: FastSettings, clock: Budget, best: _Best
 ) -> Sizing | None:
     """The LP over the members of `start` (its positive sizes), min sizes as lower bounds, on a model of those
-    columns and the scenario rows of `start`'s tail (heuristics._polish's model); None if not solved. The answer
-    is offered to `best`."""
-    support = np.flatnonzero(start > 0.0).astype(np.int64)
-    if support.size == 0 or clock.expired():
+    columns and the scenario rows of `start`'s tail (heuristics._polish's); None if not solved. The answer is
+    offered to `best`."""
+    sized = _set_lp(problem, start, settings, clock)
+    if sized is None:
         return None
-    sub = restrict(problem, support)
-    model = _Model(sub, settings, clock)
-    model.add_tail(model.losses(start[support]))
-    result = model.solve_lp(model.min_fraction.copy(), model.x_cap.copy())
-    if result.status is not _LpStatus.OPTIMAL:
-        return None
-    sizes = np.zeros(problem.n)
-    sizes[support] = _snap(model, result.x, np.ones(sub.n, dtype=bool))
+    sizes, model, result = sized
     best.offer(sizes, SolverPath.MIP_TIME_LIMIT)
     solution = model.h.getSolution()
     duals = np.abs(np.asarray(solution.row_dual, dtype=np.float64))

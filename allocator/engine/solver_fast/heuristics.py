@@ -63,19 +63,31 @@ def _polish(
     """Re-optimise the sizes of a funded set exactly: the LP over that set with its min sizes as lower bounds,
     on a model restricted to those candidates (cheap however large n is). Whether the LP was solved (its answer
     is then offered to `best`)."""
+    sized = _set_lp(problem, sizes, settings, clock)
+    if sized is None:
+        return False
+    best.offer(sized[0], source)
+    return True
+
+
+def _set_lp(
+    problem: AllocationProblem, sizes: FloatArray, settings: FastSettings, clock: Budget
+) -> tuple[FloatArray, _Model, _LpResult] | None:
+    """The LP over the funded set of `sizes` (min sizes as lower bounds) on a model of those columns and the scenario
+    rows of `sizes`' tail: its sizes (candidate order), the model (its HiGHS object holds the answer's duals) and
+    the result; None if not solved."""
     support = np.flatnonzero(sizes > 0.0).astype(np.int64)
     if support.size == 0 or clock.expired():
-        return False
+        return None
     sub = restrict(problem, support)
     model = _Model(sub, settings, clock)
     model.add_tail(model.losses(sizes[support]))
     result = model.solve_lp(model.min_fraction.copy(), model.x_cap.copy())
     if result.status is not _LpStatus.OPTIMAL:
-        return False
+        return None
     polished = np.zeros(problem.n)
     polished[support] = _snap(model, result.x, np.ones(sub.n, dtype=bool))
-    best.offer(polished, source)
-    return True
+    return polished, model, result
 
 
 def _lp_guided_greedy(model: _Model, x: FloatArray, best: _Sink, settings: FastSettings, clock: Budget) -> None:
