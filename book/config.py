@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 
 # Far above any useful budget (about 1,000x the default): a guard against a typo'd extra digit or two.
 MAX_SOLVER_WORK_LIMIT = 50_000_000
-# The solver revisions this release can run (rules.md §4.8): 1, the solver before the key existed, 2 and 3.
+# The solver revisions this release can run (rules.md §4.8): 1, the solver before the key existed, 2, 3 and 4.
 MAX_SOLVER_REVISION = 4
 
 

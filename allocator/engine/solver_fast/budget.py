@@ -134,12 +134,12 @@ class FastSettings:
     # `climb_near_tail` tail sizes of the worst; swaps of the `climb_width` best additions with every member; at most
     # `climb_tries` LPs from one set.
     climb_near_tail: float = 4.0
+    climb_width: int = 10
+    climb_tries: int = 6
     # Revision 4 runs the ranked stage also where the simplex root LP could take every candidate but not twice as many
     # (it would spend more than ~30% of the stages' budget): at N=100, S=2,000 at 60,000-80,000 units revision 3's
     # root LP path gave 0.908-0.938 of HiGHS after 30 s where the ranked stage and its climb gave 0.963-1.023.
     ranked_factor: float = 2.0
-    climb_width: int = 10
-    climb_tries: int = 6
 
 
 DEFAULT_SETTINGS = FastSettings()
