@@ -8,10 +8,13 @@ far out of reach, so only the deterministic work budget (`solver_work_limit`) ca
 from __future__ import annotations
 
 import dataclasses
+import json
 import multiprocessing
 import os
+import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +22,7 @@ import pytest
 from allocator.engine.cycle import CycleOutcome, run_cycle
 from allocator.engine.problem import Solution, SolverPath
 from allocator.engine.solver_fast import solve_fast
+from allocator.service.snapshot import load_snapshot
 from benchmarks.bench_decision import request
 from benchmarks.instances import make_instance
 
@@ -105,3 +109,47 @@ def test_a_work_limited_decision_through_run_cycle_is_identical_under_load() -> 
         _same_solution(quiet.solution, other.solution)
         # Everything the decision records, solve_ms (the one field allowed to differ) aside.
         assert dataclasses.replace(other.decision, solve_ms=0.0) == dataclasses.replace(quiet.decision, solve_ms=0.0)
+
+
+def _ill_scaled_snapshot(path: Path, n: int = 60, seed: int = 8) -> Path:
+    """Sizes of 1e11-1e12 on an equity of 1e14, some min sizes a billionth of their size: HiGHS stops on its own
+    numerics in some LPs (status unknown), so the solve ends short of a proof with most of its budget left."""
+    rnd = random.Random(seed)
+    markets = [f"m{j}" for j in range(max(3, n // 8))]
+    proposals = []
+    for i in range(n):
+        market = rnd.choice(markets)
+        size = rnd.choice([1e12, 5e11, 9.99e11])
+        proposals.append(
+            {
+                "proposal_id": f"p-{i:04d}", "agent_id": f"agent-{i % 7}", "strategy_tag": "s", "market_id": market,
+                "side": rnd.choice(["BUY", "SELL"]), "price": round(rnd.uniform(0.05, 0.95), 3),
+                "expected_profit": round(rnd.uniform(0.005, 0.15), 4), "confidence": round(rnd.uniform(0.3, 1.0), 3),
+                "requested_size": size, "min_size": size * rnd.choice([1e-9, 0.5, 1.0]),
+                "execution_risk": round(rnd.uniform(0.0, 0.3), 3), "urgency": 0.005,
+                "correlation_key": f"k{int(market[1:]) % 6}", "created_at": 1_789_999_999_000,
+            }
+        )  # fmt: skip
+    snapshot = {
+        "as_of": 1_790_000_000_000,
+        "equity": 1e14,
+        "proposals": proposals,
+        "config": {"position_cap": 0.1, "group_cap": 0.4, "market_cap": 0.3, "solver_time_limit_ms": 600_000.0},
+    }
+    path.write_text(json.dumps(snapshot), encoding="utf-8")
+    return path
+
+
+def test_a_solve_that_ends_short_of_a_proof_with_work_left_is_not_labelled_as_the_clocks(tmp_path: Path) -> None:
+    """Only the safety net makes a decision machine-dependent (MIP_TIME_LIMIT, which the audit can only check); a
+    solve that stopped on its own with work left is deterministic and must be labelled so (MIP_WORK_LIMIT), so the
+    audit re-derives it exactly. Before, it kept the heuristics' MIP_TIME_LIMIT label."""
+    cycle_request = load_snapshot(_ill_scaled_snapshot(tmp_path / "ill-scaled.json"))
+    first, again = run_cycle(cycle_request), run_cycle(cycle_request)
+    assert first.solution is not None and again.solution is not None
+    # The case is meant: no clock, no exhausted budget, no proof.
+    assert not first.solution.time_limited and not first.solution.work_limited
+    assert first.solution.work_used < cycle_request.config.solver_work_limit
+    assert first.decision.solver_path is SolverPath.MIP_WORK_LIMIT
+    assert first.solution.sizes.tobytes() == again.solution.sizes.tobytes()
+    assert again.decision.solver_path is SolverPath.MIP_WORK_LIMIT

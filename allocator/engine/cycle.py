@@ -559,11 +559,13 @@ def _outcome(
 def _path(solution: Solution | None) -> SolverPath:
     """A solve that used its whole work budget is MIP_WORK_LIMIT (machine-independent, re-derived exactly by an
     audit); one the wall-clock safety net stopped is MIP_TIME_LIMIT, also when the priority fallback then supplied
-    the sizes, so PRIORITY_FALLBACK means the work budget ended without an incumbent (rules.md §4.8)."""
+    the sizes, so PRIORITY_FALLBACK means the work budget ended without an incumbent (rules.md §4.8). A solve that
+    ended short of a proof with work left and the clock untouched (every stage done, or HiGHS stopping on its own
+    numerics) is MIP_WORK_LIMIT too: deterministic, so never labelled as the clock's."""
     if solution is None:
         return SolverPath.NOT_RUN
     if solution.time_limited:
         return SolverPath.MIP_TIME_LIMIT  # whatever supplied the sizes, the clock shaped them
-    if solution.path is SolverPath.MIP_TIME_LIMIT and solution.work_limited:
+    if solution.path is SolverPath.MIP_TIME_LIMIT:
         return SolverPath.MIP_WORK_LIMIT
     return solution.path
