@@ -84,9 +84,9 @@ class FastSettings:
     mip_min_share: float = 0.25
     mip_root_factor: float = 4.0
     mip_options: tuple[tuple[str, Any], ...] = DEFAULT_MIP_OPTIONS
-    # Kept back from the wall-clock safety net for wrap-up, so that even a tripped call ends inside
-    # `time_limit_s`: a share of it plus the predicted cost of the final checks (two `check` calls, O(n·S):
-    # 7 ms each at n=1000, S=5000).
+    # Kept back from the wall-clock safety net for wrap-up, so that a tripped call usually ends inside
+    # `time_limit_s` (a HiGHS call returns at its next check: see driver._solve): a share of it plus the predicted
+    # cost of the final checks (two `check` calls, O(n·S): 7 ms each at n=1000, S=5000).
     reserve_share: float = 0.04
     check_seconds_per_cell: float = 3e-9
     # The work meter (see `Budget`): units per HiGHS call, per branch-and-bound node, and matrix cells per
