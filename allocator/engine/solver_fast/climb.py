@@ -81,8 +81,7 @@ def _prices(problem: AllocationProblem, model: _Model, duals: FloatArray, activi
     capital row's, its group's, and its market's (signed: a market row bound above charges its buyers, one bound
     below its sellers)."""
     prices = np.zeros(problem.n)
-    rows = [row[1:] for row in model.linear_rows()]
-    for r, ((kind, which), (_, lo, hi)) in enumerate(zip(model.row_labels(), rows, strict=True)):
+    for r, ((kind, which), _, _, lo, hi) in enumerate(model.labelled_rows()):
         price = float(duals[r])
         if price == 0.0:
             continue
@@ -208,9 +207,10 @@ def climb(
     while True:
         members = int(np.count_nonzero(current.sizes))
         moves_count = members + problem.n + settings.climb_width * members
-        if not clock.allows(estimates_work(problem, moves_count, settings) + float(np.median(costs))):
+        estimating = estimates_work(problem, moves_count, settings)
+        if not clock.allows(estimating + float(np.median(costs))):
             return
-        clock.charge(estimates_work(problem, moves_count, settings))
+        clock.charge(estimating)
         tries = 0
         improved = False
         for add, drop in ranked_moves(problem, current, settings):

@@ -149,9 +149,10 @@ class _Model:
     def linear_rows(self) -> list[tuple[FloatArray, IntArray, float, float]]:
         return _linear_rows(self.problem, self.order, self.scale, self.x_cap, tight=True)
 
-    def row_labels(self) -> list[RowLabel]:
-        """The identity of each linear row, in the model's row order (they come first, then the CVaR row)."""
-        return [row[0] for row in _labelled_rows(self.problem, self.order, self.scale, self.x_cap, tight=True)]
+    def labelled_rows(self) -> list[tuple[RowLabel, FloatArray, IntArray, float, float]]:
+        """`linear_rows` with each row's identity first, in the model's row order (they come first, then the CVaR
+        row)."""
+        return _labelled_rows(self.problem, self.order, self.scale, self.x_cap, tight=True)
 
     def _build(self) -> None:
         n, h = self.n, self.h
