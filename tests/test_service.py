@@ -303,6 +303,61 @@ def test_a_restart_refuses_inputs_edited_after_a_decision_recorded_the_state_the
         start()
 
 
+@pytest.mark.parametrize(
+    ("tamper", "refused"),
+    [
+        # An input's log time moved a day on: the book's clock jumped, a reservation was released unfilled.
+        (
+            "UPDATE records SET timestamp_ms = timestamp_ms + 86400000 WHERE topic = :proposals AND offset = 0",
+            r"cycle 1\) records decided_at \d+ \(its inputs' log time is \d+\)",
+        ),
+        # A decision removed: the next one's cycle no longer follows the decisions folded before it.
+        ("DELETE FROM records WHERE topic = :decisions AND offset = 0", r"records cycle 2 \(the next after"),
+        # A decision forged on an unsigned book, claiming the largest cycle: the next cycle overflowed on every start.
+        ("FORGE", r"records cycle 9223372036854775807 \(the next after the decisions before it is 3\)"),
+    ],
+    ids=["input-time", "decision-removed", "decision-forged"],
+)
+def test_a_restart_refuses_a_log_whose_decisions_no_longer_follow_from_it(
+    tmp_path: Path, tamper: str, refused: str
+) -> None:
+    """An outside probe: moving one consumed input's log time a day on, deleting a decision, or appending a forged
+    decision claiming cycle 2**63-1 to an unsigned book's log file: the restart rebuilt without a word (the last made
+    the next cycle overflow, a crash on every start) and only the audit saw it. The restart now checks each
+    decision's cycle and time against the log it rebuilds, as it checks the state it records."""
+    import dataclasses
+    import sqlite3
+
+    from allocator.service.loop import Contradicted
+
+    db = tmp_path / "log.sqlite"
+    svc = service(db)
+    produce(db, TOPICS.proposals, [(codec.encode(proposal(i)), T + i) for i in range(5)])
+    assert len(drain(svc)) == 1
+    produce(db, TOPICS.proposals, [(codec.encode(proposal(i)), T + 100 + i) for i in range(5, 10)])
+    assert len(drain(svc)) == 1
+    svc.log.close()
+    svc.reader.close()
+    service(db).log.close()  # the log as written rebuilds
+    with sqlite3.connect(db) as conn:
+        if tamper == "FORGE":
+            offset, value = conn.execute(
+                "SELECT offset, value FROM records WHERE topic = ? ORDER BY offset DESC LIMIT 1", (TOPICS.decisions,)
+            ).fetchone()
+            last = codec.decode(value)
+            assert isinstance(last, Decision)
+            forged = codec.encode(dataclasses.replace(last, cycle=2**63 - 1, config=None))
+            conn.execute(
+                "INSERT INTO records (topic, partition, offset, key, value, timestamp_ms) VALUES (?, 0, ?, NULL, ?, ?)",
+                (TOPICS.decisions, offset + 1, forged, T + 1000),
+            )
+        else:
+            changed = conn.execute(tamper, {"proposals": TOPICS.proposals, "decisions": TOPICS.decisions}).rowcount
+            assert changed == 1
+    with pytest.raises(Contradicted, match=refused):
+        service(db)
+
+
 def test_a_rejection_for_a_huge_id_stays_small(tmp_path: Path) -> None:
     """The reason quoted a bad proposal_id whole: 20 proposals with 1 MB ids made every decision 20 MB, over what
     Kafka takes. The id is named by a cut plus a digest and the reason quotes a cut."""

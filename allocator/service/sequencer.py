@@ -541,11 +541,16 @@ def close_enough(a: float, b: float, margin: float = 0.0) -> bool:
 
 def contradicted(state: BookState, decision: Decision) -> str | None:
     """What the state replay rebuilt for `decision` (its inputs folded, just before its cycle) contradicts of what the
-    decision records it was made on — the governor state, equity, available capital, high-water mark — or None. The
-    live cycle built its request from that same state, so they agree unless the inputs changed after the decision
-    (an edited log) or the fold changed under it."""
+    decision records it was made on — its cycle (the next after the last folded), its time (the log time of its
+    inputs), the governor state, equity, available capital, high-water mark — or None. The live cycle built its
+    request from that same state, so they agree unless the log changed after the decision (an edited input, a
+    decision removed or forged) or the fold changed under it."""
     portfolio = state.portfolio.portfolio()
     found: list[str] = []
+    if decision.cycle != state.cycle + 1:
+        found.append(f"cycle {decision.cycle} (the next after the decisions before it is {state.cycle + 1})")
+    if decision.decided_at != state.portfolio.last_time:
+        found.append(f"decided_at {decision.decided_at} (its inputs' log time is {state.portfolio.last_time})")
     rebuilt_governor = state.portfolio.governor.state
     if rebuilt_governor is not decision.governor_state:
         found.append(f"governor {decision.governor_state.value} (rebuilt {rebuilt_governor.value})")
