@@ -33,6 +33,8 @@ def _cmd_allocate(args: argparse.Namespace) -> int:
     from allocator.engine.cycle import run_cycle
     from allocator.service.snapshot import SnapshotError, decision_json, load_snapshot
 
+    if not args.snapshot:
+        raise UsageError("the snapshot path is empty")
     try:
         request = load_snapshot(Path(args.snapshot))
     except SnapshotError as exc:
@@ -255,6 +257,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
     shown = _status_config(args)
     url = args.database or os.environ.get("DATABASE_URL") or DEFAULT_EMBEDDED_DATABASE
     engine = engine_for(url, args.schema)
+    database = engine.url.database or ""
+    if engine.dialect.name == "sqlite" and database not in ("", ":memory:") and not os.path.exists(database):
+        # Reading must not create: SQLite would make an empty file where no projection is.
+        engine.dispose()
+        print(f"allocator status: no projection at {engine.url.render_as_string()}: no such file (has `allocator "
+              "project` run?)", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILURE
     try:
         status = read_status(engine, shown.config, decisions=args.decisions)
     except SQLAlchemyError as exc:

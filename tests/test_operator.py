@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from cli.main import main
+from eventlog.embedded import EmbeddedEventLog
+from eventlog.port import TopicPartition, Topics
 from tests.conftest import DbSchema
 
 
@@ -74,9 +76,38 @@ def test_control_refuses_a_command_without_who_or_why(tmp_path: Path, capsys: py
     assert "reason" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        (["halt", "--reason", "x" * 4097, "--operator", "alice"], "reason: 4097 characters, at most 4096"),
+        (["halt", "--reason", "drill", "--operator", "o" * 129], "operator_id: 129 characters, at most 128"),
+        (
+            ["set-limits", "--reason", "r", "--operator", "alice", *(f"--set=agent:a{i}=1" for i in range(65))],
+            "limits: 65 keys, at most 64",
+        ),
+    ],
+    ids=["reason", "operator", "limits"],
+)
+def test_control_refuses_a_command_the_allocator_would_dead_letter(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fields: list[str], named: str
+) -> None:
+    """An outside probe: a HALT whose reason was over 4,096 characters printed "sent" and exited 0; the allocator
+    made it a dead letter and the book stayed ACTIVE. The command line now holds a command to the bounds the fold
+    does and refuses it, naming the field, with nothing written."""
+    log = str(tmp_path / "log.sqlite")
+    assert main(["init", "--log", log]) == 0
+    capsys.readouterr()
+    assert main(["control", *fields, "--log", log]) == 2
+    captured = capsys.readouterr()
+    assert named in captured.err and "sent" not in captured.out
+    with EmbeddedEventLog(log) as reader:
+        assert reader.end_offsets([Topics("allocator").control]) == {TopicPartition("allocator.control", 0): 0}
+
+
 def test_status_says_when_there_is_no_projection(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--database", f"sqlite:///{tmp_path / 'none.sqlite'}"]) == 1
     assert "has `allocator project` run?" in capsys.readouterr().err
+    assert not (tmp_path / "none.sqlite").exists()  # reading created an empty file there
 
 
 @pytest.mark.kafka

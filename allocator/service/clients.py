@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from allocator.service.chain import DUPLICATE, ChainVerifier, Rejection, Trusted
 from allocator.service.wire import not_text
+from book.bounds import out_of_bounds
 from eventlog.port import EventLog, LogError, Record, TopicPartition, Topics
 from schemas.codec import EventCodec
 from schemas.events import (
@@ -171,7 +172,7 @@ def agents_with_topics(log: EventLog, topics: Topics, agent_ids: Iterable[str]) 
 
 def check_command(command: ControlCommand) -> None:
     """What `BookClient.command` requires of an operator's command before it goes on the log (ClientError naming the
-    field): who sent it and why, and for SET_LIMITS at least one key."""
+    field): who sent it and why, for SET_LIMITS at least one key, and every field within the fold's bounds."""
     for name in ("operator_id", "reason", "limits", "book"):
         found = not_text(getattr(command, name), name)
         if found is not None:
@@ -182,3 +183,8 @@ def check_command(command: ControlCommand) -> None:
         raise ClientError("reason: an operator command must say why")
     if command.command is Command.SET_LIMITS and not command.limits:
         raise ClientError("limits: SET_LIMITS needs at least one configuration key")
+    # The bounds the allocator's fold holds it to (a command past them becomes a dead letter there): an operator told
+    # "sent" must not find the book still ACTIVE after an emergency HALT whose reason was too long.
+    found = out_of_bounds(command, ())
+    if found is not None:
+        raise ClientError(found)
