@@ -307,9 +307,13 @@ def _coerce(key: str, spec: dataclasses.Field[Any], value: Any) -> Any:
 def _number(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{key}: must be a number, got {value!r}")
-    if not math.isfinite(value):
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past any float: named by its length, not quoted whole
+        raise ConfigError(f"{key}: a number of {len(str(abs(value)))} digits is out of range") from None
+    if not math.isfinite(number):
         raise ConfigError(f"{key}: must be finite, got {value!r}")
-    return float(value)
+    return number
 
 
 def _check_range(key: str, value: float, low: float, high: float, low_open: bool) -> None:

@@ -198,12 +198,19 @@ def _new_secret(env: str, what: str) -> str:
 
 
 def _read_input(source: str) -> str:
-    from pathlib import Path
+    from allocator.service.wire import MAX_INPUT_BYTES, InputTooLarge, read_bounded
 
     if source == "-":
-        return sys.stdin.read()
+        text = sys.stdin.read(MAX_INPUT_BYTES + 1)
+        if len(text) > MAX_INPUT_BYTES:
+            raise UsageError(f"standard input: larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB")
+        return text
     try:
-        return Path(source).read_text(encoding="utf-8")
+        return read_bounded(source)
+    except InputTooLarge as exc:
+        raise UsageError(f"{source}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{source}: not UTF-8 text (byte {exc.start})") from exc
     except OSError as exc:
         raise UsageError(f"{source}: cannot read it ({exc.strerror or exc})") from exc
 

@@ -25,8 +25,9 @@ from cli.wire import _cmd_acl_apply, _cmd_acl_user, _cmd_fill, _cmd_init, _cmd_p
 _CALLERS_FILE_ERRORS = frozenset({errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM})
 
 
-def _at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: a whole number of at least `low`, else a usage error naming the flag and the value."""
+def _at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `low` (and at most `high`), else a usage error naming the flag
+    and the value."""
 
     def parse(text: str) -> int:
         try:
@@ -35,6 +36,8 @@ def _at_least(low: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"{text!r}: at least {low}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{text!r}: at most {high}")
         return value
 
     parse.__name__ = "int"
@@ -145,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print solve_ms as null, so equal snapshots give byte-identical output",
     )
-    allocate.add_argument("--indent", type=_at_least(0), default=None, help="pretty-print with this indent")
+    allocate.add_argument("--indent", type=_at_least(0, 32), default=None, help="pretty-print with this indent")
     allocate.set_defaults(handler=_cmd_allocate)
 
     serve = sub.add_parser(
@@ -230,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
             "(default: every decision is projected as written, unverified)",
         )
         if name == "replay":
-            p.add_argument("--batch-size", type=int, default=5_000, help="events per database transaction")
+            p.add_argument("--batch-size", type=_at_least(1), default=5_000, help="events per database transaction")
             p.add_argument(
                 "--config",
                 help="a JSON configuration to cross-check against the one the log's verified decisions record",
@@ -257,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("allocator", False), ("projector", True), ("auditor", True)):  # fmt: skip
         apply.add_argument(
             f"--{role}", action="append", metavar="NAME",
-            help=f"a {role} principal (SCRAM user name)" + ("; repeatable" if many else ""),
+            help=f"{'an' if role[0] in 'aeiou' else 'a'} {role} principal (SCRAM user name)"
+            + ("; repeatable" if many else ""),
         )  # fmt: skip
     for p in (apply, acl_sub.add_parser(
         "user",
@@ -429,6 +433,25 @@ def subcommands(parser: argparse.ArgumentParser) -> list[str]:
     return []
 
 
+def _check_database(args: argparse.Namespace) -> None:
+    """A command that opens a database (--database, else $DATABASE_URL) is refused up front, naming the flag, when
+    the URL cannot be opened at all: not a traceback from whichever step first makes an engine."""
+    import os
+
+    if "database" not in vars(args):
+        return
+    url = args.database or os.environ.get("DATABASE_URL")
+    if not url:
+        return
+    from projections.database import DatabaseUrlError, check_database_url
+
+    try:
+        check_database_url(url)
+    except DatabaseUrlError as exc:
+        source = "--database" if args.database else "$DATABASE_URL"
+        raise UsageError(f"{source}: {exc}") from exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from allocator.engine.highs_banner import silence_highs_banner
 
@@ -439,6 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from eventlog.kafka_properties import KafkaPropertiesError
 
     try:
+        _check_database(args)
         return handler(args)
     except UsageError as exc:
         print(f"allocator {args.command}: {exc}", file=sys.stderr)

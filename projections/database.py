@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import ArgumentError
 
 from projections.migrate import upgrade
 
@@ -58,6 +59,28 @@ def is_projection_file(path: Path) -> bool:
     except (OSError, sqlite3.Error):
         return False
     return "alembic_version" in names and "decisions" in names
+
+
+class DatabaseUrlError(ValueError):
+    """A database URL this release cannot open: not a SQLAlchemy URL, or no driver installed for it."""
+
+
+def check_database_url(url: str) -> None:
+    """Raise DatabaseUrlError when `url` is not one an engine can be made for (nothing connects). The message shows
+    the URL without its password, or not at all when it does not parse."""
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        raise DatabaseUrlError(
+            "not a SQLAlchemy database URL (e.g. postgresql+psycopg://user@host/db, sqlite:///file.sqlite)"
+        ) from None
+    try:
+        create_engine(url).dispose()
+    except (ArgumentError, ImportError) as exc:
+        raise DatabaseUrlError(
+            f"{shown}: this release cannot open it ({type(exc).__name__}: {exc}); it opens postgresql+psycopg and "
+            "sqlite URLs"
+        ) from None
 
 
 def engine_for(url: str, schema: str | None = None) -> Engine:

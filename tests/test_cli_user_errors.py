@@ -27,6 +27,8 @@ from cli.main import main
         (["init", "--replication-factor", "0"], "--replication-factor"),
         (["status", "--decisions", "-3"], "--decisions"),
         (["allocate", "x.json", "--indent", "-5"], "--indent"),
+        (["allocate", "x.json", "--indent", "100000000"], "--indent"),  # a MemoryError printing the decision
+        (["replay", "--batch-size", "0"], "--batch-size"),  # a ValueError traceback from the log's poll
         (["control", "halt", "--reason", "r", "--operator", "o", "--topic-prefix", "a b"], "--topic-prefix"),
         (["status", "--topic-prefix", "x/y"], "--topic-prefix"),
     ],
@@ -152,3 +154,88 @@ def test_input_nested_past_what_the_json_reader_takes_is_refused_not_a_traceback
     assert main(["propose", "-", "--log", str(log)]) == 2
     err = capsys.readouterr().err
     assert "nested too deeply" in err and "nothing sent" in err
+
+
+def _huge(digits: int) -> str:
+    return "1" + "0" * (digits - 1)
+
+
+@pytest.mark.parametrize("digits", [400, 5_000], ids=["past-a-float", "past-python-int-parsing"])
+def test_a_number_too_large_for_any_field_is_refused_naming_the_file(
+    digits: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside probe: an integer of 400 digits (no float holds it) in a snapshot, a proposal or a configuration
+    file gave an OverflowError traceback, one of 5,000 digits Python's own ValueError. Every input file now refuses
+    an integer of more than 300 digits, naming the file; nothing is sent or created."""
+    import json
+
+    log = tmp_path / "log.sqlite"
+    snapshot = json.loads((Path(__file__).parent.parent / "examples" / "basic.json").read_text(encoding="utf-8"))
+    big_snapshot = tmp_path / "snapshot.json"
+    big_snapshot.write_text(json.dumps(snapshot).replace('"equity": 100000.0', f'"equity": {_huge(digits)}', 1))
+    assert f'"equity": {_huge(digits)}' in big_snapshot.read_text()
+    config = tmp_path / "config.json"
+    config.write_text(f'{{"initial_cash": {_huge(digits)}}}', encoding="utf-8")
+    proposals = tmp_path / "proposals.json"
+    proposals.write_text(
+        '{"proposal_id": "p1", "agent_id": "a", "market_id": "m", "side": "BUY", "requested_size": '
+        f'{_huge(digits)}, "min_size": 1, "expected_edge": 0.1, "confidence": 0.5, "price": 0.5}}',
+        encoding="utf-8",
+    )
+    cases = [
+        (["allocate", str(big_snapshot)], big_snapshot),
+        (["init", "--log", str(log), "--config", str(config)], config),
+        (["propose", str(proposals), "--log", str(log)], None),
+    ]
+    for argv, named in cases:
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"a number of {digits} digits, at most 300" in err and "Traceback" not in err
+        if named is not None:
+            assert str(named) in err
+    assert not log.exists()  # nothing created, nothing sent
+
+
+def test_a_snapshot_that_never_ends_is_refused_unread(capsys: pytest.CaptureFixture[str]) -> None:
+    """`allocate /dev/zero` read until memory ran out (the file system reports no size for a device): input is now
+    read only up to its limit."""
+    assert main(["allocate", "/dev/zero"]) == 2
+    assert "/dev/zero: larger than 64 MiB" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("notaurl", "--database: not a SQLAlchemy database URL"),
+        ("mysql://someone:secret@host/db", "--database: mysql://someone:***@host/db: this release cannot open it"),
+    ],
+)
+def test_a_database_url_that_cannot_be_opened_is_a_usage_error(
+    url: str, named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--database notaurl` gave SQLAlchemy's ArgumentError traceback, a URL with no driver installed a
+    ModuleNotFoundError: each command that opens a database now refuses the URL up front, without its password."""
+    for command in (["status"], ["replay"], ["db", "upgrade"]):
+        capsys.readouterr()
+        assert main([*command, "--database", url]) == 2
+        err = capsys.readouterr().err
+        assert named in err and "secret" not in err and "Traceback" not in err
+
+
+def test_a_key_given_twice_is_refused_in_every_input_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An outside probe: `{"position_cap": 0.5, "position_cap": 0.01}` configured the last silently, as did a
+    proposal's repeated field: which one a reader or another JSON library takes is not the file's to leave open."""
+    log = tmp_path / "log.sqlite"
+    config = tmp_path / "config.json"
+    config.write_text('{"position_cap": 0.5, "position_cap": 0.01}', encoding="utf-8")
+    proposals = tmp_path / "proposals.json"
+    proposals.write_text('{"proposal_id": "p1", "proposal_id": "p2"}', encoding="utf-8")
+    for argv, key in (
+        (["init", "--log", str(log), "--config", str(config)], "position_cap"),
+        (["propose", str(proposals), "--log", str(log)], "proposal_id"),
+    ):
+        capsys.readouterr()
+        assert main(argv) == 2
+        assert f"key '{key}' given twice in one object" in capsys.readouterr().err
+    assert not log.exists()

@@ -396,6 +396,10 @@ def test_the_same_snapshot_gives_byte_identical_output(capsys: pytest.CaptureFix
         ('{"as_of": 1, "equity": 1, "proposals": [], "extra": 1}', "unknown key(s): extra"),
         ('{"as_of": 1, "equity": 1, "proposals": [], "config": {"position_cpa": 1}}', "position_cpa"),
         ('{"as_of": 1, "equity": NaN, "proposals": []}', "equity: must be a finite number"),
+        # An outside probe: the last of two "equity" keys silently decided; a count left out read as 0 (a book
+        # that should be PAUSED decided ACTIVE).
+        ('{"as_of": 1, "equity": 1, "equity": 2, "proposals": []}', "key 'equity' given twice in one object"),
+        ('{"as_of": 1, "equity": 1, "proposals": [], "executions": {"reports": 50}}', "(missing failures)"),
     ],
 )
 def test_a_missing_or_malformed_snapshot_exits_2_naming_the_problem(
@@ -407,6 +411,22 @@ def test_a_missing_or_malformed_snapshot_exits_2_naming_the_problem(
     assert main(["allocate", str(path)]) == 2
     err = capsys.readouterr().err
     assert message in err and str(path) in err
+
+
+def test_a_snapshot_proposal_from_after_its_as_of_is_rejected_not_kept_for_ever() -> None:
+    """An outside probe: a snapshot proposal created far after the snapshot's `as_of` was FUNDED and could never
+    expire (its age negative). As a proposal on the log is held to its log time (rules.md §2.3), a snapshot's is
+    held to `as_of`: more than the allowed skew after it is REJECTED naming created_at; within it, decided."""
+    skew_ms = 5_000  # max_clock_skew_s, the default
+    out = by_id(
+        decide(
+            {"proposals": [proposal("future", created_at=AS_OF + 10**9), proposal("near", created_at=AS_OF + skew_ms)]}
+        )
+    )
+    assert out["future"].status is AllocationStatus.REJECTED
+    detail = out["future"].reasons[0].detail or ""
+    assert "created_at" in detail and "after the log time" in detail
+    assert out["near"].status is AllocationStatus.FUNDED
 
 
 @pytest.mark.parametrize("name", ["basic", "invalid", "halted", "paused", "supplied-scenarios"])

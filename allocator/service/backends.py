@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from allocator.service.wire import json_integer, json_object, read_bounded
 from book.config import AllocatorConfig, ConfigError
 from eventlog.kafka_properties import CONFIG_FILE_ENV, client_config, load_client_properties
 from eventlog.port import EventLog
@@ -62,12 +62,16 @@ class LogSettings:
         return EmbeddedEventLog(self.embedded_path, group)
 
 
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+"""A configuration file larger than this is refused unread (an operator keyring of thousands of keys fits)."""
+
+
 def load_config(path: str | None) -> AllocatorConfig:
     """The configuration file (JSON, any subset of the keys), or the defaults; errors name the file and key."""
     if path is None:
         return AllocatorConfig()
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(read_bounded(path, MAX_CONFIG_BYTES), parse_int=json_integer, object_pairs_hook=json_object)
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: no such file") from exc
     except OSError as exc:  # a folder, no permission, ...
@@ -76,6 +80,10 @@ def load_config(path: str | None) -> AllocatorConfig:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{path}: JSON nested too deeply") from exc
+    except ValueError as exc:  # too large, or what `json_integer`, `json_object` refuse
+        raise ConfigError(f"{path}: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: must be a JSON object of configuration keys")
     try:

@@ -16,14 +16,15 @@ from allocator.engine.validation import (
     MIN_PRICE,
     InvalidProposal,
     Submitted,
+    ahead_of_log_time,
     parse_proposal,
     rejected_duplicate,
 )
-from allocator.service.wire import not_text
+from allocator.service.wire import InputTooLarge, json_integer, json_object, not_text, read_bounded
 from book.config import MAX_AMOUNT, MAX_PENDING, AllocatorConfig, ConfigError
 from book.portfolio import Portfolio, Position, Repeat, classify_repeat
 from governors.rules import book_state, drawdown, failure_pause_triggered, failure_rate, kill_switch_triggered
-from schemas.events import Decision, ProposalKey, Reason, ReasonCode, Side
+from schemas.events import Decision, Proposal, ProposalKey, Reason, ReasonCode, Side
 
 TOP_LEVEL_KEYS = frozenset(
     {
@@ -166,10 +167,15 @@ def parse_snapshot(data: Any, decision_id: str) -> CycleRequest:
     reports = failures = 0
     if "executions" in data:
         ex = data["executions"]
-        if not isinstance(ex, Mapping) or set(ex) - {"reports", "failures"}:
-            raise SnapshotError('executions: must be {"reports": N, "failures": N}')
-        reports = _integer("executions.reports", ex.get("reports", 0))
-        failures = _integer("executions.failures", ex.get("failures", 0))
+        # Both counts: a missing "failures" read as 0 would decide a book that should be PAUSED as ACTIVE.
+        if not isinstance(ex, Mapping) or set(ex) != {"reports", "failures"}:
+            missing = sorted({"reports", "failures"} - set(ex)) if isinstance(ex, Mapping) else []
+            raise SnapshotError(
+                'executions: must be {"reports": N, "failures": N}'
+                + (f" (missing {', '.join(missing)})" if missing else "")
+            )
+        reports = _integer("executions.reports", ex["reports"])
+        failures = _integer("executions.failures", ex["failures"])
         if failures > reports:
             raise SnapshotError(f"executions.failures: {failures} is more than the {reports} reports")
 
@@ -200,6 +206,10 @@ def parse_snapshot(data: Any, decision_id: str) -> CycleRequest:
     elif paused:
         why = f"failure rate {failure_rate(reports, failures):.1%} > {config.failure_rate_limit:.0%}"
 
+    # The snapshot's proposals are pending as of `as_of`: one created further after it than the allowed clock skew
+    # is from its writer's future (rules.md §2.3), as a proposal on the log is after its log time. (Not by a receive
+    # time: that would also be the time its lifetime counts from.)
+    submitted = tuple(_ahead_of(s, as_of, config.max_clock_skew_ms) for s in _without_repeats(parsed))
     return CycleRequest(
         decision_id=decision_id,
         book_id="snapshot",
@@ -209,11 +219,18 @@ def parse_snapshot(data: Any, decision_id: str) -> CycleRequest:
         governor_state=state,
         governor_reason=why,
         window_ms=round(config.opportunity_window_s * 1000),
-        submitted=tuple(_without_repeats(parsed)),
+        submitted=submitted,
         config=config,
         scenarios=scenarios,
         resolved_markets=frozenset(resolved),
     )
+
+
+def _ahead_of(submitted: Submitted, as_of: int, max_skew_ms: float) -> Submitted:
+    """`submitted`, or REJECTED as ahead of `as_of` by more than the allowed skew."""
+    if isinstance(submitted, Proposal) and (why := ahead_of_log_time(submitted, as_of, max_skew_ms)) is not None:
+        return InvalidProposal(submitted.proposal_id, submitted.agent_id, submitted.market_id, submitted.side, (why,))
+    return submitted
 
 
 def _without_repeats(items: Iterable[tuple[Submitted, Any]]) -> list[Submitted]:
@@ -233,20 +250,20 @@ def _without_repeats(items: Iterable[tuple[Submitted, Any]]) -> list[Submitted]:
 def load_snapshot(path: Path) -> CycleRequest:
     """Read a snapshot file; the decision id is derived from its content, so equal files decide equally."""
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise SnapshotError(f"{path}: larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB")
-        text = path.read_text(encoding="utf-8")
+        text = read_bounded(path, MAX_FILE_BYTES)
     except FileNotFoundError as exc:
         raise SnapshotError(f"{path}: no such file") from exc
+    except InputTooLarge as exc:
+        raise SnapshotError(f"{path}: {exc}") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise SnapshotError(f"{path}: cannot be read: {exc}") from exc
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = json.loads(text, parse_constant=_reject_constant, parse_int=json_integer, object_pairs_hook=json_object)
     except json.JSONDecodeError as exc:
         raise SnapshotError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
     except RecursionError as exc:
         raise SnapshotError(f"{path}: JSON nested too deeply") from exc
-    except SnapshotError as exc:
+    except ValueError as exc:  # SnapshotError from `_reject_constant`, or what `json_integer`, `json_object` refuse
         raise SnapshotError(f"{path}: {exc}") from exc
     found = not_text(data)
     if found is not None:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from allocator.engine.validation import field_problems, parse_proposal
@@ -26,6 +27,45 @@ from schemas.events import (
     Proposal,
     Side,
 )
+
+MAX_INPUT_BYTES = 64 * 1024 * 1024
+"""The largest input file read (a snapshot, a configuration, records to send): larger ones are refused unread."""
+MAX_INTEGER_DIGITS = 300
+"""An integer in input JSON with more digits is refused: no field takes one (the widest bound is 1e15), past ~308
+digits it has no float to become and past 4,300 Python will not read it."""
+
+
+class InputTooLarge(ValueError):
+    """An input file larger than it may be."""
+
+
+def read_bounded(path: str | Path, limit: int = MAX_INPUT_BYTES) -> str:
+    """A file's UTF-8 text, refused (InputTooLarge) past `limit` bytes without reading further: a size the file
+    system reports is not trusted (a device or a pipe, such as /dev/zero, reports none)."""
+    with open(path, "rb") as stream:
+        raw = stream.read(limit + 1)
+    if len(raw) > limit:
+        raise InputTooLarge(f"larger than {limit // (1024 * 1024)} MiB")
+    return raw.decode("utf-8")
+
+
+def json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`object_pairs_hook` for input JSON: a key given twice in one object is refused (ValueError), not settled
+    silently by the last one."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key[:64]!r} given twice in one object")
+        out[key] = value
+    return out
+
+
+def json_integer(text: str) -> int:
+    """`parse_int` for input JSON: an integer of more than MAX_INTEGER_DIGITS digits is refused (ValueError)."""
+    digits = len(text) - text.startswith("-")
+    if digits > MAX_INTEGER_DIGITS:
+        raise ValueError(f"a number of {digits} digits, at most {MAX_INTEGER_DIGITS}")
+    return int(text)
 
 
 class WireError(ValueError):
@@ -67,6 +107,10 @@ def json_records(text: str) -> list[tuple[int, Any]]:
         records = _json_records(text)
     except RecursionError as exc:
         raise WireError(["the input is nested too deeply to be a record"]) from exc
+    except WireError:
+        raise
+    except ValueError as exc:  # a number `json_integer` or a repeated key `json_object` refuses
+        raise WireError([f"{exc}"]) from exc
     problems = [f"line {line}: {found}" for line, value in records if (found := not_text(value)) is not None]
     if problems:
         raise WireError(problems)
@@ -74,7 +118,7 @@ def json_records(text: str) -> list[tuple[int, Any]]:
 
 
 def _json_records(text: str) -> list[tuple[int, Any]]:
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(parse_int=json_integer, object_pairs_hook=json_object)
     stripped = text.lstrip()
     if not stripped:
         return []
@@ -105,7 +149,7 @@ def _json_records(text: str) -> list[tuple[int, Any]]:
         if not line.strip():
             continue
         try:
-            out.append((number, json.loads(line)))
+            out.append((number, json.loads(line, parse_int=json_integer, object_pairs_hook=json_object)))
         except json.JSONDecodeError as exc:
             raise WireError([f"line {number}: not valid JSON: {exc.msg} (column {exc.colno})"]) from exc
     return out
