@@ -150,7 +150,7 @@ def parse_snapshot(data: Any, decision_id: str) -> CycleRequest:
         raise SnapshotError(f"config: {exc}") from exc
 
     as_of = _integer("as_of", data["as_of"])
-    equity = _number("equity", data["equity"], minimum=0.0)
+    equity = _number("equity", data["equity"])
     if equity <= 0.0:
         raise SnapshotError(f"equity: must be > 0 (a book with nothing left decides nothing), got {equity!r}")
     raw_positions = data.get("positions", [])
