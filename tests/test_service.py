@@ -358,6 +358,42 @@ def test_a_restart_refuses_a_log_whose_decisions_no_longer_follow_from_it(
         service(db)
 
 
+@pytest.mark.parametrize("config", ["{", "[1]", '{"position_cap": 5}', '{"initial_cash": 1' + "0" * 5000 + "}"])
+def test_a_decision_whose_configuration_cannot_be_read_is_skipped_and_named_not_a_crash(
+    tmp_path: Path, config: str
+) -> None:
+    """An outside probe: a decision appended to an unsigned book's log with a recorded configuration that is not JSON,
+    not an object, out of range or past Python's integer parsing made every restart (and every audit) stop on a
+    traceback. Such a record is now refused like an undecodable one, named, and the book serves on."""
+    import dataclasses
+    import sqlite3
+
+    db = tmp_path / "log.sqlite"
+    svc = service(db)
+    produce(db, TOPICS.proposals, [(codec.encode(proposal(i)), T + i) for i in range(5)])
+    (first,) = drain(svc)
+    svc.log.close()
+    svc.reader.close()
+    rebuilt = service(db)
+    rebuilt.log.close()
+    with sqlite3.connect(db) as conn:
+        forged = dataclasses.replace(first, cycle=2, decision_id=first.decision_id[:-1] + "2", config=config,
+                                     available=rebuilt.state.portfolio.portfolio().available)  # fmt: skip
+        conn.execute(
+            "INSERT INTO records (topic, partition, offset, key, value, timestamp_ms) VALUES (?, 0, 1, NULL, ?, ?)",
+            (TOPICS.decisions, codec.encode(forged), T + 1000),
+        )
+    said: list[str] = []
+    again = AllocatorService(EmbeddedEventLog(db, group=group_of(TOPICS, "book1")), EmbeddedEventLog(db), codec,
+                             "book1", CONFIG, TOPICS, say=said.append)  # fmt: skip
+    again.start()
+    assert again.state.cycle == 1  # the forged decision was not folded
+    assert any("Decision.config is not a configuration" in line and "cycle 2" in line for line in said)
+    produce(db, TOPICS.proposals, [(codec.encode(proposal(9)), T + 2000)])
+    (next_decision,) = drain(again)
+    assert next_decision.cycle == 2
+
+
 def test_a_rejection_for_a_huge_id_stays_small(tmp_path: Path) -> None:
     """The reason quoted a bad proposal_id whole: 20 proposals with 1 MB ids made every decision 20 MB, over what
     Kafka takes. The id is named by a cut plus a digest and the reason quotes a cut."""

@@ -16,7 +16,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from allocator.service.sequencer import read_records
+from allocator.service.sequencer import config_problem, read_records
 from eventlog.port import EventLog, Record, Topics
 from schemas.codec import EventCodec, SingleObjectCodec, UndecodableMessage
 from schemas.events import Decision
@@ -113,6 +113,9 @@ class ChainVerifier:
         if not isinstance(event, Decision):
             return reject(UNDECODABLE, f"a {type(event).__name__} does not belong on {record.topic}")
         d = event
+        unreadable = config_problem(d)
+        if unreadable is not None:
+            return reject(UNDECODABLE, unreadable, d)
         if d.signature is None and d.key_id is None and d.previous_hash is None:
             if self.began:
                 return reject(UNSIGNED, "an unsigned decision after the chain began", d)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from allocator.engine.request import CycleRequest
 from allocator.engine.validation import Submitted, rejected_duplicate, rejected_unauthorized, validate
 from book.bounds import dead_letter_fields, out_of_bounds
-from book.config import AllocatorConfig
+from book.config import AllocatorConfig, ConfigError
 from book.portfolio import PortfolioState
 from eventlog.port import EventLog, Record, TopicPartition, Topics, decode_value
 from governors.state import GovernorChange, on_command
@@ -66,8 +66,25 @@ def canonical_config(config: AllocatorConfig) -> str:
 
 def config_from_json(text: str) -> AllocatorConfig:
     """The configuration a decision recorded (validated exactly as a configuration file is; a key its release did
-    not have takes the value that release ran with: `AllocatorConfig.from_recorded`)."""
-    return AllocatorConfig.from_recorded(json.loads(text))
+    not have takes the value that release ran with: `AllocatorConfig.from_recorded`). ValueError (ConfigError) names
+    what is wrong when the text is not one."""
+    values = json.loads(text)
+    if not isinstance(values, dict):
+        raise ConfigError(f"must be a JSON object of configuration keys, got {type(values).__name__}")
+    return AllocatorConfig.from_recorded(values)
+
+
+def config_problem(decision: Decision) -> str | None:
+    """Why the configuration `decision` records cannot be read, or None. A decision the allocator wrote always can;
+    one forged or damaged on the log is skipped and named like an undecodable record (rules.md §11.2), never folded:
+    reading it would stop every restart and every audit of the book."""
+    if decision.config is None:
+        return None
+    try:
+        config_from_json(decision.config)
+    except (ValueError, RecursionError) as exc:
+        return f"Decision.config is not a configuration: {str(exc)[:300]}"
+    return None
 
 
 def adopt_config(state: BookState, text: str) -> AllocatorConfig:
@@ -403,7 +420,7 @@ def decode_decision(record: Record, codec: EventCodec) -> Decision | str:
         return exc.reason
     if not isinstance(event, Decision):
         return f"a {type(event).__name__} does not belong on {record.topic}"
-    return event
+    return config_problem(event) or event
 
 
 def read_decisions(
