@@ -435,11 +435,19 @@ def subcommands(parser: argparse.ArgumentParser) -> list[str]:
 
 def _check_database(args: argparse.Namespace) -> None:
     """A command that opens a database (--database, else $DATABASE_URL) is refused up front, naming the flag, when
-    the URL cannot be opened at all: not a traceback from whichever step first makes an engine."""
+    the URL cannot be opened at all or --schema is not a name PostgreSQL can take: not a traceback from whichever
+    step first makes an engine."""
     import os
 
     if "database" not in vars(args):
         return
+    if getattr(args, "schema", None) is not None:
+        from projections.database import check_schema
+
+        try:
+            check_schema(args.schema)
+        except ValueError as exc:
+            raise UsageError(f"--schema: {exc}") from exc
     url = args.database or os.environ.get("DATABASE_URL")
     if not url:
         return

@@ -384,6 +384,9 @@ class KafkaEventLog:
         for name, future in futures.items():
             try:
                 future.result(timeout=self._timeout_s)
+            except TimeoutError as exc:  # the broker never answered (away, or refusing the login)
+                raise LogError(f"create topic {name!r}: no answer from the broker within {self._timeout_s:g} s (is it "
+                               "reachable, and the login right?)") from exc  # fmt: skip
             except KafkaException as exc:
                 err = _kafka_error(exc)
                 if err is None or err.code() != KafkaError.TOPIC_ALREADY_EXISTS:

@@ -239,3 +239,47 @@ def test_a_key_given_twice_is_refused_in_every_input_file(tmp_path: Path, capsys
         assert main(argv) == 2
         assert f"key '{key}' given twice in one object" in capsys.readouterr().err
     assert not log.exists()
+
+
+def test_a_schema_name_postgresql_cannot_take_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """`status`, `project` and `db upgrade` with `--schema Bad-Name` ended on a ValueError traceback (replay alone
+    refused it in one line)."""
+    for command in (["status"], ["project", "--once"], ["db", "upgrade"]):
+        capsys.readouterr()
+        assert main([*command, "--schema", "Bad-Name", "--database", "sqlite:///never.sqlite"]) == 2
+        err = capsys.readouterr().err
+        assert "--schema: schema name 'Bad-Name' must be" in err and "Traceback" not in err
+    assert not Path("never.sqlite").exists()
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize(
+    ("command", "named"),
+    [
+        (["project", "--once", "--database", "sqlite:///{tmp}/p.sqlite"], "list the broker's topics"),
+        (["serve", "--book", "main", "--duration", "5"], "create topic"),
+    ],
+    ids=["project", "serve"],
+)
+def test_a_login_the_broker_refuses_is_one_line_not_a_traceback(
+    kafka_bootstrap: str,
+    kafka_admin_properties: dict[str, str],
+    kafka_prefix: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+    named: str,
+) -> None:
+    """An outside probe on the secured broker: `project` with a wrong password ended on a KafkaException traceback
+    from listing the topics, `serve` on a TimeoutError from creating them. Each now fails in one line, exit 1."""
+    wrong = tmp_path / "wrong.properties"
+    wrong.write_text(
+        "".join(f"{k}={'wrong' if k == 'sasl.password' else v}\n" for k, v in kafka_admin_properties.items()),
+        encoding="utf-8",
+    )
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in command]
+    log = ["--kafka", kafka_bootstrap, "--kafka-config", str(wrong), "--topic-prefix", kafka_prefix]
+    assert main([*argv, *log]) == 1
+    err = capsys.readouterr().err
+    assert named in err and "reachable, and the login" in err
+    assert "Traceback" not in err

@@ -84,7 +84,14 @@ def agent_proposal_topics(settings: LogSettings, topics: Topics) -> list[str]:
     if settings.kafka_bootstrap is None:
         names = embedded_topics(Path(settings.embedded_path))
     else:
+        from confluent_kafka import KafkaException
         from confluent_kafka.admin import AdminClient
 
-        names = list(AdminClient(settings.kafka_client_config()).list_topics(timeout=30).topics)
+        from eventlog.port import LogError
+
+        try:
+            names = list(AdminClient(settings.kafka_client_config()).list_topics(timeout=30).topics)
+        except KafkaException as exc:  # a broker away, or a login it refuses: said in one line, not a traceback
+            raise LogError(f"list the broker's topics: {exc.args[0] if exc.args else exc} (is the broker "
+                           "reachable, and the login in the Kafka configuration file right?)") from exc  # fmt: skip
     return sorted(name for name in names if name.startswith(stem) and "." not in name[len(stem) :])
