@@ -313,7 +313,7 @@ class SingleObjectCodec:
         except UndecodableMessage:
             raise
         except Exception as exc:  # any decoding failure is the message's fault, never the consumer's
-            raise bad(f"{writer.event_type.__name__} body does not decode: {type(exc).__name__}: {exc}") from exc
+            raise bad(f"{writer.event_type.__name__} body does not decode: {_decode_failure(exc, data, 10)}") from exc
 
 
 # --- Confluent wire format -------------------------------------------------------------------------------
@@ -390,7 +390,7 @@ class RegistryCodec:
                 raise ValueError(f"{len(data) - 5 - body.tell()} trailing bytes after the record")
             return from_record(event_type, record)
         except Exception as exc:
-            raise bad(f"{event_type.__name__} body does not decode: {exc}") from exc
+            raise bad(f"{event_type.__name__} body does not decode: {_decode_failure(exc, data, 5)}") from exc
 
 
 def make_codec(schema_registry_url: str | None = None, *, versions_dir: Path | str = VERSIONS_DIR) -> EventCodec:
@@ -398,3 +398,11 @@ def make_codec(schema_registry_url: str | None = None, *, versions_dir: Path | s
     if schema_registry_url:
         return RegistryCodec(schema_registry_url, versions_dir=versions_dir)
     return SingleObjectCodec(versions_dir=versions_dir)
+
+
+def _decode_failure(exc: Exception, data: bytes, header: int) -> str:
+    """What a decoder's exception says of a record body: the reader running past the end of a body too short for
+    its record (EOFError, IndexError, struct errors) named as such, with the body's length, not a bare class name."""
+    if isinstance(exc, EOFError | IndexError | struct.error):
+        return f"the body ({len(data) - header} bytes after the {header}-byte header) ends before its record does"
+    return f"{type(exc).__name__}: {exc}"
