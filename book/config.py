@@ -309,8 +309,8 @@ def _number(key: str, value: Any) -> float:
         raise ConfigError(f"{key}: must be a number, got {value!r}")
     try:
         number = float(value)
-    except OverflowError:  # an integer past any float: named by its length, not quoted whole
-        raise ConfigError(f"{key}: a number of {len(str(abs(value)))} digits is out of range") from None
+    except OverflowError:  # an integer past any float: named by its size, not quoted whole
+        raise ConfigError(f"{key}: an integer of {int(value).bit_length()} bits is out of range") from None
     if not math.isfinite(number):
         raise ConfigError(f"{key}: must be finite, got {value!r}")
     return number

@@ -251,19 +251,18 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     from sqlalchemy.exc import SQLAlchemyError
 
-    from projections.database import DEFAULT_EMBEDDED_DATABASE, engine_for
+    from projections.database import DEFAULT_EMBEDDED_DATABASE, engine_for, sqlite_file
     from projections.status import format_status, read_status
 
     shown = _status_config(args)
     url = args.database or os.environ.get("DATABASE_URL") or DEFAULT_EMBEDDED_DATABASE
-    engine = engine_for(url, args.schema)
-    database = engine.url.database or ""
-    if engine.dialect.name == "sqlite" and database not in ("", ":memory:") and not os.path.exists(database):
+    missing = sqlite_file(url)
+    if missing is not None and not missing.exists():
         # Reading must not create: SQLite would make an empty file where no projection is.
-        engine.dispose()
-        print(f"allocator status: no projection at {engine.url.render_as_string()}: no such file (has `allocator "
-              "project` run?)", file=sys.stderr)  # fmt: skip
+        print(f"allocator status: no projection at {url}: no such file (has `allocator project` run?)",
+              file=sys.stderr)  # fmt: skip
         return EXIT_FAILURE
+    engine = engine_for(url, args.schema)
     try:
         status = read_status(engine, shown.config, decisions=args.decisions)
     except SQLAlchemyError as exc:
