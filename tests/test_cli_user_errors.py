@@ -241,6 +241,33 @@ def test_a_key_given_twice_is_refused_in_every_input_file(tmp_path: Path, capsys
     assert not log.exists()
 
 
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ('{"proposal_id": "p1"}\n\n{"proposal_id": "p2", "proposal_id": "p3"}\n', 3),  # JSON lines
+        ('[\n  {"proposal_id": "p1"},\n  {"proposal_id": "p2",\n   "proposal_id": "p3"}\n]', 3),  # an array
+        ('\n\n{"proposal_id": "p1",\n "proposal_id": "p2"}', 3),  # one object over several lines
+        ('{"proposal_id": "p1"}\n{"requested_size": 1' + "0" * 400 + "}\n", 2),
+        ('[{"proposal_id": "p1"},\n {"requested_size": 1' + "0" * 400 + "}]", 2),
+    ],
+)
+def test_what_the_strict_reading_refuses_names_its_line(
+    text: str, line: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A repeated key or an over-long integer in `propose`/`fill` input named the file only; in a file of many
+    records the user had to search for it. Each shape of input now names the line its record starts on."""
+    records = tmp_path / "records.json"
+    records.write_text(text, encoding="utf-8")
+    log = tmp_path / "log.sqlite"
+    for command in ("propose", "fill"):
+        capsys.readouterr()
+        assert main([command, str(records), "--log", str(log)]) == 2
+        err = capsys.readouterr().err
+        assert f"allocator {command}: line {line}: " in err and "Traceback" not in err
+        assert "given twice in one object" in err or "a number of 401 digits, at most 300" in err
+    assert not log.exists()
+
+
 def test_a_schema_name_postgresql_cannot_take_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     """`status`, `project` and `db upgrade` with `--schema Bad-Name` ended on a ValueError traceback (replay alone
     refused it in one line)."""

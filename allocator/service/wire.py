@@ -119,29 +119,43 @@ def json_records(text: str) -> list[tuple[int, Any]]:
 
 def _json_records(text: str) -> list[tuple[int, Any]]:
     decoder = json.JSONDecoder(parse_int=json_integer, object_pairs_hook=json_object)
+
+    def line_of(pos: int) -> int:
+        return text.count("\n", 0, pos) + 1
+
+    def decode_at(pos: int) -> tuple[Any, int]:
+        """The value starting at `pos`; what `json_integer` or `json_object` refuse names the value's line."""
+        try:
+            return decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            raise
+        except ValueError as exc:
+            raise WireError([f"line {line_of(pos)}: {exc}"]) from exc
+
     stripped = text.lstrip()
     if not stripped:
         return []
     start = len(text) - len(stripped)
     if stripped.startswith("["):
+        # The syntax first, with nothing refused, so that each item can then be decoded where it begins and what the
+        # hooks refuse named by its line.
         try:
-            items, _ = decoder.raw_decode(text, start)
+            items, _ = json.JSONDecoder(parse_int=len, object_pairs_hook=len).raw_decode(text, start)
         except json.JSONDecodeError as exc:
             raise WireError([f"line {exc.lineno}: not valid JSON: {exc.msg}"]) from exc
-        # The line of each item: decode them one by one to know where each begins.
         out: list[tuple[int, Any]] = []
         pos = start + 1
         for _ in items:
             while text[pos] in " \t\r\n,":
                 pos += 1
-            value, end = decoder.raw_decode(text, pos)
-            out.append((text.count("\n", 0, pos) + 1, value))
+            value, end = decode_at(pos)
+            out.append((line_of(pos), value))
             pos = end
         return out
     try:
-        value, end = decoder.raw_decode(text, start)
+        value, end = decode_at(start)
         if not text[end:].strip():
-            return [(text.count("\n", 0, start) + 1, value)]
+            return [(line_of(start), value)]
     except json.JSONDecodeError:
         pass
     out = []
@@ -152,6 +166,8 @@ def _json_records(text: str) -> list[tuple[int, Any]]:
             out.append((number, json.loads(line, parse_int=json_integer, object_pairs_hook=json_object)))
         except json.JSONDecodeError as exc:
             raise WireError([f"line {number}: not valid JSON: {exc.msg} (column {exc.colno})"]) from exc
+        except ValueError as exc:
+            raise WireError([f"line {number}: {exc}"]) from exc
     return out
 
 
