@@ -286,8 +286,9 @@ def _status_config(args: argparse.Namespace) -> StatusConfig:
     verify with --trusted-keys only (`_cross_check`, the audit's rule), and what the reader made of the chain. When
     the book is signed and not one decision verifies, nothing is taken from the log. --config only cross-checks the
     log's; without a log (no broker named by flag or environment, the default file absent) the --config file's,
-    else the defaults. A broker named only by KAFKA_BOOTSTRAP_SERVERS that cannot give the book's configuration
-    is said on stderr, and the projection is shown against those."""
+    else the defaults. A broker named only by KAFKA_BOOTSTRAP_SERVERS (no --kafka-config either) that cannot give the
+    book's configuration is said on stderr, and the projection is shown against those; a log named by --log, --kafka,
+    --kafka-config or --trusted-keys that cannot be read is a usage error."""
     from pathlib import Path
 
     from allocator.service.chain import unverified_chain, verify_log
@@ -300,7 +301,13 @@ def _status_config(args: argparse.Namespace) -> StatusConfig:
     trusted = _trusted_keys(args)
     fallback, source = (config, "file") if config is not None else (AllocatorConfig(), "defaults")
     settings = _log_settings(args)
-    named = args.log is not None or args.kafka is not None or args.trusted_keys is not None
+    # A log named on the command line, or credentials given for one: failing to read it is an error, not a note.
+    named = (
+        args.log is not None
+        or args.kafka is not None
+        or args.trusted_keys is not None
+        or getattr(args, "kafka_config", None) is not None
+    )
     if not named and settings.kafka_bootstrap is None and not Path(settings.embedded_path).is_file():
         # No log named, and no broker or embedded log here: the projection alone.
         return StatusConfig(fallback, source, "no log read (name it with --log or --kafka)", None, trusted)

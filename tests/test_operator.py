@@ -140,6 +140,29 @@ def test_status_reads_the_book_s_configuration_from_the_broker_the_environment_n
     assert "the caps shown are the defaults'" in err and "does not exist" in err
 
 
+@pytest.mark.kafka
+def test_status_with_credentials_the_broker_refuses_is_an_error_not_the_defaults(
+    kafka_bootstrap: str,
+    kafka_admin_properties: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An outside probe: `status --kafka-config wrong.properties` exited 0 showing the default caps, as if the book
+    had none of its own; credentials given on the command line name the log as much as --kafka does."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    wrong = {**kafka_admin_properties, "sasl.password": "not-" + kafka_admin_properties["sasl.password"][:8]}
+    properties = tmp_path / "wrong.properties"
+    properties.write_text("".join(f"{key}={value}\n" for key, value in wrong.items()), encoding="utf-8")
+    db = ["--database", f"sqlite:///{tmp_path / 'p.sqlite'}"]
+    assert main(["db", "upgrade", *db]) == 0
+    capsys.readouterr()
+    assert main(["status", *db, "--kafka-config", str(properties)]) == 2
+    out, err = capsys.readouterr()
+    assert "cannot read the configuration from the log" in err and out == ""
+    assert kafka_admin_properties["sasl.password"] not in err
+
+
 def test_status_takes_the_book_s_state_from_its_decisions_not_from_forged_governor_events(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
