@@ -21,6 +21,7 @@ from cli.common import (
     _log_line,
     _log_settings,
     _metrics_server,
+    _numeric_warning,
     _say_trust,
     _status_config,
 )
@@ -58,6 +59,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from schemas.events import Decision
 
     config = _config_file(args)
+    _numeric_warning("serve")
     try:
         args.book = normalise_book_id(args.book)
     except ValueError as exc:

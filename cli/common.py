@@ -215,6 +215,17 @@ def _read_input(source: str) -> str:
         raise UsageError(f"{source}: cannot read it ({exc.strerror or exc})") from exc
 
 
+def _numeric_warning(command: str) -> None:
+    """Say on stderr when this process may decide differently from the project's machines (numerics.mismatch): a
+    server whose decisions its auditors may not re-derive exactly, or an auditor who may report mismatches that are
+    its own machine's."""
+    from allocator.service.numerics import mismatch
+
+    why = mismatch()
+    if why is not None:
+        print(f'allocator {command}: warning: {why} (docs/audit.md, "Machines")', file=sys.stderr)
+
+
 def _config_file(args: argparse.Namespace) -> AllocatorConfig | None:
     """The --config file, or None when none was given; a file that is not a valid configuration is a usage error."""
     from allocator.service.backends import load_config

@@ -23,6 +23,7 @@ from cli.common import (
     _log_settings,
     _metrics_server,
     _new_secret,
+    _numeric_warning,
     _projection_chain,
     _projection_url,
     _projector_setup,
@@ -55,6 +56,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from schemas.codec import make_codec
 
     config = _config_file(args)
+    _numeric_warning("audit")
     settings = _log_settings(args)
     args.topic_prefix = _topic_prefix(args, settings)
 
