@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from allocator.service.chain import VerifiedLog
     from eventlog.port import EventLog
 
 from cli.common import (
@@ -253,6 +254,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     from sqlalchemy.exc import SQLAlchemyError
 
+    from eventlog.port import Topics
     from projections.database import DEFAULT_EMBEDDED_DATABASE, engine_for, sqlite_file
     from projections.status import format_status, read_status
 
@@ -275,6 +277,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     finally:
         engine.dispose()
+    mixed = _another_logs_projection(status, shown.verified, Topics(args.topic_prefix).decisions)
+    if mixed is not None:
+        print(f"allocator status: {mixed}; name the log and the projection of one book", file=sys.stderr)
+        return EXIT_USAGE
     # What the reader made of the log's decisions: the projection records every one as written (docs/security.md).
     # With no trusted key that signed any, a decision is unverified, not told apart from a forgery.
     rejected = shown.verified.rejections if shown.verified is not None else []
@@ -287,10 +293,29 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _another_logs_projection(status: dict[str, Any], verified: VerifiedLog | None, decisions_topic: str) -> str | None:
+    """Why the projection status read was not made from the log it read (a sentence), or None: its decisions came
+    from another topic, or a position of the log holds another decision than the projection says. `status` then
+    showed one book's state against another's caps and chain, and said nothing."""
+    if verified is None or not status["decisions"]:
+        return None
+    topics = sorted({str(d["log_topic"]) for d in status["decisions"]})
+    if topics != [decisions_topic]:
+        return f"the projection was made from {', '.join(topics)}, but the log's decisions are on {decisions_topic}"
+    on_log = {(r.topic, r.partition, r.offset): d.decision_id for r, d in verified.accepted}
+    for d in status["decisions"]:
+        found = on_log.get((d["log_topic"], d["log_partition"], d["log_offset"]))
+        if found is not None and found != d["decision_id"]:
+            where = f"{d['log_topic']}[{d['log_partition']}]@{d['log_offset']}"
+            return f"the projection has {d['decision_id']} at {where}, but the log has {found} there"
+    return None
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from simulation.demo import DemoError, DemoOptions, pick_scenarios, run_demo
+    from book.config import ConfigError
+    from simulation.demo import DemoError, DemoOptions, demo_config, pick_scenarios, run_demo
 
     try:
         options = DemoOptions(
@@ -304,6 +329,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         )
         if options.steps < 20:
             raise DemoError(f"--steps {options.steps}: at least 20 (the scenarios are placed in fractions of it)")
+        try:
+            demo_config(options.scenario_count)  # the book's configuration, checked before anything runs
+        except ConfigError as exc:
+            raise DemoError(f"--scenario-count {options.scenario_count}: {exc}") from exc
         return run_demo(options, say=lambda line: print(line, flush=True))
     except DemoError as exc:
         print(f"allocator demo: {exc}", file=sys.stderr)

@@ -310,3 +310,12 @@ def test_a_login_the_broker_refuses_is_one_line_not_a_traceback(
     err = capsys.readouterr().err
     assert named in err and "reachable, and the login" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("count", ["0", "999999"])
+def test_demo_checks_its_scenario_count_before_running(count: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """An outside probe: `demo --scenario-count 0` ended on a ConfigError traceback, exit 1."""
+    assert main(["demo", "--scenario-count", count, "--steps", "20", "--out", "never-made"]) == 2
+    err = capsys.readouterr().err
+    assert f"allocator demo: --scenario-count {count}: scenario_count: must be in [1, 20000], got {count}" in err
+    assert not Path("never-made").exists()

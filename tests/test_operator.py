@@ -192,3 +192,35 @@ def test_status_takes_the_book_s_state_from_its_decisions_not_from_forged_govern
     assert main(["status", *db]) == 0
     text = capsys.readouterr().out
     assert "governor PAUSED" in text and "governor events add up to ACTIVE" in text and "not signed" in text
+
+
+def test_status_refuses_a_projection_of_another_book_s_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An outside probe: `status --log beta.sqlite --database <alpha's projection>` printed book alpha's state next to
+    book beta's configuration and chain, exit 0. Both logs use the default topics, so only the decision at each
+    position tells them apart."""
+    proposals = str(Path(__file__).parent.parent / "examples" / "proposals.json")
+    for book in ("alpha", "beta"):
+        log = ["--log", str(tmp_path / f"{book}.sqlite")]
+        for argv in (["init", *log], ["propose", proposals, *log],
+                     ["serve", "--book", book, *log, "--max-cycles", "1", "--duration", "60"]):  # fmt: skip
+            assert main(argv) == 0, argv
+    db = ["--database", f"sqlite:///{tmp_path / 'alpha-projection.sqlite'}"]
+    assert main(["project", "--log", str(tmp_path / "alpha.sqlite"), *db, "--once"]) == 0
+    capsys.readouterr()
+    assert main(["status", "--log", str(tmp_path / "alpha.sqlite"), *db]) == 0
+    assert "book alpha" in capsys.readouterr().out
+    assert main(["status", "--log", str(tmp_path / "beta.sqlite"), *db]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "the projection has allocator.alpha-0000000001 at allocator.decisions[0]@0" in err
+    assert "but the log has allocator.beta-0000000001 there" in err
+    # another book's topics altogether
+    other = ["--log", str(tmp_path / "gamma.sqlite"), "--topic-prefix", "gamma"]
+    for argv in (["init", *other], ["propose", proposals, *other],
+                 ["serve", "--book", "gamma", *other, "--max-cycles", "1", "--duration", "60"]):  # fmt: skip
+        assert main(argv) == 0, argv
+    capsys.readouterr()
+    assert main(["status", *other, *db]) == 2
+    assert "the projection was made from allocator.decisions, but the log's decisions are on gamma.decisions" in (
+        capsys.readouterr().err
+    )
