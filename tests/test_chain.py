@@ -19,6 +19,7 @@ from allocator.service.chain import (
     ChainSettings,
     DecisionSigner,
     Rejection,
+    UnverifiedBook,
 )
 from allocator.service.clients import DecisionFeed
 from allocator.service.keys import load_signing_key, new_key_pair
@@ -28,7 +29,7 @@ from book.portfolio import PortfolioState
 from cli.main import main
 from eventlog.embedded import EmbeddedEventLog
 from eventlog.kafka_properties import client_config
-from eventlog.port import EventLog, Topics
+from eventlog.port import EventLog, TopicPartition, Topics
 from schemas.codec import SingleObjectCodec
 from schemas.events import (
     AllocationStatus,
@@ -778,3 +779,75 @@ def test_serve_after_a_key_rotation_without_the_earlier_key_says_to_trust_it(
     report = ["--report", str(tmp_path / "audit.json")]
     assert main(["audit", *log, "--trusted-keys", str(pub1), "--trusted-keys", str(pub2), *report]) == 0
     assert main(["audit", *log, "--trusted-keys", str(pub2), *report]) == 1
+
+
+def _tamper(db: Path, topic: str, offset: int, how: str) -> None:
+    """Edit the embedded log file as anyone who can write it could: delete a record, or flip one byte of its value."""
+    import sqlite3
+
+    with sqlite3.connect(db) as connection:
+        if how == "delete":
+            connection.execute('DELETE FROM records WHERE topic = ? AND "offset" = ?', (topic, offset))
+            return
+        (value,) = connection.execute(
+            'SELECT value FROM records WHERE topic = ? AND "offset" = ?', (topic, offset)
+        ).fetchone()
+        changed = bytearray(value)
+        changed[len(changed) // 2] ^= 0x01
+        connection.execute(
+            'UPDATE records SET value = ? WHERE topic = ? AND "offset" = ?', (bytes(changed), topic, offset)
+        )
+
+
+@pytest.mark.parametrize("how", ["delete", "flip"])
+def test_serve_refuses_a_signed_chain_cut_in_the_middle_instead_of_deciding_its_cycles_again(
+    tmp_path: Path, keys: tuple[Path, Path, DecisionSigner], how: str
+) -> None:
+    """An outside probe: with one decision deleted (or one byte changed) in the middle of a signed book's log, serve
+    folded the chain up to it, skipped every later genuine decision as reordered, and decided their cycles again:
+    proposals already settled were decided twice, and the new decision verified. It must refuse to start."""
+    _, _, signer = keys
+    db, topics = tmp_path / "log.sqlite", Topics("chain")
+    signed_log(db, topics, signer, cycles=4)
+    _tamper(db, topics.decisions, 1, how)
+    with pytest.raises(UnverifiedBook, match=r"verified chain ends at cycle 1, but [23] later decision\(s\) signed"):
+        embedded(db, topics, ChainSettings(DecisionSigner(signer.key)))
+    with EmbeddedEventLog(db) as reader:
+        assert reader.end_offsets([topics.decisions])[TopicPartition(topics.decisions, 0)] == 4  # nothing appended
+
+
+def test_serve_starts_beside_a_copy_of_a_decision_already_folded(
+    tmp_path: Path, keys: tuple[Path, Path, DecisionSigner]
+) -> None:
+    """A replayed copy of a genuine decision (its cycle already folded) is named and skipped, not a cut chain: anyone
+    who can append to the log must not be able to stop the book with a copy."""
+    _, _, signer = keys
+    db, topics = tmp_path / "log.sqlite", Topics("chain")
+    signed_log(db, topics, signer, cycles=2)
+    with EmbeddedEventLog(db) as reader:
+        reader.assign([topics.decisions])
+        first = reader.poll(10, 0.5)[0].value
+    assert first is not None
+    produce(db, topics.decisions, [first], T + 999)
+    said: list[str] = []
+    svc = embedded(db, topics, ChainSettings(DecisionSigner(signer.key)), said)
+    try:
+        assert svc.state.cycle == 2
+        assert any("reordered" in line and "chain.decisions/0/2" in line for line in said), said
+    finally:
+        close(svc)
+
+
+def test_serve_without_its_signing_key_refuses_to_append_unsigned_decisions_to_a_signed_chain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside probe: `serve --trusted-keys` without `--signing-key` verified the chain, then published an unsigned
+    decision onto it, which every reader refuses and a signed restart decided again."""
+    _, private, public = new_key_pair(tmp_path / "alloc")
+    log = _one_cycle_book(tmp_path, "--signing-key", str(private))
+    assert main(["control", "halt", "--reason", "r", "--operator", "o", *log]) == 0  # a batch: a cycle would run
+    capsys.readouterr()
+    assert main(["serve", *log, "--trusted-keys", str(public), "--max-cycles", "2", "--duration", "5"]) == 2
+    assert "has no --signing-key" in capsys.readouterr().err
+    with EmbeddedEventLog(tmp_path / "log.sqlite") as reader:
+        assert reader.end_offsets([Topics().decisions])[TopicPartition(Topics().decisions, 0)] == 1

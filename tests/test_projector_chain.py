@@ -90,9 +90,11 @@ def test_a_forgery_projected_first_hides_the_genuine_decision_unless_the_project
     altered = dataclasses.replace(claim, key_id=d2.key_id, previous_hash=d2.previous_hash, signature=d2.signature)
     _, reordered = DecisionSigner(key.key, head=GENESIS).seal(claim, codec, "t")  # the trusted key, off the chain
     unsigned = dataclasses.replace(claim, key_id=None, previous_hash=None, signature=None)
-    # Four records claiming cycle 3 before the genuine one, at pc.decisions/0/2..5.
-    produce(db, topics.decisions, [forged_bytes, codec.encode(altered), reordered, codec.encode(unsigned)], T + 900)
+    # Three records claiming cycle 3 before the genuine one, at pc.decisions/0/2..4, and one signed by the trusted
+    # key off the chain after it, at 6 (before it, serve would refuse to start: a trusted key signed past the head).
+    produce(db, topics.decisions, [forged_bytes, codec.encode(altered), codec.encode(unsigned)], T + 900)
     genuine = decide(db, topics, key, 300)
+    produce(db, topics.decisions, [reordered], T + 901)
     assert genuine.cycle == 3 and genuine.previous_hash == decision_hash(d2)
     hashes = {1: decision_hash(d1), 2: decision_hash(d2)}
 
@@ -114,8 +116,8 @@ def test_a_forgery_projected_first_hides_the_genuine_decision_unless_the_project
     assert projected(verifying) == {1: (hashes[1], key.key_id, d1.equity), 2: (hashes[2], key.key_id, d2.equity),
                                     3: (decision_hash(genuine), key.key_id, genuine.equity)}  # fmt: skip
     letters = {r.offset: r for r in rows(verifying, tables.dead_letters)}
-    assert sorted(letters) == [2, 3, 4, 5] and {r.topic for r in letters.values()} == {topics.decisions}
-    for offset, kind in ((2, FORGED), (3, ALTERED), (4, REORDERED), (5, UNSIGNED)):
+    assert sorted(letters) == [2, 3, 4, 6] and {r.topic for r in letters.values()} == {topics.decisions}
+    for offset, kind in ((2, FORGED), (3, ALTERED), (6, REORDERED), (4, UNSIGNED)):
         error = letters[offset].error
         assert error.startswith(f"{NOT_VERIFIED}: {kind}: decision {claim.decision_id} (cycle 3)"), error
     assert "unknown key" in letters[2].error and forged.key_id in letters[2].error

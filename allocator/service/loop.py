@@ -14,6 +14,7 @@ from allocator.service.chain import (
     Trusted,
     UnverifiedBook,
     VerifiedLog,
+    cut_chain,
     report_rejections,
     unverified_chain,
     verify_log,
@@ -88,14 +89,30 @@ def legacy_transactional_id_of(topics: Topics, book_id: str) -> str:
     return f"allocator-{topics.prefix}-{normalise_book_id(book_id)}"
 
 
-def refuse_log(verified: VerifiedLog, trusted: Trusted, topics: Topics, book: str | None) -> None:
-    """Raises UnverifiedBook when the log's decisions are signed and none verifies (`unverified_chain`), OtherBook
-    when a verified decision is another book's than `book` (`<prefix>.<id>`; None: any book)."""
+def refuse_log(
+    verified: VerifiedLog, trusted: Trusted, topics: Topics, book: str | None, *, signs: bool | None = None
+) -> None:
+    """Raises UnverifiedBook when the log's decisions are signed and none verifies (`unverified_chain`), when the
+    verified chain is cut short (`cut_chain`), or when it began and this allocator would not sign (`signs` False;
+    None: not asked); OtherBook when a verified decision is another book's than `book` (`<prefix>.<id>`; None: any
+    book)."""
     unverified = unverified_chain(verified, trusted)
     if unverified is not None:
         raise UnverifiedBook(
             f"{unverified}: serving would start the book over from nothing beside its chain; pass the key that "
             "signs its decisions (--signing-key) or the keys that signed them (--trusted-keys)"
+        )
+    cut = cut_chain(verified, trusted)
+    if cut is not None:
+        raise UnverifiedBook(
+            f"{cut}: serving would decide those cycles again beside them. `allocator audit` names every record "
+            "involved; restore the log from a copy (or the broker's replicas) before serving the book"
+        )
+    if signs is False and verified.began:
+        raise UnverifiedBook(
+            "the book's decisions are signed and verify, and this allocator has no --signing-key: it would append "
+            "unsigned decisions that every reader of the chain refuses (and that a signed restart decides again); "
+            "pass the key that signs the book's decisions (--signing-key)"
         )
     if book is None:
         return
@@ -130,7 +147,7 @@ def rebuild(
     when the state rebuilt for a decision is not the one it records it was made on (`contradicted`)."""
     chain = chain or ChainSettings()
     verified = verified or verify_log(reader, codec, topics, chain.trusted)
-    refuse_log(verified, chain.trusted, topics, book)
+    refuse_log(verified, chain.trusted, topics, book, signs=chain.signer is not None)
     report_rejections(verified.rejections, say)
     if chain.signer is not None:
         chain.signer.head = verified.head
@@ -211,7 +228,7 @@ class AllocatorService:
         trusted, decisions = self.chain.trusted, [self.topics.decisions]
         ends = self.reader.end_offsets(decisions)
         verified = verify_log(self.reader, self.codec, self.topics, trusted)
-        refuse_log(verified, trusted, self.topics, self.book)
+        refuse_log(verified, trusted, self.topics, self.book, signs=self.chain.signer is not None)
         self.log.fence(legacy_transactional_id_of(self.topics, self.book_id))
         self.log.init_transactions(transactional_id_of(self.topics))
         # Read again only if a decision was committed meanwhile (another allocator's, before this one fenced it).
