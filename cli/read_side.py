@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -56,20 +57,28 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from schemas.codec import make_codec
 
     config = _config_file(args)
+    _check_report_path(args.report)  # before the audit's work, not after it
     _numeric_warning("audit")
     settings = _log_settings(args)
     args.topic_prefix = _topic_prefix(args, settings)
 
     started = time.monotonic()
+    # At a terminal one line is rewritten in place; into a file or a pipe, one line each time.
+    in_place = sys.stderr.isatty()
+    line_open = [False]
 
     def progress(done: int, total: int) -> None:
         if done == total or done % 10 == 0:
             rate = done / max(time.monotonic() - started, 1e-9)
-            print(f"\raudited {done}/{total} decisions, {rate:,.1f} re-derived/s", end="" if done < total else "\n",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            text = f"audited {done}/{total} decisions, {rate:,.1f} re-derived/s"
+            if in_place:
+                line_open[0] = done < total
+                print(f"\r{text}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+            else:
+                print(text, file=sys.stderr, flush=True)
 
     trusted = _trusted_keys(args)
-    head = args.head.strip().lower() if args.head else None
+    head = args.head.strip().lower() if args.head is not None else None
     if head is not None and (len(head) != 64 or any(c not in "0123456789abcdef" for c in head)):
         raise UsageError(f"--head {args.head!r}: a decision hash is 64 hex characters")
     codec, topics = make_codec(args.schema_registry), Topics(args.topic_prefix)
@@ -79,20 +88,49 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             # One read of the decisions topic, verified, feeds both the configuration's cross-check and the audit.
             verified = verify_log(reader, codec, topics, trusted)
             on_log = _cross_check(verified, config)
-            print(f"allocator audit: re-solving on {engine.name} ({engine.workers} workers)", file=sys.stderr)
+            workers = f"{engine.workers} worker{'s' if engine.workers != 1 else ''}"
+            print(f"allocator audit: re-solving on {engine.name} ({workers})", file=sys.stderr)
             report = audit_log(reader, codec, topics, config if on_log is None else None, progress, engine,
                                head=head, verified=verified)  # fmt: skip
     except NoConfigOnLog as exc:
         raise UsageError(str(exc)) from exc
+    except KeyboardInterrupt:
+        if line_open[0]:
+            print(file=sys.stderr)  # end the progress line before the "interrupted" one
+        if os.path.exists(args.report):
+            print(f"allocator audit: no report written; {args.report} is an earlier run's", file=sys.stderr)
+        raise
     finally:
         engine.close()
     print(summary_table(report))
-    write_report(report, args.report)
+    try:
+        write_report(report, args.report)
+    except OSError as exc:  # checked before the audit began; a full disk, say, can still refuse it now
+        print(f"allocator audit: the report was not written to {args.report}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
     print(f"report written to {args.report}")
     if not trusted and any(f.verdict == "FORGED" for f in report.findings):
         print("allocator audit: the decisions are signed by keys this audit was not told to trust: pass "
               "--trusted-keys with the allocator's public key(s) (docs/security.md)", file=sys.stderr)  # fmt: skip
     return EXIT_FAILURE if report.mismatches or report.errors else EXIT_OK
+
+
+def _check_report_path(path: str) -> None:
+    """A report path the audit could not write to is a usage error before the audit runs (it used to be found only
+    once every decision had been re-derived): an empty name, a folder, a missing or read-only folder, a file that
+    cannot be written."""
+    if not path:
+        raise UsageError("--report: an empty file name")
+    if os.path.isdir(path):
+        raise UsageError(f"--report {path}: a folder; name a file in it")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"--report {path}: no folder {folder}")
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            raise UsageError(f"--report {path}: the file cannot be written (permissions)")
+    elif not os.access(folder, os.W_OK):
+        raise UsageError(f"--report {path}: the folder {folder} cannot be written (permissions)")
 
 
 def _cmd_project(args: argparse.Namespace) -> int:

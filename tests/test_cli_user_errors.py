@@ -62,7 +62,7 @@ def test_an_audit_report_that_cannot_be_written_is_named(tmp_path: Path, capsys:
     for report in (tmp_path / "missing" / "audit.json", tmp_path):
         capsys.readouterr()
         assert main(["audit", "--report", str(report), *log]) == 2
-        assert f"allocator audit: {report}: " in capsys.readouterr().err
+        assert f"allocator audit: --report {report}: " in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -319,3 +319,73 @@ def test_demo_checks_its_scenario_count_before_running(count: str, capsys: pytes
     err = capsys.readouterr().err
     assert f"allocator demo: --scenario-count {count}: scenario_count: must be in [1, 20000], got {count}" in err
     assert not Path("never-made").exists()
+
+
+def _decided_log(tmp_path: Path) -> list[str]:
+    """An embedded log whose book decided the example proposals once; returns its --log flags."""
+    log = ["--log", str(tmp_path / "log.sqlite")]
+    examples = Path(__file__).resolve().parent.parent / "examples" / "proposals.json"
+    for argv in (
+        ["init", *log],
+        ["propose", str(examples), *log],
+        ["serve", *log, "--max-cycles", "1", "--duration", "60"],
+    ):
+        assert main(argv) == 0, argv
+    return log
+
+
+def test_audit_checks_its_report_path_before_re_deriving_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside probe: a report path in a missing folder, a folder, or '' was found only after every decision had
+    been re-derived (a long audit's work lost), and /dev/full ended on an OSError traceback."""
+    log = _decided_log(tmp_path)
+    for report, said in (("", "--report: an empty file name"), (str(tmp_path), "a folder; name a file in it"),
+                         (str(tmp_path / "none" / "r.json"), f"no folder {tmp_path / 'none'}")):  # fmt: skip
+        capsys.readouterr()
+        assert main(["audit", *log, "--report", report]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "audited" not in err  # refused before the first re-derivation
+    if Path("/dev/full").exists():
+        assert main(["audit", *log, "--report", "/dev/full"]) == 1
+        err = capsys.readouterr().err
+        assert "the report was not written to /dev/full: No space left on device" in err and "Traceback" not in err
+
+
+def test_audit_refuses_an_empty_head_and_writes_progress_a_line_at_a_time_into_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--head ''` was taken as no head at all (while `--head zz` was refused); progress written to a file was one
+    line of carriage returns."""
+    log = _decided_log(tmp_path)
+    report = ["--report", str(tmp_path / "r.json")]
+    capsys.readouterr()
+    assert main(["audit", *log, *report, "--head", ""]) == 2
+    assert "--head '': a decision hash is 64 hex characters" in capsys.readouterr().err
+    assert main(["audit", *log, *report]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "audited 1/1 decisions" in err and "(1 worker)" in err
+
+
+def test_an_interrupted_audit_ends_its_progress_line_and_says_the_report_is_an_earlier_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import allocator.service.audit as audit
+
+    log = _decided_log(tmp_path)
+    report = tmp_path / "r.json"
+    assert main(["audit", *log, "--report", str(report)]) == 0
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+
+    def interrupted(*_args: object, **kwargs: object) -> None:
+        progress = _args[4]
+        assert callable(progress)
+        progress(10, 300)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(audit, "audit_log", interrupted)
+    capsys.readouterr()
+    assert main(["audit", *log, "--report", str(report)]) == 130
+    err = capsys.readouterr().err
+    assert "re-derived/s\n" in err and "re-derived/sinterrupted" not in err
+    assert f"no report written; {report} is an earlier run's" in err and err.rstrip().endswith("interrupted")
