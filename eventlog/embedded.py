@@ -111,6 +111,23 @@ class _Pending:
     timestamp_ms: int
 
 
+def sqlite_problem(exc: BaseException) -> str:
+    """What SQLite said, on one line, and what it means for a log file: not the SQL statement and its parameters
+    that SQLAlchemy's message carries (a read-only log printed the whole INSERT and a memory address)."""
+    orig = getattr(exc, "orig", None) or exc
+    said = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    if "file is not a database" in said or "no such table" in said:
+        return f"{said} (not an event log)"
+    if "readonly database" in said:
+        return (
+            f"{said} (the file, or its folder, is read-only: SQLite writes a shared-memory file next to a log in WAL "
+            "mode even to read it; give this user write access to the folder, or read a copy)"
+        )
+    if "unable to open database file" in said:
+        return f"{said} (the file or its folder cannot be opened by this user)"
+    return said
+
+
 class EmbeddedEventLog:
     """An `EventLog` on one SQLite file that several processes may open at once (WAL mode, busy timeout).
 
@@ -175,11 +192,12 @@ class EmbeddedEventLog:
 
     @contextmanager
     def _db(self, what: str) -> Iterator[None]:
-        """Turns database failures into LogError naming the operation and the file."""
+        """Turns database failures into LogError naming the operation, the file and what SQLite said (one line, never
+        the statement or its parameters)."""
         try:
             yield
         except SQLAlchemyError as exc:
-            raise LogError(f"embedded log {self.path}: could not {what}: {exc}") from exc
+            raise LogError(f"embedded log {self.path}: could not {what}: {sqlite_problem(exc)}") from exc
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:

@@ -389,3 +389,32 @@ def test_an_interrupted_audit_ends_its_progress_line_and_says_the_report_is_an_e
     err = capsys.readouterr().err
     assert "re-derived/s\n" in err and "re-derived/sinterrupted" not in err
     assert f"no report written; {report} is an earlier run's" in err and err.rstrip().endswith("interrupted")
+
+
+def test_a_file_that_is_not_a_log_is_named_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`serve --log examples/basic.json` printed SQLAlchemy's message with its 'Background on this error' link."""
+    examples = Path(__file__).resolve().parent.parent / "examples" / "basic.json"
+    assert main(["serve", "--log", str(examples), "--max-cycles", "1", "--duration", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "file is not a database (not an event log)" in err
+    assert "sqlalche.me" not in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_read_only_log_is_said_without_the_sql_statement(tmp_path: Path) -> None:
+    """A read-only log made `propose` and `serve` print the whole INSERT statement and its parameters (a memory
+    address among them): the message is now what SQLite said, and what it means for a log file."""
+    import sqlite3
+
+    from sqlalchemy import create_engine, text
+
+    from eventlog.embedded import sqlite_problem
+
+    path = tmp_path / "log.sqlite"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE records (value BLOB)")
+    engine = create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+    with pytest.raises(Exception) as raised, engine.begin() as conn:
+        conn.execute(text("INSERT INTO records (value) VALUES (:v)"), {"v": b"x" * 64})
+    said = sqlite_problem(raised.value)
+    assert said.startswith("attempt to write a readonly database (the file, or its folder, is read-only")
+    assert "INSERT" not in said and "0x" not in said
