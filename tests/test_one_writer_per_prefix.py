@@ -7,12 +7,15 @@ start. On the embedded log and on the secured broker."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
 from allocator.service.chain import ChainSettings, DecisionSigner, UnverifiedBook
 from allocator.service.loop import AllocatorService, OtherBook, group_of, legacy_transactional_id_of
 from book.config import AllocatorConfig
+from cli.main import main
+from eventlog.embedded import EmbeddedEventLog
 from eventlog.port import FencedError, Topics
 from schemas.codec import SingleObjectCodec
 from schemas.events import Decision, Proposal, Side
@@ -125,3 +128,32 @@ def test_an_instance_of_the_release_before_is_fenced_at_start(log_kind: tuple[Op
             assert books_decided(open_log, topics) == []
         finally:
             close(alpha)
+
+
+def test_a_foreign_decision_appended_to_an_unsigned_book_is_named_without_contradictory_advice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside probe: one decision of book beta appended to book alpha's unsigned log made `serve --book alpha` say
+    the decisions were beta's (serve --book beta) and `serve --book beta` say they were alpha's (serve --book alpha): a
+    refusal loop whose advice contradicted itself. Both now name the two books, with counts and where each begins."""
+    root = tmp_path
+    proposals = str(Path(__file__).resolve().parent.parent / "examples" / "proposals.json")
+    decisions = Topics().decisions
+    for book in ("alpha", "beta"):
+        log = ["--log", str(root / f"{book}.sqlite")]
+        for argv in (["init", *log], ["propose", proposals, *log],
+                     ["serve", "--book", book, *log, "--max-cycles", "1", "--duration", "60"]):  # fmt: skip
+            assert main(argv) == 0, argv
+    with EmbeddedEventLog(root / "beta.sqlite") as beta:
+        beta.assign([decisions])
+        (foreign,) = beta.poll(10, 0.5)
+    with EmbeddedEventLog(root / "alpha.sqlite") as alpha:
+        assert foreign.value is not None
+        alpha.produce(decisions, foreign.value, timestamp_ms=foreign.timestamp_ms)
+        alpha.flush()
+    for book, other in (("alpha", "beta"), ("beta", "alpha")):
+        capsys.readouterr()
+        assert main(["serve", "--book", book, "--log", str(root / "alpha.sqlite"), "--max-cycles", "2"]) == 2
+        err = capsys.readouterr().err
+        assert f"are allocator.{book}'s (1) and another book's (allocator.{other}: 1 (the first at" in err, err
+        assert "serve --book" not in err

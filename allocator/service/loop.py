@@ -117,6 +117,24 @@ def refuse_log(
     if book is None:
         return
     others = sorted({d.book_id for _, d in verified.accepted if book_name(topics, d.book_id) != book})
+    mine = sum(1 for _, d in verified.accepted if book_name(topics, d.book_id) == book)
+    if others and mine:
+        # This book's decisions and another's on one prefix: suggesting the other book would be as wrong.
+        counts: dict[str, int] = {}
+        first: dict[str, str] = {}
+        for record, d in verified.accepted:
+            name = book_name(topics, d.book_id)
+            counts[name] = counts.get(name, 0) + 1
+            first.setdefault(name, f"{record.topic}/{record.partition}/{record.offset}")
+        named = ", ".join(
+            f"{name}: {count} (the first at {first[name]})" for name, count in sorted(counts.items()) if name != book
+        )
+        raise OtherBook(
+            f"the decisions on this log are {book}'s ({mine}) and another book's ({named}): one book per topic prefix, "
+            "so serving either would fold the other's decisions. `allocator audit` names each; remove the other "
+            "book's decisions from this log (restore it from a copy), or sign the book's decisions (--signing-key) so "
+            "that no other writer's count"
+        )
     if others:
         named = ", ".join(book_name(topics, other) for other in others)
         raise OtherBook(
