@@ -851,3 +851,28 @@ def test_serve_without_its_signing_key_refuses_to_append_unsigned_decisions_to_a
     assert "has no --signing-key" in capsys.readouterr().err
     with EmbeddedEventLog(tmp_path / "log.sqlite") as reader:
         assert reader.end_offsets([Topics().decisions])[TopicPartition(Topics().decisions, 0)] == 1
+
+
+def test_audit_names_a_missing_decision_once_before_the_mismatches_it_causes(tmp_path: Path) -> None:
+    """An outside probe: with one decision deleted from an unsigned book, every later decision read `MISMATCH cycle:
+    recorded N, re-run N-1` and nothing named the cause. The gap is now a finding of its own, first; the count of
+    decisions is the records' (a HEAD_NOT_REACHED finding was counted as a decision too). On a signed book the
+    decisions after the cut are refused as reordered instead (above)."""
+    db, topics = tmp_path / "log.sqlite", Topics("chain")
+    svc = embedded(db, topics, ChainSettings())
+    try:
+        for c in range(4):
+            produce(db, topics.proposals, [codec.encode(proposal(10 * c + i)) for i in range(6)], T + 10 * c)
+            cycle(svc)
+    finally:
+        close(svc)
+    _tamper(db, topics.decisions, 1, "delete")
+    code, report, _ = audit(db, topics, tmp_path, "--head", "0" * 64)
+    assert code == 1
+    findings = report["findings"]
+    assert isinstance(findings, list)
+    verdicts = [(f["cycle"], f["verdict"]) for f in findings]
+    assert verdicts[:3] == [(1, "MATCH"), (2, "CYCLE_GAP"), (3, "MISMATCH")], verdicts
+    assert "no verified decision for cycle 2 before chain.book1-0000000003" in findings[1]["problems"][0]
+    assert verdicts[-1][1] == "HEAD_NOT_REACHED"
+    assert report["decisions"] == 3  # the records of cycles 1, 3 and 4

@@ -28,6 +28,10 @@ from schemas.versions import single_object_version
 TIMED_PATHS = (SolverPath.MIP_TIME_LIMIT,)
 
 
+# Findings that are not about one record of the decisions topic: not counted among the decisions audited.
+NOT_A_RECORD = ("CYCLE_GAP", "HEAD_NOT_REACHED")
+
+
 @dataclass
 class Finding:
     """The audit of one recorded decision."""
@@ -56,7 +60,7 @@ class AuditReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "decisions": len(self.findings),
+            "decisions": sum(f.verdict not in NOT_A_RECORD for f in self.findings),
             "matched": sum(f.verdict == "MATCH" for f in self.findings),
             "constraints_held": sum(f.verdict == "CONSTRAINTS_HELD" for f in self.findings),
             "mismatches": len(self.mismatches),
@@ -245,6 +249,7 @@ def audit_log(
             del results[later]
         first = restart
     report = _report(decisions, results, duplicates)
+    report.findings[:0] = _gaps(decisions)  # before the decision after the gap, at the same offset
     report.findings.extend(Finding(**f) for f in chain_findings(verified, head))  # docs/audit.md: the chain
     report.findings.sort(key=lambda f: f.offset)
     report.chain_head = verified.head
@@ -303,6 +308,23 @@ def _tasks(
             state, recorded = steps.send(overrides.get(index, recorded))
     except StopIteration:
         return
+
+
+def _gaps(decisions: Sequence[tuple[Record, Decision]]) -> list[Finding]:
+    """A finding per run of cycles with no verified decision on the log (the allocator numbers its cycles one by
+    one): a decision deleted, or one that did not verify. The state it left is lost, so every decision after it is
+    re-run without it and mismatches for that reason (docs/audit.md, step 4)."""
+    out: list[Finding] = []
+    previous = 0
+    for record, d in decisions:
+        if d.cycle > previous + 1:
+            missing = f"cycle {previous + 1}" if d.cycle == previous + 2 else f"cycles {previous + 1} to {d.cycle - 1}"
+            out.append(Finding(d.decision_id, previous + 1, record.offset, "", "CYCLE_GAP", [
+                f"no verified decision for {missing} before {d.decision_id} (deleted, or refused above): every "
+                "decision after it is re-run on a state without the one it left, so their mismatches follow from it"
+            ]))  # fmt: skip
+        previous = max(previous, d.cycle)
+    return out
 
 
 def _report(
