@@ -173,13 +173,16 @@ def _cmd_control(args: argparse.Namespace) -> int:
 
     key = None
     if args.key:
-        from allocator.service.keys import load_signing_key
+        from allocator.service.keys import load_signing_key, loose_key_file
         from schemas.signing import SigningKeyError
 
         try:
             key = load_signing_key(args.key)
         except SigningKeyError as exc:
             raise UsageError(str(exc)) from exc
+        loose = loose_key_file(args.key)
+        if loose is not None:
+            print(f"allocator control: warning: {loose}", file=sys.stderr)
     try:
         book = book_name(Topics(args.topic_prefix), normalise_book_id(args.book))
     except ValueError as exc:

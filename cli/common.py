@@ -44,11 +44,14 @@ class UsageError(Exception):
 def _chain_settings(args: argparse.Namespace) -> ChainSettings:
     """serve's key and trusted keys from --signing-key and --trusted-keys (errors name the file)."""
     from allocator.service.chain import ChainSettings, DecisionSigner
-    from allocator.service.keys import load_signing_key
+    from allocator.service.keys import load_signing_key, loose_key_file
     from schemas.signing import SigningKeyError
 
     try:
         signer = DecisionSigner(load_signing_key(args.signing_key)) if args.signing_key else None
+        loose = loose_key_file(args.signing_key) if args.signing_key else None
+        if loose is not None:
+            print(f"allocator {args.command}: warning: {loose}", file=sys.stderr)
         return ChainSettings(signer, _trusted_keys(args))
     except SigningKeyError as exc:
         raise UsageError(str(exc)) from exc

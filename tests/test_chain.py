@@ -876,3 +876,23 @@ def test_audit_names_a_missing_decision_once_before_the_mismatches_it_causes(tmp
     assert "no verified decision for cycle 2 before chain.book1-0000000003" in findings[1]["problems"][0]
     assert verdicts[-1][1] == "HEAD_NOT_REACHED"
     assert report["decisions"] == 3  # the records of cycles 1, 3 and 4
+
+
+def test_a_private_key_other_users_may_read_is_warned_of(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An outside probe: `chmod 644` on the allocator's key went unremarked; `keys new` writes 0600, and a key that
+    others may read lets them sign as its owner."""
+    import os
+
+    _, private, _ = new_key_pair(tmp_path / "alloc")
+    log = ["--log", str(tmp_path / "log.sqlite")]
+    assert main(["init", *log]) == 0
+    capsys.readouterr()
+    assert main(["control", "halt", "--reason", "r", "--operator", "o", "--key", str(private), *log]) == 0
+    assert "warning" not in capsys.readouterr().err  # as `keys new` wrote it
+    os.chmod(private, 0o644)
+    assert main(["control", "halt", "--reason", "r", "--operator", "o", "--key", str(private), *log]) == 0
+    assert f"warning: the private key {private} may be read by other users of this machine (mode 0644)" in (
+        capsys.readouterr().err
+    )
+    assert main(["serve", *log, "--signing-key", str(tmp_path / "alloc"), "--max-cycles", "1", "--duration", "60"]) == 0
+    assert "allocator serve: warning: the private key" in capsys.readouterr().err

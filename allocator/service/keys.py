@@ -63,6 +63,33 @@ def load_signing_key(path: Path | str) -> Ed25519PrivateKey:
     return load_private_key_pem(data, str(file))
 
 
+def loose_key_file(path: Path | str) -> str | None:
+    """A warning when the private key file `load_signing_key` reads (the file, or the one `*.key` of a folder) may be
+    read by other users (group or others have any permission on it; `keys new` writes it 0600), else None. POSIX only:
+    elsewhere the mode says nothing, and nothing is said."""
+    import os
+    import stat
+
+    file = Path(path)
+    if file.is_dir():
+        found = sorted(file.glob(f"*{PRIVATE_SUFFIX}"))
+        if len(found) != 1:
+            return None  # load_signing_key says what is wrong
+        file = found[0]
+    if os.name != "posix":
+        return None
+    try:
+        mode = stat.S_IMODE(file.stat().st_mode)
+    except OSError:
+        return None
+    if mode & 0o077 == 0:
+        return None
+    return (
+        f"the private key {file} may be read by other users of this machine (mode {mode:04o}): anyone who can read "
+        f"it can sign as its owner; chmod 600 {file}"
+    )
+
+
 def load_trusted_keys(path: Path | str) -> dict[str, Ed25519PublicKey]:
     """Public keys by key id: one file (PEM or 64 hex characters), or every `*.pub` file of a folder."""
     place = Path(path)
