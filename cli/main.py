@@ -165,7 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON file of configuration keys (default: the configuration the log records; on an empty log the "
         "defaults of docs/rules.md); one that differs from the log's takes effect and is recorded on the next decision",
     )
-    serve.add_argument("--max-cycles", type=_at_least(1), help="stop after this cycle number")
+    serve.add_argument(
+        "--max-cycles",
+        type=_at_least(1),
+        help="stop once the book has decided this cycle number (counted from the book's first cycle, not from this "
+        "start; a cycle runs only when input arrives, so a quiet log waits: bound the wait with --duration)",
+    )
     serve.add_argument("--duration", type=_seconds, help="stop after this many seconds")
     _observe_options(serve)
     serve.add_argument(

@@ -127,6 +127,12 @@ def _when(ms: int | None) -> str:
         return f"{ms} ms since the epoch"
 
 
+def _state(state: str) -> str:
+    """A governor's state as shown: the solver-timeout governor's is the opportunity window in milliseconds (a bare
+    number read as nothing in particular), the others' a word."""
+    return f"{int(state):,} ms" if state.isdigit() else state
+
+
 def _share(value: float, cap: float) -> str:
     return f"{abs(value) / cap:6.0%}" if cap > 0 else "     -"
 
@@ -183,7 +189,8 @@ def format_status(status: dict[str, Any]) -> str:
     names = {"KILL_SWITCH": "kill switch", "FAILURE_RATE": "failure rate", "OPERATOR": "operator halt",
              "SOLVER_TIMEOUT": "solver timeout"}  # fmt: skip
     for g, e in status["governors"].items():
-        out.append(f"  {names[g]:<15} {e['old_state']} -> {e['new_state']:<8} {_when(e['time'])}  {e['cause']}")
+        old, new = _state(e["old_state"]), _state(e["new_state"])
+        out.append(f"  {names[g]:<15} {old} -> {new:<8} {_when(e['time'])}  {e['cause']}")
     if not status["governors"]:
         out.append("  no governor has changed state")
     out.append(f"  opportunity window {status['opportunity_window_ms'] / 1000:,.0f} s "

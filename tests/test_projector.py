@@ -486,6 +486,8 @@ def test_status_shows_the_window_a_solve_timeout_just_halved(tmp_path: Path, dat
     status = read_status(engine, AllocatorConfig())
     assert status["opportunity_window_ms"] == decision.opportunity_window_ms // 2
     assert f"opportunity window {decision.opportunity_window_ms // 2000:,} s" in format_status(status)
+    # The governor's states are windows in milliseconds, said with their unit (a probe read "300000 -> 150000").
+    assert "solver timeout  300,000 ms -> 150,000 ms" in format_status(status)
 
 
 def test_status_says_what_the_fold_made_of_each_command(tmp_path: Path, database: ProjectionDatabase) -> None:
