@@ -232,7 +232,15 @@ def test_two_services_in_one_process_keep_their_own_registries() -> None:
     a, b = ServiceMetrics("a"), ServiceMetrics("a")
     a.on_abort()
     assert a.registry.get_sample_value("allocator_transaction_aborts_total", {"book": "a"}) == 1
-    assert b.registry.get_sample_value("allocator_transaction_aborts_total", {"book": "a"}) is None
+    assert b.registry.get_sample_value("allocator_transaction_aborts_total", {"book": "a"}) == 0
+
+
+def test_the_book_s_counters_are_exposed_at_zero_before_their_first_event() -> None:
+    """An outside probe: `allocator_dead_letters_total` and `allocator_transaction_aborts_total` had no sample (only
+    their HELP and TYPE lines) until the first dead letter or abort, so a rate or an alert over them saw nothing."""
+    metrics = ServiceMetrics("fresh")
+    for name in ("allocator_dead_letters_total", "allocator_transaction_aborts_total", "allocator_input_records_total"):
+        assert metrics.registry.get_sample_value(name, {"book": "fresh"}) == 0, name
 
 
 def test_json_log_lines_carry_the_facts_and_never_a_secret(capsys: pytest.CaptureFixture[str]) -> None:

@@ -125,6 +125,10 @@ class ServiceMetrics:
         self._markets: dict[str, Any] = {}
         self._keys: dict[str, Any] = {}
         self._state_children = {state: self.governor_state.labels(self.book, state.value) for state in GovernorState}
+        # The book's counters exist from the start at 0: a rate or an alert over one that appeared only at its first
+        # increment would miss it (`allocator_dead_letters_total` was absent until the first dead letter).
+        for counter in (self.inputs, self.dead_letters, self.aborts):
+            counter.labels(self.book)
         governors = ("KILL_SWITCH", "FAILURE_RATE", "OPERATOR")
         self._engaged = {g: self.governor_engaged.labels(self.book, g) for g in governors}
         self._gauges = {
