@@ -46,9 +46,12 @@ class DemoOptions:
 
 
 def pick_scenarios(names: Sequence[str] | None) -> tuple[str, ...]:
-    """`all` (the default) is every stress scenario; `calm` none; else the named ones, each once."""
+    """`all` (the default) is every stress scenario; `calm` none, alone; else the named ones, each once."""
     if not names:
         return tuple(SCENARIOS)
+    if "calm" in names and len(set(names)) > 1:
+        others = ", ".join(sorted(set(names) - {"calm"}))
+        raise DemoError(f"--scenario calm (no stress) cannot go with {others}: give one or the other")
     out: list[str] = []
     for name in names:
         if name == "all":

@@ -418,3 +418,10 @@ def test_a_read_only_log_is_said_without_the_sql_statement(tmp_path: Path) -> No
     said = sqlite_problem(raised.value)
     assert said.startswith("attempt to write a readonly database (the file, or its folder, is read-only")
     assert "INSERT" not in said and "0x" not in said
+
+
+def test_demo_refuses_calm_with_a_stress_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--scenario calm --scenario election-shock` dropped `calm` without a word."""
+    assert main(["demo", "--scenario", "calm", "--scenario", "election-shock", "--out", "never-made"]) == 2
+    assert "--scenario calm (no stress) cannot go with election-shock" in capsys.readouterr().err
+    assert not Path("never-made").exists()
