@@ -195,6 +195,9 @@ def load_public_key(data: bytes, where: str) -> Ed25519PublicKey:
         if not isinstance(key, Ed25519PublicKey):
             raise SigningKeyError(f"{where}: not an Ed25519 public key")
         return key
+    if not text or any(c not in b"0123456789abcdefABCDEF" for c in text):
+        # Not the start of a PEM block, and not 64 hex characters: name both forms a public key may take.
+        raise SigningKeyError(f"{where}: not a public key (a PEM public key, or 64 hex characters of the raw key)")
     return public_key_from_hex(text.decode("ascii", errors="replace"), where)
 
 

@@ -425,3 +425,20 @@ def test_demo_refuses_calm_with_a_stress_scenario(capsys: pytest.CaptureFixture[
     assert main(["demo", "--scenario", "calm", "--scenario", "election-shock", "--out", "never-made"]) == 2
     assert "--scenario calm (no stress) cannot go with election-shock" in capsys.readouterr().err
     assert not Path("never-made").exists()
+
+
+def test_a_trusted_key_file_that_is_no_key_says_what_a_key_file_holds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--trusted-keys examples/basic.json` answered 'not hex'."""
+    examples = Path(__file__).resolve().parent.parent / "examples" / "basic.json"
+    log = [*_decided_log(tmp_path), "--report", str(tmp_path / "r.json")]
+    capsys.readouterr()
+    assert main(["audit", *log, "--trusted-keys", str(examples)]) == 2
+    assert f"{examples}: not a public key (a PEM public key, or 64 hex characters of the raw key)" in (
+        capsys.readouterr().err
+    )
+    short = tmp_path / "short.pub"
+    short.write_text("ab" * 31, encoding="ascii")
+    assert main(["audit", *log, "--trusted-keys", str(short)]) == 2
+    assert "an Ed25519 public key is 32 bytes (64 hex characters), got 31 bytes" in capsys.readouterr().err
