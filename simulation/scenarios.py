@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from book.config import AllocatorConfig
 from schemas.events import Command, Governor
 from simulation.market import Shock
 
@@ -68,6 +69,10 @@ def broken_executor(steps: int) -> Scenario:
     )
 
 
+# The budget the demo's book starts with (the configuration's default): what the operator restores.
+_BOOK_BUDGET = AllocatorConfig().solver_work_limit
+
+
 def slow_solver(steps: int) -> Scenario:
     return Scenario(
         "slow-solver",
@@ -84,8 +89,8 @@ def slow_solver(steps: int) -> Scenario:
             OperatorAction(
                 _at(steps, 0.32),
                 Command.SET_LIMITS,
-                "host healthy again: work budget back to 32,000 units",
-                {"solver_work_limit": 32_000.0},
+                f"host healthy again: work budget back to {_BOOK_BUDGET:,} units",
+                {"solver_work_limit": float(_BOOK_BUDGET)},
             ),
         ),
     )
