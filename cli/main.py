@@ -124,6 +124,20 @@ def _observe_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand without a description of its own gets its one-line help as one, so that `allocator X --help`
+    says what X does (audit, init, project, replay, schemas, keys new and the db commands had only their options)."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        helps = {choice.dest: choice.help for choice in action._choices_actions}
+        for name, sub in action.choices.items():
+            if sub.description is None and helps.get(name):
+                text = str(helps[name])
+                sub.description = text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
+            _describe(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="allocator",
@@ -197,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--report", default="audit-report.json", help="JSON report path (default: audit-report.json)")
     audit.add_argument("--trusted-keys", action="append", help=TRUSTED_KEYS_HELP)
     audit.add_argument("--head", help="the chain head (decision hash) the log must reach; exit 1 when it does not")
-    audit.add_argument("--jobs", type=int, help="re-solve on a local pool of N worker processes (default: 1, here)")
+    audit.add_argument(
+        "--jobs", type=int, help="re-solve on a local pool of N worker processes (default: 1: in this process, no pool)"
+    )
     audit.add_argument(
         "--dask", metavar="ADDRESS", help="re-solve on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786)"
     )
@@ -429,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     schemas = sub.add_parser("schemas", help="list every released version of each wire record, with its fingerprint")
     schemas.add_argument("--markdown", action="store_true", help="print the reference page (docs/schemas.md)")
     schemas.set_defaults(handler=_cmd_schemas)
+    _describe(parser)
     return parser
 
 

@@ -314,3 +314,23 @@ def test_allocator_schemas_lists_every_released_version(capsys: pytest.CaptureFi
                 record,
                 v.version,
             )
+
+
+def test_every_subcommand_says_what_it_does_in_its_help() -> None:
+    """An outside probe: `allocator audit --help` (and init, project, replay, schemas, keys new, the db commands)
+    listed options and no word on what the command does."""
+    import argparse
+
+    from cli.main import build_parser
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> list[str]:
+        missing = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    if not sub.description:
+                        missing.append(f"{path} {name}")
+                    missing.extend(walk(sub, f"{path} {name}"))
+        return missing
+
+    assert walk(build_parser(), "allocator") == []
