@@ -262,8 +262,16 @@ def test_a_malformed_versions_folder_is_refused(tmp_path: Path, files: dict[str,
 
 
 def test_the_package_data_ships_every_schema_file() -> None:
-    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
-    shipped = {p for pattern in package_data["package-data"]["schemas"] for p in SCHEMAS.glob(pattern)}
+    """Each package's data patterns, from its own folder; the released versions are one (data-only) package per
+    record folder, each listed among the packages, or an installed wheel would leave it out."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    shipped = {
+        p
+        for package, patterns in setuptools["package-data"].items()
+        if package in setuptools["packages"]
+        for pattern in patterns
+        for p in (ROOT / package.replace(".", "/")).glob(pattern)
+    }
     assert set(SCHEMAS.rglob("*.avsc")) <= shipped
     assert {v.path for versions in map(record_versions, [t.__name__ for t in EVENT_TYPES]) for v in versions} <= shipped
 
