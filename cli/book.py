@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from allocator.service.chain import VerifiedLog
     from eventlog.port import EventLog
+    from schemas.codec import EventCodec
 
 from cli.common import (
     EXIT_FAILURE,
@@ -260,6 +261,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from eventlog.port import Topics
     from projections.database import DEFAULT_EMBEDDED_DATABASE, engine_for, sqlite_file
     from projections.status import format_status, read_status
+    from schemas.codec import make_codec
 
     shown = _status_config(args)
     url = args.database or os.environ.get("DATABASE_URL") or DEFAULT_EMBEDDED_DATABASE
@@ -280,7 +282,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     finally:
         engine.dispose()
-    mixed = _another_logs_projection(status, shown.verified, Topics(args.topic_prefix).decisions)
+    mixed = _another_logs_projection(
+        status, shown.verified, Topics(args.topic_prefix).decisions, make_codec(args.schema_registry)
+    )
     if mixed is not None:
         print(f"allocator status: {mixed}; name the log and the projection of one book", file=sys.stderr)
         return EXIT_USAGE
@@ -296,21 +300,43 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _another_logs_projection(status: dict[str, Any], verified: VerifiedLog | None, decisions_topic: str) -> str | None:
+def _another_logs_projection(
+    status: dict[str, Any], verified: VerifiedLog | None, decisions_topic: str, codec: EventCodec
+) -> str | None:
     """Why the projection status read was not made from the log it read (a sentence), or None: its decisions came
-    from another topic, or a position of the log holds another decision than the projection says. `status` then
-    showed one book's state against another's caps and chain, and said nothing."""
+    from another topic, a position of the log holds another decision than the projection says (another id, or the
+    same id with another hash: another log of a book of the same name), or the projection has decisions past the
+    log's end. `status` then showed one book's state against another's caps and chain, and said nothing. A
+    projection behind its log is only behind."""
+    from allocator.service.chain import canonical_of
+    from schemas.signing import decision_hash
+
     if verified is None or not status["decisions"]:
         return None
     topics = sorted({str(d["log_topic"]) for d in status["decisions"]})
     if topics != [decisions_topic]:
         return f"the projection was made from {', '.join(topics)}, but the log's decisions are on {decisions_topic}"
-    on_log = {(r.topic, r.partition, r.offset): d.decision_id for r, d in verified.accepted}
+    on_log = {(r.topic, r.partition, r.offset): (r, d) for r, d in verified.accepted}
+    ends: dict[int, int] = {}
+    for r, _ in verified.accepted:
+        ends[r.partition] = max(ends.get(r.partition, -1), r.offset)
+    for x in verified.rejections:
+        ends[x.partition] = max(ends.get(x.partition, -1), x.offset)
     for d in status["decisions"]:
+        where = f"{d['log_topic']}[{d['log_partition']}]@{d['log_offset']}"
         found = on_log.get((d["log_topic"], d["log_partition"], d["log_offset"]))
-        if found is not None and found != d["decision_id"]:
-            where = f"{d['log_topic']}[{d['log_partition']}]@{d['log_offset']}"
-            return f"the projection has {d['decision_id']} at {where}, but the log has {found} there"
+        if found is None:
+            if d["log_offset"] > ends.get(d["log_partition"], -1):
+                return f"the projection has {d['decision_id']} at {where}, past the end of the log's decisions"
+            continue
+        record, decision = found
+        if decision.decision_id != d["decision_id"]:
+            return f"the projection has {d['decision_id']} at {where}, but the log has {decision.decision_id} there"
+        if record.value is not None and d.get("decision_hash"):
+            on_disk = decision_hash(decision, canonical_of(record.value, decision, codec))
+            if on_disk != d["decision_hash"]:
+                return (f"the projection's {d['decision_id']} at {where} has hash {str(d['decision_hash'])[:12]}, the "
+                        f"log's {on_disk[:12]}: another log of a book of the same name")  # fmt: skip
     return None
 
 

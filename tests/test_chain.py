@@ -896,3 +896,26 @@ def test_a_private_key_other_users_may_read_is_warned_of(tmp_path: Path, capsys:
     )
     assert main(["serve", *log, "--signing-key", str(tmp_path / "alloc"), "--max-cycles", "1", "--duration", "60"]) == 0
     assert "allocator serve: warning: the private key" in capsys.readouterr().err
+
+
+def test_serve_starts_beside_another_book_s_decision_signed_by_the_same_key(
+    tmp_path: Path, keys: tuple[Path, Path, DecisionSigner]
+) -> None:
+    """An outside probe: a decision of another book signed by the same key (a staging copy, say), copied onto this
+    book's log with a later cycle, was taken for a cut chain and stopped the book: it is another book's, skipped."""
+    _, _, signer = keys
+    db, topics, other = tmp_path / "log.sqlite", Topics("chain"), Topics("other")
+    signed_log(db, topics, signer, cycles=2)
+    signed_log(db, other, DecisionSigner(signer.key), cycles=3)
+    with EmbeddedEventLog(db) as reader:
+        reader.assign([other.decisions])
+        third = reader.poll(10, 0.5)[2].value
+    assert third is not None
+    produce(db, topics.decisions, [third], T + 999)
+    said: list[str] = []
+    svc = embedded(db, topics, ChainSettings(DecisionSigner(signer.key)), said)
+    try:
+        assert svc.state.cycle == 2
+        assert any("reordered" in line and "other.book1-0000000003" in line for line in said), said
+    finally:
+        close(svc)

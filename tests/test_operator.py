@@ -224,3 +224,31 @@ def test_status_refuses_a_projection_of_another_book_s_log(tmp_path: Path, capsy
     assert "the projection was made from allocator.decisions, but the log's decisions are on gamma.decisions" in (
         capsys.readouterr().err
     )
+
+
+def test_status_refuses_a_projection_of_another_log_of_a_book_of_the_same_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside probe: two logs of a book named `main` have the same decision ids at the same positions, so a
+    projection of one passed for the other's; and a projection ahead of the log it was checked against passed too."""
+    import shutil
+
+    examples = Path(__file__).parent.parent / "examples"
+    one, two = tmp_path / "one.sqlite", tmp_path / "two.sqlite"
+    for log, proposals in ((one, examples / "proposals.json"), (two, examples / "proposals.json")):
+        for argv in (["init", "--log", str(log)], ["propose", str(proposals), "--log", str(log)],
+                     ["serve", "--log", str(log), "--max-cycles", "1", "--duration", "60"]):  # fmt: skip
+            assert main(argv) == 0, argv
+    early = tmp_path / "early.sqlite"
+    shutil.copy(one, early)  # the log after its first decision
+    for log in (one, two):
+        assert main(["control", "halt", "--reason", "r", "--operator", "o", "--log", str(log)]) == 0
+        assert main(["serve", "--log", str(log), "--max-cycles", "2", "--duration", "60"]) == 0
+    db = ["--database", f"sqlite:///{tmp_path / 'one-projection.sqlite'}"]
+    assert main(["project", "--log", str(one), *db, "--once"]) == 0
+    capsys.readouterr()
+    assert main(["status", "--log", str(one), *db]) == 0
+    assert main(["status", "--log", str(two), *db]) == 2  # created_at differs: another decision under the same id
+    assert "another log of a book of the same name" in capsys.readouterr().err
+    assert main(["status", "--log", str(early), *db]) == 2
+    assert "past the end of the log's decisions" in capsys.readouterr().err

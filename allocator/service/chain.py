@@ -205,16 +205,25 @@ def unverified_chain(verified: VerifiedLog, trusted: Trusted) -> str | None:
     return f"the book's decisions are signed ({named}) and {why}: none of them is verified"
 
 
-def cut_chain(verified: VerifiedLog, trusted: Trusted) -> str | None:
+def cut_chain(verified: VerifiedLog, trusted: Trusted, book: str | None = None) -> str | None:
     """Why the verified chain is not the book's whole history (a sentence), or None: a decision whose signature by
     a trusted key holds, for a cycle after the last verified one, does not link to the chain (reordered). A trusted
     key signed past the verified head: the chain was cut (a decision deleted or changed in the middle of the log, so
     every genuine one after it is refused), or another writer holds the key. Either way deciding those cycles again
     would fork the book. A copy of a decision already folded (its cycle not after the last verified one) is a replay,
     named and skipped. What no trusted signature holds on (forged, altered, unsigned, undecodable) anyone who can
-    write the log could append, so it is named and skipped too: it cannot stop the book."""
+    write the log could append, so it is named and skipped too: it cannot stop the book. With `book`
+    (`<prefix>.<id>`), only that book's decisions count: another book's signed by the same key (copied onto this log)
+    is named and skipped."""
     last = max((d.cycle for _, d in verified.accepted), default=0)
-    cut = [r for r in verified.rejections if r.kind == REORDERED and r.key_id in trusted and (r.cycle or 0) > last]
+    cut = [
+        r
+        for r in verified.rejections
+        if r.kind == REORDERED
+        and r.key_id in trusted
+        and (r.cycle or 0) > last
+        and (book is None or (r.decision_id or "").startswith(f"{book}-"))
+    ]
     if not cut:
         return None
     first = cut[0]

@@ -100,9 +100,9 @@ def refuse_log(
     if unverified is not None:
         raise UnverifiedBook(
             f"{unverified}: serving would start the book over from nothing beside its chain; pass the key that "
-            "signs its decisions (--signing-key) or the keys that signed them (--trusted-keys)"
+            "signs its decisions (--signing-key), and after a key rotation the earlier keys too (--trusted-keys)"
         )
-    cut = cut_chain(verified, trusted)
+    cut = cut_chain(verified, trusted, book)
     if cut is not None:
         raise UnverifiedBook(
             f"{cut}: serving would decide those cycles again beside them. `allocator audit` names every record "
