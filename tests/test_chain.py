@@ -824,16 +824,22 @@ def test_serve_starts_beside_a_copy_of_a_decision_already_folded(
     _, _, signer = keys
     db, topics = tmp_path / "log.sqlite", Topics("chain")
     signed_log(db, topics, signer, cycles=2)
+    _copy_then_restart(db, topics.decisions, 0, topics, signer, named="chain.decisions/0/2")
+
+
+def _copy_then_restart(db: Path, source: str, offset: int, topics: Topics, signer: DecisionSigner, named: str) -> None:
+    """Append a copy of the decision at `source`@`offset` to the book's decisions, restart serve with the book's key,
+    and check it starts at cycle 2, naming the copy (`named`) as reordered and skipping it."""
     with EmbeddedEventLog(db) as reader:
-        reader.assign([topics.decisions])
-        first = reader.poll(10, 0.5)[0].value
-    assert first is not None
-    produce(db, topics.decisions, [first], T + 999)
+        reader.assign([source])
+        value = reader.poll(10, 0.5)[offset].value
+    assert value is not None
+    produce(db, topics.decisions, [value], T + 999)
     said: list[str] = []
     svc = embedded(db, topics, ChainSettings(DecisionSigner(signer.key)), said)
     try:
         assert svc.state.cycle == 2
-        assert any("reordered" in line and "chain.decisions/0/2" in line for line in said), said
+        assert any("reordered" in line and named in line for line in said), said
     finally:
         close(svc)
 
@@ -907,15 +913,4 @@ def test_serve_starts_beside_another_book_s_decision_signed_by_the_same_key(
     db, topics, other = tmp_path / "log.sqlite", Topics("chain"), Topics("other")
     signed_log(db, topics, signer, cycles=2)
     signed_log(db, other, DecisionSigner(signer.key), cycles=3)
-    with EmbeddedEventLog(db) as reader:
-        reader.assign([other.decisions])
-        third = reader.poll(10, 0.5)[2].value
-    assert third is not None
-    produce(db, topics.decisions, [third], T + 999)
-    said: list[str] = []
-    svc = embedded(db, topics, ChainSettings(DecisionSigner(signer.key)), said)
-    try:
-        assert svc.state.cycle == 2
-        assert any("reordered" in line and "other.book1-0000000003" in line for line in said), said
-    finally:
-        close(svc)
+    _copy_then_restart(db, other.decisions, 2, topics, signer, named="other.book1-0000000003")
