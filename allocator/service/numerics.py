@@ -9,7 +9,7 @@ kernels, 24 of the 50 recorded solves of tests/golden/solver_rev*.json came out 
 every AMD Zen), the kernels the recorded decisions were made with, so that the allocator and its auditor decide alike.
 
 OpenBLAS reads `OPENBLAS_CORETYPE` once, when numpy loads it: `pin` must run before numpy is imported. The entry
-points call it first (`cli`, `benchmarks`, `simulation`, the test suite's conftest); this module imports nothing
+points call it first (`cli`, `benchmarks`, `simulation`, `tests/__init__.py`); this module imports nothing
 that loads numpy. A value the user set is kept (a machine without AVX2 must not be given the Haswell kernels, and
 one that knows better may choose), and `mismatch` then says that its decisions may differ from other machines'.
 
