@@ -25,6 +25,7 @@ from cli.common import (
     _metrics_server,
     _numeric_warning,
     _say_trust,
+    _signing_key,
     _status_config,
 )
 
@@ -172,18 +173,7 @@ def _cmd_control(args: argparse.Namespace) -> int:
     from schemas.codec import make_codec
     from schemas.events import Command, ControlCommand
 
-    key = None
-    if args.key:
-        from allocator.service.keys import load_signing_key, loose_key_file
-        from schemas.signing import SigningKeyError
-
-        try:
-            key = load_signing_key(args.key)
-        except SigningKeyError as exc:
-            raise UsageError(str(exc)) from exc
-        loose = loose_key_file(args.key)
-        if loose is not None:
-            print(f"allocator control: warning: {loose}", file=sys.stderr)
+    key = _signing_key(args.key, "control") if args.key else None
     try:
         book = book_name(Topics(args.topic_prefix), normalise_book_id(args.book))
     except ValueError as exc:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
     from prometheus_client import CollectorRegistry
 
     from allocator.service.audit_engines import AuditEngine
@@ -44,17 +44,29 @@ class UsageError(Exception):
 def _chain_settings(args: argparse.Namespace) -> ChainSettings:
     """serve's key and trusted keys from --signing-key and --trusted-keys (errors name the file)."""
     from allocator.service.chain import ChainSettings, DecisionSigner
+    from schemas.signing import SigningKeyError
+
+    signer = DecisionSigner(_signing_key(args.signing_key, args.command)) if args.signing_key else None
+    try:
+        return ChainSettings(signer, _trusted_keys(args))
+    except SigningKeyError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _signing_key(path: str, command: str) -> Ed25519PrivateKey:
+    """A private key given on the command line (serve's --signing-key, control's --key): a file that is not one is a
+    usage error naming it, and one other users may read is used with a warning (`loose_key_file`)."""
     from allocator.service.keys import load_signing_key, loose_key_file
     from schemas.signing import SigningKeyError
 
     try:
-        signer = DecisionSigner(load_signing_key(args.signing_key)) if args.signing_key else None
-        loose = loose_key_file(args.signing_key) if args.signing_key else None
-        if loose is not None:
-            print(f"allocator {args.command}: warning: {loose}", file=sys.stderr)
-        return ChainSettings(signer, _trusted_keys(args))
+        key = load_signing_key(path)
     except SigningKeyError as exc:
         raise UsageError(str(exc)) from exc
+    loose = loose_key_file(path)
+    if loose is not None:
+        print(f"allocator {command}: warning: {loose}", file=sys.stderr)
+    return key
 
 
 def _trusted_keys(args: argparse.Namespace) -> dict[str, Ed25519PublicKey]:

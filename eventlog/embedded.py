@@ -111,12 +111,24 @@ class _Pending:
     timestamp_ms: int
 
 
+def _sqlite_said(exc: BaseException) -> str:
+    """What SQLite said, on one line (SQLAlchemy's message adds the statement, its parameters and a link)."""
+    orig = getattr(exc, "orig", None) or exc
+    return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+
+
+def sqlite_not_a_log(exc: BaseException) -> bool:
+    """Whether SQLite's error means the file is no event log (not a database, or one without the log's tables), as
+    opposed to one this user cannot open or write."""
+    said = _sqlite_said(exc)
+    return "file is not a database" in said or "no such table" in said
+
+
 def sqlite_problem(exc: BaseException) -> str:
     """What SQLite said, on one line, and what it means for a log file: not the SQL statement and its parameters
     that SQLAlchemy's message carries (a read-only log printed the whole INSERT and a memory address)."""
-    orig = getattr(exc, "orig", None) or exc
-    said = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-    if "file is not a database" in said or "no such table" in said:
+    said = _sqlite_said(exc)
+    if sqlite_not_a_log(exc):
         return f"{said} (not an event log)"
     if "readonly database" in said:
         return (

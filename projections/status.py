@@ -127,10 +127,13 @@ def _when(ms: int | None) -> str:
         return f"{ms} ms since the epoch"
 
 
-def _state(state: str) -> str:
+def _state(governor: str, state: str) -> str:
     """A governor's state as shown: the solver-timeout governor's is the opportunity window in milliseconds (a bare
-    number read as nothing in particular), the others' a word."""
-    return f"{int(state):,} ms" if state.isdigit() else state
+    number read as nothing in particular), the others' a word. Governor events are not signed and their states not
+    bounded, so only a number of a window's size is read as one; anything else is shown as written."""
+    if governor == "SOLVER_TIMEOUT" and state.isascii() and state.isdigit() and len(state) <= 18:
+        return f"{int(state):,} ms"
+    return state
 
 
 def _share(value: float, cap: float) -> str:
@@ -189,7 +192,7 @@ def format_status(status: dict[str, Any]) -> str:
     names = {"KILL_SWITCH": "kill switch", "FAILURE_RATE": "failure rate", "OPERATOR": "operator halt",
              "SOLVER_TIMEOUT": "solver timeout"}  # fmt: skip
     for g, e in status["governors"].items():
-        old, new = _state(e["old_state"]), _state(e["new_state"])
+        old, new = _state(g, e["old_state"]), _state(g, e["new_state"])
         out.append(f"  {names[g]:<15} {old} -> {new:<8} {_when(e['time'])}  {e['cause']}")
     if not status["governors"]:
         out.append("  no governor has changed state")

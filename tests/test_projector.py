@@ -571,3 +571,14 @@ def test_a_projector_caught_up_by_position_still_writes_the_batch_that_waited(tm
     holder.close()
     assert stats.retries == 1 and stats.batches == 1
     assert stored_offsets(engine, "projector")
+
+
+def test_a_governor_state_is_shown_as_a_window_only_when_it_is_one() -> None:
+    """Governor events are not signed and their states not bounded: a forged solver-timeout state of 5,000 digits (past
+    what Python parses) or a Unicode digit must be shown as written, never end `status` on a traceback."""
+    from projections.status import _state
+
+    assert _state("SOLVER_TIMEOUT", "300000") == "300,000 ms"
+    assert _state("SOLVER_TIMEOUT", "9" * 5000) == "9" * 5000
+    assert _state("SOLVER_TIMEOUT", "²") == "²"
+    assert _state("KILL_SWITCH", "1") == "1"

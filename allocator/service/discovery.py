@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 
 from allocator.service.backends import LogSettings
-from eventlog.embedded import sqlite_problem
+from eventlog.embedded import sqlite_not_a_log, sqlite_problem
 from eventlog.port import Topics
 
 ROLES = tuple(name.removeprefix("x.") for name in (*Topics("x").inputs, *Topics("x").outputs))
@@ -29,10 +29,9 @@ def embedded_topics(path: Path) -> list[str]:
         with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as conn:
             rows = conn.execute("SELECT name FROM topics").fetchall()
     except sqlite3.DatabaseError as exc:
-        problem = sqlite_problem(exc)
-        if "(not an event log)" in problem:
+        if sqlite_not_a_log(exc):
             raise BookNotFound(f"{path} is not an event log ({exc})") from exc
-        raise BookNotFound(f"{path} cannot be read: {problem}") from exc
+        raise BookNotFound(f"{path} cannot be read: {sqlite_problem(exc)}") from exc
     return sorted(str(name) for (name,) in rows)
 
 

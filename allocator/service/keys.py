@@ -46,9 +46,9 @@ def new_key_pair(out_dir: Path | str) -> tuple[str, Path, Path]:
     return key_id, private_path, public_path
 
 
-def load_signing_key(path: Path | str) -> Ed25519PrivateKey:
-    """The private key in a PEM file, or in the only `*.key` file of a folder (`keys new --out DIR` made it); the
-    error names the file, never its content."""
+def signing_key_file(path: Path | str) -> Path:
+    """The private key file `path` names: itself, or the only `*.key` file of a folder (`keys new --out DIR` made
+    it); SigningKeyError names the folder when it holds none or several."""
     file = Path(path)
     if file.is_dir():
         found = sorted(file.glob(f"*{PRIVATE_SUFFIX}"))
@@ -56,6 +56,13 @@ def load_signing_key(path: Path | str) -> Ed25519PrivateKey:
             names = ", ".join(f.name for f in found) or f"no *{PRIVATE_SUFFIX} file"
             raise SigningKeyError(f"{file}: a folder must hold exactly one *{PRIVATE_SUFFIX} file ({names}): name one")
         file = found[0]
+    return file
+
+
+def load_signing_key(path: Path | str) -> Ed25519PrivateKey:
+    """The private key in a PEM file, or in the only `*.key` file of a folder (`signing_key_file`); the error names
+    the file, never its content."""
+    file = signing_key_file(path)
     try:
         data = file.read_bytes()
     except OSError as exc:
@@ -70,12 +77,10 @@ def loose_key_file(path: Path | str) -> str | None:
     import os
     import stat
 
-    file = Path(path)
-    if file.is_dir():
-        found = sorted(file.glob(f"*{PRIVATE_SUFFIX}"))
-        if len(found) != 1:
-            return None  # load_signing_key says what is wrong
-        file = found[0]
+    try:
+        file = signing_key_file(path)
+    except SigningKeyError:
+        return None  # load_signing_key says what is wrong
     if os.name != "posix":
         return None
     try:
