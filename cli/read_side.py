@@ -36,14 +36,37 @@ from cli.common import (
 def _cmd_db_upgrade(args: argparse.Namespace) -> int:
     import os
 
-    from projections.migrate import upgrade
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from projections.migrate import current_revision, is_ancestor, known_revision, newest_revision, upgrade
 
     url = args.database or os.environ.get("DATABASE_URL")
     if not url:
         print("allocator db upgrade: no database: pass --database URL or set DATABASE_URL", file=sys.stderr)
         return EXIT_USAGE
-    upgrade(url, schema=args.schema, revision=args.revision)
-    print(f"projection schema is at {args.revision}" + (f" in schema {args.schema}" if args.schema else ""))
+    target = known_revision(args.revision)
+    if target is None:
+        raise UsageError(f"--revision {args.revision!r}: no such migration (the newest is {newest_revision()}, "
+                         "also named head)")  # fmt: skip
+    where = f" in schema {args.schema}" if args.schema else ""
+    try:
+        before = current_revision(url, args.schema)
+        if before is not None and before != target and is_ancestor(target, before):
+            # Alembic's upgrade to an earlier revision does nothing; saying "at <target>" would be untrue.
+            print(f"allocator db upgrade: the projection schema{where} is at {before}, past {target}: "
+                  "db upgrade never goes back; nothing changed", file=sys.stderr)  # fmt: skip
+            return EXIT_USAGE
+        upgrade(url, schema=args.schema, revision=target)
+        after = current_revision(url, args.schema)
+    except SQLAlchemyError as exc:  # a database that is away, locked or not writable: one line, not a traceback
+        cause = getattr(exc, "orig", None) or exc
+        why = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        print(f"allocator db upgrade: cannot migrate the projection database ({why}); nothing changed",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILURE
+    newest = " (the newest)" if after == newest_revision() else ""
+    change = "already there" if before == after else f"was {before or 'empty'}"
+    print(f"projection schema{where} is at {after}{newest}; {change}")
     return EXIT_OK
 
 

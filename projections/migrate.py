@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, create_engine
 
 
 def alembic_config(url: str | None = None, schema: str | None = None) -> Config:
@@ -23,6 +25,42 @@ def alembic_config(url: str | None = None, schema: str | None = None) -> Config:
 def upgrade(url: str, schema: str | None = None, revision: str = "head") -> None:
     """Migrate the database at `url` (into `schema`, on PostgreSQL) up to `revision`."""
     command.upgrade(alembic_config(url, schema), revision)
+
+
+def newest_revision() -> str:
+    """The packaged migrations' newest revision id."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:  # pragma: no cover - the package always ships its revisions
+        raise RuntimeError("no migrations packaged")
+    return head
+
+
+def known_revision(revision: str) -> str | None:
+    """The full id of `revision` (an id, a unique prefix of one, or `head`), or None if there is no such one."""
+    if revision == "head":
+        return newest_revision()
+    try:
+        script = ScriptDirectory.from_config(alembic_config()).get_revision(revision)
+    except Exception:  # alembic raises several kinds for a bad or ambiguous id
+        return None
+    return None if script is None else str(script.revision)
+
+
+def is_ancestor(older: str, newer: str) -> bool:
+    """Whether revision `older` is `newer` or comes before it."""
+    scripts = ScriptDirectory.from_config(alembic_config())
+    return any(s.revision == older for s in scripts.walk_revisions(base="base", head=newer))
+
+
+def current_revision(url: str, schema: str | None = None) -> str | None:
+    """The revision the database at `url` (its `schema` on PostgreSQL) is at; None before the first migration."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            options = {"version_table_schema": schema} if schema and connection.dialect.name == "postgresql" else {}
+            return MigrationContext.configure(connection, opts=options).get_current_revision()
+    finally:
+        engine.dispose()
 
 
 def upgrade_connection(connection: Connection, schema: str | None = None, revision: str = "head") -> None:

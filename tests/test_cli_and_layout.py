@@ -41,9 +41,43 @@ def test_db_upgrade_without_a_database_says_what_is_missing(
     assert "DATABASE_URL" in capsys.readouterr().err
 
 
-def test_db_upgrade_on_sqlite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["db", "upgrade", "--database", f"sqlite:///{tmp_path / 'p.sqlite'}"]) == 0
-    assert "head" in capsys.readouterr().out
+def test_db_upgrade_says_which_revision_it_reached(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It said "at head" whatever happened: on a new database, and after `--revision base` had changed nothing."""
+    from projections.migrate import current_revision, newest_revision
+
+    url = f"sqlite:///{tmp_path / 'p.sqlite'}"
+    newest = newest_revision()
+    assert main(["db", "upgrade", "--database", url, "--revision", "0003"]) == 0
+    assert capsys.readouterr().out.strip() == "projection schema is at 0003; was empty"
+    assert main(["db", "upgrade", "--database", url]) == 0
+    assert capsys.readouterr().out.strip() == f"projection schema is at {newest} (the newest); was 0003"
+    assert main(["db", "upgrade", "--database", url]) == 0
+    assert capsys.readouterr().out.strip() == f"projection schema is at {newest} (the newest); already there"
+    # Going back is refused by name, and changes nothing.
+    assert main(["db", "upgrade", "--database", url, "--revision", "0003"]) == 2
+    err = capsys.readouterr().err
+    assert f"is at {newest}, past 0003: db upgrade never goes back" in err
+    assert current_revision(url) == newest
+
+
+def test_db_upgrade_names_a_revision_that_does_not_exist_and_a_database_it_cannot_open(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both ended on an Alembic or SQLAlchemy traceback."""
+    from projections.migrate import newest_revision
+
+    url = f"sqlite:///{tmp_path / 'p.sqlite'}"
+    for revision in ("zzz", "base"):
+        assert main(["db", "upgrade", "--database", url, "--revision", revision]) == 2
+        err = capsys.readouterr().err
+        assert f"--revision {revision!r}: no such migration (the newest is {newest_revision()}" in err
+        assert "Traceback" not in err
+    assert not (tmp_path / "p.sqlite").exists()
+    assert main(["db", "upgrade", "--database", f"sqlite:///{tmp_path / 'no-such-folder' / 'p.sqlite'}"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "allocator db upgrade: cannot migrate the projection database (unable to open database file); nothing changed"
+    )
 
 
 def _check_report(out: str, report: Path, *, governors: bool = True) -> None:
