@@ -170,16 +170,23 @@ def _topic_prefix(args: argparse.Namespace, settings: LogSettings) -> str:
 
 
 def _projection_url(url: str, settings: LogSettings) -> str:
-    """The projection's database URL, refused when it is the embedded event log itself (a replay would delete it)."""
+    """The projection's database URL, refused when it is the embedded event log itself (a replay would delete it), a
+    folder, or an existing file that is no projection (projecting into it would add tables to it)."""
     from pathlib import Path
 
-    from projections.database import sqlite_file
+    from projections.database import not_a_projection, sqlite_file
 
     target = sqlite_file(url)
     log_file = Path(settings.embedded_path) if settings.kafka_bootstrap is None else None
     if target is not None and log_file is not None and target.resolve() == log_file.resolve():
         raise UsageError(f"the database {url} is the event log {settings.embedded_path} itself; "
                          "name another file for the projection")  # fmt: skip
+    if target is not None and target.is_dir():
+        raise UsageError(f"the database {url} is a folder; name a file for the projection")
+    if target is not None and target.exists():
+        why = not_a_projection(target)
+        if why is not None:
+            raise UsageError(f"the database {url} {why}; name another file for the projection")
     return url
 
 

@@ -33,6 +33,13 @@ from cli.common import (
 )
 
 
+def _database_said(exc: BaseException) -> str:
+    """What the database's driver said, on one line (never SQLAlchemy's statement and parameters)."""
+    cause = getattr(exc, "orig", None) or exc
+    said = str(cause).strip()
+    return said.splitlines()[0] if said else type(cause).__name__
+
+
 def _cmd_db_upgrade(args: argparse.Namespace) -> int:
     import os
 
@@ -59,10 +66,8 @@ def _cmd_db_upgrade(args: argparse.Namespace) -> int:
         upgrade(url, schema=args.schema, revision=target)
         after = current_revision(url, args.schema)
     except SQLAlchemyError as exc:  # a database that is away, locked or not writable: one line, not a traceback
-        cause = getattr(exc, "orig", None) or exc
-        why = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        print(f"allocator db upgrade: cannot migrate the projection database ({why}); nothing changed",
-              file=sys.stderr)  # fmt: skip
+        print(f"allocator db upgrade: cannot migrate the projection database ({_database_said(exc)}); nothing "
+              "changed", file=sys.stderr)  # fmt: skip
         return EXIT_FAILURE
     newest = " (the newest)" if after == newest_revision() else ""
     change = "already there" if before == after else f"was {before or 'empty'}"
@@ -160,12 +165,13 @@ def _cmd_project(args: argparse.Namespace) -> int:
     import os
     import signal
 
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import SQLAlchemyError
 
+    from eventlog.port import Topics
     from projections.database import DEFAULT_EMBEDDED_DATABASE, engine_for
     from projections.metrics import ProjectorMetrics
     from projections.migrate import upgrade
-    from projections.projector import ProjectionWriteError, Projector, StaleProjectorError
+    from projections.projector import ProjectionWriteError, Projector, StaleProjectorError, foreign_projection
 
     settings, topic_names, codec = _projector_setup(args)
     say = _log_line(args, None)
@@ -176,10 +182,9 @@ def _cmd_project(args: argparse.Namespace) -> int:
     metrics = ProjectorMetrics()
     try:
         upgrade(url, schema=args.schema)
-    except OperationalError as exc:  # a database that is away or locked at start: said in one line, not a traceback
-        why = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
-        say.error(f"allocator project: cannot migrate the projection database ({why}); nothing projected",
-                  event="error")  # fmt: skip
+    except SQLAlchemyError as exc:  # a database that is away, locked or unreadable at start: one line, no traceback
+        say.error(f"allocator project: cannot migrate the projection database ({_database_said(exc)}); nothing "
+                  "projected", event="error")  # fmt: skip
         return EXIT_FAILURE
     server = _metrics_server(args, metrics.registry, metrics.ready)
     engine = engine_for(url, args.schema)
@@ -193,6 +198,12 @@ def _cmd_project(args: argparse.Namespace) -> int:
                                   on_refused=lambda why: say.write("warning", f"allocator project: {why}", "trust",
                                                                    {"verified": False}))  # fmt: skip
             projector.interrupted = lambda: stop["now"]
+            foreign = foreign_projection(engine, log, topic_names, Topics(args.topic_prefix).decisions, codec,
+                                         projector.consumer)  # fmt: skip
+            if foreign is not None:
+                say.error(f"allocator project: not this log's projection: {foreign}; name this log's projection or "
+                          "a new file (allocator replay rebuilds one)", event="error")  # fmt: skip
+                return EXIT_USAGE
             projector.start()
             verifying = f"; decisions verified against {', '.join(args.trusted_keys)}" if chain is not None else ""
             say.info(f"allocator project: {settings.describe()} -> {engine.url.render_as_string()}{verifying}"
@@ -252,6 +263,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     import os
     import time
 
+    from sqlalchemy.exc import SQLAlchemyError
+
     from projections.database import (
         DEFAULT_EMBEDDED_DATABASE,
         check_rebuildable_schema,
@@ -267,11 +280,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     chain, on_unverified = _projection_chain(args, "replay", codec, unverified.append)
     url = _projection_url(args.database or os.environ.get("DATABASE_URL") or DEFAULT_EMBEDDED_DATABASE, settings)
     target = sqlite_file(url)
-    if target is not None and target.exists():
-        if not is_projection_file(target):
-            raise UsageError(f"{target} exists and is not a projection database; a replay replaces its target, "
-                             "so remove it yourself or name another file")  # fmt: skip
-        target.unlink()  # a replay starts from nothing
+    if target is not None and target.exists() and not is_projection_file(target):
+        raise UsageError(f"{target} exists and is not a projection database; a replay replaces its target, "
+                         "so remove it yourself or name another file")  # fmt: skip
     if args.schema is not None:
         try:
             check_rebuildable_schema(args.schema)
@@ -289,8 +300,18 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             print(f"allocator replay: no cross-check of --config: {warning}", file=sys.stderr)
         else:
             _cross_check(verified, config)
-    engine = fresh_schema(url, args.schema)
+    # Every input checked (the log, the keys, --config and its cross-check): only now is the old projection replaced.
+    # A bad --config used to delete the target first and then refuse.
+    if target is not None and target.exists():
+        target.unlink()  # a replay starts from nothing
+    try:
+        engine = fresh_schema(url, args.schema)
+    except SQLAlchemyError as exc:
+        print(f"allocator replay: cannot create the projection database ({_database_said(exc)}); nothing replayed",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILURE
     started = time.monotonic()
+    in_place = sys.stderr.isatty()  # at a terminal one line rewritten in place; into a file or a pipe, one line each
     with settings.open() as log:
         ends = log.end_offsets(topic_names)
         total = sum(ends.values())
@@ -312,18 +333,23 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             # events against it never reached the end.
             read = sum(min(log.position(tp), end) for tp, end in ends.items())
             rate = stats.records / max(time.monotonic() - started, 1e-9)
-            left = (total - read) * stats.records / read / rate if read and rate > 0 else float("inf")
+            left = (total - read) * stats.records / read / rate if read and rate > 0 else None
             width = 30
             filled = int(width * read / total) if total else width
-            print(f"\r[{'#' * filled}{'.' * (width - filled)}] {read / total if total else 1:.0%} of the log, "
-                  f"{stats.records} events, {rate:,.0f}/s, ETA {left:,.0f} s", end="", file=sys.stderr,
-                  flush=True)  # fmt: skip
+            eta = f"ETA {left:,.0f} s" if left is not None and read < total else "done" if read >= total else "ETA -"
+            line = (f"[{'#' * filled}{'.' * (width - filled)}] {read / total if total else 1:.0%} of the log, "
+                    f"{stats.records} events, {rate:,.0f}/s, {eta}")  # fmt: skip
+            if in_place:
+                print(f"\r{line}", end="", file=sys.stderr, flush=True)
+            else:
+                print(line, file=sys.stderr, flush=True)
 
         projector.start()
         projector.catch_up(ends, on_batch=progress)
         progress(projector.stats)  # caught up: every partition at its end, markers included
     elapsed = time.monotonic() - started
-    print(file=sys.stderr)
+    if in_place:
+        print(file=sys.stderr)
     for line in unverified:
         print(line, file=sys.stderr)
     if refused:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
@@ -140,6 +141,22 @@ def sqlite_problem(exc: BaseException) -> str:
     return said
 
 
+def _foreign_tables(path: Path) -> list[str]:
+    """The tables of an existing SQLite file that are not the log's (sorted); none for a new, empty or unreadable
+    file (opening it as the log then says what is wrong)."""
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return []
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        finally:
+            connection.close()
+    except (OSError, sqlite3.Error):
+        return []
+    return sorted({str(name) for (name,) in rows if not str(name).startswith("sqlite_")} - set(metadata.tables))
+
+
 class EmbeddedEventLog:
     """An `EventLog` on one SQLite file that several processes may open at once (WAL mode, busy timeout).
 
@@ -162,6 +179,13 @@ class EmbeddedEventLog:
         self.group = group
         self._clock = clock
         self._poll_interval_s = poll_interval_s
+        foreign = _foreign_tables(self.path)
+        if foreign:
+            # Another program's database (a projection, say): adding the log's tables to it would make it both. Looked
+            # at read-only, before the log's own connection sets WAL mode on the file.
+            shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+            raise LogError(f"embedded log {self.path}: holds tables that are no event log's ({shown}: a projection "
+                           "database?); name the book's log file, or a new one")  # fmt: skip
         self._engine = create_engine(f"sqlite:///{self.path}")
         self._install_sqlite_hooks(busy_timeout_s)
         self._txn = Transactions(f"embedded log {self.path}")

@@ -61,6 +61,34 @@ def is_projection_file(path: Path) -> bool:
     return "alembic_version" in names and "decisions" in names
 
 
+def not_a_projection(path: Path) -> str | None:
+    """Why an existing file cannot hold a projection (a phrase), or None: an empty file, an empty SQLite database
+    and one this project migrated can. Any other file is someone else's: projecting into it would add tables to
+    it (an event log, say), or fail on it half-way."""
+    try:
+        with path.open("rb") as f:
+            header = f.read(16)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if not header:
+        return None
+    if header != b"SQLite format 3\x00":
+        return "is not an SQLite database"
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            names = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            connection.close()
+    except sqlite3.Error as exc:
+        # Locked or busy (another process holds it): not ours to judge here; the migration says what is wrong.
+        return "is not an SQLite database" if "not a database" in str(exc) else None
+    if not names or "alembic_version" in names:
+        return None
+    shown = ", ".join(sorted(names)[:4]) + (", ..." if len(names) > 4 else "")
+    return f"holds tables that are no projection's ({shown}: an event log?)"
+
+
 class DatabaseUrlError(ValueError):
     """A database URL this release cannot open: not a SQLAlchemy URL, or no driver installed for it."""
 

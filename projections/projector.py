@@ -280,6 +280,75 @@ class Batch:
     records: int
 
 
+def foreign_projection(
+    engine: Engine, log: EventLog, topics: Sequence[str], decisions_topic: str, codec: EventCodec, consumer: str
+) -> str | None:
+    """Why the projection in `engine` was not made from this log (a sentence), or None.
+
+    A projection belongs to one log: its rows and stored offsets describe that log's records. Projecting another
+    log into it wrote nothing (its offsets were past this log's end, `stopped after 0 events`) or, worse, mixed two
+    books' rows. It is another log's when it holds decisions of another topic, when a stored offset is past this
+    log's end, or when the newest decision it projected is not the one this log holds at that position (another
+    id, or the same id with another hash: another log of a book of the same name).
+    """
+    with engine.connect() as conn:
+        offsets = stored_offsets_in(conn, consumer)
+        d = tables.decisions
+        others = conn.execute(
+            select(d.c.log_topic).where(d.c.log_topic != decisions_topic).distinct().limit(3)
+        ).scalars()
+        foreign = sorted(str(t) for t in others)
+        newest = conn.execute(
+            select(d.c.decision_id, d.c.log_partition, d.c.log_offset, d.c.decision_hash)
+            .where(d.c.log_topic == decisions_topic)
+            .order_by(d.c.log_offset.desc())
+            .limit(1)
+        ).first()
+    if foreign:
+        return f"the projection holds decisions of {', '.join(foreign)}, not of {decisions_topic}"
+    ends = log.end_offsets(topics)
+    for tp, end in sorted(ends.items(), key=lambda item: (item[0].topic, item[0].partition)):
+        stored = offsets.get((tp.topic, tp.partition), 0)
+        if stored > end:
+            return (
+                f"the projection has read {tp.topic}[{tp.partition}] up to offset {stored}, past this log's end {end}"
+            )
+    if newest is None:
+        return None
+    decision_id, partition, offset, stored_hash = newest
+    where = TopicPartition(decisions_topic, int(partition))
+    if where not in ends or int(offset) >= ends[where]:
+        return f"the projection has {decision_id} at {decisions_topic}[{partition}]@{offset}, past this log's end"
+    found = _record_at(log, where, int(offset))
+    if found is None or found.value is None:
+        return f"the projection has {decision_id} at {decisions_topic}[{partition}]@{offset}, where this log has none"
+    try:
+        event = decode_value(found, codec)
+    except UndecodableMessage:
+        event = None
+    if not isinstance(event, Decision) or event.decision_id != decision_id:
+        there = event.decision_id if isinstance(event, Decision) else "no decision"
+        return f"the projection has {decision_id} at {decisions_topic}[{partition}]@{offset}, this log has {there}"
+    if stored_hash and _chain_hash(event, found) != stored_hash:
+        return (f"the projection's {decision_id} at {decisions_topic}[{partition}]@{offset} differs from this log's "
+                "(another hash): another log of a book of the same name")  # fmt: skip
+    return None
+
+
+def _record_at(log: EventLog, where: TopicPartition, offset: int) -> Record | None:
+    """The record at `offset` of one partition (None when that offset holds no record); the log is left assigned to
+    that topic (`start` assigns it again)."""
+    ends = log.end_offsets([where.topic])
+    log.assign([where.topic])
+    for tp in log.assignment():
+        log.seek(tp, offset if tp == where else ends.get(tp, 0))
+    for _ in range(20):
+        for record in log.poll(max_records=1, timeout_s=0.5):
+            if record.topic_partition == where:
+                return record if record.offset == offset else None
+    return None
+
+
 def prepare_batch(records: Sequence[Record], codec: EventCodec, chain: DecisionChain | None = None) -> Batch:
     """Decode `records` into rows (no I/O: this half of a batch may run while the previous one is written).
     With `chain`, batches must be prepared in log order: the chain moves on with each decision it checks."""

@@ -533,9 +533,9 @@ def test_project_says_in_one_line_that_its_database_is_locked_at_start(
 
     db = tmp_path / "log.sqlite"
     assert main(["init", "--log", str(db)]) == 0
+    url = f"sqlite:///{tmp_path / 'projection.sqlite'}"
+    assert main(["db", "upgrade", "--database", url, "--revision", "0006"]) == 0  # a migration is left to do
     holder = sqlite3.connect(tmp_path / "projection.sqlite", timeout=0.1)
-    holder.execute("CREATE TABLE held (x)")
-    holder.commit()
     holder.execute("BEGIN EXCLUSIVE")
     try:
         capsys.readouterr()

@@ -45,12 +45,106 @@ def test_replay_never_deletes_a_file_that_is_not_a_projection(
     precious = tmp_path / "notes.txt"
     precious.write_text("mine", encoding="utf-8")
     assert main(["replay", "--log", str(log), "--database", f"sqlite:///{precious}"]) == 2
-    assert "not a projection database" in capsys.readouterr().err
+    assert "is not an SQLite database; name another file for the projection" in capsys.readouterr().err
     assert precious.read_text(encoding="utf-8") == "mine"
     # A projection it wrote itself it may replace.
     target = tmp_path / "projection.sqlite"
     assert main(["replay", "--log", str(log), "--database", f"sqlite:///{target}"]) == 0
     assert main(["replay", "--log", str(log), "--database", f"sqlite:///{target}"]) == 0
+
+
+def test_a_bad_config_leaves_the_projection_a_replay_would_replace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside probe: `replay --config` with a missing file, invalid JSON or an unknown key deleted the projection
+    first and then refused: every input is now checked before the old projection goes."""
+    log = _init_log(tmp_path)
+    target = tmp_path / "projection.sqlite"
+    db = ["--database", f"sqlite:///{target}"]
+    assert main(["replay", "--log", str(log), *db]) == 0
+    before = target.read_bytes()
+    (tmp_path / "bad.json").write_text("{not json", encoding="utf-8")
+    (tmp_path / "typo.json").write_text('{"position_capp": 0.02}', encoding="utf-8")
+    for config, said in (("missing.json", "no such file"), ("bad.json", "bad.json"), ("typo.json", "position_capp")):
+        capsys.readouterr()
+        assert main(["replay", "--log", str(log), *db, "--config", str(tmp_path / config)]) == 2
+        assert said in capsys.readouterr().err
+        assert target.read_bytes() == before, config
+
+
+def test_project_and_replay_write_only_into_a_projection_and_say_why_not_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside probe: `project` added its tables to another event log and ended on a traceback for a text file;
+    `replay` and `db upgrade` on a database they could not open, or an unreachable PostgreSQL, did too."""
+    log = _init_log(tmp_path)
+    other_log = tmp_path / "other.sqlite"
+    assert main(["init", "--log", str(other_log)]) == 0
+    text = tmp_path / "notes.txt"
+    text.write_text("mine", encoding="utf-8")
+    logged = other_log.read_bytes()
+    assert main(["project", "--once", "--log", str(log), "--database", f"sqlite:///{other_log}"]) == 2
+    assert "holds tables that are no projection's" in capsys.readouterr().err
+    assert other_log.read_bytes() == logged
+    assert main(["project", "--once", "--log", str(log), "--database", f"sqlite:///{text}"]) == 2
+    assert "is not an SQLite database" in capsys.readouterr().err
+    assert main(["project", "--once", "--log", str(log), "--database", f"sqlite:///{tmp_path}"]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert text.read_text(encoding="utf-8") == "mine"
+    nowhere = f"sqlite:///{tmp_path / 'no-such-folder' / 'p.sqlite'}"
+    assert main(["replay", "--log", str(log), "--database", nowhere]) == 1
+    err = capsys.readouterr().err
+    assert "allocator replay: cannot create the projection database (unable to open database file)" in err
+    assert "Traceback" not in err
+    refused = "postgresql+psycopg://someone:secret@127.0.0.1:1/db"
+    for command in (["replay", "--log", str(log)], ["db", "upgrade"]):
+        capsys.readouterr()
+        assert main([*command, "--database", refused]) == 1
+        err = capsys.readouterr().err
+        assert "cannot" in err and "Connection refused" in err and "Traceback" not in err and "secret" not in err
+
+
+def test_no_command_turns_a_projection_into_an_event_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An outside probe: `init --log projection.sqlite` added the log's tables to a projection, exit 0; serve would
+    then have run a book in it."""
+    projection = tmp_path / "projection.sqlite"
+    assert main(["db", "upgrade", "--database", f"sqlite:///{projection}"]) == 0
+    before = projection.read_bytes()
+    for argv in (["init"], ["serve", "--duration", "1"], ["tail", "decisions"]):
+        capsys.readouterr()
+        assert main([*argv, "--log", str(projection)]) != 0
+        err = capsys.readouterr().err
+        assert "holds tables that are no event log's (alembic_version, allocations" in err, argv
+        assert projection.read_bytes() == before
+
+
+def test_project_refuses_a_projection_made_from_another_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An outside probe: projecting log B into log A's projection said `stopped after 0 events`, exit 0 (its stored
+    offsets were past B's end), or would have mixed two books' rows; only `status` noticed, later."""
+    proposals = str(ROOT / "examples" / "proposals.json")
+    logs = {name: tmp_path / f"{name}.sqlite" for name in ("one", "two", "short")}
+    for log in logs.values():
+        for argv in (["init", "--log", str(log)], ["propose", proposals, "--log", str(log)],
+                     ["serve", "--log", str(log), "--max-cycles", "1", "--duration", "60"]):  # fmt: skip
+            assert main(argv) == 0, argv
+    for name in ("one", "two"):
+        assert main(["control", "halt", "--reason", "r", "--operator", "o", "--log", str(logs[name])]) == 0
+        assert main(["serve", "--log", str(logs[name]), "--max-cycles", "2", "--duration", "60"]) == 0
+    db = ["--database", f"sqlite:///{tmp_path / 'one-projection.sqlite'}"]
+    assert main(["project", "--once", "--log", str(logs["one"]), *db]) == 0
+    projected = (tmp_path / "one-projection.sqlite").read_bytes()
+    capsys.readouterr()
+    # The same book's name and decision ids, another log: the newest decision's hash differs.
+    assert main(["project", "--once", "--log", str(logs["two"]), *db]) == 2
+    err = capsys.readouterr().err
+    assert "not this log's projection: the projection's allocator.main-0000000002" in err
+    assert "another log of a book of the same name" in err
+    # A shorter log: the projection has read past its end.
+    assert main(["project", "--once", "--log", str(logs["short"]), *db]) == 2
+    assert "past this log's end" in capsys.readouterr().err
+    assert (tmp_path / "one-projection.sqlite").read_bytes() == projected
+    # Its own log still projects (nothing new: 0 events).
+    assert main(["project", "--once", "--log", str(logs["one"]), *db]) == 0
 
 
 @pytest.mark.parametrize("schema", ["public", "pg_catalog", "pg_toast", "information_schema", "ok\n", "Upper"])
