@@ -105,6 +105,13 @@ class AllocatorConfig:
     # settles it with the decision that rejects it; 1 takes any string of 1-128 characters and keeps a proposal whose
     # id is bad pending (rejected again each cycle), as the releases before the key did (`ABSENT_MEANS`)
     proposal_id_rules: int = 2
+    # rules.md §11.1: 2 refuses a fill whose fill_id an earlier report used (accepted or refused: a repeated id is the
+    # same report delivered again); 1 takes it, as the releases before the key did (`ABSENT_MEANS`)
+    fill_rules: int = 2
+    # rules.md §11.1: a fill that moves money may be at most this share below its allocation's limit price (price
+    # improvement; it buys size/price contracts: a price near 0 made a 1,500 fill worth 1.5e9 on resolution); 1 takes
+    # any price, as the releases before the key did (`ABSENT_MEANS`)
+    max_fill_price_improvement: float = 0.5
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -255,10 +262,11 @@ FIRST_RELEASE_KEYS = frozenset(
 # key out at that value, so those configurations keep their hashes. A configuration file or a snapshot still gets
 # the default for a missing key. `solver_work_limit` was 32,000 by default until revision 2's bound took a share;
 # `failure_reports_per_allocation` was unbounded (0) before it existed; before `operator_commands_name_book` a
-# signed command named no book (0); before `proposal_id_rules` a proposal's ids were checked by rules 1.
+# signed command named no book (0); before `proposal_id_rules` a proposal's ids were checked by rules 1; before
+# `fill_rules` a fill's id was not checked (1), before `max_fill_price_improvement` nor its price (1).
 ABSENT_MEANS: Mapping[str, Any] = MappingProxyType(
     {"solver_revision": 1, "solver_work_limit": 32_000, "failure_reports_per_allocation": 0,
-     "operator_commands_name_book": 0, "proposal_id_rules": 1}
+     "operator_commands_name_book": 0, "proposal_id_rules": 1, "fill_rules": 1, "max_fill_price_improvement": 1.0}
 )  # fmt: skip
 
 
@@ -384,4 +392,6 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "failure_reports_per_allocation": (0, 100_000, False),
     "operator_commands_name_book": (0, 1, False),
     "proposal_id_rules": (1, 2, False),
+    "fill_rules": (1, 2, False),
+    "max_fill_price_improvement": (0.0, 1.0, False),
 }

@@ -12,7 +12,7 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
-from book.bounds import EMPTY_ID, decision_name
+from book.bounds import EMPTY_ID, MAX_ID_LENGTH, decision_name
 from book.config import AllocatorConfig, ConfigError
 from book.exactsum import rounded, units
 from governors.state import (
@@ -194,6 +194,9 @@ class Funded:
     size: float
     filled: float = 0.0
     reports: int = 0  # execution reports on it counted in the failure window (rules.md §7.4)
+    # the proposal's price (of the side bought): the limit a fill's price is held to (`max_fill_price_improvement`);
+    # None when the fold did not hold the proposal
+    limit_price: float | None = None
 
 
 @dataclass
@@ -234,6 +237,9 @@ class PortfolioState:
     # command ids of the commands a non-empty operator keyring let through: a signed command written again (a copy
     # of a record anyone can read on the log) is refused, so it can never move a governor twice (rules.md §11.3)
     commands: set[str] = field(default_factory=set)
+    # every fill_id a fill report used, accepted or refused (`fill_rules` 2): a later report with one is the same
+    # report delivered again, refused, so it can neither count twice nor replace the first (rules.md §11.1)
+    fill_ids: set[str] = field(default_factory=set)
     # the book this fold is, `<topic prefix>.<book id>` (set by the sequencer): a command naming another book is
     # refused (rules.md §11.3). None where a caller folds without one (a test, a benchmark): nothing to compare.
     book: str | None = None
@@ -422,7 +428,8 @@ class PortfolioState:
                                           decision.decided_at, a.agent_id)  # fmt: skip
                 self.reservations[reservation.key] = reservation
                 by_agent = self.funded.setdefault((decision.decision_id, a.proposal_id), {})
-                by_agent[a.agent_id] = Funded(a.market_id, a.side, a.size)
+                limit = proposal.price if proposal is not None else None
+                by_agent[a.agent_id] = Funded(a.market_id, a.side, a.size, limit_price=limit)
         if decision.solver_path is SolverPath.NOT_RUN:
             return ()
         timed_out = decision.solver_path is not SolverPath.MIP_OPTIMAL
@@ -450,6 +457,27 @@ class PortfolioState:
         limit = self.config.max_fee_rate * moves
         if fill.fee > limit:
             return f"Fill.fee: {fill.fee!r} exceeds max_fee_rate {self.config.max_fee_rate:g} x filled size = {limit!r}"
+        # At most max_fill_price_improvement below the limit; a worse price buys fewer contracts and only lowers equity.
+        improvement = self.config.max_fill_price_improvement
+        if improvement < 1.0 and moves > 0 and allocation.limit_price is not None:
+            floor = allocation.limit_price * (1.0 - improvement)
+            if fill.price < floor:
+                return (f"Fill.price: {fill.price!r} is more than {improvement:.0%} below the allocation's limit price "
+                        f"{allocation.limit_price!r} (max_fill_price_improvement; at least {floor!r}): it would buy "
+                        f"{fill.filled_size / fill.price:.6g} contracts for {fill.filled_size!r}")  # fmt: skip
+        return None
+
+    def fill_id_refusal(self, fill: Fill) -> str | None:
+        """Why a fill's id may not count (`fill_rules` 2, rules.md §11.1), or None; the id is taken either way (the
+        caller asks once per fill report, before any other check)."""
+        if self.config.fill_rules < 2:
+            return None
+        if fill.fill_id in self.fill_ids:
+            shown = fill.fill_id if len(fill.fill_id) <= 64 else f"{fill.fill_id[:64]}..."
+            return (f"Fill.fill_id: {shown!r} was reported already (a repeated id is the same report delivered "
+                    "again; a new report needs a new id)")  # fmt: skip
+        if len(fill.fill_id) <= MAX_ID_LENGTH:  # a longer one is refused by the bounds, and never taken
+            self.fill_ids.add(fill.fill_id)
         return None
 
     def _allocation_of(self, fill: Fill) -> tuple[str | None, Funded | None]:

@@ -146,6 +146,42 @@ def test_a_fill_the_allocator_refused_moves_no_projected_position(tmp_path: Path
     assert fills == {"ok", "bogus"}
 
 
+def test_a_fill_delivered_twice_or_corrected_under_its_id_counts_alike_in_the_book_and_the_projection(
+    tmp_path: Path, database: ProjectionDatabase
+) -> None:
+    """Two outside probes: the same fill written twice was paid twice by the book while the projection (one row per
+    fill_id) showed it once; a refused fill followed by a valid one of the same id was counted by the book while the
+    projection kept the refused row and showed no position. Now an id counts once: the copy and the correction are
+    dead letters, and `status`'s exposure is what the book holds."""
+    from sqlalchemy import text
+
+    db = tmp_path / "log.sqlite"
+    svc = service(db)
+    produce(db, TOPICS.proposals, [(codec.encode(proposal(i)), T + i) for i in range(5)])
+    decision = drain(svc)[0]
+    one, two = [a for a in decision.allocations if a.size > 0][:2]
+    fills = []
+    for fid, a in (("twice", one), ("fixed", two)):
+        fills.append(_fill(fill_id=fid, decision_id=decision.decision_id, proposal_id=a.proposal_id,
+                           market_id=a.market_id, requested_size=a.size, filled_size=a.size / 2, fee=0.0,
+                           agent_id=a.agent_id, status=FillStatus.PARTIAL))  # fmt: skip
+    refused = dataclasses.replace(fills[1], filled_size=-5.0)
+    produce(db, TOPICS.fills, [(codec.encode(e), T + 10 + i) for i, e in enumerate((fills[0], fills[0], refused,
+                                                                                     fills[1]))])  # fmt: skip
+    produce(db, TOPICS.proposals, [(codec.encode(proposal(20)), T + 20)])
+    drain(svc)
+    letters = [d for d in read(db, TOPICS.deadletter) if isinstance(d, DeadLetter) and d.topic == TOPICS.fills]
+    assert sorted(d.offset for d in letters) == [1, 2, 3]
+    assert "Fill.fill_id: 'twice' was reported already" in next(d.error for d in letters if d.offset == 1)
+    held = {h.market_id: h.cost for h in svc.state.portfolio.holdings.values()}
+    assert held == {one.market_id: pytest.approx(one.size / 2)}
+    engine = database.migrate()
+    _project(db, engine)
+    with engine.connect() as conn:
+        exposure = dict(conn.execute(text("SELECT market_id, gross_exposure FROM exposure_by_market")).all())
+    assert exposure == held
+
+
 def _fill(**changes: object) -> Fill:
     base = Fill("f1", "d", "p1", "m1", Side.BUY, 100.0, 100.0, 0.5, 0.1, FillStatus.FILLED, None, T + 1)
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]

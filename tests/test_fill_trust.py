@@ -4,6 +4,8 @@ nothing. Batches of decisions written with Decision version 1 keep the old rule 
 
 from __future__ import annotations
 
+import dataclasses
+
 from allocator.engine.cycle import run_cycle
 from allocator.service.sequencer import BookState, build_request, fold_batch, fold_decision, prepare_cycle
 from book.config import AllocatorConfig
@@ -29,7 +31,7 @@ def _fill(
     market: str | None = None,
     agent: str | None = None,
 ) -> Fill:
-    return Fill(fid, decision_id, pid, market or f"m-{pid}", Side.BUY, size, size, 0.5, fee, FillStatus.FILLED,
+    return Fill(fid, decision_id, pid, market or f"m-{pid}", Side.BUY, size, size, 0.6, fee, FillStatus.FILLED,
                 None, T + 2_000, agent)  # fmt: skip
 
 
@@ -135,3 +137,73 @@ def test_a_fill_without_an_agent_id_still_counts_where_its_proposal_id_names_one
     decision = _decide(state)
     assert _fold(state, _fill("old-style", decision.decision_id, "p", 1_000.0)) == []
     assert not state.portfolio.reservations
+
+
+def _funded(state: BookState, pid: str = "p", size: float = 1_000.0) -> Decision:
+    _fold(state, _proposal(pid, size))
+    decision = _decide(state)
+    assert decision.allocations[0].status is AllocationStatus.FUNDED
+    return decision
+
+
+def test_a_fill_far_below_its_limit_price_mints_nothing() -> None:
+    """An outside probe: a fill of a funded 1,500 at price 1e-6 bought 1.5e9 contracts; the market's honest
+    resolution then made equity 1.5e9 and the next decision funded 45x the per-trade cap. A fill may now be at most
+    `max_fill_price_improvement` (0.5) below its allocation's limit price (the proposal's 0.6 here); a worse price buys
+    fewer contracts and counts."""
+    from schemas.events import MarketResolution, Outcome
+
+    state = BookState.new(_config())
+    decision = _funded(state)
+    size = decision.allocations[0].size
+    cash = state.portfolio.cash
+    cheap = dataclasses.replace(_fill("f-cheap", decision.decision_id, "p", size), price=1e-6)
+    dead = _fold(state, cheap)
+    assert len(dead) == 1 and "Fill.price: 1e-06 is more than 50% below the allocation's limit price 0.6" in dead[0]
+    assert state.portfolio.cash == cash and not state.portfolio.holdings
+    edge = dataclasses.replace(_fill("f-edge", decision.decision_id, "p", size / 2), price=0.3)
+    worse = dataclasses.replace(_fill("f-worse", decision.decision_id, "p", size / 2), price=0.9)
+    assert _fold(state, edge, worse) == []
+    [holding] = state.portfolio.holdings.values()
+    assert holding.contracts == size / 2 / 0.3 + size / 2 / 0.9
+    resolution = MarketResolution("m-p", Outcome.YES, T + 5_000)
+    folded = fold_batch(state, [Record(topics.pnl, 0, 0, None, codec.encode(resolution), T + 5_000)], codec, topics)
+    assert not folded.dead_letters
+    assert state.portfolio.equity < 100_000.0 + 3 * size  # won: the contracts, at most 1/0.3 of the stake
+
+
+def test_a_fill_id_counts_once_whether_its_first_report_was_taken_or_refused() -> None:
+    """An outside probe: the same fill delivered twice was paid twice by the book (available fell by 1,500 for a fill
+    of 750) while the projection, keyed by fill_id, kept one; and a refused report followed by a valid one of the
+    same id was counted by the book while the projection kept the refused row. A fill_id now counts once: any later
+    report with it is a dead letter naming it."""
+    state = BookState.new(_config())
+    decision = _funded(state)
+    half = decision.allocations[0].size / 2
+    first = _fill("f1", decision.decision_id, "p", half)
+    assert _fold(state, first) == []
+    cash = state.portfolio.cash
+    dead = _fold(state, first)
+    assert len(dead) == 1 and "Fill.fill_id: 'f1' was reported already" in dead[0]
+    assert state.portfolio.cash == cash
+    refused = dataclasses.replace(_fill("f2", decision.decision_id, "p", half), filled_size=-5.0)
+    assert len(_fold(state, refused)) == 1
+    dead = _fold(state, _fill("f2", decision.decision_id, "p", half))
+    assert len(dead) == 1 and "Fill.fill_id: 'f2' was reported already" in dead[0]
+    assert state.portfolio.cash == cash
+    assert _fold(state, _fill("f3", decision.decision_id, "p", half)) == []  # a new id for the rest counts
+    assert state.portfolio.cash == cash - half
+
+
+def test_a_book_recorded_without_fill_rules_folds_fills_as_it_did() -> None:
+    """A configuration recorded before the keys means `fill_rules` 1 and `max_fill_price_improvement` 1: its logs
+    replay and audit as recorded."""
+    new_keys = ("fill_rules", "max_fill_price_improvement")
+    recorded = {k: v for k, v in _config().to_mapping().items() if k not in new_keys}
+    state = BookState.new(AllocatorConfig.from_recorded(recorded))
+    assert (state.portfolio.config.fill_rules, state.portfolio.config.max_fill_price_improvement) == (1, 1.0)
+    decision = _funded(state)
+    half = decision.allocations[0].size / 2
+    cheap = dataclasses.replace(_fill("f1", decision.decision_id, "p", half), price=1e-6)
+    assert _fold(state, cheap) == [] and _fold(state, cheap) == []
+    assert state.portfolio.cash == 100_000.0 - 2 * half
