@@ -378,6 +378,19 @@ def test_allocate_prints_one_json_decision(capsys: pytest.CaptureFixture[str]) -
     assert {a["proposal_id"] for a in decision["allocations"]} >= {"arb-001", "stale-9"}
 
 
+def test_allocate_names_each_allocation_s_agent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An outside probe: two agents' proposals of one id came out as two allocations named "x", one FUNDED and one
+    DEFERRED, and only the orders told which agent won (rules.md §2.2: an allocation names both ids)."""
+    snapshot = json.loads((ROOT / "examples" / "basic.json").read_text(encoding="utf-8"))
+    first = snapshot["proposals"][0]
+    snapshot["proposals"] = [{**first, "proposal_id": "x", "agent_id": agent} for agent in ("b", "a")]
+    path = tmp_path / "two.json"
+    path.write_text(json.dumps(snapshot), encoding="utf-8")
+    assert main(["allocate", "--no-timing", str(path)]) == 0
+    allocations = json.loads(capsys.readouterr().out)["allocations"]
+    assert sorted((a["proposal_id"], a["agent_id"]) for a in allocations) == [("x", "a"), ("x", "b")]
+
+
 def test_the_same_snapshot_gives_byte_identical_output(capsys: pytest.CaptureFixture[str]) -> None:
     outputs = []
     for _ in range(2):

@@ -294,6 +294,7 @@ def decision_json(decision: Decision, *, timing: bool = True) -> dict[str, Any]:
         "allocations": [
             {
                 "proposal_id": a.proposal_id,
+                "agent_id": a.agent_id,
                 "size": a.size,
                 "netted_size": a.netted_size,
                 "status": a.status.value,
