@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from schemas.codec import EventCodec
 
 from cli.common import (
+    DEFAULT_PREFIX,
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,
@@ -27,6 +28,7 @@ from cli.common import (
     _say_trust,
     _signing_key,
     _status_config,
+    _topic_prefix,
 )
 
 
@@ -165,6 +167,7 @@ def _cmd_keys_new(args: argparse.Namespace) -> int:
 
 
 def _cmd_control(args: argparse.Namespace) -> int:
+    import dataclasses
     import uuid
 
     from allocator.service.clients import BookClient, ClientError, check_command
@@ -174,8 +177,9 @@ def _cmd_control(args: argparse.Namespace) -> int:
     from schemas.events import Command, ControlCommand
 
     key = _signing_key(args.key, "control") if args.key else None
+    prefix = args.topic_prefix or DEFAULT_PREFIX  # until the log is opened: the command's own fields come first
     try:
-        book = book_name(Topics(args.topic_prefix), normalise_book_id(args.book))
+        book = book_name(Topics(prefix), normalise_book_id(args.book))
     except ValueError as exc:
         raise UsageError(f"--book: {exc}") from exc
     command = ControlCommand(
@@ -193,6 +197,9 @@ def _cmd_control(args: argparse.Namespace) -> int:
         print(f"allocator control: {exc}", file=sys.stderr)
         return EXIT_USAGE
     settings = _existing_log(args)
+    args.topic_prefix = _topic_prefix(args, settings)  # an embedded log's only book, unless --topic-prefix names one
+    if args.topic_prefix != prefix:
+        command = dataclasses.replace(command, book=book_name(Topics(args.topic_prefix), normalise_book_id(args.book)))
     if key is not None:
         from schemas.signing import sign
 

@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the book the command is for (default: main); the command names PREFIX.BOOK, signed with it, and a "
         "book with operator keys that is not that book refuses it",
     )  # fmt: skip
-    _log_options(control)
+    _log_options(control, discover=True)
     control.set_defaults(handler=_cmd_control)
 
     propose = sub.add_parser(
@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     propose.add_argument("file", help="JSON file of proposals, or - for stdin")
     propose.add_argument("--agent", help="refuse any proposal whose agent_id is not this one")
-    _log_options(propose)
+    _log_options(propose, discover=True)
     propose.set_defaults(handler=_cmd_propose)
 
     fill = sub.add_parser(
@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         "to now and reason to null. Exit 2, naming the line and the field, when any is invalid: nothing is sent.",
     )
     fill.add_argument("file", help="JSON file of fills, or - for stdin")
-    _log_options(fill)
+    _log_options(fill, discover=True)
     fill.set_defaults(handler=_cmd_fill)
 
     tail = sub.add_parser(
@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--max", type=_at_least(1), help="stop after this many records")
     tail.add_argument("--timeout", type=_seconds, help="stop after this many seconds")
     tail.add_argument("--trusted-keys", action="append", help=TRUSTED_KEYS_HELP)
-    _log_options(tail)
+    _log_options(tail, discover=True)
     tail.set_defaults(handler=_cmd_tail)
 
     status = sub.add_parser(

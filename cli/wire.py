@@ -18,6 +18,7 @@ from cli.common import (
     _log_settings,
     _new_secret,
     _read_input,
+    _topic_prefix,
     _trusted_keys,
 )
 
@@ -152,7 +153,9 @@ def _send_records(args: argparse.Namespace, kind: str, parse: Callable[[str, int
     if not records:
         print(f"allocator {args.command}: the input holds no {kind}; nothing sent", file=sys.stderr)
         return EXIT_USAGE
-    settings, topics = _existing_log(args), Topics(args.topic_prefix)
+    settings = _existing_log(args)
+    args.topic_prefix = _topic_prefix(args, settings)
+    topics = Topics(args.topic_prefix)
     used: dict[str, None] = {}
     try:
         with settings.open() as log:
@@ -199,10 +202,12 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     from schemas.codec import UndecodableMessage, make_codec
     from schemas.events import Decision, Event
 
-    topics = Topics(args.topic_prefix)
-    topic = {"decisions": topics.decisions, "governor": topics.governor, "deadletter": topics.deadletter}[args.what]
     if args.trusted_keys is not None and args.what != "decisions":
         raise UsageError("--trusted-keys verifies decisions: it goes with `tail decisions` only")
+    settings = _existing_log(args)
+    args.topic_prefix = _topic_prefix(args, settings)
+    topics = Topics(args.topic_prefix)
+    topic = {"decisions": topics.decisions, "governor": topics.governor, "deadletter": topics.deadletter}[args.what]
     trusted = _trusted_keys(args) if args.trusted_keys is not None else None
     if args.what == "decisions" and trusted is None:
         print("allocator tail: decisions as written on the log, unverified (--trusted-keys verifies them)",
@@ -222,7 +227,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
         print(json.dumps(row) if args.json else one_line(event), flush=True)
 
     try:
-        with _existing_log(args).open() as log:
+        with settings.open() as log:
             ends = log.end_offsets([topic])
             if not ends:
                 raise UsageError(f"{topic} does not exist (allocator init)")

@@ -442,3 +442,29 @@ def test_a_trusted_key_file_that_is_no_key_says_what_a_key_file_holds(
     short.write_text("ab" * 31, encoding="ascii")
     assert main(["audit", *log, "--trusted-keys", str(short)]) == 2
     assert "an Ed25519 public key is 32 bytes (64 hex characters), got 31 bytes" in capsys.readouterr().err
+
+
+def test_writers_and_tail_find_the_only_book_of_an_embedded_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside probe: on the demo's log (prefix `demo`) `tail`, `control` and `propose` said "topic
+    'allocator.decisions' does not exist ... create it first (allocator init)", and following that advice made the
+    log hold two books, so `audit` and `status` then refused it. They now find the only book as the readers do, and
+    name the books of a log that holds several."""
+    proposals = str(Path(__file__).parent.parent / "examples" / "proposals.json")
+    log = ["--log", str(tmp_path / "log.sqlite")]
+    assert main(["init", *log, "--topic-prefix", "desk"]) == 0
+    for argv in (["propose", proposals, *log], ["control", "halt", "--reason", "r", "--operator", "o", *log],
+                 ["tail", "governor", "--from-beginning", "--timeout", "0.1", *log]):  # fmt: skip
+        capsys.readouterr()
+        assert main(argv) == 0, (argv, capsys.readouterr().err)
+    assert main(["serve", *log, "--topic-prefix", "desk", "--max-cycles", "1", "--duration", "60"]) == 0
+    capsys.readouterr()
+    assert main(["tail", "decisions", "--from-beginning", "--timeout", "0.1", *log]) == 0
+    assert "decision desk.main-0000000001" in capsys.readouterr().out
+    assert main(["init", *log, "--topic-prefix", "other"]) == 0
+    for argv in (["propose", proposals, *log], ["control", "resume", "--reason", "r", "--operator", "o", *log],
+                 ["tail", "decisions", *log]):  # fmt: skip
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        assert "holds several books: --topic-prefix desk, --topic-prefix other" in capsys.readouterr().err

@@ -178,7 +178,9 @@ def test_a_fill_delivered_twice_or_corrected_under_its_id_counts_alike_in_the_bo
     engine = database.migrate()
     _project(db, engine)
     with engine.connect() as conn:
-        exposure = dict(conn.execute(text("SELECT market_id, gross_exposure FROM exposure_by_market")).all())
+        exposure: dict[str, float] = dict(
+            conn.execute(text("SELECT market_id, gross_exposure FROM exposure_by_market")).all()
+        )
     assert exposure == held
 
 
