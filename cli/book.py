@@ -308,9 +308,11 @@ def _another_logs_projection(
     from allocator.service.chain import canonical_of
     from schemas.signing import decision_hash
 
-    if verified is None or not status["decisions"]:
+    latest = [status["latest_decision"]] if status.get("latest_decision") else []
+    shown = [*status["decisions"], *latest]  # the newest is checked even when --decisions 0 lists none
+    if verified is None or not shown:
         return None
-    topics = sorted({str(d["log_topic"]) for d in status["decisions"]})
+    topics = sorted({str(d["log_topic"]) for d in shown})
     if topics != [decisions_topic]:
         return f"the projection was made from {', '.join(topics)}, but the log's decisions are on {decisions_topic}"
     on_log = {(r.topic, r.partition, r.offset): (r, d) for r, d in verified.accepted}
@@ -319,7 +321,7 @@ def _another_logs_projection(
         ends[r.partition] = max(ends.get(r.partition, -1), r.offset)
     for x in verified.rejections:
         ends[x.partition] = max(ends.get(x.partition, -1), x.offset)
-    for d in status["decisions"]:
+    for d in shown:
         where = f"{d['log_topic']}[{d['log_partition']}]@{d['log_offset']}"
         found = on_log.get((d["log_topic"], d["log_partition"], d["log_offset"]))
         if found is None:

@@ -136,6 +136,8 @@ def _audit_engine(args: argparse.Namespace) -> AuditEngine:
             raise UsageError(f"--dask needs Dask: pip install 'allocator[audit-cluster]' ({exc})") from exc
         except OSError as exc:
             raise UsageError(f"--dask {args.dask}: cannot reach the scheduler: {exc}") from exc
+        except ValueError as exc:  # Dask's parsing of the address: "missing port number", an unknown protocol
+            raise UsageError(f"--dask {args.dask}: not a scheduler address ({exc}); e.g. tcp://host:8786") from exc
     if args.jobs is None or args.jobs == 1:
         return SequentialEngine()
     if args.jobs < 1:

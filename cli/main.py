@@ -403,7 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
         "SQLite unless --kafka / --database are given.",
     )
     demo.add_argument("--out", default="demo-report", help="report folder (default: demo-report)")
-    demo.add_argument("--seed", type=int, default=7, help="seed of the world, agents and executor (default: 7)")
+    demo.add_argument(
+        "--seed", type=_at_least(0), default=7, help="seed of the world, agents and executor (default: 7)"
+    )
     demo.add_argument(
         "--steps", type=int, default=100, help="steps of 5 s log time, one cycle each (default: 100, at least 20)"
     )

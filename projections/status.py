@@ -29,7 +29,8 @@ def read_status(engine: Engine, config: AllocatorConfig, decisions: int = 5, com
         )
         events = _rows(conn, select(tables.governor_events).order_by(tables.governor_events.c.time,
                                                                      tables.governor_events.c.event_id))  # fmt: skip
-        last = _rows(conn, select(tables.decisions).order_by(desc(tables.decisions.c.cycle)).limit(decisions))
+        # The newest decision is read even when none is to be listed: the book's state is the one it records.
+        last = _rows(conn, select(tables.decisions).order_by(desc(tables.decisions.c.cycle)).limit(max(decisions, 1)))
         funded: dict[str, int] = dict(
             conn.execute(
                 select(tables.allocations.c.decision_id, func.count())
@@ -111,7 +112,8 @@ def read_status(engine: Engine, config: AllocatorConfig, decisions: int = 5, com
             {**k, "cap": config.group_caps.get(k["correlation_key"], config.group_cap * e_now)}
             for k in sorted(keys, key=lambda k: -k["gross_exposure"])
         ],
-        "decisions": [{**d, "funded": funded.get(d["decision_id"], 0)} for d in last],
+        "decisions": [{**d, "funded": funded.get(d["decision_id"], 0)} for d in last[:decisions]],
+        "latest_decision": {**last[0], "funded": funded.get(last[0]["decision_id"], 0)} if last else None,
         "commands": recent,
         # The newest decision projected and its hash: `allocator audit --head` checks a log still reaches it.
         "chain_head": head[0] if head else None,
@@ -178,10 +180,10 @@ def _warning_lines(status: dict[str, Any]) -> list[str]:
 def format_status(status: dict[str, Any]) -> str:
     out: list[str] = _warning_lines(status)
     equity = status["equity"]
-    if not status["decisions"]:
+    d0 = status.get("latest_decision")
+    if d0 is None:
         return "\n".join([*out, "no decisions in the projection yet (is `allocator project` running against this "
                           "book's log?)", *_configuration_lines(status)])  # fmt: skip
-    d0 = status["decisions"][0]
     out.append(f"book {d0['book_id']}: governor {status['governor_state']}   (projection as of cycle {d0['cycle']}, "
                f"{_when(d0['decided_at'])})")  # fmt: skip
     if status.get("governor_events_claim"):

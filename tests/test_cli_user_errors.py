@@ -468,3 +468,37 @@ def test_writers_and_tail_find_the_only_book_of_an_embedded_log(
         capsys.readouterr()
         assert main(argv) == 2, argv
         assert "holds several books: --topic-prefix desk, --topic-prefix other" in capsys.readouterr().err
+
+
+def test_status_with_no_decisions_listed_still_shows_the_book(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside probe: `status --decisions 0` printed only "no decisions in the projection yet", with no governor,
+    equity or exposure, though the projection held decisions."""
+    proposals = str(Path(__file__).parent.parent / "examples" / "proposals.json")
+    log = ["--log", str(tmp_path / "log.sqlite")]
+    db = ["--database", f"sqlite:///{tmp_path / 'p.sqlite'}"]
+    serve = ["serve", *log, "--max-cycles", "1", "--duration", "60"]
+    for argv in (["init", *log], ["propose", proposals, *log], serve, ["project", "--once", *log, *db]):
+        assert main(argv) == 0, argv
+    capsys.readouterr()
+    assert main(["status", *log, *db, "--decisions", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "book main: governor ACTIVE" in out and "equity 100,000.00" in out
+    assert "no decisions in the projection yet" not in out
+    listed = out.split("last decisions")[1].split("operator commands")[0]
+    assert listed.count("\n") == 2  # the header line only
+
+
+def test_demo_seed_and_dask_address_are_checked_as_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An outside probe: `demo --seed -1` and `audit --dask 127.0.0.1` (no port) ended on ValueError tracebacks."""
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--seed", "-1"])
+    assert info.value.code == 2 and "--seed: '-1': at least 0" in capsys.readouterr().err
+    pytest.importorskip("distributed")
+    log = str(tmp_path / "log.sqlite")
+    assert main(["init", "--log", log]) == 0
+    capsys.readouterr()
+    assert main(["audit", "--log", log, "--dask", "127.0.0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "--dask 127.0.0.1: not a scheduler address" in err and "Traceback" not in err
