@@ -387,6 +387,22 @@ class PortfolioState:
         elif classify_repeat(seen, pid, _content_hash(proposal)) is Repeat.CONFLICT:
             self.conflicts.setdefault(pid, proposal)
 
+    def intake_refusal(self, proposal: Proposal) -> str | None:
+        """Why a proposal may not be received (`max_undecided_proposals`, rules.md §2), or None: the book already holds
+        that many undecided proposals, and this one would add another (a repeat of a received one with the same
+        content adds nothing and is let through, to be ignored)."""
+        cap = self.config.max_undecided_proposals
+        if cap <= 0:
+            return None
+        waiting = len(self.pending) + len(self.conflicts) + len(self.refused)
+        if waiting < cap:
+            return None
+        pid = (proposal.agent_id, proposal.proposal_id)
+        if pid in self.seen and self.seen[pid] == _content_hash(proposal):
+            return None
+        return (f"the book holds {waiting} undecided proposals (max_undecided_proposals {cap}); not received: send it "
+                "again after the next decision")  # fmt: skip
+
     def refuse_proposal(self, proposal: Proposal, why: str) -> None:
         """A proposal its writer may not make (rules.md §11.1): the next decision rejects it UNAUTHORIZED with
         `why`. It is not received: it claims no proposal id, names no market and moves no duplicate rule."""

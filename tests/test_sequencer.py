@@ -123,3 +123,38 @@ def test_a_proposal_lives_from_the_log_time_it_was_received_not_from_its_created
     assert [a.status for a in run_cycle(build_request(state2, topics, "book", {})).decision.allocations] == [
         AllocationStatus.EXPIRED
     ]
+
+
+def test_a_flood_of_proposals_past_max_undecided_proposals_is_dead_lettered_not_received() -> None:
+    """An outside probe: pending proposals were unbounded, and a decision names every one: 45,000 of them made
+    decisions of 19.9 MB, past the log's 16 MiB record limit, so the book could never publish again. Past
+    `max_undecided_proposals` a proposal is a dead letter that claims nothing; a decision frees the room."""
+    from allocator.engine.cycle import run_cycle
+    from allocator.service.sequencer import BookState, build_request, fold_batch, fold_decision, prepare_cycle
+    from book.config import AllocatorConfig
+    from eventlog.port import Record, Topics
+    from schemas.codec import SingleObjectCodec
+    from schemas.events import Proposal, Side
+
+    codec, topics, t = SingleObjectCodec(), Topics("flood"), 1_790_000_000_000
+    state = BookState.new(AllocatorConfig(scenario_count=100, max_undecided_proposals=5))
+    offset = [0]
+
+    def send(*proposals: Proposal) -> list[str]:
+        records = []
+        for p in proposals:
+            records.append(Record(topics.proposals, 0, offset[0], None, codec.encode(p), t))
+            offset[0] += 1
+        return [d.error for d in fold_batch(state, records, codec, topics).dead_letters]
+
+    def proposal(i: int) -> Proposal:
+        return Proposal(f"p{i}", "flooder", "s", f"m{i}", Side.BUY, 0.5, 0.04, 0.9, 500.0, 50.0, 0.05, 0.1, "k", t)
+
+    assert send(*(proposal(i) for i in range(5))) == []
+    dead = send(proposal(5), proposal(6), proposal(0))  # the copy of p0 adds nothing: let through, ignored
+    assert len(dead) == 2 and all("holds 5 undecided proposals (max_undecided_proposals 5)" in d for d in dead)
+    prepare_cycle(state)
+    decision = run_cycle(build_request(state, topics, "book", {})).decision
+    fold_decision(state, decision)
+    assert sorted(a.proposal_id for a in decision.allocations) == [f"p{i}" for i in range(5)]
+    assert send(proposal(5)) == []  # decided ones left room; p5 was never received, so it is new

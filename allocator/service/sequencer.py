@@ -203,6 +203,10 @@ def fold_one(
     `writer` is the agent whose own proposals topic the record came from (None: any other topic). A proposal
     there naming another agent is refused (`PortfolioState.refuse_proposal`): the next decision rejects it
     UNAUTHORIZED, and its id stays free for the agent it names."""
+    if isinstance(event, Proposal):
+        full = book.intake_refusal(event)
+        if full is not None:
+            return dead_letter(record, f"rejected, no effect on the book: {full}")
     if writer is not None and isinstance(event, Proposal):
         why = unauthorized(record, event, writer)
         if why is not None:
