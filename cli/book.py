@@ -205,9 +205,16 @@ def _cmd_control(args: argparse.Namespace) -> int:
 
         command = sign(command, key)
     topics = Topics(args.topic_prefix)
+    codec = make_codec(args.schema_registry)
     try:
         with settings.open() as log:
-            client = BookClient(log, make_codec(args.schema_registry), topics)
+            decided = _newest_decision_book(log, topics.decisions, codec)
+            if decided is not None and command.book != book_name(topics, decided):
+                # One book per topic prefix: a command for another book on this log is an operator's slip (a book
+                # without operator_keys would act on it, rules.md §11.3).
+                raise UsageError(f"--book {args.book}: the decisions on this log are book {decided}'s; a command for "
+                                 f"another book goes to that book's log (--book {decided} for this one)")  # fmt: skip
+            client = BookClient(log, codec, topics)
             client.command(command)
             client.flush()
     except ClientError as exc:
@@ -216,10 +223,32 @@ def _cmd_control(args: argparse.Namespace) -> int:
     except LogError as exc:
         print(f"allocator control: the log refused the command: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    print(f"sent {command.command.value} {command.command_id} by {command.operator_id} for book {book}"
+    print(f"sent {command.command.value} {command.command_id} by {command.operator_id} for book {command.book}"
           + (f" signed by key {command.key_id}" if command.key_id else " unsigned") + f" to {topics.control} on "
           f"{settings.describe()}; the allocator acts on it in its next cycle")  # fmt: skip
     return EXIT_OK
+
+
+def _newest_decision_book(log: EventLog, topic: str, codec: EventCodec) -> str | None:
+    """The book id of the newest decision on `topic` (None: no decision, or the newest record is none)."""
+    from eventlog.port import decode_value
+    from schemas.codec import UndecodableMessage
+    from schemas.events import Decision
+
+    ends = {tp: end for tp, end in log.end_offsets([topic]).items() if end > 0}
+    newest: tuple[int, str] | None = None
+    for tp, end in ends.items():
+        log.assign([topic])
+        for other in log.assignment():
+            log.seek(other, end - 1 if other == tp else ends.get(other, 0))
+        for record in log.poll(max_records=1, timeout_s=1.0):
+            try:
+                event = decode_value(record, codec)
+            except UndecodableMessage:
+                continue
+            if isinstance(event, Decision) and (newest is None or record.timestamp_ms > newest[0]):
+                newest = (record.timestamp_ms, event.book_id)
+    return None if newest is None else newest[1]
 
 
 def _limits(action: str, pairs: list[str] | None) -> dict[str, float] | None:

@@ -502,3 +502,28 @@ def test_demo_seed_and_dask_address_are_checked_as_options(tmp_path: Path, capsy
     assert main(["audit", "--log", log, "--dask", "127.0.0.1"]) == 2
     err = capsys.readouterr().err
     assert "--dask 127.0.0.1: not a scheduler address" in err and "Traceback" not in err
+
+
+def test_control_refuses_a_book_other_than_the_one_the_log_decides_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside probe: `control halt --book other` on book main's log (no operator keys) said "for book
+    allocator.other" and halted main: a book without a keyring takes any command on its control topic. The command
+    line now refuses a book the log's decisions do not name."""
+    proposals = str(Path(__file__).parent.parent / "examples" / "proposals.json")
+    log = ["--log", str(tmp_path / "log.sqlite")]
+    for argv in (
+        ["init", *log],
+        ["propose", proposals, *log],
+        ["serve", *log, "--max-cycles", "1", "--duration", "60"],
+    ):
+        assert main(argv) == 0, argv
+    capsys.readouterr()
+    assert main(["control", "halt", "--book", "other", "--reason", "r", "--operator", "o", *log]) == 2
+    assert "--book other: the decisions on this log are book main's" in capsys.readouterr().err
+    from eventlog.embedded import EmbeddedEventLog
+
+    with EmbeddedEventLog(tmp_path / "log.sqlite") as reader:
+        assert sum(reader.end_offsets(["allocator.control"]).values()) == 0  # nothing was written
+    assert main(["control", "halt", "--book", "main", "--reason", "r", "--operator", "o", *log]) == 0
+    assert "for book allocator.main unsigned" in capsys.readouterr().out
