@@ -59,7 +59,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from allocator.service.loop import AllocatorService, Contradicted, OtherBook, group_of
     from allocator.service.metrics import ServiceMetrics
     from allocator.service.sequencer import BookState, NoConfigOnLog
-    from eventlog.port import FencedError, LogError, TopicPartition, Topics, normalise_book_id
+    from eventlog.port import FencedError, LogError, NotALogError, TopicPartition, Topics, normalise_book_id
     from schemas.codec import make_codec
     from schemas.events import Decision
 
@@ -104,7 +104,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     server = _metrics_server(args, metrics.registry, metrics.ready)
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    deadline = time.monotonic() + args.duration if args.duration else None
+    deadline = time.monotonic() + args.duration if args.duration is not None else None  # 0: stop after starting
     chain = _chain_settings(args)
     log = settings.open(group_of(Topics(args.topic_prefix), args.book))
     reader = settings.open()
@@ -137,7 +137,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 3
     except LogError as exc:
         say.error(f"allocator serve: the log failed: {exc}", event="log_failed")
-        return EXIT_FAILURE
+        return EXIT_USAGE if isinstance(exc, NotALogError) else EXIT_FAILURE
     finally:
         reader.close()
         log.close()
@@ -172,7 +172,7 @@ def _cmd_control(args: argparse.Namespace) -> int:
 
     from allocator.service.clients import BookClient, ClientError, check_command
     from allocator.service.sequencer import book_name
-    from eventlog.port import LogError, Topics, normalise_book_id, wall_clock_ms
+    from eventlog.port import LogError, NotALogError, Topics, normalise_book_id, wall_clock_ms
     from schemas.codec import make_codec
     from schemas.events import Command, ControlCommand
 
@@ -222,7 +222,7 @@ def _cmd_control(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except LogError as exc:
         print(f"allocator control: the log refused the command: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return EXIT_USAGE if isinstance(exc, NotALogError) else EXIT_FAILURE
     print(f"sent {command.command.value} {command.command_id} by {command.operator_id} for book {command.book}"
           + (f" signed by key {command.key_id}" if command.key_id else " unsigned") + f" to {topics.control} on "
           f"{settings.describe()}; the allocator acts on it in its next cycle")  # fmt: skip

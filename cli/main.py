@@ -517,13 +517,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"allocator {args.command}: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:
-        from eventlog.port import LogError
+        from eventlog.port import LogError, NotALogError
 
         if not isinstance(exc, LogError):
             raise
-        # A topic that is not there is the caller's to fix (exit 2); any other refusal of the log is a failure.
+        # A topic that is not there, or a file that is no log, is the caller's to fix (exit 2); any other refusal of
+        # the log is a failure.
         print(f"allocator {args.command}: the log: {exc}", file=sys.stderr)
-        return EXIT_USAGE if "does not exist" in str(exc) else EXIT_FAILURE
+        caller = isinstance(exc, NotALogError) or "does not exist" in str(exc)
+        return EXIT_USAGE if caller else EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -139,7 +139,7 @@ def _send_records(args: argparse.Namespace, kind: str, parse: Callable[[str, int
     its agent's own topic when one exists (the book configures the agent), else to the shared one."""
     from allocator.service.clients import BookClient, agents_with_topics
     from allocator.service.wire import WireError
-    from eventlog.port import LogError, Topics, wall_clock_ms
+    from eventlog.port import LogError, NotALogError, Topics, wall_clock_ms
     from schemas.codec import make_codec
     from schemas.events import Proposal
 
@@ -171,7 +171,7 @@ def _send_records(args: argparse.Namespace, kind: str, parse: Callable[[str, int
             client.flush()
     except LogError as exc:
         print(f"allocator {args.command}: the log refused the {kind}: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return EXIT_USAGE if isinstance(exc, NotALogError) else EXIT_FAILURE
     for r in records:
         if isinstance(r, Proposal):
             print(f"sent {r.proposal_id} ({r.agent_id}, {r.market_id} {r.side.value} {r.requested_size:g})")
@@ -198,7 +198,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     from allocator.service.chain import Rejection
     from allocator.service.clients import DecisionFeed
     from allocator.service.wire import one_line, to_json
-    from eventlog.port import LogError, Record, Topics, decode_value
+    from eventlog.port import LogError, NotALogError, Record, Topics, decode_value
     from schemas.codec import UndecodableMessage, make_codec
     from schemas.events import Decision, Event
 
@@ -263,5 +263,6 @@ def _cmd_tail(args: argparse.Namespace) -> int:
                         break
     except LogError as exc:
         print(f"allocator tail: the log failed: {exc}", file=sys.stderr)
-        return EXIT_USAGE if "does not exist" in str(exc) else EXIT_FAILURE  # a topic that is not there: exit 2
+        # a topic that is not there, or a file that is no log: exit 2
+        return EXIT_USAGE if isinstance(exc, NotALogError) or "does not exist" in str(exc) else EXIT_FAILURE
     return EXIT_OK

@@ -37,6 +37,7 @@ from eventlog.port import (
     Clock,
     FencedError,
     LogError,
+    NotALogError,
     Record,
     TopicPartition,
     check_commit,
@@ -184,7 +185,7 @@ class EmbeddedEventLog:
             # Another program's database (a projection, say): adding the log's tables to it would make it both. Looked
             # at read-only, before the log's own connection sets WAL mode on the file.
             shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
-            raise LogError(f"embedded log {self.path}: holds tables that are no event log's ({shown}: a projection "
+            raise NotALogError(f"embedded log {self.path}: holds tables that are no event log's ({shown}: a projection "
                            "database?); name the book's log file, or a new one")  # fmt: skip
         self._engine = create_engine(f"sqlite:///{self.path}")
         self._install_sqlite_hooks(busy_timeout_s)
@@ -233,7 +234,8 @@ class EmbeddedEventLog:
         try:
             yield
         except SQLAlchemyError as exc:
-            raise LogError(f"embedded log {self.path}: could not {what}: {sqlite_problem(exc)}") from exc
+            kind = NotALogError if sqlite_not_a_log(exc) else LogError
+            raise kind(f"embedded log {self.path}: could not {what}: {sqlite_problem(exc)}") from exc
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:

@@ -197,6 +197,11 @@ class LogError(Exception):
     """The log refused or failed an operation; the message says which and why."""
 
 
+class NotALogError(LogError):
+    """The file named as the embedded log is no event log (another program's database, or not a database): the user
+    named the wrong file, a usage error rather than a failure of the log."""
+
+
 class FencedError(LogError):
     """This instance may no longer write: a newer instance with the same transactional id took over (or the client
     hit another fatal error). Nothing of the current transaction becomes visible. The caller must stop."""

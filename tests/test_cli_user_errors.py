@@ -394,10 +394,30 @@ def test_an_interrupted_audit_ends_its_progress_line_and_says_the_report_is_an_e
 def test_a_file_that_is_not_a_log_is_named_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`serve --log examples/basic.json` printed SQLAlchemy's message with its 'Background on this error' link."""
     examples = Path(__file__).resolve().parent.parent / "examples" / "basic.json"
-    assert main(["serve", "--log", str(examples), "--max-cycles", "1", "--duration", "1"]) == 1
+    assert main(["serve", "--log", str(examples), "--max-cycles", "1", "--duration", "1"]) == 2
     err = capsys.readouterr().err
     assert "file is not a database (not an event log)" in err
     assert "sqlalche.me" not in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_every_command_given_a_file_that_is_no_log_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """An outside probe: a text file as --log was exit 2 for audit, project, status and replay, but exit 1 ("the log
+    failed") for init, serve, propose, control and tail; naming the wrong file is the caller's to fix."""
+    text = str(Path(__file__).resolve().parent.parent / "README.md")
+    proposals = str(Path(__file__).resolve().parent.parent / "examples" / "proposals.json")
+    for argv in (["init"], ["serve", "--duration", "1"], ["propose", proposals], ["tail", "decisions"],
+                 ["control", "halt", "--reason", "r", "--operator", "o"], ["audit"], ["status"]):  # fmt: skip
+        capsys.readouterr()
+        assert main([*argv, "--log", text]) == 2, argv
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "README.md" in err, argv
+
+
+def test_serve_with_duration_0_stops_after_starting(tmp_path: Path) -> None:
+    """An outside probe: `--duration 0` was taken as no duration, and serve ran until killed."""
+    log = str(tmp_path / "log.sqlite")
+    assert main(["init", "--log", log]) == 0
+    assert main(["serve", "--log", log, "--duration", "0"]) == 0
 
 
 def test_a_read_only_log_is_said_without_the_sql_statement(tmp_path: Path) -> None:
