@@ -155,7 +155,7 @@ def _cmd_keys_new(args: argparse.Namespace) -> int:
     from schemas.signing import SigningKeyError
 
     try:
-        key_id, _private, public = new_key_pair(args.out)
+        key_id, private, public = new_key_pair(args.out)
         raw = public_key_hex(load_trusted_keys(public)[key_id])
     except SigningKeyError as exc:
         raise UsageError(str(exc)) from exc
@@ -163,6 +163,11 @@ def _cmd_keys_new(args: argparse.Namespace) -> int:
     print(f"public key {public}")
     # What a book's operator keyring takes (operator_keys: key id -> raw public key in hex), ready to paste.
     print(f"operator_keys entry {json.dumps({key_id: raw})}")
+    others = sorted(p.name for p in private.parent.glob(f"*{private.suffix}") if p != private)
+    if others:
+        # A folder names a key only while it holds one (`signing_key_file`): say so now, not at the next serve.
+        print(f"allocator keys new: {private.parent} now holds {len(others) + 1} private keys ({', '.join(others)} "
+              f"before); --signing-key and --key must name the file: {private}", file=sys.stderr)  # fmt: skip
     return EXIT_OK
 
 

@@ -151,7 +151,8 @@ def _send_records(args: argparse.Namespace, kind: str, parse: Callable[[str, int
         print(f"allocator {args.command}: nothing sent", file=sys.stderr)
         return EXIT_USAGE
     if not records:
-        print(f"allocator {args.command}: the input holds no {kind}; nothing sent", file=sys.stderr)
+        source = "standard input" if args.file == "-" else args.file
+        print(f"allocator {args.command}: {source} holds no {kind}; nothing sent", file=sys.stderr)
         return EXIT_USAGE
     settings = _existing_log(args)
     args.topic_prefix = _topic_prefix(args, settings)
@@ -175,7 +176,8 @@ def _send_records(args: argparse.Namespace, kind: str, parse: Callable[[str, int
     for r in records:
         if isinstance(r, Proposal):
             print(f"sent {r.proposal_id} ({r.agent_id}, {r.market_id} {r.side.value} {r.requested_size:g})")
-    print(f"{len(records)} {kind} sent to {', '.join(used)} on {settings.describe()}")
+    what = kind if len(records) != 1 else kind.removesuffix("s")
+    print(f"{len(records)} {what} sent to {', '.join(used)} on {settings.describe()}")
     return EXIT_OK
 
 

@@ -4,6 +4,7 @@ that runs for ever."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -95,8 +96,9 @@ def test_a_command_on_a_log_file_that_is_not_there_names_it_and_creates_nothing(
 def test_tail_of_a_topic_that_is_not_there_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     log = ["--log", str(tmp_path / "log.sqlite")]
     assert main(["init", *log, "--topic-prefix", "other"]) == 0
-    assert main(["tail", "governor", "--max", "1", "--timeout", "1", *log]) == 2
-    assert "allocator init" in capsys.readouterr().err
+    assert main(["tail", "governor", "--max", "1", "--timeout", "1", *log, "--topic-prefix", "allocator"]) == 2
+    assert "no topics with prefix 'allocator'" in capsys.readouterr().err
+    assert main(["tail", "governor", "--max", "1", "--timeout", "1", *log]) == 0  # the log's only book
 
 
 @pytest.mark.parametrize("command", [["init"], ["serve", "--max-cycles", "1"]])
@@ -138,7 +140,7 @@ def test_text_that_is_not_unicode_is_refused_before_anything_is_sent(
     assert "reason: not valid Unicode text" in capsys.readouterr().err
     monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
     assert main(["propose", "-", "--log", str(log)]) == 2
-    assert "the input holds no proposals; nothing sent" in capsys.readouterr().err
+    assert "standard input holds no proposals; nothing sent" in capsys.readouterr().err
     with EmbeddedEventLog(log) as reader:
         assert sum(reader.end_offsets(["allocator.proposals", "allocator.control"]).values()) == 0
 
@@ -547,3 +549,31 @@ def test_control_refuses_a_book_other_than_the_one_the_log_decides_for(
         assert sum(reader.end_offsets(["allocator.control"]).values()) == 0  # nothing was written
     assert main(["control", "halt", "--book", "main", "--reason", "r", "--operator", "o", *log]) == 0
     assert "for book allocator.main unsigned" in capsys.readouterr().out
+
+
+def test_propose_names_an_empty_file_and_counts_one_proposal_in_the_singular(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Outside probes: an empty file was "the input holds no proposals", and one proposal was "1 proposals sent"."""
+    log = str(tmp_path / "log.sqlite")
+    assert main(["init", "--log", log]) == 0
+    empty = tmp_path / "empty.json"
+    empty.write_text("\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["propose", str(empty), "--log", log]) == 2
+    assert f"{empty} holds no proposals; nothing sent" in capsys.readouterr().err
+    one = json.loads((Path(__file__).resolve().parent.parent / "examples" / "proposals.json").read_text())[0]
+    single = tmp_path / "one.json"
+    single.write_text(json.dumps(one), encoding="utf-8")
+    assert main(["propose", str(single), "--log", log]) == 0
+    assert "\n1 proposal sent to allocator.proposals" in capsys.readouterr().out
+
+
+def test_a_second_key_in_a_folder_is_said_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An outside probe: `keys new --out DIR` twice added a second key silently; `serve --signing-key DIR` then failed
+    ("a folder must hold exactly one *.key file")."""
+    assert main(["keys", "new", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["keys", "new", "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert f"{tmp_path} now holds 2 private keys" in err and "--signing-key and --key must name the file" in err
