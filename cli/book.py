@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from schemas.codec import EventCodec
 
 from cli.common import (
+    DEFAULT_BOOK,
     DEFAULT_PREFIX,
     EXIT_FAILURE,
     EXIT_OK,
@@ -182,9 +183,10 @@ def _cmd_control(args: argparse.Namespace) -> int:
     from schemas.events import Command, ControlCommand
 
     key = _signing_key(args.key, "control") if args.key else None
-    prefix = args.topic_prefix or DEFAULT_PREFIX  # until the log is opened: the command's own fields come first
+    # Until the log is opened, a provisional prefix and book: the command's own fields are checked first.
+    prefix, named = args.topic_prefix or DEFAULT_PREFIX, args.book or DEFAULT_BOOK
     try:
-        book = book_name(Topics(prefix), normalise_book_id(args.book))
+        book = book_name(Topics(prefix), normalise_book_id(named))
     except ValueError as exc:
         raise UsageError(f"--book: {exc}") from exc
     command = ControlCommand(
@@ -203,22 +205,23 @@ def _cmd_control(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     settings = _existing_log(args)
     args.topic_prefix = _topic_prefix(args, settings)  # an embedded log's only book, unless --topic-prefix names one
-    if args.topic_prefix != prefix:
-        command = dataclasses.replace(command, book=book_name(Topics(args.topic_prefix), normalise_book_id(args.book)))
-    if key is not None:
-        from schemas.signing import sign
-
-        command = sign(command, key)
     topics = Topics(args.topic_prefix)
     codec = make_codec(args.schema_registry)
     try:
         with settings.open() as log:
             decided = _newest_decision_book(log, topics.decisions, codec)
-            if decided is not None and command.book != book_name(topics, decided):
+            if decided is not None and args.book is not None and normalise_book_id(args.book) != decided:
                 # One book per topic prefix: a command for another book on this log is an operator's slip (a book
                 # without operator_keys would act on it, rules.md §11.3).
                 raise UsageError(f"--book {args.book}: the decisions on this log are book {decided}'s; a command for "
                                  f"another book goes to that book's log (--book {decided} for this one)")  # fmt: skip
+            wanted = book_name(topics, args.book if args.book is not None else decided or DEFAULT_BOOK)
+            if wanted != command.book:
+                command = dataclasses.replace(command, book=wanted)
+            if key is not None:
+                from schemas.signing import sign
+
+                command = sign(command, key)
             client = BookClient(log, codec, topics)
             client.command(command)
             client.flush()
@@ -235,12 +238,16 @@ def _cmd_control(args: argparse.Namespace) -> int:
 
 
 def _newest_decision_book(log: EventLog, topic: str, codec: EventCodec) -> str | None:
-    """The book id of the newest decision on `topic` (None: no decision, or the newest record is none)."""
-    from eventlog.port import decode_value
+    """The book id of the newest decision on `topic` (None: no decision, the newest record is none, or this principal
+    may not read the topic)."""
+    from eventlog.port import LogError, decode_value
     from schemas.codec import UndecodableMessage
     from schemas.events import Decision
 
-    ends = {tp: end for tp, end in log.end_offsets([topic]).items() if end > 0}
+    try:
+        ends = {tp: end for tp, end in log.end_offsets([topic]).items() if end > 0}
+    except LogError:  # an operator's principal may not read decisions (docs/security.md): no book to compare with
+        return None
     newest: tuple[int, str] | None = None
     for tp, end in ends.items():
         log.assign([topic])

@@ -29,6 +29,7 @@ TOPIC_PREFIX_ENV = "ALLOCATOR_TOPIC_PREFIX"
 
 
 DEFAULT_PREFIX = "allocator"
+DEFAULT_BOOK = "main"  # serve's --book default, and control's when the log has no decision to name one
 
 
 EXIT_FAILURE = 1

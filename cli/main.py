@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from cli.book import _cmd_allocate, _cmd_control, _cmd_demo, _cmd_keys_new, _cmd_serve, _cmd_status
-from cli.common import DEFAULT_PREFIX, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, TOPIC_PREFIX_ENV, UsageError
+from cli.common import DEFAULT_BOOK, DEFAULT_PREFIX, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, TOPIC_PREFIX_ENV, UsageError
 from cli.read_side import (
     _cmd_audit,
     _cmd_db_grant_projector,
@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with its governor events and dead letters in one transaction. Uses Kafka when --kafka or "
         "KAFKA_BOOTSTRAP_SERVERS is set, else the embedded log file. Exit 3 when another instance took over.",
     )
-    serve.add_argument("--book", default="main", help="the book (wallet) to allocate (default: main)")
+    serve.add_argument("--book", default=DEFAULT_BOOK, help="the book (wallet) to allocate (default: main)")
     _log_options(serve)
     serve.add_argument(
         "--config",
@@ -321,9 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--key", help="sign the command with this operator's Ed25519 key file, or the only *.key file of this folder"
     )
     control.add_argument(
-        "--book", default="main",
-        help="the book the command is for (default: main); the command names PREFIX.BOOK, signed with it, and a "
-        "book with operator keys that is not that book refuses it",
+        "--book",
+        help="the book the command is for (default: the book the log's decisions name, else main); the command names "
+        "PREFIX.BOOK, signed with it, and a book with operator keys that is not that book refuses it",
     )  # fmt: skip
     _log_options(control, discover=True)
     control.set_defaults(handler=_cmd_control)

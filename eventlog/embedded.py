@@ -142,7 +142,7 @@ def sqlite_problem(exc: BaseException) -> str:
     return said
 
 
-def _foreign_tables(path: Path) -> list[str]:
+def foreign_tables(path: Path) -> list[str]:
     """The tables of an existing SQLite file that are not the log's (sorted); none for a new, empty or unreadable
     file (opening it as the log then says what is wrong)."""
     try:
@@ -180,7 +180,7 @@ class EmbeddedEventLog:
         self.group = group
         self._clock = clock
         self._poll_interval_s = poll_interval_s
-        foreign = _foreign_tables(self.path)
+        foreign = foreign_tables(self.path)
         if foreign:
             # Another program's database (a projection, say): adding the log's tables to it would make it both. Looked
             # at read-only, before the log's own connection sets WAL mode on the file.

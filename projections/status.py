@@ -180,7 +180,7 @@ def _warning_lines(status: dict[str, Any]) -> list[str]:
 def format_status(status: dict[str, Any]) -> str:
     out: list[str] = _warning_lines(status)
     equity = status["equity"]
-    d0 = status.get("latest_decision")
+    d0 = status.get("latest_decision") or (status["decisions"][0] if status["decisions"] else None)
     if d0 is None:
         return "\n".join([*out, "no decisions in the projection yet (is `allocator project` running against this "
                           "book's log?)", *_configuration_lines(status)])  # fmt: skip

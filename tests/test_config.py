@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 
 import pytest
 
@@ -141,3 +142,19 @@ def test_every_key_at_another_value_hashes_and_reads_back_from_a_decision() -> N
         assert getattr(config, key) != getattr(AllocatorConfig(), key), key
         assert config.config_hash != default, key
         assert AllocatorConfig.from_recorded(config.to_mapping()).config_hash == config.config_hash, key
+
+
+def test_the_keys_the_guides_call_configuration_only_are_the_ones_set_limits_refuses() -> None:
+    """security.md lists the keys SET_LIMITS cannot change and operations.md marks them "Configuration only": a key
+    added to one and not to the fold's CONFIGURATION_ONLY (the new fill and intake rules, at first) could be lifted
+    by an operator's command."""
+    from book.portfolio import CONFIGURATION_ONLY
+
+    root = Path(__file__).resolve().parent.parent
+    guide = (root / "docs" / "operations.md").read_text(encoding="utf-8")
+    marked = {m.group(1) for m in re.finditer(r"^\| `(\w+)` \|.*Configuration only \|$", guide, re.MULTILINE)}
+    security = (root / "docs" / "security.md").read_text(encoding="utf-8")
+    sentence = security.split("`SET_LIMITS` cannot change ")[1].split(": they are configuration only")[0]
+    listed = set(re.findall(r"`(\w+)`", sentence))
+    assert marked <= CONFIGURATION_ONLY
+    assert listed == CONFIGURATION_ONLY

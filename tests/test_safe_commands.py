@@ -112,7 +112,7 @@ def test_no_command_turns_a_projection_into_an_event_log(tmp_path: Path, capsys:
     before = projection.read_bytes()
     for argv in (["init"], ["serve", "--duration", "1"], ["tail", "decisions"]):
         capsys.readouterr()
-        assert main([*argv, "--log", str(projection)]) != 0
+        assert main([*argv, "--log", str(projection)]) == 2
         err = capsys.readouterr().err
         assert "holds tables that are no event log's (alembic_version, allocations" in err, argv
         assert projection.read_bytes() == before

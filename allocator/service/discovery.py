@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 
 from allocator.service.backends import LogSettings
-from eventlog.embedded import sqlite_not_a_log, sqlite_problem
+from eventlog.embedded import foreign_tables, sqlite_not_a_log, sqlite_problem
 from eventlog.port import Topics
 
 ROLES = tuple(name.removeprefix("x.") for name in (*Topics("x").inputs, *Topics("x").outputs))
@@ -25,6 +25,11 @@ def embedded_topics(path: Path) -> list[str]:
     """The topic names of an embedded log file, read without writing to it (a missing file is not created)."""
     if not path.is_file():
         raise BookNotFound(f"no event log at {path}: pass --log FILE (or --kafka HOST:PORT)")
+    foreign = foreign_tables(path)
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+        raise BookNotFound(f"{path} is not an event log: it holds tables that are no event log's ({shown}: a "
+                           "projection database?)")  # fmt: skip
     try:
         with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as conn:
             rows = conn.execute("SELECT name FROM topics").fetchall()
