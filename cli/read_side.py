@@ -58,6 +58,11 @@ def _cmd_db_upgrade(args: argparse.Namespace) -> int:
     where = f" in schema {args.schema}" if args.schema else ""
     try:
         before = current_revision(url, args.schema)
+        if before is not None and known_revision(before) is None:
+            print(f"allocator db upgrade: the projection schema{where} is at {before}, a revision this release does "
+                  f"not know (a newer release migrated it; this one's newest is {newest_revision()}); nothing changed",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_USAGE
         if before is not None and before != target and is_ancestor(target, before):
             # Alembic's upgrade to an earlier revision does nothing; saying "at <target>" would be untrue.
             print(f"allocator db upgrade: the projection schema{where} is at {before}, past {target}: "

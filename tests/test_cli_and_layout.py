@@ -58,6 +58,13 @@ def test_db_upgrade_says_which_revision_it_reached(tmp_path: Path, capsys: pytes
     err = capsys.readouterr().err
     assert f"is at {newest}, past 0003: db upgrade never goes back" in err
     assert current_revision(url) == newest
+    # A database a newer release migrated: named, not a traceback.
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "p.sqlite") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    assert main(["db", "upgrade", "--database", url]) == 2
+    assert "is at 9999, a revision this release does not know" in capsys.readouterr().err
 
 
 def test_db_upgrade_names_a_revision_that_does_not_exist_and_a_database_it_cannot_open(
