@@ -113,6 +113,9 @@ class AllocatorConfig:
     # bound one agent's flood grew decisions past the log's 16 MiB record limit and stopped the book. 0 sets no bound,
     # as the releases before the key did (`ABSENT_MEANS`)
     max_undecided_proposals: int = 5_000
+    # rules.md §6.3: 2 names, on a proposal cut by a cap, the cap that bounds its size (the smallest; several when
+    # equal); 1 named every cap below its request, a looser one too, as the releases before the key did (`ABSENT_MEANS`)
+    cap_reasons: int = 2
     # rules.md §11.1: a fill that moves money may be at most this share below its allocation's limit price (price
     # improvement; it buys size/price contracts: a price near 0 made a 1,500 fill worth 1.5e9 on resolution); 1 takes
     # any price, as the releases before the key did (`ABSENT_MEANS`)
@@ -269,11 +272,12 @@ FIRST_RELEASE_KEYS = frozenset(
 # `failure_reports_per_allocation` was unbounded (0) before it existed; before `operator_commands_name_book` a
 # signed command named no book (0); before `proposal_id_rules` a proposal's ids were checked by rules 1; before
 # `fill_rules` a fill's id was not checked (1), before `max_fill_price_improvement` nor its price (1); before
-# `max_undecided_proposals` nothing bounded the proposals waiting (0).
+# `max_undecided_proposals` nothing bounded the proposals waiting (0); before `cap_reasons` a cut named every cap
+# below its request (1).
 ABSENT_MEANS: Mapping[str, Any] = MappingProxyType(
     {"solver_revision": 1, "solver_work_limit": 32_000, "failure_reports_per_allocation": 0,
      "operator_commands_name_book": 0, "proposal_id_rules": 1, "fill_rules": 1, "max_fill_price_improvement": 1.0,
-     "max_undecided_proposals": 0}
+     "max_undecided_proposals": 0, "cap_reasons": 1}
 )  # fmt: skip
 
 
@@ -402,4 +406,5 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "fill_rules": (1, 2, False),
     "max_fill_price_improvement": (0.0, 1.0, False),
     "max_undecided_proposals": (0, 1_000_000, False),
+    "cap_reasons": (1, 2, False),
 }

@@ -48,7 +48,7 @@ from schemas.signing import check_signature, public_key_from_hex
 _SIDES = (Side.BUY, Side.SELL)
 CONFIGURATION_ONLY = frozenset(
     {"operator_keys", "kill_switch_reset_quorum", "kill_switch_reset_window_s", "operator_commands_name_book",
-     "proposal_id_rules", "fill_rules", "max_fill_price_improvement", "max_undecided_proposals"}
+     "proposal_id_rules", "fill_rules", "max_fill_price_improvement", "max_undecided_proposals", "cap_reasons"}
 )  # fmt: skip
 
 

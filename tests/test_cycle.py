@@ -459,3 +459,27 @@ def test_allocate_stdout_is_exactly_one_json_document_in_a_fresh_process() -> No
         check=True,
     )
     assert json.loads(result.stdout)["solver_path"] in ("MIP_OPTIMAL", "MIP_TIME_LIMIT", "PRIORITY_FALLBACK")
+
+
+def test_a_cut_names_the_cap_that_bounds_its_size_not_a_looser_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside probe: a request of 6,000 cut to the position cap's 2,000 was CUT [POSITION_CAP, GROUP_CAP], the
+    group cap's 5,000 also named though it bound nothing (rules.md §6.3). A configuration recorded before
+    `cap_reasons` keeps naming both, so its decisions audit as recorded."""
+    snapshot = json.loads((ROOT / "examples" / "basic.json").read_text(encoding="utf-8"))
+    first = snapshot["proposals"][0]
+    snapshot["proposals"] = [{**first, "requested_size": 6_000.0, "min_size": 100.0}]
+    snapshot["positions"] = []
+    snapshot["equity"] = snapshot["available"] = 100_000.0
+    snapshot.pop("high_water_mark", None)
+    reasons = {}
+    for rule in (2, 1):
+        snapshot["config"] = {"cap_reasons": rule, "group_cap": 0.05, "cvar_limit": 1.0}
+        path = tmp_path / f"rule{rule}.json"
+        path.write_text(json.dumps(snapshot), encoding="utf-8")
+        assert main(["allocate", "--no-timing", str(path)]) == 0
+        [allocation] = json.loads(capsys.readouterr().out)["allocations"]
+        assert (allocation["status"], allocation["size"]) == ("CUT", 2_000.0)
+        reasons[rule] = allocation["reasons"]
+    assert reasons == {2: ["POSITION_CAP"], 1: ["POSITION_CAP", "GROUP_CAP"]}

@@ -178,8 +178,12 @@ def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutco
             )
             continue
         e.upper = min(e.residual, *caps.values())
+        # rules.md §6.3: the cap that bounds the size (with `cap_reasons` 2; 1 named every cap below the request,
+        # a looser one too, as the releases before the key did).
         cap_reasons[e.key] = [
-            _reason(code, f"capped at {room:.2f}") for code, room in caps.items() if room < e.residual
+            _reason(code, f"capped at {room:.2f}")
+            for code, room in caps.items()
+            if room < e.residual and (config.cap_reasons < 2 or room <= e.upper)
         ]
         sized.append(e)
 
