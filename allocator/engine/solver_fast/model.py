@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -63,6 +64,17 @@ def _linear_rows(
     return [(coef, cols, lo, hi) for _, coef, cols, lo, hi in _labelled_rows(p, order, scale, cap, tight=tight)]
 
 
+def _runs(values: IntArray) -> list[tuple[int, IntArray]]:
+    """Each distinct value, ascending, with the ascending indices where `values` holds it: what `np.unique` and one
+    `np.flatnonzero(values == v)` per value give, from one stable sort (that pair cost O(n) per value)."""
+    if values.shape[0] == 0:
+        return []
+    by_value = np.argsort(values, kind="stable").astype(np.int64)
+    ordered = values[by_value]
+    bounds = [0, *(np.flatnonzero(np.diff(ordered)) + 1).tolist(), int(values.shape[0])]
+    return [(int(ordered[a]), by_value[a:b]) for a, b in itertools.pairwise(bounds)]
+
+
 def _labelled_rows(
     p: AllocationProblem, order: IntArray, scale: FloatArray, cap: FloatArray, *, tight: bool
 ) -> list[tuple[RowLabel, FloatArray, IntArray, float, float]]:
@@ -76,19 +88,23 @@ def _labelled_rows(
         rows.append((("capital", 0), scale.copy(), np.arange(n, dtype=np.int64), -_INF, up_limit(room)))
     group = p.group[order]
     limits = group_limit(p)
-    for g in np.unique(group).tolist():
-        cols = np.flatnonzero(group == g).astype(np.int64)
+    for g, cols in _runs(group):
         lim = float(limits[g])
         if float(scale[cols] @ cap[cols]) > lim:
             rows.append((("group", int(g)), scale[cols].copy(), cols, -_INF, up_limit(lim)))
     market = p.market[order]
     signed = p.direction[order].astype(np.float64) * scale
     band_lo, band_hi = market_band(p)
-    for m in np.unique(market).tolist():
-        cols = np.flatnonzero(market == m).astype(np.int64)
-        coef = signed[cols] * cap[cols]
-        up, down = float(coef[coef > 0].sum()), float(-coef[coef < 0].sum())
+    flows = signed * cap  # each candidate's largest flow: the same products as per market, computed once
+    flow_of = flows.tolist()
+    for m, cols in _runs(market):
         lo, hi = float(band_lo[m]), float(band_hi[m])
+        if cols.shape[0] == 1:  # most markets: one candidate, its flow is the whole sum (the same float)
+            c = flow_of[int(cols[0])]
+            up, down = (c if c > 0 else 0.0), (-c if c < 0 else 0.0)
+        else:
+            coef = flows[cols]
+            up, down = float(coef[coef > 0].sum()), float(-coef[coef < 0].sum())
         if up > hi or down > -lo:
             row_lo = low_limit(lo) if down > -lo else -_INF
             row_hi = up_limit(hi) if up > hi else _INF
