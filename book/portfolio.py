@@ -197,6 +197,8 @@ class Funded:
     # the proposal's price (of the side bought): the limit a fill's price is held to (`max_fill_price_improvement`);
     # None when the fold did not hold the proposal
     limit_price: float | None = None
+    # a FILLED, FAILED or REJECTED report ended it (`fill_rules` 2): a later report on it is refused
+    closed: bool = False
 
 
 @dataclass
@@ -463,6 +465,9 @@ class PortfolioState:
                         f"{fill.proposal_id!r} for several agents; the fill must name one")  # fmt: skip
             return (f"Fill.decision_id/agent_id/proposal_id: ({fill.decision_id!r}, {fill.agent_id!r}, "
                     f"{fill.proposal_id!r}) is not an allocation a committed decision funded")  # fmt: skip
+        if self.config.fill_rules >= 2 and allocation.closed:
+            return (f"Fill.status: the allocation ({fill.decision_id!r}, {agent!r}, {fill.proposal_id!r}) was ended "
+                    "by a FILLED, FAILED or REJECTED report; it takes no more")  # fmt: skip
         if (fill.market_id, fill.side) != (allocation.market_id, allocation.side):
             return (f"Fill.market_id/side: {fill.market_id!r} {fill.side.name} is not the allocation's "
                     f"{allocation.market_id!r} {allocation.side.name}")  # fmt: skip
@@ -482,6 +487,17 @@ class PortfolioState:
                         f"{allocation.limit_price!r} (max_fill_price_improvement; at least {floor!r}): it would buy "
                         f"{fill.filled_size / fill.price:.6g} contracts for {fill.filled_size!r}")  # fmt: skip
         return None
+
+    def resolved_refusal(self, event: Event) -> str | None:
+        """Why a fill, mark or resolution of a market that has resolved may not count (`fill_rules` 2), or None. A
+        fill there was valued at cost, hiding its loss from the kill switch; a mark revalued nothing real; a second
+        resolution paid out again."""
+        if self.config.fill_rules < 2 or not isinstance(event, Fill | PnlMark | MarketResolution):
+            return None
+        if event.market_id not in self.resolved:
+            return None
+        kind = type(event).__name__
+        return f"{kind}.market_id: {event.market_id!r} has resolved; nothing is traded, marked or resolved there again"
 
     def fill_id_refusal(self, fill: Fill) -> str | None:
         """Why a fill's id may not count (`fill_rules` 2, rules.md §11.1), or None; the id is taken either way (the
@@ -517,6 +533,14 @@ class PortfolioState:
         )
         if allocation is not None and fill.status in (FillStatus.FILLED, FillStatus.PARTIAL):
             allocation.filled += fill.filled_size
+        if allocation is not None and self.config.fill_rules >= 2:
+            # A partial fill keeps what is left of the allocation reserved: releasing it all let new allocations
+            # spend that capital and cap room while the rest could still be filled (a cap went to twice its size).
+            # FILLED, FAILED and REJECTED end the allocation.
+            allocation.closed = fill.status is not FillStatus.PARTIAL
+            left = allocation.size - allocation.filled
+            if reservation is not None and not allocation.closed and left > 0:
+                self.reservations[reservation.key] = replace(reservation, size=left)
         self.markets.add(fill.market_id)
         changes: list[GovernorChange] = []
         if fill.filled_size > 0 and fill.status in (FillStatus.FILLED, FillStatus.PARTIAL) and 0 < fill.price < 1:

@@ -51,6 +51,13 @@ def _cmd_db_upgrade(args: argparse.Namespace) -> int:
     if not url:
         print("allocator db upgrade: no database: pass --database URL or set DATABASE_URL", file=sys.stderr)
         return EXIT_USAGE
+    from projections.database import not_a_projection, sqlite_file
+
+    file = sqlite_file(url)
+    if file is not None and file.is_file():
+        why = not_a_projection(file)
+        if why is not None:  # an event log given as the database got the projection's tables added to it
+            raise UsageError(f"--database {url}: the file {why}; name a projection database")
     target = known_revision(args.revision)
     if target is None:
         raise UsageError(f"--revision {args.revision!r}: no such migration (the newest is {newest_revision()}, "
@@ -148,6 +155,28 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if report.mismatches or report.errors else EXIT_OK
 
 
+def _not_a_report(path: str) -> str | None:
+    """Why an existing file is not an earlier audit report (a phrase), or None: an empty file, a JSON object, or no
+    regular file at all (a device such as /dev/null: the write says what it makes of it)."""
+    import json
+    import stat
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        with open(path, "rb") as f:
+            head = f.read(16)
+            if not head:
+                return None
+            if head == b"SQLite format 3\x00":
+                return "an SQLite database (an event log or a projection)"
+            f.seek(0)
+            report = json.loads(f.read().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return "not an audit report (not JSON)"
+    return None if isinstance(report, dict) else "not an audit report (JSON, but no object)"
+
+
 def _check_report_path(path: str) -> None:
     """A report path the audit could not write to is a usage error before the audit runs (it used to be found only
     once every decision had been re-derived): an empty name, a folder, a missing or read-only folder, a file that
@@ -162,6 +191,10 @@ def _check_report_path(path: str) -> None:
     if os.path.exists(path):
         if not os.access(path, os.W_OK):
             raise UsageError(f"--report {path}: the file cannot be written (permissions)")
+        why = _not_a_report(path)
+        if why is not None:
+            # A report replaces its file: `--report book.sqlite` replaced the event log being audited.
+            raise UsageError(f"--report {path}: {why}; the report would replace it: name another file")
     elif not os.access(folder, os.W_OK):
         raise UsageError(f"--report {path}: the folder {folder} cannot be written (permissions)")
 

@@ -66,8 +66,10 @@ class Executor:
                                 a.agent_id))  # fmt: skip
                 continue
             filled = round(a.size * fraction, 2) if partial < self.params.partial_rate else a.size
-            status = FillStatus.PARTIAL if filled < a.size else FillStatus.FILLED
+            # One report per order, its final one: FILLED with what was executed (rules.md §11.1: PARTIAL would say
+            # more may come, and keep the rest reserved until fill_timeout_s).
+            why = "partially executed; the rest was not" if filled < a.size else None
             fee = round(filled * self.params.fee_rate, 2)
             out.append(Fill(fill_id, decision.decision_id, a.proposal_id, a.market_id, side, a.size, filled, price,
-                            fee, status, None, time, a.agent_id))  # fmt: skip
+                            fee, FillStatus.FILLED, why, time, a.agent_id))  # fmt: skip
         return out

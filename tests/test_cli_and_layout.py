@@ -80,6 +80,12 @@ def test_db_upgrade_names_a_revision_that_does_not_exist_and_a_database_it_canno
         assert f"--revision {revision!r}: no such migration (the newest is {newest_revision()}" in err
         assert "Traceback" not in err
     assert not (tmp_path / "p.sqlite").exists()
+    log = tmp_path / "log.sqlite"
+    assert main(["init", "--log", str(log)]) == 0
+    before = log.read_bytes()
+    capsys.readouterr()
+    assert main(["db", "upgrade", "--database", f"sqlite:///{log}"]) == 2  # it added 13 tables to the event log
+    assert "holds tables that are no projection's" in capsys.readouterr().err and log.read_bytes() == before
     assert main(["db", "upgrade", "--database", f"sqlite:///{tmp_path / 'no-such-folder' / 'p.sqlite'}"]) == 1
     err = capsys.readouterr().err
     assert err.strip() == (

@@ -577,3 +577,20 @@ def test_a_second_key_in_a_folder_is_said_at_once(tmp_path: Path, capsys: pytest
     assert main(["keys", "new", "--out", str(tmp_path)]) == 0
     err = capsys.readouterr().err
     assert f"{tmp_path} now holds 2 private keys" in err and "--signing-key and --key must name the file" in err
+
+
+def test_audit_report_never_replaces_a_file_that_is_not_a_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside probe: `audit --log book.sqlite --report book.sqlite` replaced the event log it audited with the
+    JSON report, exit 0."""
+    log = tmp_path / "book.sqlite"
+    assert main(["init", "--log", str(log)]) == 0
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine", encoding="utf-8")
+    before = log.read_bytes()
+    for target, why in ((log, "an SQLite database"), (notes, "not an audit report")):
+        capsys.readouterr()
+        assert main(["audit", "--log", str(log), "--report", str(target)]) == 2
+        assert f"--report {target}: {why}" in capsys.readouterr().err
+    assert log.read_bytes() == before and notes.read_text(encoding="utf-8") == "mine"

@@ -78,7 +78,10 @@ def test_a_fill_counts_for_at_most_its_funded_size_with_a_bounded_fee() -> None:
     over_fee = 0.05 * half * 1.01
     dead = _fold(state, _fill("f0", decision.decision_id, "p", half, fee=over_fee))
     assert len(dead) == 1 and "Fill.fee" in dead[0] and "max_fee_rate" in dead[0]
-    dead = _fold(state, _fill("f1", decision.decision_id, "p", half, fee=0.05 * half))
+    interim = dataclasses.replace(
+        _fill("f1", decision.decision_id, "p", half, fee=0.05 * half), status=FillStatus.PARTIAL
+    )
+    dead = _fold(state, interim)
     assert dead == []
     dead = _fold(state, _fill("fx", decision.decision_id, "p", half, market="elsewhere"))
     assert len(dead) == 1 and "Fill.market_id/side" in dead[0]
@@ -161,7 +164,9 @@ def test_a_fill_far_below_its_limit_price_mints_nothing() -> None:
     dead = _fold(state, cheap)
     assert len(dead) == 1 and "Fill.price: 1e-06 is more than 50% below the allocation's limit price 0.6" in dead[0]
     assert state.portfolio.cash == cash and not state.portfolio.holdings
-    edge = dataclasses.replace(_fill("f-edge", decision.decision_id, "p", size / 2), price=0.3)
+    edge = dataclasses.replace(
+        _fill("f-edge", decision.decision_id, "p", size / 2), price=0.3, status=FillStatus.PARTIAL
+    )
     worse = dataclasses.replace(_fill("f-worse", decision.decision_id, "p", size / 2), price=0.9)
     assert _fold(state, edge, worse) == []
     [holding] = state.portfolio.holdings.values()
@@ -180,7 +185,7 @@ def test_a_fill_id_counts_once_whether_its_first_report_was_taken_or_refused() -
     state = BookState.new(_config())
     decision = _funded(state)
     half = decision.allocations[0].size / 2
-    first = _fill("f1", decision.decision_id, "p", half)
+    first = dataclasses.replace(_fill("f1", decision.decision_id, "p", half), status=FillStatus.PARTIAL)
     assert _fold(state, first) == []
     cash = state.portfolio.cash
     dead = _fold(state, first)
@@ -207,3 +212,56 @@ def test_a_book_recorded_without_fill_rules_folds_fills_as_it_did() -> None:
     cheap = dataclasses.replace(_fill("f1", decision.decision_id, "p", half), price=1e-6)
     assert _fold(state, cheap) == [] and _fold(state, cheap) == []
     assert state.portfolio.cash == 100_000.0 - 2 * half
+
+
+def test_a_partial_fill_keeps_the_rest_reserved_and_a_final_report_ends_the_allocation() -> None:
+    """An outside probe: any report released the whole reservation while the allocation could still be filled to
+    its size: five 1-unit PARTIAL fills freed the market's cap room, five new allocations took it, and the first
+    ones were then filled too, 19,995 in a market capped at 10,000. A PARTIAL now keeps the rest reserved, and a
+    final report (FILLED, FAILED, REJECTED) ends the allocation."""
+    state = BookState.new(_config())
+    decision = _funded(state)
+    size = decision.allocations[0].size
+    partial = dataclasses.replace(_fill("f1", decision.decision_id, "p", 1.0), status=FillStatus.PARTIAL)
+    assert _fold(state, partial) == []
+    assert state.portfolio.reserved == size - 1.0
+    assert state.portfolio.cash == 100_000.0 - 1.0
+    failed = dataclasses.replace(_fill("f2", decision.decision_id, "p", 0.0), status=FillStatus.FAILED)
+    assert _fold(state, failed) == []
+    assert state.portfolio.reserved == 0.0  # the order ended: the rest is released
+    dead = _fold(state, _fill("f3", decision.decision_id, "p", size - 1.0))
+    assert len(dead) == 1 and "was ended by a FILLED, FAILED or REJECTED report" in dead[0]
+    assert state.portfolio.cash == 100_000.0 - 1.0
+
+
+def test_a_market_that_resolved_takes_no_fill_mark_or_second_resolution() -> None:
+    """An outside probe: after a market resolved NO, a fill there was folded at cost (its loss hidden from the kill
+    switch), a mark of 0.999999 raised the high-water mark, and a second resolution, YES, paid out."""
+    from schemas.events import MarketResolution, Outcome, PnlMark
+
+    state = BookState.new(_config())
+    decision = _funded(state)
+    size = decision.allocations[0].size
+    resolved = MarketResolution("m-p", Outcome.NO, T + 3_000)
+    records = [
+        Record(topics.pnl, 0, 0, None, codec.encode(resolved), T + 3_000),
+        Record(topics.fills, 0, 1, None, codec.encode(_fill("late", decision.decision_id, "p", size)), T + 3_001),
+        Record(topics.pnl, 0, 2, None, codec.encode(PnlMark("m-p", 0.999999, T + 3_002)), T + 3_002),
+        Record(topics.pnl, 0, 3, None, codec.encode(MarketResolution("m-p", Outcome.YES, T + 3_003)), T + 3_003),
+    ]
+    dead = fold_batch(state, records, codec, topics).dead_letters
+    assert [d.offset for d in dead] == [1, 2, 3]
+    assert all("'m-p' has resolved" in d.error for d in dead)
+    assert state.portfolio.cash == 100_000.0 and state.portfolio.equity == 100_000.0
+
+
+def test_a_book_recorded_without_fill_rules_releases_a_reservation_on_any_report() -> None:
+    recorded = {
+        k: v for k, v in _config().to_mapping().items() if k not in ("fill_rules", "max_fill_price_improvement")
+    }
+    state = BookState.new(AllocatorConfig.from_recorded(recorded))
+    decision = _funded(state)
+    partial = dataclasses.replace(_fill("f1", decision.decision_id, "p", 1.0), status=FillStatus.PARTIAL)
+    assert _fold(state, partial) == []
+    assert state.portfolio.reserved == 0.0
+    assert _fold(state, _fill("f2", decision.decision_id, "p", 10.0)) == []

@@ -216,6 +216,8 @@ def fold_one(
             return ()
     repeated = book.fill_id_refusal(event) if not trust_fills and isinstance(event, Fill) else None
     problem = repeated or out_of_bounds(event, book.markets)
+    if problem is None and not (trust_fills and isinstance(event, Fill)):
+        problem = book.resolved_refusal(event)
     if problem is None and not trust_fills and isinstance(event, Fill):
         problem = book.fill_refusal(event)
     if problem is not None:
