@@ -49,7 +49,9 @@ def fold(book: PortfolioState, fills: list[Fill]) -> None:
 
 
 def test_the_same_failed_report_written_again_does_not_pause_the_book() -> None:
-    book = book_with(funded(1), AllocatorConfig())
+    # Under `fill_rules` 2 a report after a FAILED one is refused outright (rules.md §11.1); the window's own rule is
+    # what holds where that rule is off (a configuration recorded before it).
+    book = book_with(funded(1), AllocatorConfig(fill_rules=1))
     fold(book, [report(0, FillStatus.FAILED, fill_id=f"f{k}") for k in range(40)])
     assert book.governor.state is GovernorState.ACTIVE
 
@@ -63,8 +65,8 @@ def test_failures_of_distinct_allocations_still_pause_it() -> None:
 
 def test_zero_size_reports_written_again_do_not_hide_failures() -> None:
     book = book_with(funded(30), AllocatorConfig())
-    # Forty zero-size FILLED reports on one allocation count once, so 7 failures of 20 reports pause the book.
-    fill_ups = [report(29, FillStatus.FILLED, 0.0) for _ in range(40)]
+    # Forty zero-size interim reports on one allocation count once, so 7 failures of 20 reports pause the book.
+    fill_ups = [report(29, FillStatus.PARTIAL, 0.0) for _ in range(40)]
     fold(book, fill_ups + [report(i, FillStatus.FAILED) for i in range(7)]
          + [report(i, FillStatus.FILLED, 100.0) for i in range(7, 19)])  # fmt: skip
     assert book.governor.state is GovernorState.PAUSED
