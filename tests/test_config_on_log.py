@@ -92,7 +92,7 @@ def test_a_restart_with_another_file_records_it_says_so_and_the_audit_follows(tm
     finally:
         stop(other)
     assert f"the log ran with hash {CONFIG.config_hash[:12]}, your file has {OTHER.config_hash[:12]}" in "\n".join(said)
-    assert "takes effect now" in "\n".join(said)
+    assert "the file's changes take effect now (position_cap;" in "\n".join(said)
     assert changed.config == canonical_config(OTHER) and changed.config_hash == OTHER.config_hash
     assert after.config is None and after.config_hash == OTHER.config_hash
 
@@ -130,6 +130,45 @@ def test_set_limits_apply_on_top_of_the_recorded_configuration(tmp_path: Path) -
     with EmbeddedEventLog(db) as reader:
         report = audit_log(reader, codec, TOPICS)
     assert [f.verdict for f in report.findings] == ["MATCH"] * 3
+
+
+def test_a_restart_with_the_book_s_own_file_keeps_the_operators_limits(tmp_path: Path) -> None:
+    """An outside probe: after a SET_LIMITS tightened position_cap to 0.005, `serve --config book.json` (the file the
+    book started with) put 0.02 back, and a file that changed one other key dropped an agent an operator had added.
+    The file's own changes take effect; every other key keeps what operators set (rules.md §7.7)."""
+    db = tmp_path / "log.sqlite"
+    svc = start(db, CONFIG)
+    decide(db, svc, 0)
+    command = ControlCommand("c1", "risk", Command.SET_LIMITS, "tighter", {"position_cap": 0.005}, T + 100)
+    produce(db, TOPICS.control, [(codec.encode(command), T + 100)])
+    decide(db, svc, 10)
+    stop(svc)
+    tighter = CONFIG.replace(position_cap=0.005)
+
+    said: list[str] = []
+    same = start(db, CONFIG, said)  # the book's own file
+    try:
+        assert same.state.portfolio.config == tighter
+        [kept] = decide(db, same, 20)
+    finally:
+        stop(same)
+    assert kept.config is None and kept.config_hash == tighter.config_hash
+    assert "the limits operators set since stay in force (position_cap)" in "\n".join(said)
+
+    said.clear()
+    edited = CONFIG.replace(cvar_limit=0.04)  # the operator's file changes another key
+    other = start(db, edited, said)
+    try:
+        assert other.state.portfolio.config == tighter.replace(cvar_limit=0.04)
+        [merged] = decide(db, other, 30)
+    finally:
+        stop(other)
+    assert merged.config_hash == tighter.replace(cvar_limit=0.04).config_hash
+    text = "\n".join(said)
+    assert "the file's changes take effect now (cvar_limit;" in text and "stay in force (position_cap)" in text
+    with EmbeddedEventLog(db) as reader:
+        report = audit_log(reader, codec, TOPICS)
+    assert [f.verdict for f in report.findings] == ["MATCH"] * 4
 
 
 def test_an_empty_log_without_a_file_records_the_defaults(tmp_path: Path) -> None:

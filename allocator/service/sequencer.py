@@ -121,10 +121,30 @@ def take_config(state: BookState, wanted: AllocatorConfig | None) -> str | None:
         return None
     if wanted is None or wanted.config_hash == in_force.config_hash:
         return None
-    adopt_config(state, canonical_config(wanted))
+    # A three-way merge, so that a restart with the book's own file does not undo an operator: the keys the file
+    # changes from the configuration the log recorded take effect; every other key keeps its value in force, which
+    # the SET_LIMITS accepted since may have changed (rules.md §7.7: they stay in force). A restart with an
+    # unchanged file used to put the file's position_cap back over an operator's tighter one, and drop an agent.
+    base = state.recorded_config
+    names = [f.name for f in dataclasses.fields(AllocatorConfig)]
+    edited = {n: getattr(wanted, n) for n in names if getattr(wanted, n) != getattr(base, n)}
+    kept = sorted(n for n in names if n not in edited and getattr(in_force, n) != getattr(base, n))
+    try:
+        merged = dataclasses.replace(in_force, **edited)
+    except ConfigError as exc:  # the operator's limits and the file's changes do not fit together: the file wins
+        merged, kept = wanted, []
+        dropped = f"; the limits set by operators since could not be kept with it ({exc}) and are dropped"
+    else:
+        dropped = ""
+    if merged.config_hash == in_force.config_hash:
+        return (f"your file has hash {wanted.config_hash[:12]}, the configuration the log recorded; the limits "
+                f"operators set since stay in force ({', '.join(kept)})")  # fmt: skip
+    adopt_config(state, canonical_config(merged))
+    changed = ", ".join(sorted(edited)) or "none"
+    staying = f"; the limits operators set since stay in force ({', '.join(kept)})" if kept else ""
     return (
         f"the log ran with hash {in_force.config_hash[:12]}, your file has {wanted.config_hash[:12]}; "
-        "the file's configuration takes effect now (recorded on the next decision)"
+        f"the file's changes take effect now ({changed}; recorded on the next decision){staying}{dropped}"
     )
 
 
