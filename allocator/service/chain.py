@@ -291,7 +291,9 @@ def report_rejections(rejections: Sequence[Rejection], say: Callable[[str], None
 def chain_findings(verified: VerifiedLog, head: str | None = None) -> list[dict[str, Any]]:
     """The audit's findings on the chain (docs/audit.md): one per rejected record, verdict the kind upper-cased
     (FORGED, ALTERED, REORDERED, UNSIGNED_AFTER_THE_CHAIN_BEGAN, UNDECODABLE, DUPLICATE_CYCLE), and
-    HEAD_NOT_REACHED when `head` is given and the verified chain does not end at it."""
+    HEAD_NOT_REACHED when `head` is given and the verified chain does not reach it: it is neither where the chain
+    ends nor the hash a later verified decision links to (an executor's stored head is usually older than the
+    newest decision; only a head the chain no longer passes through shows a cut)."""
     out: list[dict[str, Any]] = [
         {
             "decision_id": r.decision_id or "",
@@ -303,7 +305,8 @@ def chain_findings(verified: VerifiedLog, head: str | None = None) -> list[dict[
         }
         for r in verified.rejections
     ]
-    if head is not None and head.lower() != verified.head:
+    passed = {d.previous_hash for _, d in verified.accepted if d.previous_hash}
+    if head is not None and head.lower() != verified.head and head.lower() not in passed:
         last = verified.accepted[-1] if verified.accepted else None
         out.append(
             {
@@ -313,8 +316,8 @@ def chain_findings(verified: VerifiedLog, head: str | None = None) -> list[dict[
                 "solver_path": "",
                 "verdict": "HEAD_NOT_REACHED",
                 "problems": [
-                    f"head not reached: the verified chain ends at {verified.head}, not at the expected head {head} "
-                    "(a decision was deleted or the log is not the one the head was taken from)"
+                    f"head not reached: the verified chain ends at {verified.head} and never passes the expected "
+                    f"head {head} (a decision was deleted or the log is not the one the head was taken from)"
                 ],
             }
         )
