@@ -209,13 +209,17 @@ def _cmd_control(args: argparse.Namespace) -> int:
     codec = make_codec(args.schema_registry)
     try:
         with settings.open() as log:
-            decided = _newest_decision_book(log, topics.decisions, codec)
-            if decided is not None and args.book is not None and normalise_book_id(args.book) != decided:
+            books = _decision_books(log, topics.decisions, codec)
+            if args.book is not None and books and normalise_book_id(args.book) not in books:
                 # One book per topic prefix: a command for another book on this log is an operator's slip (a book
                 # without operator_keys would act on it, rules.md §11.3).
-                raise UsageError(f"--book {args.book}: the decisions on this log are book {decided}'s; a command for "
-                                 f"another book goes to that book's log (--book {decided} for this one)")  # fmt: skip
-            wanted = book_name(topics, args.book if args.book is not None else decided or DEFAULT_BOOK)
+                raise UsageError(f"--book {args.book}: the decisions on this log are book {' and '.join(books)}'s; a "
+                                 f"command for another book goes to that book's log")  # fmt: skip
+            if args.book is None and len(books) > 1:
+                # The first and the newest decision name different books: one of them is not this book's (a forged
+                # decision appended to the log chose the default, and the book refused the HALT sent to it).
+                raise UsageError(f"the decisions on this log name books {' and '.join(books)}: pass --book")
+            wanted = book_name(topics, args.book if args.book is not None else books[0] if books else DEFAULT_BOOK)
             if wanted != command.book:
                 command = dataclasses.replace(command, book=wanted)
             if key is not None:
@@ -237,9 +241,9 @@ def _cmd_control(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _newest_decision_book(log: EventLog, topic: str, codec: EventCodec) -> str | None:
-    """The book id of the newest decision on `topic` (None: no decision, the newest record is none, or this principal
-    may not read the topic)."""
+def _decision_books(log: EventLog, topic: str, codec: EventCodec) -> list[str]:
+    """The book ids of the first and the newest decision on `topic`, distinct, in that order (empty: no decision, or
+    this principal may not read the topic). A forged decision appended to the log makes them differ."""
     from eventlog.port import LogError, decode_value
     from schemas.codec import UndecodableMessage
     from schemas.events import Decision
@@ -247,20 +251,23 @@ def _newest_decision_book(log: EventLog, topic: str, codec: EventCodec) -> str |
     try:
         ends = {tp: end for tp, end in log.end_offsets([topic]).items() if end > 0}
     except LogError:  # an operator's principal may not read decisions (docs/security.md): no book to compare with
-        return None
-    newest: tuple[int, str] | None = None
+        return []
+    found: list[tuple[int, str]] = []
     for tp, end in ends.items():
-        log.assign([topic])
-        for other in log.assignment():
-            log.seek(other, end - 1 if other == tp else ends.get(other, 0))
-        for record in log.poll(max_records=1, timeout_s=1.0):
-            try:
-                event = decode_value(record, codec)
-            except UndecodableMessage:
-                continue
-            if isinstance(event, Decision) and (newest is None or record.timestamp_ms > newest[0]):
-                newest = (record.timestamp_ms, event.book_id)
-    return None if newest is None else newest[1]
+        for offset in sorted({0, end - 1}):
+            log.assign([topic])
+            for other in log.assignment():
+                log.seek(other, offset if other == tp else ends.get(other, 0))
+            for record in log.poll(max_records=1, timeout_s=1.0):
+                try:
+                    event = decode_value(record, codec)
+                except UndecodableMessage:
+                    continue
+                if isinstance(event, Decision):
+                    found.append((record.timestamp_ms, event.book_id))
+    found.sort()
+    books = [book for _, book in found[:1] + found[-1:]]
+    return list(dict.fromkeys(books))
 
 
 def _limits(action: str, pairs: list[str] | None) -> dict[str, float] | None:

@@ -549,6 +549,24 @@ def test_control_refuses_a_book_other_than_the_one_the_log_decides_for(
         assert sum(reader.end_offsets(["allocator.control"]).values()) == 0  # nothing was written
     assert main(["control", "halt", "--book", "main", "--reason", "r", "--operator", "o", *log]) == 0
     assert "for book allocator.main unsigned" in capsys.readouterr().out
+    # A forged decision appended under another book's name chose the default book, and the HALT went to it: the
+    # first and the newest decision now disagree, so the book must be named.
+    import dataclasses
+
+    from schemas.codec import SingleObjectCodec
+    from schemas.events import Decision
+
+    codec = SingleObjectCodec()
+    with EmbeddedEventLog(tmp_path / "log.sqlite") as writer:
+        writer.assign(["allocator.decisions"])
+        [record] = writer.poll(max_records=1, timeout_s=1.0)
+        genuine = codec.decode(record.value or b"")
+        assert isinstance(genuine, Decision)
+        writer.produce("allocator.decisions", codec.encode(dataclasses.replace(genuine, book_id="beta", cycle=9)))
+        writer.flush()
+    assert main(["control", "halt", "--reason", "r", "--operator", "o", *log]) == 2
+    assert "the decisions on this log name books main and beta: pass --book" in capsys.readouterr().err
+    assert main(["control", "halt", "--book", "main", "--reason", "r", "--operator", "o", *log]) == 0
 
 
 def test_propose_names_an_empty_file_and_counts_one_proposal_in_the_singular(
