@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from allocator.service.backends import LogSettings
     from allocator.service.chain import VerifiedLog
     from eventlog.port import EventLog
     from schemas.codec import EventCodec
@@ -71,6 +72,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     settings = _log_settings(args)
+    args.topic_prefix = _serve_prefix(args, settings)
     stop = {"now": False}
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -114,7 +116,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         say=say, metrics=metrics, chain=chain,
     )  # fmt: skip
     holder["service"] = service
-    say.info(f"allocator serve: book {args.book} on {settings.describe()}"
+    say.info(f"allocator serve: book {args.book} (topics {args.topic_prefix}.*) on {settings.describe()}"
              + (f"; metrics on port {server.port}" if server else ""), event="start")  # fmt: skip
     try:
         service.start()
@@ -170,6 +172,28 @@ def _cmd_keys_new(args: argparse.Namespace) -> int:
         print(f"allocator keys new: {private.parent} now holds {len(others) + 1} private keys ({', '.join(others)} "
               f"before); --signing-key and --key must name the file: {private}", file=sys.stderr)  # fmt: skip
     return EXIT_OK
+
+
+def _serve_prefix(args: argparse.Namespace, settings: LogSettings) -> str:
+    """serve's topic prefix: --topic-prefix, else an embedded log's only book, else `allocator` (a new log, or
+    Kafka). Serving `allocator` beside another prefix's book made a second, empty book on the log, and every command
+    that finds the book itself then refused it ("holds several books")."""
+    from pathlib import Path
+
+    from allocator.service.discovery import BookNotFound, book_prefixes, embedded_topics
+
+    if args.topic_prefix is not None:
+        return str(args.topic_prefix)
+    if settings.kafka_bootstrap is not None or not Path(settings.embedded_path).is_file():
+        return DEFAULT_PREFIX
+    try:
+        books = sorted(book_prefixes(embedded_topics(Path(settings.embedded_path))))
+    except BookNotFound as exc:
+        raise UsageError(str(exc)) from exc
+    if len(books) > 1:
+        raise UsageError(f"the event log {settings.embedded_path} holds several books: "
+                         f"{', '.join(f'--topic-prefix {b}' for b in books)}; pass one")  # fmt: skip
+    return books[0] if books else DEFAULT_PREFIX
 
 
 def _cmd_control(args: argparse.Namespace) -> int:

@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         "KAFKA_BOOTSTRAP_SERVERS is set, else the embedded log file. Exit 3 when another instance took over.",
     )
     serve.add_argument("--book", default=DEFAULT_BOOK, help="the book (wallet) to allocate (default: main)")
-    _log_options(serve)
+    _log_options(serve, discover=True)
     serve.add_argument(
         "--config",
         help="JSON file of configuration keys (default: the configuration the log records; on an empty log the "

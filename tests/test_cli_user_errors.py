@@ -398,7 +398,7 @@ def test_a_file_that_is_not_a_log_is_named_in_one_line(tmp_path: Path, capsys: p
     examples = Path(__file__).resolve().parent.parent / "examples" / "basic.json"
     assert main(["serve", "--log", str(examples), "--max-cycles", "1", "--duration", "1"]) == 2
     err = capsys.readouterr().err
-    assert "file is not a database (not an event log)" in err
+    assert f"{examples} is not an event log (file is not a database)" in err
     assert "sqlalche.me" not in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
@@ -612,3 +612,47 @@ def test_audit_report_never_replaces_a_file_that_is_not_a_report(
         assert main(["audit", "--log", str(log), "--report", str(target)]) == 2
         assert f"--report {target}: {why}" in capsys.readouterr().err
     assert log.read_bytes() == before and notes.read_text(encoding="utf-8") == "mine"
+
+
+def test_serve_runs_the_book_of_an_embedded_log_whatever_its_prefix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside probe: `serve` without --topic-prefix on a log made with `--topic-prefix p2` created empty
+    `allocator.*` topics beside p2's, decided nothing and exited 0; every command that finds the book then refused
+    the log ("holds several books")."""
+    proposals = str(Path(__file__).parent.parent / "examples" / "proposals.json")
+    log = ["--log", str(tmp_path / "log.sqlite")]
+    assert main(["init", *log, "--topic-prefix", "p2"]) == 0
+    assert main(["propose", proposals, *log]) == 0
+    capsys.readouterr()
+    assert main(["serve", "--book", "desk", *log, "--max-cycles", "1", "--duration", "60"]) == 0
+    assert "book desk (topics p2.*)" in capsys.readouterr().out
+    assert main(["tail", "decisions", "--from-beginning", "--timeout", "0.1", *log]) == 0
+    assert "decision p2.desk-0000000001" in capsys.readouterr().out
+    assert main(["init", *log, "--topic-prefix", "p3"]) == 0
+    capsys.readouterr()
+    assert main(["serve", *log, "--max-cycles", "1", "--duration", "1"]) == 2
+    assert "holds several books: --topic-prefix p2, --topic-prefix p3; pass one" in capsys.readouterr().err
+
+
+def test_fill_refuses_what_the_fold_would_refuse_and_sends_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside probe: `fill` sent a fill at price 7 with fee -1 ("1 fill sent", exit 0); the allocator then
+    dead-lettered it. Like `propose`, it now checks the fold's bounds first: exit 2, the line named, nothing sent."""
+    import io
+
+    from eventlog.embedded import EmbeddedEventLog
+
+    log = str(tmp_path / "log.sqlite")
+    assert main(["init", "--log", log]) == 0
+    good = {"fill_id": "f1", "decision_id": "d", "agent_id": "a", "proposal_id": "p", "market_id": "m", "side": "BUY",
+            "requested_size": 10, "filled_size": 10, "price": 0.5, "fee": 0, "status": "FILLED"}  # fmt: skip
+    text = json.dumps(good) + "\n" + json.dumps({**good, "fill_id": "f2", "price": 7}) + "\n"
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdin", io.StringIO(text))
+    assert main(["fill", "-", "--log", log]) == 2
+    err = capsys.readouterr().err
+    assert "line 2: Fill.price: 7.0 is not a price in [1e-06, 0.999999]" in err and "nothing sent" in err
+    with EmbeddedEventLog(log) as reader:
+        assert sum(reader.end_offsets(["allocator.fills"]).values()) == 0

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from allocator.engine.validation import field_problems, parse_proposal
+from book.bounds import out_of_bounds
 from schemas.events import (
     ControlCommand,
     DeadLetter,
@@ -226,7 +227,8 @@ FILL_TYPES: dict[str, str] = {
 
 def fills_from(records: list[tuple[int, Any]], now_ms: int) -> list[Fill]:
     """Fills from JSON objects (`time` filled with `now_ms` when absent, `reason` and `agent_id` with null); types
-    checked. `agent_id` is the allocation's agent (rules.md §2.2): needed where two agents share a proposal id."""
+    and the fold's bounds (book/bounds.py) checked. `agent_id` is the allocation's agent (rules.md §2.2): needed
+    where two agents share a proposal id."""
     problems: list[str] = []
     out: list[Fill] = []
     for line, raw in records:
@@ -246,6 +248,10 @@ def fills_from(records: list[tuple[int, Any]], now_ms: int) -> list[Fill]:
         fill = Fill(raw["fill_id"], raw["decision_id"], raw["proposal_id"], raw["market_id"], Side(raw["side"]),
                     float(raw["requested_size"]), float(raw["filled_size"]), float(raw["price"]), float(raw["fee"]),
                     FillStatus(raw["status"]), raw["reason"], int(raw["time"]), raw["agent_id"])  # fmt: skip
+        bounded = out_of_bounds(fill, ())  # what the fold would refuse anyway: said here, and nothing sent
+        if bounded is not None:
+            problems.append(f"line {line}: {bounded}")
+            continue
         out.append(fill)
     if problems:
         raise WireError(problems)
