@@ -242,6 +242,9 @@ class PortfolioState:
     # every fill_id a fill report used, accepted or refused (`fill_rules` 2): a later report with one is the same
     # report delivered again, refused, so it can neither count twice nor replace the first (rules.md §11.1)
     fill_ids: set[str] = field(default_factory=set)
+    # set by the sequencer while it folds the batch of a Decision version 1 (FILLS_UNCHECKED): fills fold by the rules
+    # of that release, whatever `fill_rules` says
+    legacy_fills: bool = field(default=False, compare=False)
     # the book this fold is, `<topic prefix>.<book id>` (set by the sequencer): a command naming another book is
     # refused (rules.md §11.3). None where a caller folds without one (a test, a benchmark): nothing to compare.
     book: str | None = None
@@ -533,7 +536,7 @@ class PortfolioState:
         )
         if allocation is not None and fill.status in (FillStatus.FILLED, FillStatus.PARTIAL):
             allocation.filled += fill.filled_size
-        if allocation is not None and self.config.fill_rules >= 2:
+        if allocation is not None and self.config.fill_rules >= 2 and not self.legacy_fills:
             # A partial fill keeps what is left of the allocation reserved: releasing it all let new allocations
             # spend that capital and cap room while the rest could still be filled (a cap went to twice its size).
             # FILLED, FAILED and REJECTED end the allocation.

@@ -223,7 +223,7 @@ def fold_one(
     `writer` is the agent whose own proposals topic the record came from (None: any other topic). A proposal
     there naming another agent is refused (`PortfolioState.refuse_proposal`): the next decision rejects it
     UNAUTHORIZED, and its id stays free for the agent it names."""
-    if isinstance(event, Proposal):
+    if isinstance(event, Proposal) and not trust_fills:
         full = book.intake_refusal(event)
         if full is not None:
             return dead_letter(record, f"rejected, no effect on the book: {full}")
@@ -236,7 +236,7 @@ def fold_one(
             return ()
     repeated = book.fill_id_refusal(event) if not trust_fills and isinstance(event, Fill) else None
     problem = repeated or out_of_bounds(event, book.markets)
-    if problem is None and not (trust_fills and isinstance(event, Fill)):
+    if problem is None and not trust_fills:
         problem = book.resolved_refusal(event)
     if problem is None and not trust_fills and isinstance(event, Fill):
         problem = book.fill_refusal(event)
@@ -271,6 +271,8 @@ def fold_batch(
     # `state.positions` once per partition (also if a fold raises): a TopicPartition per record cost more
     # than folding its event.
     ends: dict[tuple[str, int], int] = {}
+    # The batch of a Decision version 1 folds fills by the rules of its release: any report releases its reservation.
+    book.legacy_fills = trust_fills
     try:
         for record in canonical_order(records, topics):
             where = (record.topic, record.partition)
@@ -292,6 +294,7 @@ def fold_batch(
                 source = f"{record.topic}/{record.partition}/{record.offset}"
                 changes.extend((change, record.timestamp_ms, source) for change in caused)
     finally:
+        book.legacy_fills = False
         for (topic, partition), end in ends.items():
             tp = TopicPartition(topic, partition)
             state.positions[tp] = max(state.positions.get(tp, 0), end)
