@@ -109,23 +109,35 @@ def test_a_restart_with_another_file_records_it_says_so_and_the_audit_follows(tm
     assert json.loads((tmp_path / "audit.json").read_text(encoding="utf-8"))["matched"] == 3
 
 
-def test_set_limits_apply_on_top_of_the_recorded_configuration(tmp_path: Path) -> None:
-    db = tmp_path / "log.sqlite"
+def _tightened(db: Path) -> tuple[Decision, AllocatorConfig]:
+    """A book started with CONFIG whose second decision folds an operator's SET_LIMITS position_cap 0.005."""
     svc = start(db, CONFIG)
     decide(db, svc, 0)
     command = ControlCommand("c1", "risk", Command.SET_LIMITS, "tighter", {"position_cap": 0.005}, T + 100)
     produce(db, TOPICS.control, [(codec.encode(command), T + 100)])
     [limited] = decide(db, svc, 10)
     stop(svc)
-    tighter = CONFIG.replace(position_cap=0.005)
+    return limited, CONFIG.replace(position_cap=0.005)
+
+
+def _restart(db: Path, config: AllocatorConfig | None, in_force: AllocatorConfig, first: int,
+             said: list[str] | None = None) -> Decision:  # fmt: skip
+    """Start on `db` with `config` (None: the log's), check the configuration in force, decide one cycle, stop."""
+    svc = start(db, config, said)
+    try:
+        assert svc.state.portfolio.config == in_force
+        [decided] = decide(db, svc, first)
+    finally:
+        stop(svc)
+    return decided
+
+
+def test_set_limits_apply_on_top_of_the_recorded_configuration(tmp_path: Path) -> None:
+    db = tmp_path / "log.sqlite"
+    limited, tighter = _tightened(db)
     assert limited.config is None and limited.config_hash == tighter.config_hash
 
-    again = start(db, None)  # the log's configuration, with the operator's limits on top
-    try:
-        assert again.state.portfolio.config == tighter
-        [next_one] = decide(db, again, 20)
-    finally:
-        stop(again)
+    next_one = _restart(db, None, tighter, 20)  # the log's configuration, with the operator's limits on top
     assert next_one.config is None and next_one.config_hash == tighter.config_hash
     with EmbeddedEventLog(db) as reader:
         report = audit_log(reader, codec, TOPICS)
@@ -137,32 +149,15 @@ def test_a_restart_with_the_book_s_own_file_keeps_the_operators_limits(tmp_path:
     book started with) put 0.02 back, and a file that changed one other key dropped an agent an operator had added.
     The file's own changes take effect; every other key keeps what operators set (rules.md §7.7)."""
     db = tmp_path / "log.sqlite"
-    svc = start(db, CONFIG)
-    decide(db, svc, 0)
-    command = ControlCommand("c1", "risk", Command.SET_LIMITS, "tighter", {"position_cap": 0.005}, T + 100)
-    produce(db, TOPICS.control, [(codec.encode(command), T + 100)])
-    decide(db, svc, 10)
-    stop(svc)
-    tighter = CONFIG.replace(position_cap=0.005)
-
+    _, tighter = _tightened(db)
     said: list[str] = []
-    same = start(db, CONFIG, said)  # the book's own file
-    try:
-        assert same.state.portfolio.config == tighter
-        [kept] = decide(db, same, 20)
-    finally:
-        stop(same)
+    kept = _restart(db, CONFIG, tighter, 20, said)  # the book's own file
     assert kept.config is None and kept.config_hash == tighter.config_hash
     assert "the limits operators set since stay in force (position_cap)" in "\n".join(said)
 
     said.clear()
     edited = CONFIG.replace(cvar_limit=0.04)  # the operator's file changes another key
-    other = start(db, edited, said)
-    try:
-        assert other.state.portfolio.config == tighter.replace(cvar_limit=0.04)
-        [merged] = decide(db, other, 30)
-    finally:
-        stop(other)
+    merged = _restart(db, edited, tighter.replace(cvar_limit=0.04), 30, said)
     assert merged.config_hash == tighter.replace(cvar_limit=0.04).config_hash
     text = "\n".join(said)
     assert "the file's changes take effect now (cvar_limit;" in text and "stay in force (position_cap)" in text
