@@ -268,7 +268,7 @@ def _cmd_control(args: argparse.Namespace) -> int:
 def _decision_books(log: EventLog, topic: str, codec: EventCodec) -> list[str]:
     """The book ids of the first and the newest decision on `topic`, distinct, in that order (empty: no decision, or
     this principal may not read the topic). A forged decision appended to the log makes them differ."""
-    from eventlog.port import LogError, decode_value
+    from eventlog.port import LogError, decode_value, record_at
     from schemas.codec import UndecodableMessage
     from schemas.events import Decision
 
@@ -279,16 +279,13 @@ def _decision_books(log: EventLog, topic: str, codec: EventCodec) -> list[str]:
     found: list[tuple[int, str]] = []
     for tp, end in ends.items():
         for offset in sorted({0, end - 1}):
-            log.assign([topic])
-            for other in log.assignment():
-                log.seek(other, offset if other == tp else ends.get(other, 0))
-            for record in log.poll(max_records=1, timeout_s=1.0):
-                try:
-                    event = decode_value(record, codec)
-                except UndecodableMessage:
-                    continue
-                if isinstance(event, Decision):
-                    found.append((record.timestamp_ms, event.book_id))
+            record = record_at(log, tp, offset, polls=4)  # on Kafka the last offset may be a commit marker
+            try:
+                event = decode_value(record, codec) if record is not None else None
+            except UndecodableMessage:
+                continue
+            if record is not None and isinstance(event, Decision):
+                found.append((record.timestamp_ms, event.book_id))
     found.sort()
     books = [book for _, book in found[:1] + found[-1:]]
     return list(dict.fromkeys(books))

@@ -161,6 +161,8 @@ def _not_a_report(path: str) -> str | None:
     import json
     import stat
 
+    from projections.database import SQLITE_HEADER
+
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             return None
@@ -168,7 +170,7 @@ def _not_a_report(path: str) -> str | None:
             head = f.read(16)
             if not head:
                 return None
-            if head == b"SQLite format 3\x00":
+            if head == SQLITE_HEADER:
                 return "an SQLite database (an event log or a projection)"
             f.seek(0)
             report = json.loads(f.read().decode("utf-8"))

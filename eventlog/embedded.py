@@ -142,20 +142,32 @@ def sqlite_problem(exc: BaseException) -> str:
     return said
 
 
-def foreign_tables(path: Path) -> list[str]:
-    """The tables of an existing SQLite file that are not the log's (sorted); none for a new, empty or unreadable
-    file (opening it as the log then says what is wrong)."""
+def sqlite_tables(path: Path) -> set[str] | None:
+    """The table names of an existing SQLite file, read without writing to it (SQLite's own `sqlite_*` left out);
+    None when the file cannot be read as SQLite (missing, not a database, locked, unreadable)."""
     try:
-        if not path.is_file() or path.stat().st_size == 0:
-            return []
         connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
             rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
         finally:
             connection.close()
     except (OSError, sqlite3.Error):
+        return None
+    return {str(name) for (name,) in rows if not str(name).startswith("sqlite_")}
+
+
+def some_names(names: Iterable[str], most: int = 4) -> str:
+    """The first `most` of `names`, sorted, for a message ("a, b, c, d, ...")."""
+    ordered = sorted(names)
+    return ", ".join(ordered[:most]) + (", ..." if len(ordered) > most else "")
+
+
+def foreign_tables(path: Path) -> list[str]:
+    """The tables of an existing SQLite file that are not the log's (sorted); none for a new, empty or unreadable
+    file (opening it as the log then says what is wrong)."""
+    if not path.is_file() or path.stat().st_size == 0:
         return []
-    return sorted({str(name) for (name,) in rows if not str(name).startswith("sqlite_")} - set(metadata.tables))
+    return sorted((sqlite_tables(path) or set()) - set(metadata.tables))
 
 
 class EmbeddedEventLog:
@@ -184,7 +196,7 @@ class EmbeddedEventLog:
         if foreign:
             # Another program's database (a projection, say): adding the log's tables to it would make it both. Looked
             # at read-only, before the log's own connection sets WAL mode on the file.
-            shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+            shown = some_names(foreign)
             raise NotALogError(f"embedded log {self.path}: holds tables that are no event log's ({shown}: a projection "
                            "database?); name the book's log file, or a new one")  # fmt: skip
         self._engine = create_engine(f"sqlite:///{self.path}")

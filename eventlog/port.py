@@ -345,6 +345,20 @@ class EventLog(Protocol):
     ) -> None: ...
 
 
+def record_at(log: EventLog, where: TopicPartition, offset: int, polls: int = 20) -> Record | None:
+    """The record at `offset` of one partition (None when that offset holds no record, or none came within `polls`
+    polls); the log is left assigned to that topic, the other partitions at their ends."""
+    ends = log.end_offsets([where.topic])
+    log.assign([where.topic])
+    for tp in log.assignment():
+        log.seek(tp, offset if tp == where else ends.get(tp, 0))
+    for _ in range(polls):
+        for record in log.poll(max_records=1, timeout_s=0.5):
+            if record.topic_partition == where:
+                return record if record.offset == offset else None
+    return None
+
+
 # --- argument checks both adapters share, so both reject the same misuse with the same words ----------------------
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import ArgumentError
 
+from eventlog.embedded import some_names, sqlite_tables
 from projections.migrate import upgrade
 
 DEFAULT_EMBEDDED_DATABASE = "sqlite:///allocator-projections.sqlite"
@@ -45,26 +45,20 @@ def sqlite_file(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
 def is_projection_file(path: Path) -> bool:
     """Whether an existing file is an SQLite database this project migrated (so a replay may replace it)."""
-    try:
-        with path.open("rb") as f:
-            if f.read(16) != b"SQLite format 3\x00":
-                return False
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            names = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        finally:
-            connection.close()
-    except (OSError, sqlite3.Error):
-        return False
-    return "alembic_version" in names and "decisions" in names
+    names = sqlite_tables(path) if _sqlite_header(path) else None
+    return names is not None and "alembic_version" in names and "decisions" in names
 
 
 def not_a_projection(path: Path) -> str | None:
     """Why an existing file cannot hold a projection (a phrase), or None: an empty file, an empty SQLite database
     and one this project migrated can. Any other file is someone else's: projecting into it would add tables to
-    it (an event log, say), or fail on it half-way."""
+    it (an event log, say), or fail on it half-way. A database that cannot be read now (locked, busy) is not judged
+    here: the migration says what is wrong with it."""
     try:
         with path.open("rb") as f:
             header = f.read(16)
@@ -72,21 +66,20 @@ def not_a_projection(path: Path) -> str | None:
         return f"cannot be read ({exc.strerror or exc})"
     if not header:
         return None
-    if header != b"SQLite format 3\x00":
+    if header != SQLITE_HEADER:
         return "is not an SQLite database"
-    try:
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            names = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        finally:
-            connection.close()
-    except sqlite3.Error as exc:
-        # Locked or busy (another process holds it): not ours to judge here; the migration says what is wrong.
-        return "is not an SQLite database" if "not a database" in str(exc) else None
+    names = sqlite_tables(path)
     if not names or "alembic_version" in names:
         return None
-    shown = ", ".join(sorted(names)[:4]) + (", ..." if len(names) > 4 else "")
-    return f"holds tables that are no projection's ({shown}: an event log?)"
+    return f"holds tables that are no projection's ({some_names(names)}: an event log?)"
+
+
+def _sqlite_header(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(16) == SQLITE_HEADER
+    except OSError:
+        return False
 
 
 class DatabaseUrlError(ValueError):

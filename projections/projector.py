@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Double, Engine, String, Table, bindparam, ins
 from sqlalchemy.exc import OperationalError
 
 from book.bounds import dead_letter_fields, out_of_bounds
-from eventlog.port import EventLog, Record, TopicPartition, decode_value
+from eventlog.port import EventLog, Record, TopicPartition, decode_value, record_at
 from governors.rules import drawdown
 from projections import tables
 from projections.bulk import Row, insert_ignoring_repeats, written_columns
@@ -319,7 +319,7 @@ def foreign_projection(
     where = TopicPartition(decisions_topic, int(partition))
     if where not in ends or int(offset) >= ends[where]:
         return f"the projection has {decision_id} at {decisions_topic}[{partition}]@{offset}, past this log's end"
-    found = _record_at(log, where, int(offset))
+    found = record_at(log, where, int(offset))
     if found is None or found.value is None:
         return f"the projection has {decision_id} at {decisions_topic}[{partition}]@{offset}, where this log has none"
     try:
@@ -332,20 +332,6 @@ def foreign_projection(
     if stored_hash and _chain_hash(event, found) != stored_hash:
         return (f"the projection's {decision_id} at {decisions_topic}[{partition}]@{offset} differs from this log's "
                 "(another hash): another log of a book of the same name")  # fmt: skip
-    return None
-
-
-def _record_at(log: EventLog, where: TopicPartition, offset: int) -> Record | None:
-    """The record at `offset` of one partition (None when that offset holds no record); the log is left assigned to
-    that topic (`start` assigns it again)."""
-    ends = log.end_offsets([where.topic])
-    log.assign([where.topic])
-    for tp in log.assignment():
-        log.seek(tp, offset if tp == where else ends.get(tp, 0))
-    for _ in range(20):
-        for record in log.poll(max_records=1, timeout_s=0.5):
-            if record.topic_partition == where:
-                return record if record.offset == offset else None
     return None
 
 

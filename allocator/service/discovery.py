@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 
 from allocator.service.backends import LogSettings
-from eventlog.embedded import foreign_tables, sqlite_not_a_log, sqlite_problem
+from eventlog.embedded import foreign_tables, some_names, sqlite_not_a_log, sqlite_problem
 from eventlog.port import Topics
 
 ROLES = tuple(name.removeprefix("x.") for name in (*Topics("x").inputs, *Topics("x").outputs))
@@ -27,7 +27,7 @@ def embedded_topics(path: Path) -> list[str]:
         raise BookNotFound(f"no event log at {path}: pass --log FILE (or --kafka HOST:PORT)")
     foreign = foreign_tables(path)
     if foreign:
-        shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+        shown = some_names(foreign)
         raise BookNotFound(f"{path} is not an event log: it holds tables that are no event log's ({shown}: a "
                            "projection database?)")  # fmt: skip
     try:
