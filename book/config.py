@@ -113,6 +113,11 @@ class AllocatorConfig:
     # bound one agent's flood grew decisions past the log's 16 MiB record limit and stopped the book. 0 sets no bound,
     # as the releases before the key did (`ABSENT_MEANS`)
     max_undecided_proposals: int = 5_000
+    # rules.md §2: at most this many of those may be one writer's (an agent's own topic names the writer; elsewhere the
+    # proposal's agent_id): past it that writer's next proposal is a dead letter, so one agent's flood cannot fill the
+    # book's bound and keep every other agent's proposals out. 0 sets no bound, as the releases before the key did
+    # (`ABSENT_MEANS`)
+    max_undecided_per_agent: int = 1_000
     # rules.md §6.3: 2 names, on a proposal cut by a cap, the cap that bounds its size (the smallest; several when
     # equal); 1 named every cap below its request, a looser one too, as the releases before the key did (`ABSENT_MEANS`)
     cap_reasons: int = 2
@@ -272,12 +277,13 @@ FIRST_RELEASE_KEYS = frozenset(
 # `failure_reports_per_allocation` was unbounded (0) before it existed; before `operator_commands_name_book` a
 # signed command named no book (0); before `proposal_id_rules` a proposal's ids were checked by rules 1; before
 # `fill_rules` a fill's id was not checked (1), before `max_fill_price_improvement` nor its price (1); before
-# `max_undecided_proposals` nothing bounded the proposals waiting (0); before `cap_reasons` a cut named every cap
+# `max_undecided_proposals` nothing bounded the proposals waiting (0), before `max_undecided_per_agent` nor one
+# writer's share of them (0); before `cap_reasons` a cut named every cap
 # below its request (1).
 ABSENT_MEANS: Mapping[str, Any] = MappingProxyType(
     {"solver_revision": 1, "solver_work_limit": 32_000, "failure_reports_per_allocation": 0,
      "operator_commands_name_book": 0, "proposal_id_rules": 1, "fill_rules": 1, "max_fill_price_improvement": 1.0,
-     "max_undecided_proposals": 0, "cap_reasons": 1}
+     "max_undecided_proposals": 0, "max_undecided_per_agent": 0, "cap_reasons": 1}
 )  # fmt: skip
 
 
@@ -406,5 +412,6 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "fill_rules": (1, 2, False),
     "max_fill_price_improvement": (0.0, 1.0, False),
     "max_undecided_proposals": (0, 1_000_000, False),
+    "max_undecided_per_agent": (0, 1_000_000, False),
     "cap_reasons": (1, 2, False),
 }

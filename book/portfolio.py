@@ -48,7 +48,8 @@ from schemas.signing import check_signature, public_key_from_hex
 _SIDES = (Side.BUY, Side.SELL)
 CONFIGURATION_ONLY = frozenset(
     {"operator_keys", "kill_switch_reset_quorum", "kill_switch_reset_window_s", "operator_commands_name_book",
-     "proposal_id_rules", "fill_rules", "max_fill_price_improvement", "max_undecided_proposals", "cap_reasons"}
+     "proposal_id_rules", "fill_rules", "max_fill_price_improvement", "max_undecided_proposals",
+     "max_undecided_per_agent", "cap_reasons"}
 )  # fmt: skip
 
 
@@ -225,6 +226,7 @@ class PortfolioState:
     # proposals from one agent's own topic naming another agent, and why: the next decision rejects them
     # UNAUTHORIZED; they claim no id (rules.md §11.1)
     refused: list[tuple[Proposal, str]] = field(default_factory=list)
+    refused_writers: list[str] = field(default_factory=list)  # the agent whose topic each refused proposal came from
     keys: dict[ProposalKey, str] = field(default_factory=dict)  # funded proposal -> its correlation key
     # (decision id, proposal id) -> {agent id: what a committed decision funded and what fills took of it so far};
     # kept after the reservation expires, so a late fill still counts against its allocation (rules.md §11.1).
@@ -253,6 +255,9 @@ class PortfolioState:
     _held_units: dict[tuple[str, Side], int | None] = field(default_factory=dict, init=False, repr=False, compare=False)
     _value_units: int = field(default=0, init=False, repr=False, compare=False)
     _nonfinite: int = field(default=0, init=False, repr=False, compare=False)
+    # How many undecided proposals each writer has (`max_undecided_per_agent`): counted up as they come, rebuilt from
+    # the tables after a decision (None until then).
+    _waiting_by: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     limits: GovernorLimits = field(init=False, repr=False, compare=False)  # the config's, mapped once
 
@@ -389,35 +394,69 @@ class PortfolioState:
             seen[pid] = _content_hash(proposal)
             self.pending[pid] = proposal
             self.received[pid] = self.last_time
-        elif classify_repeat(seen, pid, _content_hash(proposal)) is Repeat.CONFLICT:
-            self.conflicts.setdefault(pid, proposal)
+            self._count_waiting(proposal.agent_id)
+        elif classify_repeat(seen, pid, _content_hash(proposal)) is Repeat.CONFLICT and pid not in self.conflicts:
+            self.conflicts[pid] = proposal
+            self._count_waiting(proposal.agent_id)
 
-    def intake_refusal(self, proposal: Proposal) -> str | None:
-        """Why a proposal may not be received (`max_undecided_proposals`, rules.md §2), or None: the book already holds
-        that many undecided proposals, and this one would add another (a repeat of a received one with the same
-        content adds nothing and is let through, to be ignored)."""
+    def _count_waiting(self, writer: str) -> None:
+        if self._waiting_by is not None:
+            self._waiting_by[writer] = self._waiting_by.get(writer, 0) + 1
+
+    def waiting_of(self, writer: str) -> int:
+        """How many undecided proposals `writer` has: pending and conflicting re-sends under its agent id, and
+        proposals refused on its own topic (rules.md §2.1)."""
+        if self._waiting_by is None:
+            counts: dict[str, int] = {}
+            for agent, _ in (*self.pending, *self.conflicts):
+                counts[agent] = counts.get(agent, 0) + 1
+            for agent in self.refused_writers:
+                counts[agent] = counts.get(agent, 0) + 1
+            self._waiting_by = counts
+        return self._waiting_by.get(writer, 0)
+
+    def intake_refusal(self, proposal: Proposal, writer: str | None = None) -> str | None:
+        """Why a proposal may not be received (rules.md §2.1), or None: the book already holds
+        `max_undecided_proposals` undecided proposals, or its writer `max_undecided_per_agent` of them, and this one
+        would add another (a repeat of a received one with the same content adds nothing and is let through, to be
+        ignored). `writer` is the agent whose own topic it came from; None means its agent_id."""
         cap = self.config.max_undecided_proposals
-        if cap <= 0:
+        share = self.config.max_undecided_per_agent
+        if cap <= 0 and share <= 0:
             return None
         waiting = len(self.pending) + len(self.conflicts) + len(self.refused)
-        if waiting < cap:
+        who = proposal.agent_id if writer is None else writer
+        full = 0 < cap <= waiting
+        if not full and (share <= 0 or self.waiting_of(who) < share):
             return None
         pid = (proposal.agent_id, proposal.proposal_id)
-        if pid in self.seen and self.seen[pid] == _content_hash(proposal):
+        # A copy of a received proposal adds nothing, except, under a per-agent bound, one on another agent's topic:
+        # refused there, it adds a refusal.
+        own = share <= 0 or writer is None or writer == proposal.agent_id
+        if own and pid in self.seen and self.seen[pid] == _content_hash(proposal):
             return None
-        return (f"the book holds {waiting} undecided proposals (max_undecided_proposals {cap}); not received: send it "
-                "again after the next decision")  # fmt: skip
+        again = "not received: send it again after the next decision"
+        if full:
+            return f"the book holds {waiting} undecided proposals (max_undecided_proposals {cap}); {again}"
+        shown = who if len(who) <= 64 else f"{who[:64]}..."
+        return (f"agent {shown!r} has {self.waiting_of(who)} undecided proposals (max_undecided_per_agent {share}); "
+                f"{again}")  # fmt: skip
 
-    def refuse_proposal(self, proposal: Proposal, why: str) -> None:
-        """A proposal its writer may not make (rules.md §11.1): the next decision rejects it UNAUTHORIZED with
-        `why`. It is not received: it claims no proposal id, names no market and moves no duplicate rule."""
+    def refuse_proposal(self, proposal: Proposal, why: str, writer: str) -> None:
+        """A proposal its writer (the agent whose own topic it came from) may not make (rules.md §11.1): the next
+        decision rejects it UNAUTHORIZED with `why`. It is not received: it claims no proposal id, names no market
+        and moves no duplicate rule; it counts as one of `writer`'s undecided proposals."""
         self.refused.append((proposal, why))
+        self.refused_writers.append(writer)
+        self._count_waiting(writer)
 
     def _on_decision(self, decision: Decision) -> tuple[GovernorChange, ...]:
         self.cycles = max(self.cycles, decision.cycle)
         self.last_decision_id = decision.decision_id
+        self._waiting_by = None  # the decision settles proposals: counted again when next asked
         if self.refused and any(r.code is ReasonCode.UNAUTHORIZED for a in decision.allocations for r in a.reasons):
             self.refused.clear()  # the decision built from this state named every refused proposal
+            self.refused_writers.clear()
         pending_names, conflict_names = _Names(self.pending), _Names(self.conflicts)
         for a in decision.allocations:
             if any(r.code is ReasonCode.UNAUTHORIZED for r in a.reasons):

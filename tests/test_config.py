@@ -78,7 +78,7 @@ def test_the_hash_of_a_first_release_configuration_never_changes() -> None:
                                     failure_reports_per_allocation=0, operator_commands_name_book=0,
                                     proposal_id_rules=1, fill_rules=1,
                                     max_fill_price_improvement=1.0, max_undecided_proposals=0,
-                                    cap_reasons=1)  # fmt: skip
+                                    max_undecided_per_agent=0, cap_reasons=1)  # fmt: skip
     assert first_release.config_hash == "607540db3e91a9f69234783d877fcb59d72a50716824b5f0d999df0ac5a858dc"
     assert {f.name for f in dataclasses.fields(AllocatorConfig)} >= FIRST_RELEASE_KEYS
     recorded = {k: v for k, v in first_release.to_mapping().items() if k in FIRST_RELEASE_KEYS}
@@ -124,7 +124,7 @@ _NOT_DEFAULT: dict[str, object] = {
     "agents": ["alpha"], "operator_keys": _keyring(2), "kill_switch_reset_quorum": 2,
     "kill_switch_reset_window_s": 60.0, "failure_reports_per_allocation": 3, "operator_commands_name_book": 0,
     "proposal_id_rules": 1, "fill_rules": 1, "max_fill_price_improvement": 0.1,
-    "max_undecided_proposals": 7, "cap_reasons": 1,
+    "max_undecided_proposals": 7, "max_undecided_per_agent": 2, "cap_reasons": 1,
 }  # fmt: skip
 
 

@@ -158,3 +158,60 @@ def test_a_flood_of_proposals_past_max_undecided_proposals_is_dead_lettered_not_
     fold_decision(state, decision)
     assert sorted(a.proposal_id for a in decision.allocations) == [f"p{i}" for i in range(5)]
     assert send(proposal(5)) == []  # decided ones left room; p5 was never received, so it is new
+
+
+def test_one_agents_flood_fills_only_its_own_share_and_leaves_room_for_the_others() -> None:
+    """An outside probe: `max_undecided_proposals` was one bound for the whole book, so one agent that kept it full
+    had every other agent's proposals dead-lettered. Past `max_undecided_per_agent` the writer's own proposals are
+    dead letters naming it; another agent's still come in. On an agent's own topic the writer is the topic's agent:
+    forged proposals there under another agent's name count against the forger, and a copy of another agent's
+    proposal does too. A decision frees the room."""
+    from allocator.service.sequencer import fold_decision, prepare_cycle
+
+    book_topics = Topics("share", agents=("flooder", "honest"))
+    state = BookState.new(AllocatorConfig(scenario_count=100, max_undecided_proposals=50, max_undecided_per_agent=3))
+    offset = [0]
+
+    def send(topic: str, *proposals: Proposal) -> list[str]:
+        records = []
+        for p in proposals:
+            records.append(Record(topic, 0, offset[0], None, codec.encode(p), T))
+            offset[0] += 1
+        return [d.error for d in fold_batch(state, records, codec, book_topics).dead_letters]
+
+    def proposal(agent: str, i: int) -> Proposal:
+        return Proposal(f"p{i}", agent, "s", f"m{agent}{i}", Side.BUY, 0.5, 0.04, 0.9, 500.0, 50.0, 0.05, 0.1, "k", T)
+
+    flooder, honest = book_topics.proposals_of("flooder"), book_topics.proposals_of("honest")
+    assert send(flooder, proposal("flooder", 0), proposal("flooder", 1)) == []
+    assert send(flooder, proposal("honest", 9)) == []  # forged: refused UNAUTHORIZED, and the flooder's third
+    dead = send(flooder, proposal("flooder", 2), proposal("flooder", 0), proposal("honest", 0))
+    # The flooder's own copy of p0 adds nothing and is let through; its new p2 and its copy of honest's p0 are not.
+    assert len(dead) == 2 and all("agent 'flooder' has 3 undecided proposals (max_undecided_per_agent 3)" in d
+                                  for d in dead)  # fmt: skip
+    assert send(honest, *(proposal("honest", i) for i in range(3))) == []  # the other agent's share is its own
+    assert "agent 'honest' has 3" in send(honest, proposal("honest", 3))[0]
+    prepare_cycle(state)
+    decision = run_cycle(build_request(state, book_topics, "book", {})).decision
+    fold_decision(state, decision)
+    named = sorted((a.agent_id, a.proposal_id) for a in decision.allocations)
+    assert named == [("flooder", "p0"), ("flooder", "p1"), ("honest", "p0"), ("honest", "p1"), ("honest", "p2"),
+                     ("honest", "p9")]  # fmt: skip
+    assert send(flooder, proposal("flooder", 2)) == []  # decided ones left room
+
+
+def test_a_configuration_recorded_without_max_undecided_per_agent_bounds_no_agent() -> None:
+    """Logs written before the key replay as recorded: one agent may hold the whole book's bound there, while a
+    configuration file without the key gets the default share."""
+    recorded = AllocatorConfig(scenario_count=100, max_undecided_proposals=2_000).to_mapping()
+    del recorded["max_undecided_per_agent"]
+    records = [
+        Record(topics.proposals, 0, i, None, codec.encode(
+            Proposal(f"p{i}", "a", "s", f"m{i}", Side.BUY, 0.5, 0.04, 0.9, 500.0, 50.0, 0.05, 0.1, "k", T)), T)
+        for i in range(1_200)
+    ]  # fmt: skip
+    old = BookState.new(AllocatorConfig.from_recorded(recorded))
+    assert fold_batch(old, records, codec, topics).dead_letters == ()
+    new = BookState.new(AllocatorConfig.from_mapping(recorded))
+    dead = fold_batch(new, records, codec, topics).dead_letters
+    assert [d.offset for d in dead] == list(range(1_000, 1_200))

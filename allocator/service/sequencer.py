@@ -224,7 +224,7 @@ def fold_one(
     there naming another agent is refused (`PortfolioState.refuse_proposal`): the next decision rejects it
     UNAUTHORIZED, and its id stays free for the agent it names."""
     if isinstance(event, Proposal) and not trust_fills:
-        full = book.intake_refusal(event)
+        full = book.intake_refusal(event, writer)
         if full is not None:
             return dead_letter(record, f"rejected, no effect on the book: {full}")
     if writer is not None and isinstance(event, Proposal):
@@ -232,7 +232,7 @@ def fold_one(
         if why is not None:
             if record.timestamp_ms > book.last_time:
                 book.last_time = record.timestamp_ms
-            book.refuse_proposal(event, why)
+            book.refuse_proposal(event, why, writer)
             return ()
     repeated = book.fill_id_refusal(event) if not trust_fills and isinstance(event, Fill) else None
     problem = repeated or out_of_bounds(event, book.markets)
