@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from allocator.service.backends import LogSettings
     from allocator.service.chain import VerifiedLog
-    from eventlog.port import EventLog
+    from eventlog.port import EventLog, Record
     from schemas.codec import EventCodec
 
 from cli.common import (
@@ -268,9 +268,16 @@ def _cmd_control(args: argparse.Namespace) -> int:
 def _decision_books(log: EventLog, topic: str, codec: EventCodec) -> list[str]:
     """The book ids of the first and the newest decision on `topic`, distinct, in that order (empty: no decision, or
     this principal may not read the topic). A forged decision appended to the log makes them differ."""
-    from eventlog.port import LogError, decode_value, record_at
+    from eventlog.port import LogError, decode_value, record_at, records_before
     from schemas.codec import UndecodableMessage
     from schemas.events import Decision
+
+    def decision(record: Record) -> Decision | None:
+        try:
+            event = decode_value(record, codec)
+        except UndecodableMessage:
+            return None
+        return event if isinstance(event, Decision) else None
 
     try:
         ends = {tp: end for tp, end in log.end_offsets([topic]).items() if end > 0}
@@ -278,14 +285,15 @@ def _decision_books(log: EventLog, topic: str, codec: EventCodec) -> list[str]:
         return []
     found: list[tuple[int, str]] = []
     for tp, end in ends.items():
-        for offset in sorted({0, end - 1}):
-            record = record_at(log, tp, offset, polls=4)  # on Kafka the last offset may be a commit marker
-            try:
-                event = decode_value(record, codec) if record is not None else None
-            except UndecodableMessage:
-                continue
-            if record is not None and isinstance(event, Decision):
+        first = record_at(log, tp, 0, polls=4)
+        # The newest: on Kafka the last offsets are commit (or abort) markers, not records.
+        newest = records_before(log, tp, end, span=16, polls=4)
+        for record in ([first] if first is not None else []) + newest[::-1]:
+            event = decision(record)
+            if event is not None:
                 found.append((record.timestamp_ms, event.book_id))
+                if record is not first:
+                    break
     found.sort()
     books = [book for _, book in found[:1] + found[-1:]]
     return list(dict.fromkeys(books))

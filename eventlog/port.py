@@ -359,6 +359,25 @@ def record_at(log: EventLog, where: TopicPartition, offset: int, polls: int = 20
     return None
 
 
+def records_before(log: EventLog, where: TopicPartition, end: int, span: int, polls: int = 8) -> list[Record]:
+    """The records of one partition at offsets [end - span, end), in offset order: on Kafka a transaction's commit
+    marker takes an offset and is no record, so the newest record of a transactional topic is not at `end - 1`.
+    Reading stops at `end` or at the first empty poll once records came (caught up); the log is left assigned to
+    that topic, the other partitions at their ends."""
+    start = max(end - span, 0)
+    ends = log.end_offsets([where.topic])
+    log.assign([where.topic])
+    for tp in log.assignment():
+        log.seek(tp, start if tp == where else ends.get(tp, 0))
+    found: list[Record] = []
+    for _ in range(polls):
+        batch = [r for r in log.poll(max_records=span, timeout_s=0.5) if r.topic_partition == where]
+        found.extend(r for r in batch if start <= r.offset < end)
+        if (found and not batch) or any(r.offset >= end - 1 for r in batch):
+            break
+    return found
+
+
 # --- argument checks both adapters share, so both reject the same misuse with the same words ----------------------
 
 
