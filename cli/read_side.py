@@ -234,7 +234,7 @@ def _cmd_project(args: argparse.Namespace) -> int:
     try:
         with settings.open() as log:
             projector = Projector(log, engine, codec, topic_names, say=say, metrics=metrics, chain=chain,
-                                  on_unverified=on_unverified,
+                                  on_unverified=on_unverified, carries=Topics(args.topic_prefix).carries,
                                   on_refused=lambda why: say.write("warning", f"allocator project: {why}", "trust",
                                                                    {"verified": False}))  # fmt: skip
             projector.interrupted = lambda: stop["now"]
@@ -305,6 +305,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     from sqlalchemy.exc import SQLAlchemyError
 
+    from eventlog.port import Topics
     from projections.database import (
         DEFAULT_EMBEDDED_DATABASE,
         check_rebuildable_schema,
@@ -330,7 +331,6 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from exc
     if args.config is not None:
         from allocator.service.chain import unverified_chain, verify_log
-        from eventlog.port import Topics
 
         config, trusted = _config_file(args), _trusted_keys(args)
         with settings.open() as reader:
@@ -366,6 +366,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             chain=chain,
             on_unverified=on_unverified,
             on_refused=refused.append,
+            carries=Topics(args.topic_prefix).carries,
         )
 
         def progress(stats: ProjectorStats) -> None:

@@ -11,7 +11,17 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from schemas.codec import EventCodec, UndecodableMessage
-from schemas.events import ControlCommand, Event, Fill, MarketResolution, PnlMark, Proposal
+from schemas.events import (
+    ControlCommand,
+    DeadLetter,
+    Decision,
+    Event,
+    Fill,
+    GovernorEvent,
+    MarketResolution,
+    PnlMark,
+    Proposal,
+)
 
 Clock = Callable[[], int]
 """Milliseconds since the Unix epoch; adapters take one so tests and replays can pin record timestamps."""
@@ -181,6 +191,16 @@ class Topics:
         if accepted is None:
             accepted = (Proposal,) if self.agent_of(topic) is not None else ()
         return accepted
+
+    def carries(self, topic: str) -> tuple[type[Event], ...]:
+        """The event types a topic of the book may carry: an input's (`accepts`), or the one type each output topic
+        holds; none for a topic that is not the book's. A record of another type is no event of the book, whoever
+        wrote it: the allocator dead-letters it on an input, the projector projects no row of it."""
+        return self._carried.get(topic) or self.accepts(topic)
+
+    @cached_property
+    def _carried(self) -> dict[str, tuple[type[Event], ...]]:
+        return {self.decisions: (Decision,), self.governor: (GovernorEvent,), self.deadletter: (DeadLetter,)}
 
     @cached_property
     def _accepted(self) -> dict[str, tuple[type[Event], ...]]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Double, Engine, String, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Double, Engine, String, Table, UniqueConstraint, bindparam, insert, select, update
 from sqlalchemy.exc import OperationalError
 
 from book.bounds import dead_letter_fields, out_of_bounds
@@ -99,11 +99,20 @@ TABLE_ORDER = (
 Rows = dict[Table, list[Row]]
 
 
-def rows_of(records: Iterable[Record], codec: EventCodec, chain: DecisionChain | None = None) -> Rows:
+Carries = Callable[[str], tuple[type[Event], ...]]
+"""The event types a topic may carry (`eventlog.port.Topics.carries`)."""
+
+
+def rows_of(
+    records: Iterable[Record], codec: EventCodec, chain: DecisionChain | None = None, carries: Carries | None = None
+) -> Rows:
     """The rows the log records become, per table. Undecodable bytes become a dead letter with their position.
 
     With `chain`, each record of its topic is checked in turn (the chain moves on): one that does not verify
-    becomes a dead letter (`NOT_VERIFIED` and why) instead of decision rows."""
+    becomes a dead letter (`NOT_VERIFIED` and why) instead of decision rows. With `carries`, a record of a type its
+    topic does not carry (a decision, a governor event or a fill on an agent's proposals topic, say: anyone who may
+    write one topic could otherwise write every table) becomes the dead letter the allocator writes for it on an
+    input topic, the same row, instead of rows."""
     out: Rows = {table: [] for table in TABLE_ORDER}
     proposals = out[tables.proposals]
     for record in records:
@@ -122,6 +131,11 @@ def rows_of(records: Iterable[Record], codec: EventCodec, chain: DecisionChain |
             except UndecodableMessage as exc:
                 out[tables.dead_letters].append((record.topic, record.partition, record.offset,
                                                  *dead_letter_fields(exc.reason, record.value)))  # fmt: skip
+                continue
+            if carries is not None and not isinstance(event, carries(record.topic)):
+                error = f"a {type(event).__name__} does not belong on {record.topic}"
+                out[tables.dead_letters].append((record.topic, record.partition, record.offset,
+                                                 *dead_letter_fields(error, record.value)))  # fmt: skip
                 continue
         if isinstance(event, Proposal):  # most of the log: inline
             e = event
@@ -170,15 +184,36 @@ class _EveryMarket:
 _EVERY_MARKET = _EveryMarket()
 
 
+# The longest value an indexed Text column takes, in characters. PostgreSQL refuses an index entry over 2,704 bytes
+# (a B-tree page's third), and a refused row stopped the projector for good: it took the error for an unavailable
+# database and retried (an outside probe: a proposal with a 6,000-character agent_id). 500 characters are at most
+# 2,000 bytes of UTF-8, which leaves room for the entry's other columns (a String(128) beside it: 512 bytes); the
+# allocator's own bounds on ids are 128 characters.
+MAX_INDEXED_TEXT = 500
+
+
+def _indexed(table: Table) -> set[str]:
+    names = {c.name for c in table.primary_key.columns}
+    for index in table.indexes:
+        names.update(c.name for c in index.columns)
+    for constraint in table.constraints:
+        if isinstance(constraint, UniqueConstraint):
+            names.update(c.name for c in constraint.columns)
+    return names
+
+
 def _checks(table: Table) -> tuple[tuple[int, str, int | None], ...]:
-    """Per written column that can refuse a value: its index, name, and the length limit of a String(n)."""
+    """Per written column that can refuse a value: its index, name, and the length limit of a String(n) (of an
+    indexed Text, `MAX_INDEXED_TEXT`)."""
     out: list[tuple[int, str, int | None]] = []
+    indexed = _indexed(table)
     for i, name in enumerate(written_columns(table)):
         column = table.c[name]
         if isinstance(column.type, Double):
             out.append((i, name, None))
         elif isinstance(column.type, String):  # Text included: no length, but no NUL either
-            out.append((i, name, column.type.length))
+            length = column.type.length
+            out.append((i, name, MAX_INDEXED_TEXT if length is None and name in indexed else length))
     return tuple(out)
 
 
@@ -335,14 +370,16 @@ def foreign_projection(
     return None
 
 
-def prepare_batch(records: Sequence[Record], codec: EventCodec, chain: DecisionChain | None = None) -> Batch:
+def prepare_batch(
+    records: Sequence[Record], codec: EventCodec, chain: DecisionChain | None = None, carries: Carries | None = None
+) -> Batch:
     """Decode `records` into rows (no I/O: this half of a batch may run while the previous one is written).
     With `chain`, batches must be prepared in log order: the chain moves on with each decision it checks."""
     moved: dict[tuple[str, int], int] = {}
     for record in records:
         key = (record.topic, record.partition)
         moved[key] = max(moved.get(key, 0), record.offset + 1)
-    return Batch(rows_of(records, codec, chain), moved, len(records))
+    return Batch(rows_of(records, codec, chain, carries), moved, len(records))
 
 
 def store_batch(
@@ -440,6 +477,7 @@ class Projector:
         chain: DecisionChain | None = None,
         on_unverified: Callable[[str], None] | None = None,
         on_refused: Callable[[str], None] | None = None,
+        carries: Carries | None = None,
     ) -> None:
         """`metrics`, when given, is told of the start, each batch written (`step`), retries and idle polls.
 
@@ -447,7 +485,8 @@ class Projector:
         reads the decisions topic from its start up to the stored offset, so a restarted projector's chain stands
         where the stored rows left it, and `on_refused` is told of each decision it refuses (the dead letter's
         reason), so a wrong key does not fill `dead_letters` unseen. Without it, `on_unverified` is told once, with
-        its key id, when a signed decision is projected unverified."""
+        its key id, when a signed decision is projected unverified. `carries` (the book's `Topics.carries`) keeps a
+        record off the tables when its topic does not carry its type (`rows_of`)."""
         self.log = log
         self.engine = engine
         self.codec = codec
@@ -462,6 +501,7 @@ class Projector:
         self.chain = chain
         self.on_unverified = on_unverified
         self.on_refused = on_refused
+        self.carries = carries
         self._chain_resumed = False
         self._told_unverified = False
         # Whether a stop was asked for (SIGTERM, Ctrl-C: set by the caller), which ends a wait for the database. Not
@@ -499,7 +539,7 @@ class Projector:
                     chain.check(record)
 
     def _prepare(self, records: Sequence[Record]) -> Batch:
-        batch = prepare_batch(records, self.codec, self.chain)
+        batch = prepare_batch(records, self.codec, self.chain, self.carries)
         if self.chain is not None and self.on_refused is not None:
             for letter in batch.rows[tables.dead_letters]:
                 if letter[0] == self.chain.topic and str(letter[3]).startswith(NOT_VERIFIED):

@@ -218,6 +218,6 @@ equity_history = Table(
     Column("governor_state", String(16), nullable=False),
 )
 
-# Views (created by migration 0002; read with text() or reflected tables): latest_marks, positions,
-# exposure_by_market, exposure_by_key.
+# Views (created by migration 0002, latest_marks again by 0008; read with text() or reflected tables):
+# latest_marks, positions, exposure_by_market, exposure_by_key.
 VIEWS = ("latest_marks", "positions", "exposure_by_market", "exposure_by_key")

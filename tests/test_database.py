@@ -53,7 +53,7 @@ def test_migration_is_idempotent(database: ProjectionDatabase) -> None:
     with database.engine.begin() as conn:
         upgrade_connection(conn, schema=database.schema)
         upgrade_connection(conn, schema=database.schema)  # already at head: nothing to do
-        assert conn.execute(text("select version_num from alembic_version")).scalar_one() == "0007"
+        assert conn.execute(text("select version_num from alembic_version")).scalar_one() == "0008"
 
 
 @pytest.mark.postgres

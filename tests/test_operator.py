@@ -194,6 +194,44 @@ def test_status_takes_the_book_s_state_from_its_decisions_not_from_forged_govern
     assert "governor PAUSED" in text and "governor events add up to ACTIVE" in text and "not signed" in text
 
 
+def test_a_decision_forged_on_a_proposals_topic_neither_replaces_the_genuine_one_nor_locks_the_projection(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside probe (an agent on a secured broker, on its own proposals topic): a forged HALTED decision for the
+    next cycle took that cycle's row in the projection, and then `project` and `status` refused the projection for
+    good ("holds decisions of ...proposals"), and a replay copied it again. It is now a dead letter of the topic."""
+    import dataclasses
+
+    from schemas.codec import SingleObjectCodec
+    from schemas.events import Decision, GovernorState
+
+    codec = SingleObjectCodec()
+    path = tmp_path / "log.sqlite"
+    log, db = ["--log", str(path)], ["--database", f"sqlite:///{tmp_path / 'p.sqlite'}"]
+    proposals = str(Path(__file__).parent.parent / "examples" / "proposals.json")
+    serve = ["serve", *log, "--max-cycles", "1", "--duration", "60"]
+    for argv in (["init", *log], ["propose", proposals, *log], serve):
+        assert main(argv) == 0, argv
+    with EmbeddedEventLog(path) as writer:
+        writer.assign(["allocator.decisions"])
+        [record] = writer.poll(max_records=1, timeout_s=1.0)
+        genuine = codec.decode(record.value or b"")
+        assert isinstance(genuine, Decision)
+        forged = dataclasses.replace(genuine, decision_id="allocator.main-0000000002", cycle=2,
+                                     governor_state=GovernorState.HALTED, equity=1.0)  # fmt: skip
+        writer.produce("allocator.proposals", codec.encode(forged))
+        writer.flush()
+    assert main(["project", *log, *db, "--once"]) == 0
+    assert main(["control", "halt", "--reason", "r", "--operator", "o", *log]) == 0  # input, so a cycle 2 is decided
+    assert main(["serve", *log, "--max-cycles", "2", "--duration", "60"]) == 0
+    assert main(["project", *log, *db, "--once"]) == 0
+    capsys.readouterr()
+    assert main(["status", *db, *log, "--json"]) == 0
+    state = json.loads(capsys.readouterr().out)
+    assert [(d["cycle"], d["equity"]) for d in state["decisions"]][:2] == [(2, genuine.equity), (1, genuine.equity)]
+    assert state["governor_state"] == "PAUSED"  # the operator's halt, decided in the genuine cycle 2
+
+
 def test_status_refuses_a_projection_of_another_book_s_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """An outside probe: `status --log beta.sqlite --database <alpha's projection>` printed book alpha's state next to
     book beta's configuration and chain, exit 0. Both logs use the default topics, so only the decision at each

@@ -582,3 +582,60 @@ def test_a_governor_state_is_shown_as_a_window_only_when_it_is_one() -> None:
     assert _state("SOLVER_TIMEOUT", "9" * 5000) == "9" * 5000
     assert _state("SOLVER_TIMEOUT", "²") == "²"
     assert _state("KILL_SWITCH", "1") == "1"
+
+
+def test_a_record_of_a_type_its_topic_does_not_carry_writes_no_row_but_its_dead_letter() -> None:
+    """An outside probe: the projector wrote rows by a record's type, whatever its topic, so an agent that may write
+    only its own proposals topic put a HALTED decision in place of the genuine one, a KILL_SWITCH event, a mark, a
+    fill, a command and a dead letter hiding a real fill into the tables. With the book's topics each type is
+    projected from its own topic only; anything else is the dead letter the allocator writes for it."""
+    from eventlog.port import Topics
+
+    book = Topics("x", agents=("alpha",))
+    every = _every_kind_of_record()[:-1]  # the undecodable bytes aside
+    on_agent_topic = [replace(r, topic=book.proposals_of("alpha")) for r in every]
+    rows = rows_of(on_agent_topic, codec, carries=book.carries)
+    assert [len(rows[t]) for t in TABLE_ORDER if t is not tables.dead_letters] == [1] + [0] * (len(TABLE_ORDER) - 2)
+    errors = [row[3] for row in rows[tables.dead_letters]]
+    kinds = [type(codec.decode(r.value or b"")).__name__ for r in every[1:]]
+    assert errors == [f"a {kind} does not belong on x.proposals.alpha" for kind in kinds]
+    # Each on its own topic is projected as before.
+    own = {Fill: book.fills, PnlMark: book.pnl, MarketResolution: book.pnl, ControlCommand: book.control,
+           GovernorEvent: book.governor, DeadLetter: book.deadletter, Decision: book.decisions}  # fmt: skip
+    placed = [replace(r, topic=own.get(type(codec.decode(r.value or b"")), book.proposals)) for r in every]
+    assert rows_of(placed, codec, carries=book.carries) == rows_of(placed, codec)
+    assert not rows_of(placed, codec, carries=Topics("other").carries)[tables.proposals]  # not this book's topics
+
+
+def test_an_id_too_long_for_an_index_is_a_dead_letter_not_a_stopped_projector(database: ProjectionDatabase) -> None:
+    """An outside probe: a proposal whose agent_id had 6,000 characters passed the projector's checks, and PostgreSQL
+    refused its primary key entry (at most 2,704 bytes): the projector took that for an unavailable database and
+    retried the batch for ever. An indexed text column now takes at most 500 characters, alike on both databases."""
+    engine = database.migrate()
+    long_agent = replace(proposal(1), agent_id="a" * 6_000)
+    orders = Decision("d9", "b" * 600, 1, T, (), "v1", "cafe", 42, GovernorState.ACTIVE, 250, 900.0, 600.0, 1000.0,
+                      SolverPath.MIP_OPTIMAL, 1.0, 1.0, None, (), ())  # fmt: skip
+    records = _records(TOPICS.proposals, 0, [codec.encode(long_agent), codec.encode(proposal(2))])
+    records += _records(TOPICS.decisions, 0, [codec.encode(orders)])
+    write_batch(engine, "projector", records, codec, {})
+    with engine.connect() as conn:
+        assert [r.proposal_id for r in conn.execute(select(tables.proposals.c.proposal_id))] == ["p2"]
+        assert conn.execute(select(tables.decisions.c.decision_id)).all() == []
+        errors = sorted(r.error for r in conn.execute(select(tables.dead_letters.c.error)))
+    assert errors == ["not projectable: Decision decisions.book_id has 600 characters, at most 500",
+                      "not projectable: Proposal proposals.agent_id has 6000 characters, at most 500"]  # fmt: skip
+
+
+def test_a_mark_the_allocator_refused_is_no_market_s_latest_mark(database: ProjectionDatabase) -> None:
+    """An outside probe: marks the allocator refused by its bounds (1.5, Infinity, -0.1) were rows of `marks`, and the
+    newest became the market's latest mark, which values positions. Migration 0008 leaves out a mark with a dead
+    letter at its position, before the newest is chosen."""
+    engine = database.migrate()
+    marks = _records(TOPICS.pnl, 0, [codec.encode(PnlMark("m1", 0.6, T)), codec.encode(PnlMark("m1", 1.5, T + 1)),
+                                     codec.encode(PnlMark("m2", 0.3, T + 2))])  # fmt: skip
+    refused = DeadLetter(TOPICS.pnl, 0, 1, "rejected, no effect on the book: PnlMark.mark_price: 1.5", None, T + 1)
+    write_batch(engine, "projector", marks + _records(TOPICS.deadletter, 0, [codec.encode(refused)]), codec, {})
+    with engine.connect() as conn:
+        latest = sorted(tuple(r) for r in conn.execute(text("SELECT market_id, mark_price FROM latest_marks")))
+        assert conn.execute(text("SELECT COUNT(*) FROM marks")).scalar_one() == 3  # the refused one is still a row
+    assert latest == [("m1", 0.6), ("m2", 0.3)]
