@@ -99,10 +99,21 @@ def _wording_only(dump: Dump) -> Dump:
     return out
 
 
+def _projected_from_its_own_topic(tables: Dump, views: Dump) -> tuple[Dump, Dump]:
+    """The release that wrote the log projected a record by its type whatever its topic, which was wrong: the log
+    holds a PnlMark on the proposals topic (the allocator dead-lettered it, "a PnlMark does not belong on
+    golden.proposals"), and it was a row of `marks` and its market's latest mark. Since an outside probe forged
+    decisions that way, a record is projected from its own topic only: that mark is its dead letter alone."""
+    kept = [row for row in tables.get("marks", []) if row["log_topic"] == TOPICS.pnl]
+    marked = {row["market_id"] for row in kept}
+    latest = [row for row in views.get("latest_marks", []) if row["market_id"] in marked]
+    return {**tables, "marks": kept}, {**views, "latest_marks": latest}
+
+
 def assert_recorded_projection(engine: Engine, kafka_prefix: str | None = None) -> None:
     """The projection is the recorded one; else every difference is named. `kafka_prefix`: the projection was
     read from the golden records on fresh topics with this prefix."""
-    want_tables, want_views = expected()
+    want_tables, want_views = _projected_from_its_own_topic(*expected())
     got_tables, got_views = dump_projection(engine)
     assert len(got_tables.get("decisions", [])) == manifest()["decisions"], "the projection holds no golden decisions"
     got_tables = _wording_only(got_tables)

@@ -92,17 +92,23 @@ def legacy_margin(recorded: Decision) -> float:
 def compare(recorded: Decision, recomputed: Decision, margin: float = 0.0) -> list[str]:
     """Every difference that matters: statuses, reasons, sizes (1e-9 relative), orders, governor, path.
 
-    Timing (solve_ms) may differ; the objective and gap follow from the sizes. `margin` (currency) widens the
-    size comparison for decisions written under an older sizing rule (`legacy_margin`).
+    Only timing (solve_ms) may differ. `margin` (currency) widens the size comparison for decisions written under an
+    older sizing rule (`legacy_margin`); the work, the gap and the reasons' details of those are not compared (their
+    solver counted no work, and their bound and details followed from the sizes).
     """
     problems: list[str] = []
     objective_margin = margin * sum(
         1 for a in recorded.allocations if a.size > 0
     )  # each funded size within its margin; the objective's coefficients are at most 1
-    for name in ("decision_id", "book_id", "cycle", "decided_at", "governor_state", "opportunity_window_ms",
-                 "config_hash", "scenario_seed", "solver_path", "inputs"):  # fmt: skip
+    exact = ["decision_id", "book_id", "cycle", "decided_at", "governor_state", "opportunity_window_ms",
+             "config_version", "config_hash", "scenario_seed", "solver_path", "inputs"]  # fmt: skip
+    if margin == 0.0:
+        exact.append("work_used")
+    for name in exact:
         if getattr(recorded, name) != getattr(recomputed, name):
             problems.append(f"{name}: recorded {getattr(recorded, name)!r}, re-run {getattr(recomputed, name)!r}")
+    if margin == 0.0 and not _same_number(recorded.gap, recomputed.gap):
+        problems.append(f"gap: recorded {recorded.gap!r}, re-run {recomputed.gap!r}")
     for name in ("equity", "available", "high_water_mark", "objective"):
         allowed = objective_margin * MAX_EXPECTED_PROFIT if name == "objective" else 0.0
         if not close_enough(getattr(recorded, name), getattr(recomputed, name), allowed):
@@ -118,9 +124,15 @@ def compare(recorded: Decision, recomputed: Decision, margin: float = 0.0) -> li
             continue
         if a.status != b.status:
             problems.append(f"{where}: status recorded {a.status.value}, re-run {b.status.value}")
+        if (a.market_id, a.side) != (b.market_id, b.side):
+            side_a, side_b = (a.side.value if a.side else None), (b.side.value if b.side else None)
+            problems.append(f"{where}: market and side recorded {a.market_id} {side_a}, re-run {b.market_id} {side_b}")
         if [r.code for r in a.reasons] != [r.code for r in b.reasons]:
             problems.append(f"{where}: reasons recorded {[r.code.value for r in a.reasons]}, re-run "
                             f"{[r.code.value for r in b.reasons]}")  # fmt: skip
+        elif margin == 0.0 and [r.detail for r in a.reasons] != [r.detail for r in b.reasons]:
+            problems.append(f"{where}: reasons' details recorded {[r.detail for r in a.reasons]}, re-run "
+                            f"{[r.detail for r in b.reasons]}")  # fmt: skip
         if not close_enough(a.size, b.size, margin) or not close_enough(a.netted_size, b.netted_size, margin):
             problems.append(f"{where}: size recorded {a.size!r}/{a.netted_size!r}, re-run {b.size!r}/{b.netted_size!r}")
     recorded_orders = [(o.market_id, o.side, o.size) for o in recorded.orders]
@@ -131,6 +143,13 @@ def compare(recorded: Decision, recomputed: Decision, margin: float = 0.0) -> li
     ):
         problems.append(f"orders: recorded {recorded_orders}, re-run {recomputed_orders}")
     return problems
+
+
+def _same_number(a: float | None, b: float | None) -> bool:
+    """Bit for bit, NaN (no bound) equal to NaN."""
+    if a is None or b is None:
+        return a is b
+    return a == b or (math.isnan(a) and math.isnan(b))
 
 
 @dataclass(frozen=True)
