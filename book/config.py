@@ -98,6 +98,11 @@ class AllocatorConfig:
     # rules.md §7.4: how many execution reports one funded allocation may add to the failure window (its first
     # ones); 0 counts every report, the rule of the releases before the key (`ABSENT_MEANS`)
     failure_reports_per_allocation: int = 1
+    # rules.md §7.4: 2 leaves PARTIAL reports out of the failure window, so an allocation counts by its final report
+    # (FILLED, FAILED, REJECTED): an acknowledgement sent as a zero-size PARTIAL before the FAILED one counted as a
+    # success and hid the failure (an outside probe: six failed allocations paused nothing). 1 counts the first
+    # reports whatever their status, as the releases before the key did (`ABSENT_MEANS`)
+    failure_report_rules: int = 2
     # rules.md §11.3: 1 refuses a signed operator command that does not name this book (`<topic prefix>.<book id>`);
     # 0 takes one naming no book, as the releases before ControlCommand version 3 did (`ABSENT_MEANS`)
     operator_commands_name_book: int = 1
@@ -274,7 +279,8 @@ FIRST_RELEASE_KEYS = frozenset(
 # the value the releases before the key (or before its default changed) ran with. `config_hash` also leaves such a
 # key out at that value, so those configurations keep their hashes. A configuration file or a snapshot still gets
 # the default for a missing key. `solver_work_limit` was 32,000 by default until revision 2's bound took a share;
-# `failure_reports_per_allocation` was unbounded (0) before it existed; before `operator_commands_name_book` a
+# `failure_reports_per_allocation` was unbounded (0) before it existed, and before `failure_report_rules` a partial
+# report counted like a final one (1); before `operator_commands_name_book` a
 # signed command named no book (0); before `proposal_id_rules` a proposal's ids were checked by rules 1; before
 # `fill_rules` a fill's id was not checked (1), before `max_fill_price_improvement` nor its price (1); before
 # `max_undecided_proposals` nothing bounded the proposals waiting (0), before `max_undecided_per_agent` nor one
@@ -282,8 +288,9 @@ FIRST_RELEASE_KEYS = frozenset(
 # below its request (1).
 ABSENT_MEANS: Mapping[str, Any] = MappingProxyType(
     {"solver_revision": 1, "solver_work_limit": 32_000, "failure_reports_per_allocation": 0,
-     "operator_commands_name_book": 0, "proposal_id_rules": 1, "fill_rules": 1, "max_fill_price_improvement": 1.0,
-     "max_undecided_proposals": 0, "max_undecided_per_agent": 0, "cap_reasons": 1}
+     "failure_report_rules": 1, "operator_commands_name_book": 0, "proposal_id_rules": 1, "fill_rules": 1,
+     "max_fill_price_improvement": 1.0, "max_undecided_proposals": 0, "max_undecided_per_agent": 0,
+     "cap_reasons": 1}
 )  # fmt: skip
 
 
@@ -407,6 +414,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "kill_switch_reset_quorum": (1, 2, False),
     "kill_switch_reset_window_s": (0.0, _DAY_S, True),
     "failure_reports_per_allocation": (0, 100_000, False),
+    "failure_report_rules": (1, 2, False),
     "operator_commands_name_book": (0, 1, False),
     "proposal_id_rules": (1, 2, False),
     "fill_rules": (1, 2, False),

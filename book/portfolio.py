@@ -48,7 +48,7 @@ from schemas.signing import check_signature, public_key_from_hex
 _SIDES = (Side.BUY, Side.SELL)
 CONFIGURATION_ONLY = frozenset(
     {"operator_keys", "kill_switch_reset_quorum", "kill_switch_reset_window_s", "operator_commands_name_book",
-     "proposal_id_rules", "fill_rules", "max_fill_price_improvement", "max_undecided_proposals",
+     "failure_report_rules", "proposal_id_rules", "fill_rules", "max_fill_price_improvement", "max_undecided_proposals",
      "max_undecided_per_agent", "cap_reasons"}
 )  # fmt: skip
 
@@ -601,19 +601,24 @@ class PortfolioState:
             self.cash -= fill.filled_size
         if math.isfinite(fill.fee):
             self.cash -= fill.fee
-        if self._counts_in_window(allocation):
+        if self._counts_in_window(allocation, fill):
             failed = fill.status in (FillStatus.FAILED, FillStatus.REJECTED)
             self.governor, report_changes = on_execution_report(self.governor, failed, self.limits)
             changes += report_changes
         changes += self._equity_changed()
         return tuple(changes)
 
-    def _counts_in_window(self, allocation: Funded | None) -> bool:
+    def _counts_in_window(self, allocation: Funded | None, fill: Fill) -> bool:
         """Whether an execution report on `allocation` counts in the failure window (rules.md §7.4): only its first
         `failure_reports_per_allocation` do, so one executor writing the same FAILED report again cannot pause the
-        book, nor zero-size FILLED reports dilute real failures. 0 counts every report (books recorded before the
-        key), and so does a fill trusted without an allocation (batches of Decision version 1)."""
+        book, nor zero-size FILLED reports dilute real failures; under `failure_report_rules` 2 a PARTIAL report
+        never does (the execution is not over), so an interim report cannot take the place of the final FAILED one.
+        0 counts every report (books recorded before the key), and so does a fill trusted without an allocation
+        (batches of Decision version 1)."""
         cap = self.config.failure_reports_per_allocation
+        partial = fill.status is FillStatus.PARTIAL and not self.legacy_fills
+        if allocation is not None and partial and self.config.failure_report_rules >= 2:
+            return False
         if cap == 0 or allocation is None:
             return True
         if allocation.reports >= cap:

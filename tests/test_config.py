@@ -75,7 +75,8 @@ def test_the_hash_of_a_first_release_configuration_never_changes() -> None:
     # window (`failure_reports_per_allocation` 0), and its signed operator commands named no book
     # (`operator_commands_name_book` 0), and it checked a proposal's ids by rules 1 (`proposal_id_rules`).
     first_release = AllocatorConfig(solver_time_limit_ms=250.0, solver_revision=1, solver_work_limit=32_000,
-                                    failure_reports_per_allocation=0, operator_commands_name_book=0,
+                                    failure_reports_per_allocation=0, failure_report_rules=1,
+                                    operator_commands_name_book=0,
                                     proposal_id_rules=1, fill_rules=1,
                                     max_fill_price_improvement=1.0, max_undecided_proposals=0,
                                     max_undecided_per_agent=0, cap_reasons=1)  # fmt: skip
@@ -122,7 +123,8 @@ _NOT_DEFAULT: dict[str, object] = {
     "scenario_count": 500, "within_key_correlation": 0.4, "common_correlation": 0.05, "tail_dof": 6.0,
     "solver_work_limit": 50_000, "solver_time_limit_ms": 2_000.0, "mip_rel_gap": 1e-3, "solver_revision": 1,
     "agents": ["alpha"], "operator_keys": _keyring(2), "kill_switch_reset_quorum": 2,
-    "kill_switch_reset_window_s": 60.0, "failure_reports_per_allocation": 3, "operator_commands_name_book": 0,
+    "kill_switch_reset_window_s": 60.0, "failure_reports_per_allocation": 3, "failure_report_rules": 1,
+    "operator_commands_name_book": 0,
     "proposal_id_rules": 1, "fill_rules": 1, "max_fill_price_improvement": 0.1,
     "max_undecided_proposals": 7, "max_undecided_per_agent": 2, "cap_reasons": 1,
 }  # fmt: skip

@@ -1,7 +1,8 @@
 """rules.md §7.4: a funded allocation adds at most `failure_reports_per_allocation` execution reports (its first ones)
 to the failure-rate window, so one executor cannot pause the book by writing the same FAILED report again, nor hide
-real failures behind repeated zero-size FILLED reports; a configuration recorded without the key counts every
-report, as the releases before it did."""
+real failures behind repeated zero-size FILLED reports; under `failure_report_rules` 2 a PARTIAL report is not one of
+them, so an interim report cannot stand in for the final FAILED one. A configuration recorded without a key counts
+as the releases before it did."""
 
 from __future__ import annotations
 
@@ -64,8 +65,9 @@ def test_failures_of_distinct_allocations_still_pause_it() -> None:
 
 
 def test_zero_size_reports_written_again_do_not_hide_failures() -> None:
-    book = book_with(funded(30), AllocatorConfig())
-    # Forty zero-size interim reports on one allocation count once, so 7 failures of 20 reports pause the book.
+    # Under `failure_report_rules` 1 (a book recorded before the key): forty zero-size interim reports on one
+    # allocation count once, so 7 failures of 20 reports pause the book. Under 2 they do not count at all (below).
+    book = book_with(funded(30), AllocatorConfig(failure_report_rules=1))
     fill_ups = [report(29, FillStatus.PARTIAL, 0.0) for _ in range(40)]
     fold(book, fill_ups + [report(i, FillStatus.FAILED) for i in range(7)]
          + [report(i, FillStatus.FILLED, 100.0) for i in range(7, 19)])  # fmt: skip
@@ -79,3 +81,25 @@ def test_a_book_recorded_before_the_key_counts_every_report_as_it_did() -> None:
     book = book_with(funded(1), recorded)
     fold(book, [report(0, FillStatus.FAILED, fill_id=f"f{k}") for k in range(20)])
     assert book.governor.state is GovernorState.PAUSED
+
+
+def _acknowledged_then_failed(config: AllocatorConfig) -> PortfolioState:
+    """Seven allocations that each get a zero-size PARTIAL acknowledgement and then FAILED; thirteen filled."""
+    book = book_with(funded(30), config)
+    failed = [r for i in range(7) for r in (report(i, FillStatus.PARTIAL, 0.0, f"ack{i}"),
+                                            report(i, FillStatus.FAILED, fill_id=f"fail{i}"))]  # fmt: skip
+    fold(book, failed + [report(i, FillStatus.FILLED, 100.0, f"fill{i}") for i in range(7, 20)])
+    return book
+
+
+def test_an_interim_report_before_the_failed_one_does_not_hide_the_failure() -> None:
+    """An outside probe: an executor that acknowledges each order with a zero-size PARTIAL and then reports FAILED
+    (a common pattern, honest) had every failure counted as a success: six failed allocations paused nothing. The
+    window now counts each allocation by its final report: 7 failures of 20 (35%) pause the book."""
+    assert _acknowledged_then_failed(AllocatorConfig()).governor.state is GovernorState.PAUSED
+
+
+def test_a_book_recorded_before_failure_report_rules_counts_the_first_report_as_it_did() -> None:
+    recorded = AllocatorConfig.from_recorded({"failure_reports_per_allocation": 1})
+    assert recorded.failure_report_rules == ABSENT_MEANS["failure_report_rules"] == 1
+    assert _acknowledged_then_failed(recorded).governor.state is GovernorState.ACTIVE  # 0 failures of 20 counted
