@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from allocator.service.chain import VerifiedLog
     from eventlog.port import EventLog, Record
     from schemas.codec import EventCodec
+    from schemas.events import Decision
 
 from cli.common import (
     DEFAULT_BOOK,
@@ -63,7 +64,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from allocator.service.sequencer import BookState, NoConfigOnLog
     from eventlog.port import FencedError, LogError, NotALogError, TopicPartition, Topics, normalise_book_id
     from schemas.codec import make_codec
-    from schemas.events import Decision
 
     config = _config_file(args)
     _numeric_warning("serve")
@@ -233,7 +233,7 @@ def _cmd_control(args: argparse.Namespace) -> int:
     codec = make_codec(args.schema_registry)
     try:
         with settings.open() as log:
-            books = _decision_books(log, topics.decisions, codec)
+            books, newest = _decision_books(log, topics.decisions, codec)
             if args.book is not None and books and normalise_book_id(args.book) not in books:
                 # One book per topic prefix: a command for another book on this log is an operator's slip (a book
                 # without operator_keys would act on it, rules.md §11.3).
@@ -250,6 +250,9 @@ def _cmd_control(args: argparse.Namespace) -> int:
                 from schemas.signing import sign
 
                 command = sign(command, key)
+            refusal = _operator_keys_refusal(newest, command.key_id)
+            if refusal is not None:
+                raise UsageError(refusal)
             client = BookClient(log, codec, topics)
             client.command(command)
             client.flush()
@@ -265,9 +268,10 @@ def _cmd_control(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _decision_books(log: EventLog, topic: str, codec: EventCodec) -> list[str]:
+def _decision_books(log: EventLog, topic: str, codec: EventCodec) -> tuple[list[str], Decision | None]:
     """The book ids of the first and the newest decision on `topic`, distinct, in that order (empty: no decision, or
-    this principal may not read the topic). A forged decision appended to the log makes them differ."""
+    this principal may not read the topic), and the newest decision. A forged decision appended to the log makes
+    the ids differ."""
     from eventlog.port import LogError, decode_value, record_at, records_before
     from schemas.codec import UndecodableMessage
     from schemas.events import Decision
@@ -282,8 +286,8 @@ def _decision_books(log: EventLog, topic: str, codec: EventCodec) -> list[str]:
     try:
         ends = {tp: end for tp, end in log.end_offsets([topic]).items() if end > 0}
     except LogError:  # an operator's principal may not read decisions (docs/security.md): no book to compare with
-        return []
-    found: list[tuple[int, str]] = []
+        return [], None
+    found: list[tuple[int, int, Decision]] = []
     for tp, end in ends.items():
         first = record_at(log, tp, 0, polls=4)
         # The newest: on Kafka the last offsets are commit (or abort) markers, not records.
@@ -291,12 +295,37 @@ def _decision_books(log: EventLog, topic: str, codec: EventCodec) -> list[str]:
         for record in ([first] if first is not None else []) + newest[::-1]:
             event = decision(record)
             if event is not None:
-                found.append((record.timestamp_ms, event.book_id))
+                found.append((record.timestamp_ms, record.offset, event))
                 if record is not first:
                     break
-    found.sort()
-    books = [book for _, book in found[:1] + found[-1:]]
-    return list(dict.fromkeys(books))
+    found.sort(key=lambda item: item[:2])
+    books = [d.book_id for _, _, d in found[:1] + found[-1:]]
+    return list(dict.fromkeys(books)), found[-1][2] if found else None
+
+
+def _operator_keys_refusal(newest: Decision | None, key_id: str | None) -> str | None:
+    """Why the book would refuse this command for its signature (rules.md §11.3), or None: a book whose configuration
+    names operator keys counts only commands signed by one of them. Told before sending: an unsigned emergency HALT
+    was "sent" (exit 0) and the book refused it. The newest decision records the configuration; operator_keys is
+    configuration only, so no SET_LIMITS since has changed it. None when the log holds no decision to tell."""
+    import json
+
+    from book.config import AllocatorConfig, ConfigError
+
+    if newest is None or not newest.config:
+        return None
+    try:
+        keys = AllocatorConfig.from_recorded(json.loads(newest.config)).operator_keys
+    except (ValueError, ConfigError):
+        return None  # a configuration this release cannot read: the allocator judges the command
+    if not keys or (key_id is not None and key_id in keys):
+        return None
+    named = ", ".join(sorted(keys))
+    if key_id is None:
+        return (f"book {newest.book_id} takes only commands signed by one of its operator keys ({named}): pass --key "
+                "FILE; an unsigned command would be refused, nothing sent")  # fmt: skip
+    return (f"--key: key {key_id} is not one of book {newest.book_id}'s operator keys ({named}); the command would "
+            "be refused, nothing sent")  # fmt: skip
 
 
 def _limits(action: str, pairs: list[str] | None) -> dict[str, float] | None:

@@ -918,3 +918,36 @@ def test_serve_starts_beside_another_book_s_decision_signed_by_the_same_key(
     signed_log(db, topics, signer, cycles=2)
     signed_log(db, other, DecisionSigner(signer.key), cycles=3)
     _copy_then_restart(db, other.decisions, 2, topics, signer, named="other.book1-0000000003")
+
+
+def test_control_refuses_a_command_the_book_s_operator_keys_would_refuse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside probe: on a book whose configuration names operator keys, an unsigned `allocator control halt`
+    printed "sent HALT ... the allocator acts on it in its next cycle" and exited 0, and the book refused it: an
+    emergency halt that looked done. The command line now reads the book's keyring from its newest decision and
+    refuses an unsigned command, or one signed by another key, before sending anything."""
+    from allocator.service.keys import public_key_hex
+
+    key_id, private, _ = new_key_pair(tmp_path / "ops")
+    _, stranger, _ = new_key_pair(tmp_path / "other")
+    ring = {key_id: public_key_hex(load_signing_key(private).public_key())}
+    config = tmp_path / "book.json"
+    config.write_text(json.dumps({"scenario_count": 300, "operator_keys": ring}), encoding="utf-8")
+    path = tmp_path / "log.sqlite"
+    log = ["--log", str(path)]
+    proposals = str(Path(__file__).parent.parent / "examples" / "proposals.json")
+    for argv in (["init", *log, "--config", str(config)], ["propose", proposals, *log],
+                 ["serve", *log, "--config", str(config), "--max-cycles", "1", "--duration", "60"]):  # fmt: skip
+        assert main(argv) == 0, argv
+    capsys.readouterr()
+    halt = ["control", "halt", "--reason", "venue down", "--operator", "alice", *log]
+    assert main(halt) == 2
+    err = capsys.readouterr().err
+    assert f"book main takes only commands signed by one of its operator keys ({key_id}): pass --key FILE" in err
+    assert main([*halt, "--key", str(stranger)]) == 2
+    assert f"is not one of book main's operator keys ({key_id})" in capsys.readouterr().err
+    with EmbeddedEventLog(path) as reader:
+        assert sum(reader.end_offsets([Topics().control]).values()) == 0  # nothing was sent
+    assert main([*halt, "--key", str(private)]) == 0
+    assert f"signed by key {key_id}" in capsys.readouterr().out
