@@ -30,6 +30,7 @@ from eventlog.port import (
     Clock,
     FencedError,
     LogError,
+    NotAuthorizedError,
     Record,
     TopicPartition,
     check_commit,
@@ -112,7 +113,7 @@ def _translate(what: str, exc: KafkaException) -> LogError:
 
 def _translate_error(what: str, err: KafkaError | None, text: str) -> LogError:
     if err is not None and err.code() in _NOT_AUTHORIZED:
-        return LogError(f"{what}: this principal is not authorized (its role does not allow it): {err.str()}")
+        return NotAuthorizedError(f"{what}: this principal is not authorized (its role does not allow it): {err.str()}")
     if err is not None and err.fatal():
         return FencedError(f"{what}: fatal Kafka error, this instance must stop (fenced by a newer one?): {err}")
     if err is not None and err.txn_requires_abort():
@@ -279,7 +280,7 @@ class KafkaEventLog:
         error = topic.error if topic is not None else None
         if error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
             # On a secured broker an ACL-less topic looks absent to librdkafka's reader, which then waits forever.
-            raise LogError(f"topic {name!r}: this principal is not authorized to use it (no ACL allows it)")
+            raise NotAuthorizedError(f"topic {name!r}: this principal is not authorized to use it (no ACL allows it)")
         if topic is None or topic.error is not None or not topic.partitions:
             return None
         return len(topic.partitions)

@@ -222,6 +222,10 @@ class NotALogError(LogError):
     named the wrong file, a usage error rather than a failure of the log."""
 
 
+class NotAuthorizedError(LogError):
+    """The broker's authorizer refused the call: the principal's role does not allow it (docs/security.md)."""
+
+
 class FencedError(LogError):
     """This instance may no longer write: a newer instance with the same transactional id took over (or the client
     hit another fatal error). Nothing of the current transaction becomes visible. The caller must stop."""

@@ -130,6 +130,26 @@ def test_an_instance_of_the_release_before_is_fenced_at_start(log_kind: tuple[Op
             close(alpha)
 
 
+def test_a_start_never_fences_the_allocator_of_the_prefix_its_old_id_names(log_kind: tuple[Open, Topics]) -> None:
+    """An outside probe: the id releases before wrote book `alpha` of prefix P under, `allocator-P-alpha`, is today's
+    id of the allocator of prefix `P-alpha`; starting book alpha on P fenced it, and that book stopped ("another
+    instance took over"). Where the prefix `P-alpha` has its topics, the old id is left alone."""
+    open_log, topics = log_kind
+    neighbour = Topics(f"{topics.prefix}-alpha")
+    other = allocator(open_log, neighbour, "main")
+    alpha = allocator(open_log, topics, "alpha")
+    try:
+        other.start()
+        propose(open_log, neighbour, "p1")
+        cycle(other, 1)
+        alpha.start()
+        propose(open_log, neighbour, "p2")
+        cycle(other, 1)  # still its prefix's writer: not fenced
+        assert books_decided(open_log, neighbour) == ["main", "main"]
+    finally:
+        close(other, alpha)
+
+
 def test_a_foreign_decision_appended_to_an_unsigned_book_is_named_without_contradictory_advice(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -228,9 +228,14 @@ def test_a_reader_may_not_use_another_roles_group(book: Book) -> None:
 
 @pytest.mark.parametrize("role", ROLES)
 def test_only_the_allocator_may_use_its_transactional_ids(book: Book, role: str) -> None:
-    """The prefix's id it publishes under, and the one releases before used for the book (fenced at start)."""
+    """The prefix's id it publishes under. The one releases before used for the book is granted to no role: it is
+    also the id of the prefix `<prefix>-<book>`'s allocator, which another book's allocator must not stop (an
+    outside probe)."""
     props = book.users[role]
-    for transactional_id in (transactional_id_of(book.topics), legacy_transactional_id_of(book.topics, BOOK)):
+    legacy = legacy_transactional_id_of(book.topics, BOOK)
+    error = _init_transactions(book.bootstrap, props, legacy)
+    assert error is not None and error.code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, (role, error)
+    for transactional_id in (transactional_id_of(book.topics),):
         if role == "allocator":
 
             def granted(txn: str = transactional_id) -> bool:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from allocator.service.loop import group_of, legacy_transactional_id_of, transactional_id_of
+from allocator.service.loop import group_of, transactional_id_of
 from eventlog.kafka_acl import PRIVATE_READER_GROUP_PREFIX, AclEntry, check_principal_name
 from eventlog.port import Topics, check_agent_id, normalise_book_id
 
@@ -68,9 +68,11 @@ def _role_rows(role: str, principal: str, topics: Topics, book: str) -> list[Acl
         group = group_of(topics, book)
         rows += [AclEntry(principal, "GROUP", "LITERAL", group, op) for op in ("READ", "DESCRIBE")]
         rows += _private_reader(principal)
-        # The prefix's id, and the one an earlier release wrote this book under (fenced at start).
-        for txn in (transactional_id_of(topics), legacy_transactional_id_of(topics, book)):
-            rows += [AclEntry(principal, "TRANSACTIONAL_ID", "LITERAL", txn, op) for op in ("WRITE", "DESCRIBE")]
+        # The prefix's id only. The one an earlier release wrote this book under, `allocator-<prefix>-<book>`, is also
+        # the id of the prefix `<prefix>-<book>`'s allocator, so granting it let one book's allocator stop another's
+        # (an outside probe); serve fences it where a grant of that release still allows it, and skips it elsewhere.
+        txn = transactional_id_of(topics)
+        rows += [AclEntry(principal, "TRANSACTIONAL_ID", "LITERAL", txn, op) for op in ("WRITE", "DESCRIBE")]
         return rows
     if role in ("projector", "auditor"):
         rows = [row for name in _all_topics(topics) for row in _topic(principal, name, "READ", "DESCRIBE")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Mapping
@@ -36,7 +37,16 @@ from allocator.service.sequencer import (
     take_config,
 )
 from book.config import AllocatorConfig
-from eventlog.port import AbortableError, EventLog, Record, TopicPartition, Topics, normalise_book_id
+from eventlog.port import (
+    AbortableError,
+    EventLog,
+    LogError,
+    NotAuthorizedError,
+    Record,
+    TopicPartition,
+    Topics,
+    normalise_book_id,
+)
 from governors.state import GovernorChange
 from schemas.codec import EventCodec
 from schemas.events import Decision
@@ -247,7 +257,7 @@ class AllocatorService:
         ends = self.reader.end_offsets(decisions)
         verified = verify_log(self.reader, self.codec, self.topics, trusted)
         refuse_log(verified, trusted, self.topics, self.book, signs=self.chain.signer is not None)
-        self.log.fence(legacy_transactional_id_of(self.topics, self.book_id))
+        self._fence_legacy_id()
         self.log.init_transactions(transactional_id_of(self.topics))
         # Read again only if a decision was committed meanwhile (another allocator's, before this one fenced it).
         whole = verified if self.reader.end_offsets(decisions) == ends else None
@@ -256,6 +266,26 @@ class AllocatorService:
         self._assign_inputs({})
         if self.metrics is not None:
             self.metrics.on_start(self.state, self.log, self._positions())
+
+    def _fence_legacy_id(self) -> None:
+        """Fence the id an earlier release wrote this book under, `allocator-<prefix>-<book>`, unless it is not that:
+        it is also the id of today's allocator of the prefix `<prefix>-<book>`, and fencing it stopped that book
+        (an outside probe: restarting book main on prefix pk stopped the allocator of prefix pk-main, which said
+        "another instance took over"). So it is left alone when that prefix's decisions topic exists, and when
+        this principal may not use the id (`allocator acl apply` grants it no longer: only a deployment that ran an
+        earlier release has the grant, and only there can an instance of that release still run)."""
+        legacy = legacy_transactional_id_of(self.topics, self.book_id)
+        other = Topics(legacy.removeprefix("allocator-"))
+        try:
+            owned = bool(self.reader.end_offsets([other.decisions]))
+        except LogError:
+            owned = False  # absent, or not this principal's to see: the fence's own authorization decides
+        if owned:
+            self.say(f"allocator serve: {legacy!r}, the id earlier releases wrote book {self.book_id} under, is the "
+                     f"id of the allocator of prefix {other.prefix}, whose topics exist: not fenced")  # fmt: skip
+            return
+        with contextlib.suppress(NotAuthorizedError):  # never granted here: no earlier release writes under it
+            self.log.fence(legacy)
 
     def _add_agent_topics(self) -> tuple[str, ...]:
         """The agents' own proposals topics among the inputs (rules.md §11.1): of every agent the configuration in
