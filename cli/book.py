@@ -25,7 +25,6 @@ from cli.common import (
     _config_file,
     _existing_log,
     _log_line,
-    _log_settings,
     _metrics_server,
     _numeric_warning,
     _say_trust,
@@ -71,7 +70,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         args.book = normalise_book_id(args.book)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    settings = _log_settings(args)
+    # Like every command but init: an embedded log that does not exist is a typo or a missing `init`, not a new
+    # book (an outside probe: `serve --log typo.sqlite` started an empty book with fresh cash, deciding nothing).
+    settings = _existing_log(args)
     args.topic_prefix = _serve_prefix(args, settings)
     stop = {"now": False}
 

@@ -585,6 +585,7 @@ def test_keys_new_prints_the_id_and_public_file_never_the_key(
 
 
 def test_serve_warns_that_unsigned_decisions_can_be_forged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["init", "--log", str(tmp_path / "log.sqlite"), "--topic-prefix", "w"]) == 0
     code = main(["serve", "--log", str(tmp_path / "log.sqlite"), "--topic-prefix", "w", "--duration", "0.1"])
     assert code == 0
     err = capsys.readouterr().err

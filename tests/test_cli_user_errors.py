@@ -656,3 +656,14 @@ def test_fill_refuses_what_the_fold_would_refuse_and_sends_nothing(
     assert "line 2: Fill.price: 7.0 is not a price in [1e-06, 0.999999]" in err and "nothing sent" in err
     with EmbeddedEventLog(log) as reader:
         assert sum(reader.end_offsets(["allocator.fills"]).values()) == 0
+
+
+def test_serve_refuses_a_log_that_does_not_exist_instead_of_starting_a_new_book(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside probe: `serve --log typo.sqlite` created the file and ran an empty book with fresh cash, deciding
+    nothing, while the real book's proposals waited; every other command but init refused a missing log."""
+    typo = tmp_path / "typo.sqlite"
+    assert main(["serve", "--log", str(typo), "--duration", "0"]) == 2
+    assert f"no event log at {typo}: create the book with `allocator init --log {typo}`" in capsys.readouterr().err
+    assert not typo.exists()

@@ -28,7 +28,7 @@ from book.config import AllocatorConfig
 from cli.main import main
 from eventlog.embedded import EmbeddedEventLog
 from eventlog.kafka_properties import client_config
-from eventlog.port import Record, TopicPartition
+from eventlog.port import Record, TopicPartition, Topics
 from projections.database import fresh_schema
 from projections.migrate import upgrade
 from projections.projector import Projector
@@ -326,7 +326,7 @@ def test_the_golden_records_read_from_kafka_project_to_the_recorded_projection(
     try:
         for engine in (db_schema.engine, sqlite):
             with KafkaEventLog(kafka_bootstrap) as log:
-                projector = Projector(log, engine, codec, names, say=lambda _: None)
+                projector = Projector(log, engine, codec, names, say=lambda _: None, carries=Topics(prefix).carries)
                 projector.start()
                 projector.catch_up(ends)
             assert projector.stats.records == manifest()["records"]
