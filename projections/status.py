@@ -177,6 +177,18 @@ def _warning_lines(status: dict[str, Any]) -> list[str]:
     return [f"WARNING: {chain['warning']}; the caps below are not the log's: {hint}"]
 
 
+# Text from the log is shown cut and on one line: an operator's reason of 1,000,000 characters (dead-lettered by the
+# allocator, still a row) printed a 1 MB line, and a line break in one could print lines status never wrote.
+SHOWN_TEXT = 200
+
+
+def _shown(value: object, limit: int = SHOWN_TEXT) -> str:
+    """`value` as one line of at most about `limit` characters: control characters as `?`, the rest cut with its
+    length said."""
+    text = "".join("?" if ord(ch) < 32 or ord(ch) == 127 else ch for ch in str(value))
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def format_status(status: dict[str, Any]) -> str:
     out: list[str] = _warning_lines(status)
     equity = status["equity"]
@@ -184,8 +196,8 @@ def format_status(status: dict[str, Any]) -> str:
     if d0 is None:
         return "\n".join([*out, "no decisions in the projection yet (is `allocator project` running against this "
                           "book's log?)", *_configuration_lines(status)])  # fmt: skip
-    out.append(f"book {d0['book_id']}: governor {status['governor_state']}   (projection as of cycle {d0['cycle']}, "
-               f"{_when(d0['decided_at'])})")  # fmt: skip
+    out.append(f"book {_shown(d0['book_id'])}: governor {status['governor_state']}   (projection as of cycle "
+               f"{d0['cycle']}, {_when(d0['decided_at'])})")  # fmt: skip
     if status.get("governor_events_claim"):
         out.append(f"  the governor events add up to {status['governor_events_claim']}, not what the last decision "
                    "records: governor events are not signed, so the book's state is the decision's until a decision "
@@ -195,7 +207,7 @@ def format_status(status: dict[str, Any]) -> str:
              "SOLVER_TIMEOUT": "solver timeout"}  # fmt: skip
     for g, e in status["governors"].items():
         old, new = _state(g, e["old_state"]), _state(g, e["new_state"])
-        out.append(f"  {names[g]:<15} {old} -> {new:<8} {_when(e['time'])}  {e['cause']}")
+        out.append(f"  {names[g]:<15} {_shown(old)} -> {_shown(new):<8} {_when(e['time'])}  {_shown(e['cause'])}")
     if not status["governors"]:
         out.append("  no governor has changed state")
     out.append(f"  opportunity window {status['opportunity_window_ms'] / 1000:,.0f} s "
@@ -220,9 +232,8 @@ def format_status(status: dict[str, Any]) -> str:
     for title, rows, name, value in exposures:
         out.append(title)
         for r in rows:
-            out.append(
-                f"  {r[name]:<28} {r[value]:>12,.2f}  cap {r['cap']:>11,.2f}  {_share(r[value], r['cap'])} of cap"
-            )
+            share = _share(r[value], r["cap"])
+            out.append(f"  {_shown(r[name]):<28} {r[value]:>12,.2f}  cap {r['cap']:>11,.2f}  {share} of cap")
         if not rows:
             out.append("  none")
     out.append("last decisions")
@@ -230,16 +241,16 @@ def format_status(status: dict[str, Any]) -> str:
                f"{'funded':>6}")  # fmt: skip
     for d in status["decisions"]:
         gap = "-" if d["gap"] is None else f"{d['gap']:.1e}"
-        refused = f"  REFUSED: {d['refused']}" if d.get("refused") else ""
+        refused = f"  REFUSED: {_shown(d['refused'])}" if d.get("refused") else ""
         out.append(f"  {d['cycle']:>7}  {_when(d['decided_at']):<23} {d['governor_state']:<8} {d['solver_path']:<17} "
                    f"{d['solve_ms']:>9.1f} {gap:>9} {d['funded']:>6}{refused}")  # fmt: skip
     out.append("operator commands (latest first)")
     for c in status["commands"]:
-        limits = f" {c['limits']}" if c["limits"] else ""
-        signed = f" (key {c['key_id']})" if c.get("key_id") else ""
-        noted = f"  [{c['noted']}]" if c.get("noted") else ""
-        out.append(f"  {_when(c['time'])}  {c['command']:<17} by {c['operator_id']}{signed}: {c['reason']}{limits}"
-                   f"{noted}")  # fmt: skip
+        limits = f" {_shown(c['limits'])}" if c["limits"] else ""
+        signed = f" (key {_shown(c['key_id'])})" if c.get("key_id") else ""
+        noted = f"  [{_shown(c['noted'])}]" if c.get("noted") else ""
+        out.append(f"  {_when(c['time'])}  {c['command']:<17} by {_shown(c['operator_id'])}{signed}: "
+                   f"{_shown(c['reason'])}{limits}{noted}")  # fmt: skip
     if not status["commands"]:
         out.append("  none")
     return "\n".join(out)

@@ -639,3 +639,27 @@ def test_a_mark_the_allocator_refused_is_no_market_s_latest_mark(database: Proje
         latest = sorted(tuple(r) for r in conn.execute(text("SELECT market_id, mark_price FROM latest_marks")))
         assert conn.execute(text("SELECT COUNT(*) FROM marks")).scalar_one() == 3  # the refused one is still a row
     assert latest == [("m1", 0.6), ("m2", 0.3)]
+
+
+def test_status_shows_text_from_the_log_cut_and_on_one_line(tmp_path: Path, database: ProjectionDatabase) -> None:
+    """An outside probe: a HALT with a 1,000,000-character reason (dead-lettered by the allocator, still a row of
+    control_commands) made `status` print a 1 MB line; a line break in a reason could print lines status never
+    wrote. Text from the log is shown on one line, cut to 200 characters with its length said."""
+    from book.config import AllocatorConfig
+    from projections.status import format_status, read_status
+
+    db = tmp_path / "log.sqlite"
+    forged_line = "ok\n  kill switch     ARMED -> TRIPPED  forged"
+    halt = ControlCommand("c1", "mallory", Command.HALT, forged_line + "y" * 1_000_000, None, T + 1)
+    produce(db, TOPICS.control, [(codec.encode(halt), T + 1)])
+    decision = Decision("d1", "book1", 1, T + 2, (), "v1", "cafe", 42, GovernorState.ACTIVE, 300_000, 900.0, 600.0,
+                        1000.0, SolverPath.MIP_OPTIMAL, 1.0, 1.0, None, (), ())  # fmt: skip
+    produce(db, TOPICS.decisions, [(codec.encode(decision), T + 2)])
+    engine = database.migrate()
+    for name in ALL_TOPICS:
+        produce(db, name, [])
+    _project(db, engine)
+    text = format_status(read_status(engine, AllocatorConfig()))
+    [line] = [line for line in text.splitlines() if "mallory" in line]
+    assert "ok?  kill switch     ARMED -> TRIPPED  forged" in line and f"({len(halt.reason):,} characters)" in line
+    assert len(line) < 400 and "TRIPPED" not in text.replace(line, "")
