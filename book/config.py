@@ -123,9 +123,12 @@ class AllocatorConfig:
     # book's bound and keep every other agent's proposals out. 0 sets no bound, as the releases before the key did
     # (`ABSENT_MEANS`)
     max_undecided_per_agent: int = 1_000
-    # rules.md §6.3: 2 names, on a proposal cut by a cap, the cap that bounds its size (the smallest; several when
-    # equal); 1 named every cap below its request, a looser one too, as the releases before the key did (`ABSENT_MEANS`)
-    cap_reasons: int = 2
+    # rules.md §6.3: 3 names, on a proposal rejected by its caps, the smallest (several when equal), and on one cut
+    # short of its caps, only the constraints binding at its size; 2 names, on a proposal cut by a cap, the cap that
+    # bounds its size (the smallest; several when equal), but rejects naming the first cap below the min size and
+    # cuts naming every constraint its whole request would break; 1 named every cap below its request, a looser one
+    # too, as the releases before the key did (`ABSENT_MEANS`)
+    cap_reasons: int = 3
     # rules.md §11.1: a fill that moves money may be at most this share below its allocation's limit price (price
     # improvement; it buys size/price contracts: a price near 0 made a 1,500 fill worth 1.5e9 on resolution); 1 takes
     # any price, as the releases before the key did (`ABSENT_MEANS`)
@@ -421,5 +424,5 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "max_fill_price_improvement": (0.0, 1.0, False),
     "max_undecided_proposals": (0, 1_000_000, False),
     "max_undecided_per_agent": (0, 1_000_000, False),
-    "cap_reasons": (1, 2, False),
+    "cap_reasons": (1, 3, False),
 }

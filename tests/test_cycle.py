@@ -483,3 +483,50 @@ def test_a_cut_names_the_cap_that_bounds_its_size_not_a_looser_one(
         assert (allocation["status"], allocation["size"]) == ("CUT", 2_000.0)
         reasons[rule] = allocation["reasons"]
     assert reasons == {2: ["POSITION_CAP"], 1: ["POSITION_CAP", "GROUP_CAP"]}
+
+
+def _snapshot_of(*proposals: dict[str, object], available: float | None = None, **config: object) -> dict[str, object]:
+    base = {"agent_id": "a", "strategy_tag": "t", "side": "BUY", "price": 0.5, "confidence": 0.9,
+            "execution_risk": 0.05, "urgency": 0.1, "created_at": 1_789_999_999_000}  # fmt: skip
+    snapshot: dict[str, object] = {"as_of": 1_790_000_000_000, "equity": 100_000.0,
+                                   "proposals": [{**base, **p} for p in proposals], "config": config}  # fmt: skip
+    if available is not None:
+        snapshot["available"] = available
+    return snapshot
+
+
+def _reasons(snapshot: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+    path = tmp_path / "snapshot.json"
+    path.write_text(json.dumps(snapshot), encoding="utf-8")
+    assert main(["allocate", "--no-timing", str(path)]) == 0
+    return {a["proposal_id"]: (a["status"], a["reasons"]) for a in json.loads(capsys.readouterr().out)["allocations"]}
+
+
+def test_a_rejection_names_the_smallest_cap_and_a_cut_only_what_binds_at_its_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside probe (rules.md §6.3): a proposal whose caps all left less than its min size was rejected naming
+    the first of them in a fixed order (POSITION_CAP at 2,000 where the group left 1,000), and of three equal caps
+    only the first; a proposal cut by capital was also said to be cut by the group it shared with another, which
+    held 4,500 of its 5,000. With `cap_reasons` 3 a rejection names the smallest cap (each of equal ones) and a cut
+    the constraints binding at its size; a configuration recorded with 2 keeps naming as before."""
+    x = {"proposal_id": "x", "market_id": "m1", "expected_profit": 0.05, "requested_size": 3_000.0,
+         "min_size": 2_500.0, "correlation_key": "k1"}  # fmt: skip
+    assert _reasons(_snapshot_of(x, group_cap=0.01, cvar_limit=1.0), tmp_path, capsys) == {
+        "x": ("REJECTED", ["GROUP_CAP"])
+    }
+    equal = {"position_cap": 0.02, "market_cap": 0.02, "group_cap": 0.02, "cvar_limit": 1.0}
+    assert _reasons(_snapshot_of(x, **equal), tmp_path, capsys) == {
+        "x": ("REJECTED", ["POSITION_CAP", "MARKET_CAP", "GROUP_CAP"])
+    }
+    a = {"proposal_id": "a", "market_id": "m1", "expected_profit": 0.2, "requested_size": 4_000.0,
+         "min_size": 4_000.0, "correlation_key": "k1"}  # fmt: skip
+    b = {"proposal_id": "b", "market_id": "m2", "expected_profit": 0.05, "requested_size": 2_000.0,
+         "min_size": 10.0, "correlation_key": "k1"}  # fmt: skip
+    cut = _snapshot_of(a, b, available=4_500.0, position_cap=0.1, cvar_limit=1.0)
+    assert _reasons(cut, tmp_path, capsys) == {"a": ("FUNDED", []), "b": ("CUT", ["CAPITAL"])}
+    assert _reasons(_snapshot_of(x, group_cap=0.01, cvar_limit=1.0, cap_reasons=2), tmp_path, capsys) == {
+        "x": ("REJECTED", ["POSITION_CAP"])
+    }
+    cut["config"] = {"position_cap": 0.1, "cvar_limit": 1.0, "cap_reasons": 2}
+    assert _reasons(cut, tmp_path, capsys) == {"a": ("FUNDED", []), "b": ("CUT", ["CAPITAL", "GROUP_CAP"])}

@@ -171,11 +171,18 @@ def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutco
         }
         blocking = [code for code, room in caps.items() if room < cand.min_size]
         if blocking:
-            code = blocking[0]
+            # rules.md §6.3: with `cap_reasons` 3 the smallest cap, each of several equal ones; before, the first below
+            # the min size in a fixed order (position, market, group), a looser one too.
+            if config.cap_reasons >= 3:
+                smallest = min(caps[code] for code in blocking)
+                blocking = [code for code in blocking if caps[code] <= smallest]
+            else:
+                blocking = blocking[:1]
             e.finish(
                 AllocationStatus.REJECTED,
-                _reason(code, f"room {max(caps[code], 0.0):.2f} is below min_size {cand.min_size:.2f}"),
-            )
+                *(_reason(code, f"room {max(caps[code], 0.0):.2f} is below min_size {cand.min_size:.2f}")
+                  for code in blocking),
+            )  # fmt: skip
             continue
         e.upper = min(e.residual, *caps.values())
         # rules.md §6.3: the cap that bounds the size (with `cap_reasons` 2; 1 named every cap below the request,
@@ -218,10 +225,14 @@ def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutco
             e.finish(AllocationStatus.FUNDED)
         else:
             reasons = list(cap_reasons[e.key]) if size >= e.upper * (1.0 - 1e-9) else []
+            # What stops a cut short of its own caps: with `cap_reasons` 3 the constraints already binding at its size
+            # (raised by `_STEP` alone, they break); before, every one its whole request would break, a slack one too
+            # (a capital-cut proposal named the group it shared with another, at 4,500 of 5,000).
+            target = e.upper if config.cap_reasons < 3 else min(e.upper, size + _STEP * max(1.0, problem.capital))
             if size < e.upper * (1.0 - 1e-9):
-                reasons += _blocked_by(problem, sizes, losses, e.column, e.upper, book_cvar)
+                reasons += _blocked_by(problem, sizes, losses, e.column, target, book_cvar)
             if not reasons:
-                reasons = [_not_chosen(problem, sizes, losses, e.column, e.upper, book_cvar, solution)]
+                reasons = [_not_chosen(problem, sizes, losses, e.column, target, book_cvar, solution)]
             e.finish(AllocationStatus.CUT, *reasons)
 
     outcome = _outcome(request, entries, solution, problem, seed=seed)
@@ -414,6 +425,11 @@ def _snap(raw: FloatArray, problem: AllocationProblem) -> FloatArray:
     near_lower = (sizes > 0) & (np.abs(sizes - problem.lower) <= 1e-9 * scale)
     sizes[near_lower] = problem.lower[near_lower]
     return sizes
+
+
+# A cut's binding constraints (`cap_reasons` 3) are those a raise of this share of the capital breaks: far above the
+# solvers' 1e-9 tolerances, far below any room worth naming (0.1 of a 100,000 book).
+_STEP = 1e-6
 
 
 def _blocked_by(
