@@ -198,6 +198,9 @@ def format_status(status: dict[str, Any]) -> str:
                           "book's log?)", *_configuration_lines(status)])  # fmt: skip
     out.append(f"book {_shown(d0['book_id'])}: governor {status['governor_state']}   (projection as of cycle "
                f"{d0['cycle']}, {_when(d0['decided_at'])})")  # fmt: skip
+    if status.get("log_cycle") is not None and status["log_cycle"] > d0["cycle"]:
+        out.append(f"  the projection is behind its log, which holds decisions up to cycle {status['log_cycle']}: "
+                   "what follows may be stale (is `allocator project` running?)")  # fmt: skip
     if status.get("governor_events_claim"):
         out.append(f"  the governor events add up to {status['governor_events_claim']}, not what the last decision "
                    "records: governor events are not signed, so the book's state is the decision's until a decision "

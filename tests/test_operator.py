@@ -290,3 +290,22 @@ def test_status_refuses_a_projection_of_another_log_of_a_book_of_the_same_name(
     assert "another log of a book of the same name" in capsys.readouterr().err
     assert main(["status", "--log", str(early), *db]) == 2
     assert "past the end of the log's decisions" in capsys.readouterr().err
+
+
+def test_status_says_when_the_projection_is_behind_its_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An outside probe: with the projector stopped, `status --log` read three decisions from the log and showed the
+    projection as of cycle 2, with no word that it was stale."""
+    path = tmp_path / "log.sqlite"
+    log, db = ["--log", str(path)], ["--database", f"sqlite:///{tmp_path / 'p.sqlite'}"]
+    proposals = str(Path(__file__).parent.parent / "examples" / "proposals.json")
+    for argv in (["init", *log], ["propose", proposals, *log], ["serve", *log, "--max-cycles", "1", "--duration", "60"],
+                 ["project", *log, *db, "--once"], ["control", "halt", "--reason", "r", "--operator", "o", *log],
+                 ["serve", *log, "--max-cycles", "2", "--duration", "60"]):  # fmt: skip
+        assert main(argv) == 0, argv
+    capsys.readouterr()
+    assert main(["status", *log, *db]) == 0
+    assert "the projection is behind its log, which holds decisions up to cycle 2" in capsys.readouterr().out
+    assert main(["project", *log, *db, "--once"]) == 0
+    capsys.readouterr()
+    assert main(["status", *log, *db]) == 0
+    assert "behind its log" not in capsys.readouterr().out
