@@ -952,3 +952,26 @@ def test_control_refuses_a_command_the_book_s_operator_keys_would_refuse(
         assert sum(reader.end_offsets([Topics().control]).values()) == 0  # nothing was sent
     assert main([*halt, "--key", str(private)]) == 0
     assert f"signed by key {key_id}" in capsys.readouterr().out
+
+
+def test_an_altered_first_decision_is_named_without_advice_about_a_key_rotation(
+    tmp_path: Path, keys: tuple[Path, Path, DecisionSigner]
+) -> None:
+    """An outside probe: with the first signed decision altered on the log, status warned that the decisions "link
+    to decisions signed by , which is not trusted (after a key rotation, trust the earlier key too)": an empty key
+    list and advice that does not apply. Every decision names the trusted key; the first one does not verify."""
+    from allocator.service.chain import unverified_chain, verify_records
+    from allocator.service.keys import load_trusted_keys
+    from allocator.service.sequencer import read_records
+
+    _, folder, signer = keys
+    db, topics = tmp_path / "log.sqlite", Topics("chain")
+    first, _, _ = signed_log(db, topics, signer)
+    with EmbeddedEventLog(db) as reader:
+        records = read_records(reader, [topics.decisions], reader.end_offsets([topics.decisions]))
+    records.sort(key=lambda r: r.offset)
+    records[0] = dataclasses.replace(records[0], value=codec.encode(dataclasses.replace(first, equity=1.0)))
+    trusted = load_trusted_keys(folder)
+    why = unverified_chain(verify_records(records, trusted, codec), trusted)
+    assert why is not None and "the chain's first decision does not verify under trusted key" in why
+    assert "key rotation" not in why and "signed by ," not in why

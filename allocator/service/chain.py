@@ -194,11 +194,16 @@ def unverified_chain(verified: VerifiedLog, trusted: Trusted) -> str | None:
     mine = sorted(set(trusted) & set(keys))
     if not trusted:
         why = "no --trusted-keys was given"
-    elif mine:  # a rotation: the trusted key's decisions link to ones signed by a key no longer trusted
+    elif mine and set(keys) - set(trusted):  # a rotation: the trusted key's decisions link to an untrusted key's
         earlier = ", ".join(sorted(set(keys) - set(trusted)))
         why = (
             f"those of trusted key {', '.join(mine)} link to decisions signed by {earlier}, which is not trusted "
             "(after a key rotation, trust the earlier key too)"
+        )
+    elif mine:  # every decision names a trusted key, and the first does not verify: it was changed after signing
+        why = (
+            f"the chain's first decision does not verify under trusted key {', '.join(mine)} (altered or forged: "
+            "`allocator audit` names it), so none after it links to a verified one"
         )
     else:
         why = f"no trusted key ({', '.join(sorted(trusted))}) signed one"
