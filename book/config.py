@@ -357,7 +357,8 @@ def _check_range(key: str, value: float, low: float, high: float, low_open: bool
         raise ConfigError(f"{key}: must be a finite number, got {value!r}")
     if (value <= low if low_open else value < low) or value > high:
         opening = "(" if low_open else "["
-        raise ConfigError(f"{key}: must be in {opening}{low:g}, {high:g}], got {value!r}")
+        shown = repr(value) if len(repr(value)) <= 24 else f"{float(value):g}"  # 1e300 as a whole number: 301 digits
+        raise ConfigError(f"{key}: must be in {opening}{low:g}, {high:g}], got {shown}")
 
 
 def _check_operator_keys(keys: Mapping[str, str]) -> None:

@@ -161,3 +161,10 @@ def test_the_keys_the_guides_call_configuration_only_are_the_ones_set_limits_ref
     listed = set(re.findall(r"`(\w+)`", sentence))
     assert marked <= CONFIGURATION_ONLY
     assert listed == CONFIGURATION_ONLY
+
+
+def test_a_whole_number_far_out_of_range_is_named_by_its_size_not_its_digits() -> None:
+    """An outside probe: `scenario_count: 1e300` was refused with its value written out, 301 digits."""
+    with pytest.raises(ConfigError) as refused:
+        AllocatorConfig.from_mapping({"scenario_count": 1e300})
+    assert str(refused.value) == "scenario_count: must be in [1, 20000], got 1e+300"
