@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, create_engine
+from sqlalchemy import Connection, create_engine, event, make_url
+
+SQLITE_MIGRATION_WAIT_S = 60.0
+"""How long a migration of an SQLite file waits for another process's migration or write to end (a whole migration
+from nothing takes ~0.2 s; a projector's batch about as long)."""
 
 
 def alembic_config(url: str | None = None, schema: str | None = None) -> Config:
@@ -23,8 +29,42 @@ def alembic_config(url: str | None = None, schema: str | None = None) -> Config:
 
 
 def upgrade(url: str, schema: str | None = None, revision: str = "head") -> None:
-    """Migrate the database at `url` (into `schema`, on PostgreSQL) up to `revision`."""
-    command.upgrade(alembic_config(url, schema), revision)
+    """Migrate the database at `url` (into `schema`, on PostgreSQL) up to `revision`.
+
+    An SQLite file is migrated in one transaction that holds its write lock (`_upgrade_sqlite`): two processes
+    migrating one new file at once (two `allocator project` started together) interleaved their CREATE TABLEs, and
+    the later one failed half-way with "table consumed_offsets already exists"."""
+    if make_url(url).get_backend_name() == "sqlite":
+        _upgrade_sqlite(url, revision)
+    else:
+        command.upgrade(alembic_config(url, schema), revision)
+
+
+def _upgrade_sqlite(url: str, revision: str) -> None:
+    """Migrate an SQLite database inside BEGIN IMMEDIATE: a second migrator waits (up to `SQLITE_MIGRATION_WAIT_S`)
+    for the first to commit, then finds the schema at its revision and does nothing.
+
+    Python's sqlite3 opens a transaction before INSERT, UPDATE and DELETE only, so Alembic's CREATE TABLEs ran
+    committed one by one; with the driver's own transactions off, SQLAlchemy's BEGIN holds them all. A database
+    already at the revision is left unlocked: nothing to write, and a file only readable here stays usable."""
+    target = known_revision(revision)
+    if target is not None and current_revision(url) == target:
+        return
+    engine = create_engine(url, connect_args={"timeout": SQLITE_MIGRATION_WAIT_S})
+
+    @event.listens_for(engine, "connect")
+    def _no_driver_transactions(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _write_lock(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    try:
+        with engine.begin() as connection:
+            upgrade_connection(connection, revision=revision)
+    finally:
+        engine.dispose()
 
 
 def newest_revision() -> str:

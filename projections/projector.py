@@ -23,7 +23,7 @@ from functools import cache
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Double, Engine, String, Table, UniqueConstraint, bindparam, insert, select, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from book.bounds import dead_letter_fields, out_of_bounds
 from eventlog.port import EventLog, Record, TopicPartition, decode_value, record_at
@@ -403,12 +403,17 @@ def store_batch(
     with engine.begin() as conn:
         for table in TABLE_ORDER:
             insert_ignoring_repeats(conn, table, batch.rows[table])
-        if first:  # a partition this projector never stored: a second projector's insert would conflict
-            conn.execute(
-                insert(t).values(consumer=bindparam("w_consumer"), topic=bindparam("w_topic"),
-                                 partition=bindparam("w_partition"), next_offset=bindparam("after")),
-                first,
-            )  # fmt: skip
+        if first:  # a partition this projector never stored: a second projector's insert conflicts
+            try:
+                conn.execute(
+                    insert(t).values(consumer=bindparam("w_consumer"), topic=bindparam("w_topic"),
+                                     partition=bindparam("w_partition"), next_offset=bindparam("after")),
+                    first,
+                )  # fmt: skip
+            except IntegrityError as exc:
+                # Two projectors started on one new projection both found no stored offset; the one that stores
+                # second is the stale one (it used to end on the driver's UNIQUE-constraint traceback).
+                raise StaleProjectorError(_first_stored_by_another(first)) from exc
         # One statement for every partition (one round trip); each row moves only from where this projector
         # believes it stands, and only forward.
         if moves and conn.execute(_MOVE_OFFSET, moves).rowcount != len(moves):
@@ -421,6 +426,16 @@ def store_batch(
                 "projector moved it; rolled back"
             )
     return {**known, **batch.moved}
+
+
+def _first_stored_by_another(first: Sequence[Mapping[str, Any]]) -> str:
+    """What a batch says whose first offsets another projector stored meanwhile: the driver does not say which row
+    of the insert conflicted, so the first partition is named and the others counted."""
+    where = f"{first[0]['w_topic']}[{first[0]['w_partition']}]"
+    if len(first) == 1:
+        return f"{where}: expected no stored offset, another projector stored one; rolled back"
+    return (f"{where} and {len(first) - 1} more partitions: expected no stored offsets, another projector stored "
+            "some; rolled back")  # fmt: skip
 
 
 _MOVE_OFFSET = (

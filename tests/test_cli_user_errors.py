@@ -225,6 +225,50 @@ def test_a_database_url_that_cannot_be_opened_is_a_usage_error(
         assert named in err and "secret" not in err and "Traceback" not in err
 
 
+def _no_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+
+
+def test_a_projector_that_loses_the_race_for_a_new_projection_exits_3_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside probe: two `project` started at once on one new SQLite projection; the loser sometimes ended on
+    a 52-line traceback (sqlite3 IntegrityError, UNIQUE constraint failed: consumed_offsets...): both had found no
+    stored offset, and the second insert of the first offsets conflicted. The race, made deterministic: a rival
+    projector projects the whole log right after this one read its (empty) stored offsets."""
+    from eventlog.embedded import EmbeddedEventLog
+    from projections.database import engine_for
+    from projections.projector import Projector
+    from schemas.codec import make_codec
+
+    _no_database_url(monkeypatch)
+    log = _decided_log(tmp_path)
+    url = f"sqlite:///{tmp_path / 'projection.sqlite'}"
+    start = Projector.start
+    rivals: list[int] = []
+
+    def start_then_a_rival_projects(self: Projector) -> None:
+        start(self)
+        if not rivals:  # once: the rival's own start comes through here too
+            rivals.append(1)
+            engine = engine_for(url)
+            with EmbeddedEventLog(log[1]) as rival_log:
+                rival = Projector(rival_log, engine, make_codec(None), self.topics, say=lambda _: None)
+                rival.start()
+                rival.catch_up(rival_log.end_offsets(self.topics))
+            engine.dispose()
+            assert rival.stats.records > 0
+
+    monkeypatch.setattr(Projector, "start", start_then_a_rival_projects)
+    capsys.readouterr()
+    assert main(["project", "--once", *log, "--database", url]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("allocator project: allocator.")
+    assert "expected no stored offset" in err and "another projector stored " in err and "; rolled back" in err
+
+
 def test_a_key_given_twice_is_refused_in_every_input_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """An outside probe: `{"position_cap": 0.5, "position_cap": 0.01}` configured the last silently, as did a
     proposal's repeated field: which one a reader or another JSON library takes is not the file's to leave open."""

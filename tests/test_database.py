@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+from typing import Any
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, insert, inspect, select, text
+from sqlalchemy import Engine, create_engine, event, insert, inspect, select, text
 
 from projections import tables
-from projections.migrate import upgrade, upgrade_connection
+from projections.migrate import current_revision, newest_revision, upgrade, upgrade_connection
 from tests.conftest import DbSchema, ProjectionDatabase
 
 
@@ -54,6 +58,82 @@ def test_migration_is_idempotent(database: ProjectionDatabase) -> None:
         upgrade_connection(conn, schema=database.schema)
         upgrade_connection(conn, schema=database.schema)  # already at head: nothing to do
         assert conn.execute(text("select version_num from alembic_version")).scalar_one() == "0008"
+
+
+def test_two_migrations_of_one_new_sqlite_file_at_once_both_end_at_head(tmp_path: Path) -> None:
+    """An outside probe: two `allocator project` started at once on one new SQLite projection; the later one
+    failed with "cannot migrate the projection database (table consumed_offsets already exists)", for each of
+    Alembic's CREATE TABLEs was committed on its own. The race, made deterministic: the first migration stops
+    after it created consumed_offsets until the second has started; the second waits for the file's write lock,
+    then finds the schema at head."""
+    url = f"sqlite:///{tmp_path / 'projection.sqlite'}"
+    half_way, go_on, second_locking = threading.Event(), threading.Event(), threading.Event()
+    errors: dict[str, BaseException] = {}
+
+    def migrate(name: str) -> None:
+        try:
+            upgrade(url)
+        except BaseException as exc:  # said by the assertion below
+            errors[name] = exc
+
+    first = threading.Thread(target=migrate, args=("first",))
+    second = threading.Thread(target=migrate, args=("second",))
+
+    def pause_the_first(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if threading.current_thread() is first and statement.lstrip().startswith("CREATE TABLE consumed_offsets"):
+            half_way.set()
+            go_on.wait(30)
+
+    def see_the_second_lock(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if threading.current_thread() is second and statement == "BEGIN IMMEDIATE":
+            second_locking.set()
+
+    event.listen(Engine, "after_cursor_execute", pause_the_first)
+    event.listen(Engine, "before_cursor_execute", see_the_second_lock)
+    try:
+        first.start()
+        assert half_way.wait(30)
+        second.start()
+        # The second either asks for the write lock the first holds, or (as before) runs its migration now.
+        while second.is_alive() and not second_locking.is_set():
+            second.join(0.01)
+        go_on.set()
+        first.join(90)
+        second.join(90)
+    finally:
+        go_on.set()
+        event.remove(Engine, "after_cursor_execute", pause_the_first)
+        event.remove(Engine, "before_cursor_execute", see_the_second_lock)
+    assert errors == {}
+    assert second_locking.is_set()
+    assert current_revision(url) == newest_revision()
+
+
+def test_an_sqlite_migration_that_fails_half_way_leaves_no_table(tmp_path: Path) -> None:
+    """The whole migration is one SQLite transaction: a failure after some CREATE TABLEs leaves none of them (they
+    used to stay, committed one by one, and the next migration failed on the first)."""
+    url = f"sqlite:///{tmp_path / 'projection.sqlite'}"
+    created: list[str] = []
+
+    def fail_at_the_third(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().startswith("CREATE TABLE"):
+            created.append(statement)
+            if len(created) == 3:
+                raise RuntimeError("the disk went away")
+
+    event.listen(Engine, "after_cursor_execute", fail_at_the_third)
+    try:
+        with pytest.raises(RuntimeError, match="the disk went away"):
+            upgrade(url)
+    finally:
+        event.remove(Engine, "after_cursor_execute", fail_at_the_third)
+    engine = create_engine(url)
+    try:
+        assert inspect(engine).get_table_names() == []
+    finally:
+        engine.dispose()
+    upgrade(url)  # and a second try migrates it
+    assert current_revision(url) == newest_revision()
 
 
 @pytest.mark.postgres

@@ -168,6 +168,33 @@ def test_a_stale_projector_cannot_move_the_position_back(tmp_path: Path, databas
     assert stored == {TOPICS.proposals: 5, TOPICS.pnl: 2}
 
 
+def test_a_projector_whose_first_offsets_another_stored_meanwhile_is_stale(
+    tmp_path: Path, database: ProjectionDatabase
+) -> None:
+    """Two projectors started on one new projection both find no stored offset; the one that stores second used to
+    end on the driver's IntegrityError (UNIQUE constraint failed: consumed_offsets...), a traceback from
+    `allocator project`. It is a stale projector like any other: StaleProjectorError, its batch rolled back."""
+    db = tmp_path / "log.sqlite"
+    engine = database.migrate()
+    _book(db)
+    with EmbeddedEventLog(db) as log:
+        log.assign([TOPICS.proposals, TOPICS.pnl])
+        records = log.poll(100, 0.5)
+    proposals = [r for r in records if r.topic == TOPICS.proposals]
+    marks = [r for r in records if r.topic == TOPICS.pnl]
+    write_batch(engine, "projector", proposals[:3], codec, {})  # the winner
+    with pytest.raises(StaleProjectorError, match=rf"^{TOPICS.proposals}\[0\]: expected no stored offset, another "
+                       "projector stored one; rolled back$"):  # fmt: skip
+        write_batch(engine, "projector", proposals[:5], codec, {})
+    with pytest.raises(StaleProjectorError, match=rf"^{TOPICS.pnl}\[0\] and 1 more partitions: expected no stored "
+                       "offsets, another projector stored some; rolled back$"):  # fmt: skip
+        write_batch(engine, "projector", marks[:1] + proposals[:4], codec, {})
+    with engine.connect() as conn:
+        assert len(conn.execute(select(tables.proposals)).all()) == 3
+        assert conn.execute(select(tables.marks)).all() == []
+    assert stored_offsets(engine, "projector") == {(TOPICS.proposals, 0): 3}
+
+
 def _records(topic: str, first: int, values: list[bytes]) -> list[Record]:
     return [Record(topic, 0, first + i, None, value, T + first + i) for i, value in enumerate(values)]
 
