@@ -459,10 +459,16 @@ def subcommands(parser: argparse.ArgumentParser) -> list[str]:
     return []
 
 
+_DEFAULT_SQLITE_COMMANDS = frozenset({"project", "replay", "status"})
+"""The commands whose projection is `DEFAULT_EMBEDDED_DATABASE` when neither --database nor $DATABASE_URL names
+one (db upgrade and the grants need a URL)."""
+
+
 def _check_database(args: argparse.Namespace) -> None:
-    """A command that opens a database (--database, else $DATABASE_URL) is refused up front, naming the flag, when
-    the URL cannot be opened at all or --schema is not a name PostgreSQL can take: not a traceback from whichever
-    step first makes an engine."""
+    """A command that opens a database (--database, else $DATABASE_URL, else for some the default SQLite file) is
+    refused up front, naming the flag, when the URL cannot be opened at all, names an SQLite database without a file
+    (in memory), or --schema is not a name PostgreSQL can take or is given for an SQLite file: not a traceback from
+    whichever step first makes an engine, nor a flag silently ignored."""
     import os
 
     if "database" not in vars(args):
@@ -474,16 +480,24 @@ def _check_database(args: argparse.Namespace) -> None:
             check_schema(args.schema)
         except ValueError as exc:
             raise UsageError(f"--schema: {exc}") from exc
+    from projections.database import DEFAULT_EMBEDDED_DATABASE, DatabaseUrlError, check_database_url, sqlite_file
+
     url = args.database or os.environ.get("DATABASE_URL")
+    source = "--database" if args.database else "$DATABASE_URL"
+    if not url and args.command in _DEFAULT_SQLITE_COMMANDS:
+        url, source = DEFAULT_EMBEDDED_DATABASE, "the default database"
     if not url:
         return
-    from projections.database import DatabaseUrlError, check_database_url
-
     try:
         check_database_url(url)
     except DatabaseUrlError as exc:
-        source = "--database" if args.database else "$DATABASE_URL"
         raise UsageError(f"{source}: {exc}") from exc
+    if getattr(args, "schema", None) is not None and sqlite_file(url) is not None:
+        # SQLite has no schemas: --schema was ignored, and `replay --schema NAME` said "schema NAME" while it
+        # dropped and rebuilt the file a running projector writes.
+        raise UsageError(f"--schema {args.schema}: {source} {url} is an SQLite file, which has no schemas (--schema "
+                         f"is for PostgreSQL); to keep projections apart, give each its own file: --database "
+                         f"sqlite:///{args.schema}.sqlite")  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,6 +45,21 @@ def sqlite_file(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+def sqlite_memory(url: str) -> str | None:
+    """Why an SQLite URL names no file (a phrase), or None (a file, or another database). Such a database lives in
+    one connection and is gone when it closes: `project` and `replay` migrated one connection's and wrote through
+    another (a traceback, "no such table"), and `db upgrade` said "at None; already there". An empty name is what
+    `sqlite:///$VAR` becomes when VAR is unset."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    if not parsed.database:
+        return "names no file (an unset variable in sqlite:///$VAR?)"
+    if parsed.database == ":memory:" or parsed.query.get("mode") == "memory":
+        return "an in-memory database, gone when the command ends"
+    return None
+
+
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 
 
@@ -87,14 +102,20 @@ class DatabaseUrlError(ValueError):
 
 
 def check_database_url(url: str) -> None:
-    """Raise DatabaseUrlError when `url` is not one an engine can be made for (nothing connects). The message shows
-    the URL without its password, or not at all when it does not parse."""
+    """Raise DatabaseUrlError when `url` is not one an engine can be made for (nothing connects), or is an SQLite
+    URL that names no file (`sqlite_memory`). The message shows the URL without its password, or not at all when it
+    does not parse."""
     try:
-        shown = make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except ArgumentError:
         raise DatabaseUrlError(
             "not a SQLAlchemy database URL (e.g. postgresql+psycopg://user@host/db, sqlite:///file.sqlite)"
         ) from None
+    shown = parsed.render_as_string(hide_password=True)
+    memory = sqlite_memory(url)
+    if memory is not None:  # shown as typed (rendering encodes `:memory:`), unless it carries a password
+        typed = url if parsed.password is None else shown
+        raise DatabaseUrlError(f"{typed}: {memory}; a projection needs a file, e.g. sqlite:///projection.sqlite")
     try:
         create_engine(url).dispose()
     except (ArgumentError, ImportError) as exc:

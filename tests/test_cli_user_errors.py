@@ -230,6 +230,65 @@ def _no_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
 
 
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:///:memory:"])
+def test_an_sqlite_url_that_names_no_file_is_a_usage_error_naming_it(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside probe: `project` and `replay` on `sqlite://` or `sqlite:///` (what `sqlite:///$UNSET_VAR` becomes)
+    migrated one in-memory database and wrote through another: a traceback ending in "no such table", exit 1;
+    `db upgrade` exited 0 saying "projection schema is at None; already there". Each now refuses the URL."""
+    _no_database_url(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    log = ["--log", str(tmp_path / "log.sqlite")]
+    assert main(["init", *log]) == 0
+    why = "an in-memory database" if url.endswith(":memory:") else "names no file (an unset variable"
+    for command in (["project", "--once", *log], ["replay", *log], ["status", *log], ["db", "upgrade"]):
+        capsys.readouterr()
+        assert main([*command, "--database", url]) == 2, command
+        err = capsys.readouterr().err
+        assert err.startswith(f"allocator {command[0]}: --database: {url}: {why}"), err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert main(["replay", *log]) == 2
+    assert f"allocator replay: $DATABASE_URL: {url}: " in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.sqlite"]  # no projection made anywhere
+
+
+def test_schema_with_an_sqlite_projection_is_refused_and_the_projection_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside probe: README's `allocator replay --schema replay_check` on the embedded default ignored --schema,
+    said "... schema replay_check", and wiped and rebuilt the default projection file, under the projector writing
+    it. SQLite has no schemas: replay, project, status and db upgrade now refuse --schema with an SQLite database,
+    named by --database, $DATABASE_URL or the default, and touch nothing."""
+    _no_database_url(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    log = _decided_log(tmp_path)
+    assert main(["project", "--once", *log]) == 0  # the default projection, allocator-projections.sqlite
+    default = tmp_path / "allocator-projections.sqlite"
+    projected = default.read_bytes()
+    other = tmp_path / "other.sqlite"
+    for command, database in (
+        (["replay", *log], "the default database sqlite:///allocator-projections.sqlite"),
+        (["project", "--once", *log], "the default database sqlite:///allocator-projections.sqlite"),
+        (["status", *log], "the default database sqlite:///allocator-projections.sqlite"),
+        (["replay", *log, "--database", f"sqlite:///{other}"], f"--database sqlite:///{other}"),
+        (["db", "upgrade", "--database", f"sqlite:///{other}"], f"--database sqlite:///{other}"),
+        (["db", "grant-reader", "auditor", "--database", f"sqlite:///{other}"], f"--database sqlite:///{other}"),
+    ):
+        capsys.readouterr()
+        assert main([*command, "--schema", "replay_check"]) == 2, command
+        captured = capsys.readouterr()
+        assert captured.err.startswith(f"allocator {command[0]}: --schema replay_check: {database} is an SQLite file, "
+                                       "which has no schemas (--schema is for PostgreSQL)"), captured.err  # fmt: skip
+        assert "Traceback" not in captured.err and len(captured.err.strip().splitlines()) == 1
+        assert "replayed" not in captured.out
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{other}")
+    assert main(["replay", *log, "--schema", "replay_check"]) == 2
+    assert f"--schema replay_check: $DATABASE_URL sqlite:///{other} is an SQLite file" in capsys.readouterr().err
+    assert default.read_bytes() == projected and not other.exists()
+
+
 def test_a_projector_that_loses_the_race_for_a_new_projection_exits_3_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

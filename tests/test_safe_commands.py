@@ -152,8 +152,11 @@ def test_replay_refuses_reserved_or_malformed_schemas(
     schema: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     log = _init_log(tmp_path)
-    assert main(["replay", "--log", str(log), "--database", "sqlite:///unused.sqlite", "--schema", schema]) == 2
-    assert "schema" in capsys.readouterr().err
+    # A PostgreSQL URL (never connected to: the name is refused first); SQLite refuses any --schema.
+    unused = "postgresql+psycopg://nobody@127.0.0.1:1/unused"
+    assert main(["replay", "--log", str(log), "--database", unused, "--schema", schema]) == 2
+    err = capsys.readouterr().err
+    assert "schema" in err and "SQLite" not in err
     with pytest.raises(ValueError):
         check_rebuildable_schema(schema)
 
