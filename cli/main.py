@@ -44,6 +44,22 @@ def _at_least(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+MAX_PARTITIONS = 1_000
+"""The most partitions `init` gives an input topic. Every decision records its input position per input partition
+(four topics, and each agent's own), and every cycle reads them all: 1,000,000 was accepted, and `serve --duration 3`
+on the embedded log then ran 127 s and heeded SIGTERM ~100 s late. At 1,000 a decision holds ~4,000 positions and
+serve stops on time; Kafka's own guidance is a few thousand partitions per broker, all topics together."""
+
+
+def _partitions(text: str) -> int:
+    """An argparse type: init's --partitions, 1 to `MAX_PARTITIONS`, the bound refused with its reason."""
+    value = _at_least(1)(text)
+    if value > MAX_PARTITIONS:
+        raise argparse.ArgumentTypeError(f"{text!r}: at most {MAX_PARTITIONS} (every decision records its position in "
+                                         "each input partition: docs/operations.md, \"Topics\")")  # fmt: skip
+    return value
+
+
 def _port(text: str) -> int:
     """An argparse type: a TCP port, 0 (any free one) to 65535."""
     value = _at_least(0)(text)
@@ -230,7 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = sub.add_parser("init", help="create the book's topics (retained, never compacted)")
     _log_options(init, registry=False)
-    init.add_argument("--partitions", type=_at_least(1), default=1, help="partitions of each input topic (default: 1)")
+    init.add_argument(
+        "--partitions",
+        type=_partitions,
+        default=1,
+        help=f"partitions of each input topic (default: 1, at most {MAX_PARTITIONS:,})",
+    )
     init.add_argument("--replication-factor", type=_at_least(1), default=1, help="replication factor (default: 1)")
     init.add_argument(
         "--config", help="the book's JSON configuration: each of its `agents` also gets its own PREFIX.proposals.AGENT"

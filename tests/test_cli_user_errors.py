@@ -25,6 +25,7 @@ from cli.main import main
         (["serve", "--metrics-port", "99999"], "--metrics-port"),  # an OverflowError traceback from bind()
         (["project", "--metrics-port", "-1"], "--metrics-port"),
         (["init", "--partitions", "0"], "--partitions"),  # created half the topics, then failed
+        (["init", "--partitions", "1000000"], "--partitions"),  # accepted; `serve --duration 3` then ran 127 s
         (["init", "--replication-factor", "0"], "--replication-factor"),
         (["status", "--decisions", "-3"], "--decisions"),
         (["allocate", "x.json", "--indent", "-5"], "--indent"),
@@ -223,6 +224,20 @@ def test_a_database_url_that_cannot_be_opened_is_a_usage_error(
         assert main([*command, "--database", url]) == 2
         err = capsys.readouterr().err
         assert named in err and "secret" not in err and "Traceback" not in err
+
+
+def test_init_takes_at_most_1000_partitions_and_says_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An outside probe: `init --partitions 1000000` was accepted, and `serve --duration 3` then ran 127 s (every
+    decision records its position in each input partition, every cycle reads them all). 1,000 is the bound."""
+    log = tmp_path / "log.sqlite"
+    with pytest.raises(SystemExit) as exit_:
+        main(["init", "--log", str(log), "--partitions", "1001"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --partitions: '1001': at most 1000 (every decision records its position in each input" in err
+    assert "Traceback" not in err and not log.exists()
+    assert main(["init", "--log", str(log), "--partitions", "1000"]) == 0
+    assert main(["tail", "governor", "--max", "1", "--timeout", "0", "--log", str(log)]) == 0  # a usable log
 
 
 def _no_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
