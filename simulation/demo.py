@@ -128,7 +128,7 @@ def check_commands(results: Sequence[RunResult], out: Path) -> list[str]:
         if r.name == "allocator":
             report = shlex.quote(str(out / "allocator-audit.json"))
             lines.append(f"allocator audit {where} --report {report}")
-        if b.kafka is None and not b.database_url.startswith("postgresql"):
+        if not b.database_url.startswith("postgresql"):  # SQLite, on either log: a file of its own (no schemas)
             target = "--database " + shlex.quote(f"sqlite:///{out / f'{r.name}-replayed.sqlite'}")
         else:
             target = (

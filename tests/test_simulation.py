@@ -99,3 +99,20 @@ def test_slow_solver_halves_the_window_then_it_doubles_back(tmp_path: Path) -> N
     assert halvings and halvings[0]["time"] >= _step_ms(squeeze)
     assert doublings and doublings[-1]["time"] >= _step_ms(restore)
     assert min(d["opportunity_window_ms"] for d in view.decisions) < 300_000
+
+
+def test_the_demo_on_kafka_with_sqlite_projections_prints_a_replay_into_a_file_of_its_own(tmp_path: Path) -> None:
+    """`demo --kafka` without --database projects into SQLite files, yet its summary's replay command named the
+    run's projection file with `--schema`: SQLite has no schemas, so that replay rebuilt the demo's own projection
+    (and `replay` now refuses --schema with SQLite). It names a file of its own, as on the embedded log."""
+    from sqlalchemy import create_engine
+
+    from simulation.demo import check_commands
+    from simulation.session import RunResult
+
+    engine = create_engine("sqlite://")
+    backend = Backend("demo-1", f"sqlite:///{tmp_path / 'allocator-projection.sqlite'}", kafka="127.0.0.1:9092")
+    commands = check_commands([RunResult("allocator", backend, engine)], tmp_path)
+    engine.dispose()
+    [replay] = [c for c in commands if c.startswith("allocator replay")]
+    assert f"--database sqlite:///{tmp_path / 'allocator-replayed.sqlite'}" in replay and "--schema" not in replay
