@@ -8,6 +8,10 @@ import dataclasses
 import json
 import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ from schemas.events import Decision
 from tests.test_config_on_log import CONFIG, decide, start, stop
 from tests.test_service import TOPICS
 
+ROOT = Path(__file__).resolve().parent.parent
 codec = SingleObjectCodec()
 FAILING_CYCLE = 3
 MARKER = "ALLOCATOR_TEST_DIE_ONCE"
@@ -195,3 +200,50 @@ def test_allocator_audit_reads_the_decisions_topic_once(
         on_topic = sum(log.end_offsets([TOPICS.decisions]).values())
     assert sorted(read) == list(range(on_topic))  # every record of the topic, each once
     assert json.loads(report.read_text(encoding="utf-8")) == _audit(tampered_log, SequentialEngine())
+
+
+def _processes(group: int, command: bytes = b"") -> list[int]:
+    """The live processes of a process group whose command line holds `command` (zombies left out), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        if int(stat[2]) == group and stat[0] != "Z" and command in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_ctrl_c_during_a_parallel_audit_stops_it_without_a_worker_traceback(tampered_log: Path, tmp_path: Path) -> None:
+    """An outside probe: Ctrl-C during `allocator audit --jobs 2` exited 130 and said "interrupted", but a terminal
+    signals its whole foreground process group, and each worker printed a KeyboardInterrupt traceback of its own
+    (caught while it imported the solver, or waited for a task). The signal goes to the group here too, while the
+    workers start: they ignore it, and the audit stops them."""
+    report = tmp_path / "audit.json"
+    audit = subprocess.Popen([sys.executable, "-m", "cli.main", "audit", "--log", str(tampered_log), "--report",
+                              str(report), "--jobs", "2"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while len(_processes(audit.pid, b"spawn_main")) < 2 and audit.poll() is None:
+            assert time.monotonic() < deadline, "the pool's workers never started"
+            time.sleep(0.01)
+        time.sleep(0.2)  # into the workers' imports (before Python's own handler, SIGINT would end them silently)
+        os.killpg(audit.pid, signal.SIGINT)  # as Ctrl-C at a terminal does
+        out, err = audit.communicate(timeout=60)
+    finally:
+        if audit.poll() is None:
+            os.killpg(audit.pid, signal.SIGKILL)
+            audit.communicate()
+    assert audit.returncode == 130, out + err
+    assert "interrupted" in err
+    assert "Traceback" not in out + err, err
+    assert not report.exists()
+    deadline = time.monotonic() + 10
+    while _processes(audit.pid) and time.monotonic() < deadline:  # nothing left running (multiprocessing's resource
+        time.sleep(0.05)  # tracker ends a moment after the audit)
+    assert not _processes(audit.pid)

@@ -15,9 +15,11 @@ import concurrent.futures
 import multiprocessing
 import os
 import resource
+import signal
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -43,6 +45,31 @@ def pin_threads() -> None:
     except ImportError:
         return
     threadpool_limits(1)
+
+
+def start_pool_worker() -> None:
+    """A pool worker's initializer. Ctrl-C at a terminal signals the whole foreground process group, the workers as
+    well as the auditing process: each worker printed a KeyboardInterrupt traceback of its own (caught importing the
+    solver, or waiting for its next task) beside the audit's "interrupted". The auditing process alone answers
+    Ctrl-C (it stops the pool: `ProcessPoolEngine.map`), so a worker ignores SIGINT; SIGTERM still ends it. Then
+    one BLAS thread (`pin_threads`). The worker was started with SIGINT blocked (`_sigint_held`): ignoring it
+    discards one that came meanwhile, and then it is unblocked."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    pin_threads()
+
+
+@contextmanager
+def _sigint_held() -> Iterator[None]:
+    """SIGINT blocked in this thread while a pool may start a worker (its `submit` does, for the first tasks). A
+    worker inherits the blocked signal across fork and exec, so a Ctrl-C during its start (the imports before its
+    initializer runs, a few hundred milliseconds) cannot print a traceback there. The auditing process is not
+    deaf meanwhile: another of its threads takes the signal, or this one as soon as it is unblocked."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 @dataclass(frozen=True)
@@ -93,7 +120,8 @@ class SequentialEngine:
 
 class ProcessPoolEngine:
     """A local pool of `jobs` worker processes (started fresh, `spawn`, each pinned to one BLAS thread). At most
-    `ahead` tasks per worker wait in the pool, so the sequential fold runs only a little ahead of the solves."""
+    `ahead` tasks per worker wait in the pool, so the sequential fold runs only a little ahead of the solves. The
+    workers ignore Ctrl-C (`start_pool_worker`); when it interrupts `map`, the pool is stopped there and then."""
 
     name = "process pool"
 
@@ -108,7 +136,7 @@ class ProcessPoolEngine:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         self._pool = concurrent.futures.ProcessPoolExecutor(
-            self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=pin_threads
+            self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=start_pool_worker
         )
         return self._pool
 
@@ -122,6 +150,9 @@ class ProcessPoolEngine:
                     pool = yield from self._next(work, queued, pool)
             while queued:
                 pool = yield from self._next(work, queued, pool)
+        except KeyboardInterrupt:
+            self._terminate()
+            raise
         finally:
             for _, future, _ in queued:
                 future.cancel()
@@ -156,6 +187,18 @@ class ProcessPoolEngine:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
+    def _terminate(self) -> None:
+        """Stop the pool now (Ctrl-C): its workers ignore SIGINT, and a plain shutdown would wait for the solves they
+        are running, so they are terminated (SIGTERM: no traceback). The shutdown then only waits for the pool's own
+        thread to see them gone and settle every task; until it has, cancelling a task here raced with it settling
+        the same task (an InvalidStateError traceback from that thread)."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        for process in list((pool._processes or {}).values()):  # Python 3.14 has pool.terminate_workers()
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+
 
 def _submit(
     pool: concurrent.futures.ProcessPoolExecutor, work: Callable[[Any], Any], task: Any
@@ -163,7 +206,8 @@ def _submit(
     """The task on the pool; a pool that broke before the task got in (a worker died meanwhile) answers with a
     future that holds the break, so the task is retried like the tasks already queued."""
     try:
-        return pool.submit(run_task, work, task)
+        with _sigint_held():
+            return pool.submit(run_task, work, task)
     except BrokenProcessPool as exc:
         broken: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
         broken.set_exception(exc)
