@@ -275,6 +275,36 @@ def test_audit_head_catches_a_deleted_newest_decision(
     assert code == 0, report
 
 
+def test_audit_head_on_an_unsigned_book_passes_a_decision_still_on_the_log(tmp_path: Path) -> None:
+    """An outside probe: on a book that does not sign, `--head` with the hash of any decision but the newest was
+    HEAD_NOT_REACHED (exit 1), though the log had only grown since the head was taken: unsigned decisions link to
+    nothing, and only a link counted. The head passes when a decision on the log has that hash (it pins that
+    decision, not the history before it); a deleted newest decision, or a changed one, is still caught."""
+    db, topics = tmp_path / "log.sqlite", Topics("chain")
+    svc = embedded(db, topics, ChainSettings())
+    made = []
+    try:
+        for c in range(3):
+            produce(db, topics.proposals, [codec.encode(proposal(10 * c + i)) for i in range(6)], T + 10 * c)
+            made.append(cycle(svc))
+    finally:
+        close(svc)
+    for d in made:
+        code, report, _ = audit(db, topics, tmp_path, "--head", decision_hash(d))
+        assert code == 0, report
+        assert [f["verdict"] for f in report["findings"]] == ["MATCH"] * 3  # type: ignore[attr-defined]
+    _tamper(db, topics.decisions, 2, "delete")
+    code, report, _ = audit(db, topics, tmp_path, "--head", decision_hash(made[2]))
+    assert code == 1
+    assert [f["verdict"] for f in report["findings"]] == ["MATCH", "MATCH", "HEAD_NOT_REACHED"]  # type: ignore[attr-defined]
+    code, report, _ = audit(db, topics, tmp_path, "--head", decision_hash(made[1]))
+    assert code == 0, report
+    _tamper(db, topics.decisions, 0, "flip")
+    code, report, _ = audit(db, topics, tmp_path, "--head", decision_hash(made[0]))
+    assert code == 1
+    assert "HEAD_NOT_REACHED" in [f["verdict"] for f in report["findings"]]  # type: ignore[attr-defined]
+
+
 def test_audit_without_the_allocator_key_trusts_no_signed_decision(
     tmp_path: Path, keys: tuple[Path, Path, DecisionSigner]
 ) -> None:

@@ -269,7 +269,7 @@ def audit_log(
         first = restart
     report = _report(decisions, results, duplicates)
     report.findings[:0] = _gaps(decisions)  # before the decision after the gap, at the same offset
-    report.findings.extend(Finding(**f) for f in chain_findings(verified, head))  # docs/audit.md: the chain
+    report.findings.extend(Finding(**f) for f in chain_findings(verified, codec, head))  # docs/audit.md: the chain
     report.findings.sort(key=lambda f: f.offset)
     report.chain_head = verified.head
     return report

@@ -293,12 +293,29 @@ def report_rejections(rejections: Sequence[Rejection], say: Callable[[str], None
         say(f"refused to fold {r.describe()}")
 
 
-def chain_findings(verified: VerifiedLog, head: str | None = None) -> list[dict[str, Any]]:
+def head_reached(verified: VerifiedLog, head: str, codec: EventCodec) -> bool:
+    """Whether the verified log reaches `head`, a decision hash someone saw (docs/audit.md, `--head`).
+
+    On the chain: it is where the chain ends, or the hash a later verified decision links to (an executor's stored
+    head is usually older than the newest decision; only a head the chain no longer passes through shows a cut).
+    Before the chain (an unsigned book, or the decisions a signed one began after) nothing links to a decision, so
+    an older head could not pass at all: the audit of an unsigned book refused every head once one more decision
+    was written. There it passes when it is the hash of a verified decision: that decision is still on the log,
+    unchanged, which says nothing of the decisions before it."""
+    head = head.lower()
+    if head == verified.head or any(d.previous_hash == head for _, d in verified.accepted):
+        return True
+    return any(
+        decision_hash(d, canonical_of(record.value, d, codec)) == head
+        for record, d in verified.accepted
+        if d.previous_hash is None and record.value is not None
+    )
+
+
+def chain_findings(verified: VerifiedLog, codec: EventCodec, head: str | None = None) -> list[dict[str, Any]]:
     """The audit's findings on the chain (docs/audit.md): one per rejected record, verdict the kind upper-cased
     (FORGED, ALTERED, REORDERED, UNSIGNED_AFTER_THE_CHAIN_BEGAN, UNDECODABLE, DUPLICATE_CYCLE), and
-    HEAD_NOT_REACHED when `head` is given and the verified chain does not reach it: it is neither where the chain
-    ends nor the hash a later verified decision links to (an executor's stored head is usually older than the
-    newest decision; only a head the chain no longer passes through shows a cut)."""
+    HEAD_NOT_REACHED when `head` is given and the verified log does not reach it (`head_reached`)."""
     out: list[dict[str, Any]] = [
         {
             "decision_id": r.decision_id or "",
@@ -310,8 +327,7 @@ def chain_findings(verified: VerifiedLog, head: str | None = None) -> list[dict[
         }
         for r in verified.rejections
     ]
-    passed = {d.previous_hash for _, d in verified.accepted if d.previous_hash}
-    if head is not None and head.lower() != verified.head and head.lower() not in passed:
+    if head is not None and not head_reached(verified, head, codec):
         last = verified.accepted[-1] if verified.accepted else None
         out.append(
             {
