@@ -127,11 +127,12 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         with settings.open() as reader:
             # One read of the decisions topic, verified, feeds both the configuration's cross-check and the audit.
             verified = verify_log(reader, codec, topics, trusted)
-            on_log = _cross_check(verified, config)
+            _cross_check(verified, config)  # says when --config differs from the log's
             workers = f"{engine.workers} worker{'s' if engine.workers != 1 else ''}"
             print(f"allocator audit: re-solving on {engine.name} ({workers})", file=sys.stderr)
-            report = audit_log(reader, codec, topics, config if on_log is None else None, progress, engine,
-                               head=head, verified=verified)  # fmt: skip
+            # The file stands in only where the first verified decision records no configuration (the log's is
+            # used otherwise), also when a later one records one: the message below tells the user to pass it.
+            report = audit_log(reader, codec, topics, config, progress, engine, head=head, verified=verified)
     except NoConfigOnLog as exc:
         raise UsageError(str(exc)) from exc
     except KeyboardInterrupt:
@@ -149,6 +150,9 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         print(f"allocator audit: the report was not written to {args.report}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILURE
     print(f"report written to {args.report}")
+    if report.config_missing is not None:
+        print(f"allocator audit: {len(report.not_rederived)} decision(s) not re-derived: {report.config_missing}; "
+              "pass --config with the configuration the log ran with to re-run them", file=sys.stderr)  # fmt: skip
     if not trusted and any(f.verdict == "FORGED" for f in report.findings):
         print("allocator audit: the decisions are signed by keys this audit was not told to trust: pass "
               "--trusted-keys with the allocator's public key(s) (docs/security.md)", file=sys.stderr)  # fmt: skip

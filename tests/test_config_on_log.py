@@ -198,6 +198,72 @@ def test_a_log_without_a_recorded_configuration_needs_one(tmp_path: Path, capsys
         assert "--config" in err and "Traceback" not in err
 
 
+def _set_first_config(db: Path, text: str) -> None:
+    """Rewrite the configuration the first decision records, in place in the embedded log, as anyone who can write
+    the file could (the book does not sign)."""
+    import dataclasses
+    import sqlite3
+
+    where = 'WHERE topic = ? AND "offset" = 0'
+    with sqlite3.connect(db) as connection:
+        (value,) = connection.execute(f"SELECT value FROM records {where}", (TOPICS.decisions,)).fetchone()
+        first = codec.decode(value)
+        assert isinstance(first, Decision)
+        edited = dataclasses.replace(first, config=text)
+        connection.execute(f"UPDATE records SET value = ? {where}", (codec.encode(edited), TOPICS.decisions))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        canonical_config(CONFIG).replace('"solver_revision":4', '"solver_revision":99'),
+        canonical_config(CONFIG).replace('"solver_work_limit":40000', '"solver_work_limit":1000000000'),
+        '{"position_cap": "lots"}',
+    ],
+    ids=["revision-99", "work-limit-out-of-range", "garbage"],
+)
+def test_an_unreadable_configuration_on_the_first_decision_is_a_finding_on_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    """An outside probe: on a book that does not sign, a first decision whose recorded configuration cannot be read
+    stopped the audit with exit 2 and no report, saying that decision 2 "records no configuration (written before
+    wire version 2)": the wrong decision, and the wrong cause. The chain's verification refuses the record as
+    UNDECODABLE, and the audit now reports it so at its offset (exit 1), as on a signed book; the decisions after it
+    are named as not re-derived, and --config re-runs them."""
+    db = tmp_path / "log.sqlite"
+    svc = start(db, CONFIG)
+    for first in (0, 10, 20):
+        decide(db, svc, first)
+    stop(svc)
+    first_id = decisions(db)[0].decision_id
+    assert text != canonical_config(CONFIG)
+    _set_first_config(db, text)
+
+    report = tmp_path / "audit.json"
+    code = main(["audit", "--log", str(db), "--topic-prefix", TOPICS.prefix, "--report", str(report)])
+    out, err = capsys.readouterr()
+    assert code == 1, err
+    assert "Traceback" not in out + err
+    findings = json.loads(report.read_text(encoding="utf-8"))["findings"]
+    assert [(f["offset"], f["verdict"]) for f in findings] == [
+        (0, "UNDECODABLE"), (1, "CYCLE_GAP"), (1, "NOT_RE_DERIVED"), (2, "NOT_RE_DERIVED")
+    ]  # fmt: skip
+    assert findings[0]["decision_id"] == first_id
+    assert "Decision.config is not a configuration" in findings[0]["problems"][0]
+    assert f"{first_id} (cycle 1) at {TOPICS.decisions}/0/0 records a configuration that cannot be read" in err
+    assert "written before wire version 2" not in err and "--config" in err
+
+    given = tmp_path / "config.json"
+    given.write_text(json.dumps(CONFIG.to_mapping()), encoding="utf-8")
+    code = main(["audit", "--log", str(db), "--topic-prefix", TOPICS.prefix, "--report", str(report), "--config",
+                 str(given)])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 1, err
+    verdicts = [f["verdict"] for f in json.loads(report.read_text(encoding="utf-8"))["findings"]]
+    assert verdicts[:2] == ["UNDECODABLE", "CYCLE_GAP"]
+    assert "NOT_RE_DERIVED" not in verdicts and len(verdicts) == 4  # re-run (without the state the first one left)
+
+
 def test_status_cross_checks_a_file_against_the_configuration_in_force_set_limits_included(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -16,7 +16,7 @@ from allocator.engine.request import CycleRequest
 from allocator.engine.validation import MAX_EXPECTED_PROFIT
 from allocator.engine.verify import DecisionInvariantError, verify_decision
 from allocator.service.audit_engines import AuditEngine, SequentialEngine
-from allocator.service.chain import Trusted, VerifiedLog, chain_findings, verify_log
+from allocator.service.chain import UNDECODABLE, Trusted, VerifiedLog, chain_findings, verify_log
 from allocator.service.sequencer import build_request, close_enough, replay_steps
 from book.config import ABSENT_MEANS, AllocatorConfig
 from eventlog.port import EventLog, Record, TopicPartition, Topics
@@ -31,6 +31,9 @@ TIMED_PATHS = (SolverPath.MIP_TIME_LIMIT,)
 # Findings that are not about one record of the decisions topic: not counted among the decisions audited.
 NOT_A_RECORD = ("CYCLE_GAP", "HEAD_NOT_REACHED")
 
+# The verdict on a verified decision the audit had no configuration to re-run with (`config_missing`).
+NOT_RE_DERIVED = "NOT_RE_DERIVED"
+
 
 @dataclass
 class Finding:
@@ -40,7 +43,9 @@ class Finding:
     cycle: int
     offset: int
     solver_path: str
-    verdict: str  # MATCH, CONSTRAINTS_HELD (stopped by the clock's safety net), MISMATCH, ERROR (the re-run raised)
+    # MATCH, CONSTRAINTS_HELD (stopped by the clock's safety net), MISMATCH, ERROR (the re-run raised),
+    # NOT_RE_DERIVED (no configuration to re-run it with)
+    verdict: str
     problems: list[str] = field(default_factory=list)
     objective_gap_to_resolve: float | None = None
 
@@ -49,6 +54,11 @@ class Finding:
 class AuditReport:
     findings: list[Finding]
     chain_head: str | None = None  # the hash of the last verified decision (docs/audit.md)
+    config_missing: str | None = None  # why no decision was re-derived (`config_missing`), for the command to say
+
+    @property
+    def not_rederived(self) -> list[Finding]:
+        return [f for f in self.findings if f.verdict == NOT_RE_DERIVED]
 
     @property
     def mismatches(self) -> list[Finding]:
@@ -227,9 +237,12 @@ def audit_log(
     `engine` (default: this process), which re-solves them in parallel; the results come back in log order.
     The fold moves on with each recorded decision; after a mismatch it moves on with the re-run one instead, so
     one bad record is reported alone: the pass then starts again from the log's start with that correction and
-    re-submits the decisions after it (a refold costs a fold, not a re-solve). `config` is the configuration of
-    a log written before wire version 2 (which records none); NoConfigOnLog without it. The report is the same
-    on every engine and worker count.
+    re-submits the decisions after it (a refold costs a fold, not a re-solve). `config` is the configuration the
+    book starts from when its first verified decision records none: a log written before wire version 2, which
+    raises NoConfigOnLog without it; or a log whose first decision is missing or records a configuration that
+    cannot be read (`config_missing`), where without it every verified decision is NOT_RE_DERIVED and the report
+    says why. A first decision that records a configuration starts the book from that one instead. The report is
+    the same on every engine and worker count.
 
     `verified` is the decisions topic already read and verified (`verify_log`) by a caller that needed it first,
     for the configuration's cross-check: the audit then reads the topic no second time (`trusted` is unused)."""
@@ -239,13 +252,14 @@ def audit_log(
     if verified is None:
         verified = verify_log(reader, codec, topics, trusted or {})
     decisions = verified.accepted
+    missing = config_missing(verified) if config is None else None
     index_of = {id(d): i for i, (_, d) in enumerate(decisions)}
     total = len({d.cycle for _, d in decisions})  # a second record for a cycle is compared, not re-derived
     results: dict[int, Rederived | str] = {}  # index -> the re-derivation, or the error a worker raised
     overrides: dict[int, Decision] = {}  # index -> the decision folded instead of the record (a mismatch)
     duplicates: dict[int, Decision] = {}  # index of a second record for a cycle -> the decision folded for it
     first = 0
-    while True:
+    while missing is None:  # else there is nothing to re-run them with: each is named, none re-derived
         restart: int | None = None
         tasks = _timed(_tasks(reader, codec, topics, config, decisions, index_of, overrides, duplicates, first), timing)
         try:
@@ -267,8 +281,8 @@ def audit_log(
         for later in [i for i in results if i >= restart]:
             del results[later]
         first = restart
-    report = _report(decisions, results, duplicates)
-    report.findings[:0] = _gaps(decisions)  # before the decision after the gap, at the same offset
+    report = _report(decisions, results, duplicates) if missing is None else _not_rederived(decisions, missing)
+    report.findings[:0] = _gaps(decisions, missing is None)  # before the decision after the gap, at the same offset
     report.findings.extend(Finding(**f) for f in chain_findings(verified, codec, head))  # docs/audit.md: the chain
     report.findings.sort(key=lambda f: f.offset)
     report.chain_head = verified.head
@@ -329,18 +343,60 @@ def _tasks(
         return
 
 
-def _gaps(decisions: Sequence[tuple[Record, Decision]]) -> list[Finding]:
+def config_missing(verified: VerifiedLog) -> str | None:
+    """Why the configuration the book started with is not on the verified log (a sentence), or None: the first
+    verified decision records it, or that decision is the book's first (cycle 1) and records none, as decisions
+    written before wire version 2 do (`--config` stands for it there; NoConfigOnLog without).
+
+    A book's first decision records its configuration, so a first verified decision of a later cycle that records
+    none means the ones before it are missing: one whose configuration cannot be read (refused as undecodable by
+    the chain's verification), or one deleted. An outside probe found the first case reported as the second
+    decision's "records no configuration (written before wire version 2)", exit 2 and no report; it is a finding
+    on the damaged record (exit 1), and the decisions after it are named, not re-derived, unless `--config` gives
+    the configuration to re-run them with."""
+    if not verified.accepted:
+        return None
+    record, first = verified.accepted[0]
+    if first.config is not None or first.cycle <= 1:
+        return None
+    before = [r for r in verified.rejections if (r.partition, r.offset) < (record.partition, record.offset)]
+    # A record that decoded to a decision and is still undecodable is one whose configuration cannot be read.
+    unreadable = [r for r in before if r.kind == UNDECODABLE and r.decision_id is not None]
+    if unreadable:
+        r = unreadable[0]
+        return (
+            f"decision {r.decision_id} (cycle {r.cycle}) at {r.where} records a configuration that cannot be read "
+            f"({r.detail})"
+        )
+    return (
+        f"no verified decision before {first.decision_id} (cycle {first.cycle}) records the configuration the book "
+        "started with: the book's first decision is missing (deleted, or refused by the chain's verification)"
+    )
+
+
+def _not_rederived(decisions: Sequence[tuple[Record, Decision]], missing: str) -> AuditReport:
+    """Each verified decision named, none re-derived: there is no configuration to re-run them with."""
+    why = "the configuration the book started with is not on the log; --config gives it"
+    findings = [
+        Finding(d.decision_id, d.cycle, record.offset, d.solver_path.value, NOT_RE_DERIVED, [f"not re-derived: {why}"])
+        for record, d in decisions
+    ]
+    return AuditReport(findings, config_missing=missing)
+
+
+def _gaps(decisions: Sequence[tuple[Record, Decision]], rerun: bool = True) -> list[Finding]:
     """A finding per run of cycles with no verified decision on the log (the allocator numbers its cycles one by
     one): a decision deleted, or one that did not verify. The state it left is lost, so every decision after it is
-    re-run without it and mismatches for that reason (docs/audit.md, step 4)."""
+    re-run without it and mismatches for that reason (docs/audit.md, step 4); unless none is re-run (not `rerun`)."""
     out: list[Finding] = []
     previous = 0
     for record, d in decisions:
         if d.cycle > previous + 1:
             missing = f"cycle {previous + 1}" if d.cycle == previous + 2 else f"cycles {previous + 1} to {d.cycle - 1}"
+            consequence = (": every decision after it is re-run on a state without the one it left, so their "
+                           "mismatches follow from it") if rerun else ""  # fmt: skip
             out.append(Finding(d.decision_id, previous + 1, record.offset, "", "CYCLE_GAP", [
-                f"no verified decision for {missing} before {d.decision_id} (deleted, or refused above): every "
-                "decision after it is re-run on a state without the one it left, so their mismatches follow from it"
+                f"no verified decision for {missing} before {d.decision_id} (deleted, or refused above){consequence}"
             ]))  # fmt: skip
         previous = max(previous, d.cycle)
     return out
@@ -400,6 +456,7 @@ def summary_table(report: AuditReport) -> str:
         f"{data['decisions']} decisions: {data['matched']} matched, {data['constraints_held']} stopped by the clock's "
         f"safety net held every constraint, {data['mismatches']} mismatches"
         + (f", {data['errors']} re-runs raised an error" if data["errors"] else "")
+        + (f", {len(report.not_rederived)} not re-derived (no configuration)" if report.not_rederived else "")
     )
     return "\n".join(lines)
 
