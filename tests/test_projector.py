@@ -144,15 +144,18 @@ def test_a_restarted_projector_resumes_at_its_stored_offsets(tmp_path: Path, dat
     assert stored[TOPICS.proposals] == 21 and again.stats.records > 0
 
 
-def test_a_stale_projector_cannot_move_the_position_back(tmp_path: Path, database: ProjectionDatabase) -> None:
-    db = tmp_path / "log.sqlite"
-    engine = database.migrate()
+def _proposals_and_marks(db: Path) -> tuple[list[Record], list[Record]]:
+    """The records of a short live run (`_book`) on the proposals and the pnl topics."""
     _book(db)
     with EmbeddedEventLog(db) as log:
         log.assign([TOPICS.proposals, TOPICS.pnl])
         records = log.poll(100, 0.5)
-    proposals = [r for r in records if r.topic == TOPICS.proposals]
-    marks = [r for r in records if r.topic == TOPICS.pnl]
+    return [r for r in records if r.topic == TOPICS.proposals], [r for r in records if r.topic == TOPICS.pnl]
+
+
+def test_a_stale_projector_cannot_move_the_position_back(tmp_path: Path, database: ProjectionDatabase) -> None:
+    engine = database.migrate()
+    proposals, marks = _proposals_and_marks(tmp_path / "log.sqlite")
     offsets = write_batch(engine, "projector", proposals[:3] + marks[:1], codec, {})
     offsets = write_batch(engine, "projector", proposals[3:5] + marks[1:2], codec, offsets)
     with pytest.raises(StaleProjectorError, match=rf"{TOPICS.proposals}\[0\]: expected stored offset 3"):
@@ -174,14 +177,8 @@ def test_a_projector_whose_first_offsets_another_stored_meanwhile_is_stale(
     """Two projectors started on one new projection both find no stored offset; the one that stores second used to
     end on the driver's IntegrityError (UNIQUE constraint failed: consumed_offsets...), a traceback from
     `allocator project`. It is a stale projector like any other: StaleProjectorError, its batch rolled back."""
-    db = tmp_path / "log.sqlite"
     engine = database.migrate()
-    _book(db)
-    with EmbeddedEventLog(db) as log:
-        log.assign([TOPICS.proposals, TOPICS.pnl])
-        records = log.poll(100, 0.5)
-    proposals = [r for r in records if r.topic == TOPICS.proposals]
-    marks = [r for r in records if r.topic == TOPICS.pnl]
+    proposals, marks = _proposals_and_marks(tmp_path / "log.sqlite")
     write_batch(engine, "projector", proposals[:3], codec, {})  # the winner
     with pytest.raises(StaleProjectorError, match=rf"^{TOPICS.proposals}\[0\]: expected no stored offset, another "
                        "projector stored one; rolled back$"):  # fmt: skip

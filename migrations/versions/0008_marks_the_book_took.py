@@ -24,17 +24,12 @@ depends_on: str | Sequence[str] | None = None
 _0002 = importlib.import_module("migrations.versions.0002_marks_equity_views")
 _0007 = importlib.import_module("migrations.versions.0007_fills_the_book_counts")
 PREVIOUS_LATEST_MARKS: str = _0002.LATEST_MARKS
-LATEST_MARKS = """
-CREATE VIEW latest_marks AS
-SELECT m.market_id, m.mark_price, m.time
-FROM marks m
-WHERE m.log_offset = (
-    SELECT MAX(m2.log_offset) FROM marks m2
-    WHERE m2.market_id = m.market_id AND m2.log_topic = m.log_topic AND m2.log_partition = m.log_partition
+_head, _close = PREVIOUS_LATEST_MARKS.rsplit("\n)", 1)
+# 0002's view with the condition added to the newest mark's choice.
+LATEST_MARKS = f"""{_head}
       AND NOT EXISTS (SELECT 1 FROM dead_letters d
           WHERE d.topic = m2.log_topic AND d."partition" = m2.log_partition AND d."offset" = m2.log_offset)
-)
-"""
+){_close}"""
 # Every view that reads latest_marks, as 0007 left them: dropped before it, created again after.
 DEPENDENTS = (("exposure_by_key", _0007.EXPOSURE_BY_KEY), ("exposure_by_market", _0007.EXPOSURE_BY_MARKET),
               ("positions", _0007.POSITIONS))  # fmt: skip
