@@ -122,6 +122,11 @@ def _say_trust(chain: ChainSettings, config: AllocatorConfig, say: LogLine) -> N
         say.info(f"allocator serve: operator commands must be signed by one of {len(config.operator_keys)} "
                  f"operator keys (reset quorum {config.kill_switch_reset_quorum})", "trust",
                  commands_signed=True)  # fmt: skip
+    if config.agents == ():
+        # An outside probe: `"agents": []` was taken without a word; null is what accepts every agent.
+        say.write("warning", "allocator serve: WARNING: agents is an empty list: every proposal will be REJECTED "
+                  "UNKNOWN_AGENT until an operator adds one (set-limits --set agent:ID=1); null accepts any agent",
+                  "trust", {"agents": 0})  # fmt: skip
 
 
 def _audit_engine(args: argparse.Namespace) -> AuditEngine:

@@ -785,3 +785,17 @@ def test_serve_refuses_a_log_that_does_not_exist_instead_of_starting_a_new_book(
     assert main(["serve", "--log", str(typo), "--duration", "0"]) == 2
     assert f"no event log at {typo}: create the book with `allocator init --log {typo}`" in capsys.readouterr().err
     assert not typo.exists()
+
+
+def test_serve_warns_that_an_empty_agents_list_rejects_every_proposal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside probe: `"agents": []` was accepted without comment, though it makes every proposal REJECTED
+    UNKNOWN_AGENT (null is what accepts any agent)."""
+    config = tmp_path / "book.json"
+    config.write_text(json.dumps({"agents": [], "scenario_count": 300}), encoding="utf-8")
+    log = ["--log", str(tmp_path / "log.sqlite")]
+    assert main(["init", *log]) == 0
+    capsys.readouterr()
+    assert main(["serve", *log, "--config", str(config), "--duration", "0"]) == 0
+    assert "agents is an empty list: every proposal will be REJECTED UNKNOWN_AGENT" in capsys.readouterr().err
