@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,6 +11,8 @@ from hypothesis import strategies as st
 
 from allocator.engine.scenarios import (
     book_losses,
+    market_latents,
+    market_stake_returns,
     market_uniforms,
     seed_from_decision_id,
     stake_returns,
@@ -177,3 +181,41 @@ def test_stake_returns_rejects_bad_prices_and_sides() -> None:
         stake_returns(u, np.array([1.0]), np.array([0.5]), np.array([1]))
     with pytest.raises(ValueError, match="side"):
         stake_returns(u, np.array([0.5]), np.array([0.5]), np.array([0]))
+
+
+def test_latents_and_returns_are_the_numbers_replayed_decisions_were_made_with() -> None:
+    # Pinned from the release that computed them on whole arrays: 150 markets (more than one block of the blocked
+    # arithmetic) under 7 keys, and 130 stakes on them. Any change here changes every replayed decision.
+    keys = [(i * 5) % 7 for i in range(150)]
+    latents = market_latents(keys, 7, 300, seed=2024)
+    markets = np.array([(j * 37) % 150 for j in range(130)])
+    price = np.linspace(0.1, 0.9, 130)
+    q = win_probability(price, np.linspace(0.0, 0.1, 130))
+    side = np.where(np.arange(130) % 3 == 0, -1, 1)
+    returns = market_stake_returns(latents, markets, price, q, side, latent_dof=4.0)
+    assert hashlib.sha256(latents.tobytes()).hexdigest()[:32] == "47eca1d4b7aebe49f326118c2075795f"
+    assert hashlib.sha256(np.asfortranarray(returns).tobytes()).hexdigest()[:32] == "f049541d600c8a58777aa05df523dac7"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    markets=st.integers(1, 140),
+    stakes=st.lists(st.tuples(st.integers(0, 10**6), st.floats(0.01, 0.99), st.booleans()), max_size=150),
+    count=st.integers(1, 400),
+    seed=st.integers(0, 2**63),
+)
+def test_stake_returns_from_market_rows_equal_those_of_the_gathered_columns(
+    markets: int, stakes: list[tuple[int, float, bool]], count: int, seed: int
+) -> None:
+    latents = market_latents([m % 5 for m in range(markets)], 5, count, seed)
+    where = np.array([m % markets for m, _, _ in stakes], dtype=np.int64)
+    price = np.array([p for _, p, _ in stakes])
+    q = win_probability(price, np.full(len(stakes), 0.05))
+    side = np.array([1 if buy else -1 for _, _, buy in stakes], dtype=np.int64)
+    gathered = stake_returns(latents[:, where.tolist()], price, q, side, latent_dof=4.0)
+    from_rows = market_stake_returns(latents, where, price, q, side, latent_dof=4.0)
+    # The same bits in the same layout: the solver's products and sums depend on both.
+    assert from_rows.shape == gathered.shape
+    for layout in ("C_CONTIGUOUS", "F_CONTIGUOUS"):
+        assert from_rows.flags[layout] == gathered.flags[layout]
+    assert from_rows.tobytes() == gathered.tobytes()

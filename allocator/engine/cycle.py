@@ -13,10 +13,10 @@ from allocator.engine import scenarios as risk
 from allocator.engine.netting import net_opposites
 from allocator.engine.problem import (
     AllocationProblem,
+    LimitsInTheWay,
     Solution,
     Tolerance,
     cvar,
-    limits_in_the_way,
     market_flow_band,
     portfolio_losses,
     tail_count,
@@ -211,12 +211,13 @@ def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutco
 
     # 6. Statuses, and for each cut or deferred proposal the constraint that stopped it.
     losses = portfolio_losses(problem, sizes)
+    limits = LimitsInTheWay(problem, sizes, Tolerance(absolute=1e-9 * max(1.0, problem.capital), relative=1e-9), losses)
     for e in sized:
         p = _proposal(e)
         size = float(sizes[e.column])
         e.size = size
         if size <= 0.0:
-            reasons = _blocked_by(problem, sizes, losses, e.column, p.min_size, book_cvar)
+            reasons = _blocked_by(limits, e.column, p.min_size)
             if not reasons:
                 reasons = [_not_chosen(problem, sizes, losses, e.column, p.min_size, book_cvar, solution)]
             e.finish(AllocationStatus.DEFERRED, *reasons)
@@ -230,7 +231,7 @@ def run_cycle(request: CycleRequest, solver: Solver | None = None) -> CycleOutco
             # (a capital-cut proposal named the group it shared with another, at 4,500 of 5,000).
             target = e.upper if config.cap_reasons < 3 else min(e.upper, size + _STEP * max(1.0, problem.capital))
             if size < e.upper * (1.0 - 1e-9):
-                reasons += _blocked_by(problem, sizes, losses, e.column, target, book_cvar)
+                reasons += _blocked_by(limits, e.column, target)
             if not reasons:
                 reasons = [_not_chosen(problem, sizes, losses, e.column, target, book_cvar, solution)]
             e.finish(AllocationStatus.CUT, *reasons)
@@ -359,9 +360,9 @@ def _scenarios(request: CycleRequest, proposals: Sequence[Proposal], seed: int) 
     price = np.array([p.price for p in proposals], dtype=np.float64)
     edge = np.array([p.expected_profit for p in proposals], dtype=np.float64)
     side = np.array([p.side.sign for p in proposals], dtype=np.int64)
-    columns = latents[:, [index[p.market_id] for p in proposals]]
     q = risk.win_probability(price, edge)
-    returns = risk.stake_returns(columns, price, q, side, latent_dof=config.tail_dof)
+    stake_market = np.array([index[p.market_id] for p in proposals], dtype=np.int64)
+    returns = risk.market_stake_returns(latents, stake_market, price, q, side, latent_dof=config.tail_dof)
     positions = request.portfolio.positions
     if not positions:
         return returns, np.zeros(config.scenario_count)
@@ -432,22 +433,11 @@ def _snap(raw: FloatArray, problem: AllocationProblem) -> FloatArray:
 _STEP = 1e-6
 
 
-def _blocked_by(
-    problem: AllocationProblem,
-    sizes: FloatArray,
-    losses: FloatArray,
-    column: int,
-    target: float,
-    book_cvar: float,
-) -> list[Reason]:
+def _blocked_by(limits: LimitsInTheWay, column: int, target: float) -> list[Reason]:
     """The reasons for the constraints that would break if this candidate were raised to `target` with the
-    others unchanged (`problem.limits_in_the_way`, the one statement of that rule). `book_cvar` is already part
-    of the problem's CVaR bound."""
-    tol = Tolerance(absolute=1e-9 * max(1.0, problem.capital), relative=1e-9)
-    return [
-        _reason(ReasonCode(kind.value), detail)
-        for kind, detail in limits_in_the_way(problem, sizes, column, target, tol, losses)
-    ]
+    others unchanged (`problem.limits_in_the_way`, the one statement of that rule; the problem's CVaR bound
+    already holds the book's own CVaR)."""
+    return [_reason(ReasonCode(kind.value), detail) for kind, detail in limits(column, target)]
 
 
 def _not_chosen(

@@ -437,9 +437,9 @@ def binding(
     if not np.any(active):
         return tuple(result)
 
-    base = portfolio_losses(problem, s)
+    limits = LimitsInTheWay(problem, s, tol)
     for i in np.flatnonzero(active).tolist():
-        found = limits_in_the_way(problem, s, i, float(s[i] + step[i]), tol, base)
+        found = limits(i, float(s[i] + step[i]))
         result[i] = frozenset(kind for kind, _ in found)
     return tuple(result)
 
@@ -455,29 +455,69 @@ def limits_in_the_way(
     """The one statement of which limits stop a candidate (rules.md §6.3): the families (CAPITAL, GROUP_CAP,
     MARKET_CAP, CVAR_LIMIT) that raising `column` alone from its size to `target` would break beyond `tol`,
     each with what it would reach. `losses` are the portfolio's scenario losses at `sizes`, when known."""
-    d = target - float(sizes[column])
-    found: list[tuple[ConstraintKind, str]] = []
-    room = capital_room(problem)
-    spent = float(sizes.sum()) + d
-    if spent > room + tol.slack(room):
-        found.append((ConstraintKind.CAPITAL, f"needs {spent:.2f} of available {room:.2f}"))
-    g = int(problem.group[column])
-    cap = float(group_limit(problem)[g])
-    if float(sizes[problem.group == g].sum()) + d > cap + tol.slack(cap):
-        found.append((ConstraintKind.GROUP_CAP, f"group room {cap:.2f}"))
-    m = int(problem.market[column])
-    in_market = problem.market == m
-    flow = float((problem.direction[in_market] * sizes[in_market]).sum()) + float(problem.direction[column]) * d
-    lo, hi = market_flow_band(float(problem.market_held[m]), problem.market_limit)
-    top, bottom = float(hi), float(lo)
-    if flow > top + tol.slack(top) or flow < bottom - tol.slack(bottom):
-        found.append((ConstraintKind.MARKET_CAP, f"market exposure would reach {problem.market_held[m] + flow:.2f}"))
-    bound = effective_cvar_bound(problem)
-    base = portfolio_losses(problem, sizes) if losses is None else losses
-    tail = _tail_mean(base - problem.returns[:, column] * d, tail_count(problem.cvar_alpha, problem.scenario_count))
-    if tail > bound + tol.slack(bound):
-        found.append((ConstraintKind.CVAR_LIMIT, f"CVaR would reach {tail:.2f} of limit {bound:.2f}"))
-    return found
+    return LimitsInTheWay(problem, sizes, tol, losses)(column, target)
+
+
+class LimitsInTheWay:
+    """`limits_in_the_way` for many candidates of one allocation: what every candidate shares (the capital spent,
+    each group's and market's total, the CVaR bound) is computed once, each the same way as for one candidate, so
+    the answers are the same bit for bit. `sizes` and `losses` must not change while it is in use."""
+
+    def __init__(
+        self,
+        problem: AllocationProblem,
+        sizes: FloatArray,
+        tol: Tolerance = DEFAULT_TOLERANCE,
+        losses: FloatArray | None = None,
+    ) -> None:
+        self.problem, self.sizes, self.tol = problem, sizes, tol
+        self.room = capital_room(problem)
+        self.spent = float(sizes.sum())
+        self.group_cap = group_limit(problem)
+        self.bound = effective_cvar_bound(problem)
+        self.k = tail_count(problem.cvar_alpha, problem.scenario_count)
+        self._losses = losses
+        self._in_group: dict[int, float] = {}
+        self._flow: dict[int, float] = {}
+
+    @property
+    def losses(self) -> FloatArray:
+        if self._losses is None:
+            self._losses = portfolio_losses(self.problem, self.sizes)
+        return self._losses
+
+    def __call__(self, column: int, target: float) -> list[tuple[ConstraintKind, str]]:
+        problem, sizes, tol = self.problem, self.sizes, self.tol
+        d = target - float(sizes[column])
+        found: list[tuple[ConstraintKind, str]] = []
+        room = self.room
+        spent = self.spent + d
+        if spent > room + tol.slack(room):
+            found.append((ConstraintKind.CAPITAL, f"needs {spent:.2f} of available {room:.2f}"))
+        g = int(problem.group[column])
+        cap = float(self.group_cap[g])
+        in_group = self._in_group.get(g)
+        if in_group is None:
+            in_group = self._in_group[g] = float(sizes[problem.group == g].sum())
+        if in_group + d > cap + tol.slack(cap):
+            found.append((ConstraintKind.GROUP_CAP, f"group room {cap:.2f}"))
+        m = int(problem.market[column])
+        held_flow = self._flow.get(m)
+        if held_flow is None:
+            in_market = problem.market == m
+            held_flow = self._flow[m] = float((problem.direction[in_market] * sizes[in_market]).sum())
+        flow = held_flow + float(problem.direction[column]) * d
+        lo, hi = market_flow_band(float(problem.market_held[m]), problem.market_limit)
+        top, bottom = float(hi), float(lo)
+        if flow > top + tol.slack(top) or flow < bottom - tol.slack(bottom):
+            found.append(
+                (ConstraintKind.MARKET_CAP, f"market exposure would reach {problem.market_held[m] + flow:.2f}")
+            )
+        bound = self.bound
+        tail = _tail_mean(self.losses - problem.returns[:, column] * d, self.k)
+        if tail > bound + tol.slack(bound):
+            found.append((ConstraintKind.CVAR_LIMIT, f"CVaR would reach {tail:.2f} of limit {bound:.2f}"))
+        return found
 
 
 def _tail_mean(losses: FloatArray, k: float) -> float:
