@@ -198,6 +198,27 @@ def test_a_log_without_a_recorded_configuration_needs_one(tmp_path: Path, capsys
         assert "--config" in err and "Traceback" not in err
 
 
+def test_a_log_whose_first_decision_is_gone_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An embedded log whose first decision was deleted (anyone who can write the file can) holds no configuration
+    either: serve named the next decision as "written before wire version 2". It now says the book's first
+    decision is missing, and still needs --config (exit 2)."""
+    import sqlite3
+
+    db = tmp_path / "log.sqlite"
+    svc = start(db, CONFIG)
+    for first in (0, 10):
+        decide(db, svc, first)
+    stop(svc)
+    second = decisions(db)[1].decision_id
+    with sqlite3.connect(db) as connection:
+        connection.execute('DELETE FROM records WHERE topic = ? AND "offset" = 0', (TOPICS.decisions,))
+    code = main(["serve", "--book", "book1", "--log", str(db), "--topic-prefix", TOPICS.prefix, "--max-cycles", "3"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"no decision before {second} (cycle 2) is on the log" in err
+    assert "written before wire version 2" not in err and "--config" in err and "Traceback" not in err
+
+
 def _set_first_config(db: Path, text: str) -> None:
     """Rewrite the configuration the first decision records, in place in the embedded log, as anyone who can write
     the file could (the book does not sign)."""

@@ -113,8 +113,8 @@ def take_config(state: BookState, wanted: AllocatorConfig | None) -> str | None:
     if state.recorded_config is None:
         if state.cycle > 0 and wanted is None:
             raise NoConfigOnLog(
-                "the log holds no configuration (its decisions were written before wire version 2): "
-                "pass --config with the configuration it ran with"
+                "the log holds no configuration (its decisions were written before wire version 2, or the "
+                "decision that recorded it is missing): pass --config with the configuration it ran with"
             )
         # Nothing on the log yet: record what is in force (the file's, or the defaults, with any SET_LIMITS).
         adopt_config(state, canonical_config(in_force))
@@ -498,9 +498,17 @@ def replay_steps(
     recorded = list(decisions) if decisions is not None else read_decisions(reader, codec, topics)
     if not recorded:
         return state, 0, 0
-    if config is None and recorded[0][1].config is None:
+    first = recorded[0][1]
+    if config is None and first.config is None:
+        if first.cycle > 1:
+            # A book's first decision records its configuration; this log has none before cycle `first.cycle`.
+            raise NoConfigOnLog(
+                f"no decision before {first.decision_id} (cycle {first.cycle}) is on the log: the book's first "
+                "decision, which records the configuration it started with, is missing (deleted, or unreadable): "
+                "pass --config with the configuration the log ran with"
+            )
         raise NoConfigOnLog(
-            f"decision {recorded[0][1].decision_id} records no configuration (written before wire version 2): "
+            f"decision {first.decision_id} records no configuration (written before wire version 2): "
             "pass --config with the configuration the log ran with"
         )
     state.portfolio.book = book_name(topics, recorded[0][1].book_id)  # the book the decisions are of
