@@ -22,7 +22,9 @@ MAX_AMOUNT = 1e12  # sizes and fees, the same bound as a proposal's requested si
 # A fill that moved money buys size/price contracts: a price this far from 0 and 1 keeps that finite (the same
 # bounds as a proposal's price, rules.md §2).
 MIN_FILL_PRICE, MAX_FILL_PRICE = 1e-6, 1.0 - 1e-6
-MAX_LIMIT_KEYS = 64  # a SET_LIMITS names configuration keys; there are fewer than this
+MAX_LIMIT_KEYS = 64
+# A fill's time: milliseconds since the epoch, the same range as a proposal's created_at (rules.md §2).
+MAX_FILL_TIME_MS = 2**62  # a SET_LIMITS names configuration keys; there are fewer than this
 
 
 def is_control(text: str) -> bool:

@@ -111,8 +111,12 @@ class AllocatorConfig:
     # id is bad pending (rejected again each cycle), as the releases before the key did (`ABSENT_MEANS`)
     proposal_id_rules: int = 2
     # rules.md §11.1: 2 refuses a fill whose fill_id an earlier report used (accepted or refused: a repeated id is the
-    # same report delivered again); 1 takes it, as the releases before the key did (`ABSENT_MEANS`)
-    fill_rules: int = 2
+    # same report delivered again); 1 takes it, as the releases before the key did (`ABSENT_MEANS`). 3 (an outside
+    # probe) lets only an accepted report take its id (a bogus report took a genuine one's id before it), refuses a
+    # FILLED report of nothing (it ended its allocation as a success and hid the FAILED after it from the failure
+    # window), a FAILED or REJECTED one that says it filled something, an empty id and a time outside [0, 2**62],
+    # and takes a FAILED or REJECTED report on a market that has resolved (it only releases the reservation)
+    fill_rules: int = 3
     # rules.md §2: at most this many proposals wait for a decision (pending, conflicting re-sends and refused ones
     # together); a proposal past it is a dead letter, not received. A decision names every one of them, so without a
     # bound one agent's flood grew decisions past the log's 16 MiB record limit and stopped the book. 0 sets no bound,
@@ -421,7 +425,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "failure_report_rules": (1, 2, False),
     "operator_commands_name_book": (0, 1, False),
     "proposal_id_rules": (1, 2, False),
-    "fill_rules": (1, 2, False),
+    "fill_rules": (1, 3, False),
     "max_fill_price_improvement": (0.0, 1.0, False),
     "max_undecided_proposals": (0, 1_000_000, False),
     "max_undecided_per_agent": (0, 1_000_000, False),

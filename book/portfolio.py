@@ -12,7 +12,7 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
-from book.bounds import EMPTY_ID, MAX_ID_LENGTH, decision_name
+from book.bounds import EMPTY_ID, MAX_FILL_TIME_MS, MAX_ID_LENGTH, decision_name
 from book.config import AllocatorConfig, ConfigError
 from book.exactsum import rounded, units
 from governors.state import (
@@ -514,6 +514,18 @@ class PortfolioState:
             return (f"Fill.market_id/side: {fill.market_id!r} {fill.side.name} is not the allocation's "
                     f"{allocation.market_id!r} {allocation.side.name}")  # fmt: skip
         moves = fill.filled_size if fill.status in (FillStatus.FILLED, FillStatus.PARTIAL) else 0.0
+        if self.config.fill_rules >= 3:
+            # A report says what was executed: a final failure executed nothing, a FILLED one something. A zero-size
+            # FILLED counted as a success and ended the allocation, so the real FAILED after it was refused and the
+            # failure window never saw it; a FAILED of 50 dropped the 50 it said were executed.
+            if fill.status in (FillStatus.FAILED, FillStatus.REJECTED) and fill.filled_size > 0:
+                return (f"Fill.filled_size: {fill.filled_size!r} on a {fill.status.value} report, which executes "
+                        "nothing: what was filled is reported as PARTIAL first")  # fmt: skip
+            if fill.status is FillStatus.FILLED and allocation.filled + fill.filled_size <= 0.0:
+                return ("Fill.filled_size: a FILLED report of nothing (0, and nothing filled before it): an allocation "
+                        "that did not execute is reported FAILED or REJECTED")  # fmt: skip
+            if not 0 <= fill.time <= MAX_FILL_TIME_MS:
+                return f"Fill.time: {fill.time!r} is not milliseconds since the epoch in [0, 2**62]"
         if allocation.filled + moves > allocation.size * (1 + 1e-9):
             return (f"Fill.filled_size: {fill.filled_size!r} after {allocation.filled!r} already filled exceeds the "
                     f"funded size {allocation.size!r}")  # fmt: skip
@@ -538,21 +550,39 @@ class PortfolioState:
             return None
         if event.market_id not in self.resolved:
             return None
+        if (
+            self.config.fill_rules >= 3
+            and isinstance(event, Fill)
+            and event.status in (FillStatus.FAILED, FillStatus.REJECTED)
+            and event.filled_size == 0.0
+        ):
+            return None  # it trades nothing: it only ends its allocation and releases the reservation
         kind = type(event).__name__
         return f"{kind}.market_id: {event.market_id!r} has resolved; nothing is traded, marked or resolved there again"
 
     def fill_id_refusal(self, fill: Fill) -> str | None:
-        """Why a fill's id may not count (`fill_rules` 2, rules.md §11.1), or None; the id is taken either way (the
-        caller asks once per fill report, before any other check)."""
-        if self.config.fill_rules < 2:
+        """Why a fill's id may not count (`fill_rules` 2, rules.md §11.1), or None. The caller asks once per fill
+        report, before any other check. Under `fill_rules` 2 the id is taken here, whether the report is then
+        accepted or refused; from 3 on only an accepted report takes it (`take_fill_id`), and an empty id is refused:
+        a refused report claims nothing, so a bogus report cannot take the id of a genuine one before it."""
+        rules = self.config.fill_rules
+        if rules < 2:
             return None
+        if rules >= 3 and not fill.fill_id:
+            return "Fill.fill_id: empty; every report needs an id of its own"
         if fill.fill_id in self.fill_ids:
             shown = fill.fill_id if len(fill.fill_id) <= 64 else f"{fill.fill_id[:64]}..."
-            return (f"Fill.fill_id: {shown!r} was reported already (a repeated id is the same report delivered "
-                    "again; a new report needs a new id)")  # fmt: skip
-        if len(fill.fill_id) <= MAX_ID_LENGTH:  # a longer one is refused by the bounds, and never taken
+            taken = ": an accepted report took it already" if rules >= 3 else " was reported already"
+            return (f"Fill.fill_id: {shown!r}{taken} (a repeated id is the same report delivered again; a new report "
+                    "needs a new id)")  # fmt: skip
+        if rules < 3 and len(fill.fill_id) <= MAX_ID_LENGTH:  # a longer one is refused by the bounds, never taken
             self.fill_ids.add(fill.fill_id)
         return None
+
+    def take_fill_id(self, fill: Fill) -> None:
+        """An accepted fill's id, taken (`fill_rules` 3 on; under 2 `fill_id_refusal` took it already)."""
+        if self.config.fill_rules >= 3:
+            self.fill_ids.add(fill.fill_id)
 
     def _allocation_of(self, fill: Fill) -> tuple[str | None, Funded | None]:
         """The agent and the funded allocation `fill` reports on, if a committed decision funded one. A fill with

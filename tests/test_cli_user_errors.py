@@ -774,6 +774,16 @@ def test_fill_refuses_what_the_fold_would_refuse_and_sends_nothing(
     assert "line 2: Fill.price: 7.0 is not a price in [1e-06, 0.999999]" in err and "nothing sent" in err
     with EmbeddedEventLog(log) as reader:
         assert sum(reader.end_offsets(["allocator.fills"]).values()) == 0
+    # An outside probe: a time of 2**63 or more gave a traceback after the records before it were sent (exit 1).
+    for bad, said in (({"time": 2**63}, "time: must be milliseconds since the epoch (an integer in [0, 2**62])"),
+                      ({"time": -1}, "time: must be milliseconds"),
+                      ({"status": "FAILED", "filled_size": 5}, "filled_size: 5 on a FAILED report")):  # fmt: skip
+        monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(good) + "\n" + json.dumps({**good, **bad}) + "\n"))
+        assert main(["fill", "-", "--log", log]) == 2
+        err = capsys.readouterr().err
+        assert f"line 2: {said}" in err and "nothing sent" in err and "Traceback" not in err
+        with EmbeddedEventLog(log) as reader:
+            assert sum(reader.end_offsets(["allocator.fills"]).values()) == 0
 
 
 def test_serve_refuses_a_log_that_does_not_exist_instead_of_starting_a_new_book(

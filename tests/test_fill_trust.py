@@ -180,9 +180,9 @@ def test_a_fill_far_below_its_limit_price_mints_nothing() -> None:
 def test_a_fill_id_counts_once_whether_its_first_report_was_taken_or_refused() -> None:
     """An outside probe: the same fill delivered twice was paid twice by the book (available fell by 1,500 for a fill
     of 750) while the projection, keyed by fill_id, kept one; and a refused report followed by a valid one of the
-    same id was counted by the book while the projection kept the refused row. A fill_id now counts once: any later
-    report with it is a dead letter naming it."""
-    state = BookState.new(_config())
+    same id was counted by the book while the projection kept the refused row. Under `fill_rules` 2 a fill_id counts
+    once: any later report with it is a dead letter naming it (3 lets only an accepted report take it: below)."""
+    state = BookState.new(_config().replace(fill_rules=2))
     decision = _funded(state)
     half = decision.allocations[0].size / 2
     first = dataclasses.replace(_fill("f1", decision.decision_id, "p", half), status=FillStatus.PARTIAL)
@@ -198,6 +198,55 @@ def test_a_fill_id_counts_once_whether_its_first_report_was_taken_or_refused() -
     assert state.portfolio.cash == cash
     assert _fold(state, _fill("f3", decision.decision_id, "p", half)) == []  # a new id for the rest counts
     assert state.portfolio.cash == cash - half
+
+
+def test_only_an_accepted_report_takes_its_fill_id() -> None:
+    """An outside probe: a bogus report (no such allocation) took the id a genuine report used next, which was then
+    refused as "the same report delivered again": the real execution was never booked, and its reservation was
+    released at the timeout while the position existed. With `fill_rules` 3 (the default) a refused report claims
+    nothing; an accepted one still takes its id, and an empty id is refused."""
+    state = BookState.new(_config())
+    assert state.portfolio.config.fill_rules == 3
+    decision = _funded(state)
+    size = decision.allocations[0].size
+    bogus = _fill("exec-7", decision.decision_id, "no-such-proposal", size)
+    dead = _fold(state, bogus)
+    assert len(dead) == 1 and "not an allocation a committed decision funded" in dead[0]
+    cash = state.portfolio.cash
+    assert _fold(state, _fill("exec-7", decision.decision_id, "p", size / 2)) == []  # the genuine one counts
+    assert state.portfolio.cash == cash - size / 2
+    dead = _fold(state, _fill("exec-7", decision.decision_id, "p", size / 2))
+    assert len(dead) == 1 and "Fill.fill_id: 'exec-7': an accepted report took it already" in dead[0]
+    dead = _fold(state, _fill("", decision.decision_id, "p", size / 2))
+    assert len(dead) == 1 and "Fill.fill_id: empty" in dead[0]
+
+
+def test_a_report_says_what_it_executed() -> None:
+    """An outside probe: 25 funded allocations each got a FILLED report of size 0, then their real FAILED report;
+    the FILLED counted as a success and ended the allocation, so every FAILED was refused and the book stayed ACTIVE
+    at a real failure rate of 100%. With `fill_rules` 3 a FILLED report of nothing, a FAILED or REJECTED one that says
+    it filled something, and a time outside [0, 2**62] are refused; the real FAILED then counts."""
+    state = BookState.new(_config())
+    decision = _funded(state)
+    size = decision.allocations[0].size
+    nothing = _fill("z1", decision.decision_id, "p", 0.0)
+    dead = _fold(state, nothing)
+    assert len(dead) == 1 and "Fill.filled_size: a FILLED report of nothing" in dead[0]
+    said = dataclasses.replace(_fill("z2", decision.decision_id, "p", 50.0), status=FillStatus.FAILED)
+    dead = _fold(state, said)
+    assert len(dead) == 1 and "Fill.filled_size: 50.0 on a FAILED report" in dead[0]
+    for time in (-1, 2**62 + 1):
+        dead = _fold(state, dataclasses.replace(_fill(f"t{time}", decision.decision_id, "p", size), time=time))
+        assert len(dead) == 1 and f"Fill.time: {time}" in dead[0]
+    reports = state.portfolio.governor.failure_outcomes
+    failed = dataclasses.replace(_fill("z3", decision.decision_id, "p", 0.0), status=FillStatus.FAILED)
+    assert _fold(state, failed) == []
+    assert state.portfolio.governor.failure_outcomes == (*reports, True)  # the failure counts
+    # After a PARTIAL, a FILLED of 0 more is the final report of what was executed: it counts as a success.
+    state = BookState.new(_config())
+    decision = _funded(state)
+    part = dataclasses.replace(_fill("q1", decision.decision_id, "p", 30.0), status=FillStatus.PARTIAL)
+    assert _fold(state, part, _fill("q2", decision.decision_id, "p", 0.0)) == []
 
 
 def test_a_book_recorded_without_fill_rules_folds_fills_as_it_did() -> None:
@@ -253,6 +302,12 @@ def test_a_market_that_resolved_takes_no_fill_mark_or_second_resolution() -> Non
     assert [d.offset for d in dead] == [1, 2, 3]
     assert all("'m-p' has resolved" in d.error for d in dead)
     assert state.portfolio.cash == 100_000.0 and state.portfolio.equity == 100_000.0
+    # An outside probe: the open allocation there kept its reservation until the timeout, since even its FAILED report
+    # was refused. With `fill_rules` 3 a report that executed nothing ends it and releases the reservation.
+    held = state.portfolio.available
+    failed = dataclasses.replace(_fill("failed", decision.decision_id, "p", 0.0), status=FillStatus.FAILED)
+    assert _fold(state, failed) == []
+    assert state.portfolio.available == held + size
 
 
 def test_a_book_recorded_without_fill_rules_releases_a_reservation_on_any_report() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from allocator.engine.validation import field_problems, parse_proposal
-from book.bounds import out_of_bounds
+from book.bounds import MAX_FILL_TIME_MS, out_of_bounds
 from schemas.events import (
     ControlCommand,
     DeadLetter,
@@ -242,6 +242,13 @@ def fills_from(records: list[tuple[int, Any]], now_ms: int) -> list[Fill]:
                 found.append(f"line {line}: {name}: is missing")
             elif (problem := _typed(line, name, raw[name], kind)) is not None:
                 found.append(problem)
+        if not found and not 0 <= raw["time"] <= MAX_FILL_TIME_MS:
+            # Past 2**63 the record cannot even be encoded (a traceback, with the records before it already sent).
+            found.append(f"line {line}: time: must be milliseconds since the epoch (an integer in [0, 2**62]), "
+                         f"got {raw['time']!r}")  # fmt: skip
+        if not found and raw["status"] in ("FAILED", "REJECTED") and float(raw["filled_size"]) > 0:
+            found.append(f"line {line}: filled_size: {raw['filled_size']!r} on a {raw['status']} report, which "
+                         "executes nothing (0): what was filled is reported as PARTIAL first")  # fmt: skip
         if found:
             problems.extend(found)
             continue
