@@ -31,8 +31,8 @@ class ConfigError(ValueError):
 
 # Far above any useful budget (about 1,000x the default): a guard against a typo'd extra digit or two.
 MAX_SOLVER_WORK_LIMIT = 50_000_000
-# The solver revisions this release can run (rules.md §4.8): 1, the solver before the key existed, 2, 3 and 4.
-MAX_SOLVER_REVISION = 4
+# The solver revisions this release can run (rules.md §4.8): 1, the solver before the key existed, 2 to 5.
+MAX_SOLVER_REVISION = 5
 
 
 @dataclass(frozen=True)
@@ -85,9 +85,10 @@ class AllocatorConfig:
     # to it (allocator/engine/solver_fast/search.py); 3 ranks by early interior-point iterates (every candidate up
     # to 250) where the simplex LP cannot take them all within the budget (ranked.py; at the default budget, more
     # than 69 candidates over 2,000 scenarios); 4 spends what 3 spent on more roundings there on moves from its best
-    # sized set, each screened by its exact tail before any LP (climb.py). New books get 4; a book keeps the
-    # revision its log records.
-    solver_revision: int = 4
+    # sized set, each screened by its exact tail before any LP (climb.py); 5 draws the fills 4 left undrawn where
+    # no LP fits (N=1,000 at the default budget), after the final re-optimisation. New books get 5; a book keeps
+    # the revision its log records.
+    solver_revision: int = 5
     # rules.md §2: agents allowed to propose; None accepts every agent
     agents: tuple[str, ...] | None = None
     # rules.md §11: the operator keyring, key_id -> raw Ed25519 public key in hex; empty accepts unsigned commands

@@ -45,7 +45,7 @@ from allocator.engine.solver_fast.incumbents import _Best, _Embed, _Sink, _snap
 from allocator.engine.solver_fast.ipm import certified_bound
 from allocator.engine.solver_fast.mip import _Mip
 from allocator.engine.solver_fast.model import _LpStatus, _Model, restrict
-from allocator.engine.solver_fast.ranked import ranked_roundings, support_key
+from allocator.engine.solver_fast.ranked import Undrawn, ranked_roundings, support_key
 from allocator.engine.solver_fast.search import search
 
 # The fast solver: scenario-generation LP/MIP in highspy, primal heuristics, a deterministic work budget (budget.py)
@@ -92,10 +92,11 @@ def solve_fast(
     (the candidates ranked by early interior-point iterates, each rounding sized by an LP over its members) in
     place of that LP, its search and the other greedy passes; revision 4 runs the same stage but, after its two
     fills, climbs from the best set an LP sized (`climb.climb`: moves screened by their exact tail, then sized by
-    LP) instead of sizing more roundings. Revision 1 ignores `seed`.
+    LP) instead of sizing more roundings; revision 5, where that stage's first LP is predicted not to fit, draws its
+    other fills after the final re-optimisation (ranked.py). Revision 1 ignores `seed`.
     """
-    if settings.revision not in (1, 2, 3, 4):
-        raise ValueError(f"solver revision {settings.revision}: this release runs revisions 1 to 4")
+    if settings.revision not in (1, 2, 3, 4, 5):
+        raise ValueError(f"solver revision {settings.revision}: this release runs revisions 1 to 5")
     if settings.revision >= 2:
         settings = dataclasses.replace(
             settings,
@@ -186,13 +187,14 @@ def _solve(
     # twice as many (`ranked_factor`): there revision 3's root-LP path decided worse with more budget.
     sized: set[bytes] = set()
     ranked = False
+    undrawn: Undrawn | None = None
     if settings.revision >= 3 and affordable < (settings.ranked_factor if settings.revision >= 4 else 1.0) * n:
         hint = best.sizes
         if clock.allows(pass_work):
             clock.charge(pass_work)
             hint = greedy_sizes(problem, by_ratio, problem.lower, stop=clock.past_deadline)
             best.offer(hint, SolverPath.MIP_TIME_LIMIT)
-        sized, ranked = ranked_roundings(problem, best, hint, settings, clock, seed)
+        sized, ranked, undrawn = ranked_roundings(problem, best, hint, settings, clock, seed)
     if not ranked:
         greedy_passes(orders)
 
@@ -276,13 +278,29 @@ def _solve(
         rows = len(model.scenarios)
     # The re-optimised funded set is no longer the priority greedy's allocation, whatever it started from. Revision
     # 3 does not re-solve the LP that sized the best set already.
-    if support_key(best.sizes) not in sized:
+    if support_key(best.sizes) not in sized and not _starved(
+        problem, best, search_limit - budget.used, undrawn, settings
+    ):
         _polish(
             problem, best.sizes, settings, budget.capped(search_limit - budget.used), best, SolverPath.MIP_TIME_LIMIT
         )
+    if undrawn is not None:
+        # Revision 5: the fills the ranked stage could not draw before, on what the stages' share has left.
+        undrawn(budget.capped(search_limit - budget.used))
     if settings.revision >= 2 and not _closed(bound, best, settings) and not budget.expired():
         bound = min(bound, _revision_2_bound(problem, budget, best.sizes))
     return _finish(problem, best, bound, budget, settings, nodes=nodes, rounds=rounds, rows=rows)
+
+
+def _starved(
+    problem: AllocationProblem, best: _Best, left: float, undrawn: Undrawn | None, settings: FastSettings
+) -> bool:
+    """Revision 5, where the ranked stage left fills undrawn: whether the final re-optimisation of the best set would
+    get under `polish_skip_share` of its predicted work (it would stop unfinished; the drawing gets the units)."""
+    if undrawn is None:
+        return False
+    predicted = settings.polish_cell_work * problem.scenario_count * int(np.count_nonzero(best.sizes))
+    return left < settings.polish_skip_share * predicted
 
 
 def _pass_work(problem: AllocationProblem, settings: FastSettings) -> float:
