@@ -113,10 +113,10 @@ class AllocatorConfig:
     proposal_id_rules: int = 2
     # rules.md §11.1: 2 refuses a fill whose fill_id an earlier report used (accepted or refused: a repeated id is the
     # same report delivered again); 1 takes it, as the releases before the key did (`ABSENT_MEANS`). 3 (an outside
-    # probe) lets only an accepted report take its id (a bogus report took a genuine one's id before it), refuses a
-    # FILLED report of nothing (it ended its allocation as a success and hid the FAILED after it from the failure
-    # window), a FAILED or REJECTED one that says it filled something, an empty id and a time outside [0, 2**62],
-    # and takes a FAILED or REJECTED report on a market that has resolved (it only releases the reservation)
+    # probe) also refuses a FILLED report of nothing (it ended its allocation as a success and hid the FAILED after it
+    # from the failure window), a FAILED or REJECTED one that says it filled something, an empty id and a time
+    # outside [0, 2**62], and takes a FAILED or REJECTED report on a market that has resolved (it only releases the
+    # reservation)
     fill_rules: int = 3
     # rules.md §2: at most this many proposals wait for a decision (pending, conflicting re-sends and refused ones
     # together); a proposal past it is a dead letter, not received. A decision names every one of them, so without a

@@ -561,10 +561,9 @@ class PortfolioState:
         return f"{kind}.market_id: {event.market_id!r} has resolved; nothing is traded, marked or resolved there again"
 
     def fill_id_refusal(self, fill: Fill) -> str | None:
-        """Why a fill's id may not count (`fill_rules` 2, rules.md §11.1), or None. The caller asks once per fill
-        report, before any other check. Under `fill_rules` 2 the id is taken here, whether the report is then
-        accepted or refused; from 3 on only an accepted report takes it (`take_fill_id`), and an empty id is refused:
-        a refused report claims nothing, so a bogus report cannot take the id of a genuine one before it."""
+        """Why a fill's id may not count (`fill_rules` 2, rules.md §11.1), or None; the id is taken either way (the
+        caller asks once per fill report, before any other check), so the projection's one row per id is the book's.
+        From `fill_rules` 3 an empty id is refused, and taken by nothing."""
         rules = self.config.fill_rules
         if rules < 2:
             return None
@@ -572,17 +571,15 @@ class PortfolioState:
             return "Fill.fill_id: empty; every report needs an id of its own"
         if fill.fill_id in self.fill_ids:
             shown = fill.fill_id if len(fill.fill_id) <= 64 else f"{fill.fill_id[:64]}..."
-            taken = ": an accepted report took it already" if rules >= 3 else " was reported already"
-            return (f"Fill.fill_id: {shown!r}{taken} (a repeated id is the same report delivered again; a new report "
-                    "needs a new id)")  # fmt: skip
-        if rules < 3 and len(fill.fill_id) <= MAX_ID_LENGTH:  # a longer one is refused by the bounds, never taken
+            if rules >= 3:
+                return (f"Fill.fill_id: {shown!r} was taken by an earlier report, accepted or refused (a repeated id "
+                        "is the same report delivered again; a new report needs a new, unguessable id: "
+                        "docs/security.md)")  # fmt: skip
+            return (f"Fill.fill_id: {shown!r} was reported already (a repeated id is the same report delivered "
+                    "again; a new report needs a new id)")  # fmt: skip
+        if len(fill.fill_id) <= MAX_ID_LENGTH:  # a longer one is refused by the bounds, and never taken
             self.fill_ids.add(fill.fill_id)
         return None
-
-    def take_fill_id(self, fill: Fill) -> None:
-        """An accepted fill's id, taken (`fill_rules` 3 on; under 2 `fill_id_refusal` took it already)."""
-        if self.config.fill_rules >= 3:
-            self.fill_ids.add(fill.fill_id)
 
     def _allocation_of(self, fill: Fill) -> tuple[str | None, Funded | None]:
         """The agent and the funded allocation `fill` reports on, if a committed decision funded one. A fill with

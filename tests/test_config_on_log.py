@@ -237,7 +237,7 @@ def _set_first_config(db: Path, text: str) -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        canonical_config(CONFIG).replace('"solver_revision":4', '"solver_revision":99'),
+        canonical_config(CONFIG).replace(f'"solver_revision":{CONFIG.solver_revision}', '"solver_revision":99'),
         canonical_config(CONFIG).replace('"solver_work_limit":40000', '"solver_work_limit":1000000000'),
         '{"position_cap": "lots"}',
     ],

@@ -172,7 +172,7 @@ def test_a_fill_delivered_twice_or_corrected_under_its_id_counts_alike_in_the_bo
     drain(svc)
     letters = [d for d in read(db, TOPICS.deadletter) if isinstance(d, DeadLetter) and d.topic == TOPICS.fills]
     assert sorted(d.offset for d in letters) == [1, 2, 3]
-    assert "Fill.fill_id: 'twice' was reported already" in next(d.error for d in letters if d.offset == 1)
+    assert "Fill.fill_id: 'twice' was taken by an earlier report" in next(d.error for d in letters if d.offset == 1)
     held = {h.market_id: h.cost for h in svc.state.portfolio.holdings.values()}
     assert held == {one.market_id: pytest.approx(one.size / 2)}
     engine = database.migrate()

@@ -200,25 +200,26 @@ def test_a_fill_id_counts_once_whether_its_first_report_was_taken_or_refused() -
     assert state.portfolio.cash == cash - half
 
 
-def test_only_an_accepted_report_takes_its_fill_id() -> None:
+def test_a_taken_fill_id_is_named_as_taken_by_any_report_and_an_empty_one_is_refused() -> None:
     """An outside probe: a bogus report (no such allocation) took the id a genuine report used next, which was then
-    refused as "the same report delivered again": the real execution was never booked, and its reservation was
-    released at the timeout while the position existed. With `fill_rules` 3 (the default) a refused report claims
-    nothing; an accepted one still takes its id, and an empty id is refused."""
+    refused as "the same report delivered again", a cause the executor could not recognise. The id stays taken (the
+    projection keeps one row per id, so the book and it agree), and with `fill_rules` 3 the refusal says an earlier
+    report, accepted or refused, took it; docs/security.md asks executors for unguessable ids. An empty id is refused
+    and taken by nothing."""
     state = BookState.new(_config())
     assert state.portfolio.config.fill_rules == 3
     decision = _funded(state)
     size = decision.allocations[0].size
-    bogus = _fill("exec-7", decision.decision_id, "no-such-proposal", size)
-    dead = _fold(state, bogus)
+    dead = _fold(state, _fill("exec-7", decision.decision_id, "no-such-proposal", size))
     assert len(dead) == 1 and "not an allocation a committed decision funded" in dead[0]
-    cash = state.portfolio.cash
-    assert _fold(state, _fill("exec-7", decision.decision_id, "p", size / 2)) == []  # the genuine one counts
-    assert state.portfolio.cash == cash - size / 2
     dead = _fold(state, _fill("exec-7", decision.decision_id, "p", size / 2))
-    assert len(dead) == 1 and "Fill.fill_id: 'exec-7': an accepted report took it already" in dead[0]
-    dead = _fold(state, _fill("", decision.decision_id, "p", size / 2))
-    assert len(dead) == 1 and "Fill.fill_id: empty" in dead[0]
+    assert len(dead) == 1 and "Fill.fill_id: 'exec-7' was taken by an earlier report, accepted or refused" in dead[0]
+    for _ in range(2):
+        dead = _fold(state, _fill("", decision.decision_id, "p", size / 2))
+        assert len(dead) == 1 and "Fill.fill_id: empty" in dead[0]
+    cash = state.portfolio.cash
+    assert _fold(state, _fill("exec-8", decision.decision_id, "p", size / 2)) == []
+    assert state.portfolio.cash == cash - size / 2
 
 
 def test_a_report_says_what_it_executed() -> None:

@@ -242,8 +242,6 @@ def fold_one(
         problem = book.fill_refusal(event)
     if problem is not None:
         return dead_letter(record, f"rejected, no effect on the book: {problem}")
-    if isinstance(event, Fill) and not trust_fills:
-        book.take_fill_id(event)
     if record.timestamp_ms > book.last_time:
         book.last_time = record.timestamp_ms
     try:
