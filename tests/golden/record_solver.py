@@ -44,9 +44,12 @@ SOLVES: tuple[tuple[int, int, int], ...] = (
 MORE_SOLVES: dict[int, tuple[tuple[int, int, int, int], ...]] = {3: ((1000, 5000, 1001, 100_000),)}
 # (n, scenarios, seed) of benchmarks.bench_decision.request, decided through run_cycle with the default budget.
 DECISIONS: tuple[tuple[int, int, int], ...] = ((100, 2000, 1000), (60, 2000, 5))
-# (n, scenarios, seed) decided besides, per revision: revision 5 changes only decisions where the ranked stage's first
-# LP does not fit (N=1,000, S=5,000 at the default budget; on this one it funds a better set than revision 4).
-MORE_DECISIONS: dict[int, tuple[tuple[int, int, int], ...]] = {5: ((1000, 5000, 1002),)}
+# (n, scenarios, seed, work budget) decided besides, per revision: revision 5 changes only decisions where the ranked
+# stage's first LP does not fit, or would leave no room to draw the second fill (N=1,000, S=5,000 at 40,000 and
+# 100,000 units; on these two it funds a better set than revision 4).
+MORE_DECISIONS: dict[int, tuple[tuple[int, int, int, int], ...]] = {
+    5: ((1000, 5000, 1002, 40_000), (1000, 5000, 1010, 100_000))
+}
 
 
 def digest(solution: Solution) -> dict[str, Any]:
@@ -72,10 +75,11 @@ def solve(revision: int, n: int, scenarios: int, seed: int, work_limit: int | No
     return solve_fast(problem, SAFETY_NET_S, settings=settings, work_limit=budget, seed=seed)
 
 
-def decide(revision: int, n: int, scenarios: int, seed: int) -> Solution:
-    """One whole decision (run_cycle) by `revision` at its recorded budget."""
+def decide(revision: int, n: int, scenarios: int, seed: int, work_limit: int | None = None) -> Solution:
+    """One whole decision (run_cycle) by `revision` at its recorded budget (or `work_limit`)."""
     base = request(n, scenarios, seed, SAFETY_NET_S * 1000.0)
-    config = base.config.replace(solver_revision=revision, solver_work_limit=WORK_LIMITS[revision])
+    budget = WORK_LIMITS[revision] if work_limit is None else work_limit
+    config = base.config.replace(solver_revision=revision, solver_work_limit=budget)
     solution = run_cycle(dataclasses.replace(base, config=config)).solution
     assert solution is not None
     return solution
@@ -100,8 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for n, s, seed, w in MORE_SOLVES.get(r, ())
         ],
         "decisions": [
-            {"n": n, "scenarios": s, "seed": seed, **digest(decide(r, n, s, seed))}
-            for n, s, seed in (*DECISIONS, *MORE_DECISIONS.get(r, ()))
+            {"n": n, "scenarios": s, "seed": seed, **digest(decide(r, n, s, seed))} for n, s, seed in DECISIONS
+        ]
+        + [
+            {"n": n, "scenarios": s, "seed": seed, "work_limit": w, **digest(decide(r, n, s, seed, w))}
+            for n, s, seed, w in MORE_DECISIONS.get(r, ())
         ],
     }
     out.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")

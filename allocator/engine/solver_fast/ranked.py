@@ -40,7 +40,10 @@ benchmark's whole decisions at N=1,000 (books whose 2% per-trade cap and capital
 better of the two on 4 of 10 and by up to 49% (instance 1001: 5,411 against 3,634). Revision 5 returns its drawing
 (`Undrawn`) for the driver to run after the final re-optimisation of the best set (so that LP is never starved of
 the budget it needs), within what the stages' share has left; the driver skips that re-optimisation where the
-budget left is under half its predicted work (it would stop unfinished, and the drawing needs the units).
+budget left is under half its predicted work (it would stop unfinished, and the drawing needs the units). And where
+the first fill's LP is predicted to fit but would leave nothing to draw the second fill (N=1,000 at ~100,000
+units), revision 5 draws the second first and sizes the better of the two raised sets if its LP is predicted to
+fit: revision 4 sized the first there and never drew the second (instance 1010: 5,053 against 4,413).
 """
 
 from __future__ import annotations
@@ -94,6 +97,14 @@ def ranked_roundings(
     orders = [_wanted_ranking(model, x, settings) for x in reversed(xs)]
     costs: list[int] = []
 
+    def drawing_work(order: IntArray) -> float:
+        raise_work = cells_cost(float(scenarios) * model.n, settings) + greedy_pass_work(
+            int(order.size), scenarios, settings
+        )
+        return screen.fill_work(order.size) + raise_work
+
+    raised_value: dict[bytes, float] = {}
+
     def draw(order: IntArray, clock: Budget = clock) -> BoolArray | None:
         """The fill along `order` at min sizes, and the same raised along it by a greedy pass (each member as far
         as it fits): both offered; the raised set's members, or None if `clock` does not hold both."""
@@ -108,7 +119,9 @@ def ranked_roundings(
         clock.charge(raise_work)
         raised = greedy_sizes(problem, model.order[order], start=at_min, stop=clock.past_deadline)
         best.offer(raised, SolverPath.MIP_TIME_LIMIT)
-        return model.x_of(raised) > 0.0
+        on = model.x_of(raised) > 0.0
+        raised_value[np.packbits(on).tobytes()] = float(problem.value @ raised)
+        return on
 
     sizings: list[Sizing] = []
 
@@ -138,6 +151,23 @@ def ranked_roundings(
                     return
 
         return sized, True, undrawn
+    if settings.revision >= 5 and len(orders) >= 2:
+        predicted = settings.ipm_polish_work * scenarios * members
+        if not clock.allows(predicted + drawing_work(orders[1])):
+            # Sizing the first fill would leave nothing to draw the second: draw it first, and size the better of
+            # the two raised sets if its LP is predicted to fit.
+            second = draw(orders[1])
+            pick = first
+            value = raised_value[np.packbits(first).tobytes()]
+            if second is not None and np.any(second) and raised_value[np.packbits(second).tobytes()] > value:
+                pick = second
+            count = int(np.count_nonzero(pick))
+            if clock.allows(settings.ipm_polish_work * scenarios * count):
+                size(pick, clock)
+                if sizings:
+                    start = max(sizings, key=lambda sizing: sizing.value)
+                    climb(problem, start, best, settings, clock, costs, sized)
+            return sized, True, lambda later: None
     size(first, clock)
     seen = {np.packbits(first).tobytes()}
     for order in orders[1:]:
