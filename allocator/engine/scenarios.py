@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -143,13 +144,9 @@ def stake_returns(
     `price`) when U > 1 - q, so opposite sides in one market win in opposite scenarios.
     """
     u = np.asarray(uniforms, dtype=np.float64)
-    p = np.asarray(price, dtype=np.float64)
-    q = np.asarray(win_prob, dtype=np.float64)
-    d = np.asarray(side)
     if u.ndim != 2:
         raise ValueError("uniforms: expected an Sxn array")
-    n = u.shape[1]
-    _check_stakes(n, p, q, d)
+    p, q, d = _stakes(u.shape[1], price, win_prob, side)
     if latent_dof is None:
         win = np.where(d > 0, u < q, u > 1.0 - q)
     else:
@@ -160,7 +157,13 @@ def stake_returns(
     return result
 
 
-def _check_stakes(n: int, p: FloatArray, q: FloatArray, d: npt.NDArray[np.generic]) -> None:
+def _stakes(
+    n: int, price: npt.ArrayLike, win_prob: npt.ArrayLike, side: npt.ArrayLike
+) -> tuple[FloatArray, FloatArray, npt.NDArray[Any]]:
+    """n stakes' prices, win probabilities and sides as arrays, each checked."""
+    p = np.asarray(price, dtype=np.float64)
+    q = np.asarray(win_prob, dtype=np.float64)
+    d = np.asarray(side)
     for name, arr in (("price", p), ("win_prob", q), ("side", d)):
         if arr.shape != (n,):
             raise ValueError(f"{name}: expected shape ({n},), got {arr.shape}")
@@ -170,6 +173,7 @@ def _check_stakes(n: int, p: FloatArray, q: FloatArray, d: npt.NDArray[np.generi
         raise ValueError("win_prob: every entry must lie in [0, 1]")
     if not np.all((d == 1) | (d == -1)):
         raise ValueError("side: every entry must be +1 (BUY) or -1 (SELL)")
+    return p, q, d
 
 
 def market_stake_returns(
@@ -185,15 +189,12 @@ def market_stake_returns(
     layout (S x n, one contiguous column per stake), without the S x n gather and boolean temporaries: the
     stakes are taken a block at a time from their markets' rows of `market_latents`' output."""
     markets = np.asarray(stake_market, dtype=np.int64)
-    p = np.asarray(price, dtype=np.float64)
-    q = np.asarray(win_prob, dtype=np.float64)
-    d = np.asarray(side)
     if latents.ndim != 2:
         raise ValueError("latents: expected an SxM array")
     n = markets.shape[0]
     if markets.ndim != 1 or (n and (markets.min() < 0 or markets.max() >= latents.shape[1])):
         raise ValueError("stake_market: entries must index the columns of latents")
-    _check_stakes(n, p, q, d)
+    p, q, d = _stakes(n, price, win_prob, side)
     rows = np.ascontiguousarray(latents.T)  # M x S: a view when `latents` comes from market_latents
     below, above = special.stdtrit(latent_dof, q), special.stdtrit(latent_dof, 1.0 - q)
     payoff = (1.0 - p) / p
