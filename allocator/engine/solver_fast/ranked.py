@@ -63,7 +63,13 @@ from allocator.engine.solver_fast.model import _Model
 from allocator.engine.solver_fast.search import _ranking, _roundings, _Screen, _shares
 
 Undrawn = Callable[[Budget], None]
-"""Revision 5: the drawing of the fills the stage did not draw, within the budget it is given."""
+"""Revision 5: the drawing of the fills the stage did not draw, within the budget it is given. Returned wherever the
+stage did not size its fills as revision 4 does, so the driver's rule for the final re-optimisation (`_starved`)
+applies there and nowhere else."""
+
+
+def _nothing_left(budget: Budget) -> None:
+    """Revision 5's `Undrawn` where both fills were drawn already."""
 
 
 def support_key(sizes: FloatArray) -> bytes:
@@ -82,9 +88,10 @@ def ranked_roundings(
     """Revision 3's stage (see the module docstring) within `clock`; `hint` starts the interior-point method (a
     greedy allocation), `seed` is the decision's. Returns the funded sets an LP sized exactly (`support_key`),
     whether the stage offered an allocation at all (it does once the tighter iterate's fill and its raise are
-    predicted to fit), and, from revision 5 on where no LP was predicted to fit, the drawing of the other fills for
-    later. An LP runs only if predicted to fit for the set's members (the first) or within the median cost so far
-    (the others)."""
+    predicted to fit), and, from revision 5 on where the stage did not size its fills as revision 4 does (no LP
+    predicted to fit, or one that would leave nothing to draw the second fill), the drawing of the fills not yet
+    drawn, for later (`Undrawn`; `_nothing_left` where both were drawn). An LP runs only if predicted to fit for
+    the set's members (the first) or within the median cost so far (the others)."""
     scenarios = problem.scenario_count
     sized: set[bytes] = set()
     points = early_iterate(problem, clock, hint, settings.ipm_rank_gaps, settings.ipm_rank_iterations)
@@ -97,26 +104,23 @@ def ranked_roundings(
     orders = [_wanted_ranking(model, x, settings) for x in reversed(xs)]
     costs: list[int] = []
 
+    def raise_work(order: IntArray) -> float:
+        return cells_cost(float(scenarios) * model.n, settings) + greedy_pass_work(int(order.size), scenarios, settings)
+
     def drawing_work(order: IntArray) -> float:
-        raise_work = cells_cost(float(scenarios) * model.n, settings) + greedy_pass_work(
-            int(order.size), scenarios, settings
-        )
-        return screen.fill_work(order.size) + raise_work
+        return screen.fill_work(order.size) + raise_work(order)
 
     raised_value: dict[bytes, float] = {}
 
     def draw(order: IntArray, clock: Budget = clock) -> BoolArray | None:
         """The fill along `order` at min sizes, and the same raised along it by a greedy pass (each member as far
         as it fits): both offered; the raised set's members, or None if `clock` does not hold both."""
-        raise_work = cells_cost(float(scenarios) * model.n, settings) + greedy_pass_work(
-            int(order.size), scenarios, settings
-        )
-        if not clock.allows(screen.fill_work(order.size) + raise_work):
+        if not clock.allows(drawing_work(order)):
             return None
         on = screen.fill(order)
         at_min = model.sizes_of(np.where(on, model.min_fraction, 0.0))
         best.offer(at_min, SolverPath.MIP_TIME_LIMIT)
-        clock.charge(raise_work)
+        clock.charge(raise_work(order))
         raised = greedy_sizes(problem, model.order[order], start=at_min, stop=clock.past_deadline)
         best.offer(raised, SolverPath.MIP_TIME_LIMIT)
         on = model.x_of(raised) > 0.0
@@ -167,7 +171,7 @@ def ranked_roundings(
                 if sizings:
                     start = max(sizings, key=lambda sizing: sizing.value)
                     climb(problem, start, best, settings, clock, costs, sized)
-            return sized, True, lambda later: None
+            return sized, True, _nothing_left
     size(first, clock)
     seen = {np.packbits(first).tobytes()}
     for order in orders[1:]:
