@@ -17,7 +17,7 @@ from allocator.engine.validation import MAX_EXPECTED_PROFIT
 from allocator.engine.verify import DecisionInvariantError, verify_decision
 from allocator.service.audit_engines import AuditEngine, SequentialEngine
 from allocator.service.chain import UNDECODABLE, Trusted, VerifiedLog, chain_findings, verify_log
-from allocator.service.sequencer import build_request, close_enough, replay_steps
+from allocator.service.sequencer import build_request, close_enough, first_decision_missing, replay_steps
 from book.config import ABSENT_MEANS, AllocatorConfig
 from eventlog.port import EventLog, Record, TopicPartition, Topics
 from schemas.codec import EventCodec
@@ -357,7 +357,8 @@ def config_missing(verified: VerifiedLog) -> str | None:
     if not verified.accepted:
         return None
     record, first = verified.accepted[0]
-    if first.config is not None or first.cycle <= 1:
+    missing = first_decision_missing(first)
+    if missing is None:
         return None
     before = [r for r in verified.rejections if (r.partition, r.offset) < (record.partition, record.offset)]
     # A record that decoded to a decision and is still undecodable is one whose configuration cannot be read.
@@ -368,10 +369,7 @@ def config_missing(verified: VerifiedLog) -> str | None:
             f"decision {r.decision_id} (cycle {r.cycle}) at {r.where} records a configuration that cannot be read "
             f"({r.detail})"
         )
-    return (
-        f"no verified decision before {first.decision_id} (cycle {first.cycle}) records the configuration the book "
-        "started with: the book's first decision is missing (deleted, or refused by the chain's verification)"
-    )
+    return missing
 
 
 def _not_rederived(decisions: Sequence[tuple[Record, Decision]], missing: str) -> AuditReport:

@@ -479,6 +479,19 @@ ReplaySteps = Generator[tuple[BookState, Decision], Decision, tuple[BookState, i
 the state after the last decision, the number of decisions and of input events folded."""
 
 
+def first_decision_missing(first: Decision) -> str | None:
+    """Why the configuration the book started with is not on a log whose first decision read (or verified) is
+    `first` (a sentence), or None. A book's first decision records its configuration, so a first one of a later
+    cycle that records none means the decisions before it are gone (deleted, or refused as unreadable); a first
+    one of cycle 1 that records none was written before wire version 2 (`--config` stands for it)."""
+    if first.config is not None or first.cycle <= 1:
+        return None
+    return (
+        f"no decision before {first.decision_id} (cycle {first.cycle}) is on the log: the book's first decision, "
+        "which records the configuration it started with, is missing (deleted, or refused as unreadable)"
+    )
+
+
 def replay_steps(
     reader: EventLog,
     codec: EventCodec,
@@ -500,13 +513,9 @@ def replay_steps(
         return state, 0, 0
     first = recorded[0][1]
     if config is None and first.config is None:
-        if first.cycle > 1:
-            # A book's first decision records its configuration; this log has none before cycle `first.cycle`.
-            raise NoConfigOnLog(
-                f"no decision before {first.decision_id} (cycle {first.cycle}) is on the log: the book's first "
-                "decision, which records the configuration it started with, is missing (deleted, or unreadable): "
-                "pass --config with the configuration the log ran with"
-            )
+        missing = first_decision_missing(first)
+        if missing is not None:
+            raise NoConfigOnLog(f"{missing}: pass --config with the configuration the log ran with")
         raise NoConfigOnLog(
             f"decision {first.decision_id} records no configuration (written before wire version 2): "
             "pass --config with the configuration the log ran with"

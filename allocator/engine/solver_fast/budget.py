@@ -104,9 +104,10 @@ class FastSettings:
     # 4 the climb after it (climb.py); 5 draws the fills revision 4 left undrawn where no LP fits (ranked.py). The
     # fields below are revision 2's to 5's only.
     revision: int = 5
-    # Revision 5: the final re-optimisation's work per member and scenario (measured ~0.07 at N=1,000, S=5,000 on
-    # the benchmark's whole decisions); where the ranked stage left fills undrawn it is skipped when the budget left
-    # is under `polish_skip_share` of that prediction (it would stop unfinished, and the drawing needs the units).
+    # Revision 5: the final re-optimisation's work per member and scenario as measured (~0.07 at N=1,000, S=5,000 on
+    # the benchmark's whole decisions; `ipm_polish_work`, 0.09, is the ranked stage's cautious prediction of the same
+    # LP, kept for revisions 3 and 4); where the ranked stage left fills undrawn the re-optimisation is skipped when
+    # the budget left is under `polish_skip_share` of this (it would stop unfinished, and the drawing needs the units).
     polish_cell_work: float = 0.07
     polish_skip_share: float = 0.5
     # Revision 2: fills take only candidates the root LP funds to at least this share of their min size; this
