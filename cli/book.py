@@ -8,9 +8,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     from allocator.service.backends import LogSettings
     from allocator.service.chain import VerifiedLog
-    from eventlog.port import EventLog, Record
+    from eventlog.port import EventLog, Record, Topics
     from schemas.codec import EventCodec
     from schemas.events import Decision
 
@@ -31,6 +33,7 @@ from cli.common import (
     _signing_key,
     _status_config,
     _topic_prefix,
+    _trusted_keys,
 )
 
 
@@ -208,6 +211,9 @@ def _cmd_control(args: argparse.Namespace) -> int:
     from schemas.events import Command, ControlCommand
 
     key = _signing_key(args.key, "control") if args.key else None
+    # With --trusted-keys only verified decisions name the book and its keyring: an unverified one appended to the
+    # log (a forgery naming other operator keys or another book) could otherwise make this refuse a genuine HALT.
+    trusted = _trusted_keys(args) if args.trusted_keys is not None else None
     # Until the log is opened, a provisional prefix and book: the command's own fields are checked first.
     prefix, named = args.topic_prefix or DEFAULT_PREFIX, args.book or DEFAULT_BOOK
     try:
@@ -234,16 +240,18 @@ def _cmd_control(args: argparse.Namespace) -> int:
     codec = make_codec(args.schema_registry)
     try:
         with settings.open() as log:
-            books, newest = _decision_books(log, topics.decisions, codec)
+            books, newest = _decision_books(log, topics, codec, trusted)
             if args.book is not None and books and normalise_book_id(args.book) not in books:
                 # One book per topic prefix: a command for another book on this log is an operator's slip (a book
                 # without operator_keys would act on it, rules.md §11.3).
-                raise UsageError(f"--book {args.book}: the decisions on this log are book {' and '.join(books)}'s; a "
-                                 f"command for another book goes to that book's log")  # fmt: skip
+                named = " and ".join(books)
+                raise UsageError(f"--book {args.book}: the decisions on this log are book {named}'s; a command for "
+                                 f"another book goes to that book's log{_unverified_hint(trusted)}")  # fmt: skip
             if args.book is None and len(books) > 1:
                 # The first and the newest decision name different books: one of them is not this book's (a forged
                 # decision appended to the log chose the default, and the book refused the HALT sent to it).
-                raise UsageError(f"the decisions on this log name books {' and '.join(books)}: pass --book")
+                raise UsageError(f"the decisions on this log name books {' and '.join(books)}: pass --book"
+                                 + _unverified_hint(trusted))  # fmt: skip
             wanted = book_name(topics, args.book if args.book is not None else books[0] if books else DEFAULT_BOOK)
             if wanted != command.book:
                 command = dataclasses.replace(command, book=wanted)
@@ -253,7 +261,7 @@ def _cmd_control(args: argparse.Namespace) -> int:
                 command = sign(command, key)
             refusal = _operator_keys_refusal(newest, command.key_id)
             if refusal is not None:
-                raise UsageError(refusal)
+                raise UsageError(refusal + _unverified_hint(trusted))
             client = BookClient(log, codec, topics)
             client.command(command)
             client.flush()
@@ -269,13 +277,28 @@ def _cmd_control(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _decision_books(log: EventLog, topic: str, codec: EventCodec) -> tuple[list[str], Decision | None]:
-    """The book ids of the first and the newest decision on `topic`, distinct, in that order (empty: no decision, or
-    this principal may not read the topic), and the newest decision. A forged decision appended to the log makes
-    the ids differ."""
+def _decision_books(
+    log: EventLog, topics: Topics, codec: EventCodec, trusted: Mapping[str, Ed25519PublicKey] | None
+) -> tuple[list[str], Decision | None]:
+    """The book ids of the first and the newest decision on the decisions topic, distinct, in that order (empty: no
+    decision, or this principal may not read the topic), and the newest decision. A forged decision appended to the
+    log makes the ids differ. With `trusted` keys, only the decisions that verify count (the whole topic is read and
+    its chain checked, `verify_log`); a signed book none of whose decisions verifies under them is a usage error."""
+    from allocator.service.chain import unverified_chain, verify_log
     from eventlog.port import LogError, decode_value, record_at, records_before
     from schemas.codec import UndecodableMessage
     from schemas.events import Decision
+
+    if trusted is not None:
+        try:
+            verified = verify_log(log, codec, topics, trusted)
+        except LogError:  # an operator's principal may not read decisions (docs/security.md)
+            return [], None
+        why = unverified_chain(verified, trusted)
+        if why is not None:
+            raise UsageError(f"--trusted-keys: {why}; nothing sent")
+        kept = [decision for _, decision in verified.accepted]
+        return list(dict.fromkeys(d.book_id for d in kept[:1] + kept[-1:])), kept[-1] if kept else None
 
     def decision(record: Record) -> Decision | None:
         try:
@@ -284,6 +307,7 @@ def _decision_books(log: EventLog, topic: str, codec: EventCodec) -> tuple[list[
             return None
         return event if isinstance(event, Decision) else None
 
+    topic = topics.decisions
     try:
         ends = {tp: end for tp, end in log.end_offsets([topic]).items() if end > 0}
     except LogError:  # an operator's principal may not read decisions (docs/security.md): no book to compare with
@@ -302,6 +326,15 @@ def _decision_books(log: EventLog, topic: str, codec: EventCodec) -> tuple[list[
     found.sort(key=lambda item: item[:2])
     books = [d.book_id for _, _, d in found[:1] + found[-1:]]
     return list(dict.fromkeys(books)), found[-1][2] if found else None
+
+
+def _unverified_hint(trusted: Mapping[str, Ed25519PublicKey] | None) -> str:
+    """What a refusal drawn from decisions read without --trusted-keys adds: anyone who can write the log could
+    have appended the decision it rests on, and how to count only the allocator's own."""
+    if trusted is not None:
+        return ""
+    return ("; this was read from the log's decisions unverified: if one may be forged, pass --trusted-keys with "
+            "the allocator's public key(s) and only the decisions that verify count (docs/security.md)")  # fmt: skip
 
 
 def _operator_keys_refusal(newest: Decision | None, key_id: str | None) -> str | None:

@@ -346,6 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the book the command is for (default: the book the log's decisions name, else main); the command names "
         "PREFIX.BOOK, signed with it, and a book with operator keys that is not that book refuses it",
     )  # fmt: skip
+    control.add_argument(
+        "--trusted-keys", action="append",
+        help="the allocator's public key file or folder of *.pub files (repeatable): the book and its operator keys "
+        "are then read from the decisions that verify only, so a forged decision cannot refuse the command",
+    )  # fmt: skip
     _log_options(control, discover=True)
     control.set_defaults(handler=_cmd_control)
 

@@ -984,6 +984,60 @@ def test_control_refuses_a_command_the_book_s_operator_keys_would_refuse(
     assert f"signed by key {key_id}" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("forgery", ["unsigned", "signature kept", "signed by another key"])
+def test_a_forged_newest_decision_cannot_make_control_refuse_a_genuine_halt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], forgery: str
+) -> None:
+    """A decision appended to a signed book's log by anyone who can write it, naming other operator keys (and
+    another book), made `control halt` refuse the operator's genuinely signed HALT: "not one of book beta's operator
+    keys", nothing sent. Without --trusted-keys the refusal now says it rests on unverified decisions and how to
+    count only the allocator's; with the allocator's key the forgery is ignored and the HALT is sent. Keys that
+    verify none of a signed book's decisions are refused by name."""
+    from allocator.service.keys import public_key_hex
+
+    new_key_pair(tmp_path / "alloc")  # the allocator's, in a folder serve --signing-key takes
+    ops_id, ops, _ = new_key_pair(tmp_path / "ops")
+    _, stranger, _ = new_key_pair(tmp_path / "stranger")
+    stranger_key = load_signing_key(stranger)
+    ring = {ops_id: public_key_hex(load_signing_key(ops).public_key())}
+    config = tmp_path / "book.json"
+    config.write_text(json.dumps({"scenario_count": 300, "operator_keys": ring}), encoding="utf-8")
+    path = tmp_path / "log.sqlite"
+    log = ["--log", str(path)]
+    proposals = str(Path(__file__).parent.parent / "examples" / "proposals.json")
+    serve = ["serve", *log, "--config", str(config), "--signing-key", str(tmp_path / "alloc"), "--max-cycles", "1"]
+    for argv in (["init", *log, "--config", str(config)], ["propose", proposals, *log], [*serve, "--duration", "60"]):
+        assert main(argv) == 0, argv
+    with EmbeddedEventLog(path) as writer:
+        writer.assign([Topics().decisions])
+        [record] = writer.poll(max_records=1, timeout_s=1.0)
+        genuine = codec.decode(record.value or b"")
+        assert isinstance(genuine, Decision) and genuine.key_id is not None and genuine.config is not None
+        recorded = json.loads(genuine.config)
+        recorded["operator_keys"] = {key_id_of(stranger_key.public_key()): public_key_hex(stranger_key.public_key())}
+        forged = dataclasses.replace(genuine, cycle=genuine.cycle + 1, config=json.dumps(recorded), book_id="beta")
+        if forgery == "unsigned":
+            forged = dataclasses.replace(forged, key_id=None, signature=None)
+        elif forgery == "signed by another key":
+            forged = sign(forged, stranger_key)
+        writer.produce(Topics().decisions, codec.encode(forged))
+        writer.flush()
+    capsys.readouterr()
+    halt = ["control", "halt", "--reason", "venue down", "--operator", "alice", "--key", str(ops), *log]
+    assert main([*halt, "--book", "main"]) == 2
+    err = capsys.readouterr().err
+    assert "is not one of book beta's operator keys" in err
+    assert "read from the log's decisions unverified" in err and "pass --trusted-keys" in err
+    with EmbeddedEventLog(path) as reader:
+        assert sum(reader.end_offsets([Topics().control]).values()) == 0  # nothing was sent
+    assert main([*halt, "--trusted-keys", str(tmp_path / "ops")]) == 2  # a key that signed no decision
+    assert "--trusted-keys: the book's decisions are signed" in capsys.readouterr().err
+    assert main([*halt, "--trusted-keys", str(tmp_path / "alloc")]) == 0
+    assert f"for book allocator.main signed by key {ops_id}" in capsys.readouterr().out
+    with EmbeddedEventLog(path) as reader:
+        assert sum(reader.end_offsets([Topics().control]).values()) == 1
+
+
 def test_an_altered_first_decision_is_named_without_advice_about_a_key_rotation(
     tmp_path: Path, keys: tuple[Path, Path, DecisionSigner]
 ) -> None:
