@@ -1,7 +1,7 @@
-"""Benchmark the fast path (work budget) against its revision 4, the old clock-shaped path and CVXPY + HiGHS.
+"""Benchmark the fast path (work budget) against its revision 5, the old clock-shaped path and CVXPY + HiGHS.
 
-Per cell, side by side: the new path (`solve_fast`, solver revision 5, the default `solver_work_limit`, or at
-N >= 1,000 the budget docs/operations.md gives for that size), revision 4 of the same solver at the same budget,
+Per cell, side by side: the new path (`solve_fast`, solver revision 6, the default `solver_work_limit`, or at
+N >= 1,000 the budget docs/operations.md gives for that size), revision 5 of the same solver at the same budget,
 the old path (`benchmarks/legacy_fast.py`, wall-clock budget) and, on the first few instances only (it is slow),
 HiGHS on the straightforward model after `--reference-limit` seconds. Each column gives the median objective ÷
 the best known for the instance (the best of every run of every solver), the worst instance's, the median
@@ -37,8 +37,8 @@ QUICK_CELLS = [(20, 1000), (100, 2000), (1000, 5000)]
 # 1000x5000: still in presolve); elsewhere the table says it was not run.
 DEFAULT_REFERENCE_MAX_CELLS = 200_000
 LEGACY_LIMIT_S = 0.25
-NEW = FastSettings(revision=5)
-PREVIOUS = FastSettings(revision=4)
+NEW = FastSettings(revision=6)
+PREVIOUS = FastSettings(revision=5)
 # The work budget docs/operations.md gives books of about 1,000 proposals (the default is calibrated at N=100):
 # there it holds the ranked stage's LP over its first fill and a converged certified bound, and a whole decision at
 # N=1,000, S=5,000 stays within 1 s.
@@ -98,7 +98,7 @@ def safety_net_s(work_limit: int) -> float:
 
 
 def _solve(path: str, problem: AllocationProblem, seed: int, work_limit: int) -> Solution:
-    """One solve by the new path (revision 5, seeded like a decision), revision 4 or the old clock-shaped path."""
+    """One solve by the new path (revision 6, seeded like a decision), revision 5 or the old clock-shaped path."""
     if path == "old":
         return legacy_fast.solve_fast(problem, time_limit_s=LEGACY_LIMIT_S)
     settings = NEW if path == "new" else PREVIOUS
@@ -159,12 +159,12 @@ def format_table(results: Sequence[CellResult], reference_limit: float) -> str:
     ref = f"{'obj/best':>8} {'gap':>6} {'time':>6} {'k':>2} {'new/ref':>8}"
     header = f"{'N':>5} {'S':>5} {'k':>3} {'budget':>8} | {sub} | {sub} | {sub} | {ref}"
     title = (
-        f"{'':>24} | {'new: revision 5':<56} | {'revision 4, the same budget':<56} | "
+        f"{'':>24} | {'new: revision 6':<56} | {'revision 5, the same budget':<56} | "
         f"{'old: wall clock ' + format(LEGACY_LIMIT_S, 'g') + ' s':<56} | HiGHS, full model, {reference_limit:g} s"
     )
     lines = [
-        "new path: solver revision 5 at the row's solver_work_limit (budget; safety net 1 s per 40,000 units, at"
-        " least 1 s); revision 4: the solver of the previous release at the same budget;",
+        "new path: solver revision 6 at the row's solver_work_limit (budget; safety net 1 s per 40,000 units, at"
+        " least 1 s); revision 5: the solver of the previous release at the same budget;",
         f"old path: the clock-shaped fast path ({LEGACY_LIMIT_S:g} s);",
         f"reference: CVXPY + HiGHS on the straightforward model, {reference_limit:g} s, first k instances only.",
         "obj/best = median objective / best known for the instance (best of all runs), min = the worst instance;",
@@ -215,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--work-limit",
         type=int,
         default=None,
-        help=f"work budget of revisions 5 and 4 in every cell (default {DEFAULT_WORK_LIMIT:,}; "
+        help=f"work budget of revisions 6 and 5 in every cell (default {DEFAULT_WORK_LIMIT:,}; "
         f"{LARGE_WORK_LIMIT:,} at N >= {LARGE_N:,})",
     )
     parser.add_argument("--reference-limit", type=float, default=30.0, help="reference time limit (s)")

@@ -31,8 +31,8 @@ class ConfigError(ValueError):
 
 # Far above any useful budget (about 1,000x the default): a guard against a typo'd extra digit or two.
 MAX_SOLVER_WORK_LIMIT = 50_000_000
-# The solver revisions this release can run (rules.md §4.8): 1, the solver before the key existed, 2 to 5.
-MAX_SOLVER_REVISION = 5
+# The solver revisions this release can run (rules.md §4.8): 1, the solver before the key existed, 2 to 6.
+MAX_SOLVER_REVISION = 6
 
 
 @dataclass(frozen=True)
@@ -86,9 +86,9 @@ class AllocatorConfig:
     # to 250) where the simplex LP cannot take them all within the budget (ranked.py; at the default budget, more
     # than 69 candidates over 2,000 scenarios); 4 spends what 3 spent on more roundings there on moves from its best
     # sized set, each screened by its exact tail before any LP (climb.py); 5 draws the fills 4 left undrawn where
-    # no LP fits (N=1,000 at the default budget), after the final re-optimisation. New books get 5; a book keeps
-    # the revision its log records.
-    solver_revision: int = 5
+    # no LP fits (N=1,000 at the default budget), after the final re-optimisation; 6 lets that re-optimisation
+    # spend the certified bound's share too. New books get 6; a book keeps the revision its log records.
+    solver_revision: int = 6
     # rules.md §2: agents allowed to propose; None accepts every agent
     agents: tuple[str, ...] | None = None
     # rules.md §11: the operator keyring, key_id -> raw Ed25519 public key in hex; empty accepts unsigned commands

@@ -64,9 +64,9 @@ def test_allocator_audit_re_derives_every_work_limited_decision(
     ]
 
 
-@pytest.mark.parametrize("revision", [2, 3, 4, 5])
+@pytest.mark.parametrize("revision", [2, 3, 4, 5, 6])
 def test_a_log_written_by_a_later_revision_audits_too(tmp_path: Path, revision: int) -> None:
-    """The same session written by revisions 2 to 4 and by today's solver (revision 5, recorded on the log): every
+    """The same session written by revisions 2 to 5 and by today's solver (revision 6, recorded on the log): every
     decision re-derives. The wall-clock safety net is set far out: at its default (1 s) a machine loaded by other work
     tripped it once while writing the session (a `MIP_TIME_LIMIT` decision, audited as CONSTRAINTS_HELD), which is
     the one outcome the clock may shape, not what this test is about."""
@@ -74,7 +74,7 @@ def test_a_log_written_by_a_later_revision_audits_too(tmp_path: Path, revision: 
     config = AllocatorConfig.from_mapping(CONFIG_VALUES).replace(
         solver_revision=revision, solver_time_limit_ms=600_000.0
     )
-    assert AllocatorConfig.from_mapping(CONFIG_VALUES).solver_revision == 5
+    assert AllocatorConfig.from_mapping(CONFIG_VALUES).solver_revision == 6
     run(path, config, SEED, lambda _: None)
     with EmbeddedEventLog(path) as reader:
         decisions = [d for _, d in read_decisions(reader, SingleObjectCodec(), TOPICS)]
