@@ -951,6 +951,24 @@ def test_serve_starts_beside_another_book_s_decision_signed_by_the_same_key(
     _copy_then_restart(db, other.decisions, 2, topics, signer, named="other.book1-0000000003")
 
 
+def _book_with_an_operator_key(tmp_path: Path, *serve_options: str) -> tuple[str, Path, Path]:
+    """An embedded book whose configuration names one operator key, after one cycle of the example proposals:
+    (the key's id, its private key file, the log)."""
+    from allocator.service.keys import public_key_hex
+
+    key_id, private, _ = new_key_pair(tmp_path / "ops")
+    ring = {key_id: public_key_hex(load_signing_key(private).public_key())}
+    config = tmp_path / "book.json"
+    config.write_text(json.dumps({"scenario_count": 300, "operator_keys": ring}), encoding="utf-8")
+    path = tmp_path / "log.sqlite"
+    log = ["--log", str(path)]
+    proposals = str(Path(__file__).parent.parent / "examples" / "proposals.json")
+    serve = ["serve", *log, "--config", str(config), *serve_options, "--max-cycles", "1", "--duration", "60"]
+    for argv in (["init", *log, "--config", str(config)], ["propose", proposals, *log], serve):
+        assert main(argv) == 0, argv
+    return key_id, private, path
+
+
 def test_control_refuses_a_command_the_book_s_operator_keys_would_refuse(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -958,19 +976,9 @@ def test_control_refuses_a_command_the_book_s_operator_keys_would_refuse(
     printed "sent HALT ... the allocator acts on it in its next cycle" and exited 0, and the book refused it: an
     emergency halt that looked done. The command line now reads the book's keyring from its newest decision and
     refuses an unsigned command, or one signed by another key, before sending anything."""
-    from allocator.service.keys import public_key_hex
-
-    key_id, private, _ = new_key_pair(tmp_path / "ops")
+    key_id, private, path = _book_with_an_operator_key(tmp_path)
     _, stranger, _ = new_key_pair(tmp_path / "other")
-    ring = {key_id: public_key_hex(load_signing_key(private).public_key())}
-    config = tmp_path / "book.json"
-    config.write_text(json.dumps({"scenario_count": 300, "operator_keys": ring}), encoding="utf-8")
-    path = tmp_path / "log.sqlite"
     log = ["--log", str(path)]
-    proposals = str(Path(__file__).parent.parent / "examples" / "proposals.json")
-    for argv in (["init", *log, "--config", str(config)], ["propose", proposals, *log],
-                 ["serve", *log, "--config", str(config), "--max-cycles", "1", "--duration", "60"]):  # fmt: skip
-        assert main(argv) == 0, argv
     capsys.readouterr()
     halt = ["control", "halt", "--reason", "venue down", "--operator", "alice", *log]
     assert main(halt) == 2
@@ -996,18 +1004,10 @@ def test_a_forged_newest_decision_cannot_make_control_refuse_a_genuine_halt(
     from allocator.service.keys import public_key_hex
 
     new_key_pair(tmp_path / "alloc")  # the allocator's, in a folder serve --signing-key takes
-    ops_id, ops, _ = new_key_pair(tmp_path / "ops")
+    ops_id, ops, path = _book_with_an_operator_key(tmp_path, "--signing-key", str(tmp_path / "alloc"))
     _, stranger, _ = new_key_pair(tmp_path / "stranger")
     stranger_key = load_signing_key(stranger)
-    ring = {ops_id: public_key_hex(load_signing_key(ops).public_key())}
-    config = tmp_path / "book.json"
-    config.write_text(json.dumps({"scenario_count": 300, "operator_keys": ring}), encoding="utf-8")
-    path = tmp_path / "log.sqlite"
     log = ["--log", str(path)]
-    proposals = str(Path(__file__).parent.parent / "examples" / "proposals.json")
-    serve = ["serve", *log, "--config", str(config), "--signing-key", str(tmp_path / "alloc"), "--max-cycles", "1"]
-    for argv in (["init", *log, "--config", str(config)], ["propose", proposals, *log], [*serve, "--duration", "60"]):
-        assert main(argv) == 0, argv
     with EmbeddedEventLog(path) as writer:
         writer.assign([Topics().decisions])
         [record] = writer.poll(max_records=1, timeout_s=1.0)
