@@ -215,9 +215,11 @@ def _cmd_control(args: argparse.Namespace) -> int:
     # log (a forgery naming other operator keys or another book) could otherwise make this refuse a genuine HALT.
     trusted = _trusted_keys(args) if args.trusted_keys is not None else None
     # Until the log is opened, a provisional prefix and book: the command's own fields are checked first.
-    prefix, named = args.topic_prefix or DEFAULT_PREFIX, args.book or DEFAULT_BOOK
+    prefix = args.topic_prefix or DEFAULT_PREFIX
     try:
-        book = book_name(Topics(prefix), normalise_book_id(named))
+        # One spelling of the book (`Main` is `main`): the command names it as the book names itself.
+        chosen = normalise_book_id(args.book) if args.book is not None else None
+        book = book_name(Topics(prefix), chosen or DEFAULT_BOOK)
     except ValueError as exc:
         raise UsageError(f"--book: {exc}") from exc
     command = ControlCommand(
@@ -240,19 +242,21 @@ def _cmd_control(args: argparse.Namespace) -> int:
     codec = make_codec(args.schema_registry)
     try:
         with settings.open() as log:
-            books, newest = _decision_books(log, topics, codec, trusted)
-            if args.book is not None and books and normalise_book_id(args.book) not in books:
+            books, newest, doubt = ([], None, None) if args.unchecked else _decision_books(log, topics, codec, trusted)
+            if doubt is not None:
+                print(f"allocator control: warning: {doubt}", file=sys.stderr)
+            if chosen is not None and books and chosen not in books:
                 # One book per topic prefix: a command for another book on this log is an operator's slip (a book
                 # without operator_keys would act on it, rules.md §11.3).
                 named = " and ".join(books)
                 raise UsageError(f"--book {args.book}: the decisions on this log are book {named}'s; a command for "
                                  f"another book goes to that book's log{_unverified_hint(trusted)}")  # fmt: skip
-            if args.book is None and len(books) > 1:
+            if chosen is None and len(books) > 1:
                 # The first and the newest decision name different books: one of them is not this book's (a forged
                 # decision appended to the log chose the default, and the book refused the HALT sent to it).
                 raise UsageError(f"the decisions on this log name books {' and '.join(books)}: pass --book"
                                  + _unverified_hint(trusted))  # fmt: skip
-            wanted = book_name(topics, args.book if args.book is not None else books[0] if books else DEFAULT_BOOK)
+            wanted = book_name(topics, chosen if chosen is not None else books[0] if books else DEFAULT_BOOK)
             if wanted != command.book:
                 command = dataclasses.replace(command, book=wanted)
             if key is not None:
@@ -260,8 +264,13 @@ def _cmd_control(args: argparse.Namespace) -> int:
 
                 command = sign(command, key)
             refusal = _operator_keys_refusal(newest, command.key_id)
+            if refusal is not None and doubt is None:
+                raise UsageError(f"{refusal}, nothing sent{_unverified_hint(trusted)}")
             if refusal is not None:
-                raise UsageError(refusal + _unverified_hint(trusted))
+                # The verified decisions may not be the book's newest: a refusal drawn from them must not hold back
+                # what may be a genuine emergency command. Sent, with the reason the book may refuse it.
+                print(f"allocator control: warning: {refusal}; sent anyway, since the log's newest decisions could "
+                      "not be verified: the book judges it", file=sys.stderr)  # fmt: skip
             client = BookClient(log, codec, topics)
             client.command(command)
             client.flush()
@@ -272,33 +281,68 @@ def _cmd_control(args: argparse.Namespace) -> int:
         print(f"allocator control: the log refused the command: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, NotALogError) else EXIT_FAILURE
     print(f"sent {command.command.value} {command.command_id} by {command.operator_id} for book {command.book}"
-          + (f" signed by key {command.key_id}" if command.key_id else " unsigned") + f" to {topics.control} on "
+          + (f" signed by key {command.key_id}" if command.key_id else " unsigned")
+          + (" (not checked against the log's decisions: --unchecked)" if args.unchecked else "")
+          + f" to {topics.control} on "
           f"{settings.describe()}; the allocator acts on it in its next cycle")  # fmt: skip
     return EXIT_OK
 
 
 def _decision_books(
     log: EventLog, topics: Topics, codec: EventCodec, trusted: Mapping[str, Ed25519PublicKey] | None
-) -> tuple[list[str], Decision | None]:
+) -> tuple[list[str], Decision | None, str | None]:
     """The book ids of the first and the newest decision on the decisions topic, distinct, in that order (empty: no
-    decision, or this principal may not read the topic), and the newest decision. A forged decision appended to the
-    log makes the ids differ. With `trusted` keys, only the decisions that verify count (the whole topic is read and
-    its chain checked, `verify_log`); a signed book none of whose decisions verifies under them is a usage error."""
-    from allocator.service.chain import unverified_chain, verify_log
+    decision, or this principal may not read the topic), the newest decision, and why the newest may not be the
+    book's (None: nothing says so). A forged decision appended to the log makes the ids differ. With `trusted` keys,
+    only the decisions that verify count (the whole topic is read and its chain checked, `verify_log`): keys that
+    verify none of a signed book's decisions, or only the later ones of a rotation, are a usage error; a chain cut or
+    altered at its start, or decisions after the last verified one that do not verify, are the doubt returned."""
+    from allocator.service.chain import cut_chain, signing_keys, unverified_chain, verify_log
+    from eventlog.port import LogError
+
+    if trusted is None:
+        return (*_newest_decisions(log, topics, codec), None)
+    try:
+        verified = verify_log(log, codec, topics, trusted)
+    except LogError:  # an operator's principal may not read decisions (docs/security.md)
+        return [], None, None
+    signers = set(signing_keys(verified))
+    if not verified.accepted and not verified.rejections:
+        return [], None, None  # no decision yet
+    if not signers:
+        books, newest = _books_of([d for _, d in verified.accepted])
+        return books, newest, "the book's decisions are unsigned, so --trusted-keys verified none of them"
+    why = unverified_chain(verified, trusted)
+    if why is not None:
+        if not signers & set(trusted) or signers - set(trusted):  # the wrong keys, or only a rotation's later one
+            raise UsageError(f"--trusted-keys: {why}; nothing sent")
+        # Every decision names a trusted key and the first does not verify: altered, so none verifies. The book and
+        # its keyring are read as written, and only said.
+        return (*_newest_decisions(log, topics, codec), why)
+    kept = [decision for _, decision in verified.accepted]
+    books, newest = _books_of(kept)
+    assert newest is not None  # the chain began: a decision verified
+    later = [r for r in verified.rejections if (r.cycle or 0) > newest.cycle]
+    doubt = cut_chain(verified, trusted)
+    if doubt is None and later:
+        doubt = (f"{len(later)} decision(s) after cycle {newest.cycle}, the last that verifies, do not verify under "
+                 f"--trusted-keys (the first: {later[0].describe()}); they were not counted, and if the book's key "
+                 "was rotated, trust the new key too")  # fmt: skip
+    return books, newest, doubt
+
+
+def _books_of(decisions: list[Decision]) -> tuple[list[str], Decision | None]:
+    """The distinct book ids of the first and the last of `decisions`, and the last."""
+    return list(dict.fromkeys(d.book_id for d in decisions[:1] + decisions[-1:])), (
+        decisions[-1] if decisions else None
+    )
+
+
+def _newest_decisions(log: EventLog, topics: Topics, codec: EventCodec) -> tuple[list[str], Decision | None]:
+    """`_decision_books` read as written: the first decision of each partition and its newest, without the rest."""
     from eventlog.port import LogError, decode_value, record_at, records_before
     from schemas.codec import UndecodableMessage
     from schemas.events import Decision
-
-    if trusted is not None:
-        try:
-            verified = verify_log(log, codec, topics, trusted)
-        except LogError:  # an operator's principal may not read decisions (docs/security.md)
-            return [], None
-        why = unverified_chain(verified, trusted)
-        if why is not None:
-            raise UsageError(f"--trusted-keys: {why}; nothing sent")
-        kept = [decision for _, decision in verified.accepted]
-        return list(dict.fromkeys(d.book_id for d in kept[:1] + kept[-1:])), kept[-1] if kept else None
 
     def decision(record: Record) -> Decision | None:
         try:
@@ -324,8 +368,7 @@ def _decision_books(
                 if record is not first:
                     break
     found.sort(key=lambda item: item[:2])
-    books = [d.book_id for _, _, d in found[:1] + found[-1:]]
-    return list(dict.fromkeys(books)), found[-1][2] if found else None
+    return _books_of([d for _, _, d in found])
 
 
 def _unverified_hint(trusted: Mapping[str, Ed25519PublicKey] | None) -> str:
@@ -334,7 +377,8 @@ def _unverified_hint(trusted: Mapping[str, Ed25519PublicKey] | None) -> str:
     if trusted is not None:
         return ""
     return ("; this was read from the log's decisions unverified: if one may be forged, pass --trusted-keys with "
-            "the allocator's public key(s) and only the decisions that verify count (docs/security.md)")  # fmt: skip
+            "the allocator's public key(s) and only the decisions that verify count, or --unchecked to send it "
+            "without this check (the book judges it; docs/security.md)")  # fmt: skip
 
 
 def _operator_keys_refusal(newest: Decision | None, key_id: str | None) -> str | None:
@@ -357,9 +401,9 @@ def _operator_keys_refusal(newest: Decision | None, key_id: str | None) -> str |
     named = ", ".join(sorted(keys))
     if key_id is None:
         return (f"book {newest.book_id} takes only commands signed by one of its operator keys ({named}): pass --key "
-                "FILE; an unsigned command would be refused, nothing sent")  # fmt: skip
+                "FILE; an unsigned command would be refused")  # fmt: skip
     return (f"--key: key {key_id} is not one of book {newest.book_id}'s operator keys ({named}); the command would "
-            "be refused, nothing sent")  # fmt: skip
+            "be refused")  # fmt: skip
 
 
 def _limits(action: str, pairs: list[str] | None) -> dict[str, float] | None:

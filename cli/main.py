@@ -351,6 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the allocator's public key file or folder of *.pub files (repeatable): the book and its operator keys "
         "are then read from the decisions that verify only, so a forged decision cannot refuse the command",
     )  # fmt: skip
+    control.add_argument(
+        "--unchecked", action="store_true",
+        help="send without checking the book and its operator keys against the log's decisions (the book judges "
+        "the command): for a log whose decisions cannot be trusted",
+    )  # fmt: skip
     _log_options(control, discover=True)
     control.set_defaults(handler=_cmd_control)
 

@@ -1033,9 +1033,88 @@ def test_a_forged_newest_decision_cannot_make_control_refuse_a_genuine_halt(
     assert main([*halt, "--trusted-keys", str(tmp_path / "ops")]) == 2  # a key that signed no decision
     assert "--trusted-keys: the book's decisions are signed" in capsys.readouterr().err
     assert main([*halt, "--trusted-keys", str(tmp_path / "alloc")]) == 0
-    assert f"for book allocator.main signed by key {ops_id}" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert f"for book allocator.main signed by key {ops_id}" in out
+    if forgery != "unsigned":  # a signed forgery is a decision after the last that verifies, and is said
+        assert "1 decision(s) after cycle 1, the last that verifies, do not verify under --trusted-keys" in err
     with EmbeddedEventLog(path) as reader:
         assert sum(reader.end_offsets([Topics().control]).values()) == 1
+
+
+def _rewrite_decision(path: Path, offset: int, change: Any) -> None:
+    """Edit one decision on the embedded log file in place, as anyone who can write the file could (its signature
+    kept)."""
+    import sqlite3
+
+    with sqlite3.connect(path) as connection:
+        (value,) = connection.execute(
+            'SELECT value FROM records WHERE topic = ? AND "offset" = ?', (Topics().decisions, offset)
+        ).fetchone()
+        decision = codec.decode(value)
+        assert isinstance(decision, Decision)
+        connection.execute(
+            'UPDATE records SET value = ? WHERE topic = ? AND "offset" = ?',
+            (codec.encode(change(decision)), Topics().decisions, offset),
+        )
+
+
+@pytest.mark.parametrize("case", ["first decision altered", "unsigned book", "newer decisions unverified"])
+def test_control_sends_what_it_cannot_check_against_verified_decisions_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    """An outside probe of `control --trusted-keys`: where the decisions that verify may not be the book's newest, or
+    none can verify, a refusal drawn from them blocked a genuine HALT (the first decision altered in place; an
+    unsigned book with a forged decision appended; decisions after the last verified one). The command is now sent
+    with a warning that says why it could not be checked and, if the checked keyring lacks its key, that the book
+    may refuse it. Without --trusted-keys the refusal stands, and --unchecked sends it."""
+    from allocator.service.keys import public_key_hex
+
+    signing = [] if case == "unsigned book" else ["--signing-key", str(tmp_path / "alloc")]
+    new_key_pair(tmp_path / "alloc")
+    _, ops, path = _book_with_an_operator_key(tmp_path, *signing)
+    _, stranger, _ = new_key_pair(tmp_path / "stranger")
+    stranger_key = load_signing_key(stranger)
+    ring = json.dumps({key_id_of(stranger_key.public_key()): public_key_hex(stranger_key.public_key())})
+    key = ops
+    if case == "first decision altered":
+        _rewrite_decision(path, 0, lambda d: dataclasses.replace(d, equity=d.equity + 1.0))
+    else:
+        # A decision appended for the next cycle, naming another keyring: unsigned on the unsigned book (the genuine
+        # operator's HALT is then checked against it, as nothing verifies), signed by another key on the signed one
+        # (a command signed by that keyring's key is checked against the verified decision, which does not name it).
+        with EmbeddedEventLog(path) as writer:
+            writer.assign([Topics().decisions])
+            [record] = writer.poll(max_records=1, timeout_s=1.0)
+            genuine = codec.decode(record.value or b"")
+            assert isinstance(genuine, Decision) and genuine.config is not None
+            recorded = {**json.loads(genuine.config), "operator_keys": json.loads(ring)}
+            later = dataclasses.replace(genuine, cycle=genuine.cycle + 1, config=json.dumps(recorded))
+            if case == "newer decisions unverified":
+                later = sign(later, stranger_key)
+            writer.produce(Topics().decisions, codec.encode(later))
+            writer.flush()
+        key = stranger if case == "newer decisions unverified" else ops
+    capsys.readouterr()
+    halt = ["control", "halt", "--reason", "venue down", "--operator", "alice", "--key", str(key), "--log", str(path)]
+    assert main([*halt, "--trusted-keys", str(tmp_path / "alloc")]) == 0
+    out, err = capsys.readouterr()
+    assert "sent HALT" in out and f"signed by key {key_id_of(load_signing_key(key).public_key())}" in out
+    expected = {
+        "first decision altered": "the chain's first decision does not verify",
+        "unsigned book": "the book's decisions are unsigned, so --trusted-keys verified none of them",
+        "newer decisions unverified": "1 decision(s) after cycle 1, the last that verifies, do not verify",
+    }[case]
+    assert "allocator control: warning: " in err and expected in err
+    if case != "first decision altered":
+        assert "operator keys" in err and "sent anyway, since the log's newest decisions could not be verified" in err
+        # Read as written, the appended keyring is the newest: the operator's own key is refused, with the way out.
+        with_ops = [*halt[:7], str(ops), *halt[8:]]
+        assert main(with_ops) == 2
+        assert "or --unchecked to send it without this check" in capsys.readouterr().err
+        assert main([*with_ops, "--unchecked"]) == 0
+        assert "(not checked against the log's decisions: --unchecked)" in capsys.readouterr().out
+    with EmbeddedEventLog(path) as reader:
+        assert sum(reader.end_offsets([Topics().control]).values()) == (1 if case == "first decision altered" else 2)
 
 
 def test_an_altered_first_decision_is_named_without_advice_about_a_key_rotation(

@@ -667,6 +667,12 @@ def test_control_refuses_a_book_other_than_the_one_the_log_decides_for(
         assert sum(reader.end_offsets(["allocator.control"]).values()) == 0  # nothing was written
     assert main(["control", "halt", "--book", "main", "--reason", "r", "--operator", "o", *log]) == 0
     assert "for book allocator.main unsigned" in capsys.readouterr().out
+    # An outside probe: `--book MAIN` passed the check (book ids are one spelling, lower case) but the command named
+    # allocator.MAIN, and a book with operator keys refused it as another book's; `--book ''` printed a traceback.
+    assert main(["control", "halt", "--book", "MAIN", "--reason", "r", "--operator", "o", *log]) == 0
+    assert "for book allocator.main unsigned" in capsys.readouterr().out
+    assert main(["control", "halt", "--book", "", "--reason", "r", "--operator", "o", *log]) == 2
+    assert "allocator control: --book: book id '': must be 1-64 characters" in capsys.readouterr().err
     # A forged decision appended under another book's name chose the default book, and the HALT went to it: the
     # first and the newest decision now disagree, so the book must be named.
     import dataclasses
