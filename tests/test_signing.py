@@ -120,6 +120,22 @@ def test_keys_new_writes_a_private_key_only_its_owner_reads_and_a_public_key(tmp
         load_trusted_keys(tmp_path / "nowhere")
 
 
+def test_trusted_keys_that_are_not_public_keys_are_named_for_what_they_are(tmp_path: Path) -> None:
+    """An outside probe of `--trusted-keys`: an empty path read the current folder, a private key file was "not a PEM
+    public key", a folder of private keys had "no *.pub files", and /dev/null was "no such file or folder"."""
+    _, private, _ = new_key_pair(tmp_path / "keys")
+    (tmp_path / "private-only").mkdir()
+    private.rename(tmp_path / "private-only" / private.name)
+    with pytest.raises(SigningKeyError, match="name a public key file, or a folder of"):
+        load_trusted_keys("")
+    with pytest.raises(SigningKeyError, match=r"a private key; trust its public key \(the \.pub file beside it\)"):
+        load_trusted_keys(tmp_path / "private-only" / private.name)
+    with pytest.raises(SigningKeyError, match=r"no \*\.pub files in the folder \(it holds private keys"):
+        load_trusted_keys(tmp_path / "private-only")
+    with pytest.raises(SigningKeyError, match="/dev/null: not a file or folder of trusted keys"):
+        load_trusted_keys("/dev/null")
+
+
 def test_a_folder_with_one_private_key_names_it_and_one_with_several_is_refused(tmp_path: Path) -> None:
     key_id, _, _ = new_key_pair(tmp_path / "keys")  # what `keys new --out DIR` leaves: serve --signing-key DIR
     assert key_id_of(load_signing_key(tmp_path / "keys").public_key()) == key_id

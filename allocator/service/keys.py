@@ -97,13 +97,19 @@ def loose_key_file(path: Path | str) -> str | None:
 
 def load_trusted_keys(path: Path | str) -> dict[str, Ed25519PublicKey]:
     """Public keys by key id: one file (PEM or 64 hex characters), or every `*.pub` file of a folder."""
+    if not str(path):
+        raise SigningKeyError("'': name a public key file, or a folder of *.pub files")  # Path('') is the cwd
     place = Path(path)
     if place.is_dir():
         files = sorted(place.glob(f"*{PUBLIC_SUFFIX}"))
         if not files:
-            raise SigningKeyError(f"{place}: no *{PUBLIC_SUFFIX} files in the folder")
+            holds_private = any(place.glob(f"*{PRIVATE_SUFFIX}"))
+            private = " (it holds private keys: trust their .pub files)" if holds_private else ""
+            raise SigningKeyError(f"{place}: no *{PUBLIC_SUFFIX} files in the folder{private}")
     elif place.is_file():
         files = [place]
+    elif place.exists():
+        raise SigningKeyError(f"{place}: not a file or folder of trusted keys")
     else:
         raise SigningKeyError(f"{place}: no such file or folder of trusted keys")
     out: dict[str, Ed25519PublicKey] = {}
@@ -112,6 +118,8 @@ def load_trusted_keys(path: Path | str) -> dict[str, Ed25519PublicKey]:
             data = file.read_bytes()
         except OSError as exc:
             raise SigningKeyError(f"{file}: cannot read ({exc.strerror})") from exc
+        if b"PRIVATE KEY" in data[:64]:
+            raise SigningKeyError(f"{file}: a private key; trust its public key (the {PUBLIC_SUFFIX} file beside it)")
         key = load_public_key(data, str(file))
         out[key_id_of(key)] = key
     return out
