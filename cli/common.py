@@ -305,7 +305,13 @@ class StatusConfig:
         return unverified_chain(self.verified, self.trusted) if self.verified is not None else None
 
     def configuration_json(self) -> dict[str, Any]:
-        return {"source": self.source, "note": self.note, "config_hash": self.config.config_hash}
+        return {
+            "source": self.source,
+            "note": self.note,
+            "config_hash": self.config.config_hash,
+            "solver_revision": self.config.solver_revision,
+            "solver_work_limit": self.config.solver_work_limit,
+        }
 
     def chain_json(self) -> dict[str, Any]:
         from allocator.service.chain import signing_keys

@@ -159,7 +159,9 @@ def _configuration_lines(status: dict[str, Any]) -> list[str]:
         line += f", from {chain['verified_decisions']} verified decisions (trusted keys: {keys})"
     else:
         line += "; the decisions are unsigned: a forged one cannot be told apart"
-    out = [line]
+    # Which solver decides the book's next cycle: a book keeps the revision its log records (rules.md §4.8).
+    out = [line, f"solver: revision {configuration['solver_revision']}, a work budget of "
+                 f"{configuration['solver_work_limit']:,} units a decision"]  # fmt: skip
     rejections = chain["rejections"]
     if rejections and chain["warning"] is None:
         out.append(f"decisions on the log that do not verify ({len(rejections)}; never folded, not in the caps):")

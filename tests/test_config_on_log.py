@@ -285,6 +285,31 @@ def test_an_unreadable_configuration_on_the_first_decision_is_a_finding_on_it(
     assert "NOT_RE_DERIVED" not in verdicts and len(verdicts) == 4  # re-run (without the state the first one left)
 
 
+def test_status_names_the_solver_revision_in_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An outside probe: status showed only the configuration's hash, so which solver decides a book (it keeps the
+    revision its log records, rules.md §4.8) could be read only from a decision's recorded configuration. It now
+    says, and follows a SET_LIMITS of the revision."""
+    log = ["--log", str(tmp_path / "log.sqlite")]
+    db = ["--database", f"sqlite:///{tmp_path / 'projection.sqlite'}"]
+    config = tmp_path / "book.json"
+    config.write_text(json.dumps({"scenario_count": 300, "solver_revision": 5}), encoding="utf-8")
+    examples = Path(__file__).resolve().parent.parent / "examples" / "proposals.json"
+    assert main(["init", *log, "--config", str(config)]) == 0
+    assert main(["propose", str(examples), *log]) == 0
+    assert main(["serve", *log, "--config", str(config), "--max-cycles", "1", "--duration", "60"]) == 0
+    assert main(["project", *log, *db, "--once"]) == 0
+    capsys.readouterr()
+    assert main(["status", *log, *db]) == 0
+    assert "solver: revision 5, a work budget of 40,000 units a decision" in capsys.readouterr().out
+    assert main(["control", "set-limits", "--set", "solver_revision=6", "--reason", "r", "--operator", "o", *log]) == 0
+    assert main(["serve", *log, "--max-cycles", "2", "--duration", "60"]) == 0  # cycle 2 folds the command
+    assert main(["project", *log, *db, "--once"]) == 0
+    capsys.readouterr()
+    assert main(["status", *log, *db, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["configuration"]["solver_revision"], shown["configuration"]["solver_work_limit"]) == (6, 40_000)
+
+
 def test_status_cross_checks_a_file_against_the_configuration_in_force_set_limits_included(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
