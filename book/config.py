@@ -29,6 +29,45 @@ class ConfigError(ValueError):
     """A configuration that must not be used: it names the key and what is wrong with it."""
 
 
+# The keys an operator's SET_LIMITS may not change (rules.md §7.7, §11.3): the keyring and the rules a configuration
+# file alone sets. The fold refuses a command naming one (`check_configuration_only`).
+CONFIGURATION_ONLY = frozenset(
+    {"operator_keys", "kill_switch_reset_quorum", "kill_switch_reset_window_s", "operator_commands_name_book",
+     "failure_report_rules", "proposal_id_rules", "fill_rules", "max_fill_price_improvement", "max_undecided_proposals",
+     "max_undecided_per_agent", "cap_reasons"}
+)  # fmt: skip
+
+
+def check_configuration_only(limits: Mapping[str, float]) -> None:
+    """Raises ConfigError naming the first (in sorted order) key of a SET_LIMITS that only the configuration sets."""
+    fixed = sorted(set(limits) & CONFIGURATION_ONLY)
+    if fixed:
+        raise ConfigError(f"{fixed[0]}: set by the configuration only, never by SET_LIMITS")
+
+
+def check_set_limits(limits: Mapping[str, float]) -> None:
+    """What a SET_LIMITS breaks whatever the configuration it is applied to, checked in the order the fold checks
+    it (`check_configuration_only`, then `AllocatorConfig.with_limits`): a configuration-only key, a malformed
+    `agent:` key or a value other than 0 and 1, an unknown key, a value of the wrong type for its key (a fraction for
+    a whole-number key), a value outside its key's own range, and a rule between keys that the command sets both of.
+    Raises ConfigError with the text the fold's refusal gives. What depends on the configuration in force, a rule
+    between a key given and one not given, or `agent:` keys on a book whose `agents` is null, is left to
+    `with_limits` on that configuration. Lets a client refuse a command before sending it, with the book's rule."""
+    check_configuration_only(limits)
+    for key in sorted(k for k in limits if k.startswith(AGENT_KEY)):
+        _agent_of(key, limits[key])
+    plain = {key: value for key, value in limits.items() if not key.startswith(AGENT_KEY)}
+    known = _fields()
+    _check_known(plain, known)
+    given = {key: _coerce(key, known[key], plain[key]) for key in sorted(plain)}
+    for name, (low, high, low_open) in _RANGES.items():
+        if name in given:
+            _check_range(name, given[name], low, high, low_open)
+    for low_key, high_key in _NOT_ABOVE:
+        if low_key in given and high_key in given:
+            _check_not_above(low_key, given[low_key], high_key, given[high_key])
+
+
 # Far above any useful budget (about 1,000x the default): a guard against a typo'd extra digit or two.
 MAX_SOLVER_WORK_LIMIT = 50_000_000
 # The solver revisions this release can run (rules.md §4.8): 1, the solver before the key existed, 2 to 6.
@@ -155,14 +194,8 @@ class AllocatorConfig:
                 f"kill_switch_reset_quorum: {self.kill_switch_reset_quorum} needs at least as many operator_keys, "
                 f"got {len(self.operator_keys)}"
             )
-        if self.failure_min_samples > self.failure_window:
-            raise ConfigError("failure_min_samples: must not exceed failure_window")
-        if self.solver_timeout_trigger > self.solver_timeout_window:
-            raise ConfigError("solver_timeout_trigger: must not exceed solver_timeout_window")
-        if self.min_window_s > self.opportunity_window_s:
-            raise ConfigError("min_window_s: must not exceed opportunity_window_s")
-        if self.common_correlation > self.within_key_correlation:
-            raise ConfigError("common_correlation: must not exceed within_key_correlation")
+        for low_key, high_key in _NOT_ABOVE:
+            _check_not_above(low_key, getattr(self, low_key), high_key, getattr(self, high_key))
 
     @property
     def max_clock_skew_ms(self) -> float:
@@ -199,11 +232,7 @@ class AllocatorConfig:
         """`agents` with the `agent:<id>` keys applied: new ids appended in sorted order, removed ones dropped."""
         agents = list(self.agents) if self.agents is not None else None
         for key in sorted(changes):
-            agent, value = key[len(AGENT_KEY) :], changes[key]
-            if _AGENT_ID.fullmatch(agent) is None:
-                raise ConfigError(f"{key}: {agent!r} is not an agent id: 1-128 characters of a-z, A-Z, 0-9, '_', '-'")
-            if isinstance(value, bool) or value not in (0, 1):
-                raise ConfigError(f"{key}: 1 adds the agent, 0 removes it; got {value!r}")
+            agent, value = _agent_of(key, changes[key]), changes[key]
             if agents is None:
                 raise ConfigError(f"{key}: the book accepts every agent (agents is null); name its agents in the "
                                   "configuration first")  # fmt: skip
@@ -222,10 +251,8 @@ class AllocatorConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> AllocatorConfig:
         """Defaults overridden by `values`; an unknown key is an error, so a typo never switches a limit off."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ConfigError(f"unknown configuration key(s): {', '.join(unknown)}")
+        known = _fields()
+        _check_known(values, known)
         kwargs: dict[str, Any] = {}
         for key, value in values.items():
             kwargs[key] = _coerce(key, known[key], value)
@@ -307,6 +334,33 @@ def _defaults() -> dict[str, Any]:
     return AllocatorConfig().to_mapping()
 
 
+@functools.cache
+def _fields() -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(AllocatorConfig)}
+
+
+def _check_known(values: Mapping[str, Any], known: Mapping[str, dataclasses.Field[Any]]) -> None:
+    """An unknown key is an error, so a typo never switches a limit off."""
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown configuration key(s): {', '.join(unknown)}")
+
+
+def _agent_of(key: str, value: float) -> str:
+    """The agent id of a SET_LIMITS key `agent:<id>`, after checking the id and that the value is 1 or 0."""
+    agent = key[len(AGENT_KEY) :]
+    if _AGENT_ID.fullmatch(agent) is None:
+        raise ConfigError(f"{key}: {agent!r} is not an agent id: 1-128 characters of a-z, A-Z, 0-9, '_', '-'")
+    if isinstance(value, bool) or value not in (0, 1):
+        raise ConfigError(f"{key}: 1 adds the agent, 0 removes it; got {value!r}")
+    return agent
+
+
+def _check_not_above(low_key: str, low: float, high_key: str, high: float) -> None:
+    if low > high:
+        raise ConfigError(f"{low_key}: must not exceed {high_key}")
+
+
 def _coerce(key: str, spec: dataclasses.Field[Any], value: Any) -> Any:
     kind = spec.type
     if key == "group_caps":
@@ -386,6 +440,14 @@ _ADDED_AT_DEFAULT_OMITTED: dict[str, Any] = {
     "kill_switch_reset_quorum": 1,
     "kill_switch_reset_window_s": 300.0,
 }
+
+# The rules between keys (after each key's range): the first key must not exceed the second, in this order.
+_NOT_ABOVE: tuple[tuple[str, str], ...] = (
+    ("failure_min_samples", "failure_window"),
+    ("solver_timeout_trigger", "solver_timeout_window"),
+    ("min_window_s", "opportunity_window_s"),
+    ("common_correlation", "within_key_correlation"),
+)
 
 MAX_PENDING = 10_000  # proposals one cycle may decide: bounds the problem's size (with scenario_count)
 MAX_AMOUNT = 1e15  # currency: far above any book, far below where sums of sizes lose whole units

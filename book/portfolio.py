@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from book.bounds import EMPTY_ID, MAX_FILL_TIME_MS, MAX_ID_LENGTH, decision_name
-from book.config import AllocatorConfig, ConfigError
+from book.config import AllocatorConfig, ConfigError, check_configuration_only
 from book.exactsum import rounded, units
 from governors.state import (
     GovernorChange,
@@ -46,11 +46,6 @@ from schemas.events import (
 from schemas.signing import check_signature, public_key_from_hex
 
 _SIDES = (Side.BUY, Side.SELL)
-CONFIGURATION_ONLY = frozenset(
-    {"operator_keys", "kill_switch_reset_quorum", "kill_switch_reset_window_s", "operator_commands_name_book",
-     "failure_report_rules", "proposal_id_rules", "fill_rules", "max_fill_price_improvement", "max_undecided_proposals",
-     "max_undecided_per_agent", "cap_reasons"}
-)  # fmt: skip
 
 
 class _Names:
@@ -730,9 +725,7 @@ class PortfolioState:
         """rules.md §7: validated exactly as the configuration file; any bad key and nothing changes, with an event
         naming it."""
         try:
-            fixed = sorted(set(command.limits or {}) & CONFIGURATION_ONLY)
-            if fixed:
-                raise ConfigError(f"{fixed[0]}: set by the configuration only, never by SET_LIMITS")
+            check_configuration_only(command.limits or {})
             config = self.config.with_limits(command.limits or {})
         except ConfigError as exc:
             state = self.governor.state.value

@@ -151,7 +151,7 @@ def test_the_keys_the_guides_call_configuration_only_are_the_ones_set_limits_ref
     """security.md lists the keys SET_LIMITS cannot change and operations.md marks them "Configuration only": a key
     added to one and not to the fold's CONFIGURATION_ONLY (the new fill and intake rules, at first) could be lifted
     by an operator's command."""
-    from book.portfolio import CONFIGURATION_ONLY
+    from book.config import CONFIGURATION_ONLY
 
     root = Path(__file__).resolve().parent.parent
     guide = (root / "docs" / "operations.md").read_text(encoding="utf-8")
@@ -168,3 +168,53 @@ def test_a_whole_number_far_out_of_range_is_named_by_its_size_not_its_digits() -
     with pytest.raises(ConfigError) as refused:
         AllocatorConfig.from_mapping({"scenario_count": 1e300})
     assert str(refused.value) == "scenario_count: must be in [1, 20000], got 1e+300"
+
+
+@pytest.mark.parametrize(
+    ("limits", "named"),
+    [
+        ({"solver_revision": 7.0}, "solver_revision: must be in [1, 6], got 7"),
+        ({"solver_revision": 5.5}, "solver_revision: must be a whole number, got 5.5"),
+        ({"position_cap": -1.0}, "position_cap: must be in (0, 1], got -1.0"),
+        ({"scenario_count": 1e300}, "scenario_count: must be in [1, 20000], got 1e+300"),
+        ({"no_such_key": 1.0, "position_cap": 0.01}, "unknown configuration key(s): no_such_key"),
+        ({"operator_keys": 1.0}, "operator_keys: set by the configuration only, never by SET_LIMITS"),
+        ({"cap_reasons": 3.0}, "cap_reasons: set by the configuration only, never by SET_LIMITS"),
+        ({"agent:bad id": 1.0}, "agent:bad id: 'bad id' is not an agent id"),
+        ({"agent:x": 2.0}, "agent:x: 1 adds the agent, 0 removes it; got 2.0"),
+        ({"agents": 1.0}, "agents: must be a list of agent ids, got 1.0"),
+        ({"config_version": 2.0}, "config_version: must be a string, got 2.0"),
+        ({"min_window_s": 5.0, "opportunity_window_s": 4.0}, "min_window_s: must not exceed opportunity_window_s"),
+        ({"position_cap": 2.0, "solver_revision": 0.5}, "solver_revision: must be a whole number, got 0.5"),
+    ],
+)
+def test_a_set_limits_no_configuration_takes_is_refused_as_the_fold_refuses_it(
+    limits: dict[str, float], named: str
+) -> None:
+    """`check_set_limits` is what a SET_LIMITS breaks whatever the configuration (so `allocator control` can refuse
+    it before sending): the book's fold refuses the same command with the same words, on the first key it names."""
+    from book.config import check_set_limits
+    from book.portfolio import PortfolioState
+    from schemas.events import Command, ControlCommand
+
+    with pytest.raises(ConfigError) as refused:
+        check_set_limits(limits)
+    assert str(refused.value).startswith(named)
+    for config in (AllocatorConfig(), AllocatorConfig(agents=("alpha",), opportunity_window_s=3.0)):
+        book = PortfolioState.new(config)
+        [change] = book.apply(ControlCommand("c1", "ops", Command.SET_LIMITS, "r", limits, 1))
+        assert change.cause == f"SET_LIMITS c1 by ops rejected, limits unchanged: {refused.value}"
+
+
+def test_a_rule_between_keys_and_an_agent_key_are_left_to_the_configuration_in_force() -> None:
+    """What one configuration refuses and another takes (a key above another it must not exceed, an agent on a book
+    that accepts every agent) is not refused by `check_set_limits`: `with_limits` judges it on the configuration."""
+    from book.config import check_set_limits
+
+    roomy = AllocatorConfig(opportunity_window_s=600.0, failure_window=100, within_key_correlation=0.7, agents=("a",))
+    for limits in ({"min_window_s": 400.0}, {"failure_min_samples": 60.0}, {"common_correlation": 0.6},
+                   {"agent:gamma": 1.0}, {"opportunity_window_s": 0.5}):  # fmt: skip
+        check_set_limits(limits)
+        with pytest.raises(ConfigError):
+            AllocatorConfig().with_limits(limits)
+        roomy.replace(min_window_s=0.1).with_limits(limits)
