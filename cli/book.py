@@ -236,6 +236,8 @@ def _cmd_control(args: argparse.Namespace) -> int:
     except ClientError as exc:
         print(f"allocator control: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if command.limits is not None and not args.unchecked:
+        _check_limits(command.limits)
     settings = _existing_log(args)
     args.topic_prefix = _topic_prefix(args, settings)  # an embedded log's only book, unless --topic-prefix names one
     topics = Topics(args.topic_prefix)
@@ -271,6 +273,14 @@ def _cmd_control(args: argparse.Namespace) -> int:
                 # what may be a genuine emergency command. Sent, with the reason the book may refuse it.
                 print(f"allocator control: warning: {refusal}; sent anyway, since the log's newest decisions could "
                       "not be verified: the book judges it", file=sys.stderr)  # fmt: skip
+            refusal = _limits_refusal(newest, command.limits)
+            if refusal is not None and doubt is None:
+                # A SET_LIMITS folded since that decision may have changed the configuration: say how to send anyway.
+                way_out = _unverified_hint(trusted) or "; --unchecked sends it without this check"
+                raise UsageError(f"{refusal}, nothing sent{way_out}")
+            if refusal is not None:
+                print(f"allocator control: warning: {refusal}; sent anyway, since the log's newest decisions could "
+                      "not be verified: the book judges it", file=sys.stderr)  # fmt: skip
             client = BookClient(log, codec, topics)
             client.command(command)
             client.flush()
@@ -280,9 +290,10 @@ def _cmd_control(args: argparse.Namespace) -> int:
     except LogError as exc:
         print(f"allocator control: the log refused the command: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, NotALogError) else EXIT_FAILURE
+    checks = ", nor its limits against the configuration's rules" if command.limits is not None else ""
     print(f"sent {command.command.value} {command.command_id} by {command.operator_id} for book {command.book}"
           + (f" signed by key {command.key_id}" if command.key_id else " unsigned")
-          + (" (not checked against the log's decisions: --unchecked)" if args.unchecked else "")
+          + (f" (not checked against the log's decisions{checks}: --unchecked)" if args.unchecked else "")
           + f" to {topics.control} on "
           f"{settings.describe()}; the allocator acts on it in its next cycle")  # fmt: skip
     return EXIT_OK
@@ -406,9 +417,47 @@ def _operator_keys_refusal(newest: Decision | None, key_id: str | None) -> str |
             "be refused")  # fmt: skip
 
 
+def _check_limits(limits: Mapping[str, float]) -> None:
+    """A SET_LIMITS the book would refuse whatever its configuration (an unknown or configuration-only key, a value
+    of the wrong type or out of its key's range, a malformed `agent:` key; the book's rule, `check_set_limits`) is a
+    usage error before anything is sent: the book answers it with a governor event, but `control` said "sent"."""
+    from book.config import ConfigError, check_set_limits
+
+    try:
+        check_set_limits(limits)
+    except ConfigError as exc:
+        raise UsageError(f"--set: {exc}; the book refuses this under any configuration, nothing sent") from exc
+
+
+def _limits_refusal(newest: Decision | None, limits: Mapping[str, float] | None) -> str | None:
+    """Why the book would refuse this SET_LIMITS under the configuration the log's newest decision recorded (a rule
+    between a key given and one not given, such as min_window_s <= opportunity_window_s, or an `agent:` key on a book
+    that accepts every agent), or None: the book's own rule, `AllocatorConfig.with_limits`. A SET_LIMITS folded
+    since that decision may have changed the configuration, and the message says whose configuration it judged by.
+    None when the log holds no decision that records a configuration, or one this release cannot read."""
+    import json
+
+    from book.config import AllocatorConfig, ConfigError
+
+    if limits is None or newest is None or not newest.config:
+        return None
+    try:
+        recorded = AllocatorConfig.from_recorded(json.loads(newest.config))
+    except (ValueError, ConfigError):
+        return None  # a configuration this release cannot read: the allocator judges the command
+    try:
+        recorded.with_limits(limits)
+    except ConfigError as exc:
+        return (f"--set: {exc}, under book {newest.book_id}'s configuration as the newest decision (cycle "
+                f"{newest.cycle}) recorded it (a SET_LIMITS folded since may have changed it); the book would refuse "
+                "the command")  # fmt: skip
+    return None
+
+
 def _limits(action: str, pairs: list[str] | None) -> dict[str, float] | None:
     """set-limits' `--set KEY=VALUE` pairs as the command's limits (numbers: they travel as doubles); whether each
-    key and value is a valid configuration is the allocator's to judge, where the fold answers a bad one."""
+    key and value is a valid configuration is checked before sending (`_check_limits`, `_limits_refusal`) and judged
+    by the allocator, where the fold answers a bad one."""
     import math
 
     if action != "set-limits":

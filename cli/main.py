@@ -334,7 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     control.add_argument(
         "--set", action="append", metavar="KEY=VALUE", dest="limits",
         help="set-limits: a configuration key and its new number, repeatable (agent:ID=1 adds an agent, "
-        "agent:ID=0 removes it); validated by the allocator: one bad key and nothing changes",
+        "agent:ID=0 removes it); a key or value no configuration takes is refused before sending, a rule between "
+        "keys is checked against the configuration the newest decision recorded; the allocator judges the command: "
+        "one bad key and nothing changes",
     )  # fmt: skip
     control.add_argument("--reason", required=True, help="why, in the operator's words")
     control.add_argument("--operator", required=True, help="who sends it")
@@ -353,8 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     control.add_argument(
         "--unchecked", action="store_true",
-        help="send without checking the book and its operator keys against the log's decisions (the book judges "
-        "the command): for a log whose decisions cannot be trusted",
+        help="send without checking the book and its operator keys against the log's decisions, nor set-limits' "
+        "keys and values against the configuration's rules (the book judges the command): for a log whose decisions "
+        "cannot be trusted",
     )  # fmt: skip
     _log_options(control, discover=True)
     control.set_defaults(handler=_cmd_control)

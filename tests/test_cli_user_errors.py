@@ -815,3 +815,103 @@ def test_serve_warns_that_an_empty_agents_list_rejects_every_proposal(
     capsys.readouterr()
     assert main(["serve", *log, "--config", str(config), "--duration", "0"]) == 0
     assert "agents is an empty list: every proposal will be REJECTED UNKNOWN_AGENT" in capsys.readouterr().err
+
+
+def _commands_sent(log: Path) -> int:
+    """How many records the book's control topic holds: what `control` sent."""
+    from eventlog.embedded import EmbeddedEventLog
+
+    with EmbeddedEventLog(log) as reader:
+        return sum(reader.end_offsets(["allocator.control"]).values())
+
+
+@pytest.mark.parametrize(
+    ("pairs", "named"),
+    [
+        (["solver_revision=7"], "solver_revision: must be in [1, 6], got 7"),
+        (["solver_revision=5.5"], "solver_revision: must be a whole number, got 5.5"),
+        (["position_cap=-1"], "position_cap: must be in (0, 1], got -1.0"),
+        (["position_cap=0.01", "scenario_count=0"], "scenario_count: must be in [1, 20000], got 0"),
+        (["no_such_key=1"], "unknown configuration key(s): no_such_key"),
+        (["operator_keys=1"], "operator_keys: set by the configuration only, never by SET_LIMITS"),
+        (["max_undecided_proposals=10"], "max_undecided_proposals: set by the configuration only"),
+        (["agent:bad id=1"], "agent:bad id: 'bad id' is not an agent id"),
+        (["agent:x=2"], "agent:x: 1 adds the agent, 0 removes it; got 2.0"),
+        (["min_window_s=5", "opportunity_window_s=4"], "min_window_s: must not exceed opportunity_window_s"),
+    ],
+)
+def test_control_refuses_a_set_limits_no_configuration_takes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], pairs: list[str], named: str
+) -> None:
+    """An outside probe: `control set-limits --set solver_revision=7` (or 5.5, position_cap=-1, an unknown or
+    configuration-only key, a bad `agent:` key) printed "sent" and exited 0, and the book refused it with a governor
+    event only `status` showed. A key or value the book refuses whatever its configuration is now a usage error
+    naming the key with the book's own rule, and nothing is sent, even on a log with no decision yet; `--unchecked`
+    sends it, and the book judges it."""
+    path = tmp_path / "log.sqlite"
+    log = ["--log", str(path)]
+    assert main(["init", *log]) == 0
+    capsys.readouterr()
+    argv = ["control", "set-limits", *(f"--set={pair}" for pair in pairs), "--reason", "r", "--operator", "o", *log]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert f"allocator control: --set: {named}" in err
+    assert "the book refuses this under any configuration, nothing sent" in err and "sent" not in out
+    assert _commands_sent(path) == 0
+    assert main([*argv, "--unchecked"]) == 0
+    out = capsys.readouterr().out
+    assert "sent SET_LIMITS" in out and "nor its limits against the configuration's rules: --unchecked" in out
+    assert _commands_sent(path) == 1
+
+
+@pytest.mark.parametrize("trust", ["read as written", "verified", "unsigned book"])
+def test_control_judges_a_rule_between_keys_by_the_configuration_the_newest_decision_recorded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], trust: str
+) -> None:
+    """`min_window_s=20` is a valid value, but not on a book whose opportunity window is 10 s, and `agent:gamma=1`
+    not on a book that accepts every agent: `control` judges them by the configuration the log's newest decision
+    recorded and refuses them, nothing sent (saying so when that decision was read unverified); where the decisions
+    that verify may not be the book's newest (an unsigned book under --trusted-keys) it warns and sends, as it does
+    for the operator keys. A set-limits that fits that configuration is sent; `--unchecked` sends any."""
+    from allocator.service.keys import new_key_pair
+
+    new_key_pair(tmp_path / "alloc")
+    config = tmp_path / "book.json"
+    config.write_text(json.dumps({"scenario_count": 300, "opportunity_window_s": 10}), encoding="utf-8")
+    path = tmp_path / "log.sqlite"
+    log = ["--log", str(path)]
+    signing = [] if trust == "unsigned book" else ["--signing-key", str(tmp_path / "alloc")]
+    proposals = str(Path(__file__).parent.parent / "examples" / "proposals.json")
+    for argv in (
+        ["init", *log, "--config", str(config)],
+        ["propose", proposals, *log],
+        ["serve", *log, "--config", str(config), *signing, "--max-cycles", "1", "--duration", "60"],
+    ):
+        assert main(argv) == 0, argv
+    capsys.readouterr()
+    trusted = [] if trust == "read as written" else ["--trusted-keys", str(tmp_path / "alloc")]
+    control = ["control", "set-limits", "--reason", "r", "--operator", "o", *log, *trusted]
+    recorded = ", under book main's configuration as the newest decision (cycle 1) recorded it (a SET_LIMITS folded "
+    for bad, named in (
+        ("min_window_s=20", "min_window_s: must not exceed opportunity_window_s"),
+        ("agent:gamma=1", "agent:gamma: the book accepts every agent (agents is null)"),
+    ):
+        code = main([*control, "--set", bad])
+        out, err = capsys.readouterr()
+        assert f"--set: {named}" in err and recorded in err, err
+        if trust == "unsigned book":
+            assert code == 0 and "sent SET_LIMITS" in out
+            assert "allocator control: warning: --set: " in err
+            assert (
+                "the book would refuse the command; sent anyway, since the log's newest decisions could not be " in err
+            )
+        else:
+            assert code == 2 and "the book would refuse the command, nothing sent" in err and "sent" not in out
+            assert ("read from the log's decisions unverified" in err) == (trust == "read as written")
+            assert "--unchecked" in err
+    refused = 2 if trust == "unsigned book" else 0
+    assert _commands_sent(path) == refused
+    assert main([*control, "--set", "min_window_s=5"]) == 0  # within the recorded window
+    assert "allocator control: warning: --set" not in capsys.readouterr().err
+    assert main([*control, "--set", "min_window_s=20", "--unchecked"]) == 0
+    assert _commands_sent(path) == refused + 2
