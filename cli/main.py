@@ -254,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument("--replication-factor", type=_at_least(1), default=1, help="replication factor (default: 1)")
     init.add_argument(
-        "--config", help="the book's JSON configuration: each of its `agents` also gets its own PREFIX.proposals.AGENT"
+        "--config",
+        help="the book's JSON configuration, read for its `agents` only: each gets its own PREFIX.proposals.AGENT (the "
+        "book adopts a configuration when `serve --config` runs; init records none)",
     )
     init.set_defaults(handler=_cmd_init)
 

@@ -56,6 +56,10 @@ def _cmd_init(args: argparse.Namespace) -> int:
                 print(f"failed  {name}: {exc}", file=sys.stderr)
                 continue
             print(f"{'created' if created[name] else 'exists '} {name}")
+    if config is not None:
+        # init records nothing: a user who gave --config here and not to serve got the defaults, unwarned.
+        print(f"{args.config}: read for its agents' topics only; the book adopts a configuration when "
+              f"`allocator serve --config {args.config}` first runs (without --config, the defaults)")  # fmt: skip
     return EXIT_FAILURE if failed else EXIT_OK
 
 

@@ -915,3 +915,20 @@ def test_control_judges_a_rule_between_keys_by_the_configuration_the_newest_deci
     assert "allocator control: warning: --set" not in capsys.readouterr().err
     assert main([*control, "--set", "min_window_s=20", "--unchecked"]) == 0
     assert _commands_sent(path) == refused + 2
+
+
+def test_init_with_a_configuration_says_it_records_none(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An outside probe: `init --config FILE` validated the file and created its agents' topics, and a `serve` without
+    --config then decided under the defaults, nothing said. init now says the book adopts a configuration only when
+    `serve --config` runs; without --config it says nothing of one."""
+    import json
+
+    log = tmp_path / "log.sqlite"
+    config = tmp_path / "book.json"
+    config.write_text(json.dumps({"agents": ["alpha"], "position_cap": 0.01}), encoding="utf-8")
+    assert main(["init", "--log", str(log), "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "allocator.proposals.alpha" in out
+    assert f"`allocator serve --config {config}` first runs (without --config, the defaults)" in out
+    assert main(["init", "--log", str(tmp_path / "other.sqlite")]) == 0
+    assert "serve --config" not in capsys.readouterr().out
