@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
     from allocator.service.backends import LogSettings
     from allocator.service.chain import VerifiedLog
-    from eventlog.port import EventLog, Record, Topics
+    from eventlog.port import EventLog, Record, TopicPartition, Topics
     from schemas.codec import EventCodec
     from schemas.events import Decision
 
@@ -64,7 +64,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from allocator.service.loop import AllocatorService, Contradicted, OtherBook, group_of
     from allocator.service.metrics import ServiceMetrics
     from allocator.service.sequencer import BookState, NoConfigOnLog
-    from eventlog.port import FencedError, LogError, NotALogError, TopicPartition, Topics, normalise_book_id
+    from eventlog.port import FencedError, LogError, NotALogError, Topics, normalise_book_id
     from schemas.codec import make_codec
 
     config = _config_file(args)
@@ -244,7 +244,9 @@ def _cmd_control(args: argparse.Namespace) -> int:
     codec = make_codec(args.schema_registry)
     try:
         with settings.open() as log:
-            books, newest, doubt = ([], None, None) if args.unchecked else _decision_books(log, topics, codec, trusted)
+            books, configured, doubt = (
+                ([], None, None) if args.unchecked else _decision_books(log, topics, codec, trusted)
+            )
             if doubt is not None:
                 print(f"allocator control: warning: {doubt}", file=sys.stderr)
             if chosen is not None and books and chosen not in books:
@@ -265,7 +267,7 @@ def _cmd_control(args: argparse.Namespace) -> int:
                 from schemas.signing import sign
 
                 command = sign(command, key)
-            refusal = _operator_keys_refusal(newest, command.key_id)
+            refusal = _operator_keys_refusal(configured, command.key_id)
             if refusal is not None and doubt is None:
                 raise UsageError(f"{refusal}, nothing sent{_unverified_hint(trusted)}")
             if refusal is not None:
@@ -273,9 +275,9 @@ def _cmd_control(args: argparse.Namespace) -> int:
                 # what may be a genuine emergency command. Sent, with the reason the book may refuse it.
                 print(f"allocator control: warning: {refusal}; sent anyway, since the log's newest decisions could "
                       "not be verified: the book judges it", file=sys.stderr)  # fmt: skip
-            refusal = _limits_refusal(newest, command.limits)
+            refusal = _limits_refusal(configured, command.limits)
             if refusal is not None and doubt is None:
-                # A SET_LIMITS folded since that decision may have changed the configuration: say how to send anyway.
+                # A SET_LIMITS folded since the configuration was recorded may have changed it: say how to send anyway.
                 way_out = _unverified_hint(trusted) or "; --unchecked sends it without this check"
                 raise UsageError(f"{refusal}, nothing sent{way_out}")
             if refusal is not None:
@@ -303,11 +305,14 @@ def _decision_books(
     log: EventLog, topics: Topics, codec: EventCodec, trusted: Mapping[str, Ed25519PublicKey] | None
 ) -> tuple[list[str], Decision | None, str | None]:
     """The book ids of the first and the newest decision on the decisions topic, distinct, in that order (empty: no
-    decision, or this principal may not read the topic), the newest decision, and why the newest may not be the
-    book's (None: nothing says so). A forged decision appended to the log makes the ids differ. With `trusted` keys,
-    only the decisions that verify count (the whole topic is read and its chain checked, `verify_log`): keys that
-    verify none of a signed book's decisions, or only the later ones of a rotation, are a usage error; a chain cut or
-    altered at its start, or decisions after the last verified one that do not verify, are the doubt returned."""
+    decision, or this principal may not read the topic), the last decision that records a configuration (None: none
+    does), and why the newest may not be the book's (None: nothing says so). A decision records the configuration
+    only when the book adopts one (its first decision, or a `serve --config` that differs from the one in force), so
+    the newest seldom does: the last that does is the configuration the log last recorded, what `recorded_config`
+    folds. A forged decision appended to the log makes the ids differ. With `trusted` keys, only the decisions that
+    verify count (the whole topic is read and its chain checked, `verify_log`): keys that verify none of a signed
+    book's decisions, or only the later ones of a rotation, are a usage error; a chain cut or altered at its start,
+    or decisions after the last verified one that do not verify, are the doubt returned."""
     from allocator.service.chain import cut_chain, signing_keys, unverified_chain, verify_log
     from eventlog.port import LogError
 
@@ -321,8 +326,10 @@ def _decision_books(
     if not verified.accepted and not verified.rejections:
         return [], None, None  # no decision yet
     if not signers:
-        books, newest = _books_of([d for _, d in verified.accepted])
-        return books, newest, "the book's decisions are unsigned, so --trusted-keys verified none of them"
+        read = [d for _, d in verified.accepted]
+        books, _ = _books_of(read)
+        unsigned = "the book's decisions are unsigned, so --trusted-keys verified none of them"
+        return books, _last_configured(read), unsigned
     why = unverified_chain(verified, trusted)
     if why is not None:
         if not signers & set(trusted) or signers - set(trusted):  # the wrong keys, or only a rotation's later one
@@ -339,7 +346,12 @@ def _decision_books(
         doubt = (f"{len(later)} decision(s) after cycle {newest.cycle}, the last that verifies, do not verify under "
                  f"--trusted-keys (the first: {later[0].describe()}); they were not counted, and if the book's key "
                  "was rotated, trust the new key too")  # fmt: skip
-    return books, newest, doubt
+    return books, _last_configured(kept), doubt
+
+
+def _last_configured(decisions: list[Decision]) -> Decision | None:
+    """The last of `decisions` that records a configuration (`recorded_config`'s rule), or None."""
+    return next((d for d in reversed(decisions) if d.config is not None), None)
 
 
 def _books_of(decisions: list[Decision]) -> tuple[list[str], Decision | None]:
@@ -349,8 +361,15 @@ def _books_of(decisions: list[Decision]) -> tuple[list[str], Decision | None]:
     )
 
 
+_NEWEST_SPAN = 16
+"""How many offsets below its end `_newest_decisions` reads for a partition's newest decision."""
+_SCAN_SPAN = 512
+"""The most offsets one window of `_configured_before` reads."""
+
+
 def _newest_decisions(log: EventLog, topics: Topics, codec: EventCodec) -> tuple[list[str], Decision | None]:
-    """`_decision_books` read as written: the first decision of each partition and its newest, without the rest."""
+    """`_decision_books` read as written: the book ids of the first decision of each partition and of its newest,
+    without the rest, and the last decision that records a configuration (`_configured_before`)."""
     from eventlog.port import LogError, decode_value, record_at, records_before
     from schemas.codec import UndecodableMessage
     from schemas.events import Decision
@@ -368,18 +387,66 @@ def _newest_decisions(log: EventLog, topics: Topics, codec: EventCodec) -> tuple
     except LogError:  # an operator's principal may not read decisions (docs/security.md): no book to compare with
         return [], None
     found: list[tuple[int, int, Decision]] = []
+    configured: list[tuple[int, int, Decision]] = []
     for tp, end in ends.items():
         first = record_at(log, tp, 0, polls=4)
         # The newest: on Kafka the last offsets are commit (or abort) markers, not records.
-        newest = records_before(log, tp, end, span=16, polls=4)
+        newest = records_before(log, tp, end, span=_NEWEST_SPAN, polls=4)
         for record in ([first] if first is not None else []) + newest[::-1]:
             event = decision(record)
             if event is not None:
                 found.append((record.timestamp_ms, record.offset, event))
                 if record is not first:
                     break
+        # The configuration the log last recorded: in those newest records, or further back (what that reads:
+        # `_configured_before`).
+        last = _configured_before(log, tp, max(end - _NEWEST_SPAN, 0), newest, decision)
+        if last is not None:
+            configured.append((last[0].timestamp_ms, last[0].offset, last[1]))
     found.sort(key=lambda item: item[:2])
-    return _books_of([d for _, _, d in found])
+    configured.sort(key=lambda item: item[:2])
+    books, _ = _books_of([d for _, _, d in found])
+    return books, configured[-1][2] if configured else None
+
+
+def _configured_before(
+    log: EventLog,
+    tp: TopicPartition,
+    bottom: int,
+    read: list[Record],
+    decision: Callable[[Record], Decision | None],
+) -> tuple[Record, Decision] | None:
+    """The last decision of one partition that records a configuration, and its record, or None (none does, or a
+    window could not be read whole). `read` are the partition's newest records, from offset `bottom` to its end,
+    already read; below them the partition is read backwards in windows of offsets, each twice as long as the one
+    before up to `_SCAN_SPAN`, until a decision that records a configuration (a record that is undecodable, or no
+    decision, is skipped).
+
+    What it reads: every record after the last one that records a configuration, and that one. That is the decision
+    of a `serve --config` that changed the configuration, or else the book's first, so on a book whose configuration
+    never changed it reads the whole partition, as `--trusted-keys` does (verify_log), holding at most `_SCAN_SPAN`
+    records at a time. A window read short (the reader's position below its top: the helpers stop at an empty poll,
+    as on a slow broker) is read once more; if still short the scan stops and nothing is judged (None), rather than
+    judging by a configuration older than one it may have missed."""
+    from eventlog.port import records_before
+
+    window, span = read, _NEWEST_SPAN
+    while True:
+        for record in reversed(window):
+            event = decision(record)
+            if event is not None and event.config is not None:
+                return record, event
+        if bottom <= 0:
+            return None
+        span = min(span * 2, _SCAN_SPAN)
+        for _ in range(2):
+            window = records_before(log, tp, bottom, span=span)
+            # Past the window's top: the offsets it spans were all read, markers and aborted records stepped over.
+            if log.position(tp) >= bottom:
+                break
+        else:
+            return None
+        bottom = max(bottom - span, 0)
 
 
 def _unverified_hint(trusted: Mapping[str, Ed25519PublicKey] | None) -> str:
@@ -392,29 +459,32 @@ def _unverified_hint(trusted: Mapping[str, Ed25519PublicKey] | None) -> str:
             "without this check (the book judges it; docs/security.md)")  # fmt: skip
 
 
-def _operator_keys_refusal(newest: Decision | None, key_id: str | None) -> str | None:
+def _operator_keys_refusal(configured: Decision | None, key_id: str | None) -> str | None:
     """Why the book would refuse this command for its signature (rules.md §11.3), or None: a book whose configuration
     names operator keys counts only commands signed by one of them. Told before sending: an unsigned emergency HALT
-    was "sent" (exit 0) and the book refused it. The newest decision records the configuration; operator_keys is
-    configuration only, so no SET_LIMITS since has changed it. None when the log holds no decision to tell."""
+    was "sent" (exit 0) and the book refused it. `configured` is the last decision that records a configuration,
+    the configuration the log last recorded; operator_keys is configuration only, so no SET_LIMITS since has
+    changed it. None when the log holds no decision that records a configuration."""
     import json
 
     from book.config import AllocatorConfig, ConfigError
 
-    if newest is None or not newest.config:
+    if configured is None or not configured.config:
         return None
     try:
-        keys = AllocatorConfig.from_recorded(json.loads(newest.config)).operator_keys
+        keys = AllocatorConfig.from_recorded(json.loads(configured.config)).operator_keys
     except (ValueError, ConfigError):
         return None  # a configuration this release cannot read: the allocator judges the command
     if not keys or (key_id is not None and key_id in keys):
         return None
     named = ", ".join(sorted(keys))
+    whose = (f"(its keyring as the log last recorded its configuration, in the decision of cycle "
+             f"{configured.cycle})")  # fmt: skip
     if key_id is None:
-        return (f"book {newest.book_id} takes only commands signed by one of its operator keys ({named}): pass --key "
-                "FILE; an unsigned command would be refused")  # fmt: skip
-    return (f"--key: key {key_id} is not one of book {newest.book_id}'s operator keys ({named}); the command would "
-            "be refused")  # fmt: skip
+        return (f"book {configured.book_id} takes only commands signed by one of its operator keys ({named}): pass "
+                f"--key FILE; an unsigned command would be refused {whose}")  # fmt: skip
+    return (f"--key: key {key_id} is not one of book {configured.book_id}'s operator keys ({named}); the command "
+            f"would be refused {whose}")  # fmt: skip
 
 
 def _check_limits(limits: Mapping[str, float]) -> None:
@@ -429,28 +499,29 @@ def _check_limits(limits: Mapping[str, float]) -> None:
         raise UsageError(f"--set: {exc}; the book refuses this under any configuration, nothing sent") from exc
 
 
-def _limits_refusal(newest: Decision | None, limits: Mapping[str, float] | None) -> str | None:
-    """Why the book would refuse this SET_LIMITS under the configuration the log's newest decision recorded (a rule
-    between a key given and one not given, such as min_window_s <= opportunity_window_s, or an `agent:` key on a book
-    that accepts every agent), or None: the book's own rule, `AllocatorConfig.with_limits`. A SET_LIMITS folded
-    since that decision may have changed the configuration, and the message says whose configuration it judged by.
-    None when the log holds no decision that records a configuration, or one this release cannot read."""
+def _limits_refusal(configured: Decision | None, limits: Mapping[str, float] | None) -> str | None:
+    """Why the book would refuse this SET_LIMITS under the configuration the log last recorded, in `configured`, the
+    last decision that records one (a rule between a key given and one not given, such as min_window_s <=
+    opportunity_window_s, or an `agent:` key on a book that accepts every agent), or None: the book's own rule,
+    `AllocatorConfig.with_limits`. A SET_LIMITS folded since that decision may have changed the configuration, and
+    the message says which decision's configuration it judged by. None when the log holds no decision that records a
+    configuration, or one this release cannot read."""
     import json
 
     from book.config import AllocatorConfig, ConfigError
 
-    if limits is None or newest is None or not newest.config:
+    if limits is None or configured is None or not configured.config:
         return None
     try:
-        recorded = AllocatorConfig.from_recorded(json.loads(newest.config))
+        recorded = AllocatorConfig.from_recorded(json.loads(configured.config))
     except (ValueError, ConfigError):
         return None  # a configuration this release cannot read: the allocator judges the command
     try:
         recorded.with_limits(limits)
     except ConfigError as exc:
-        return (f"--set: {exc}, under book {newest.book_id}'s configuration as the newest decision (cycle "
-                f"{newest.cycle}) recorded it (a SET_LIMITS folded since may have changed it); the book would refuse "
-                "the command")  # fmt: skip
+        return (f"--set: {exc}, under book {configured.book_id}'s configuration as the log last recorded it, in the "
+                f"decision of cycle {configured.cycle} (a SET_LIMITS folded since may have changed it); the book "
+                "would refuse the command")  # fmt: skip
     return None
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from book.portfolio import PortfolioState
 from cli.main import main
 from eventlog.embedded import EmbeddedEventLog
 from eventlog.kafka_properties import client_config
-from eventlog.port import EventLog, TopicPartition, Topics
+from eventlog.port import EventLog, Record, TopicPartition, Topics
 from schemas.codec import SingleObjectCodec
 from schemas.events import (
     AllocationStatus,
@@ -951,9 +951,28 @@ def test_serve_starts_beside_another_book_s_decision_signed_by_the_same_key(
     _copy_then_restart(db, other.decisions, 2, topics, signer, named="other.book1-0000000003")
 
 
-def _book_with_an_operator_key(tmp_path: Path, *serve_options: str) -> tuple[str, Path, Path]:
-    """An embedded book whose configuration names one operator key, after one cycle of the example proposals:
-    (the key's id, its private key file, the log)."""
+def serve_cycles(
+    path: Path, cycles: range, configs: Mapping[int, Path] | None = None, serve_options: Sequence[str] = ()
+) -> None:
+    """Serves the embedded book at `path` (its topics made) for each of `cycles`, each on the example proposals under
+    fresh ids, with `--config configs[cycle]` where given: a cycle without one records no configuration (unless the
+    book's first)."""
+    examples = json.loads((Path(__file__).parent.parent / "examples" / "proposals.json").read_text(encoding="utf-8"))
+    log = ["--log", str(path)]
+    for cycle in cycles:
+        proposals = path.parent / f"proposals-{cycle}.json"
+        fresh = [{**p, "proposal_id": f"{p['proposal_id']}-c{cycle}"} for p in examples]
+        proposals.write_text(json.dumps(fresh), encoding="utf-8")
+        config = (configs or {}).get(cycle)
+        serve = ["serve", *log, *(["--config", str(config)] if config is not None else []), *serve_options,
+                 "--max-cycles", str(cycle), "--duration", "60"]  # fmt: skip
+        for argv in (["propose", str(proposals), *log], serve):
+            assert main(argv) == 0, argv
+
+
+def _book_with_an_operator_key(tmp_path: Path, *serve_options: str, cycles: int = 1) -> tuple[str, Path, Path]:
+    """An embedded book whose configuration names one operator key, after `cycles` cycles of the example proposals
+    (the first records the configuration, the later ones none): (the key's id, its private key file, the log)."""
     from allocator.service.keys import public_key_hex
 
     key_id, private, _ = new_key_pair(tmp_path / "ops")
@@ -961,11 +980,8 @@ def _book_with_an_operator_key(tmp_path: Path, *serve_options: str) -> tuple[str
     config = tmp_path / "book.json"
     config.write_text(json.dumps({"scenario_count": 300, "operator_keys": ring}), encoding="utf-8")
     path = tmp_path / "log.sqlite"
-    log = ["--log", str(path)]
-    proposals = str(Path(__file__).parent.parent / "examples" / "proposals.json")
-    serve = ["serve", *log, "--config", str(config), *serve_options, "--max-cycles", "1", "--duration", "60"]
-    for argv in (["init", *log, "--config", str(config)], ["propose", proposals, *log], serve):
-        assert main(argv) == 0, argv
+    assert main(["init", "--log", str(path), "--config", str(config)]) == 0
+    serve_cycles(path, range(1, cycles + 1), {1: config}, serve_options)
     return key_id, private, path
 
 
@@ -990,6 +1006,131 @@ def test_control_refuses_a_command_the_book_s_operator_keys_would_refuse(
         assert sum(reader.end_offsets([Topics().control]).values()) == 0  # nothing was sent
     assert main([*halt, "--key", str(private)]) == 0
     assert f"signed by key {key_id}" in capsys.readouterr().out
+
+
+READS = ["read as written", "read as written, backwards a window at a time", "verified"]
+"""The ways `control` reads the log's decisions: the newest records and backwards from them (16 at a time, then
+windows twice as long), the same from a window of one record (so the scan moves back over several windows), or
+the whole topic verified under the allocator's key (`--trusted-keys`)."""
+
+
+def _reading(read: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """`control`'s options for one of READS, on a book signed by the key in tmp_path/alloc."""
+    if read == "read as written, backwards a window at a time":
+        monkeypatch.setattr("cli.book._NEWEST_SPAN", 1, raising=False)
+    return ["--trusted-keys", str(tmp_path / "alloc")] if read == "verified" else []
+
+
+def configurations_recorded(path: Path) -> list[tuple[int, bool]]:
+    """Each decision on the embedded log at `path`: its cycle, and whether it records a configuration."""
+    with EmbeddedEventLog(path) as reader:
+        reader.assign([Topics().decisions])
+        decisions = [codec.decode(r.value or b"") for r in reader.poll(max_records=100, timeout_s=1.0)]
+    return [(d.cycle, d.config is not None) for d in decisions if isinstance(d, Decision)]
+
+
+def _commands_sent(path: Path) -> int:
+    with EmbeddedEventLog(path) as reader:
+        return sum(reader.end_offsets([Topics().control]).values())
+
+
+@pytest.mark.parametrize("read", READS)
+def test_control_judges_the_keyring_by_the_configuration_the_log_last_recorded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, read: str
+) -> None:
+    """The keyring check read the newest decision's configuration, but a decision records one only when the book
+    adopts it (its first decision, or a `serve --config` that differs): from cycle 2 on the newest records none, so
+    on a book that had run more than one cycle an unsigned HALT was "sent" (exit 0) and the book refused it. The
+    check reads the last decision that records a configuration, and names its cycle."""
+    new_key_pair(tmp_path / "alloc")
+    key_id, private, path = _book_with_an_operator_key(tmp_path, "--signing-key", str(tmp_path / "alloc"), cycles=3)
+    assert configurations_recorded(path) == [(1, True), (2, False), (3, False)]
+    _, stranger, _ = new_key_pair(tmp_path / "other")
+    halt = ["control", "halt", "--reason", "venue down", "--operator", "alice", "--log", str(path)]
+    halt += _reading(read, tmp_path, monkeypatch)
+    capsys.readouterr()
+    assert main(halt) == 2
+    err = capsys.readouterr().err
+    assert f"book main takes only commands signed by one of its operator keys ({key_id}): pass --key FILE" in err
+    assert "(its keyring as the log last recorded its configuration, in the decision of cycle 1), nothing sent" in err
+    assert ("read from the log's decisions unverified" in err) == (read != "verified")
+    assert main([*halt, "--key", str(stranger)]) == 2
+    assert f"is not one of book main's operator keys ({key_id}); the command would be refused" in (
+        capsys.readouterr().err
+    )
+    assert _commands_sent(path) == 0  # nothing was sent
+    assert main([*halt, "--key", str(private)]) == 0
+    assert f"signed by key {key_id}" in capsys.readouterr().out
+    assert _commands_sent(path) == 1
+
+
+@pytest.mark.parametrize("read", READS)
+def test_control_judges_by_a_configuration_recorded_after_the_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, read: str
+) -> None:
+    """A book served with configuration A (operator key 1, a 300 s opportunity window), then with a differing B
+    (operator key 2, a 10 s window), which its cycle-2 decision records, then three cycles that record none:
+    `control` judges both the keyring and a set-limits by B, the configuration the log last recorded, neither by A
+    (the first decision's) nor by nothing (the newest's)."""
+    from allocator.service.keys import public_key_hex
+
+    new_key_pair(tmp_path / "alloc")
+    operators = [new_key_pair(tmp_path / f"ops{i}")[:2] for i in (1, 2)]
+    configs = {}
+    for cycle, ((key_id, private), window) in enumerate(zip(operators, (300, 10), strict=True), start=1):
+        ring = {key_id: public_key_hex(load_signing_key(private).public_key())}
+        configs[cycle] = tmp_path / f"book-{cycle}.json"
+        configs[cycle].write_text(
+            json.dumps({"scenario_count": 300, "operator_keys": ring, "opportunity_window_s": window}), encoding="utf-8"
+        )
+    path = tmp_path / "log.sqlite"
+    assert main(["init", "--log", str(path), "--config", str(configs[1])]) == 0
+    serve_cycles(path, range(1, 6), configs, ["--signing-key", str(tmp_path / "alloc")])
+    assert configurations_recorded(path) == [(1, True), (2, True), (3, False), (4, False), (5, False)]
+    (a_id, a_key), (b_id, b_key) = operators
+    control = ["--reason", "r", "--operator", "alice", "--log", str(path), *_reading(read, tmp_path, monkeypatch)]
+    capsys.readouterr()
+    assert main(["control", "halt", *control, "--key", str(a_key)]) == 2
+    err = capsys.readouterr().err
+    assert f"--key: key {a_id} is not one of book main's operator keys ({b_id})" in err
+    assert "as the log last recorded its configuration, in the decision of cycle 2" in err
+    set_limits = ["control", "set-limits", *control, "--key", str(b_key)]
+    assert main([*set_limits, "--set", "min_window_s=20"]) == 2  # within A's window, beyond B's
+    err = capsys.readouterr().err
+    assert "--set: min_window_s: must not exceed opportunity_window_s" in err
+    assert "under book main's configuration as the log last recorded it, in the decision of cycle 2" in err
+    assert _commands_sent(path) == 0
+    assert main([*set_limits, "--set", "min_window_s=5"]) == 0
+    assert main(["control", "halt", *control, "--key", str(b_key)]) == 0
+    assert _commands_sent(path) == 2
+
+
+@pytest.mark.parametrize(("short_reads", "found"), [(0, True), (1, True), (2, False)])
+def test_a_window_read_short_is_read_again_then_judges_nothing(tmp_path: Path, short_reads: int, found: bool) -> None:
+    """Reading backwards for the last decision that records a configuration, a window whose read stopped short of
+    its top (an empty poll on a slow broker: the reader's position below it) may have missed that decision: it is
+    read once more, and if still short nothing is judged, rather than a configuration older than the one missed."""
+    from cli.book import _configured_before
+
+    _, _, path = _book_with_an_operator_key(tmp_path, cycles=3)
+
+    class SlowLog(EmbeddedEventLog):
+        shorts = short_reads
+
+        def position(self, tp: TopicPartition) -> int:
+            if self.shorts:
+                self.shorts -= 1
+                return 0
+            return super().position(tp)
+
+    def decision(record: Record) -> Decision | None:
+        event = codec.decode(record.value or b"")
+        return event if isinstance(event, Decision) else None
+
+    with SlowLog(path) as log:
+        # Nothing read yet above offset 3, the end: the first window read is offsets 0 to 2, where cycle 1's is.
+        last = _configured_before(log, TopicPartition(Topics().decisions, 0), 3, [], decision)
+    assert (last[1].cycle if last is not None else None) == (1 if found else None)
 
 
 @pytest.mark.parametrize("forgery", ["unsigned", "signature kept", "signed by another key"])
