@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", metavar="KEY=VALUE", dest="limits",
         help="set-limits: a configuration key and its new number, repeatable (agent:ID=1 adds an agent, "
         "agent:ID=0 removes it); a key or value no configuration takes is refused before sending, a rule between "
-        "keys is checked against the configuration the newest decision recorded; the allocator judges the command: "
+        "keys is checked against the configuration the log last recorded; the allocator judges the command: "
         "one bad key and nothing changes",
     )  # fmt: skip
     control.add_argument("--reason", required=True, help="why, in the operator's words")
