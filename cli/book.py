@@ -365,6 +365,9 @@ _NEWEST_SPAN = 16
 """How many offsets below its end `_newest_decisions` reads for a partition's newest decision."""
 _SCAN_SPAN = 512
 """The most offsets one window of `_configured_before` reads."""
+_SCAN_LIMIT = 20_000
+"""The most offsets `_configured_before` reads back before it gives up (nothing is judged): a check before an
+emergency HALT must not read a long log whole."""
 
 
 def _newest_decisions(log: EventLog, topics: Topics, codec: EventCodec) -> tuple[list[str], Decision | None]:
@@ -400,7 +403,7 @@ def _newest_decisions(log: EventLog, topics: Topics, codec: EventCodec) -> tuple
                     break
         # The configuration the log last recorded: in those newest records, or further back (what that reads:
         # `_configured_before`).
-        last = _configured_before(log, tp, max(end - _NEWEST_SPAN, 0), newest, decision)
+        last = _configured_before(log, tp, max(end - _NEWEST_SPAN, 0), newest, decision, first)
         if last is not None:
             configured.append((last[0].timestamp_ms, last[0].offset, last[1]))
     found.sort(key=lambda item: item[:2])
@@ -415,38 +418,60 @@ def _configured_before(
     bottom: int,
     read: list[Record],
     decision: Callable[[Record], Decision | None],
+    first: Record | None = None,
 ) -> tuple[Record, Decision] | None:
     """The last decision of one partition that records a configuration, and its record, or None (none does, or a
-    window could not be read whole). `read` are the partition's newest records, from offset `bottom` to its end,
-    already read; below them the partition is read backwards in windows of offsets, each twice as long as the one
-    before up to `_SCAN_SPAN`, until a decision that records a configuration (a record that is undecodable, or no
-    decision, is skipped).
+    window could not be read whole, or none within `_SCAN_LIMIT`). `read` are the partition's newest records, from
+    offset `bottom` to its end, already read, and `first` its record at offset 0.
 
-    What it reads: every record after the last one that records a configuration, and that one. That is the decision
-    of a `serve --config` that changed the configuration, or else the book's first, so on a book whose configuration
-    never changed it reads the whole partition, as `--trusted-keys` does (verify_log), holding at most `_SCAN_SPAN`
-    records at a time. A window read short (the reader's position below its top: the helpers stop at an empty poll,
-    as on a slow broker) is read once more; if still short the scan stops and nothing is judged (None), rather than
-    judging by a configuration older than one it may have missed."""
+    What it reads: nothing more where the newest decision in `read` has a `config_hash` (the configuration in force
+    when it was made, SET_LIMITS included) that is the hash of the configuration `first` records: that one is then in
+    force, exactly (a book whose configuration never changed). Otherwise the partition backwards below `bottom`, in
+    windows of offsets each twice as long as the one before up to `_SCAN_SPAN`, until a decision that records a
+    configuration (the decision of a `serve --config` that changed it, or else the book's first; a record that is
+    undecodable, or no decision, is skipped), and at most `_SCAN_LIMIT` offsets: past that nothing is judged. A
+    window read short (the reader's position below its top: the helpers stop at an empty poll, as on a slow broker)
+    is read once more; if still short the scan stops and nothing is judged (None), rather than judging by a
+    configuration older than one it may have missed."""
     from eventlog.port import records_before
 
-    window, span = read, _NEWEST_SPAN
-    while True:
-        for record in reversed(window):
-            event = decision(record)
-            if event is not None and event.config is not None:
-                return record, event
-        if bottom <= 0:
-            return None
+    for record in reversed(read):
+        event = decision(record)
+        if event is not None and event.config is not None:
+            return record, event
+    newest = next((d for d in map(decision, reversed(read)) if d is not None), None)
+    started = decision(first) if first is not None else None
+    if first is not None and started is not None and newest is not None and _in_force(started, newest):
+        return first, started
+    span, floor = _NEWEST_SPAN, bottom - _SCAN_LIMIT
+    floor = max(floor, 0)
+    while bottom > floor:
         span = min(span * 2, _SCAN_SPAN)
         for _ in range(2):
-            window = records_before(log, tp, bottom, span=span)
+            window = records_before(log, tp, bottom, span=min(span, bottom - floor))
             # Past the window's top: the offsets it spans were all read, markers and aborted records stepped over.
             if log.position(tp) >= bottom:
                 break
         else:
             return None
-        bottom = max(bottom - span, 0)
+        for record in reversed(window):
+            event = decision(record)
+            if event is not None and event.config is not None:
+                return record, event
+        bottom = max(bottom - span, floor)
+    return None
+
+
+def _in_force(recorded: Decision, newest: Decision) -> bool:
+    """Whether the configuration `recorded` records is the one in force at `newest` (its `config_hash`)."""
+    from allocator.service.sequencer import config_from_json
+
+    if recorded.config is None:
+        return False
+    try:
+        return config_from_json(recorded.config).config_hash == newest.config_hash
+    except ValueError:  # a configuration this release cannot read
+        return False
 
 
 def _unverified_hint(trusted: Mapping[str, Ed25519PublicKey] | None) -> str:

@@ -1133,6 +1133,69 @@ def test_a_window_read_short_is_read_again_then_judges_nothing(tmp_path: Path, s
     assert (last[1].cycle if last is not None else None) == (1 if found else None)
 
 
+@pytest.mark.parametrize("read", READS)
+def test_control_judges_a_book_whose_limits_an_operator_changed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, read: str
+) -> None:
+    """A SET_LIMITS changes the configuration in force (each later decision's config_hash) without a decision
+    recording it: the newest decision's hash is then not the first's recorded configuration's, and control reads back
+    to the last decision that records one (here the first) and still refuses an unsigned HALT."""
+    new_key_pair(tmp_path / "alloc")
+    signed = ["--signing-key", str(tmp_path / "alloc")]
+    key_id, private, path = _book_with_an_operator_key(tmp_path, *signed)
+    log = ["--log", str(path)]
+    assert main(["control", "set-limits", "--set", "position_cap=0.015", "--reason", "r", "--operator", "alice",
+                 "--key", str(private), *log]) == 0  # fmt: skip
+    serve_cycles(path, range(2, 5), None, signed)
+    with EmbeddedEventLog(path) as reader:
+        reader.assign([Topics().decisions])
+        hashes = [d.config_hash for r in reader.poll(max_records=100, timeout_s=1.0)
+                  if isinstance(d := codec.decode(r.value or b""), Decision)]  # fmt: skip
+    assert len(set(hashes)) == 2 and hashes[0] != hashes[-1]  # the SET_LIMITS took: the hash in force changed
+    capsys.readouterr()
+    halt = ["control", "halt", "--reason", "venue down", "--operator", "alice", *log]
+    assert main([*halt, *_reading(read, tmp_path, monkeypatch)]) == 2
+    err = capsys.readouterr().err
+    assert f"takes only commands signed by one of its operator keys ({key_id})" in err
+    assert "in the decision of cycle 1" in err
+    assert _commands_sent(path) == 1  # the SET_LIMITS only
+
+
+def test_an_unchanged_configuration_is_judged_without_reading_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the newest decision's config_hash is the hash of the configuration the first records (a book whose
+    configuration never changed), that configuration is in force: control judges by it without reading the log
+    back (an emergency HALT on a long log must not wait for a whole read); and a read back stops after
+    `_SCAN_LIMIT` offsets, judging nothing."""
+    import eventlog.port
+    from cli.book import _configured_before
+
+    _, _, path = _book_with_an_operator_key(tmp_path, cycles=3)
+
+    def decision(record: Record) -> Decision | None:
+        event = codec.decode(record.value or b"")
+        return event if isinstance(event, Decision) else None
+
+    def no_read_back(*args: object, **kwargs: object) -> list[Record]:
+        raise AssertionError("read back")
+
+    tp = TopicPartition(Topics().decisions, 0)
+    with EmbeddedEventLog(path) as log:
+        first = eventlog.port.record_at(log, tp, 0, polls=4)
+        newest = eventlog.port.records_before(log, tp, 3, span=1)
+        assert first is not None and [decision(r).cycle for r in newest] == [3]  # type: ignore[union-attr]
+        monkeypatch.setattr(eventlog.port, "records_before", no_read_back)
+        last = _configured_before(log, tp, 2, newest, decision, first)
+        assert last is not None and last[1].cycle == 1
+        monkeypatch.undo()
+        # Without the first record to compare with, it reads back, and not beyond `_SCAN_LIMIT` offsets.
+        last = _configured_before(log, tp, 2, newest, decision)
+        assert last is not None and last[1].cycle == 1
+        monkeypatch.setattr("cli.book._SCAN_LIMIT", 1)
+        assert _configured_before(log, tp, 2, newest, decision) is None
+
+
 @pytest.mark.parametrize("forgery", ["unsigned", "signature kept", "signed by another key"])
 def test_a_forged_newest_decision_cannot_make_control_refuse_a_genuine_halt(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], forgery: str
