@@ -23,6 +23,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
+    cast,
     create_engine,
     event,
     func,
@@ -111,6 +112,14 @@ class _Pending:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+
+
+def _whole(value: object, what: str, path: Path) -> int:
+    """An integer as the file stores it. SQLite keeps whatever type a writer of the file put in a column, so anything
+    but an integer there is a file changed outside this log: a LogError naming it, never a traceback."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise LogError(f"{path}: {what} is {value!r}, not an integer: the file was changed outside this log")
 
 
 def _sqlite_said(exc: BaseException) -> str:
@@ -269,7 +278,15 @@ class EmbeddedEventLog:
             ).scalar_one_or_none()
             if found is None:
                 raise LogError(f"topic {topic!r} does not exist in {self.path}: create it first (allocator init)")
-            count = self._partition_counts[topic] = int(found)
+            count = self._partition_counts[topic] = self._stored_count(topic, found)
+        return count
+
+    def _stored_count(self, topic: str, found: object) -> int:
+        """A topic's partition count as the file stores it: a positive integer, or a LogError naming it."""
+        count = _whole(found, f"topic {topic!r}'s partition count", self.path)
+        if count < 1:
+            raise LogError(f"{self.path}: topic {topic!r}'s partition count is {count}, not a positive integer: the "
+                           "file was changed outside this log")  # fmt: skip
         return count
 
     def _partitions_of(self, names: Iterable[str]) -> list[TopicPartition]:
@@ -303,9 +320,10 @@ class EmbeddedEventLog:
         created: dict[str, bool] = {}
         with self._db("create topics"), self._write() as conn:
             for name in wanted:
-                existing = conn.execute(
+                stored = conn.execute(
                     select(topics_table.c.partitions).where(topics_table.c.name == name)
                 ).scalar_one_or_none()
+                existing = None if stored is None else self._stored_count(name, stored)
                 if existing is None:
                     conn.execute(insert(topics_table).values(name=name, partitions=partitions or 1))
                     if log_append_time:
@@ -356,9 +374,15 @@ class EmbeddedEventLog:
                 room = max_records - len(found)
                 if room == 0:
                     break
+                # A key or value stored as text or a number (the file written outside this log) is read as the bytes
+                # SQLite gives it, for the codec to judge like any other bytes (a dead letter); a timestamp as the
+                # integer SQLite makes of it, what that writer could have stored as well.
                 rows = conn.execute(
                     select(
-                        records_table.c.offset, records_table.c.key, records_table.c.value, records_table.c.timestamp_ms
+                        records_table.c.offset,
+                        cast(records_table.c.key, LargeBinary),
+                        cast(records_table.c.value, LargeBinary),
+                        cast(records_table.c.timestamp_ms, BigInteger),
                     )
                     .where(
                         records_table.c.topic == tp.topic,
@@ -369,9 +393,10 @@ class EmbeddedEventLog:
                     .limit(room)
                 ).all()
                 for offset, key, value, timestamp_ms in rows:
-                    found.append(Record(tp.topic, tp.partition, int(offset), key, value, int(timestamp_ms)))
+                    at = _whole(offset, f"a record's offset in {tp}", self.path)
+                    found.append(Record(tp.topic, tp.partition, at, key, value, int(timestamp_ms)))
                 if rows:
-                    self._positions[tp] = int(rows[-1][0]) + 1
+                    self._positions[tp] = found[-1].offset + 1
         return found
 
     def position(self, tp: TopicPartition) -> int:
@@ -387,7 +412,8 @@ class EmbeddedEventLog:
                     group_offsets_table.c.topic, group_offsets_table.c.partition, group_offsets_table.c.next_offset
                 ).where(group_offsets_table.c.group == group)
             ).all()
-        return {TopicPartition(str(t), int(p)): int(o) for t, p, o in rows}
+        return {TopicPartition(str(t), int(p)): _whole(o, f"group {group!r}'s offset in {t}/{p}", self.path)
+                for t, p, o in rows}  # fmt: skip
 
     def end_offsets(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
         self._txn.check_open("end_offsets")
@@ -399,7 +425,7 @@ class EmbeddedEventLog:
                 .where(records_table.c.topic.in_(names))
                 .group_by(records_table.c.topic, records_table.c.partition)
             ).all()
-        last = {TopicPartition(str(t), int(p)): int(o) for t, p, o in rows}
+        last = {TopicPartition(str(t), int(p)): _whole(o, f"the last offset of {t}/{p}", self.path) for t, p, o in rows}
         return {tp: last[tp] + 1 if tp in last else 0 for tp in tps}
 
     def rewind_to_committed(self) -> None:
@@ -424,7 +450,7 @@ class EmbeddedEventLog:
             current = conn.execute(
                 select(producers_table.c.epoch).where(producers_table.c.transactional_id == transactional_id)
             ).scalar_one_or_none()
-            epoch = 0 if current is None else int(current) + 1
+            epoch = 0 if current is None else _whole(current, f"{transactional_id!r}'s epoch", self.path) + 1
             conn.execute(
                 sqlite_insert(producers_table)
                 .values(transactional_id=transactional_id, epoch=epoch)
@@ -481,7 +507,7 @@ class EmbeddedEventLog:
                         records_table.c.topic == item.topic, records_table.c.partition == item.partition
                     )
                 ).scalar_one()
-                next_offsets[where] = 0 if last is None else int(last) + 1
+                next_offsets[where] = 0 if last is None else _whole(last, f"the last offset of {where}", self.path) + 1
             offset = next_offsets[where]
             next_offsets[where] = offset + 1
             rows.append(
