@@ -620,19 +620,20 @@ def _cmd_status(args: argparse.Namespace) -> int:
     refused = {(r.topic, r.partition, r.offset): "unverified" if shown.warning else r.kind for r in rejected}
     for d in status["decisions"]:
         d["refused"] = refused.get((d["log_topic"], d["log_partition"], d["log_offset"]))
-    status["log_cycle"] = _newest_cycle(shown.verified)
+    status["log_cycle"] = _newest_cycle(shown.verified, {(p, o) for p, o in status["dead_decisions"]})
     status["configuration"] = shown.configuration_json()
     status["chain"] = shown.chain_json()
     print(json.dumps(status, indent=1, default=str) if args.json else format_status(status))
     return EXIT_OK
 
 
-def _newest_cycle(verified: VerifiedLog | None) -> int | None:
+def _newest_cycle(verified: VerifiedLog | None, dead: set[tuple[int, int]]) -> int | None:
     """The newest cycle among the log's decisions that verified (None: no log read, or no decision), for status to
-    say when the projection is behind it (an outside probe: it showed cycle 2 of a log that held 3, and no word)."""
-    if verified is None or not verified.accepted:
-        return None
-    return max(decision.cycle for _, decision in verified.accepted)
+    say when the projection is behind it (an outside probe: it showed cycle 2 of a log that held 3, and no word),
+    leaving out those at a position (partition, offset) in `dead`, the ones the projector dead-lettered: the
+    projection will never hold them (an outside probe: one forged decision kept status saying "behind" for good)."""
+    cycles = [d.cycle for r, d in verified.accepted if (r.partition, r.offset) not in dead] if verified else []
+    return max(cycles) if cycles else None
 
 
 def _another_logs_projection(

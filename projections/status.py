@@ -17,6 +17,9 @@ from schemas.events import Governor
 GOVERNORS = (Governor.KILL_SWITCH, Governor.FAILURE_RATE, Governor.OPERATOR, Governor.SOLVER_TIMEOUT)
 
 
+_MOST_DEAD = 10_000  # dead letters on the decisions topic read by status (each a forged or damaged record)
+
+
 def _rows(conn: Any, statement: Any) -> list[dict[str, Any]]:
     return [dict(r._mapping) for r in conn.execute(statement)]
 
@@ -60,6 +63,18 @@ def read_status(engine: Engine, config: AllocatorConfig, decisions: int = 5, com
                 .where(dl.c.offset.in_([int(p[2]) for p in positions if p[0] == topic]))
             )
         }
+        # The log's decisions the projector dead-lettered (forged or damaged, "not projectable"): the projection will
+        # never hold them, so status must not count it behind them.
+        dead_decisions = (
+            [
+                [int(r.partition), int(r.offset)]
+                for r in conn.execute(
+                    select(dl.c.partition, dl.c.offset).where(dl.c.topic == last[0]["log_topic"]).limit(_MOST_DEAD)
+                )
+            ]
+            if last
+            else []
+        )
         markets = _rows(conn, text("SELECT market_id, signed_exposure, gross_exposure FROM exposure_by_market"))
         keys = _rows(conn, text("SELECT correlation_key, gross_exposure, gross_cost FROM exposure_by_key"))
     # What the fold made of each command: the same-state events its record caused (refused, or awaiting a second key).
@@ -117,6 +132,7 @@ def read_status(engine: Engine, config: AllocatorConfig, decisions: int = 5, com
         "commands": recent,
         # The newest decision projected and its hash: `allocator audit --head` checks a log still reaches it.
         "chain_head": head[0] if head else None,
+        "dead_decisions": dead_decisions,
     }
 
 

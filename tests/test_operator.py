@@ -309,3 +309,38 @@ def test_status_says_when_the_projection_is_behind_its_log(tmp_path: Path, capsy
     capsys.readouterr()
     assert main(["status", *log, *db]) == 0
     assert "behind its log" not in capsys.readouterr().out
+
+
+def test_a_decision_the_projector_dead_lettered_does_not_keep_the_projection_behind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside probe: a forged decision appended to an unsigned book's log (equity NaN, cycle 2), which the
+    projector dead-letters as not projectable, kept `status` saying "the projection is behind its log, which holds
+    decisions up to cycle 2" however often the projector ran. Status now leaves out the decisions the projection
+    dead-lettered (a genuine decision not yet projected is still said: the test above)."""
+    import dataclasses
+    import math
+
+    from schemas.codec import SingleObjectCodec
+    from schemas.events import Decision
+
+    codec = SingleObjectCodec()
+    path = tmp_path / "log.sqlite"
+    log, db = ["--log", str(path)], ["--database", f"sqlite:///{tmp_path / 'p.sqlite'}"]
+    proposals = str(Path(__file__).parent.parent / "examples" / "proposals.json")
+    serve = ["serve", *log, "--max-cycles", "1", "--duration", "60"]
+    for argv in (["init", *log], ["propose", proposals, *log], serve):
+        assert main(argv) == 0, argv
+    with EmbeddedEventLog(path) as writer:
+        writer.assign([Topics().decisions])
+        (record,) = writer.poll(max_records=10, timeout_s=1.0)
+        first = codec.decode(record.value or b"")
+        assert isinstance(first, Decision)
+        forged = dataclasses.replace(first, decision_id=f"{first.decision_id}-x", cycle=2, equity=math.nan)
+        writer.produce(Topics().decisions, codec.encode(forged), key=record.key)
+        writer.flush()
+    assert main(["project", *log, *db, "--once"]) == 0
+    capsys.readouterr()
+    assert main(["status", *log, *db]) == 0
+    out = capsys.readouterr().out
+    assert "behind its log" not in out and "as of cycle 1" in out
