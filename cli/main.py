@@ -20,6 +20,7 @@ from cli.read_side import (
     _cmd_replay,
 )
 from cli.wire import _cmd_acl_apply, _cmd_acl_user, _cmd_fill, _cmd_init, _cmd_propose, _cmd_schemas, _cmd_tail
+from eventlog.port import MAX_PARTITIONS
 
 # Errors about a path the caller gave (missing, a folder, not a folder, not permitted): a usage error naming it.
 _CALLERS_FILE_ERRORS = frozenset({errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM})
@@ -42,13 +43,6 @@ def _at_least(low: int, high: int | None = None) -> Callable[[str], int]:
 
     parse.__name__ = "int"
     return parse
-
-
-MAX_PARTITIONS = 1_000
-"""The most partitions `init` gives an input topic. Every decision records its input position per input partition
-(four topics, and each agent's own), and every cycle reads them all: 1,000,000 was accepted, and `serve --duration 3`
-on the embedded log then ran 127 s and heeded SIGTERM ~100 s late. At 1,000 a decision holds ~4,000 positions and
-serve stops on time; Kafka's own guidance is a few thousand partitions per broker, all topics together."""
 
 
 def _partitions(text: str) -> int:

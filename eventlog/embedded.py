@@ -34,6 +34,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from eventlog.port import (
+    MAX_PARTITIONS,
     AbortableError,
     Clock,
     FencedError,
@@ -114,12 +115,19 @@ class _Pending:
     timestamp_ms: int
 
 
-def _whole(value: object, what: str, path: Path) -> int:
-    """An integer as the file stores it. SQLite keeps whatever type a writer of the file put in a column, so anything
-    but an integer there is a file changed outside this log: a LogError naming it, never a traceback."""
-    if isinstance(value, int) and not isinstance(value, bool):
+# The largest offset a record may hold: the next one (offset + 1, what readers and consumers store) is still a
+# 64-bit integer, as in SQLite and Kafka.
+_LAST_OFFSET = 2**63 - 2
+
+
+def _whole(value: object, what: str, path: Path, low: int = -(2**63), high: int = _LAST_OFFSET) -> int:
+    """An integer as the file stores it, in [low, high]. SQLite keeps whatever type a writer of the file put in a
+    column, so anything else there is a file changed outside this log: a LogError naming it, never a traceback."""
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
         return value
-    raise LogError(f"{path}: {what} is {value!r}, not an integer: the file was changed outside this log")
+    kind = "an integer" if isinstance(value, int) and not isinstance(value, bool) else "not an integer"
+    bounds = f"outside {low:,}..{high:,}" if kind == "an integer" else kind
+    raise LogError(f"{path}: {what} is {value!r}, {bounds}: the file was changed outside this log")
 
 
 def _sqlite_said(exc: BaseException) -> str:
@@ -281,13 +289,13 @@ class EmbeddedEventLog:
             count = self._partition_counts[topic] = self._stored_count(topic, found)
         return count
 
+    def _partition(self, topic: object, partition: object) -> int:
+        """A partition number as the file stores it beside `topic`: an integer in 0..MAX_PARTITIONS - 1."""
+        return _whole(partition, f"a partition of {topic}", self.path, 0, MAX_PARTITIONS - 1)
+
     def _stored_count(self, topic: str, found: object) -> int:
         """A topic's partition count as the file stores it: a positive integer, or a LogError naming it."""
-        count = _whole(found, f"topic {topic!r}'s partition count", self.path)
-        if count < 1:
-            raise LogError(f"{self.path}: topic {topic!r}'s partition count is {count}, not a positive integer: the "
-                           "file was changed outside this log")  # fmt: skip
-        return count
+        return _whole(found, f"topic {topic!r}'s partition count", self.path, 1, MAX_PARTITIONS)
 
     def _partitions_of(self, names: Iterable[str]) -> list[TopicPartition]:
         wanted = [check_topic_name(name) for name in names]
@@ -393,7 +401,7 @@ class EmbeddedEventLog:
                     .limit(room)
                 ).all()
                 for offset, key, value, timestamp_ms in rows:
-                    at = _whole(offset, f"a record's offset in {tp}", self.path)
+                    at = _whole(offset, f"a record's offset in {tp}", self.path, 0)
                     found.append(Record(tp.topic, tp.partition, at, key, value, int(timestamp_ms)))
                 if rows:
                     self._positions[tp] = found[-1].offset + 1
@@ -412,7 +420,8 @@ class EmbeddedEventLog:
                     group_offsets_table.c.topic, group_offsets_table.c.partition, group_offsets_table.c.next_offset
                 ).where(group_offsets_table.c.group == group)
             ).all()
-        return {TopicPartition(str(t), int(p)): _whole(o, f"group {group!r}'s offset in {t}/{p}", self.path)
+        return {TopicPartition(str(t), self._partition(t, p)): _whole(o, f"group {group!r}'s offset in {t}/{p}",
+                                                                      self.path, high=_LAST_OFFSET + 1)
                 for t, p, o in rows}  # fmt: skip
 
     def end_offsets(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
@@ -425,7 +434,8 @@ class EmbeddedEventLog:
                 .where(records_table.c.topic.in_(names))
                 .group_by(records_table.c.topic, records_table.c.partition)
             ).all()
-        last = {TopicPartition(str(t), int(p)): _whole(o, f"the last offset of {t}/{p}", self.path) for t, p, o in rows}
+        last = {TopicPartition(str(t), self._partition(t, p)): _whole(o, f"the last offset of {t}/{p}", self.path, 0)
+                for t, p, o in rows}  # fmt: skip
         return {tp: last[tp] + 1 if tp in last else 0 for tp in tps}
 
     def rewind_to_committed(self) -> None:
@@ -507,8 +517,13 @@ class EmbeddedEventLog:
                         records_table.c.topic == item.topic, records_table.c.partition == item.partition
                     )
                 ).scalar_one()
-                next_offsets[where] = 0 if last is None else _whole(last, f"the last offset of {where}", self.path) + 1
+                next_offsets[where] = (
+                    0 if last is None else _whole(last, f"the last offset of {where}", self.path, 0) + 1
+                )
             offset = next_offsets[where]
+            if offset > _LAST_OFFSET:
+                raise LogError(f"{self.path}: {item.topic}/{item.partition} has no offset left after {offset - 1:,}: "
+                               "the file was changed outside this log")  # fmt: skip
             next_offsets[where] = offset + 1
             rows.append(
                 {

@@ -411,6 +411,15 @@ def check_topic_name(name: str) -> str:
     return name
 
 
+MAX_PARTITIONS = 1_000
+"""The most partitions a topic may have: `init` gives an input topic at most this many, and the embedded log refuses
+a file that claims more (a count of 100,000,000 grew `serve` to 23 GB). Every decision records its input position
+per input partition (four topics, and each agent's own), and every cycle reads them all: 1,000,000 was accepted, and
+`serve --duration 3` on the embedded log then ran 127 s and heeded SIGTERM ~100 s late. At 1,000 a decision holds
+~4,000 positions and serve stops on time; Kafka's own guidance is a few thousand partitions per broker, all topics
+together."""
+
+
 def check_partitions(partitions: int | None) -> int | None:
     if partitions is None:
         return None

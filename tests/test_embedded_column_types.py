@@ -2,8 +2,9 @@
 stored as text or a number, a timestamp as text or a real. An outside probe found each of these stopped `serve`,
 `audit`, `project`, `status` and `control` with a traceback, and `serve` again on every restart. A key or value of
 any type is now read as the bytes SQLite gives it, for the codec to judge (a dead letter), and a timestamp as the
-integer SQLite makes of it; an integer column holding something else (an offset, a partition count, a group's
-offset, a producer's epoch) is an error naming it, never a traceback."""
+integer SQLite makes of it; an integer column holding something else, or a number outside what the log writes (an
+offset, a partition, a partition count, a group's offset, a producer's epoch), is an error naming it, never a
+traceback or a log read short."""
 
 from __future__ import annotations
 
@@ -85,15 +86,34 @@ CONTROL = ["control", "halt", "--reason", "r", "--operator", "ann"]
         ("UPDATE topics SET partitions = 0 WHERE name = 'allocator.control'", "partition count is 0", CONTROL),
         ("UPDATE topics SET partitions = 'two' WHERE name = 'allocator.proposals'", "partition count is 'two'", SERVE),
         (f"UPDATE records SET offset = 'x' WHERE topic = '{TOPIC}' AND offset = 1", "proposals/0 is 'x'", SERVE),
+        # A count the log never writes: 100,000,000 grew serve to 23 GB before the kernel stopped it.
+        ("UPDATE topics SET partitions = 100000000 WHERE name = 'allocator.proposals'", "outside 1..1,000", SERVE),
+        # 0.5 was read as partition 0 by the end offsets: the log looked cut short, and serve decided a cycle again.
+        (f"UPDATE records SET partition = 0.5 WHERE topic = '{TOPIC}' AND offset = 1", "is 0.5, not an integer", SERVE),
+        (f"UPDATE records SET partition = 'p' WHERE topic = '{TOPIC}' AND offset = 1", "is 'p', not an integer", SERVE),
+        # The next offset after it would not be a 64-bit integer.
+        (f"UPDATE records SET offset = {2**63 - 1} WHERE topic = '{TOPIC}' AND offset = 1", "outside 0..", SERVE),
+        ("UPDATE producers SET epoch = 9223372036854775807", "epoch is 9223372036854775807, outside", SERVE),
     ],
-    ids=["no partitions", "partitions text", "offset text"],
+    ids=[
+        "no partitions",
+        "partitions text",
+        "offset text",
+        "partitions huge",
+        "partition real",
+        "partition text",
+        "offset max",
+        "epoch max",
+    ],
 )
 def test_an_integer_column_holding_something_else_is_named(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], statement: str, named: str, command: list[str]
 ) -> None:
     path, log = _log(tmp_path)
+    if "producers" in statement:
+        assert main([*SERVE, *log]) == 0  # the allocator's transactional id registers its epoch
     with sqlite3.connect(path) as db:
-        db.execute(statement)
+        assert db.execute(statement).rowcount >= 1
     capsys.readouterr()
     assert main([*command, *log]) != 0
     err = capsys.readouterr().err
