@@ -244,11 +244,16 @@ def _cmd_control(args: argparse.Namespace) -> int:
     codec = make_codec(args.schema_registry)
     try:
         with settings.open() as log:
-            books, configured, doubt = (
-                ([], None, None) if args.unchecked else _decision_books(log, topics, codec, trusted)
+            books, configured, newest, doubt = (
+                ([], None, None, None) if args.unchecked else _decision_books(log, topics, codec, trusted)
             )
             if doubt is not None:
                 print(f"allocator control: warning: {doubt}", file=sys.stderr)
+            if books and configured is None:
+                print("allocator control: warning: no decision recording the book's configuration was found (within "
+                      f"the last {_SCAN_LIMIT:,} offsets of its decisions, or in a log written before the book "
+                      "recorded one): the command is not checked against its keyring or limits; the book judges it",
+                      file=sys.stderr)  # fmt: skip
             if chosen is not None and books and chosen not in books:
                 # One book per topic prefix: a command for another book on this log is an operator's slip (a book
                 # without operator_keys would act on it, rules.md §11.3).
@@ -276,13 +281,26 @@ def _cmd_control(args: argparse.Namespace) -> int:
                 print(f"allocator control: warning: {refusal}; sent anyway, since the log's newest decisions could "
                       "not be verified: the book judges it", file=sys.stderr)  # fmt: skip
             refusal = _limits_refusal(configured, command.limits)
-            if refusal is not None and doubt is None:
-                # A SET_LIMITS folded since the configuration was recorded may have changed it: say how to send anyway.
+            # A SET_LIMITS folded since the configuration was recorded changed the one in force when the newest
+            # decision's config_hash is not the recorded one's: a judgement by the recorded one may be wrong either
+            # way (it refused a command the book took, and passed one the book refused), so it is only said.
+            changed = (
+                command.limits is not None and configured is not None and newest is not None
+                and not _in_force(configured, newest)
+            )  # fmt: skip
+            if refusal is not None and doubt is None and not changed:
                 way_out = _unverified_hint(trusted) or "; --unchecked sends it without this check"
                 raise UsageError(f"{refusal}, nothing sent{way_out}")
             if refusal is not None:
-                print(f"allocator control: warning: {refusal}; sent anyway, since the log's newest decisions could "
-                      "not be verified: the book judges it", file=sys.stderr)  # fmt: skip
+                why = ("a SET_LIMITS has changed the configuration in force since (the newest decision's config_hash "
+                       "is not that configuration's)" if changed else "the log's newest decisions could not be "
+                       "verified")  # fmt: skip
+                print(f"allocator control: warning: {refusal}; sent anyway, since {why}: the book judges it",
+                      file=sys.stderr)  # fmt: skip
+            elif changed and configured is not None:
+                print(f"allocator control: warning: the limits were checked against the configuration cycle "
+                      f"{configured.cycle}'s decision recorded, which a SET_LIMITS has changed since (the newest "
+                      "decision's config_hash is not its): the book judges them", file=sys.stderr)  # fmt: skip
             client = BookClient(log, codec, topics)
             client.command(command)
             client.flush()
@@ -303,16 +321,16 @@ def _cmd_control(args: argparse.Namespace) -> int:
 
 def _decision_books(
     log: EventLog, topics: Topics, codec: EventCodec, trusted: Mapping[str, Ed25519PublicKey] | None
-) -> tuple[list[str], Decision | None, str | None]:
+) -> tuple[list[str], Decision | None, Decision | None, str | None]:
     """The book ids of the first and the newest decision on the decisions topic, distinct, in that order (empty: no
     decision, or this principal may not read the topic), the last decision that records a configuration (None: none
-    does), and why the newest may not be the book's (None: nothing says so). A decision records the configuration
-    only when the book adopts one (its first decision, or a `serve --config` that differs from the one in force), so
-    the newest seldom does: the last that does is the configuration the log last recorded, what `recorded_config`
-    folds. A forged decision appended to the log makes the ids differ. With `trusted` keys, only the decisions that
-    verify count (the whole topic is read and its chain checked, `verify_log`): keys that verify none of a signed
-    book's decisions, or only the later ones of a rotation, are a usage error; a chain cut or altered at its start,
-    or decisions after the last verified one that do not verify, are the doubt returned."""
+    does), the newest decision, and why the newest may not be the book's (None: nothing says so). A decision records
+    the configuration only when the book adopts one (its first decision, or a `serve --config` that differs from the
+    one in force), so the newest seldom does: the last that does is the configuration the log last recorded, what
+    `recorded_config` folds. A forged decision appended to the log makes the ids differ. With `trusted` keys, only the
+    decisions that verify count (the whole topic is read and its chain checked, `verify_log`): keys that verify none
+    of a signed book's decisions, or only the later ones of a rotation, are a usage error; a chain cut or altered at
+    its start, or decisions after the last verified one that do not verify, are the doubt returned."""
     from allocator.service.chain import cut_chain, signing_keys, unverified_chain, verify_log
     from eventlog.port import LogError
 
@@ -320,16 +338,17 @@ def _decision_books(
         return (*_newest_decisions(log, topics, codec), None)
     try:
         verified = verify_log(log, codec, topics, trusted)
-    except LogError:  # an operator's principal may not read decisions (docs/security.md)
-        return [], None, None
+    except LogError as exc:  # an operator's principal may not read decisions (docs/security.md)
+        _unread(exc)
+        return [], None, None, None
     signers = set(signing_keys(verified))
     if not verified.accepted and not verified.rejections:
-        return [], None, None  # no decision yet
+        return [], None, None, None  # no decision yet
     if not signers:
         read = [d for _, d in verified.accepted]
-        books, _ = _books_of(read)
+        books, newest = _books_of(read)
         unsigned = "the book's decisions are unsigned, so --trusted-keys verified none of them"
-        return books, _last_configured(read), unsigned
+        return books, _last_configured(read), newest, unsigned
     why = unverified_chain(verified, trusted)
     if why is not None:
         if not signers & set(trusted) or signers - set(trusted):  # the wrong keys, or only a rotation's later one
@@ -346,7 +365,17 @@ def _decision_books(
         doubt = (f"{len(later)} decision(s) after cycle {newest.cycle}, the last that verifies, do not verify under "
                  f"--trusted-keys (the first: {later[0].describe()}); they were not counted, and if the book's key "
                  "was rotated, trust the new key too")  # fmt: skip
-    return books, _last_configured(kept), doubt
+    return books, _last_configured(kept), newest, doubt
+
+
+def _unread(exc: Exception) -> None:
+    """Said when the decisions topic cannot be read: silent only where the principal may not read it (an operator
+    on a broker with ACLs, docs/security.md); anything else (a damaged log file) left the command unchecked unseen."""
+    from eventlog.port import NotAuthorizedError
+
+    if not isinstance(exc, NotAuthorizedError):
+        print(f"allocator control: warning: the book's decisions could not be read ({exc}): the command is not "
+              "checked against its name, keyring or limits; the book judges it", file=sys.stderr)  # fmt: skip
 
 
 def _last_configured(decisions: list[Decision]) -> Decision | None:
@@ -370,9 +399,11 @@ _SCAN_LIMIT = 20_000
 emergency HALT must not read a long log whole."""
 
 
-def _newest_decisions(log: EventLog, topics: Topics, codec: EventCodec) -> tuple[list[str], Decision | None]:
+def _newest_decisions(
+    log: EventLog, topics: Topics, codec: EventCodec
+) -> tuple[list[str], Decision | None, Decision | None]:
     """`_decision_books` read as written: the book ids of the first decision of each partition and of its newest,
-    without the rest, and the last decision that records a configuration (`_configured_before`)."""
+    without the rest, the last decision that records a configuration (`_configured_before`), and the newest."""
     from eventlog.port import LogError, decode_value, record_at, records_before
     from schemas.codec import UndecodableMessage
     from schemas.events import Decision
@@ -387,8 +418,9 @@ def _newest_decisions(log: EventLog, topics: Topics, codec: EventCodec) -> tuple
     topic = topics.decisions
     try:
         ends = {tp: end for tp, end in log.end_offsets([topic]).items() if end > 0}
-    except LogError:  # an operator's principal may not read decisions (docs/security.md): no book to compare with
-        return [], None
+    except LogError as exc:  # an operator's principal may not read decisions (docs/security.md): no book to compare
+        _unread(exc)
+        return [], None, None
     found: list[tuple[int, int, Decision]] = []
     configured: list[tuple[int, int, Decision]] = []
     for tp, end in ends.items():
@@ -408,8 +440,8 @@ def _newest_decisions(log: EventLog, topics: Topics, codec: EventCodec) -> tuple
             configured.append((last[0].timestamp_ms, last[0].offset, last[1]))
     found.sort(key=lambda item: item[:2])
     configured.sort(key=lambda item: item[:2])
-    books, _ = _books_of([d for _, _, d in found])
-    return books, configured[-1][2] if configured else None
+    books, newest_decision = _books_of([d for _, _, d in found])
+    return books, configured[-1][2] if configured else None, newest_decision
 
 
 def _configured_before(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sqlite3
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -1133,6 +1134,24 @@ def test_a_window_read_short_is_read_again_then_judges_nothing(tmp_path: Path, s
     assert (last[1].cycle if last is not None else None) == (1 if found else None)
 
 
+def _book_whose_limits_an_operator_changed(tmp_path: Path) -> tuple[str, Path, Path]:
+    """A signed book with one operator key whose position_cap a SET_LIMITS changed after cycle 1, then three cycles:
+    no decision after the first records a configuration, and the hash in force changed. (key id, its private key,
+    the log)."""
+    new_key_pair(tmp_path / "alloc")
+    signed = ["--signing-key", str(tmp_path / "alloc")]
+    key_id, private, path = _book_with_an_operator_key(tmp_path, *signed)
+    assert main(["control", "set-limits", "--set", "position_cap=0.015", "--reason", "r", "--operator", "alice",
+                 "--key", str(private), "--log", str(path)]) == 0  # fmt: skip
+    serve_cycles(path, range(2, 5), None, signed)
+    with EmbeddedEventLog(path) as reader:
+        reader.assign([Topics().decisions])
+        hashes = [d.config_hash for r in reader.poll(max_records=100, timeout_s=1.0)
+                  if isinstance(d := codec.decode(r.value or b""), Decision)]  # fmt: skip
+    assert len(set(hashes)) == 2 and hashes[0] != hashes[-1]  # the SET_LIMITS took: the hash in force changed
+    return key_id, private, path
+
+
 @pytest.mark.parametrize("read", READS)
 def test_control_judges_a_book_whose_limits_an_operator_changed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, read: str
@@ -1140,25 +1159,44 @@ def test_control_judges_a_book_whose_limits_an_operator_changed(
     """A SET_LIMITS changes the configuration in force (each later decision's config_hash) without a decision
     recording it: the newest decision's hash is then not the first's recorded configuration's, and control reads back
     to the last decision that records one (here the first) and still refuses an unsigned HALT."""
-    new_key_pair(tmp_path / "alloc")
-    signed = ["--signing-key", str(tmp_path / "alloc")]
-    key_id, private, path = _book_with_an_operator_key(tmp_path, *signed)
-    log = ["--log", str(path)]
-    assert main(["control", "set-limits", "--set", "position_cap=0.015", "--reason", "r", "--operator", "alice",
-                 "--key", str(private), *log]) == 0  # fmt: skip
-    serve_cycles(path, range(2, 5), None, signed)
-    with EmbeddedEventLog(path) as reader:
-        reader.assign([Topics().decisions])
-        hashes = [d.config_hash for r in reader.poll(max_records=100, timeout_s=1.0)
-                  if isinstance(d := codec.decode(r.value or b""), Decision)]  # fmt: skip
-    assert len(set(hashes)) == 2 and hashes[0] != hashes[-1]  # the SET_LIMITS took: the hash in force changed
+    key_id, _, path = _book_whose_limits_an_operator_changed(tmp_path)
     capsys.readouterr()
-    halt = ["control", "halt", "--reason", "venue down", "--operator", "alice", *log]
+    halt = ["control", "halt", "--reason", "venue down", "--operator", "alice", "--log", str(path)]
     assert main([*halt, *_reading(read, tmp_path, monkeypatch)]) == 2
     err = capsys.readouterr().err
     assert f"takes only commands signed by one of its operator keys ({key_id})" in err
     assert "in the decision of cycle 1" in err
     assert _commands_sent(path) == 1  # the SET_LIMITS only
+
+
+def test_control_says_what_it_could_not_judge(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outside probe: control sent commands the book then refused, and said nothing, where its check judged by
+    a configuration a SET_LIMITS had changed since (it also refused one the book would take), where no decision
+    recording the configuration lay within the offsets it reads back, and where the decisions could not be read at
+    all (a damaged file). Each is now a warning, and the command is sent for the book to judge."""
+    _, private, path = _book_whose_limits_an_operator_changed(tmp_path)
+    log = ["--log", str(path)]
+    signed = ["--reason", "r", "--operator", "alice", "--key", str(private), *log]
+    capsys.readouterr()
+    # 400 s is above the recorded (and in force) 300 s window: the recorded configuration is stale, so only said.
+    assert main(["control", "set-limits", "--set", "min_window_s=400", *signed]) == 0
+    err = capsys.readouterr().err
+    assert "min_window_s: must not exceed opportunity_window_s" in err
+    assert "sent anyway, since a SET_LIMITS has changed the configuration in force since" in err
+    assert main(["control", "set-limits", "--set", "min_window_s=5", *signed]) == 0
+    assert "which a SET_LIMITS has changed since" in capsys.readouterr().err
+    monkeypatch.setattr("cli.book._NEWEST_SPAN", 1)  # the newest record only, then one offset back, no further
+    monkeypatch.setattr("cli.book._SCAN_LIMIT", 1)
+    assert main(["control", "halt", "--reason", "r", "--operator", "alice", *log]) == 0
+    assert "no decision recording the book's configuration was found" in capsys.readouterr().err
+    assert _commands_sent(path) == 4
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE records SET offset = 'x' WHERE topic = 'allocator.decisions' AND offset = 2")
+    assert main(["control", "halt", "--reason", "r", "--operator", "alice", *log]) == 0
+    err = capsys.readouterr().err
+    assert "the book's decisions could not be read" in err and "changed outside this log" in err
 
 
 def test_an_unchanged_configuration_is_judged_without_reading_back(
