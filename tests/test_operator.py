@@ -12,6 +12,8 @@ import pytest
 from cli.main import main
 from eventlog.embedded import EmbeddedEventLog
 from eventlog.port import TopicPartition, Topics
+from schemas.codec import SingleObjectCodec
+from schemas.events import Decision
 from tests.conftest import DbSchema
 
 
@@ -194,6 +196,23 @@ def test_status_takes_the_book_s_state_from_its_decisions_not_from_forged_govern
     assert "governor PAUSED" in text and "governor events add up to ACTIVE" in text and "not signed" in text
 
 
+def _served_once(tmp_path: Path) -> tuple[Path, list[str], list[str], Decision]:
+    """An embedded book served one cycle of the example proposals: (its log, `--log` and `--database` options for a
+    projection beside it, its first decision)."""
+    path = tmp_path / "log.sqlite"
+    log, db = ["--log", str(path)], ["--database", f"sqlite:///{tmp_path / 'p.sqlite'}"]
+    proposals = str(Path(__file__).parent.parent / "examples" / "proposals.json")
+    serve = ["serve", *log, "--max-cycles", "1", "--duration", "60"]
+    for argv in (["init", *log], ["propose", proposals, *log], serve):
+        assert main(argv) == 0, argv
+    with EmbeddedEventLog(path) as reader:
+        reader.assign([Topics().decisions])
+        [record] = reader.poll(max_records=10, timeout_s=1.0)
+    first = SingleObjectCodec().decode(record.value or b"")
+    assert isinstance(first, Decision)
+    return path, log, db, first
+
+
 def test_a_decision_forged_on_a_proposals_topic_neither_replaces_the_genuine_one_nor_locks_the_projection(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -202,24 +221,13 @@ def test_a_decision_forged_on_a_proposals_topic_neither_replaces_the_genuine_one
     good ("holds decisions of ...proposals"), and a replay copied it again. It is now a dead letter of the topic."""
     import dataclasses
 
-    from schemas.codec import SingleObjectCodec
-    from schemas.events import Decision, GovernorState
+    from schemas.events import GovernorState
 
-    codec = SingleObjectCodec()
-    path = tmp_path / "log.sqlite"
-    log, db = ["--log", str(path)], ["--database", f"sqlite:///{tmp_path / 'p.sqlite'}"]
-    proposals = str(Path(__file__).parent.parent / "examples" / "proposals.json")
-    serve = ["serve", *log, "--max-cycles", "1", "--duration", "60"]
-    for argv in (["init", *log], ["propose", proposals, *log], serve):
-        assert main(argv) == 0, argv
+    path, log, db, genuine = _served_once(tmp_path)
     with EmbeddedEventLog(path) as writer:
-        writer.assign(["allocator.decisions"])
-        [record] = writer.poll(max_records=1, timeout_s=1.0)
-        genuine = codec.decode(record.value or b"")
-        assert isinstance(genuine, Decision)
         forged = dataclasses.replace(genuine, decision_id="allocator.main-0000000002", cycle=2,
                                      governor_state=GovernorState.HALTED, equity=1.0)  # fmt: skip
-        writer.produce("allocator.proposals", codec.encode(forged))
+        writer.produce("allocator.proposals", SingleObjectCodec().encode(forged))
         writer.flush()
     assert main(["project", *log, *db, "--once"]) == 0
     assert main(["control", "halt", "--reason", "r", "--operator", "o", *log]) == 0  # input, so a cycle 2 is decided
@@ -321,23 +329,10 @@ def test_a_decision_the_projector_dead_lettered_does_not_keep_the_projection_beh
     import dataclasses
     import math
 
-    from schemas.codec import SingleObjectCodec
-    from schemas.events import Decision
-
-    codec = SingleObjectCodec()
-    path = tmp_path / "log.sqlite"
-    log, db = ["--log", str(path)], ["--database", f"sqlite:///{tmp_path / 'p.sqlite'}"]
-    proposals = str(Path(__file__).parent.parent / "examples" / "proposals.json")
-    serve = ["serve", *log, "--max-cycles", "1", "--duration", "60"]
-    for argv in (["init", *log], ["propose", proposals, *log], serve):
-        assert main(argv) == 0, argv
+    path, log, db, first = _served_once(tmp_path)
     with EmbeddedEventLog(path) as writer:
-        writer.assign([Topics().decisions])
-        (record,) = writer.poll(max_records=10, timeout_s=1.0)
-        first = codec.decode(record.value or b"")
-        assert isinstance(first, Decision)
         forged = dataclasses.replace(first, decision_id=f"{first.decision_id}-x", cycle=2, equity=math.nan)
-        writer.produce(Topics().decisions, codec.encode(forged), key=record.key)
+        writer.produce(Topics().decisions, SingleObjectCodec().encode(forged), key=first.book_id.encode())
         writer.flush()
     assert main(["project", *log, *db, "--once"]) == 0
     capsys.readouterr()
