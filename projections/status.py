@@ -64,12 +64,16 @@ def read_status(engine: Engine, config: AllocatorConfig, decisions: int = 5, com
             )
         }
         # The log's decisions the projector dead-lettered (forged or damaged, "not projectable"): the projection will
-        # never hold them, so status must not count it behind them.
+        # never hold them, so status must not count it behind them. The newest first: only those past the projection's
+        # newest decision matter, so a cap keeps the ones that do.
         dead_decisions = (
             [
                 [int(r.partition), int(r.offset)]
                 for r in conn.execute(
-                    select(dl.c.partition, dl.c.offset).where(dl.c.topic == last[0]["log_topic"]).limit(_MOST_DEAD)
+                    select(dl.c.partition, dl.c.offset)
+                    .where(dl.c.topic == last[0]["log_topic"])
+                    .order_by(desc(dl.c.offset))
+                    .limit(_MOST_DEAD)
                 )
             ]
             if last
