@@ -333,6 +333,7 @@ class EmbeddedEventLog:
                 ).scalar_one_or_none()
                 existing = None if stored is None else self._stored_count(name, stored)
                 if existing is None:
+                    self._check_no_remnants(conn, name)
                     conn.execute(insert(topics_table).values(name=name, partitions=partitions or 1))
                     if log_append_time:
                         conn.execute(insert(append_time_table).values(name=name))
@@ -341,6 +342,16 @@ class EmbeddedEventLog:
                 created[name] = existing is None
                 self._partition_counts[name] = existing if existing is not None else partitions or 1
         return created
+
+    def _check_no_remnants(self, conn: Connection, name: str) -> None:
+        """A topic about to be created must have left nothing in the file: records or an append-time mark with no
+        topics row are a file changed outside this log (a deleted row), named rather than written over."""
+        held = conn.execute(select(records_table.c.offset).where(records_table.c.topic == name).limit(1)).first()
+        marked = conn.execute(select(append_time_table.c.name).where(append_time_table.c.name == name)).first()
+        if held is not None or marked is not None:
+            what = "holds records" if held is not None else "is marked as stamped with the log's append time"
+            raise LogError(f"{self.path}: topic {name!r} {what} but has no row in the topics table: the file was "
+                           "changed outside this log")  # fmt: skip
 
     # --- reading ------------------------------------------------------------------------------------------
 

@@ -94,6 +94,9 @@ CONTROL = ["control", "halt", "--reason", "r", "--operator", "ann"]
         # The next offset after it would not be a 64-bit integer.
         (f"UPDATE records SET offset = {2**63 - 1} WHERE topic = '{TOPIC}' AND offset = 1", "outside 0..", SERVE),
         ("UPDATE producers SET epoch = 9223372036854775807", "epoch is 9223372036854775807, outside", SERVE),
+        # A topic's row deleted: creating it again stopped on a UNIQUE constraint, or wrote over its records.
+        ("DELETE FROM topics WHERE name = 'allocator.control'", "'allocator.control' is marked as stamped", SERVE),
+        (f"DELETE FROM topics WHERE name = '{TOPIC}'", f"'{TOPIC}' holds records but has no row", SERVE),
     ],
     ids=[
         "no partitions",
@@ -104,6 +107,8 @@ CONTROL = ["control", "halt", "--reason", "r", "--operator", "ann"]
         "partition text",
         "offset max",
         "epoch max",
+        "control row deleted",
+        "proposals row deleted",
     ],
 )
 def test_an_integer_column_holding_something_else_is_named(
