@@ -34,6 +34,7 @@ from cli.common import (
     _status_config,
     _topic_prefix,
     _trusted_keys,
+    counted,
 )
 
 
@@ -150,8 +151,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         log.close()
         if server is not None:
             server.close()
-    say.info(f"allocator serve: stopped after {published} decisions (cycle {service.state.cycle})", event="stop",
-             decisions=published)  # fmt: skip
+    stopped = f"stopped after {counted(published, 'decision')} (cycle {service.state.cycle})"
+    say.info(f"allocator serve: {stopped}", event="stop", decisions=published)
     return EXIT_OK
 
 

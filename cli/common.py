@@ -42,6 +42,11 @@ class UsageError(Exception):
     """A command that must not run as asked: its message is printed and the exit code is 2, never a traceback."""
 
 
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """`1 decision`, `3 decisions`, `2 batches` (`plural` where it is not the noun and an s)."""
+    return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
+
+
 def _chain_settings(args: argparse.Namespace) -> ChainSettings:
     """serve's key and trusted keys from --signing-key and --trusted-keys (errors name the file)."""
     from allocator.service.chain import ChainSettings, DecisionSigner

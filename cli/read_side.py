@@ -30,6 +30,7 @@ from cli.common import (
     _projector_setup,
     _topic_prefix,
     _trusted_keys,
+    counted,
 )
 
 
@@ -273,8 +274,8 @@ def _cmd_project(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.close()
-    say.info(f"allocator project: stopped after {stats.records} events in {stats.batches} batches", event="stop",
-             records=stats.records, batches=stats.batches)  # fmt: skip
+    stopped = f"stopped after {counted(stats.records, 'event')} in {counted(stats.batches, 'batch', 'batches')}"
+    say.info(f"allocator project: {stopped}", event="stop", records=stats.records, batches=stats.batches)
     return EXIT_OK
 
 

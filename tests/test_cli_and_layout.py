@@ -381,3 +381,19 @@ def test_every_subcommand_says_what_it_does_in_its_help() -> None:
         return missing
 
     assert walk(build_parser(), "allocator") == []
+
+
+def test_serve_and_project_count_in_the_right_number(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`stopped after 1 decisions` read as a slip in the one line an operator sees when a service ends."""
+    log = ["--log", str(tmp_path / "log.sqlite")]
+    examples = Path(__file__).resolve().parent.parent / "examples" / "proposals.json"
+    assert main(["init", *log]) == 0 and main(["propose", str(examples), *log]) == 0
+    capsys.readouterr()
+    assert main(["serve", *log, "--max-cycles", "1", "--duration", "60"]) == 0
+    assert "allocator serve: stopped after 1 decision (cycle 1)" in capsys.readouterr().out
+    database = ["--database", f"sqlite:///{tmp_path / 'projection.sqlite'}"]
+    assert main(["db", "upgrade", *database]) == 0
+    capsys.readouterr()
+    assert main(["project", *log, *database, "--once"]) == 0
+    out = capsys.readouterr().out
+    assert "allocator project: stopped after" in out and " 1 batches" not in out and " 1 events" not in out, out

@@ -258,7 +258,8 @@ def test_the_readme_kafka_walkthrough_runs_as_written(
         assert not (set(LONG_RUNNING) - set(shell.running)), "serve and project run in the background"
         published = len(shell.cycles())
         assert shell.stop("serve", signal.SIGINT) == 0, shell.output("serve")
-        assert f"allocator serve: stopped after {published} decisions (cycle {published})" in shell.output("serve")
+        decisions = "1 decision" if published == 1 else f"{published:,} decisions"
+        assert f"allocator serve: stopped after {decisions} (cycle {published})" in shell.output("serve")
         assert shell.stop("project", signal.SIGTERM) == 0, shell.output("project")
         for name in ("serve", "project"):
             assert "Traceback" not in shell.output(name)
