@@ -35,8 +35,12 @@ def _cmd_schemas(args: argparse.Namespace) -> int:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    from eventlog.port import LogError, Topics
+    from eventlog.port import LogError, Topics, check_topic_prefix
 
+    try:
+        check_topic_prefix(args.topic_prefix)
+    except ValueError as exc:
+        raise UsageError(f"{exc}; nothing created") from exc
     config = _config_file(args)
     topics = Topics(args.topic_prefix, agents=(config.agents or ()) if config is not None else ())
     wanted = {name: args.partitions for name in topics.inputs} | dict.fromkeys(topics.outputs, 1)
@@ -72,12 +76,13 @@ def _acl_principals(args: argparse.Namespace) -> dict[str, list[str]]:
 def _cmd_acl_apply(args: argparse.Namespace) -> int:
     from allocator.service.acl import acl_table, format_table
     from eventlog.kafka_acl import AclError, create_acls
-    from eventlog.port import Topics
+    from eventlog.port import Topics, check_topic_prefix
 
     principals = _acl_principals(args)
     if not principals:
         raise UsageError("name at least one principal (--agent, --executor, --market, ...)")
     try:
+        check_topic_prefix(args.topic_prefix)
         rows = acl_table(Topics(args.topic_prefix), args.book, principals)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc

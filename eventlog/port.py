@@ -411,6 +411,26 @@ def check_topic_name(name: str) -> str:
     return name
 
 
+# The names a book gives its topics after its prefix (`Topics`).
+TOPIC_ROLES = ("proposals", "fills", "pnl", "control", "decisions", "governor", "deadletter")
+
+
+def check_topic_prefix(prefix: str) -> str:
+    """A prefix a new book may take: a valid topic-name part none of whose dot-separated parts is one of
+    `TOPIC_ROLES`. Otherwise one book's topics could be another's: under `X.proposals` a book's control topic is
+    `X.proposals.control`, the own proposals topic of book X's agent `control`, whose grant lets it write there (an
+    outside probe halted such a book as that agent). Raises ValueError naming the part."""
+    check_topic_name(f"{prefix}.decisions")
+    for part in prefix.split("."):
+        if part in TOPIC_ROLES:
+            raise ValueError(
+                f"topic prefix {prefix!r}: its part {part!r} is a name the book's topics take "
+                f"({', '.join(TOPIC_ROLES)}), so this book's topics could be another book's (under 'X.proposals' "
+                "they are the own proposals topics of book X's agents); choose a prefix without it"
+            )
+    return prefix
+
+
 MAX_PARTITIONS = 1_000
 """The most partitions a topic may have: `init` gives an input topic at most this many, and the embedded log refuses
 a file that claims more (a count of 100,000,000 grew `serve` to 23 GB). Every decision records its input position

@@ -397,3 +397,24 @@ def test_serve_and_project_count_in_the_right_number(tmp_path: Path, capsys: pyt
     assert main(["project", *log, *database, "--once"]) == 0
     out = capsys.readouterr().out
     assert "allocator project: stopped after" in out and " 1 batches" not in out and " 1 events" not in out, out
+
+
+@pytest.mark.parametrize("prefix", ["h2a.proposals", "desk.control.b", "decisions", "a.governor", "x.fills.y"])
+def test_a_prefix_that_could_name_another_books_topics_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], prefix: str
+) -> None:
+    """An outside probe: a book under prefix `h2a.proposals` has its control topic at `h2a.proposals.control`, the
+    own proposals topic of book h2a's agent `control`, which its grant lets write there: as that agent it halted
+    the second book. Neither init nor acl apply said anything."""
+    log = tmp_path / "log.sqlite"
+    assert main(["init", "--log", str(log), "--topic-prefix", prefix]) == 2
+    err = capsys.readouterr().err
+    part = next(p for p in prefix.split(".") if p in ("proposals", "control", "decisions", "governor", "fills"))
+    assert f"topic prefix {prefix!r}: its part {part!r}" in err and "nothing created" in err, err
+    assert not log.exists() or "decisions" not in log.read_bytes().decode("latin-1")
+    acl = ["acl", "apply", "--book", "main", "--topic-prefix", prefix, "--agent", "control", "--dry-run"]
+    assert main(acl) == 2
+    assert f"its part {part!r}" in capsys.readouterr().err
+    # a prefix that only contains such a word is fine
+    assert main(["init", "--log", str(log), "--topic-prefix", "h2a.proposalsx"]) == 0
+    assert main([*acl[:5], "h2a.controls", *acl[6:]]) == 0
