@@ -141,8 +141,11 @@ class AllocatorConfig:
     # rules.md §7.4: 2 leaves PARTIAL reports out of the failure window, so an allocation counts by its final report
     # (FILLED, FAILED, REJECTED): an acknowledgement sent as a zero-size PARTIAL before the FAILED one counted as a
     # success and hid the failure (an outside probe: six failed allocations paused nothing). 1 counts the first
-    # reports whatever their status, as the releases before the key did (`ABSENT_MEANS`)
-    failure_report_rules: int = 2
+    # reports whatever their status, as the releases before the key did (`ABSENT_MEANS`). 3 also counts a FILLED
+    # report that leaves its allocation filled below the proposal's min size as a failure: a FILLED report of 1e-9
+    # ended the allocation as a success and the real FAILED one after it was refused (an outside probe: 25 failed
+    # allocations paused nothing)
+    failure_report_rules: int = 3
     # rules.md §11.3: 1 refuses a signed operator command that does not name this book (`<topic prefix>.<book id>`);
     # 0 takes one naming no book, as the releases before ControlCommand version 3 did (`ABSENT_MEANS`)
     operator_commands_name_book: int = 1
@@ -485,7 +488,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "kill_switch_reset_quorum": (1, 2, False),
     "kill_switch_reset_window_s": (0.0, _DAY_S, True),
     "failure_reports_per_allocation": (0, 100_000, False),
-    "failure_report_rules": (1, 2, False),
+    "failure_report_rules": (1, 3, False),
     "operator_commands_name_book": (0, 1, False),
     "proposal_id_rules": (1, 2, False),
     "fill_rules": (1, 3, False),

@@ -195,6 +195,9 @@ class Funded:
     limit_price: float | None = None
     # a FILLED, FAILED or REJECTED report ended it (`fill_rules` 2): a later report on it is refused
     closed: bool = False
+    # the least it must be filled to count as a success (`failure_report_rules` 3): the proposal's min size, at most
+    # the funded size; 0 when the fold did not hold the proposal
+    min_fill: float = 0.0
 
 
 @dataclass
@@ -484,7 +487,8 @@ class PortfolioState:
                 self.reservations[reservation.key] = reservation
                 by_agent = self.funded.setdefault((decision.decision_id, a.proposal_id), {})
                 limit = proposal.price if proposal is not None else None
-                by_agent[a.agent_id] = Funded(a.market_id, a.side, a.size, limit_price=limit)
+                least = min(proposal.min_size, a.size) if proposal is not None else 0.0
+                by_agent[a.agent_id] = Funded(a.market_id, a.side, a.size, limit_price=limit, min_fill=least)
         if decision.solver_path is SolverPath.NOT_RUN:
             return ()
         timed_out = decision.solver_path is not SolverPath.MIP_OPTIMAL
@@ -624,11 +628,19 @@ class PortfolioState:
         if math.isfinite(fill.fee):
             self.cash -= fill.fee
         if self._counts_in_window(allocation, fill):
-            failed = fill.status in (FillStatus.FAILED, FillStatus.REJECTED)
+            failed = fill.status in (FillStatus.FAILED, FillStatus.REJECTED) or self._fell_short(allocation, fill)
             self.governor, report_changes = on_execution_report(self.governor, failed, self.limits)
             changes += report_changes
         changes += self._equity_changed()
         return tuple(changes)
+
+    def _fell_short(self, allocation: Funded | None, fill: Fill) -> bool:
+        """Whether a FILLED report ends its allocation filled below the proposal's min size, which
+        `failure_report_rules` 3 counts as a failed execution (rules.md §7.4): the smallest size worth trading was
+        not reached, and a FILLED report of next to nothing cannot stand in for the FAILED one."""
+        if self.config.failure_report_rules < 3 or allocation is None or fill.status is not FillStatus.FILLED:
+            return False
+        return allocation.filled < allocation.min_fill * (1.0 - 1e-9)
 
     def _counts_in_window(self, allocation: Funded | None, fill: Fill) -> bool:
         """Whether an execution report on `allocation` counts in the failure window (rules.md §7.4): only its first

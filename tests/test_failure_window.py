@@ -16,6 +16,7 @@ from schemas.events import (
     FillStatus,
     GovernorState,
     Order,
+    Proposal,
     Side,
     SolverPath,
 )
@@ -103,3 +104,39 @@ def test_a_book_recorded_before_failure_report_rules_counts_the_first_report_as_
     recorded = AllocatorConfig.from_recorded({"failure_reports_per_allocation": 1})
     assert recorded.failure_report_rules == ABSENT_MEANS["failure_report_rules"] == 1
     assert _acknowledged_then_failed(recorded).governor.state is GovernorState.ACTIVE  # 0 failures of 20 counted
+
+
+def _proposed_and_funded(n: int, config: AllocatorConfig) -> PortfolioState:
+    """n proposals of min size 60 (request 100) held by the book, then the decision funding each at 100."""
+    book = PortfolioState.new(config)
+    for i in range(n):
+        book.apply(Proposal(f"p{i}", "a", "s", f"m{i}", Side.BUY, 0.5, 0.05, 0.9, 100.0, 60.0, 0.0, 0.01, f"k{i}", T))
+    assert len(book.pending) == n
+    book.apply(funded(n))
+    return book
+
+
+def test_a_filled_report_of_next_to_nothing_does_not_hide_the_failure_after_it() -> None:
+    """An outside probe: FILLED 1e-9 (a zero-size FILLED is refused, `fill_rules` 3) ended each allocation as a
+    success, and the real FAILED report after it was refused as coming after a final one: 25 failed allocations
+    paused nothing. Under `failure_report_rules` 3 a FILLED report that leaves its allocation below the proposal's
+    min size counts as a failure; one that reaches it (here 60 of 100) is a success."""
+    book = _proposed_and_funded(25, AllocatorConfig())
+    tiny = [report(i, FillStatus.FILLED, 1e-9, f"tiny{i}") for i in range(7)]
+    fold(book, tiny + [report(i, FillStatus.FILLED, 60.0, f"fill{i}") for i in range(7, 20)])
+    assert all(book.fill_refusal(report(i, FillStatus.FAILED, fill_id=f"fail{i}")) for i in range(7))
+    assert book.governor.state is GovernorState.PAUSED  # 7 short of 20 reports: 35%
+    assert sum(book.governor.failure_outcomes) == 7 and len(book.governor.failure_outcomes) == 20
+    # filled at the min size (in two reports, the interim one not counted) is a success: 6 of 20 stay under 30%
+    book = _proposed_and_funded(25, AllocatorConfig())
+    halves = [r for i in range(7) for r in (report(i, FillStatus.PARTIAL, 30.0, f"a{i}"),
+                                            report(i, FillStatus.FILLED, 30.0, f"b{i}"))]  # fmt: skip
+    fold(book, halves + [report(i, FillStatus.FAILED, fill_id=f"x{i}") for i in range(7, 13)]
+         + [report(i, FillStatus.FILLED, 100.0, f"y{i}") for i in range(13, 20)])  # fmt: skip
+    assert book.governor.state is GovernorState.ACTIVE
+
+
+def test_a_book_recorded_with_failure_report_rules_2_keeps_counting_a_short_fill_as_a_success() -> None:
+    book = _proposed_and_funded(25, AllocatorConfig(failure_report_rules=2))
+    fold(book, [report(i, FillStatus.FILLED, 1e-9, f"tiny{i}") for i in range(20)])
+    assert book.governor.state is GovernorState.ACTIVE
