@@ -370,13 +370,18 @@ def _decision_books(
 
 
 def _unread(exc: Exception) -> None:
-    """Said when the decisions topic cannot be read: silent only where the principal may not read it (an operator
-    on a broker with ACLs, docs/security.md); anything else (a damaged log file) left the command unchecked unseen."""
+    """Said when the decisions topic cannot be read, the command then unchecked: a damaged log file, or a principal
+    the broker does not let read it (operators may since `acl apply` grants it; one granted before may not). Left
+    unsaid, an unsigned `halt` on a book with operator keys looked sent and the book refused it (an outside probe)."""
     from eventlog.port import NotAuthorizedError
 
-    if not isinstance(exc, NotAuthorizedError):
-        print(f"allocator control: warning: the book's decisions could not be read ({exc}): the command is not "
-              "checked against its name, keyring or limits; the book judges it", file=sys.stderr)  # fmt: skip
+    if isinstance(exc, NotAuthorizedError):
+        print("allocator control: warning: this principal may not read the book's decisions, so the command is not "
+              "checked against the book's name, keyring or limits; the book judges it (`allocator acl apply "
+              "--operator NAME` grants an operator READ on the decisions topic)", file=sys.stderr)  # fmt: skip
+        return
+    print(f"allocator control: warning: the book's decisions could not be read ({exc}): the command is not "
+          "checked against its name, keyring or limits; the book judges it", file=sys.stderr)  # fmt: skip
 
 
 def _last_configured(decisions: list[Decision]) -> Decision | None:

@@ -68,6 +68,13 @@ TOPIC_CONFIG = {
 
 log = logging.getLogger(__name__)
 
+# The client log of a fence's own producer: a fence that may not use its id (the legacy id `serve` tries on a broker
+# whose ACLs no longer grant it) is an expected refusal, but librdkafka printed it to standard error as
+# `%0|...|FATAL|... Transactional Id authorization failed` on every start. Its outcome is the call's error.
+_fence_log = logging.getLogger(f"{__name__}.fence")
+_fence_log.addHandler(logging.NullHandler())
+_fence_log.propagate = False
+
 T = TypeVar("T")
 
 # confluent-kafka neither declares the OffsetSpec export (the ignore above) nor annotates its factories.
@@ -511,7 +518,7 @@ class KafkaEventLog:
     def fence(self, transactional_id: str) -> None:
         self._txn.check_open("fence")
         # A producer of its own, dropped once the coordinator has bumped the id's epoch: this log's writer is not it.
-        producer = Producer({**self._producer_config(), "transactional.id": transactional_id})
+        producer = Producer({**self._producer_config(), "transactional.id": transactional_id, "logger": _fence_log})
         self._call(f"fence transactional id {transactional_id!r}", lambda: producer.init_transactions(self._timeout_s))
 
     def begin(self) -> None:

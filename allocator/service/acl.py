@@ -8,7 +8,8 @@ Principals are SCRAM user names, grouped by role:
 |           | the agent id), never another agent's nor the shared `<prefix>.proposals`                    |
 | executor  | READ decisions, WRITE fills; consumer groups `executor-<prefix>-<name>*`                     |
 | market    | WRITE pnl (marks and resolutions)                                                           |
-| operator  | WRITE control                                                                               |
+| operator  | WRITE control; READ decisions (`control` checks a command against them); consumer groups    |
+|           | `operator-<prefix>-<name>*`                                                                 |
 | allocator | READ every topic of the book (the agents' own: PREFIXED `<prefix>.proposals.`), WRITE        |
 |           | decisions/governor/deadletter, CREATE the book's topics                                     |
 |           | (serve creates a missing one at start), its consumer group and transactional id             |
@@ -60,7 +61,14 @@ def _role_rows(role: str, principal: str, topics: Topics, book: str) -> list[Acl
     if role == "market":
         return _topic(principal, topics.pnl, "WRITE", "DESCRIBE")
     if role == "operator":
-        return _topic(principal, topics.control, "WRITE", "DESCRIBE")
+        # READ decisions: `control` checks a command against the book's name and keyring there before sending it;
+        # without it an unsigned `halt` on a book with operator keys printed "sent" and the book refused it (an
+        # outside probe)
+        return [
+            *_topic(principal, topics.control, "WRITE", "DESCRIBE"),
+            *_topic(principal, topics.decisions, "READ", "DESCRIBE"),
+            *_groups(role, principal, topics),
+        ]
     if role == "allocator":
         rows = [row for name in _all_topics(topics) for row in _topic(principal, name, "READ", "DESCRIBE", "CREATE")]
         rows += _agent_topics(principal, topics, "READ", "DESCRIBE", "CREATE")
