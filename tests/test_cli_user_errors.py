@@ -388,6 +388,41 @@ def test_what_the_strict_reading_refuses_names_its_line(
     assert not log.exists()
 
 
+@pytest.mark.parametrize(
+    ("after", "line"),
+    [("\n[P]\n", 3), ("\n\n  P\n", 4), (" garbage", 2), ("\n]", 3)],
+    ids=["a second array", "an object on a line", "text", "a bracket"],
+)
+def test_nothing_after_a_json_array_is_dropped(
+    after: str, line: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside probe: `[P1]` then `[P2]` on the next line sent P1 and said "1 proposal sent"; whatever followed
+    the first array (more records, text) was ignored. It is now refused, naming its line, and nothing is sent."""
+    one = json.loads((Path(__file__).resolve().parent.parent / "examples" / "proposals.json").read_text())[0]
+    records = tmp_path / "records.json"
+    records.write_text("\n" + json.dumps([one]) + after.replace("P", json.dumps(one)), encoding="utf-8")
+    log = tmp_path / "log.sqlite"
+    for command in ("propose", "fill"):
+        capsys.readouterr()
+        assert main([command, str(records), "--log", str(log)]) == 2
+        err = capsys.readouterr().err
+        assert f"allocator {command}: line {line}: more after the JSON array that starts on line 2" in err, err
+    assert not log.exists()
+
+
+def test_an_array_of_many_records_names_the_line_of_a_bad_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each item's line is counted on from the item before it (counting from the start every time made a 50 MB
+    array run for more than 10 minutes): the line named is still the item's own, wherever it is."""
+    items = [f'{{"proposal_id": "p{i}"}}' for i in range(3_000)]
+    items[2_500] = '{"proposal_id": "p1",\n "proposal_id": "p2"}'
+    records = tmp_path / "records.json"
+    records.write_text("[\n" + ",\n".join(items) + "\n]", encoding="utf-8")
+    assert main(["propose", str(records), "--log", str(tmp_path / "log.sqlite")]) == 2
+    assert "allocator propose: line 2502: key 'proposal_id' given twice" in capsys.readouterr().err
+
+
 def test_a_schema_name_postgresql_cannot_take_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     """`status`, `project` and `db upgrade` with `--schema Bad-Name` ended on a ValueError traceback (replay alone
     refused it in one line)."""

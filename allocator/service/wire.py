@@ -120,9 +120,14 @@ def json_records(text: str) -> list[tuple[int, Any]]:
 
 def _json_records(text: str) -> list[tuple[int, Any]]:
     decoder = json.JSONDecoder(parse_int=json_integer, object_pairs_hook=json_object)
+    counted = [0, 1]  # a position and its line: items are met in order, so counting goes on from the last one
 
     def line_of(pos: int) -> int:
-        return text.count("\n", 0, pos) + 1
+        # Counting from the start for every item made a 50 MB array take more than 10 minutes (an outside probe).
+        last, line = counted
+        line = line + text.count("\n", last, pos) if pos >= last else text.count("\n", 0, pos) + 1
+        counted[:] = [pos, line]
+        return line
 
     def decode_at(pos: int) -> tuple[Any, int]:
         """The value starting at `pos`; what `json_integer` or `json_object` refuse names the value's line."""
@@ -141,9 +146,16 @@ def _json_records(text: str) -> list[tuple[int, Any]]:
         # The syntax first, with nothing refused, so that each item can then be decoded where it begins and what the
         # hooks refuse named by its line.
         try:
-            items, _ = json.JSONDecoder(parse_int=len, object_pairs_hook=len).raw_decode(text, start)
+            items, after = json.JSONDecoder(parse_int=len, object_pairs_hook=len).raw_decode(text, start)
         except json.JSONDecodeError as exc:
             raise WireError([f"line {exc.lineno}: not valid JSON: {exc.msg}"]) from exc
+        rest = text[after:]
+        if rest.strip():
+            # Whatever followed the array (a second array, more lines) was dropped without a word (an outside probe).
+            extra = after + len(rest) - len(rest.lstrip())
+            raise WireError([f"line {line_of(extra)}: more after the JSON array that starts on line {line_of(start)}: "
+                             "give one array, or one JSON object per line"])  # fmt: skip
+        counted[:] = [0, 1]
         out: list[tuple[int, Any]] = []
         pos = start + 1
         for _ in items:
