@@ -423,6 +423,20 @@ def test_an_array_of_many_records_names_the_line_of_a_bad_one(
     assert "allocator propose: line 2502: key 'proposal_id' given twice" in capsys.readouterr().err
 
 
+def test_propose_refuses_a_null_price(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An outside probe: `"price": null` was sent ("1 proposal sent", exit 0) and rejected by the next decision
+    ("price: null needs caller-supplied scenario returns"), which a book never has. It is refused before sending."""
+    one = json.loads((Path(__file__).resolve().parent.parent / "examples" / "proposals.json").read_text())[0]
+    records = tmp_path / "records.json"
+    records.write_text(json.dumps({**one, "price": None}), encoding="utf-8")
+    log = str(tmp_path / "log.sqlite")
+    assert main(["init", "--log", log]) == 0
+    capsys.readouterr()
+    assert main(["propose", str(records), "--log", log]) == 2
+    err = capsys.readouterr().err
+    assert "line 1: price: must be a number" in err and "nothing sent" in err, err
+
+
 def test_a_schema_name_postgresql_cannot_take_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     """`status`, `project` and `db upgrade` with `--schema Bad-Name` ended on a ValueError traceback (replay alone
     refused it in one line)."""

@@ -196,6 +196,11 @@ def proposals_from(records: list[tuple[int, Any]], now_ms: int, agent: str | Non
         found = [f"line {line}: {reason.detail}" for reason in field_problems(raw)]
         if agent is not None and raw.get("agent_id") != agent:
             found.append(f"line {line}: agent_id: must be {agent!r} (--agent), got {raw.get('agent_id')!r}")
+        if "price" in raw and raw["price"] is None:
+            # A book draws a proposal's outcomes from its price; null is for callers of the engine that give their
+            # own scenario returns, which a book never has: it was sent, and rejected in the next decision.
+            found.append(f"line {line}: price: must be a number (null is only for a caller's own scenario returns, "
+                         "which a book does not take)")  # fmt: skip
         if found:
             problems.extend(found)
             continue
