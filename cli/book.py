@@ -311,8 +311,11 @@ def _cmd_control(args: argparse.Namespace) -> int:
     except LogError as exc:
         print(f"allocator control: the log refused the command: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, NotALogError) else EXIT_FAILURE
+    from schemas.text import printable
+
     checks = ", nor its limits against the configuration's rules" if command.limits is not None else ""
-    print(f"sent {command.command.value} {command.command_id} by {command.operator_id} for book {command.book}"
+    print(f"sent {command.command.value} {command.command_id} by {printable(command.operator_id)} for book "
+          f"{command.book}"
           + (f" signed by key {command.key_id}" if command.key_id else " unsigned")
           + (f" (not checked against the log's decisions{checks}: --unchecked)" if args.unchecked else "")
           + f" to {topics.control} on "

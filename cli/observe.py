@@ -19,6 +19,8 @@ from typing import Any, TextIO
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from schemas.text import printable
+
 LOG_FORMATS = ("human", "json")
 
 
@@ -130,7 +132,7 @@ class LogLine:
     def write(self, level: str, line: str, event: str | None, fields: Mapping[str, Any]) -> None:
         stream = (self.err or sys.stderr) if level in ("error", "warning") else (self.out or sys.stdout)
         if self.fmt == "human":
-            print(redact(line), file=stream, flush=True)
+            print(printable(redact(line), keep_newlines=True), file=stream, flush=True)  # log text: a governor's cause
             return
         merged = dict(fields)
         if self._next is not None and event is None:

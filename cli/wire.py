@@ -212,6 +212,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     from eventlog.port import LogError, NotALogError, Record, Topics, decode_value
     from schemas.codec import UndecodableMessage, make_codec
     from schemas.events import Decision, Event
+    from schemas.text import printable
 
     if args.trusted_keys is not None and args.what != "decisions":
         raise UsageError("--trusted-keys verifies decisions: it goes with `tail decisions` only")
@@ -230,12 +231,12 @@ def _cmd_tail(args: argparse.Namespace) -> int:
         row: dict[str, Any] = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
         if isinstance(event, Rejection):
             row |= {"type": "Rejection", "verified": False, "rejection": event.to_json()}
-            print(json.dumps(row) if args.json else f"REFUSED {event.describe()}", flush=True)
+            print(json.dumps(row) if args.json else printable(f"REFUSED {event.describe()}"), flush=True)
             return
         row |= {"type": type(event).__name__, "record": to_json(event)}
         if trusted is not None:
             row["verified"] = True
-        print(json.dumps(row) if args.json else one_line(event), flush=True)
+        print(json.dumps(row) if args.json else printable(one_line(event)), flush=True)
 
     try:
         with settings.open() as log:

@@ -437,6 +437,27 @@ def test_propose_refuses_a_null_price(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "line 1: price: must be a number" in err and "nothing sent" in err, err
 
 
+def test_text_from_the_log_reaches_a_terminal_without_its_control_characters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside probe: an operator id holding ESC [2A ESC [2K, folded into a governor event, was printed as it is
+    by `allocator tail governor`: on a terminal it moved the cursor up and erased lines, such as a kill-switch trip
+    printed before it. serve, tail, audit and control print such text with each control character a `?`."""
+    log = ["--log", str(tmp_path / "log.sqlite")]
+    examples = Path(__file__).resolve().parent.parent / "examples" / "proposals.json"
+    assert main(["init", *log]) == 0 and main(["propose", str(examples), *log]) == 0
+    who, why = "\x1b[2Amallory\x9b2K", "r\x1b[2K\nforged line\x07"
+    assert main(["control", "halt", "--operator", who, "--reason", why, "--unchecked", *log]) == 0
+    assert main(["serve", *log, "--max-cycles", "1", "--duration", "60"]) == 0
+    for what in ("governor", "decisions", "deadletter"):
+        assert main(["tail", what, *log, "--from-beginning", "--timeout", "1"]) == 0
+    assert main(["audit", *log, "--report", str(tmp_path / "report.json")]) == 0
+    out, err = capsys.readouterr()
+    assert "?[2Amallory?2K: r?[2K?forged line?" in out, out
+    for text in (out, err):
+        assert not any((ord(c) < 32 and c not in "\n\t") or 127 <= ord(c) <= 159 for c in text), repr(text)
+
+
 def test_a_schema_name_postgresql_cannot_take_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     """`status`, `project` and `db upgrade` with `--schema Bad-Name` ended on a ValueError traceback (replay alone
     refused it in one line)."""

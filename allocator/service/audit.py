@@ -22,6 +22,7 @@ from book.config import ABSENT_MEANS, AllocatorConfig
 from eventlog.port import EventLog, Record, TopicPartition, Topics
 from schemas.codec import EventCodec
 from schemas.events import Decision, SolverPath
+from schemas.text import printable
 from schemas.versions import single_object_version
 
 # Only a solve the wall-clock safety net stopped depends on the machine; every other path is re-derived exactly.
@@ -456,7 +457,7 @@ def summary_table(report: AuditReport) -> str:
         + (f", {data['errors']} re-runs raised an error" if data["errors"] else "")
         + (f", {len(report.not_rederived)} not re-derived (no configuration)" if report.not_rederived else "")
     )
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # ids and problems are the log's text
 
 
 def write_report(report: AuditReport, path: str) -> None:
