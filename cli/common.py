@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -419,14 +420,23 @@ def _log_settings(args: argparse.Namespace) -> LogSettings:
 
     from allocator.service.backends import LogSettings
 
+    # Where the path came from, as the user gave it: an empty ALLOCATOR_LOG was "--log .: is a folder", and an empty
+    # --log quietly meant the default file (an outside probe).
+    source = "--log" if args.log is not None or "ALLOCATOR_LOG" not in os.environ else "ALLOCATOR_LOG"
+    if args.log == "":
+        raise UsageError("--log is empty: give the event log file's path (without it the default is "
+                         "allocator-log.sqlite)")  # fmt: skip
     settings = LogSettings.resolve(args.kafka, args.log, getattr(args, "kafka_config", None))
     if not settings.kafka_bootstrap:
+        if args.log is None and os.environ.get("ALLOCATOR_LOG") == "":
+            raise UsageError(f"{source} is empty: give the event log file's path (without it the default is "
+                             "allocator-log.sqlite)")  # fmt: skip
         # SQLite's own answer for these is "unable to open database file", which names neither the path nor why.
         path = Path(settings.embedded_path)
         if path.is_dir():
-            raise UsageError(f"--log {path}: is a folder, not an event log file")
+            raise UsageError(f"{source} {path}: is a folder, not an event log file")
         if not path.parent.is_dir():
-            raise UsageError(f"--log {path}: the folder {path.parent} does not exist (create it first)")
+            raise UsageError(f"{source} {path}: the folder {path.parent} does not exist (create it first)")
     return settings
 
 

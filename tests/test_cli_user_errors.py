@@ -458,6 +458,23 @@ def test_text_from_the_log_reaches_a_terminal_without_its_control_characters(
         assert not any((ord(c) < 32 and c not in "\n\t") or 127 <= ord(c) <= 159 for c in text), repr(text)
 
 
+@pytest.mark.parametrize("command", [["init"], ["serve", "--max-cycles", "1"], ["tail", "governor"], ["audit"]])
+def test_an_empty_log_path_is_named_where_it_came_from(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside probe: ALLOCATOR_LOG set but empty made every command say `--log .: is a folder`, naming a flag
+    never given, and `--log ""` quietly used (and `init` created) ./allocator-log.sqlite."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.setenv("ALLOCATOR_LOG", "")
+    assert main(command) == 2
+    assert "ALLOCATOR_LOG is empty: give the event log file's path" in capsys.readouterr().err
+    monkeypatch.delenv("ALLOCATOR_LOG")
+    assert main([*command, "--log", ""]) == 2
+    assert "--log is empty: give the event log file's path" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_schema_name_postgresql_cannot_take_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     """`status`, `project` and `db upgrade` with `--schema Bad-Name` ended on a ValueError traceback (replay alone
     refused it in one line)."""
