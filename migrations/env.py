@@ -23,7 +23,12 @@ def _option(name: str) -> str | None:
 def _run(connection: Connection, schema: str | None) -> None:
     if schema is not None and connection.dialect.name == "postgresql":
         check_schema(schema)
-        connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        # Created only where it is missing: CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the
+        # schema exists, which the projector's role (`allocator db grant-projector`, no DDL) does not have, so
+        # `project` could not run as it at all (an outside probe).
+        found = connection.execute(text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": schema}).first()
+        if found is None:
+            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
         connection.execute(text(f'SET search_path TO "{schema}"'))
     context.configure(
         connection=connection,

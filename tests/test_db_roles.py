@@ -6,9 +6,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, insert, select, text, update
+from sqlalchemy import Engine, delete, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
@@ -20,6 +21,7 @@ from projections.roles import grant_reader
 from tests.conftest import DbSchema
 
 pytestmark = pytest.mark.postgres
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "proposals.json"
 
 ROW = {
     "proposal_id": "p-1", "agent_id": "alpha", "strategy_tag": "arb", "market_id": "m-1", "side": "BUY",
@@ -55,7 +57,7 @@ def _refused(engine: Engine, statement: object) -> None:
 
 
 def test_the_projector_role_writes_rows_and_offsets_but_no_ddl(
-    db_schema: DbSchema, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    db_schema: DbSchema, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     upgrade(db_schema.url, schema=db_schema.name)
     role, password = f"projector_{uuid.uuid4().hex[:8]}", f"pw-{uuid.uuid4().hex}'x"
@@ -72,6 +74,19 @@ def test_the_projector_role_writes_rows_and_offsets_but_no_ddl(
             assert conn.execute(select(tables.consumed_offsets.c.next_offset)).scalar_one() == 9
         for statement in DDL:
             _refused(projector, statement)
+        # `project` runs as that role: it failed with "cannot migrate the projection database (permission denied
+        # for database ...)" on a schema already at the newest revision (an outside probe)
+        with db_schema.engine.begin() as conn:  # the rows above are no log's
+            conn.execute(delete(tables.consumed_offsets))
+            conn.execute(delete(tables.proposals))
+        log = ["--log", str(tmp_path / "log.sqlite")]
+        assert main(["init", *log]) == 0 and main(["propose", str(EXAMPLES), *log]) == 0
+        url = make_url(db_schema.url).set(username=role, password=password).render_as_string(hide_password=False)
+        capsys.readouterr()
+        project = ["project", *log, "--database", url, "--schema", db_schema.name, "--once"]
+        assert main(project) == 0, capsys.readouterr()
+        with projector.connect() as conn:
+            assert conn.execute(select(tables.proposals.c.proposal_id)).first() is not None
 
 
 @pytest.mark.parametrize("command", ["grant-projector", "grant-reader"])
