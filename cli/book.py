@@ -701,12 +701,17 @@ def _another_logs_projection(
         ends[r.partition] = max(ends.get(r.partition, -1), r.offset)
     for x in verified.rejections:
         ends[x.partition] = max(ends.get(x.partition, -1), x.offset)
+    refused = {(x.topic, x.partition, x.offset) for x in verified.rejections}
     for d in shown:
         where = f"{d['log_topic']}[{d['log_partition']}]@{d['log_offset']}"
         found = on_log.get((d["log_topic"], d["log_partition"], d["log_offset"]))
         if found is None:
             if d["log_offset"] > ends.get(d["log_partition"], -1):
                 return f"the projection has {d['decision_id']} at {where}, past the end of the log's decisions"
+            if (d["log_topic"], d["log_partition"], d["log_offset"]) not in refused:
+                # Neither a decision of the log nor one it refused there: a row the projector never wrote (an outside
+                # probe inserted cycle 99 at offset -1, and status showed it as the book's state, no word said).
+                return f"the projection has {d['decision_id']} at {where}, where the log holds no decision"
             continue
         record, decision = found
         if decision.decision_id != d["decision_id"]:
@@ -716,6 +721,18 @@ def _another_logs_projection(
             if on_disk != d["decision_hash"]:
                 return (f"the projection's {d['decision_id']} at {where} has hash {str(d['decision_hash'])[:12]}, the "
                         f"log's {on_disk[:12]}: another log of a book of the same name")  # fmt: skip
+        # What status shows of it is the log's: an outside probe set a PAUSED book's row to ACTIVE in the database,
+        # and status showed ACTIVE, --trusted-keys or not.
+        shown_fields = (
+            ("cycle", decision.cycle),
+            ("governor_state", decision.governor_state.value),
+            ("equity", decision.equity),
+            ("opportunity_window_ms", decision.opportunity_window_ms),
+        )
+        for field, on_log_value in shown_fields:
+            if field in d and d[field] != on_log_value:
+                return (f"the projection's {d['decision_id']} at {where} has {field} {d[field]!r}, the log's "
+                        f"{on_log_value!r}: the projection was changed outside the projector")  # fmt: skip
     return None
 
 

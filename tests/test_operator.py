@@ -300,6 +300,50 @@ def test_status_refuses_a_projection_of_another_log_of_a_book_of_the_same_name(
     assert "past the end of the log's decisions" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("statement", "said"),
+    [
+        (
+            "UPDATE decisions SET governor_state = 'ACTIVE' WHERE cycle = 2",
+            "has governor_state 'ACTIVE', the log's 'PAUSED'",
+        ),
+        ("UPDATE decisions SET equity = equity * 2 WHERE cycle = 2", "has equity"),
+        ("INSERT INTO decisions", "where the log holds no decision"),
+    ],
+    ids=["governor", "equity", "a row of no record"],
+)
+def test_status_refuses_a_projection_changed_outside_the_projector(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], statement: str, said: str
+) -> None:
+    """An outside probe with write access to the projection database: setting a PAUSED book's decision row to
+    ACTIVE (and deleting the halt's event), or inserting a row for cycle 99 at offset -1, made `status
+    --trusted-keys` show the book ACTIVE, exit 0, no word. Status checks what it shows of a decision against the
+    log's record at the row's position."""
+    import sqlite3
+
+    path, projection = tmp_path / "log.sqlite", tmp_path / "p.sqlite"
+    log, db = ["--log", str(path)], ["--database", f"sqlite:///{projection}"]
+    proposals = str(Path(__file__).parent.parent / "examples" / "proposals.json")
+    for argv in (["init", *log], ["propose", proposals, *log], ["serve", *log, "--max-cycles", "1", "--duration", "60"],
+                 ["control", "halt", "--reason", "r", "--operator", "o", *log],
+                 ["serve", *log, "--max-cycles", "2", "--duration", "60"],
+                 ["project", *log, *db, "--once"]):  # fmt: skip
+        assert main(argv) == 0, argv
+    capsys.readouterr()
+    assert main(["status", *log, *db]) == 0
+    assert "governor PAUSED" in capsys.readouterr().out
+    with sqlite3.connect(projection) as conn:
+        if statement.startswith("INSERT"):  # a copy of the newest row, as cycle 99 at offset -1
+            columns = [r[1] for r in conn.execute("PRAGMA table_info(decisions)")]
+            picked = ", ".join({"cycle": "99", "log_offset": "-1", "decision_id": "decision_id || '-x'"}.get(c, c)
+                               for c in columns)  # fmt: skip
+            statement = f"INSERT INTO decisions SELECT {picked} FROM decisions WHERE cycle = 2"
+        assert conn.execute(statement).rowcount == 1
+    assert main(["status", *log, *db]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "name the log and the projection of one book" in err, err
+
+
 def test_status_says_when_the_projection_is_behind_its_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """An outside probe: with the projector stopped, `status --log` read three decisions from the log and showed the
     projection as of cycle 2, with no word that it was stale."""
