@@ -274,7 +274,9 @@ class KafkaEventLog:
         for name in wanted:
             count = self._partition_count(name)
             if count is None:
-                raise LogError(f"topic {name!r} does not exist: create it with create_topics() first")
+                # The broker hides a topic a login may not describe: it looks missing to that login.
+                raise LogError(f"topic {name!r} does not exist, or this login may not see it: create it first "
+                               "(allocator init)")  # fmt: skip
             found.extend(TopicPartition(name, p) for p in range(count))
         return found
 
