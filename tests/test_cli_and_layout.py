@@ -418,3 +418,21 @@ def test_a_prefix_that_could_name_another_books_topics_is_refused(
     # a prefix that only contains such a word is fine
     assert main(["init", "--log", str(log), "--topic-prefix", "h2a.proposalsx"]) == 0
     assert main([*acl[:5], "h2a.controls", *acl[6:]]) == 0
+
+
+def test_ctrl_c_while_the_command_loads_says_interrupted_not_a_traceback(tmp_path: Path) -> None:
+    """An outside probe: Ctrl-C in the first ~0.7 s of a command printed a KeyboardInterrupt traceback from inside an
+    import (numpy, the solver). The entry point now loads the command where the interrupt is caught. (A signal before
+    the interpreter itself is up still ends the process the signal's way, -SIGINT, and prints nothing.)"""
+    import signal
+    import time
+
+    allocator = Path(sys.executable).parent / "allocator"
+    for delay in (0.05, 0.1, 0.2, 0.35, 0.6):
+        proc = subprocess.Popen([str(allocator), "demo"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        assert "Traceback" not in err, (delay, err)
+        assert proc.returncode in (130, -signal.SIGINT), (delay, proc.returncode, err)
