@@ -250,7 +250,8 @@ def _other_rows(event: Event, record: Record, out: Rows) -> None:
         out[tables.marks].append((record.topic, record.partition, record.offset, event.market_id, event.mark_price,
                                   event.time))  # fmt: skip
     elif isinstance(event, MarketResolution):
-        out[tables.resolutions].append((event.market_id, event.outcome.value, event.time))
+        out[tables.resolutions].append((record.topic, record.partition, record.offset, event.market_id,
+                                        event.outcome.value, event.time))  # fmt: skip
     elif isinstance(event, ControlCommand):
         limits = json.dumps(event.limits, sort_keys=True) if event.limits else None
         out[tables.control_commands].append((event.command_id, event.operator_id, event.command.value,

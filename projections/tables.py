@@ -196,13 +196,20 @@ marks = Table(
 marks.indexes.clear()
 Index("ix_marks_market", marks.c.market_id)
 
+# One row per record (migration 0009): a resolution the allocator refused (a dead letter at its position) resolves
+# nothing in the views, and does not take the market's row from the genuine one after it.
 resolutions = Table(
     "resolutions",
     metadata,
-    Column("market_id", String(249), primary_key=True),
+    Column("log_topic", String(249), nullable=False),
+    Column("log_partition", Integer, nullable=False),
+    Column("log_offset", BigInteger, nullable=False),
+    Column("market_id", String(249), nullable=False),
     Column("outcome", String(8), nullable=False),
     Column("time", BigInteger, nullable=False),
+    PrimaryKeyConstraint("log_topic", "log_partition", "log_offset"),
 )
+Index("ix_resolutions_market", resolutions.c.market_id)
 
 equity_history = Table(
     "equity_history",

@@ -57,7 +57,7 @@ def test_migration_is_idempotent(database: ProjectionDatabase) -> None:
     with database.engine.begin() as conn:
         upgrade_connection(conn, schema=database.schema)
         upgrade_connection(conn, schema=database.schema)  # already at head: nothing to do
-        assert conn.execute(text("select version_num from alembic_version")).scalar_one() == "0008"
+        assert conn.execute(text("select version_num from alembic_version")).scalar_one() == "0009"
 
 
 def test_two_migrations_of_one_new_sqlite_file_at_once_both_end_at_head(tmp_path: Path) -> None:
@@ -180,3 +180,26 @@ def test_the_auditor_role_reads_and_cannot_write(db_schema: DbSchema) -> None:
             database = make_url(db_schema.url).database
             conn.execute(text(f'REVOKE ALL ON DATABASE "{database}" FROM {r}'))
             conn.execute(text(f"DROP ROLE {r}"))
+
+
+def test_0009_keeps_the_resolutions_projected_before_it_and_goes_back(database: ProjectionDatabase) -> None:
+    """Migration 0009 gives resolutions a row per log position. A row projected before it has no position: it is
+    kept (at partition -1) and still resolves its market, until a replay; the downgrade keeps one row a market."""
+    from alembic import command
+
+    from projections.migrate import alembic_config
+
+    with database.engine.begin() as conn:
+        upgrade_connection(conn, schema=database.schema, revision="0008")
+        conn.execute(text("INSERT INTO resolutions (market_id, outcome, \"time\") VALUES ('m1', 'NO', 5), "
+                          "('m2', 'YES', 6)"))  # fmt: skip
+        upgrade_connection(conn, schema=database.schema)
+        rows = sorted(tuple(r) for r in conn.execute(text(
+            "SELECT log_topic, log_partition, log_offset, market_id, outcome, \"time\" FROM resolutions")))  # fmt: skip
+        assert rows == [("", -1, -2, "m2", "YES", 6), ("", -1, -1, "m1", "NO", 5)]
+        conn.execute(text("SELECT * FROM positions")).all()  # the views read the new table
+        config = alembic_config(schema=database.schema)
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0008")
+        rows = sorted(tuple(r) for r in conn.execute(text('SELECT market_id, outcome, "time" FROM resolutions')))
+        assert rows == [("m1", "NO", 5), ("m2", "YES", 6)]

@@ -334,7 +334,7 @@ def test_every_event_becomes_rows_whose_columns_hold_its_fields() -> None:
                               "status": "PARTIAL", "reason": "thin book", "time": T + 1,
                               "agent_id": "alpha", **at, "log_offset": 1}]  # fmt: skip
     assert rows["marks"] == [{**at, "log_offset": 2, "market_id": "m1", "mark_price": 0.55, "time": T + 2}]
-    assert rows["resolutions"] == [{"market_id": "m1", "outcome": "NO", "time": T + 3}]
+    assert rows["resolutions"] == [{**at, "log_offset": 3, "market_id": "m1", "outcome": "NO", "time": T + 3}]
     assert rows["control_commands"] == [
         {"command_id": "c1", "operator_id": "risk", "command": "SET_LIMITS", "reason": "tighter",
          "limits": '{"a": 0.1, "b": 0.2}', "time": T + 4, "book": None, "key_id": None, "source": "x.t/0/4"}
@@ -663,6 +663,38 @@ def test_a_mark_the_allocator_refused_is_no_market_s_latest_mark(database: Proje
         latest = sorted(tuple(r) for r in conn.execute(text("SELECT market_id, mark_price FROM latest_marks")))
         assert conn.execute(text("SELECT COUNT(*) FROM marks")).scalar_one() == 3  # the refused one is still a row
     assert latest == [("m1", 0.6), ("m2", 0.3)]
+
+
+@pytest.mark.parametrize("refused_first", [True, False], ids=["refused, then genuine", "genuine, then refused"])
+def test_a_resolution_the_allocator_refused_resolves_nothing(database: ProjectionDatabase, refused_first: bool) -> None:
+    """An outside probe: the market feed resolved m1 before any proposal named it; the allocator refused that
+    resolution, but its row stood in `resolutions` (one row a market), so the position the book then took in m1 was
+    missing from `positions`, both exposure views and `status`. Migration 0009 keeps a row per record and leaves out
+    one with a dead letter at its position: m1 is resolved only by a resolution the book took, whichever came first."""
+    engine = database.migrate()
+    p = replace(proposal(1), market_id="m1")
+    fill = Fill("f1", "d1", p.proposal_id, "m1", Side.BUY, 100.0, 100.0, 0.5, 0.0, FillStatus.FILLED, None, T + 1,
+                p.agent_id)  # fmt: skip
+    resolutions = [codec.encode(MarketResolution("m1", outcome, T)) for outcome in (Outcome.NO, Outcome.YES)]
+    at = 0 if refused_first else 1  # which of the two resolutions the allocator refused (pnl offsets 0 and 1)
+    refused = DeadLetter(TOPICS.pnl, 0, at, "rejected, no effect on the book: not a market it has seen", None, T)
+    first = [
+        *_records(TOPICS.proposals, 0, [codec.encode(p)]),
+        *_records(TOPICS.fills, 0, [codec.encode(fill)]),
+        *_records(TOPICS.pnl, 0, resolutions[:1]),
+        *_records(TOPICS.deadletter, 0, [codec.encode(refused)]),
+    ]
+    known = write_batch(engine, "projector", first, codec, {})
+
+    def markets() -> list[str]:
+        with engine.connect() as conn:
+            return sorted(str(r.market_id) for r in conn.execute(text("SELECT market_id FROM positions")))
+
+    assert markets() == (["m1"] if refused_first else [])  # held while only a refused resolution names it
+    write_batch(engine, "projector", _records(TOPICS.pnl, 1, resolutions[1:]), codec, known)
+    assert markets() == []
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM resolutions")).scalar_one() == 2
 
 
 def test_status_shows_text_from_the_log_cut_and_on_one_line(tmp_path: Path, database: ProjectionDatabase) -> None:
