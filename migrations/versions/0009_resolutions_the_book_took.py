@@ -43,52 +43,52 @@ NO_TOPIC = ""
 TIME = '"time"'  # a keyword in SQL: quoted
 
 
-def _views(positions: str, by_key: str) -> None:
+def _rebuild(columns: list[sa.Column[object] | sa.PrimaryKeyConstraint], copy: str, views: tuple[str, str]) -> None:
+    """The resolutions table made again with `columns`, its rows copied by `copy` (an INSERT ... SELECT from
+    `resolutions_old`), and the views that read it dropped before and created again after (`views`: positions and
+    exposure by key; exposure by market reads positions)."""
+    for view in VIEWS:
+        op.execute(f"DROP VIEW {view}")
+    op.rename_table("resolutions", "resolutions_old")
+    op.create_table("resolutions", *columns)
+    op.execute(copy)
+    op.drop_table("resolutions_old")
+    positions, by_key = views
     for ddl in (positions, EXPOSURE_BY_MARKET, by_key):
         op.execute(ddl)
 
 
 def upgrade() -> None:
-    for view in VIEWS:
-        op.execute(f"DROP VIEW {view}")
-    op.rename_table("resolutions", "resolutions_0008")
-    op.create_table(
-        "resolutions",
-        sa.Column("log_topic", sa.String(249), nullable=False),
-        sa.Column("log_partition", sa.Integer, nullable=False),
-        sa.Column("log_offset", sa.BigInteger, nullable=False),
-        sa.Column("market_id", sa.String(249), nullable=False),
-        sa.Column("outcome", sa.String(8), nullable=False),
-        sa.Column("time", sa.BigInteger, nullable=False),
-        sa.PrimaryKeyConstraint("log_topic", "log_partition", "log_offset"),
+    _rebuild(
+        [
+            sa.Column("log_topic", sa.String(249), nullable=False),
+            sa.Column("log_partition", sa.Integer, nullable=False),
+            sa.Column("log_offset", sa.BigInteger, nullable=False),
+            sa.Column("market_id", sa.String(249), nullable=False),
+            sa.Column("outcome", sa.String(8), nullable=False),
+            sa.Column("time", sa.BigInteger, nullable=False),
+            sa.PrimaryKeyConstraint("log_topic", "log_partition", "log_offset"),
+        ],
+        # Each earlier row at a position of its own that no record has (partition -1, offsets -1, -2, ...).
+        f"INSERT INTO resolutions (log_topic, log_partition, log_offset, market_id, outcome, {TIME}) "
+        f"SELECT '{NO_TOPIC}', -1, -ROW_NUMBER() OVER (ORDER BY market_id), market_id, outcome, {TIME} "
+        "FROM resolutions_old",
+        (POSITIONS, EXPOSURE_BY_KEY),
     )
     op.create_index("ix_resolutions_market", "resolutions", ["market_id"])
-    # Each earlier row at a position of its own that no record has (partition -1, offsets -1, -2, ...).
-    op.execute(
-        'INSERT INTO resolutions (log_topic, log_partition, log_offset, market_id, outcome, "time") '
-        f"SELECT '{NO_TOPIC}', -1, -ROW_NUMBER() OVER (ORDER BY market_id), market_id, outcome, {TIME} "
-        "FROM resolutions_0008"
-    )
-    op.drop_table("resolutions_0008")
-    _views(POSITIONS, EXPOSURE_BY_KEY)
 
 
 def downgrade() -> None:
-    for view in VIEWS:
-        op.execute(f"DROP VIEW {view}")
-    op.rename_table("resolutions", "resolutions_0009")
-    op.create_table(
-        "resolutions",
-        sa.Column("market_id", sa.String(249), primary_key=True),
-        sa.Column("outcome", sa.String(8), nullable=False),
-        sa.Column("time", sa.BigInteger, nullable=False),
-    )
-    # The first row of each market by log position, as the projector kept one row a market before.
-    op.execute(
+    op.drop_index("ix_resolutions_market", "resolutions")
+    _rebuild(
+        [
+            sa.Column("market_id", sa.String(249), primary_key=True),
+            sa.Column("outcome", sa.String(8), nullable=False),
+            sa.Column("time", sa.BigInteger, nullable=False),
+        ],
+        # The first row of each market by log position, as the projector kept one row a market before.
         f"INSERT INTO resolutions (market_id, outcome, {TIME}) SELECT market_id, outcome, {TIME} "
-        "FROM resolutions_0009 r "
-        "WHERE NOT EXISTS (SELECT 1 FROM resolutions_0009 r2 WHERE r2.market_id = r.market_id AND "
-        "(r2.log_topic, r2.log_partition, r2.log_offset) < (r.log_topic, r.log_partition, r.log_offset))"
+        "FROM resolutions_old r WHERE NOT EXISTS (SELECT 1 FROM resolutions_old r2 WHERE r2.market_id = r.market_id "
+        "AND (r2.log_topic, r2.log_partition, r2.log_offset) < (r.log_topic, r.log_partition, r.log_offset))",
+        (PREVIOUS_POSITIONS, PREVIOUS_BY_KEY),
     )
-    op.drop_table("resolutions_0009")
-    _views(PREVIOUS_POSITIONS, PREVIOUS_BY_KEY)
