@@ -129,7 +129,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             # One read of the decisions topic, verified, feeds both the configuration's cross-check and the audit.
             verified = verify_log(reader, codec, topics, trusted)
             _cross_check(verified, config)  # says when --config differs from the log's
-            workers = f"{engine.workers} worker{'s' if engine.workers != 1 else ''}"
+            workers = counted(engine.workers, "worker")
             print(f"allocator audit: re-solving on {engine.name} ({workers})", file=sys.stderr)
             # The file stands in only where the first verified decision records no configuration (the log's is
             # used otherwise), also when a later one records one: the message below tells the user to pass it.

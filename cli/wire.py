@@ -20,6 +20,7 @@ from cli.common import (
     _read_input,
     _topic_prefix,
     _trusted_keys,
+    counted,
 )
 
 
@@ -185,8 +186,7 @@ def _send_records(args: argparse.Namespace, kind: str, parse: Callable[[str, int
     for r in records:
         if isinstance(r, Proposal):
             print(f"sent {r.proposal_id} ({r.agent_id}, {r.market_id} {r.side.value} {r.requested_size:g})")
-    what = kind if len(records) != 1 else kind.removesuffix("s")
-    print(f"{len(records)} {what} sent to {', '.join(used)} on {settings.describe()}")
+    print(f"{counted(len(records), kind.removesuffix('s'))} sent to {', '.join(used)} on {settings.describe()}")
     return EXIT_OK
 
 

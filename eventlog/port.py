@@ -411,8 +411,8 @@ def check_topic_name(name: str) -> str:
     return name
 
 
-# The names a book gives its topics after its prefix (`Topics`).
-TOPIC_ROLES = ("proposals", "fills", "pnl", "control", "decisions", "governor", "deadletter")
+# The names a book gives its topics after its prefix: proposals, fills, pnl, control, decisions, governor, deadletter.
+TOPIC_ROLES = tuple(name.removeprefix("x.") for name in (*Topics("x").inputs, *Topics("x").outputs))
 
 
 def check_topic_prefix(prefix: str) -> str:

@@ -13,6 +13,7 @@ from governors.rules import book_state
 from governors.state import PAUSING_GOVERNORS, KillSwitchState, PauseState
 from projections import tables
 from schemas.events import Governor
+from schemas.text import printable
 
 GOVERNORS = (Governor.KILL_SWITCH, Governor.FAILURE_RATE, Governor.OPERATOR, Governor.SOLVER_TIMEOUT)
 
@@ -207,7 +208,7 @@ SHOWN_TEXT = 200
 def _shown(value: object, limit: int = SHOWN_TEXT) -> str:
     """`value` as one line of at most about `limit` characters: control characters as `?`, the rest cut with its
     length said."""
-    text = "".join("?" if ord(ch) < 32 or ord(ch) == 127 else ch for ch in str(value))
+    text = printable(str(value))
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 

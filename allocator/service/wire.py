@@ -120,14 +120,15 @@ def json_records(text: str) -> list[tuple[int, Any]]:
 
 def _json_records(text: str) -> list[tuple[int, Any]]:
     decoder = json.JSONDecoder(parse_int=json_integer, object_pairs_hook=json_object)
-    counted = [0, 1]  # a position and its line: items are met in order, so counting goes on from the last one
+    seen_at, seen_line = 0, 1  # the last position asked for and its line
 
     def line_of(pos: int) -> int:
-        # Counting from the start for every item made a 50 MB array take more than 10 minutes (an outside probe).
-        last, line = counted
-        line = line + text.count("\n", last, pos) if pos >= last else text.count("\n", 0, pos) + 1
-        counted[:] = [pos, line]
-        return line
+        # Items are met in order, so counting goes on from the last one: counting from the start for every item made
+        # a 50 MB array take more than 10 minutes (an outside probe).
+        nonlocal seen_at, seen_line
+        seen_line = seen_line + text.count("\n", seen_at, pos) if pos >= seen_at else text.count("\n", 0, pos) + 1
+        seen_at = pos
+        return seen_line
 
     def decode_at(pos: int) -> tuple[Any, int]:
         """The value starting at `pos`; what `json_integer` or `json_object` refuse names the value's line."""
@@ -155,7 +156,6 @@ def _json_records(text: str) -> list[tuple[int, Any]]:
             extra = after + len(rest) - len(rest.lstrip())
             raise WireError([f"line {line_of(extra)}: more after the JSON array that starts on line {line_of(start)}: "
                              "give one array, or one JSON object per line"])  # fmt: skip
-        counted[:] = [0, 1]
         out: list[tuple[int, Any]] = []
         pos = start + 1
         for _ in items:
